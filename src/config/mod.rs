@@ -1,0 +1,675 @@
+//! Configuration: TOML text and environment overrides → raw values → `validate` → [`Config`].
+//!
+//! Pure: the caller passes the file's text and the environment as data; nothing here reads a
+//! file or a variable. Every key has a `DEFAULT_*` constant and a documented line in
+//! `config/leasehold.toml`; every key can be overridden by one environment variable
+//! (`LEASEHOLD_*`), and the Small Resource Server key variables (`RESOURCE_READ`,
+//! `RESOURCE_READ_LOCK`, `RESOURCE_WRITE`) add API keys. All problems are reported at once.
+
+mod error;
+mod read;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub use error::ConfigError;
+pub use read::KeyDoc;
+
+use crate::core::lock::TableLimits;
+use read::Reader;
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default data directory (relative to the working directory).
+pub const DEFAULT_DATA_DIR: &str = "./data";
+/// Default worker count: 0 means one per CPU.
+pub const DEFAULT_WORKERS: u64 = 0;
+/// Most workers.
+pub const MAX_WORKERS: u64 = 256;
+/// Default time in-flight requests get to finish on shutdown or reload.
+pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
+/// Default open connections per worker before new ones get 503.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
+/// Default log level.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
+/// Default header section limit (431 above it).
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
+/// Request line limit (414 above it); fixed, as in DESIGN.md.
+pub const MAX_REQUEST_LINE_BYTES: usize = 8 * 1024;
+/// Default request body limit (413 above it).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// Default time for a client to send its whole header section (408 after it).
+pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
+/// Default idle time before a keep-alive connection is closed.
+pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 60_000;
+/// Default lease TTL when an acquire gives none.
+pub const DEFAULT_TTL_MS: u64 = 30_000;
+/// Default longest server-side wait of one acquire.
+pub const DEFAULT_MAX_WAIT_MS: u64 = 60_000;
+/// Default lease TTL of Small Resource Server locks (renewed by any request with the ticket).
+pub const DEFAULT_COMPAT_LEASE_TTL_MS: u64 = 60_000;
+/// Default journal fsync interval for `fsync = "interval"`.
+pub const DEFAULT_FSYNC_INTERVAL_MS: u64 = 100;
+/// Default journal size that triggers a snapshot.
+pub const DEFAULT_SNAPSHOT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// How workers get connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatch {
+    /// One SO_REUSEPORT listener per worker slot, kept open by the master.
+    Reuseport,
+    /// The master accepts and passes each connection to a worker (SCM_RIGHTS).
+    FdPassing,
+}
+
+/// How the master picks a worker in fd-passing mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// The worker with the fewest open connections (as the workers report them).
+    LeastConnections,
+    /// Each worker in turn.
+    RoundRobin,
+}
+
+/// When the journal is flushed to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Before any reply that depends on it (one fsync per loop turn covers the turn).
+    Always,
+    /// Every `fsync_interval_ms`.
+    Interval,
+    /// Left to the kernel.
+    Never,
+}
+
+/// What an API key may do. Each role includes the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Status, data reads, events.
+    Read,
+    /// Acquire, renew, release, queue.
+    Lock,
+    /// Data writes, outbox, lock admin.
+    Write,
+}
+
+/// One API key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// The secret.
+    pub key: String,
+    /// What it may do.
+    pub role: Role,
+    /// Lock names it may touch must start with this (empty: any).
+    pub prefix: String,
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("ApiKey")
+            .field("role", &self.role)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `[server]`: processes and sockets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Addresses to listen on.
+    pub listen: Vec<SocketAddr>,
+    /// Worker processes; 0 means one per CPU.
+    pub workers: u64,
+    /// How connections reach workers.
+    pub dispatch: Dispatch,
+    /// How fd-passing picks a worker.
+    pub balance: Balance,
+    /// Where the journal and snapshots live.
+    pub data_dir: PathBuf,
+    /// Time in-flight requests get on shutdown or reload.
+    pub drain_timeout_ms: u64,
+    /// Open connections per worker.
+    pub max_connections: u64,
+    /// Log level (`error`, `warn`, `info`, `debug`, `trace`).
+    pub log_level: String,
+}
+
+/// `[http]`: request limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Header section limit.
+    pub max_header_bytes: u64,
+    /// Body limit.
+    pub max_body_bytes: u64,
+    /// Time to send the header section.
+    pub header_timeout_ms: u64,
+    /// Idle keep-alive time.
+    pub keepalive_timeout_ms: u64,
+}
+
+/// `[locks]`: lease and queue rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocksConfig {
+    /// TTL when an acquire gives none.
+    pub default_ttl_ms: u64,
+    /// Longest server-side wait.
+    pub max_wait_ms: u64,
+    /// TTL of Small Resource Server locks.
+    pub compat_lease_ttl_ms: u64,
+    /// Limits and presence timings of the lease table.
+    pub table: TableLimits,
+}
+
+/// `[journal]`: durability.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalConfig {
+    /// When to fsync.
+    pub fsync: Fsync,
+    /// Interval for `Fsync::Interval`.
+    pub fsync_interval_ms: u64,
+    /// Journal size that triggers a snapshot.
+    pub snapshot_bytes: u64,
+}
+
+/// `[auth]`: API keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    /// Keys from the file and the environment.
+    pub keys: Vec<ApiKey>,
+    /// Allow serving non-loopback clients without any key.
+    pub insecure_anonymous: bool,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[http]`.
+    pub http: HttpConfig,
+    /// `[locks]`.
+    pub locks: LocksConfig,
+    /// `[journal]`.
+    pub journal: JournalConfig,
+    /// `[auth]`.
+    pub auth: AuthConfig,
+    /// Things worth telling the operator that do not stop the start (unknown variables…).
+    pub warnings: Vec<String>,
+}
+
+/// Environment variables the client side of the binary reads; not configuration keys.
+const CLIENT_VARIABLES: &[&str] = &["LEASEHOLD_URL", "LEASEHOLD_KEY", "LEASEHOLD_CONFIG"];
+
+/// The Small Resource Server key variables and the role each grants.
+pub const COMPAT_KEY_VARIABLES: &[(&str, Role)] = &[
+    ("RESOURCE_READ", Role::Read),
+    ("RESOURCE_READ_LOCK", Role::Lock),
+    ("RESOURCE_WRITE", Role::Write),
+];
+
+impl Config {
+    /// Loads a configuration from the text of a TOML file (`None`: the embedded defaults)
+    /// and the process environment as name/value pairs. Returns every problem found.
+    pub fn load(
+        file_text: Option<&str>,
+        env: &[(String, String)],
+    ) -> Result<Config, Vec<ConfigError>> {
+        let root: toml::Table = match file_text {
+            None => toml::Table::new(),
+            Some(text) => match text.parse::<toml::Table>() {
+                Ok(root) => root,
+                Err(e) => {
+                    let line = e.span().map_or(0, |s| {
+                        text[..s.start.min(text.len())].lines().count().max(1)
+                    });
+                    return Err(vec![ConfigError::Syntax {
+                        line,
+                        message: e.message().to_string(),
+                    }]);
+                }
+            },
+        };
+        let env: BTreeMap<String, String> = env.iter().cloned().collect();
+        let mut r = Reader::new(&root, &env);
+        let config = validate(&mut r, &env);
+        r.unknown_keys();
+        if r.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(r.problems)
+        }
+    }
+
+    /// The embedded defaults.
+    pub fn defaults() -> Config {
+        Config::load(None, &[]).expect("the embedded defaults are valid")
+    }
+
+    /// Every key the configuration knows, with its environment variable.
+    pub fn known_keys() -> Vec<KeyDoc> {
+        let root = toml::Table::new();
+        let env = BTreeMap::new();
+        let mut r = Reader::new(&root, &env);
+        validate(&mut r, &env);
+        r.keys
+    }
+
+    /// Whether every listen address is a loopback address.
+    pub fn loopback_only(&self) -> bool {
+        self.server.listen.iter().all(|a| a.ip().is_loopback())
+    }
+}
+
+/// Reads every key with its default and checks each value and the rules between them.
+fn validate(r: &mut Reader<'_>, env: &BTreeMap<String, String>) -> Config {
+    let server = validate_server(r);
+    let http = HttpConfig {
+        max_header_bytes: r.int(
+            "http",
+            "max_header_bytes",
+            "LEASEHOLD_MAX_HEADER_BYTES",
+            DEFAULT_MAX_HEADER_BYTES,
+            1024,
+            1024 * 1024,
+        ),
+        max_body_bytes: r.int(
+            "http",
+            "max_body_bytes",
+            "LEASEHOLD_MAX_BODY_BYTES",
+            DEFAULT_MAX_BODY_BYTES,
+            1,
+            64 * 1024 * 1024,
+        ),
+        header_timeout_ms: r.int(
+            "http",
+            "header_timeout_ms",
+            "LEASEHOLD_HEADER_TIMEOUT_MS",
+            DEFAULT_HEADER_TIMEOUT_MS,
+            100,
+            600_000,
+        ),
+        keepalive_timeout_ms: r.int(
+            "http",
+            "keepalive_timeout_ms",
+            "LEASEHOLD_KEEPALIVE_TIMEOUT_MS",
+            DEFAULT_KEEPALIVE_TIMEOUT_MS,
+            100,
+            3_600_000,
+        ),
+    };
+    let locks = validate_locks(r);
+    let journal = JournalConfig {
+        fsync: [Fsync::Always, Fsync::Interval, Fsync::Never][r.choice(
+            "journal",
+            "fsync",
+            "LEASEHOLD_FSYNC",
+            &["always", "interval", "never"],
+            0,
+        )],
+        fsync_interval_ms: r.int(
+            "journal",
+            "fsync_interval_ms",
+            "LEASEHOLD_FSYNC_INTERVAL_MS",
+            DEFAULT_FSYNC_INTERVAL_MS,
+            1,
+            60_000,
+        ),
+        snapshot_bytes: r.int(
+            "journal",
+            "snapshot_bytes",
+            "LEASEHOLD_SNAPSHOT_BYTES",
+            DEFAULT_SNAPSHOT_BYTES,
+            1024 * 1024,
+            1 << 40,
+        ),
+    };
+    let auth = validate_auth(r, env, &server);
+    let mut warnings = Vec::new();
+    let known: BTreeSet<&str> = r.keys.iter().map(|k| k.env).collect();
+    for name in env.keys().filter(|n| n.starts_with("LEASEHOLD_")) {
+        if !known.contains(name.as_str()) && !CLIENT_VARIABLES.contains(&name.as_str()) {
+            warnings.push(format!(
+                "environment variable {name} is not a leasehold setting; it is ignored"
+            ));
+        }
+    }
+    Config {
+        server,
+        http,
+        locks,
+        journal,
+        auth,
+        warnings,
+    }
+}
+
+fn validate_server(r: &mut Reader<'_>) -> ServerConfig {
+    let mut listen = Vec::new();
+    match r.strings("server", "listen", "LEASEHOLD_LISTEN") {
+        None => listen.push(
+            DEFAULT_LISTEN
+                .parse()
+                .expect("default listen address parses"),
+        ),
+        Some((path, items)) => {
+            if items.is_empty() {
+                r.invalid(path.clone(), "must name at least one address");
+            }
+            for item in items {
+                match item.parse::<SocketAddr>() {
+                    Ok(addr) if listen.contains(&addr) => {
+                        r.invalid(path.clone(), format!("lists {item} twice"))
+                    }
+                    Ok(addr) => listen.push(addr),
+                    Err(_) => r.invalid(
+                        path.clone(),
+                        format!("{item:?} is not an address like 127.0.0.1:8080 or [::1]:8080"),
+                    ),
+                }
+            }
+        }
+    }
+    let workers = r.int(
+        "server",
+        "workers",
+        "LEASEHOLD_WORKERS",
+        DEFAULT_WORKERS,
+        0,
+        MAX_WORKERS,
+    );
+    let dispatch = [Dispatch::Reuseport, Dispatch::FdPassing][r.choice(
+        "server",
+        "dispatch",
+        "LEASEHOLD_DISPATCH",
+        &["reuseport", "fd-passing"],
+        0,
+    )];
+    let balance = [Balance::LeastConnections, Balance::RoundRobin][r.choice(
+        "server",
+        "balance",
+        "LEASEHOLD_BALANCE",
+        &["least-connections", "round-robin"],
+        0,
+    )];
+    let data_dir = match r.string("server", "data_dir", "LEASEHOLD_DATA_DIR") {
+        Some((path, dir)) if dir.trim().is_empty() => {
+            r.invalid(path, "must not be empty");
+            PathBuf::from(DEFAULT_DATA_DIR)
+        }
+        Some((_, dir)) => PathBuf::from(dir),
+        None => PathBuf::from(DEFAULT_DATA_DIR),
+    };
+    let drain_timeout_ms = r.int(
+        "server",
+        "drain_timeout_ms",
+        "LEASEHOLD_DRAIN_TIMEOUT_MS",
+        DEFAULT_DRAIN_TIMEOUT_MS,
+        0,
+        600_000,
+    );
+    let max_connections = r.int(
+        "server",
+        "max_connections",
+        "LEASEHOLD_MAX_CONNECTIONS",
+        DEFAULT_MAX_CONNECTIONS,
+        1,
+        1_000_000,
+    );
+    let log_level = match r.string("server", "log_level", "LEASEHOLD_LOG_LEVEL") {
+        Some((path, level)) => {
+            let level = level.trim().to_ascii_lowercase();
+            if !["error", "warn", "info", "debug", "trace", "off"].contains(&level.as_str()) {
+                r.invalid(
+                    path,
+                    format!("is {level:?}; it must be one of off, error, warn, info, debug, trace"),
+                );
+            }
+            level
+        }
+        None => DEFAULT_LOG_LEVEL.to_string(),
+    };
+    ServerConfig {
+        listen,
+        workers,
+        dispatch,
+        balance,
+        data_dir,
+        drain_timeout_ms,
+        max_connections,
+        log_level,
+    }
+}
+
+fn validate_locks(r: &mut Reader<'_>) -> LocksConfig {
+    let d = TableLimits::DEFAULT;
+    let min_ttl_ms = r.int(
+        "locks",
+        "min_ttl_ms",
+        "LEASEHOLD_MIN_TTL_MS",
+        d.min_ttl_ms,
+        1,
+        3_600_000,
+    );
+    let max_ttl_ms = r.int(
+        "locks",
+        "max_ttl_ms",
+        "LEASEHOLD_MAX_TTL_MS",
+        d.max_ttl_ms,
+        1,
+        365 * 24 * 3_600_000,
+    );
+    if min_ttl_ms > max_ttl_ms {
+        r.invalid(
+            "locks.min_ttl_ms",
+            format!("({min_ttl_ms}) must not exceed locks.max_ttl_ms ({max_ttl_ms})"),
+        );
+    }
+    let ttl_within = |r: &mut Reader<'_>, key: &str, env: &'static str, default: u64| {
+        let value = r.int("locks", key, env, default, 1, u64::MAX);
+        if value < min_ttl_ms || value > max_ttl_ms {
+            r.invalid(format!("locks.{key}"), format!("({value}) must lie between locks.min_ttl_ms ({min_ttl_ms}) and locks.max_ttl_ms ({max_ttl_ms})"));
+        }
+        value
+    };
+    let default_ttl_ms = ttl_within(
+        r,
+        "default_ttl_ms",
+        "LEASEHOLD_DEFAULT_TTL_MS",
+        DEFAULT_TTL_MS,
+    );
+    let compat_lease_ttl_ms = ttl_within(
+        r,
+        "compat_lease_ttl_ms",
+        "LEASEHOLD_COMPAT_LEASE_TTL_MS",
+        DEFAULT_COMPAT_LEASE_TTL_MS,
+    );
+    let max_wait_ms = r.int(
+        "locks",
+        "max_wait_ms",
+        "LEASEHOLD_MAX_WAIT_MS",
+        DEFAULT_MAX_WAIT_MS,
+        0,
+        3_600_000,
+    );
+    let table = TableLimits {
+        min_ttl_ms,
+        max_ttl_ms,
+        max_limit: r.int(
+            "locks",
+            "max_limit",
+            "LEASEHOLD_MAX_LIMIT",
+            d.max_limit.into(),
+            1,
+            1_000_000,
+        ) as u32,
+        max_locks: r.int(
+            "locks",
+            "max_locks",
+            "LEASEHOLD_MAX_LOCKS",
+            d.max_locks.into(),
+            1,
+            100_000_000,
+        ) as u32,
+        max_waiters_per_lock: r.int(
+            "locks",
+            "max_waiters_per_lock",
+            "LEASEHOLD_MAX_WAITERS_PER_LOCK",
+            d.max_waiters_per_lock.into(),
+            1,
+            10_000_000,
+        ) as u32,
+        waiter_ttl_ms: r.int(
+            "locks",
+            "waiter_ttl_ms",
+            "LEASEHOLD_WAITER_TTL_MS",
+            d.waiter_ttl_ms,
+            100,
+            3_600_000,
+        ),
+        claim_ms: r.int(
+            "locks",
+            "claim_ms",
+            "LEASEHOLD_CLAIM_MS",
+            d.claim_ms,
+            1,
+            3_600_000,
+        ),
+        max_data_keys: r.int(
+            "locks",
+            "max_data_keys",
+            "LEASEHOLD_MAX_DATA_KEYS",
+            d.max_data_keys.into(),
+            0,
+            100_000,
+        ) as u32,
+        max_data_bytes: r.int(
+            "locks",
+            "max_data_bytes",
+            "LEASEHOLD_MAX_DATA_BYTES",
+            d.max_data_bytes.into(),
+            0,
+            64 * 1024 * 1024,
+        ) as u32,
+    };
+    LocksConfig {
+        default_ttl_ms,
+        max_wait_ms,
+        compat_lease_ttl_ms,
+        table,
+    }
+}
+
+fn parse_role(text: &str) -> Option<Role> {
+    match text {
+        "read" => Some(Role::Read),
+        "lock" => Some(Role::Lock),
+        "write" => Some(Role::Write),
+        _ => None,
+    }
+}
+
+fn validate_auth(
+    r: &mut Reader<'_>,
+    env: &BTreeMap<String, String>,
+    server: &ServerConfig,
+) -> AuthConfig {
+    let insecure_anonymous = r.bool(
+        "auth",
+        "insecure_anonymous",
+        "LEASEHOLD_INSECURE_ANONYMOUS",
+        false,
+    );
+    let mut keys: Vec<ApiKey> = Vec::new();
+    for (path, table) in r.tables("auth", "keys") {
+        for field in table.keys() {
+            if !["key", "role", "prefix"].contains(&field.as_str()) {
+                r.invalid(
+                    format!("{path}.{field}"),
+                    "unknown key (an API key has key, role and prefix)",
+                );
+            }
+        }
+        let key = match table.get("key").and_then(|v| v.as_str()) {
+            Some(k) => k.to_string(),
+            None => {
+                r.invalid(format!("{path}.key"), "is required and must be a string");
+                continue;
+            }
+        };
+        let role = match table
+            .get("role")
+            .and_then(|v| v.as_str())
+            .and_then(parse_role)
+        {
+            Some(role) => role,
+            None => {
+                r.invalid(
+                    format!("{path}.role"),
+                    "is required and must be one of read, lock, write",
+                );
+                continue;
+            }
+        };
+        let prefix = match table.get("prefix") {
+            None => String::new(),
+            Some(v) => match v.as_str() {
+                Some(p) => p.to_string(),
+                None => {
+                    r.invalid(format!("{path}.prefix"), "must be a string");
+                    continue;
+                }
+            },
+        };
+        push_key(r, &mut keys, path, ApiKey { key, role, prefix });
+    }
+    for (name, role) in COMPAT_KEY_VARIABLES {
+        if let Some(key) = env.get(*name).filter(|k| !k.is_empty()) {
+            // As in Small Resource Server, a key given for several roles gets the highest.
+            match keys
+                .iter_mut()
+                .find(|k| &k.key == key && k.prefix.is_empty())
+            {
+                Some(existing) => existing.role = existing.role.max(*role),
+                None => push_key(
+                    r,
+                    &mut keys,
+                    (*name).to_string(),
+                    ApiKey {
+                        key: key.clone(),
+                        role: *role,
+                        prefix: String::new(),
+                    },
+                ),
+            }
+        }
+    }
+    if keys.is_empty() && !insecure_anonymous && !server.listen.iter().all(|a| a.ip().is_loopback())
+    {
+        r.invalid(
+            "auth.keys",
+            "no API key is configured but server.listen has a non-loopback address; add a key or set auth.insecure_anonymous = true",
+        );
+    }
+    AuthConfig {
+        keys,
+        insecure_anonymous,
+    }
+}
+
+fn push_key(r: &mut Reader<'_>, keys: &mut Vec<ApiKey>, path: String, key: ApiKey) {
+    if key.key.len() < 4 || key.key.len() > 256 || !key.key.bytes().all(|b| b.is_ascii_graphic()) {
+        r.invalid(
+            path,
+            "the key must be 4 to 256 printable characters without spaces",
+        );
+    } else if keys.iter().any(|k| k.key == key.key) {
+        r.invalid(path, "the same key is configured twice");
+    } else {
+        keys.push(key);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,261 @@
+//! Reading raw values: walks the parsed TOML tree and the environment overrides, converts
+//! each key to its type, and records every problem instead of stopping at the first, so
+//! `check-config` can list them all. Also records every key it was asked for, which gives
+//! the list of known keys (for unknown-key detection and the documentation test).
+
+use std::collections::BTreeMap;
+
+use super::error::ConfigError;
+
+/// One known key: where it lives and which variable overrides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyDoc {
+    /// `section.key`.
+    pub path: String,
+    /// The environment variable that overrides it.
+    pub env: &'static str,
+}
+
+/// A raw value and where it came from.
+enum Raw<'a> {
+    File(&'a toml::Value),
+    Env(&'a str),
+}
+
+/// Collects values and problems from one file and one environment.
+pub(super) struct Reader<'a> {
+    root: &'a toml::Table,
+    env: &'a BTreeMap<String, String>,
+    pub(super) problems: Vec<ConfigError>,
+    pub(super) keys: Vec<KeyDoc>,
+}
+
+impl<'a> Reader<'a> {
+    pub(super) fn new(root: &'a toml::Table, env: &'a BTreeMap<String, String>) -> Self {
+        Self {
+            root,
+            env,
+            problems: Vec::new(),
+            keys: Vec::new(),
+        }
+    }
+
+    /// Looks a key up: the environment wins over the file.
+    fn raw(&mut self, section: &str, key: &str, env: &'static str) -> Option<(String, Raw<'a>)> {
+        let path = format!("{section}.{key}");
+        self.keys.push(KeyDoc {
+            path: path.clone(),
+            env,
+        });
+        if let Some(text) = self.env.get(env) {
+            return Some((format!("{path} (from {env})"), Raw::Env(text.as_str())));
+        }
+        let value = self.root.get(section)?.as_table()?.get(key)?;
+        Some((path, Raw::File(value)))
+    }
+
+    fn wrong_type(&mut self, key: String, expected: &'static str) {
+        self.problems.push(ConfigError::WrongType { key, expected });
+    }
+
+    /// An integer in `min..=max`.
+    pub(super) fn int(
+        &mut self,
+        section: &str,
+        key: &str,
+        env: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> u64 {
+        let Some((path, raw)) = self.raw(section, key, env) else {
+            return default;
+        };
+        let value = match raw {
+            Raw::File(toml::Value::Integer(i)) => u64::try_from(*i).ok(),
+            Raw::Env(text) => text.trim().replace('_', "").parse::<u64>().ok(),
+            Raw::File(_) => None,
+        };
+        match value {
+            Some(v) if (min..=max).contains(&v) => v,
+            Some(v) => {
+                self.problems.push(ConfigError::OutOfRange {
+                    key: path,
+                    value: v,
+                    min,
+                    max,
+                });
+                default
+            }
+            None => {
+                self.wrong_type(path, "a whole number");
+                default
+            }
+        }
+    }
+
+    /// A boolean (`true`/`false`; the environment also takes `1`/`0`).
+    pub(super) fn bool(
+        &mut self,
+        section: &str,
+        key: &str,
+        env: &'static str,
+        default: bool,
+    ) -> bool {
+        let Some((path, raw)) = self.raw(section, key, env) else {
+            return default;
+        };
+        let value = match raw {
+            Raw::File(toml::Value::Boolean(b)) => Some(*b),
+            Raw::Env(text) => match text.trim() {
+                "true" | "1" => Some(true),
+                "false" | "0" => Some(false),
+                _ => None,
+            },
+            Raw::File(_) => None,
+        };
+        value.unwrap_or_else(|| {
+            self.wrong_type(path, "true or false");
+            default
+        })
+    }
+
+    /// A string; `None` (after recording a problem) when it has another type.
+    pub(super) fn string(
+        &mut self,
+        section: &str,
+        key: &str,
+        env: &'static str,
+    ) -> Option<(String, String)> {
+        let (path, raw) = self.raw(section, key, env)?;
+        match raw {
+            Raw::File(toml::Value::String(s)) => Some((path, s.clone())),
+            Raw::Env(text) => Some((path, text.to_string())),
+            Raw::File(_) => {
+                self.wrong_type(path, "a string");
+                None
+            }
+        }
+    }
+
+    /// One of `choices`; returns its index.
+    pub(super) fn choice(
+        &mut self,
+        section: &str,
+        key: &str,
+        env: &'static str,
+        choices: &[&str],
+        default: usize,
+    ) -> usize {
+        let Some((path, text)) = self.string(section, key, env) else {
+            return default;
+        };
+        match choices.iter().position(|c| *c == text.trim()) {
+            Some(i) => i,
+            None => {
+                self.problems.push(ConfigError::Invalid {
+                    key: path,
+                    reason: format!("is {text:?}; it must be one of {}", choices.join(", ")),
+                });
+                default
+            }
+        }
+    }
+
+    /// A list of strings; the environment gives it comma-separated. A single string in the
+    /// file counts as a list of one.
+    pub(super) fn strings(
+        &mut self,
+        section: &str,
+        key: &str,
+        env: &'static str,
+    ) -> Option<(String, Vec<String>)> {
+        let (path, raw) = self.raw(section, key, env)?;
+        let list = match raw {
+            Raw::Env(text) => Some(
+                text.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
+            ),
+            Raw::File(toml::Value::String(s)) => Some(vec![s.clone()]),
+            Raw::File(toml::Value::Array(items)) => items
+                .iter()
+                .map(|v| v.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>(),
+            Raw::File(_) => None,
+        };
+        match list {
+            Some(list) => Some((path, list)),
+            None => {
+                self.wrong_type(path, "a string or a list of strings");
+                None
+            }
+        }
+    }
+
+    /// The array of tables at `section.key` (file only).
+    pub(super) fn tables(&mut self, section: &str, key: &str) -> Vec<(String, &'a toml::Table)> {
+        let path = format!("{section}.{key}");
+        self.keys.push(KeyDoc {
+            path: path.clone(),
+            env: "",
+        });
+        let Some(value) = self
+            .root
+            .get(section)
+            .and_then(|s| s.as_table())
+            .and_then(|s| s.get(key))
+        else {
+            return Vec::new();
+        };
+        let Some(items) = value.as_array() else {
+            self.wrong_type(path, "an array of tables ([[section.key]])");
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item.as_table() {
+                Some(t) => out.push((format!("{path}[{i}]"), t)),
+                None => self.wrong_type(format!("{path}[{i}]"), "a table"),
+            }
+        }
+        out
+    }
+
+    /// Records a problem found while validating.
+    pub(super) fn invalid(&mut self, key: impl Into<String>, reason: impl Into<String>) {
+        self.problems.push(ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        });
+    }
+
+    /// Reports every section and key in the file that nobody asked for.
+    pub(super) fn unknown_keys(&mut self) {
+        let known: Vec<&str> = self.keys.iter().map(|k| k.path.as_str()).collect();
+        for (section, value) in self.root {
+            let Some(table) = value.as_table() else {
+                self.problems.push(ConfigError::UnknownKey {
+                    key: section.clone(),
+                });
+                continue;
+            };
+            if !known
+                .iter()
+                .any(|k| k.split('.').next() == Some(section.as_str()))
+            {
+                self.problems.push(ConfigError::UnknownKey {
+                    key: format!("[{section}]"),
+                });
+                continue;
+            }
+            for key in table.keys() {
+                let path = format!("{section}.{key}");
+                if !known.contains(&path.as_str()) {
+                    self.problems.push(ConfigError::UnknownKey { key: path });
+                }
+            }
+        }
+    }
+}

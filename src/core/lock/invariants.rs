@@ -1,0 +1,176 @@
+//! The lease table's invariants, checked after every mutation in debug builds and after
+//! every step of the model-based tests. A broken invariant is a bug in the table, never a
+//! client's fault.
+
+use std::collections::{BTreeSet, HashSet};
+
+use super::{LockId, LockTable, QueueKind};
+
+impl LockTable {
+    /// Checks every invariant; returns the first broken one.
+    ///
+    /// - the name index and the slots agree, and every lock is reachable by its name;
+    /// - holders' weights sum to `used`, and `used` ≤ `limit`;
+    /// - no ticket is both holding and waiting, or twice in one lock;
+    /// - every fence is below the next fence and unique;
+    /// - FIFO: a non-empty queue's head does not fit; lottery: a non-empty queue has a
+    ///   candidate that does not fit, or no permit is free;
+    /// - the deadline index holds exactly the leases' expiries and the unwatched waiters'
+    ///   absence deadlines;
+    /// - no lock is empty (no holder, no waiter, no data); data byte counts are exact;
+    /// - the global holder and waiter counts match.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.check_counts()?;
+        let mut expected_deadlines = BTreeSet::new();
+        let mut fences = HashSet::new();
+        let (mut holders, mut waiters) = (0u64, 0u64);
+        for (id, slot) in self.slots.iter().enumerate() {
+            let Some(lock) = slot else { continue };
+            let id = id as LockId;
+            let name = lock.name.as_str();
+            if self.find(name) != Some(id) {
+                return Err(format!("lock {name:?} is not found by its name"));
+            }
+            if !lock.has_participants() && lock.data.is_none() {
+                return Err(format!("lock {name:?} is empty but not forgotten"));
+            }
+            let used: u32 = lock.holders.iter().map(|l| l.weight).sum();
+            if used != lock.used {
+                return Err(format!(
+                    "lock {name:?}: used {} but holders weigh {used}",
+                    lock.used
+                ));
+            }
+            if lock.used > lock.limit {
+                return Err(format!(
+                    "lock {name:?}: {} permits held over limit {}",
+                    lock.used, lock.limit
+                ));
+            }
+            let mut tickets = HashSet::new();
+            for lease in &lock.holders {
+                if !tickets.insert(lease.ticket) {
+                    return Err(format!("lock {name:?}: ticket {} held twice", lease.ticket));
+                }
+                if lease.fence >= self.next_fence || !fences.insert(lease.fence) {
+                    return Err(format!(
+                        "lock {name:?}: fence {} reused or from the future",
+                        lease.fence
+                    ));
+                }
+                if lease.weight == 0 {
+                    return Err(format!("lock {name:?}: a lease of weight 0"));
+                }
+                expected_deadlines.insert((lease.expires_at_ms, id, lease.ticket));
+            }
+            holders += lock.holders.len() as u64;
+            if let Some(queue) = &lock.queue {
+                if queue.waiters.is_empty() {
+                    return Err(format!("lock {name:?}: an empty queue is kept"));
+                }
+                for w in &queue.waiters {
+                    if !tickets.insert(w.ticket) {
+                        return Err(format!(
+                            "lock {name:?}: ticket {} both holding and waiting, or queued twice",
+                            w.ticket
+                        ));
+                    }
+                    if w.weight == 0 || w.weight > lock.limit {
+                        return Err(format!(
+                            "lock {name:?}: a waiter of weight {} can never fit",
+                            w.weight
+                        ));
+                    }
+                    if w.watchers == 0 {
+                        expected_deadlines.insert((w.absent_at_ms, id, w.ticket));
+                    }
+                }
+                waiters += queue.waiters.len() as u64;
+                let fits = |weight: u32| lock.used + weight <= lock.limit;
+                match lock.kind {
+                    QueueKind::Fifo => {
+                        if queue.candidate.is_some() {
+                            return Err(format!(
+                                "lock {name:?}: a FIFO queue has a lottery candidate"
+                            ));
+                        }
+                        if fits(queue.waiters[0].weight) {
+                            return Err(format!("lock {name:?}: the FIFO head fits but waits"));
+                        }
+                    }
+                    QueueKind::Lottery => {
+                        match queue.candidate {
+                            Some(t) => match queue.waiters.iter().find(|w| w.ticket == t) {
+                                None => {
+                                    return Err(format!(
+                                        "lock {name:?}: the lottery candidate is not queued"
+                                    ))
+                                }
+                                Some(w) if fits(w.weight) => {
+                                    return Err(format!(
+                                        "lock {name:?}: the lottery candidate fits but waits"
+                                    ))
+                                }
+                                Some(_) => {}
+                            },
+                            None if lock.used < lock.limit => return Err(format!(
+                                "lock {name:?}: permits are free but no lottery candidate is drawn"
+                            )),
+                            None => {}
+                        }
+                    }
+                }
+            }
+            if let Some(data) = &lock.data {
+                if data.entries.is_empty() {
+                    return Err(format!("lock {name:?}: an empty data map is kept"));
+                }
+                let bytes: usize = data
+                    .entries
+                    .iter()
+                    .map(|(k, v)| k.as_str().len() + v.len())
+                    .sum();
+                if bytes != data.bytes as usize {
+                    return Err(format!(
+                        "lock {name:?}: data bytes {} but entries hold {bytes}",
+                        data.bytes
+                    ));
+                }
+            }
+        }
+        if holders != self.holders || waiters != self.waiters {
+            return Err(format!(
+                "counts say {} holders and {} waiters; locks hold {holders} and {waiters}",
+                self.holders, self.waiters
+            ));
+        }
+        if expected_deadlines != self.deadlines {
+            let missing = expected_deadlines.difference(&self.deadlines).next();
+            let extra = self.deadlines.difference(&expected_deadlines).next();
+            return Err(format!(
+                "deadline index out of step: missing {missing:?}, extra {extra:?}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The cheap part, O(1): sizes that must agree.
+    pub(super) fn check_counts(&self) -> Result<(), String> {
+        if self.index.len() + self.free.len() != self.slots.len() {
+            return Err(format!(
+                "{} slots, {} free, {} indexed",
+                self.slots.len(),
+                self.free.len(),
+                self.index.len()
+            ));
+        }
+        let live = self.holders + self.waiters;
+        if (self.deadlines.len() as u64) > live {
+            return Err(format!(
+                "{} deadlines for {live} holders and waiters",
+                self.deadlines.len()
+            ));
+        }
+        Ok(())
+    }
+}

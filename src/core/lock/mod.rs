@@ -1,0 +1,1160 @@
+//! The lease table: every named lock, its holders, its queue and its data, as one pure,
+//! synchronous state machine.
+//!
+//! Each call takes a [`Moment`] (the time and some entropy) and returns a [`Reply`] for its
+//! caller, pushing [`Output`]s for everyone else (admitted waiters, expired leases, callbacks)
+//! into a buffer the shell drains. Nothing in here reads a clock, a random source, a file or
+//! a socket, so any history can be replayed exactly.
+//!
+//! Rules (DESIGN.md "The lease table"):
+//! - A lock has `limit` permits; holders' weights never sum above it.
+//! - Admission runs whenever permits may have freed up. FIFO admits the head while it fits
+//!   and never lets anyone pass a waiting head; lottery draws a uniformly random waiter and,
+//!   if it does not fit yet, keeps it as the candidate until it does (so heavy waiters are
+//!   not starved). A new caller never barges past existing waiters.
+//! - Every grant takes the next value of one global fence counter, which only goes up.
+//! - A waiter stays while it is watched (a waiting request or event stream is open) or was
+//!   seen within `waiter_ttl_ms`; otherwise it is dropped. An admitted waiter that is not
+//!   watched gets a lease of `claim_ms` that becomes its full TTL when it shows up; an
+//!   unclaimed grant lapses like any expired lease and the next waiter goes in.
+//! - A lock is forgotten when it has no holder, no waiter and no data.
+//!
+//! `expire(now)` first removes everything due at or before `now`, then admits.
+
+mod invariants;
+mod op;
+mod state;
+
+use std::cmp::min;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::hash::{DefaultHasher, Hasher};
+
+use hashbrown::HashTable;
+
+pub use op::{
+    Acquire, CallbackEvent, DropReason, LeaseView, Moment, Op, Output, QueueKind, QueueMode,
+    QueueView, Reply,
+};
+pub use state::{LeaseState, LockState, TableState, WaiterState};
+
+use super::error::CoreError;
+use super::names::{CallbackUrl, DataKey, LockName, Owner, Ticket};
+use super::rand::{lottery_stream, SplitMix64};
+
+/// Index of a lock's slot. Reused after the lock is forgotten.
+type LockId = u32;
+
+/// Limits on everything a client controls, plus the presence timings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableLimits {
+    /// Shortest lease a client may ask for.
+    pub min_ttl_ms: u64,
+    /// Longest lease a client may ask for.
+    pub max_ttl_ms: u64,
+    /// Largest permit count of a lock.
+    pub max_limit: u32,
+    /// Most locks the table holds at once.
+    pub max_locks: u32,
+    /// Longest queue of one lock.
+    pub max_waiters_per_lock: u32,
+    /// How long an unwatched waiter stays queued after it was last seen.
+    pub waiter_ttl_ms: u64,
+    /// How long an admitted waiter that is not connected has to claim its lease.
+    pub claim_ms: u64,
+    /// Most data keys per lock.
+    pub max_data_keys: u32,
+    /// Most bytes of data (keys + values) per lock.
+    pub max_data_bytes: u32,
+}
+
+impl TableLimits {
+    /// The defaults the configuration documents.
+    pub const DEFAULT: TableLimits = TableLimits {
+        min_ttl_ms: 100,
+        max_ttl_ms: 24 * 3600 * 1000,
+        max_limit: 10_000,
+        max_locks: 5_000_000,
+        max_waiters_per_lock: 100_000,
+        waiter_ttl_ms: 10_000,
+        claim_ms: 5_000,
+        max_data_keys: 64,
+        max_data_bytes: 64 * 1024,
+    };
+}
+
+impl Default for TableLimits {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+/// Owner label and callback of a lease or waiter; boxed because most have neither.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Extra {
+    owner: Option<Owner>,
+    callback: Option<CallbackUrl>,
+}
+
+fn make_extra(owner: Option<Owner>, callback: Option<CallbackUrl>) -> Option<Box<Extra>> {
+    if owner.is_none() && callback.is_none() {
+        None
+    } else {
+        Some(Box::new(Extra { owner, callback }))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Lease {
+    ticket: Ticket,
+    fence: u64,
+    expires_at_ms: u64,
+    ttl_ms: u64,
+    weight: u32,
+    claimed: bool,
+    extra: Option<Box<Extra>>,
+}
+
+impl Lease {
+    fn owner(&self) -> Option<&Owner> {
+        self.extra.as_ref().and_then(|e| e.owner.as_ref())
+    }
+
+    fn callback(&self) -> Option<&CallbackUrl> {
+        self.extra.as_ref().and_then(|e| e.callback.as_ref())
+    }
+
+    fn view(&self) -> LeaseView {
+        LeaseView {
+            ticket: self.ticket,
+            fence: self.fence,
+            owner: self.owner().cloned(),
+            weight: self.weight,
+            expires_at_ms: self.expires_at_ms,
+            claimed: self.claimed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Waiter {
+    ticket: Ticket,
+    ttl_ms: u64,
+    /// When an unwatched waiter is dropped; meaningless while `watchers > 0`.
+    absent_at_ms: u64,
+    weight: u32,
+    watchers: u32,
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Queue {
+    waiters: VecDeque<Waiter>,
+    /// Lottery only: the drawn waiter that goes in next, once it fits.
+    candidate: Option<Ticket>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct DataMap {
+    entries: BTreeMap<DataKey, Box<str>>,
+    /// Sum of key and value lengths.
+    bytes: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Lock {
+    name: LockName,
+    limit: u32,
+    used: u32,
+    kind: QueueKind,
+    holders: Vec<Lease>,
+    queue: Option<Box<Queue>>,
+    data: Option<Box<DataMap>>,
+}
+
+impl Lock {
+    fn queue_len(&self) -> usize {
+        self.queue.as_ref().map_or(0, |q| q.waiters.len())
+    }
+
+    fn has_participants(&self) -> bool {
+        !self.holders.is_empty() || self.queue.is_some()
+    }
+
+    fn holder_index(&self, ticket: Ticket) -> Option<usize> {
+        self.holders.iter().position(|l| l.ticket == ticket)
+    }
+
+    fn waiter_index(&self, ticket: Ticket) -> Option<usize> {
+        self.queue
+            .as_ref()
+            .and_then(|q| q.waiters.iter().position(|w| w.ticket == ticket))
+    }
+
+    fn queue_view(&self, index: usize) -> QueueView {
+        let queue_length = self.queue_len() as u32;
+        let ticket = self
+            .queue
+            .as_ref()
+            .map(|q| q.waiters[index].ticket)
+            .expect("waiter index in range");
+        QueueView {
+            ticket,
+            position: (self.kind == QueueKind::Fifo).then_some(index as u32 + 1),
+            queue_length,
+        }
+    }
+}
+
+/// Where a ticket stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TicketView {
+    /// It holds a lease.
+    Holding(LeaseView),
+    /// It waits.
+    Waiting(QueueView),
+}
+
+/// A holder as any reader may see it: no ticket (tickets are capabilities).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HolderView {
+    /// The holder's label.
+    pub owner: Option<Owner>,
+    /// Permits held.
+    pub weight: u32,
+    /// Fencing token.
+    pub fence: u64,
+    /// When the lease ends unless renewed.
+    pub expires_at_ms: u64,
+    /// Whether the holder has shown up since admission.
+    pub claimed: bool,
+}
+
+/// A lock as any reader may see it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LockView {
+    /// The name.
+    pub name: LockName,
+    /// Permit count.
+    pub limit: u32,
+    /// Queue discipline.
+    pub queue: QueueKind,
+    /// Permits in use.
+    pub used: u32,
+    /// Current holders.
+    pub holders: Vec<HolderView>,
+    /// Waiters.
+    pub queue_length: u32,
+    /// Keys in the data map.
+    pub data_keys: u32,
+}
+
+/// Totals for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TableStats {
+    /// Locks in the table.
+    pub locks: u64,
+    /// Live leases.
+    pub holders: u64,
+    /// Queued waiters.
+    pub waiters: u64,
+    /// The fence the next grant will take.
+    pub next_fence: u64,
+}
+
+/// The lease table. See the module docs for its rules.
+#[derive(Debug, Clone)]
+pub struct LockTable {
+    limits: TableLimits,
+    /// Secret mixed into every name hash so clients cannot aim names at one bucket.
+    hash_seed: u64,
+    /// Lock ids, hashed by their lock's name (the name itself lives only in the slot).
+    index: HashTable<LockId>,
+    slots: Vec<Option<Lock>>,
+    free: Vec<LockId>,
+    /// Every lease expiry and every unwatched waiter's absence deadline.
+    deadlines: BTreeSet<(u64, LockId, Ticket)>,
+    next_fence: u64,
+    holders: u64,
+    waiters: u64,
+}
+
+fn hash_name(seed: u64, name: &str) -> u64 {
+    let mut h = DefaultHasher::new();
+    h.write_u64(seed);
+    h.write(name.as_bytes());
+    h.finish()
+}
+
+fn out_of_range(field: &'static str, value: u64, min: u64, max: u64) -> Reply {
+    Reply::Rejected(CoreError::OutOfRange {
+        field,
+        value,
+        min,
+        max,
+    })
+}
+
+/// No waiter has moved (yet) in this call.
+const NOT_MOVED: usize = usize::MAX;
+
+/// Debug builds check every invariant after each mutation while the table is this small;
+/// beyond it they check only the cheap global counts, so large debug runs stay usable.
+#[cfg(debug_assertions)]
+const FULL_CHECK_MAX_LOCKS: usize = 2_000;
+
+impl LockTable {
+    /// An empty table. `hash_seed` should be random (it keys the name hash).
+    pub fn new(limits: TableLimits, hash_seed: u64) -> Self {
+        Self {
+            limits,
+            hash_seed,
+            index: HashTable::new(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            deadlines: BTreeSet::new(),
+            next_fence: 1,
+            holders: 0,
+            waiters: 0,
+        }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &TableLimits {
+        &self.limits
+    }
+
+    /// Replaces the limits (on reload). Existing leases and queues are kept as they are.
+    pub fn set_limits(&mut self, limits: TableLimits) {
+        self.limits = limits;
+    }
+
+    /// Totals for metrics.
+    pub fn stats(&self) -> TableStats {
+        TableStats {
+            locks: self.index.len() as u64,
+            holders: self.holders,
+            waiters: self.waiters,
+            next_fence: self.next_fence,
+        }
+    }
+
+    /// The fence the next grant will take.
+    pub fn next_fence(&self) -> u64 {
+        self.next_fence
+    }
+
+    /// Raises the fence counter to at least `floor` (never lowers it), e.g. after recovery
+    /// from a journal that may have lost a tail of grants.
+    pub fn restore_fence_floor(&mut self, floor: u64) {
+        self.next_fence = self.next_fence.max(floor);
+    }
+
+    /// The earliest time at which `expire` has work to do.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.deadlines.first().map(|&(at, _, _)| at)
+    }
+
+    fn find(&self, name: &str) -> Option<LockId> {
+        let hash = hash_name(self.hash_seed, name);
+        self.index
+            .find(hash, |&id| {
+                self.slots[id as usize]
+                    .as_ref()
+                    .is_some_and(|l| l.name.as_str() == name)
+            })
+            .copied()
+    }
+
+    fn lock(&self, id: LockId) -> &Lock {
+        self.slots[id as usize]
+            .as_ref()
+            .expect("indexed lock slot is occupied")
+    }
+
+    fn lock_mut(&mut self, id: LockId) -> &mut Lock {
+        self.slots[id as usize]
+            .as_mut()
+            .expect("indexed lock slot is occupied")
+    }
+
+    fn create(&mut self, name: LockName, limit: u32, kind: QueueKind) -> LockId {
+        let hash = hash_name(self.hash_seed, name.as_str());
+        let lock = Lock {
+            name,
+            limit,
+            used: 0,
+            kind,
+            holders: Vec::new(),
+            queue: None,
+            data: None,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slots[id as usize] = Some(lock);
+                id
+            }
+            None => {
+                self.slots.push(Some(lock));
+                (self.slots.len() - 1) as LockId
+            }
+        };
+        let (slots, seed) = (&self.slots, self.hash_seed);
+        self.index.insert_unique(hash, id, |&other| {
+            hash_name(
+                seed,
+                slots[other as usize]
+                    .as_ref()
+                    .map_or("", |l| l.name.as_str()),
+            )
+        });
+        id
+    }
+
+    fn forget_if_empty(&mut self, id: LockId) {
+        let lock = self.lock(id);
+        if lock.has_participants() || lock.data.is_some() {
+            return;
+        }
+        let hash = hash_name(self.hash_seed, lock.name.as_str());
+        if let Ok(entry) = self.index.find_entry(hash, |&other| other == id) {
+            entry.remove();
+        }
+        self.slots[id as usize] = None;
+        self.free.push(id);
+    }
+
+    /// Carries out one operation at `at`. The reply is for the caller; events for other
+    /// parties are appended to `out`.
+    pub fn apply(&mut self, op: Op, at: Moment, out: &mut Vec<Output>) -> Reply {
+        let reply = match op {
+            Op::Acquire(a) => self.acquire(a, at, out),
+            Op::Renew {
+                lock,
+                ticket,
+                ttl_ms,
+            } => self.renew(&lock, ticket, ttl_ms, at),
+            Op::Release { lock, ticket } => self.release(&lock, ticket, at, out),
+            Op::Touch { lock, ticket } => self.touch(&lock, ticket, at, Presence::Seen),
+            Op::Watch { lock, ticket } => self.touch(&lock, ticket, at, Presence::Watch),
+            Op::Unwatch { lock, ticket } => self.touch(&lock, ticket, at, Presence::Unwatch),
+            Op::SetLimit { lock, limit } => self.set_limit(&lock, limit, at, out),
+            Op::PutData {
+                lock,
+                ticket,
+                key,
+                value,
+            } => self.put_data(&lock, ticket, key, value, at),
+            Op::DeleteData { lock, ticket, key } => self.delete_data(&lock, ticket, &key, at),
+        };
+        self.debug_check();
+        reply
+    }
+
+    fn acquire(&mut self, a: Acquire, at: Moment, out: &mut Vec<Output>) -> Reply {
+        let limits = &self.limits;
+        if a.limit == 0 || a.limit > limits.max_limit {
+            return out_of_range("limit", a.limit.into(), 1, limits.max_limit.into());
+        }
+        if a.weight == 0 || a.weight > a.limit {
+            return out_of_range("weight", a.weight.into(), 1, a.limit.into());
+        }
+        if a.ttl_ms < limits.min_ttl_ms || a.ttl_ms > limits.max_ttl_ms {
+            return out_of_range("ttl_ms", a.ttl_ms, limits.min_ttl_ms, limits.max_ttl_ms);
+        }
+        let found = self.find(a.lock.as_str());
+        if let Some(id) = found {
+            // Re-entry: with the caller's ticket, or (vanishingly rare) a fresh ticket that
+            // happens to be in use here already.
+            for ticket in a.ticket.into_iter().chain(Some(a.new_ticket)) {
+                if let Some(reply) = self.reenter(id, ticket, a.ttl_ms, a.watch, at) {
+                    return reply;
+                }
+            }
+        }
+        let wanted_kind = match a.queue {
+            QueueMode::Lottery => QueueKind::Lottery,
+            QueueMode::Fifo | QueueMode::None => QueueKind::Fifo,
+        };
+        let id = match found {
+            None => {
+                if self.index.len() >= self.limits.max_locks as usize {
+                    return Reply::TableFull {
+                        max_locks: self.limits.max_locks,
+                    };
+                }
+                self.create(a.lock, a.limit, wanted_kind)
+            }
+            Some(id) => {
+                let lock = self.lock_mut(id);
+                if lock.has_participants() {
+                    if lock.limit != a.limit {
+                        return Reply::LimitMismatch { limit: lock.limit };
+                    }
+                    if a.queue != QueueMode::None && lock.kind != wanted_kind {
+                        return Reply::QueueMismatch { queue: lock.kind };
+                    }
+                } else {
+                    // Nobody to disagree with: the lock takes the caller's shape.
+                    lock.limit = a.limit;
+                    lock.kind = wanted_kind;
+                }
+                id
+            }
+        };
+        let max_waiters = self.limits.max_waiters_per_lock;
+        let waiter_ttl_ms = self.limits.waiter_ttl_ms;
+        let now = at.now_ms;
+        let lock = self.slots[id as usize]
+            .as_mut()
+            .expect("lock slot is occupied");
+        let queue_length = lock.queue_len();
+        if queue_length == 0 && lock.used + a.weight <= lock.limit {
+            let fence = self.next_fence;
+            self.next_fence += 1;
+            let lease = Lease {
+                ticket: a.new_ticket,
+                fence,
+                expires_at_ms: now + a.ttl_ms,
+                ttl_ms: a.ttl_ms,
+                weight: a.weight,
+                claimed: true,
+                extra: make_extra(a.owner, a.callback),
+            };
+            let view = lease.view();
+            if lock.holders.capacity() == lock.holders.len() {
+                // Most locks are mutexes: grow one lease at a time, not by doubling.
+                lock.holders.reserve_exact(1);
+            }
+            lock.used += a.weight;
+            lock.holders.push(lease);
+            self.deadlines.insert((view.expires_at_ms, id, view.ticket));
+            self.holders += 1;
+            return Reply::Held(view);
+        }
+        if a.queue == QueueMode::None {
+            // The lock has participants (an empty lock always fits), so it stays.
+            return Reply::Unavailable {
+                used: lock.used,
+                limit: lock.limit,
+                queue_length: queue_length as u32,
+            };
+        }
+        if queue_length >= max_waiters as usize {
+            return Reply::QueueFull { max_waiters };
+        }
+        let waiter = Waiter {
+            ticket: a.new_ticket,
+            ttl_ms: a.ttl_ms,
+            absent_at_ms: now + waiter_ttl_ms,
+            weight: a.weight,
+            watchers: u32::from(a.watch),
+            extra: make_extra(a.owner, a.callback),
+        };
+        if !a.watch {
+            self.deadlines
+                .insert((waiter.absent_at_ms, id, waiter.ticket));
+        }
+        lock.queue
+            .get_or_insert_with(Default::default)
+            .waiters
+            .push_back(waiter);
+        self.waiters += 1;
+        let view = lock.queue_view(queue_length);
+        // Nobody can be admitted here (the newcomer did not fit and nobody else changed), but
+        // a lottery lock with free permits must always have its next candidate drawn.
+        let mut unmoved = NOT_MOVED;
+        self.admit(id, at, &mut unmoved, out);
+        Reply::Queued(view)
+    }
+
+    /// A known ticket comes back through acquire: a holder renews, a waiter shows presence.
+    fn reenter(
+        &mut self,
+        id: LockId,
+        ticket: Ticket,
+        ttl_ms: u64,
+        watch: bool,
+        at: Moment,
+    ) -> Option<Reply> {
+        let lock = self.lock(id);
+        if let Some(i) = lock.holder_index(ticket) {
+            return Some(self.extend(id, i, ttl_ms, at.now_ms));
+        }
+        let i = lock.waiter_index(ticket)?;
+        let presence = if watch {
+            Presence::Watch
+        } else {
+            Presence::Seen
+        };
+        self.waiter_presence(id, i, at.now_ms, presence);
+        Some(Reply::Queued(self.lock(id).queue_view(i)))
+    }
+
+    /// Sets a holder's expiry to `now + ttl_ms` (claiming it if needed).
+    fn extend(&mut self, id: LockId, index: usize, ttl_ms: u64, now: u64) -> Reply {
+        let lease = &mut self.slots[id as usize]
+            .as_mut()
+            .expect("lock slot is occupied")
+            .holders[index];
+        let old = (lease.expires_at_ms, id, lease.ticket);
+        lease.expires_at_ms = now + ttl_ms;
+        lease.ttl_ms = ttl_ms;
+        lease.claimed = true;
+        let view = lease.view();
+        self.deadlines.remove(&old);
+        self.deadlines.insert((view.expires_at_ms, id, view.ticket));
+        Reply::Held(view)
+    }
+
+    /// A holder shows up: an unclaimed grant becomes a full lease; a claimed one is unchanged.
+    fn claim(&mut self, id: LockId, index: usize, now: u64) -> Reply {
+        let lease = &self.lock(id).holders[index];
+        if lease.claimed {
+            return Reply::Held(lease.view());
+        }
+        let ttl_ms = lease.ttl_ms;
+        self.extend(id, index, ttl_ms, now)
+    }
+
+    fn waiter_presence(&mut self, id: LockId, index: usize, now: u64, presence: Presence) {
+        let waiter_ttl_ms = self.limits.waiter_ttl_ms;
+        let queue = self.slots[id as usize]
+            .as_mut()
+            .and_then(|l| l.queue.as_mut())
+            .expect("waiter's lock has a queue");
+        let w = &mut queue.waiters[index];
+        let was_unwatched = w.watchers == 0;
+        let old = (w.absent_at_ms, id, w.ticket);
+        match presence {
+            Presence::Seen => {}
+            Presence::Watch => w.watchers = w.watchers.saturating_add(1),
+            Presence::Unwatch => w.watchers = w.watchers.saturating_sub(1),
+        }
+        if was_unwatched {
+            self.deadlines.remove(&old);
+        }
+        if w.watchers == 0 {
+            w.absent_at_ms = now + waiter_ttl_ms;
+            self.deadlines.insert((w.absent_at_ms, id, w.ticket));
+        }
+    }
+
+    fn touch(&mut self, name: &LockName, ticket: Ticket, at: Moment, presence: Presence) -> Reply {
+        let Some(id) = self.find(name.as_str()) else {
+            return Reply::TicketUnknown;
+        };
+        let lock = self.lock(id);
+        if let Some(i) = lock.holder_index(ticket) {
+            return match presence {
+                Presence::Unwatch => Reply::Held(lock.holders[i].view()),
+                Presence::Seen | Presence::Watch => self.claim(id, i, at.now_ms),
+            };
+        }
+        let Some(i) = lock.waiter_index(ticket) else {
+            return Reply::TicketUnknown;
+        };
+        self.waiter_presence(id, i, at.now_ms, presence);
+        Reply::Queued(self.lock(id).queue_view(i))
+    }
+
+    fn renew(&mut self, name: &LockName, ticket: Ticket, ttl_ms: Option<u64>, at: Moment) -> Reply {
+        if let Some(ttl) = ttl_ms {
+            if ttl < self.limits.min_ttl_ms || ttl > self.limits.max_ttl_ms {
+                return out_of_range(
+                    "ttl_ms",
+                    ttl,
+                    self.limits.min_ttl_ms,
+                    self.limits.max_ttl_ms,
+                );
+            }
+        }
+        let Some(id) = self.find(name.as_str()) else {
+            return Reply::TicketUnknown;
+        };
+        let lock = self.lock(id);
+        if let Some(i) = lock.holder_index(ticket) {
+            let ttl = ttl_ms.unwrap_or(lock.holders[i].ttl_ms);
+            return self.extend(id, i, ttl, at.now_ms);
+        }
+        let Some(i) = lock.waiter_index(ticket) else {
+            return Reply::TicketUnknown;
+        };
+        self.waiter_presence(id, i, at.now_ms, Presence::Seen);
+        Reply::NotHolder(self.lock(id).queue_view(i))
+    }
+
+    fn release(
+        &mut self,
+        name: &LockName,
+        ticket: Ticket,
+        at: Moment,
+        out: &mut Vec<Output>,
+    ) -> Reply {
+        let Some(id) = self.find(name.as_str()) else {
+            return Reply::TicketUnknown;
+        };
+        let lock = self.lock(id);
+        let mut moved_from = NOT_MOVED;
+        let reply = if let Some(i) = lock.holder_index(ticket) {
+            let lease = self.remove_holder(id, i);
+            out.push(Output::Released {
+                lock: name.clone(),
+                ticket,
+                fence: lease.fence,
+            });
+            Reply::Released { fence: lease.fence }
+        } else if let Some(i) = lock.waiter_index(ticket) {
+            self.remove_waiter(id, i);
+            moved_from = i;
+            Reply::Left
+        } else {
+            return Reply::TicketUnknown;
+        };
+        self.settle(id, at, moved_from, out);
+        reply
+    }
+
+    fn set_limit(
+        &mut self,
+        name: &LockName,
+        limit: u32,
+        at: Moment,
+        out: &mut Vec<Output>,
+    ) -> Reply {
+        if limit == 0 || limit > self.limits.max_limit {
+            return out_of_range("limit", limit.into(), 1, self.limits.max_limit.into());
+        }
+        let Some(id) = self.find(name.as_str()) else {
+            return Reply::LockUnknown;
+        };
+        let lock = self.lock_mut(id);
+        if limit < lock.used {
+            return Reply::LimitInUse { used: lock.used };
+        }
+        lock.limit = limit;
+        let mut moved_from = NOT_MOVED;
+        let mut i = 0;
+        while i < self.lock(id).queue_len() {
+            let w = &self
+                .lock(id)
+                .queue
+                .as_ref()
+                .expect("queue exists while it has waiters")
+                .waiters[i];
+            if w.weight > limit {
+                let ticket = w.ticket;
+                self.remove_waiter(id, i);
+                moved_from = min(moved_from, i);
+                out.push(Output::Dropped {
+                    lock: name.clone(),
+                    ticket,
+                    reason: DropReason::LimitLowered,
+                });
+            } else {
+                i += 1;
+            }
+        }
+        self.settle(id, at, moved_from, out);
+        Reply::LimitSet { limit }
+    }
+
+    fn put_data(
+        &mut self,
+        name: &LockName,
+        ticket: Ticket,
+        key: DataKey,
+        value: Box<str>,
+        at: Moment,
+    ) -> Reply {
+        let Some(id) = self.find(name.as_str()) else {
+            return Reply::TicketUnknown;
+        };
+        let (max_keys, max_bytes) = (self.limits.max_data_keys, self.limits.max_data_bytes);
+        let lock = self.lock(id);
+        let Some(i) = lock.holder_index(ticket) else {
+            return self.not_holder(id, ticket, at);
+        };
+        let data = lock.data.as_deref();
+        let old_len = data
+            .and_then(|d| d.entries.get(&key))
+            .map(|v| key.as_str().len() + v.len());
+        let keys = data.map_or(0, |d| d.entries.len());
+        if old_len.is_none() && keys >= max_keys as usize {
+            return Reply::Rejected(CoreError::DataTooLarge {
+                limit: "max_data_keys",
+                max: max_keys.into(),
+            });
+        }
+        let bytes = data.map_or(0, |d| d.bytes as usize) - old_len.unwrap_or(0)
+            + key.as_str().len()
+            + value.len();
+        if bytes > max_bytes as usize {
+            return Reply::Rejected(CoreError::DataTooLarge {
+                limit: "max_data_bytes",
+                max: max_bytes.into(),
+            });
+        }
+        self.claim(id, i, at.now_ms);
+        let data = self.lock_mut(id).data.get_or_insert_with(Default::default);
+        data.entries.insert(key, value);
+        data.bytes = bytes as u32;
+        Reply::DataWritten {
+            created: old_len.is_none(),
+        }
+    }
+
+    fn delete_data(&mut self, name: &LockName, ticket: Ticket, key: &DataKey, at: Moment) -> Reply {
+        let Some(id) = self.find(name.as_str()) else {
+            return Reply::TicketUnknown;
+        };
+        let Some(i) = self.lock(id).holder_index(ticket) else {
+            return self.not_holder(id, ticket, at);
+        };
+        self.claim(id, i, at.now_ms);
+        let lock = self.lock_mut(id);
+        let Some(data) = lock.data.as_mut() else {
+            return Reply::DataDeleted { existed: false };
+        };
+        let Some(value) = data.entries.remove(key) else {
+            return Reply::DataDeleted { existed: false };
+        };
+        data.bytes -= (key.as_str().len() + value.len()) as u32;
+        if data.entries.is_empty() {
+            lock.data = None;
+        }
+        Reply::DataDeleted { existed: true }
+    }
+
+    /// The reply to a holder-only operation from a ticket that is not a holder.
+    fn not_holder(&mut self, id: LockId, ticket: Ticket, at: Moment) -> Reply {
+        match self.lock(id).waiter_index(ticket) {
+            Some(i) => {
+                self.waiter_presence(id, i, at.now_ms, Presence::Seen);
+                Reply::NotHolder(self.lock(id).queue_view(i))
+            }
+            None => Reply::TicketUnknown,
+        }
+    }
+
+    fn remove_holder(&mut self, id: LockId, index: usize) -> Lease {
+        let lock = self.slots[id as usize]
+            .as_mut()
+            .expect("lock slot is occupied");
+        let lease = lock.holders.swap_remove(index);
+        lock.used -= lease.weight;
+        if lock.holders.is_empty() {
+            lock.holders = Vec::new();
+        }
+        self.deadlines
+            .remove(&(lease.expires_at_ms, id, lease.ticket));
+        self.holders -= 1;
+        lease
+    }
+
+    fn remove_waiter(&mut self, id: LockId, index: usize) -> Waiter {
+        let lock = self.slots[id as usize]
+            .as_mut()
+            .expect("lock slot is occupied");
+        let queue = lock.queue.as_mut().expect("waiter's lock has a queue");
+        let w = queue.waiters.remove(index).expect("waiter index in range");
+        if queue.candidate == Some(w.ticket) {
+            queue.candidate = None;
+        }
+        if queue.waiters.is_empty() {
+            lock.queue = None;
+        }
+        if w.watchers == 0 {
+            self.deadlines.remove(&(w.absent_at_ms, id, w.ticket));
+        }
+        self.waiters -= 1;
+        w
+    }
+
+    /// After permits may have freed up: admit who fits, tell watched waiters that moved,
+    /// and forget the lock if it is empty.
+    fn settle(&mut self, id: LockId, at: Moment, mut moved_from: usize, out: &mut Vec<Output>) {
+        self.admit(id, at, &mut moved_from, out);
+        let lock = self.lock(id);
+        if moved_from != NOT_MOVED && lock.kind == QueueKind::Fifo {
+            if let Some(queue) = lock.queue.as_ref() {
+                let queue_length = queue.waiters.len() as u32;
+                for (i, w) in queue.waiters.iter().enumerate().skip(moved_from) {
+                    if w.watchers > 0 {
+                        out.push(Output::Moved {
+                            lock: lock.name.clone(),
+                            ticket: w.ticket,
+                            position: i as u32 + 1,
+                            queue_length,
+                        });
+                    }
+                }
+            }
+        }
+        self.forget_if_empty(id);
+    }
+
+    fn admit(&mut self, id: LockId, at: Moment, moved_from: &mut usize, out: &mut Vec<Output>) {
+        let claim_ms = self.limits.claim_ms;
+        let mut draws: Option<SplitMix64> = None;
+        loop {
+            let lock = self.slots[id as usize]
+                .as_mut()
+                .expect("lock slot is occupied");
+            let Some(queue) = lock.queue.as_mut() else {
+                return;
+            };
+            let index = match lock.kind {
+                QueueKind::Fifo => {
+                    if lock.used + queue.waiters[0].weight > lock.limit {
+                        return;
+                    }
+                    0
+                }
+                QueueKind::Lottery => {
+                    let index = match queue.candidate {
+                        Some(t) => queue
+                            .waiters
+                            .iter()
+                            .position(|w| w.ticket == t)
+                            .expect("candidate is queued"),
+                        None => {
+                            if lock.used >= lock.limit {
+                                return;
+                            }
+                            let rng = draws.get_or_insert_with(|| {
+                                lottery_stream(at.entropy, lock.name.as_str())
+                            });
+                            rng.below(queue.waiters.len())
+                        }
+                    };
+                    if lock.used + queue.waiters[index].weight > lock.limit {
+                        queue.candidate = Some(queue.waiters[index].ticket);
+                        return;
+                    }
+                    index
+                }
+            };
+            let w = self.remove_waiter(id, index);
+            *moved_from = min(*moved_from, index);
+            let claimed = w.watchers > 0;
+            let fence = self.next_fence;
+            self.next_fence += 1;
+            let lease = Lease {
+                ticket: w.ticket,
+                fence,
+                expires_at_ms: at.now_ms
+                    + if claimed {
+                        w.ttl_ms
+                    } else {
+                        min(claim_ms, w.ttl_ms)
+                    },
+                ttl_ms: w.ttl_ms,
+                weight: w.weight,
+                claimed,
+                extra: w.extra,
+            };
+            let lock = self.slots[id as usize]
+                .as_mut()
+                .expect("lock slot is occupied");
+            lock.used += lease.weight;
+            self.deadlines
+                .insert((lease.expires_at_ms, id, lease.ticket));
+            self.holders += 1;
+            out.push(Output::Granted {
+                lock: lock.name.clone(),
+                lease: lease.view(),
+            });
+            if let Some(url) = lease.callback() {
+                out.push(Output::CallbackDue {
+                    url: url.clone(),
+                    event: CallbackEvent::Acquired,
+                    lock: lock.name.clone(),
+                    ticket: lease.ticket,
+                    fence,
+                    at_ms: at.now_ms,
+                });
+            }
+            lock.holders.push(lease);
+        }
+    }
+
+    /// Ends every lease and drops every absent waiter due at or before `at.now_ms`, then
+    /// admits waiters into the freed permits. Returns how many deadlines fired.
+    pub fn expire(&mut self, at: Moment, out: &mut Vec<Output>) -> usize {
+        // Take every due entry out of the index in one cut; the removals below then find
+        // nothing left to unindex for them.
+        let later = self
+            .deadlines
+            .split_off(&(at.now_ms + 1, 0, Ticket::from_bytes([0; 16])));
+        let mut due: Vec<(u64, LockId, Ticket)> = std::mem::replace(&mut self.deadlines, later)
+            .into_iter()
+            .collect();
+        let fired = due.len();
+        // Group by lock; within a lock, in deadline order.
+        due.sort_unstable_by_key(|&(at_ms, id, ticket)| (id, at_ms, ticket));
+        let mut start = 0;
+        while start < due.len() {
+            let id = due[start].1;
+            let end = start + due[start..].iter().take_while(|d| d.1 == id).count();
+            let mut moved_from = NOT_MOVED;
+            for &(_, _, ticket) in &due[start..end] {
+                let lock = self.lock(id);
+                if let Some(i) = lock.holder_index(ticket) {
+                    let unclaimed = !lock.holders[i].claimed;
+                    let lease = self.remove_holder(id, i);
+                    let name = self.lock(id).name.clone();
+                    out.push(Output::Expired {
+                        lock: name.clone(),
+                        ticket,
+                        fence: lease.fence,
+                        unclaimed,
+                    });
+                    if let Some(url) = lease.callback() {
+                        out.push(Output::CallbackDue {
+                            url: url.clone(),
+                            event: CallbackEvent::Expired,
+                            lock: name,
+                            ticket,
+                            fence: lease.fence,
+                            at_ms: at.now_ms,
+                        });
+                    }
+                } else if let Some(i) = lock.waiter_index(ticket) {
+                    let name = lock.name.clone();
+                    self.remove_waiter(id, i);
+                    moved_from = min(moved_from, i);
+                    out.push(Output::Dropped {
+                        lock: name,
+                        ticket,
+                        reason: DropReason::Absent,
+                    });
+                }
+            }
+            self.settle(id, at, moved_from, out);
+            start = end;
+        }
+        self.debug_check();
+        fired
+    }
+
+    /// Gives every waiter a fresh presence window (after a restart, nobody is connected).
+    pub fn reset_presence(&mut self, now_ms: u64) {
+        let absent_at_ms = now_ms + self.limits.waiter_ttl_ms;
+        for (id, slot) in self.slots.iter_mut().enumerate() {
+            let Some(queue) = slot.as_mut().and_then(|l| l.queue.as_mut()) else {
+                continue;
+            };
+            for w in queue.waiters.iter_mut() {
+                if w.watchers == 0 {
+                    self.deadlines
+                        .remove(&(w.absent_at_ms, id as LockId, w.ticket));
+                }
+                w.watchers = 0;
+                w.absent_at_ms = absent_at_ms;
+                self.deadlines
+                    .insert((absent_at_ms, id as LockId, w.ticket));
+            }
+        }
+        self.debug_check();
+    }
+
+    /// Where `ticket` stands on lock `name`, without counting as presence.
+    pub fn ticket_view(&self, name: &str, ticket: Ticket) -> Option<TicketView> {
+        let lock = self.lock(self.find(name)?);
+        if let Some(i) = lock.holder_index(ticket) {
+            return Some(TicketView::Holding(lock.holders[i].view()));
+        }
+        lock.waiter_index(ticket)
+            .map(|i| TicketView::Waiting(lock.queue_view(i)))
+    }
+
+    /// A lock as readers see it.
+    pub fn lock_view(&self, name: &str) -> Option<LockView> {
+        let lock = self.lock(self.find(name)?);
+        let mut holders: Vec<HolderView> = lock
+            .holders
+            .iter()
+            .map(|l| HolderView {
+                owner: l.owner().cloned(),
+                weight: l.weight,
+                fence: l.fence,
+                expires_at_ms: l.expires_at_ms,
+                claimed: l.claimed,
+            })
+            .collect();
+        holders.sort_by_key(|h| h.fence);
+        Some(LockView {
+            name: lock.name.clone(),
+            limit: lock.limit,
+            queue: lock.kind,
+            used: lock.used,
+            holders,
+            queue_length: lock.queue_len() as u32,
+            data_keys: lock.data.as_ref().map_or(0, |d| d.entries.len() as u32),
+        })
+    }
+
+    /// Up to `limit` locks whose names start with `prefix` and sort after `after`, in name
+    /// order. Costs one pass over the table.
+    pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Vec<LockView> {
+        let mut names: Vec<&str> = self
+            .slots
+            .iter()
+            .flatten()
+            .map(|l| l.name.as_str())
+            .filter(|n| n.starts_with(prefix) && after.is_none_or(|a| *n > a))
+            .collect();
+        if names.len() > limit && limit > 0 {
+            names.select_nth_unstable(limit - 1);
+        }
+        names.truncate(limit);
+        names.sort_unstable();
+        names
+            .into_iter()
+            .filter_map(|n| self.lock_view(n))
+            .collect()
+    }
+
+    /// The JSON text stored under `key` of lock `name`.
+    pub fn data(&self, name: &str, key: &str) -> Option<&str> {
+        let lock = self.lock(self.find(name)?);
+        lock.data.as_ref()?.entries.get(key).map(|v| &**v)
+    }
+
+    /// Every data entry of lock `name`, in key order.
+    pub fn data_entries(&self, name: &str) -> Vec<(&DataKey, &str)> {
+        self.find(name)
+            .and_then(|id| self.lock(id).data.as_ref())
+            .map(|d| d.entries.iter().map(|(k, v)| (k, &**v)).collect())
+            .unwrap_or_default()
+    }
+
+    #[inline]
+    fn debug_check(&self) {
+        #[cfg(debug_assertions)]
+        {
+            let result = if self.index.len() <= FULL_CHECK_MAX_LOCKS {
+                self.check_invariants()
+            } else {
+                self.check_counts()
+            };
+            if let Err(broken) = result {
+                panic!("lease table invariant broken: {broken}");
+            }
+        }
+    }
+}
+
+/// How a call counts toward a ticket's presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Presence {
+    /// Seen now (a poll).
+    Seen,
+    /// A waiting request or stream opened.
+    Watch,
+    /// A waiting request or stream closed.
+    Unwatch,
+}
+
+#[cfg(test)]
+mod tests;

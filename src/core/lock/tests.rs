@@ -1,0 +1,810 @@
+//! Scenario tests for the lease table, one rule each. The model-based tests in
+//! `tests/it/model.rs` then compare random histories against a naive reference.
+
+use super::*;
+
+const LIMITS: TableLimits = TableLimits {
+    min_ttl_ms: 10,
+    max_ttl_ms: 1_000_000,
+    max_limit: 100,
+    max_locks: 1_000,
+    max_waiters_per_lock: 3,
+    waiter_ttl_ms: 1_000,
+    claim_ms: 200,
+    max_data_keys: 2,
+    max_data_bytes: 64,
+};
+
+fn name(s: &str) -> LockName {
+    LockName::parse(s).unwrap()
+}
+
+fn t(n: u8) -> Ticket {
+    Ticket::from_bytes([n; 16])
+}
+
+fn at(now_ms: u64) -> Moment {
+    Moment::new(now_ms, now_ms.wrapping_mul(0x9E37_79B9))
+}
+
+struct Harness {
+    table: LockTable,
+    out: Vec<Output>,
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self {
+            table: LockTable::new(LIMITS, 42),
+            out: Vec::new(),
+        }
+    }
+
+    fn op(&mut self, op: Op, now: u64) -> Reply {
+        self.out.clear();
+        let reply = self.table.apply(op, at(now), &mut self.out);
+        self.table.check_invariants().unwrap();
+        reply
+    }
+
+    fn acquire(&mut self, lock: &str, ticket: u8, now: u64, f: impl FnOnce(&mut Acquire)) -> Reply {
+        let mut a = Acquire {
+            lock: name(lock),
+            ticket: None,
+            new_ticket: t(ticket),
+            owner: None,
+            ttl_ms: 1_000,
+            limit: 1,
+            weight: 1,
+            queue: QueueMode::Fifo,
+            watch: false,
+            callback: None,
+        };
+        f(&mut a);
+        self.op(Op::Acquire(a), now)
+    }
+
+    fn release(&mut self, lock: &str, ticket: u8, now: u64) -> Reply {
+        self.op(
+            Op::Release {
+                lock: name(lock),
+                ticket: t(ticket),
+            },
+            now,
+        )
+    }
+
+    fn expire(&mut self, now: u64) -> usize {
+        self.out.clear();
+        let n = self.table.expire(at(now), &mut self.out);
+        self.table.check_invariants().unwrap();
+        n
+    }
+
+    fn granted(&self) -> Vec<Ticket> {
+        self.out
+            .iter()
+            .filter_map(|o| match o {
+                Output::Granted { lease, .. } => Some(lease.ticket),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn fence_of(reply: &Reply) -> u64 {
+    match reply {
+        Reply::Held(l) => l.fence,
+        other => panic!("expected a lease, got {other:?}"),
+    }
+}
+
+#[test]
+fn acquire_free_lock_grants_with_first_fence() {
+    let mut h = Harness::new();
+    let reply = h.acquire("a", 1, 0, |_| {});
+    assert_eq!(fence_of(&reply), 1);
+    let Reply::Held(lease) = reply else {
+        unreachable!()
+    };
+    assert_eq!(lease.expires_at_ms, 1_000);
+    assert!(lease.claimed);
+    assert_eq!(h.table.next_deadline(), Some(1_000));
+}
+
+#[test]
+fn acquire_held_mutex_queues_then_release_admits_with_higher_fence() {
+    let mut h = Harness::new();
+    let f1 = fence_of(&h.acquire("a", 1, 0, |_| {}));
+    let queued = h.acquire("a", 2, 0, |a| a.watch = true);
+    assert_eq!(
+        queued,
+        Reply::Queued(QueueView {
+            ticket: t(2),
+            position: Some(1),
+            queue_length: 1
+        })
+    );
+    assert_eq!(h.release("a", 1, 10), Reply::Released { fence: f1 });
+    assert_eq!(h.granted(), vec![t(2)]);
+    let Some(Output::Granted { lease, .. }) =
+        h.out.iter().find(|o| matches!(o, Output::Granted { .. }))
+    else {
+        panic!("no grant")
+    };
+    assert!(lease.fence > f1);
+    assert!(
+        lease.claimed,
+        "a watched waiter is connected and claims at once"
+    );
+    assert_eq!(lease.expires_at_ms, 10 + 1_000);
+}
+
+#[test]
+fn try_lock_on_held_lock_is_unavailable_and_changes_nothing() {
+    let mut h = Harness::new();
+    h.acquire("a", 1, 0, |_| {});
+    let before = h.table.export();
+    let reply = h.acquire("a", 2, 0, |a| a.queue = QueueMode::None);
+    assert_eq!(
+        reply,
+        Reply::Unavailable {
+            used: 1,
+            limit: 1,
+            queue_length: 0
+        }
+    );
+    assert_eq!(h.table.export(), before);
+}
+
+#[test]
+fn reacquire_with_own_ticket_is_reentrant_and_keeps_fence() {
+    let mut h = Harness::new();
+    let f = fence_of(&h.acquire("a", 1, 0, |_| {}));
+    let again = h.acquire("a", 9, 500, |a| a.ticket = Some(t(1)));
+    assert_eq!(fence_of(&again), f);
+    let Reply::Held(lease) = again else {
+        unreachable!()
+    };
+    assert_eq!(lease.ticket, t(1));
+    assert_eq!(lease.expires_at_ms, 1_500);
+    assert_eq!(h.table.stats().holders, 1);
+}
+
+#[test]
+fn unknown_ticket_on_acquire_gets_a_fresh_place() {
+    let mut h = Harness::new();
+    h.acquire("a", 1, 0, |_| {});
+    let reply = h.acquire("a", 2, 0, |a| a.ticket = Some(t(77)));
+    assert_eq!(
+        reply,
+        Reply::Queued(QueueView {
+            ticket: t(2),
+            position: Some(1),
+            queue_length: 1
+        })
+    );
+}
+
+#[test]
+fn fifo_head_blocks_smaller_waiters_behind_it() {
+    let mut h = Harness::new();
+    h.acquire("s", 1, 0, |a| (a.limit, a.weight) = (3, 2));
+    // Head wants 2 (only 1 free): it waits, and the weight-1 newcomer may not barge past it.
+    assert!(matches!(
+        h.acquire("s", 2, 0, |a| (a.limit, a.weight) = (3, 2)),
+        Reply::Queued(_)
+    ));
+    assert!(matches!(
+        h.acquire("s", 3, 0, |a| (a.limit, a.weight) = (3, 1)),
+        Reply::Queued(_)
+    ));
+    assert_eq!(h.release("s", 1, 1), Reply::Released { fence: 1 });
+    assert_eq!(h.granted(), vec![t(2), t(3)]);
+}
+
+#[test]
+fn weight_above_limit_and_bad_ttl_are_rejected() {
+    let mut h = Harness::new();
+    assert!(matches!(
+        h.acquire("s", 1, 0, |a| (a.limit, a.weight) = (2, 3)),
+        Reply::Rejected(CoreError::OutOfRange {
+            field: "weight",
+            ..
+        })
+    ));
+    assert!(matches!(
+        h.acquire("s", 1, 0, |a| a.ttl_ms = 5),
+        Reply::Rejected(CoreError::OutOfRange {
+            field: "ttl_ms",
+            ..
+        })
+    ));
+    assert!(matches!(
+        h.acquire("s", 1, 0, |a| a.limit = 0),
+        Reply::Rejected(CoreError::OutOfRange { field: "limit", .. })
+    ));
+    assert_eq!(h.table.stats().locks, 0);
+}
+
+#[test]
+fn limit_mismatch_only_while_the_lock_has_participants() {
+    let mut h = Harness::new();
+    h.acquire("s", 1, 0, |a| a.limit = 2);
+    assert_eq!(
+        h.acquire("s", 2, 0, |a| a.limit = 3),
+        Reply::LimitMismatch { limit: 2 }
+    );
+    assert_eq!(
+        h.acquire("s", 2, 0, |a| (a.limit, a.queue) = (2, QueueMode::Lottery)),
+        Reply::QueueMismatch {
+            queue: QueueKind::Fifo
+        }
+    );
+    h.release("s", 1, 0);
+    assert!(matches!(
+        h.acquire("s", 2, 0, |a| a.limit = 3),
+        Reply::Held(_)
+    ));
+}
+
+#[test]
+fn lease_expires_at_its_deadline_and_passes_on() {
+    let mut h = Harness::new();
+    h.acquire("a", 1, 0, |_| {});
+    h.acquire("a", 2, 0, |a| a.watch = true);
+    assert_eq!(h.expire(999), 0);
+    assert_eq!(h.expire(1_000), 1);
+    assert!(matches!(
+        h.out[0],
+        Output::Expired {
+            unclaimed: false,
+            fence: 1,
+            ..
+        }
+    ));
+    assert_eq!(h.granted(), vec![t(2)]);
+    assert_eq!(h.release("a", 1, 1_001), Reply::TicketUnknown);
+}
+
+#[test]
+fn renew_extends_and_never_releases() {
+    let mut h = Harness::new();
+    h.acquire("a", 1, 0, |_| {});
+    let renewed = h.op(
+        Op::Renew {
+            lock: name("a"),
+            ticket: t(1),
+            ttl_ms: Some(5_000),
+        },
+        900,
+    );
+    let Reply::Held(lease) = renewed else {
+        panic!("{renewed:?}")
+    };
+    assert_eq!(lease.expires_at_ms, 5_900);
+    assert_eq!(h.expire(2_000), 0);
+    assert_eq!(h.table.stats().holders, 1);
+    assert_eq!(
+        h.op(
+            Op::Renew {
+                lock: name("a"),
+                ticket: t(2),
+                ttl_ms: None
+            },
+            0
+        ),
+        Reply::TicketUnknown
+    );
+}
+
+#[test]
+fn unwatched_waiter_is_dropped_after_waiter_ttl_unless_it_polls() {
+    let mut h = Harness::new();
+    h.acquire("a", 1, 0, |a| a.ttl_ms = 100_000);
+    h.acquire("a", 2, 0, |_| {});
+    h.acquire("a", 3, 0, |_| {});
+    // Ticket 3 polls at 900, so it survives the 1 000 ms mark; ticket 2 does not.
+    h.op(
+        Op::Touch {
+            lock: name("a"),
+            ticket: t(3),
+        },
+        900,
+    );
+    h.expire(1_000);
+    assert_eq!(
+        h.out,
+        vec![Output::Dropped {
+            lock: name("a"),
+            ticket: t(2),
+            reason: DropReason::Absent
+        }]
+    );
+    h.expire(1_900);
+    assert!(matches!(
+        h.out[0],
+        Output::Dropped {
+            reason: DropReason::Absent,
+            ..
+        }
+    ));
+    assert_eq!(h.table.stats().waiters, 0);
+}
+
+#[test]
+fn watched_waiter_stays_until_unwatched_plus_waiter_ttl() {
+    let mut h = Harness::new();
+    h.acquire("a", 1, 0, |a| a.ttl_ms = 100_000);
+    h.acquire("a", 2, 0, |a| a.watch = true);
+    h.expire(50_000);
+    assert_eq!(h.table.stats().waiters, 1);
+    h.op(
+        Op::Unwatch {
+            lock: name("a"),
+            ticket: t(2),
+        },
+        50_000,
+    );
+    h.expire(50_999);
+    assert_eq!(h.table.stats().waiters, 1);
+    h.expire(51_000);
+    assert_eq!(h.table.stats().waiters, 0);
+}
+
+#[test]
+fn admitted_absent_waiter_gets_claim_window_then_lapses_to_next() {
+    let mut h = Harness::new();
+    h.acquire("a", 1, 0, |_| {});
+    h.acquire("a", 2, 0, |a| a.ttl_ms = 10_000); // unwatched; polls keep it
+    h.acquire("a", 3, 0, |a| a.watch = true);
+    h.op(
+        Op::Touch {
+            lock: name("a"),
+            ticket: t(2),
+        },
+        500,
+    );
+    h.release("a", 1, 600);
+    let Some(Output::Granted { lease, .. }) = h.out.get(1) else {
+        panic!("{:?}", h.out)
+    };
+    assert_eq!(lease.ticket, t(2));
+    assert!(!lease.claimed);
+    assert_eq!(lease.expires_at_ms, 600 + LIMITS.claim_ms);
+    h.expire(800);
+    assert_eq!(
+        h.out[0],
+        Output::Expired {
+            lock: name("a"),
+            ticket: t(2),
+            fence: 2,
+            unclaimed: true
+        }
+    );
+    assert_eq!(h.granted(), vec![t(3)]);
+}
+
+#[test]
+fn admitted_waiter_that_shows_up_claims_its_full_ttl() {
+    let mut h = Harness::new();
+    h.acquire("a", 1, 0, |_| {});
+    h.acquire("a", 2, 0, |a| a.ttl_ms = 10_000);
+    h.release("a", 1, 100);
+    let reply = h.op(
+        Op::Touch {
+            lock: name("a"),
+            ticket: t(2),
+        },
+        150,
+    );
+    let Reply::Held(lease) = reply else {
+        panic!("{reply:?}")
+    };
+    assert!(lease.claimed);
+    assert_eq!(lease.expires_at_ms, 10_150);
+}
+
+#[test]
+fn release_of_waiter_is_leave_and_moves_watched_waiters_up() {
+    let mut h = Harness::new();
+    h.acquire("a", 1, 0, |a| a.ttl_ms = 100_000);
+    h.acquire("a", 2, 0, |a| a.watch = true);
+    h.acquire("a", 3, 0, |a| a.watch = true);
+    h.acquire("a", 4, 0, |_| {});
+    assert_eq!(h.release("a", 2, 1), Reply::Left);
+    assert_eq!(
+        h.out,
+        vec![Output::Moved {
+            lock: name("a"),
+            ticket: t(3),
+            position: 1,
+            queue_length: 2
+        }]
+    );
+}
+
+#[test]
+fn queue_full_refuses_new_waiters_but_not_known_ones() {
+    let mut h = Harness::new();
+    h.acquire("a", 1, 0, |_| {});
+    for n in 2..=4 {
+        assert!(matches!(h.acquire("a", n, 0, |_| {}), Reply::Queued(_)));
+    }
+    assert_eq!(
+        h.acquire("a", 5, 0, |_| {}),
+        Reply::QueueFull { max_waiters: 3 }
+    );
+    assert!(matches!(
+        h.acquire("a", 9, 0, |a| a.ticket = Some(t(3))),
+        Reply::Queued(_)
+    ));
+}
+
+#[test]
+fn lottery_admits_a_drawn_waiter_and_keeps_a_heavy_candidate_until_it_fits() {
+    let mut h = Harness::new();
+    let lottery = |a: &mut Acquire| (a.queue, a.limit, a.ttl_ms) = (QueueMode::Lottery, 2, 100_000);
+    h.acquire("l", 1, 0, |a| {
+        lottery(a);
+        a.weight = 2;
+    });
+    h.acquire("l", 2, 0, |a| {
+        lottery(a);
+        a.watch = true;
+        a.weight = 2;
+    });
+    h.acquire("l", 3, 0, |a| {
+        lottery(a);
+        a.watch = true;
+    });
+    h.release("l", 1, 1);
+    // Whoever was drawn first, both end up admitted (2 + 1 > 2, so one at a time).
+    let first = h.granted();
+    assert_eq!(first.len(), 1);
+    let other = if first[0] == t(2) { 3 } else { 2 };
+    let Reply::Released { .. } = h.release("l", if first[0] == t(2) { 2 } else { 3 }, 2) else {
+        panic!()
+    };
+    assert_eq!(h.granted(), vec![t(other)]);
+}
+
+#[test]
+fn lottery_order_differs_from_fifo_over_many_draws() {
+    // 8 waiters, admitted one by one: over 40 seeds, the lottery must sometimes not grant in
+    // arrival order (the chance of strict arrival order 40 times is (1/8!)^40).
+    let mut out_of_order = 0;
+    for seed in 0..40u64 {
+        let mut table = LockTable::new(LIMITS, seed);
+        let mut out = Vec::new();
+        let mk = |n: u8, ticket: Option<Ticket>| {
+            Op::Acquire(Acquire {
+                lock: name("l"),
+                ticket,
+                new_ticket: t(n),
+                owner: None,
+                ttl_ms: 100_000,
+                limit: 1,
+                weight: 1,
+                queue: QueueMode::Lottery,
+                watch: true,
+                callback: None,
+            })
+        };
+        let mut limits = LIMITS;
+        limits.max_waiters_per_lock = 100;
+        table.set_limits(limits);
+        table.apply(mk(0, None), Moment::new(0, seed), &mut out);
+        for n in 1..=8 {
+            table.apply(mk(n, None), Moment::new(0, seed), &mut out);
+        }
+        let mut holder = t(0);
+        let mut order = Vec::new();
+        for step in 1..=8u64 {
+            out.clear();
+            table.apply(
+                Op::Release {
+                    lock: name("l"),
+                    ticket: holder,
+                },
+                Moment::new(step, seed ^ step),
+                &mut out,
+            );
+            let Some(Output::Granted { lease, .. }) =
+                out.iter().find(|o| matches!(o, Output::Granted { .. }))
+            else {
+                panic!("no grant")
+            };
+            holder = lease.ticket;
+            order.push(holder.as_bytes()[0]);
+        }
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            (1..=8).collect::<Vec<u8>>(),
+            "everyone is granted exactly once"
+        );
+        if order != sorted {
+            out_of_order += 1;
+        }
+    }
+    assert!(
+        out_of_order > 30,
+        "lottery looked like FIFO in {} of 40 runs",
+        40 - out_of_order
+    );
+}
+
+#[test]
+fn set_limit_raise_admits_lower_below_used_is_refused_and_heavy_waiters_drop() {
+    let mut h = Harness::new();
+    h.acquire("s", 1, 0, |a| (a.limit, a.ttl_ms) = (2, 100_000));
+    h.acquire("s", 2, 0, |a| {
+        (a.limit, a.weight, a.ttl_ms) = (2, 2, 100_000)
+    });
+    assert_eq!(
+        h.op(
+            Op::SetLimit {
+                lock: name("s"),
+                limit: 3
+            },
+            1
+        ),
+        Reply::LimitSet { limit: 3 }
+    );
+    assert_eq!(h.granted(), vec![t(2)]);
+    assert_eq!(
+        h.op(
+            Op::SetLimit {
+                lock: name("s"),
+                limit: 2
+            },
+            2
+        ),
+        Reply::LimitInUse { used: 3 }
+    );
+    h.acquire("s", 3, 0, |a| (a.limit, a.weight) = (3, 3));
+    h.release("s", 2, 3);
+    assert_eq!(
+        h.op(
+            Op::SetLimit {
+                lock: name("s"),
+                limit: 2
+            },
+            4
+        ),
+        Reply::LimitSet { limit: 2 }
+    );
+    assert_eq!(
+        h.out,
+        vec![Output::Dropped {
+            lock: name("s"),
+            ticket: t(3),
+            reason: DropReason::LimitLowered
+        }]
+    );
+    assert_eq!(
+        h.op(
+            Op::SetLimit {
+                lock: name("nope"),
+                limit: 2
+            },
+            4
+        ),
+        Reply::LockUnknown
+    );
+}
+
+#[test]
+fn data_writes_are_fenced_and_size_limited() {
+    let mut h = Harness::new();
+    h.acquire("d", 1, 0, |_| {});
+    h.acquire("d", 2, 0, |_| {});
+    let key = |k: &str| DataKey::parse(k).unwrap();
+    let put = |k: &str, v: &str, ticket: u8| Op::PutData {
+        lock: name("d"),
+        ticket: t(ticket),
+        key: key(k),
+        value: v.into(),
+    };
+    assert_eq!(
+        h.op(put("x", "1", 1), 0),
+        Reply::DataWritten { created: true }
+    );
+    assert_eq!(
+        h.op(put("x", "2", 1), 0),
+        Reply::DataWritten { created: false }
+    );
+    assert!(matches!(h.op(put("x", "3", 2), 0), Reply::NotHolder(_)));
+    assert_eq!(h.op(put("x", "3", 7), 0), Reply::TicketUnknown);
+    assert_eq!(h.table.data("d", "x"), Some("2"));
+    assert_eq!(
+        h.op(put("y", "[]", 1), 0),
+        Reply::DataWritten { created: true }
+    );
+    assert!(matches!(
+        h.op(put("z", "0", 1), 0),
+        Reply::Rejected(CoreError::DataTooLarge {
+            limit: "max_data_keys",
+            ..
+        })
+    ));
+    let big = "9".repeat(70);
+    assert!(matches!(
+        h.op(put("x", &big, 1), 0),
+        Reply::Rejected(CoreError::DataTooLarge {
+            limit: "max_data_bytes",
+            ..
+        })
+    ));
+    assert_eq!(
+        h.table.data("d", "x"),
+        Some("2"),
+        "a refused write changes nothing"
+    );
+    // Data keeps the lock alive after everyone leaves.
+    h.release("d", 2, 0);
+    h.release("d", 1, 0);
+    assert_eq!(h.table.stats().locks, 1);
+    assert_eq!(h.table.data_entries("d").len(), 2);
+    h.acquire("d", 3, 0, |_| {});
+    let del = |k: &str| Op::DeleteData {
+        lock: name("d"),
+        ticket: t(3),
+        key: key(k),
+    };
+    assert_eq!(h.op(del("x"), 0), Reply::DataDeleted { existed: true });
+    assert_eq!(h.op(del("x"), 0), Reply::DataDeleted { existed: false });
+    assert_eq!(h.op(del("y"), 0), Reply::DataDeleted { existed: true });
+    h.release("d", 3, 0);
+    assert_eq!(h.table.stats().locks, 0, "an empty lock is forgotten");
+}
+
+#[test]
+fn callbacks_fire_on_admission_after_waiting_and_on_expiry() {
+    let mut h = Harness::new();
+    let url = CallbackUrl::parse("http://hooks.test/x").unwrap();
+    h.acquire("c", 1, 0, |a| a.callback = Some(url.clone()));
+    h.acquire("c", 2, 0, |a| {
+        a.callback = Some(url.clone());
+        a.watch = true;
+    });
+    h.expire(1_000);
+    let events: Vec<(CallbackEvent, Ticket)> = h
+        .out
+        .iter()
+        .filter_map(|o| match o {
+            Output::CallbackDue { event, ticket, .. } => Some((*event, *ticket)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        events,
+        vec![
+            (CallbackEvent::Expired, t(1)),
+            (CallbackEvent::Acquired, t(2))
+        ]
+    );
+}
+
+#[test]
+fn table_full_refuses_new_locks() {
+    let mut limits = LIMITS;
+    limits.max_locks = 2;
+    let mut h = Harness::new();
+    h.table.set_limits(limits);
+    h.acquire("a", 1, 0, |_| {});
+    h.acquire("b", 1, 0, |_| {});
+    assert_eq!(
+        h.acquire("c", 1, 0, |_| {}),
+        Reply::TableFull { max_locks: 2 }
+    );
+    assert!(matches!(h.acquire("a", 2, 0, |_| {}), Reply::Queued(_)));
+}
+
+#[test]
+fn fence_floor_only_raises() {
+    let mut h = Harness::new();
+    h.table.restore_fence_floor(100);
+    assert_eq!(fence_of(&h.acquire("a", 1, 0, |_| {})), 100);
+    h.table.restore_fence_floor(5);
+    assert_eq!(h.table.next_fence(), 101);
+}
+
+#[test]
+fn import_refuses_a_state_that_breaks_an_invariant() {
+    let mut h = Harness::new();
+    h.acquire("a", 1, 0, |_| {});
+    h.acquire("a", 2, 0, |_| {});
+    let good = h.table.export();
+    assert!(LockTable::import(good.clone(), LIMITS, 1).is_ok());
+
+    let mut over = good.clone();
+    over.locks[0].holders[0].weight = 2;
+    assert!(
+        LockTable::import(over, LIMITS, 1).is_err(),
+        "holders over the limit"
+    );
+
+    let mut stale_fence = good.clone();
+    stale_fence.next_fence = 1;
+    assert!(
+        LockTable::import(stale_fence, LIMITS, 1).is_err(),
+        "fence not below next_fence"
+    );
+
+    let mut both = good.clone();
+    both.locks[0].waiters[0].ticket = both.locks[0].holders[0].ticket;
+    assert!(
+        LockTable::import(both, LIMITS, 1).is_err(),
+        "holding and waiting"
+    );
+
+    let mut head_fits = good;
+    head_fits.locks[0].holders.clear();
+    assert!(
+        LockTable::import(head_fits, LIMITS, 1).is_err(),
+        "FIFO head fits but waits"
+    );
+}
+
+#[test]
+fn reset_presence_gives_every_waiter_a_fresh_window() {
+    let mut h = Harness::new();
+    h.acquire("a", 1, 0, |a| a.ttl_ms = 100_000);
+    h.acquire("a", 2, 0, |a| a.watch = true);
+    h.acquire("a", 3, 0, |_| {});
+    h.table.reset_presence(5_000);
+    h.table.check_invariants().unwrap();
+    h.expire(5_999);
+    assert_eq!(h.table.stats().waiters, 2);
+    h.expire(6_000);
+    assert_eq!(h.table.stats().waiters, 0);
+}
+
+#[test]
+fn views_hide_tickets_and_list_pages_by_name() {
+    let mut h = Harness::new();
+    for (i, n) in ["b", "a", "c", "ab"].iter().enumerate() {
+        h.acquire(n, i as u8 + 1, 0, |a| {
+            a.owner = Some(Owner::parse("me").unwrap())
+        });
+    }
+    let view = h.table.lock_view("a").unwrap();
+    assert_eq!(
+        view.holders[0].owner.as_ref().map(Owner::as_str),
+        Some("me")
+    );
+    let json = serde_json::to_string(&view).unwrap();
+    assert!(
+        !json.contains(&t(2).to_string()),
+        "a lock view must not reveal tickets: {json}"
+    );
+    let page: Vec<String> = h
+        .table
+        .list("", None, 2)
+        .into_iter()
+        .map(|v| v.name.to_string())
+        .collect();
+    assert_eq!(page, ["a", "ab"]);
+    let page: Vec<String> = h
+        .table
+        .list("", Some("ab"), 2)
+        .into_iter()
+        .map(|v| v.name.to_string())
+        .collect();
+    assert_eq!(page, ["b", "c"]);
+    let page: Vec<String> = h
+        .table
+        .list("a", None, 10)
+        .into_iter()
+        .map(|v| v.name.to_string())
+        .collect();
+    assert_eq!(page, ["a", "ab"]);
+    assert!(matches!(
+        h.table.ticket_view("a", t(2)),
+        Some(TicketView::Holding(_))
+    ));
+    assert_eq!(h.table.ticket_view("a", t(9)), None);
+}

@@ -1,0 +1,12 @@
+//! The pure core: validated names, deterministic draws and the lease table.
+//!
+//! Nothing under `core` touches a socket, file, clock, signal, environment variable or random
+//! source; time and entropy arrive as arguments and effects leave as data. This is what the
+//! model-based tests, the simulation and the fuzzers exercise.
+
+pub mod error;
+pub mod lock;
+pub mod names;
+pub mod rand;
+
+pub use error::CoreError;
