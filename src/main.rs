@@ -34,10 +34,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         _ => {
-            eprint!(
-                "leasehold: unrecognised arguments: {}\n\n{USAGE}",
-                argv.join(" ")
-            );
+            eprint!("leasehold: unrecognised arguments: {}\n\n{USAGE}", argv.join(" "));
             ExitCode::from(EXIT_USAGE)
         }
     }
@@ -55,14 +52,10 @@ fn load_config(file: Option<&PathBuf>) -> Result<Config, ExitCode> {
             }
         },
     };
-    let env: Vec<(String, String)> = std::env::vars_os()
-        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
-        .collect();
+    let env: Vec<(String, String)> =
+        std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
     Config::load(text.as_deref(), &env).map_err(|problems| {
-        let source = file.map_or_else(
-            || "the embedded defaults".to_string(),
-            |p| p.display().to_string(),
-        );
+        let source = file.map_or_else(|| "the embedded defaults".to_string(), |p| p.display().to_string());
         report_problems(&source, &problems);
         ExitCode::from(EXIT_USAGE)
     })
@@ -97,12 +90,7 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
     for warning in &config.warnings {
         eprintln!("leasehold: warning: {warning}");
     }
-    let listen: Vec<String> = config
-        .server
-        .listen
-        .iter()
-        .map(ToString::to_string)
-        .collect();
+    let listen: Vec<String> = config.server.listen.iter().map(ToString::to_string).collect();
     println!(
         "leasehold: configuration is valid: listen {}, data in {}, {} API key(s), fsync {:?}",
         listen.join(", "),

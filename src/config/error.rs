@@ -64,16 +64,8 @@ impl fmt::Display for ConfigError {
             Self::Syntax { line, message } => write!(f, "line {line}: {message}"),
             Self::UnknownKey { key } => write!(f, "{key}: unknown key"),
             Self::WrongType { key, expected } => write!(f, "{key}: must be {expected}"),
-            Self::OutOfRange {
-                key,
-                value,
-                min,
-                max,
-            } => {
-                write!(
-                    f,
-                    "{key}: {value} is out of range; it must be between {min} and {max}"
-                )
+            Self::OutOfRange { key, value, min, max } => {
+                write!(f, "{key}: {value} is out of range; it must be between {min} and {max}")
             }
             Self::Invalid { key, reason } => write!(f, "{key}: {reason}"),
         }

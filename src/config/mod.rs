@@ -108,10 +108,7 @@ pub struct ApiKey {
 impl std::fmt::Debug for ApiKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print the secret.
-        f.debug_struct("ApiKey")
-            .field("role", &self.role)
-            .field("prefix", &self.prefix)
-            .finish_non_exhaustive()
+        f.debug_struct("ApiKey").field("role", &self.role).field("prefix", &self.prefix).finish_non_exhaustive()
     }
 }
 
@@ -203,31 +200,20 @@ pub struct Config {
 const CLIENT_VARIABLES: &[&str] = &["LEASEHOLD_URL", "LEASEHOLD_KEY", "LEASEHOLD_CONFIG"];
 
 /// The Small Resource Server key variables and the role each grants.
-pub const COMPAT_KEY_VARIABLES: &[(&str, Role)] = &[
-    ("RESOURCE_READ", Role::Read),
-    ("RESOURCE_READ_LOCK", Role::Lock),
-    ("RESOURCE_WRITE", Role::Write),
-];
+pub const COMPAT_KEY_VARIABLES: &[(&str, Role)] =
+    &[("RESOURCE_READ", Role::Read), ("RESOURCE_READ_LOCK", Role::Lock), ("RESOURCE_WRITE", Role::Write)];
 
 impl Config {
     /// Loads a configuration from the text of a TOML file (`None`: the embedded defaults)
     /// and the process environment as name/value pairs. Returns every problem found.
-    pub fn load(
-        file_text: Option<&str>,
-        env: &[(String, String)],
-    ) -> Result<Config, Vec<ConfigError>> {
+    pub fn load(file_text: Option<&str>, env: &[(String, String)]) -> Result<Config, Vec<ConfigError>> {
         let root: toml::Table = match file_text {
             None => toml::Table::new(),
             Some(text) => match text.parse::<toml::Table>() {
                 Ok(root) => root,
                 Err(e) => {
-                    let line = e.span().map_or(0, |s| {
-                        text[..s.start.min(text.len())].lines().count().max(1)
-                    });
-                    return Err(vec![ConfigError::Syntax {
-                        line,
-                        message: e.message().to_string(),
-                    }]);
+                    let line = e.span().map_or(0, |s| text[..s.start.min(text.len())].lines().count().max(1));
+                    return Err(vec![ConfigError::Syntax { line, message: e.message().to_string() }]);
                 }
             },
         };
@@ -301,13 +287,8 @@ fn validate(r: &mut Reader<'_>, env: &BTreeMap<String, String>) -> Config {
     };
     let locks = validate_locks(r);
     let journal = JournalConfig {
-        fsync: [Fsync::Always, Fsync::Interval, Fsync::Never][r.choice(
-            "journal",
-            "fsync",
-            "LEASEHOLD_FSYNC",
-            &["always", "interval", "never"],
-            0,
-        )],
+        fsync: [Fsync::Always, Fsync::Interval, Fsync::Never]
+            [r.choice("journal", "fsync", "LEASEHOLD_FSYNC", &["always", "interval", "never"], 0)],
         fsync_interval_ms: r.int(
             "journal",
             "fsync_interval_ms",
@@ -330,69 +311,36 @@ fn validate(r: &mut Reader<'_>, env: &BTreeMap<String, String>) -> Config {
     let known: BTreeSet<&str> = r.keys.iter().map(|k| k.env).collect();
     for name in env.keys().filter(|n| n.starts_with("LEASEHOLD_")) {
         if !known.contains(name.as_str()) && !CLIENT_VARIABLES.contains(&name.as_str()) {
-            warnings.push(format!(
-                "environment variable {name} is not a leasehold setting; it is ignored"
-            ));
+            warnings.push(format!("environment variable {name} is not a leasehold setting; it is ignored"));
         }
     }
-    Config {
-        server,
-        http,
-        locks,
-        journal,
-        auth,
-        warnings,
-    }
+    Config { server, http, locks, journal, auth, warnings }
 }
 
 fn validate_server(r: &mut Reader<'_>) -> ServerConfig {
     let mut listen = Vec::new();
     match r.strings("server", "listen", "LEASEHOLD_LISTEN") {
-        None => listen.push(
-            DEFAULT_LISTEN
-                .parse()
-                .expect("default listen address parses"),
-        ),
+        None => listen.push(DEFAULT_LISTEN.parse().expect("default listen address parses")),
         Some((path, items)) => {
             if items.is_empty() {
                 r.invalid(path.clone(), "must name at least one address");
             }
             for item in items {
                 match item.parse::<SocketAddr>() {
-                    Ok(addr) if listen.contains(&addr) => {
-                        r.invalid(path.clone(), format!("lists {item} twice"))
-                    }
+                    Ok(addr) if listen.contains(&addr) => r.invalid(path.clone(), format!("lists {item} twice")),
                     Ok(addr) => listen.push(addr),
-                    Err(_) => r.invalid(
-                        path.clone(),
-                        format!("{item:?} is not an address like 127.0.0.1:8080 or [::1]:8080"),
-                    ),
+                    Err(_) => {
+                        r.invalid(path.clone(), format!("{item:?} is not an address like 127.0.0.1:8080 or [::1]:8080"))
+                    }
                 }
             }
         }
     }
-    let workers = r.int(
-        "server",
-        "workers",
-        "LEASEHOLD_WORKERS",
-        DEFAULT_WORKERS,
-        0,
-        MAX_WORKERS,
-    );
-    let dispatch = [Dispatch::Reuseport, Dispatch::FdPassing][r.choice(
-        "server",
-        "dispatch",
-        "LEASEHOLD_DISPATCH",
-        &["reuseport", "fd-passing"],
-        0,
-    )];
-    let balance = [Balance::LeastConnections, Balance::RoundRobin][r.choice(
-        "server",
-        "balance",
-        "LEASEHOLD_BALANCE",
-        &["least-connections", "round-robin"],
-        0,
-    )];
+    let workers = r.int("server", "workers", "LEASEHOLD_WORKERS", DEFAULT_WORKERS, 0, MAX_WORKERS);
+    let dispatch = [Dispatch::Reuseport, Dispatch::FdPassing]
+        [r.choice("server", "dispatch", "LEASEHOLD_DISPATCH", &["reuseport", "fd-passing"], 0)];
+    let balance = [Balance::LeastConnections, Balance::RoundRobin]
+        [r.choice("server", "balance", "LEASEHOLD_BALANCE", &["least-connections", "round-robin"], 0)];
     let data_dir = match r.string("server", "data_dir", "LEASEHOLD_DATA_DIR") {
         Some((path, dir)) if dir.trim().is_empty() => {
             r.invalid(path, "must not be empty");
@@ -401,117 +349,51 @@ fn validate_server(r: &mut Reader<'_>) -> ServerConfig {
         Some((_, dir)) => PathBuf::from(dir),
         None => PathBuf::from(DEFAULT_DATA_DIR),
     };
-    let drain_timeout_ms = r.int(
-        "server",
-        "drain_timeout_ms",
-        "LEASEHOLD_DRAIN_TIMEOUT_MS",
-        DEFAULT_DRAIN_TIMEOUT_MS,
-        0,
-        600_000,
-    );
-    let max_connections = r.int(
-        "server",
-        "max_connections",
-        "LEASEHOLD_MAX_CONNECTIONS",
-        DEFAULT_MAX_CONNECTIONS,
-        1,
-        1_000_000,
-    );
+    let drain_timeout_ms =
+        r.int("server", "drain_timeout_ms", "LEASEHOLD_DRAIN_TIMEOUT_MS", DEFAULT_DRAIN_TIMEOUT_MS, 0, 600_000);
+    let max_connections =
+        r.int("server", "max_connections", "LEASEHOLD_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, 1, 1_000_000);
     let log_level = match r.string("server", "log_level", "LEASEHOLD_LOG_LEVEL") {
         Some((path, level)) => {
             let level = level.trim().to_ascii_lowercase();
             if !["error", "warn", "info", "debug", "trace", "off"].contains(&level.as_str()) {
-                r.invalid(
-                    path,
-                    format!("is {level:?}; it must be one of off, error, warn, info, debug, trace"),
-                );
+                r.invalid(path, format!("is {level:?}; it must be one of off, error, warn, info, debug, trace"));
             }
             level
         }
         None => DEFAULT_LOG_LEVEL.to_string(),
     };
-    ServerConfig {
-        listen,
-        workers,
-        dispatch,
-        balance,
-        data_dir,
-        drain_timeout_ms,
-        max_connections,
-        log_level,
-    }
+    ServerConfig { listen, workers, dispatch, balance, data_dir, drain_timeout_ms, max_connections, log_level }
 }
 
 fn validate_locks(r: &mut Reader<'_>) -> LocksConfig {
     let d = TableLimits::DEFAULT;
-    let min_ttl_ms = r.int(
-        "locks",
-        "min_ttl_ms",
-        "LEASEHOLD_MIN_TTL_MS",
-        d.min_ttl_ms,
-        1,
-        3_600_000,
-    );
-    let max_ttl_ms = r.int(
-        "locks",
-        "max_ttl_ms",
-        "LEASEHOLD_MAX_TTL_MS",
-        d.max_ttl_ms,
-        1,
-        365 * 24 * 3_600_000,
-    );
+    let min_ttl_ms = r.int("locks", "min_ttl_ms", "LEASEHOLD_MIN_TTL_MS", d.min_ttl_ms, 1, 3_600_000);
+    let max_ttl_ms = r.int("locks", "max_ttl_ms", "LEASEHOLD_MAX_TTL_MS", d.max_ttl_ms, 1, 365 * 24 * 3_600_000);
     if min_ttl_ms > max_ttl_ms {
-        r.invalid(
-            "locks.min_ttl_ms",
-            format!("({min_ttl_ms}) must not exceed locks.max_ttl_ms ({max_ttl_ms})"),
-        );
+        r.invalid("locks.min_ttl_ms", format!("({min_ttl_ms}) must not exceed locks.max_ttl_ms ({max_ttl_ms})"));
     }
     let ttl_within = |r: &mut Reader<'_>, key: &str, env: &'static str, default: u64| {
         let value = r.int("locks", key, env, default, 1, u64::MAX);
         if value < min_ttl_ms || value > max_ttl_ms {
-            r.invalid(format!("locks.{key}"), format!("({value}) must lie between locks.min_ttl_ms ({min_ttl_ms}) and locks.max_ttl_ms ({max_ttl_ms})"));
+            r.invalid(
+                format!("locks.{key}"),
+                format!(
+                    "({value}) must lie between locks.min_ttl_ms ({min_ttl_ms}) and locks.max_ttl_ms ({max_ttl_ms})"
+                ),
+            );
         }
         value
     };
-    let default_ttl_ms = ttl_within(
-        r,
-        "default_ttl_ms",
-        "LEASEHOLD_DEFAULT_TTL_MS",
-        DEFAULT_TTL_MS,
-    );
-    let compat_lease_ttl_ms = ttl_within(
-        r,
-        "compat_lease_ttl_ms",
-        "LEASEHOLD_COMPAT_LEASE_TTL_MS",
-        DEFAULT_COMPAT_LEASE_TTL_MS,
-    );
-    let max_wait_ms = r.int(
-        "locks",
-        "max_wait_ms",
-        "LEASEHOLD_MAX_WAIT_MS",
-        DEFAULT_MAX_WAIT_MS,
-        0,
-        3_600_000,
-    );
+    let default_ttl_ms = ttl_within(r, "default_ttl_ms", "LEASEHOLD_DEFAULT_TTL_MS", DEFAULT_TTL_MS);
+    let compat_lease_ttl_ms =
+        ttl_within(r, "compat_lease_ttl_ms", "LEASEHOLD_COMPAT_LEASE_TTL_MS", DEFAULT_COMPAT_LEASE_TTL_MS);
+    let max_wait_ms = r.int("locks", "max_wait_ms", "LEASEHOLD_MAX_WAIT_MS", DEFAULT_MAX_WAIT_MS, 0, 3_600_000);
     let table = TableLimits {
         min_ttl_ms,
         max_ttl_ms,
-        max_limit: r.int(
-            "locks",
-            "max_limit",
-            "LEASEHOLD_MAX_LIMIT",
-            d.max_limit.into(),
-            1,
-            1_000_000,
-        ) as u32,
-        max_locks: r.int(
-            "locks",
-            "max_locks",
-            "LEASEHOLD_MAX_LOCKS",
-            d.max_locks.into(),
-            1,
-            100_000_000,
-        ) as u32,
+        max_limit: r.int("locks", "max_limit", "LEASEHOLD_MAX_LIMIT", d.max_limit.into(), 1, 1_000_000) as u32,
+        max_locks: r.int("locks", "max_locks", "LEASEHOLD_MAX_LOCKS", d.max_locks.into(), 1, 100_000_000) as u32,
         max_waiters_per_lock: r.int(
             "locks",
             "max_waiters_per_lock",
@@ -520,30 +402,10 @@ fn validate_locks(r: &mut Reader<'_>) -> LocksConfig {
             1,
             10_000_000,
         ) as u32,
-        waiter_ttl_ms: r.int(
-            "locks",
-            "waiter_ttl_ms",
-            "LEASEHOLD_WAITER_TTL_MS",
-            d.waiter_ttl_ms,
-            100,
-            3_600_000,
-        ),
-        claim_ms: r.int(
-            "locks",
-            "claim_ms",
-            "LEASEHOLD_CLAIM_MS",
-            d.claim_ms,
-            1,
-            3_600_000,
-        ),
-        max_data_keys: r.int(
-            "locks",
-            "max_data_keys",
-            "LEASEHOLD_MAX_DATA_KEYS",
-            d.max_data_keys.into(),
-            0,
-            100_000,
-        ) as u32,
+        waiter_ttl_ms: r.int("locks", "waiter_ttl_ms", "LEASEHOLD_WAITER_TTL_MS", d.waiter_ttl_ms, 100, 3_600_000),
+        claim_ms: r.int("locks", "claim_ms", "LEASEHOLD_CLAIM_MS", d.claim_ms, 1, 3_600_000),
+        max_data_keys: r.int("locks", "max_data_keys", "LEASEHOLD_MAX_DATA_KEYS", d.max_data_keys.into(), 0, 100_000)
+            as u32,
         max_data_bytes: r.int(
             "locks",
             "max_data_bytes",
@@ -553,12 +415,7 @@ fn validate_locks(r: &mut Reader<'_>) -> LocksConfig {
             64 * 1024 * 1024,
         ) as u32,
     };
-    LocksConfig {
-        default_ttl_ms,
-        max_wait_ms,
-        compat_lease_ttl_ms,
-        table,
-    }
+    LocksConfig { default_ttl_ms, max_wait_ms, compat_lease_ttl_ms, table }
 }
 
 fn parse_role(text: &str) -> Option<Role> {
@@ -570,25 +427,13 @@ fn parse_role(text: &str) -> Option<Role> {
     }
 }
 
-fn validate_auth(
-    r: &mut Reader<'_>,
-    env: &BTreeMap<String, String>,
-    server: &ServerConfig,
-) -> AuthConfig {
-    let insecure_anonymous = r.bool(
-        "auth",
-        "insecure_anonymous",
-        "LEASEHOLD_INSECURE_ANONYMOUS",
-        false,
-    );
+fn validate_auth(r: &mut Reader<'_>, env: &BTreeMap<String, String>, server: &ServerConfig) -> AuthConfig {
+    let insecure_anonymous = r.bool("auth", "insecure_anonymous", "LEASEHOLD_INSECURE_ANONYMOUS", false);
     let mut keys: Vec<ApiKey> = Vec::new();
     for (path, table) in r.tables("auth", "keys") {
         for field in table.keys() {
             if !["key", "role", "prefix"].contains(&field.as_str()) {
-                r.invalid(
-                    format!("{path}.{field}"),
-                    "unknown key (an API key has key, role and prefix)",
-                );
+                r.invalid(format!("{path}.{field}"), "unknown key (an API key has key, role and prefix)");
             }
         }
         let key = match table.get("key").and_then(|v| v.as_str()) {
@@ -598,17 +443,10 @@ fn validate_auth(
                 continue;
             }
         };
-        let role = match table
-            .get("role")
-            .and_then(|v| v.as_str())
-            .and_then(parse_role)
-        {
+        let role = match table.get("role").and_then(|v| v.as_str()).and_then(parse_role) {
             Some(role) => role,
             None => {
-                r.invalid(
-                    format!("{path}.role"),
-                    "is required and must be one of read, lock, write",
-                );
+                r.invalid(format!("{path}.role"), "is required and must be one of read, lock, write");
                 continue;
             }
         };
@@ -627,43 +465,29 @@ fn validate_auth(
     for (name, role) in COMPAT_KEY_VARIABLES {
         if let Some(key) = env.get(*name).filter(|k| !k.is_empty()) {
             // As in Small Resource Server, a key given for several roles gets the highest.
-            match keys
-                .iter_mut()
-                .find(|k| &k.key == key && k.prefix.is_empty())
-            {
+            match keys.iter_mut().find(|k| &k.key == key && k.prefix.is_empty()) {
                 Some(existing) => existing.role = existing.role.max(*role),
                 None => push_key(
                     r,
                     &mut keys,
                     (*name).to_string(),
-                    ApiKey {
-                        key: key.clone(),
-                        role: *role,
-                        prefix: String::new(),
-                    },
+                    ApiKey { key: key.clone(), role: *role, prefix: String::new() },
                 ),
             }
         }
     }
-    if keys.is_empty() && !insecure_anonymous && !server.listen.iter().all(|a| a.ip().is_loopback())
-    {
+    if keys.is_empty() && !insecure_anonymous && !server.listen.iter().all(|a| a.ip().is_loopback()) {
         r.invalid(
             "auth.keys",
             "no API key is configured but server.listen has a non-loopback address; add a key or set auth.insecure_anonymous = true",
         );
     }
-    AuthConfig {
-        keys,
-        insecure_anonymous,
-    }
+    AuthConfig { keys, insecure_anonymous }
 }
 
 fn push_key(r: &mut Reader<'_>, keys: &mut Vec<ApiKey>, path: String, key: ApiKey) {
     if key.key.len() < 4 || key.key.len() > 256 || !key.key.bytes().all(|b| b.is_ascii_graphic()) {
-        r.invalid(
-            path,
-            "the key must be 4 to 256 printable characters without spaces",
-        );
+        r.invalid(path, "the key must be 4 to 256 printable characters without spaces");
     } else if keys.iter().any(|k| k.key == key.key) {
         r.invalid(path, "the same key is configured twice");
     } else {

@@ -32,21 +32,13 @@ pub(super) struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     pub(super) fn new(root: &'a toml::Table, env: &'a BTreeMap<String, String>) -> Self {
-        Self {
-            root,
-            env,
-            problems: Vec::new(),
-            keys: Vec::new(),
-        }
+        Self { root, env, problems: Vec::new(), keys: Vec::new() }
     }
 
     /// Looks a key up: the environment wins over the file.
     fn raw(&mut self, section: &str, key: &str, env: &'static str) -> Option<(String, Raw<'a>)> {
         let path = format!("{section}.{key}");
-        self.keys.push(KeyDoc {
-            path: path.clone(),
-            env,
-        });
+        self.keys.push(KeyDoc { path: path.clone(), env });
         if let Some(text) = self.env.get(env) {
             return Some((format!("{path} (from {env})"), Raw::Env(text.as_str())));
         }
@@ -59,15 +51,7 @@ impl<'a> Reader<'a> {
     }
 
     /// An integer in `min..=max`.
-    pub(super) fn int(
-        &mut self,
-        section: &str,
-        key: &str,
-        env: &'static str,
-        default: u64,
-        min: u64,
-        max: u64,
-    ) -> u64 {
+    pub(super) fn int(&mut self, section: &str, key: &str, env: &'static str, default: u64, min: u64, max: u64) -> u64 {
         let Some((path, raw)) = self.raw(section, key, env) else {
             return default;
         };
@@ -79,12 +63,7 @@ impl<'a> Reader<'a> {
         match value {
             Some(v) if (min..=max).contains(&v) => v,
             Some(v) => {
-                self.problems.push(ConfigError::OutOfRange {
-                    key: path,
-                    value: v,
-                    min,
-                    max,
-                });
+                self.problems.push(ConfigError::OutOfRange { key: path, value: v, min, max });
                 default
             }
             None => {
@@ -95,13 +74,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A boolean (`true`/`false`; the environment also takes `1`/`0`).
-    pub(super) fn bool(
-        &mut self,
-        section: &str,
-        key: &str,
-        env: &'static str,
-        default: bool,
-    ) -> bool {
+    pub(super) fn bool(&mut self, section: &str, key: &str, env: &'static str, default: bool) -> bool {
         let Some((path, raw)) = self.raw(section, key, env) else {
             return default;
         };
@@ -121,12 +94,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A string; `None` (after recording a problem) when it has another type.
-    pub(super) fn string(
-        &mut self,
-        section: &str,
-        key: &str,
-        env: &'static str,
-    ) -> Option<(String, String)> {
+    pub(super) fn string(&mut self, section: &str, key: &str, env: &'static str) -> Option<(String, String)> {
         let (path, raw) = self.raw(section, key, env)?;
         match raw {
             Raw::File(toml::Value::String(s)) => Some((path, s.clone())),
@@ -164,25 +132,14 @@ impl<'a> Reader<'a> {
 
     /// A list of strings; the environment gives it comma-separated. A single string in the
     /// file counts as a list of one.
-    pub(super) fn strings(
-        &mut self,
-        section: &str,
-        key: &str,
-        env: &'static str,
-    ) -> Option<(String, Vec<String>)> {
+    pub(super) fn strings(&mut self, section: &str, key: &str, env: &'static str) -> Option<(String, Vec<String>)> {
         let (path, raw) = self.raw(section, key, env)?;
         let list = match raw {
-            Raw::Env(text) => Some(
-                text.split(',')
-                    .map(|s| s.trim().to_string())
-                    .filter(|s| !s.is_empty())
-                    .collect(),
-            ),
+            Raw::Env(text) => Some(text.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()),
             Raw::File(toml::Value::String(s)) => Some(vec![s.clone()]),
-            Raw::File(toml::Value::Array(items)) => items
-                .iter()
-                .map(|v| v.as_str().map(str::to_string))
-                .collect::<Option<Vec<_>>>(),
+            Raw::File(toml::Value::Array(items)) => {
+                items.iter().map(|v| v.as_str().map(str::to_string)).collect::<Option<Vec<_>>>()
+            }
             Raw::File(_) => None,
         };
         match list {
@@ -197,16 +154,8 @@ impl<'a> Reader<'a> {
     /// The array of tables at `section.key` (file only).
     pub(super) fn tables(&mut self, section: &str, key: &str) -> Vec<(String, &'a toml::Table)> {
         let path = format!("{section}.{key}");
-        self.keys.push(KeyDoc {
-            path: path.clone(),
-            env: "",
-        });
-        let Some(value) = self
-            .root
-            .get(section)
-            .and_then(|s| s.as_table())
-            .and_then(|s| s.get(key))
-        else {
+        self.keys.push(KeyDoc { path: path.clone(), env: "" });
+        let Some(value) = self.root.get(section).and_then(|s| s.as_table()).and_then(|s| s.get(key)) else {
             return Vec::new();
         };
         let Some(items) = value.as_array() else {
@@ -225,10 +174,7 @@ impl<'a> Reader<'a> {
 
     /// Records a problem found while validating.
     pub(super) fn invalid(&mut self, key: impl Into<String>, reason: impl Into<String>) {
-        self.problems.push(ConfigError::Invalid {
-            key: key.into(),
-            reason: reason.into(),
-        });
+        self.problems.push(ConfigError::Invalid { key: key.into(), reason: reason.into() });
     }
 
     /// Reports every section and key in the file that nobody asked for.
@@ -236,18 +182,11 @@ impl<'a> Reader<'a> {
         let known: Vec<&str> = self.keys.iter().map(|k| k.path.as_str()).collect();
         for (section, value) in self.root {
             let Some(table) = value.as_table() else {
-                self.problems.push(ConfigError::UnknownKey {
-                    key: section.clone(),
-                });
+                self.problems.push(ConfigError::UnknownKey { key: section.clone() });
                 continue;
             };
-            if !known
-                .iter()
-                .any(|k| k.split('.').next() == Some(section.as_str()))
-            {
-                self.problems.push(ConfigError::UnknownKey {
-                    key: format!("[{section}]"),
-                });
+            if !known.iter().any(|k| k.split('.').next() == Some(section.as_str())) {
+                self.problems.push(ConfigError::UnknownKey { key: format!("[{section}]") });
                 continue;
             }
             for key in table.keys() {

@@ -3,10 +3,7 @@
 use super::*;
 
 fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 #[test]
@@ -31,11 +28,7 @@ claim_msec = 5
 ";
     let problems = Config::load(Some(text), &[]).unwrap_err();
     let keys: Vec<&str> = problems.iter().map(ConfigError::key).collect();
-    assert_eq!(
-        keys,
-        ["server.workers", "server.dispatch", "locks.claim_msec"],
-        "{problems:?}"
-    );
+    assert_eq!(keys, ["server.workers", "server.dispatch", "locks.claim_msec"], "{problems:?}");
 }
 
 #[test]
@@ -51,33 +44,17 @@ fsync = true
 ";
     let problems = Config::load(Some(text), &[]).unwrap_err();
     let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
-    assert!(
-        text.iter().any(|p| p.starts_with("server.listen: must be")),
-        "{text:?}"
-    );
-    assert!(
-        text.iter().any(|p| p.starts_with("locks.min_ttl_ms")),
-        "{text:?}"
-    );
-    assert!(
-        text.iter().any(|p| p.starts_with("locks.default_ttl_ms")),
-        "{text:?}"
-    );
-    assert!(
-        text.iter()
-            .any(|p| p.starts_with("journal.fsync: must be a string")),
-        "{text:?}"
-    );
+    assert!(text.iter().any(|p| p.starts_with("server.listen: must be")), "{text:?}");
+    assert!(text.iter().any(|p| p.starts_with("locks.min_ttl_ms")), "{text:?}");
+    assert!(text.iter().any(|p| p.starts_with("locks.default_ttl_ms")), "{text:?}");
+    assert!(text.iter().any(|p| p.starts_with("journal.fsync: must be a string")), "{text:?}");
 }
 
 #[test]
 fn syntax_error_names_its_line() {
     let problems = Config::load(Some("[server]\nworkers = = 2\n"), &[]).unwrap_err();
     assert_eq!(problems.len(), 1);
-    assert!(
-        matches!(problems[0], ConfigError::Syntax { line: 2, .. }),
-        "{problems:?}"
-    );
+    assert!(matches!(problems[0], ConfigError::Syntax { line: 2, .. }), "{problems:?}");
 }
 
 #[test]
@@ -113,11 +90,7 @@ fn bad_environment_value_names_the_variable() {
 
 #[test]
 fn unknown_leasehold_variable_is_a_warning_not_an_error() {
-    let c = Config::load(
-        None,
-        &env(&[("LEASEHOLD_WORKRES", "2"), ("LEASEHOLD_URL", "x")]),
-    )
-    .unwrap();
+    let c = Config::load(None, &env(&[("LEASEHOLD_WORKRES", "2"), ("LEASEHOLD_URL", "x")])).unwrap();
     assert_eq!(c.warnings.len(), 1);
     assert!(c.warnings[0].contains("LEASEHOLD_WORKRES"));
 }
@@ -126,36 +99,16 @@ fn unknown_leasehold_variable_is_a_warning_not_an_error() {
 fn compat_key_variables_add_keys_with_their_roles() {
     let c = Config::load(
         None,
-        &env(&[
-            ("RESOURCE_READ", "read"),
-            ("RESOURCE_READ_LOCK", "read_lock"),
-            ("RESOURCE_WRITE", "write"),
-        ]),
+        &env(&[("RESOURCE_READ", "read"), ("RESOURCE_READ_LOCK", "read_lock"), ("RESOURCE_WRITE", "write")]),
     )
     .unwrap();
-    let roles: Vec<(String, Role)> = c
-        .auth
-        .keys
-        .iter()
-        .map(|k| (k.key.clone(), k.role))
-        .collect();
-    assert_eq!(
-        roles,
-        [
-            ("read".into(), Role::Read),
-            ("read_lock".into(), Role::Lock),
-            ("write".into(), Role::Write)
-        ]
-    );
+    let roles: Vec<(String, Role)> = c.auth.keys.iter().map(|k| (k.key.clone(), k.role)).collect();
+    assert_eq!(roles, [("read".into(), Role::Read), ("read_lock".into(), Role::Lock), ("write".into(), Role::Write)]);
 }
 
 #[test]
 fn same_compat_key_for_two_roles_gets_the_higher() {
-    let c = Config::load(
-        None,
-        &env(&[("RESOURCE_READ", "shared"), ("RESOURCE_WRITE", "shared")]),
-    )
-    .unwrap();
+    let c = Config::load(None, &env(&[("RESOURCE_READ", "shared"), ("RESOURCE_WRITE", "shared")])).unwrap();
     assert_eq!(c.auth.keys.len(), 1);
     assert_eq!(c.auth.keys[0].role, Role::Write);
 }
@@ -199,11 +152,7 @@ fn api_key_debug_never_shows_the_secret() {
 #[test]
 fn every_key_has_a_unique_environment_variable() {
     let keys = Config::known_keys();
-    let mut vars: Vec<&str> = keys
-        .iter()
-        .map(|k| k.env)
-        .filter(|e| !e.is_empty())
-        .collect();
+    let mut vars: Vec<&str> = keys.iter().map(|k| k.env).filter(|e| !e.is_empty()).collect();
     let n = vars.len();
     vars.sort_unstable();
     vars.dedup();

@@ -44,15 +44,8 @@ impl fmt::Display for CoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::InvalidName { field, reason } => write!(f, "{field} {reason}"),
-            Self::InvalidTicket => {
-                f.write_str("ticket must be 22 URL-safe characters as issued by the server")
-            }
-            Self::OutOfRange {
-                field,
-                value,
-                min,
-                max,
-            } => {
+            Self::InvalidTicket => f.write_str("ticket must be 22 URL-safe characters as issued by the server"),
+            Self::OutOfRange { field, value, min, max } => {
                 write!(f, "{field} is {value}; it must be between {min} and {max}")
             }
             Self::DataTooLarge { limit, max } => write!(f, "data write exceeds {limit} ({max})"),

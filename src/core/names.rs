@@ -24,16 +24,10 @@ pub const TICKET_CHARS: usize = 22;
 /// Checks the shared rule for lock names and data keys: 1–200 bytes of printable ASCII, no `/`.
 fn check_name(field: &'static str, text: &str) -> Result<(), CoreError> {
     if text.is_empty() || text.len() > MAX_NAME_BYTES {
-        return Err(CoreError::InvalidName {
-            field,
-            reason: "must be 1 to 200 bytes long",
-        });
+        return Err(CoreError::InvalidName { field, reason: "must be 1 to 200 bytes long" });
     }
     if !text.bytes().all(|b| b.is_ascii_graphic() && b != b'/') {
-        return Err(CoreError::InvalidName {
-            field,
-            reason: "must be printable ASCII without spaces or '/'",
-        });
+        return Err(CoreError::InvalidName { field, reason: "must be printable ASCII without spaces or '/'" });
     }
     Ok(())
 }
@@ -109,16 +103,10 @@ impl Owner {
     /// Validates `text` and wraps it.
     pub fn parse(text: &str) -> Result<Self, CoreError> {
         if text.len() > MAX_OWNER_BYTES {
-            return Err(CoreError::InvalidName {
-                field: "owner",
-                reason: "must be at most 200 bytes long",
-            });
+            return Err(CoreError::InvalidName { field: "owner", reason: "must be at most 200 bytes long" });
         }
         if text.chars().any(char::is_control) {
-            return Err(CoreError::InvalidName {
-                field: "owner",
-                reason: "must not contain control characters",
-            });
+            return Err(CoreError::InvalidName { field: "owner", reason: "must not contain control characters" });
         }
         Ok(Self(text.into()))
     }
@@ -151,10 +139,7 @@ impl CallbackUrl {
     /// Validates `text` and wraps it.
     pub fn parse(text: &str) -> Result<Self, CoreError> {
         let scheme_ok = text.starts_with("http://") || text.starts_with("https://");
-        if !scheme_ok
-            || text.len() > MAX_CALLBACK_BYTES
-            || !text.bytes().all(|b| b.is_ascii_graphic())
-        {
+        if !scheme_ok || text.len() > MAX_CALLBACK_BYTES || !text.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(CoreError::InvalidName {
                 field: "callback",
                 reason: "must be an http:// or https:// URL of at most 2048 printable bytes",
@@ -331,9 +316,7 @@ mod tests {
             let ticket = Ticket::from_bytes(bytes);
             let text = ticket.to_string();
             assert_eq!(text.len(), TICKET_CHARS);
-            assert!(text
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+            assert!(text.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
             assert_eq!(Ticket::parse(&text).unwrap(), ticket);
         }
     }

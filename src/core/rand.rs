@@ -42,9 +42,7 @@ impl SplitMix64 {
 
 /// FNV-1a over `bytes`: a fixed, portable hash used only to separate draw streams.
 pub fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xCBF2_9CE4_8422_2325, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3)
-    })
+    bytes.iter().fold(0xCBF2_9CE4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01B3))
 }
 
 /// The draw stream for one lock within one call.

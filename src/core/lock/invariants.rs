@@ -31,21 +31,18 @@ impl LockTable {
             if self.find(name) != Some(id) {
                 return Err(format!("lock {name:?} is not found by its name"));
             }
+            if lock.touched != 0 {
+                return Err(format!("lock {name:?}: expire scratch left set"));
+            }
             if !lock.has_participants() && lock.data.is_none() {
                 return Err(format!("lock {name:?} is empty but not forgotten"));
             }
             let used: u32 = lock.holders.iter().map(|l| l.weight).sum();
             if used != lock.used {
-                return Err(format!(
-                    "lock {name:?}: used {} but holders weigh {used}",
-                    lock.used
-                ));
+                return Err(format!("lock {name:?}: used {} but holders weigh {used}", lock.used));
             }
             if lock.used > lock.limit {
-                return Err(format!(
-                    "lock {name:?}: {} permits held over limit {}",
-                    lock.used, lock.limit
-                ));
+                return Err(format!("lock {name:?}: {} permits held over limit {}", lock.used, lock.limit));
             }
             let mut tickets = HashSet::new();
             for lease in &lock.holders {
@@ -53,15 +50,12 @@ impl LockTable {
                     return Err(format!("lock {name:?}: ticket {} held twice", lease.ticket));
                 }
                 if lease.fence >= self.next_fence || !fences.insert(lease.fence) {
-                    return Err(format!(
-                        "lock {name:?}: fence {} reused or from the future",
-                        lease.fence
-                    ));
+                    return Err(format!("lock {name:?}: fence {} reused or from the future", lease.fence));
                 }
                 if lease.weight == 0 {
                     return Err(format!("lock {name:?}: a lease of weight 0"));
                 }
-                expected_deadlines.insert((lease.expires_at_ms, id, lease.ticket));
+                expected_deadlines.insert((lease.expires_at_ms, lease.ticket, id));
             }
             holders += lock.holders.len() as u64;
             if let Some(queue) = &lock.queue {
@@ -76,13 +70,10 @@ impl LockTable {
                         ));
                     }
                     if w.weight == 0 || w.weight > lock.limit {
-                        return Err(format!(
-                            "lock {name:?}: a waiter of weight {} can never fit",
-                            w.weight
-                        ));
+                        return Err(format!("lock {name:?}: a waiter of weight {} can never fit", w.weight));
                     }
                     if w.watchers == 0 {
-                        expected_deadlines.insert((w.absent_at_ms, id, w.ticket));
+                        expected_deadlines.insert((w.absent_at_ms, w.ticket, id));
                     }
                 }
                 waiters += queue.waiters.len() as u64;
@@ -90,51 +81,34 @@ impl LockTable {
                 match lock.kind {
                     QueueKind::Fifo => {
                         if queue.candidate.is_some() {
-                            return Err(format!(
-                                "lock {name:?}: a FIFO queue has a lottery candidate"
-                            ));
+                            return Err(format!("lock {name:?}: a FIFO queue has a lottery candidate"));
                         }
                         if fits(queue.waiters[0].weight) {
                             return Err(format!("lock {name:?}: the FIFO head fits but waits"));
                         }
                     }
-                    QueueKind::Lottery => {
-                        match queue.candidate {
-                            Some(t) => match queue.waiters.iter().find(|w| w.ticket == t) {
-                                None => {
-                                    return Err(format!(
-                                        "lock {name:?}: the lottery candidate is not queued"
-                                    ))
-                                }
-                                Some(w) if fits(w.weight) => {
-                                    return Err(format!(
-                                        "lock {name:?}: the lottery candidate fits but waits"
-                                    ))
-                                }
-                                Some(_) => {}
-                            },
-                            None if lock.used < lock.limit => return Err(format!(
-                                "lock {name:?}: permits are free but no lottery candidate is drawn"
-                            )),
-                            None => {}
+                    QueueKind::Lottery => match queue.candidate {
+                        Some(t) => match queue.waiters.iter().find(|w| w.ticket == t) {
+                            None => return Err(format!("lock {name:?}: the lottery candidate is not queued")),
+                            Some(w) if fits(w.weight) => {
+                                return Err(format!("lock {name:?}: the lottery candidate fits but waits"))
+                            }
+                            Some(_) => {}
+                        },
+                        None if lock.used < lock.limit => {
+                            return Err(format!("lock {name:?}: permits are free but no lottery candidate is drawn"))
                         }
-                    }
+                        None => {}
+                    },
                 }
             }
             if let Some(data) = &lock.data {
                 if data.entries.is_empty() {
                     return Err(format!("lock {name:?}: an empty data map is kept"));
                 }
-                let bytes: usize = data
-                    .entries
-                    .iter()
-                    .map(|(k, v)| k.as_str().len() + v.len())
-                    .sum();
+                let bytes: usize = data.entries.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
                 if bytes != data.bytes as usize {
-                    return Err(format!(
-                        "lock {name:?}: data bytes {} but entries hold {bytes}",
-                        data.bytes
-                    ));
+                    return Err(format!("lock {name:?}: data bytes {} but entries hold {bytes}", data.bytes));
                 }
             }
         }
@@ -147,9 +121,7 @@ impl LockTable {
         if expected_deadlines != self.deadlines {
             let missing = expected_deadlines.difference(&self.deadlines).next();
             let extra = self.deadlines.difference(&expected_deadlines).next();
-            return Err(format!(
-                "deadline index out of step: missing {missing:?}, extra {extra:?}"
-            ));
+            return Err(format!("deadline index out of step: missing {missing:?}, extra {extra:?}"));
         }
         Ok(())
     }
@@ -157,19 +129,11 @@ impl LockTable {
     /// The cheap part, O(1): sizes that must agree.
     pub(super) fn check_counts(&self) -> Result<(), String> {
         if self.index.len() + self.free.len() != self.slots.len() {
-            return Err(format!(
-                "{} slots, {} free, {} indexed",
-                self.slots.len(),
-                self.free.len(),
-                self.index.len()
-            ));
+            return Err(format!("{} slots, {} free, {} indexed", self.slots.len(), self.free.len(), self.index.len()));
         }
         let live = self.holders + self.waiters;
         if (self.deadlines.len() as u64) > live {
-            return Err(format!(
-                "{} deadlines for {live} holders and waiters",
-                self.deadlines.len()
-            ));
+            return Err(format!("{} deadlines for {live} holders and waiters", self.deadlines.len()));
         }
         Ok(())
     }

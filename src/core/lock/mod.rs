@@ -19,7 +19,8 @@
 //!   unclaimed grant lapses like any expired lease and the next waiter goes in.
 //! - A lock is forgotten when it has no holder, no waiter and no data.
 //!
-//! `expire(now)` first removes everything due at or before `now`, then admits.
+//! `expire(now)` first removes everything due at or before `now` (in deadline order), then
+//! admits, lock by lock, in the order of each lock's earliest due deadline (ties: ticket).
 
 mod invariants;
 mod op;
@@ -32,8 +33,7 @@ use std::hash::{DefaultHasher, Hasher};
 use hashbrown::HashTable;
 
 pub use op::{
-    Acquire, CallbackEvent, DropReason, LeaseView, Moment, Op, Output, QueueKind, QueueMode,
-    QueueView, Reply,
+    Acquire, CallbackEvent, DropReason, LeaseView, Moment, Op, Output, QueueKind, QueueMode, QueueView, Reply,
 };
 pub use state::{LeaseState, LockState, TableState, WaiterState};
 
@@ -169,6 +169,8 @@ struct Lock {
     holders: Vec<Lease>,
     queue: Option<Box<Queue>>,
     data: Option<Box<DataMap>>,
+    /// Scratch for `expire`: 1 + this lock's place in its list of touched locks, else 0.
+    touched: u32,
 }
 
 impl Lock {
@@ -185,23 +187,13 @@ impl Lock {
     }
 
     fn waiter_index(&self, ticket: Ticket) -> Option<usize> {
-        self.queue
-            .as_ref()
-            .and_then(|q| q.waiters.iter().position(|w| w.ticket == ticket))
+        self.queue.as_ref().and_then(|q| q.waiters.iter().position(|w| w.ticket == ticket))
     }
 
     fn queue_view(&self, index: usize) -> QueueView {
         let queue_length = self.queue_len() as u32;
-        let ticket = self
-            .queue
-            .as_ref()
-            .map(|q| q.waiters[index].ticket)
-            .expect("waiter index in range");
-        QueueView {
-            ticket,
-            position: (self.kind == QueueKind::Fifo).then_some(index as u32 + 1),
-            queue_length,
-        }
+        let ticket = self.queue.as_ref().map(|q| q.waiters[index].ticket).expect("waiter index in range");
+        QueueView { ticket, position: (self.kind == QueueKind::Fifo).then_some(index as u32 + 1), queue_length }
     }
 }
 
@@ -272,7 +264,7 @@ pub struct LockTable {
     slots: Vec<Option<Lock>>,
     free: Vec<LockId>,
     /// Every lease expiry and every unwatched waiter's absence deadline.
-    deadlines: BTreeSet<(u64, LockId, Ticket)>,
+    deadlines: BTreeSet<(u64, Ticket, LockId)>,
     next_fence: u64,
     holders: u64,
     waiters: u64,
@@ -286,12 +278,7 @@ fn hash_name(seed: u64, name: &str) -> u64 {
 }
 
 fn out_of_range(field: &'static str, value: u64, min: u64, max: u64) -> Reply {
-    Reply::Rejected(CoreError::OutOfRange {
-        field,
-        value,
-        min,
-        max,
-    })
+    Reply::Rejected(CoreError::OutOfRange { field, value, min, max })
 }
 
 /// No waiter has moved (yet) in this call.
@@ -356,38 +343,20 @@ impl LockTable {
 
     fn find(&self, name: &str) -> Option<LockId> {
         let hash = hash_name(self.hash_seed, name);
-        self.index
-            .find(hash, |&id| {
-                self.slots[id as usize]
-                    .as_ref()
-                    .is_some_and(|l| l.name.as_str() == name)
-            })
-            .copied()
+        self.index.find(hash, |&id| self.slots[id as usize].as_ref().is_some_and(|l| l.name.as_str() == name)).copied()
     }
 
     fn lock(&self, id: LockId) -> &Lock {
-        self.slots[id as usize]
-            .as_ref()
-            .expect("indexed lock slot is occupied")
+        self.slots[id as usize].as_ref().expect("indexed lock slot is occupied")
     }
 
     fn lock_mut(&mut self, id: LockId) -> &mut Lock {
-        self.slots[id as usize]
-            .as_mut()
-            .expect("indexed lock slot is occupied")
+        self.slots[id as usize].as_mut().expect("indexed lock slot is occupied")
     }
 
     fn create(&mut self, name: LockName, limit: u32, kind: QueueKind) -> LockId {
         let hash = hash_name(self.hash_seed, name.as_str());
-        let lock = Lock {
-            name,
-            limit,
-            used: 0,
-            kind,
-            holders: Vec::new(),
-            queue: None,
-            data: None,
-        };
+        let lock = Lock { name, limit, used: 0, kind, holders: Vec::new(), queue: None, data: None, touched: 0 };
         let id = match self.free.pop() {
             Some(id) => {
                 self.slots[id as usize] = Some(lock);
@@ -400,12 +369,7 @@ impl LockTable {
         };
         let (slots, seed) = (&self.slots, self.hash_seed);
         self.index.insert_unique(hash, id, |&other| {
-            hash_name(
-                seed,
-                slots[other as usize]
-                    .as_ref()
-                    .map_or("", |l| l.name.as_str()),
-            )
+            hash_name(seed, slots[other as usize].as_ref().map_or("", |l| l.name.as_str()))
         });
         id
     }
@@ -428,22 +392,13 @@ impl LockTable {
     pub fn apply(&mut self, op: Op, at: Moment, out: &mut Vec<Output>) -> Reply {
         let reply = match op {
             Op::Acquire(a) => self.acquire(a, at, out),
-            Op::Renew {
-                lock,
-                ticket,
-                ttl_ms,
-            } => self.renew(&lock, ticket, ttl_ms, at),
+            Op::Renew { lock, ticket, ttl_ms } => self.renew(&lock, ticket, ttl_ms, at),
             Op::Release { lock, ticket } => self.release(&lock, ticket, at, out),
             Op::Touch { lock, ticket } => self.touch(&lock, ticket, at, Presence::Seen),
             Op::Watch { lock, ticket } => self.touch(&lock, ticket, at, Presence::Watch),
             Op::Unwatch { lock, ticket } => self.touch(&lock, ticket, at, Presence::Unwatch),
             Op::SetLimit { lock, limit } => self.set_limit(&lock, limit, at, out),
-            Op::PutData {
-                lock,
-                ticket,
-                key,
-                value,
-            } => self.put_data(&lock, ticket, key, value, at),
+            Op::PutData { lock, ticket, key, value } => self.put_data(&lock, ticket, key, value, at),
             Op::DeleteData { lock, ticket, key } => self.delete_data(&lock, ticket, &key, at),
         };
         self.debug_check();
@@ -478,9 +433,7 @@ impl LockTable {
         let id = match found {
             None => {
                 if self.index.len() >= self.limits.max_locks as usize {
-                    return Reply::TableFull {
-                        max_locks: self.limits.max_locks,
-                    };
+                    return Reply::TableFull { max_locks: self.limits.max_locks };
                 }
                 self.create(a.lock, a.limit, wanted_kind)
             }
@@ -504,9 +457,7 @@ impl LockTable {
         let max_waiters = self.limits.max_waiters_per_lock;
         let waiter_ttl_ms = self.limits.waiter_ttl_ms;
         let now = at.now_ms;
-        let lock = self.slots[id as usize]
-            .as_mut()
-            .expect("lock slot is occupied");
+        let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
         let queue_length = lock.queue_len();
         if queue_length == 0 && lock.used + a.weight <= lock.limit {
             let fence = self.next_fence;
@@ -527,17 +478,13 @@ impl LockTable {
             }
             lock.used += a.weight;
             lock.holders.push(lease);
-            self.deadlines.insert((view.expires_at_ms, id, view.ticket));
+            self.deadlines.insert((view.expires_at_ms, view.ticket, id));
             self.holders += 1;
             return Reply::Held(view);
         }
         if a.queue == QueueMode::None {
             // The lock has participants (an empty lock always fits), so it stays.
-            return Reply::Unavailable {
-                used: lock.used,
-                limit: lock.limit,
-                queue_length: queue_length as u32,
-            };
+            return Reply::Unavailable { used: lock.used, limit: lock.limit, queue_length: queue_length as u32 };
         }
         if queue_length >= max_waiters as usize {
             return Reply::QueueFull { max_waiters };
@@ -551,13 +498,9 @@ impl LockTable {
             extra: make_extra(a.owner, a.callback),
         };
         if !a.watch {
-            self.deadlines
-                .insert((waiter.absent_at_ms, id, waiter.ticket));
+            self.deadlines.insert((waiter.absent_at_ms, waiter.ticket, id));
         }
-        lock.queue
-            .get_or_insert_with(Default::default)
-            .waiters
-            .push_back(waiter);
+        lock.queue.get_or_insert_with(Default::default).waiters.push_back(waiter);
         self.waiters += 1;
         let view = lock.queue_view(queue_length);
         // Nobody can be admitted here (the newcomer did not fit and nobody else changed), but
@@ -568,41 +511,27 @@ impl LockTable {
     }
 
     /// A known ticket comes back through acquire: a holder renews, a waiter shows presence.
-    fn reenter(
-        &mut self,
-        id: LockId,
-        ticket: Ticket,
-        ttl_ms: u64,
-        watch: bool,
-        at: Moment,
-    ) -> Option<Reply> {
+    fn reenter(&mut self, id: LockId, ticket: Ticket, ttl_ms: u64, watch: bool, at: Moment) -> Option<Reply> {
         let lock = self.lock(id);
         if let Some(i) = lock.holder_index(ticket) {
             return Some(self.extend(id, i, ttl_ms, at.now_ms));
         }
         let i = lock.waiter_index(ticket)?;
-        let presence = if watch {
-            Presence::Watch
-        } else {
-            Presence::Seen
-        };
+        let presence = if watch { Presence::Watch } else { Presence::Seen };
         self.waiter_presence(id, i, at.now_ms, presence);
         Some(Reply::Queued(self.lock(id).queue_view(i)))
     }
 
     /// Sets a holder's expiry to `now + ttl_ms` (claiming it if needed).
     fn extend(&mut self, id: LockId, index: usize, ttl_ms: u64, now: u64) -> Reply {
-        let lease = &mut self.slots[id as usize]
-            .as_mut()
-            .expect("lock slot is occupied")
-            .holders[index];
-        let old = (lease.expires_at_ms, id, lease.ticket);
+        let lease = &mut self.slots[id as usize].as_mut().expect("lock slot is occupied").holders[index];
+        let old = (lease.expires_at_ms, lease.ticket, id);
         lease.expires_at_ms = now + ttl_ms;
         lease.ttl_ms = ttl_ms;
         lease.claimed = true;
         let view = lease.view();
         self.deadlines.remove(&old);
-        self.deadlines.insert((view.expires_at_ms, id, view.ticket));
+        self.deadlines.insert((view.expires_at_ms, view.ticket, id));
         Reply::Held(view)
     }
 
@@ -618,13 +547,10 @@ impl LockTable {
 
     fn waiter_presence(&mut self, id: LockId, index: usize, now: u64, presence: Presence) {
         let waiter_ttl_ms = self.limits.waiter_ttl_ms;
-        let queue = self.slots[id as usize]
-            .as_mut()
-            .and_then(|l| l.queue.as_mut())
-            .expect("waiter's lock has a queue");
+        let queue = self.slots[id as usize].as_mut().and_then(|l| l.queue.as_mut()).expect("waiter's lock has a queue");
         let w = &mut queue.waiters[index];
         let was_unwatched = w.watchers == 0;
-        let old = (w.absent_at_ms, id, w.ticket);
+        let old = (w.absent_at_ms, w.ticket, id);
         match presence {
             Presence::Seen => {}
             Presence::Watch => w.watchers = w.watchers.saturating_add(1),
@@ -635,7 +561,7 @@ impl LockTable {
         }
         if w.watchers == 0 {
             w.absent_at_ms = now + waiter_ttl_ms;
-            self.deadlines.insert((w.absent_at_ms, id, w.ticket));
+            self.deadlines.insert((w.absent_at_ms, w.ticket, id));
         }
     }
 
@@ -660,12 +586,7 @@ impl LockTable {
     fn renew(&mut self, name: &LockName, ticket: Ticket, ttl_ms: Option<u64>, at: Moment) -> Reply {
         if let Some(ttl) = ttl_ms {
             if ttl < self.limits.min_ttl_ms || ttl > self.limits.max_ttl_ms {
-                return out_of_range(
-                    "ttl_ms",
-                    ttl,
-                    self.limits.min_ttl_ms,
-                    self.limits.max_ttl_ms,
-                );
+                return out_of_range("ttl_ms", ttl, self.limits.min_ttl_ms, self.limits.max_ttl_ms);
             }
         }
         let Some(id) = self.find(name.as_str()) else {
@@ -683,28 +604,18 @@ impl LockTable {
         Reply::NotHolder(self.lock(id).queue_view(i))
     }
 
-    fn release(
-        &mut self,
-        name: &LockName,
-        ticket: Ticket,
-        at: Moment,
-        out: &mut Vec<Output>,
-    ) -> Reply {
+    fn release(&mut self, name: &LockName, ticket: Ticket, at: Moment, out: &mut Vec<Output>) -> Reply {
         let Some(id) = self.find(name.as_str()) else {
             return Reply::TicketUnknown;
         };
         let lock = self.lock(id);
         let mut moved_from = NOT_MOVED;
         let reply = if let Some(i) = lock.holder_index(ticket) {
-            let lease = self.remove_holder(id, i);
-            out.push(Output::Released {
-                lock: name.clone(),
-                ticket,
-                fence: lease.fence,
-            });
+            let lease = self.remove_holder(id, i, true);
+            out.push(Output::Released { lock: name.clone(), ticket, fence: lease.fence });
             Reply::Released { fence: lease.fence }
         } else if let Some(i) = lock.waiter_index(ticket) {
-            self.remove_waiter(id, i);
+            self.remove_waiter(id, i, true);
             moved_from = i;
             Reply::Left
         } else {
@@ -714,13 +625,7 @@ impl LockTable {
         reply
     }
 
-    fn set_limit(
-        &mut self,
-        name: &LockName,
-        limit: u32,
-        at: Moment,
-        out: &mut Vec<Output>,
-    ) -> Reply {
+    fn set_limit(&mut self, name: &LockName, limit: u32, at: Moment, out: &mut Vec<Output>) -> Reply {
         if limit == 0 || limit > self.limits.max_limit {
             return out_of_range("limit", limit.into(), 1, self.limits.max_limit.into());
         }
@@ -735,21 +640,12 @@ impl LockTable {
         let mut moved_from = NOT_MOVED;
         let mut i = 0;
         while i < self.lock(id).queue_len() {
-            let w = &self
-                .lock(id)
-                .queue
-                .as_ref()
-                .expect("queue exists while it has waiters")
-                .waiters[i];
+            let w = &self.lock(id).queue.as_ref().expect("queue exists while it has waiters").waiters[i];
             if w.weight > limit {
                 let ticket = w.ticket;
-                self.remove_waiter(id, i);
+                self.remove_waiter(id, i, true);
                 moved_from = min(moved_from, i);
-                out.push(Output::Dropped {
-                    lock: name.clone(),
-                    ticket,
-                    reason: DropReason::LimitLowered,
-                });
+                out.push(Output::Dropped { lock: name.clone(), ticket, reason: DropReason::LimitLowered });
             } else {
                 i += 1;
             }
@@ -758,14 +654,7 @@ impl LockTable {
         Reply::LimitSet { limit }
     }
 
-    fn put_data(
-        &mut self,
-        name: &LockName,
-        ticket: Ticket,
-        key: DataKey,
-        value: Box<str>,
-        at: Moment,
-    ) -> Reply {
+    fn put_data(&mut self, name: &LockName, ticket: Ticket, key: DataKey, value: Box<str>, at: Moment) -> Reply {
         let Some(id) = self.find(name.as_str()) else {
             return Reply::TicketUnknown;
         };
@@ -775,32 +664,20 @@ impl LockTable {
             return self.not_holder(id, ticket, at);
         };
         let data = lock.data.as_deref();
-        let old_len = data
-            .and_then(|d| d.entries.get(&key))
-            .map(|v| key.as_str().len() + v.len());
+        let old_len = data.and_then(|d| d.entries.get(&key)).map(|v| key.as_str().len() + v.len());
         let keys = data.map_or(0, |d| d.entries.len());
         if old_len.is_none() && keys >= max_keys as usize {
-            return Reply::Rejected(CoreError::DataTooLarge {
-                limit: "max_data_keys",
-                max: max_keys.into(),
-            });
+            return Reply::Rejected(CoreError::DataTooLarge { limit: "max_data_keys", max: max_keys.into() });
         }
-        let bytes = data.map_or(0, |d| d.bytes as usize) - old_len.unwrap_or(0)
-            + key.as_str().len()
-            + value.len();
+        let bytes = data.map_or(0, |d| d.bytes as usize) - old_len.unwrap_or(0) + key.as_str().len() + value.len();
         if bytes > max_bytes as usize {
-            return Reply::Rejected(CoreError::DataTooLarge {
-                limit: "max_data_bytes",
-                max: max_bytes.into(),
-            });
+            return Reply::Rejected(CoreError::DataTooLarge { limit: "max_data_bytes", max: max_bytes.into() });
         }
         self.claim(id, i, at.now_ms);
         let data = self.lock_mut(id).data.get_or_insert_with(Default::default);
         data.entries.insert(key, value);
         data.bytes = bytes as u32;
-        Reply::DataWritten {
-            created: old_len.is_none(),
-        }
+        Reply::DataWritten { created: old_len.is_none() }
     }
 
     fn delete_data(&mut self, name: &LockName, ticket: Ticket, key: &DataKey, at: Moment) -> Reply {
@@ -836,25 +713,24 @@ impl LockTable {
         }
     }
 
-    fn remove_holder(&mut self, id: LockId, index: usize) -> Lease {
-        let lock = self.slots[id as usize]
-            .as_mut()
-            .expect("lock slot is occupied");
+    /// Removes a holder; `unindex` is false when its deadline already left the index.
+    fn remove_holder(&mut self, id: LockId, index: usize, unindex: bool) -> Lease {
+        let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
         let lease = lock.holders.swap_remove(index);
         lock.used -= lease.weight;
         if lock.holders.is_empty() {
             lock.holders = Vec::new();
         }
-        self.deadlines
-            .remove(&(lease.expires_at_ms, id, lease.ticket));
+        if unindex {
+            self.deadlines.remove(&(lease.expires_at_ms, lease.ticket, id));
+        }
         self.holders -= 1;
         lease
     }
 
-    fn remove_waiter(&mut self, id: LockId, index: usize) -> Waiter {
-        let lock = self.slots[id as usize]
-            .as_mut()
-            .expect("lock slot is occupied");
+    /// Removes a waiter; `unindex` is false when its deadline already left the index.
+    fn remove_waiter(&mut self, id: LockId, index: usize, unindex: bool) -> Waiter {
+        let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
         let queue = lock.queue.as_mut().expect("waiter's lock has a queue");
         let w = queue.waiters.remove(index).expect("waiter index in range");
         if queue.candidate == Some(w.ticket) {
@@ -863,8 +739,8 @@ impl LockTable {
         if queue.waiters.is_empty() {
             lock.queue = None;
         }
-        if w.watchers == 0 {
-            self.deadlines.remove(&(w.absent_at_ms, id, w.ticket));
+        if unindex && w.watchers == 0 {
+            self.deadlines.remove(&(w.absent_at_ms, w.ticket, id));
         }
         self.waiters -= 1;
         w
@@ -897,9 +773,7 @@ impl LockTable {
         let claim_ms = self.limits.claim_ms;
         let mut draws: Option<SplitMix64> = None;
         loop {
-            let lock = self.slots[id as usize]
-                .as_mut()
-                .expect("lock slot is occupied");
+            let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
             let Some(queue) = lock.queue.as_mut() else {
                 return;
             };
@@ -912,18 +786,12 @@ impl LockTable {
                 }
                 QueueKind::Lottery => {
                     let index = match queue.candidate {
-                        Some(t) => queue
-                            .waiters
-                            .iter()
-                            .position(|w| w.ticket == t)
-                            .expect("candidate is queued"),
+                        Some(t) => queue.waiters.iter().position(|w| w.ticket == t).expect("candidate is queued"),
                         None => {
                             if lock.used >= lock.limit {
                                 return;
                             }
-                            let rng = draws.get_or_insert_with(|| {
-                                lottery_stream(at.entropy, lock.name.as_str())
-                            });
+                            let rng = draws.get_or_insert_with(|| lottery_stream(at.entropy, lock.name.as_str()));
                             rng.below(queue.waiters.len())
                         }
                     };
@@ -934,7 +802,7 @@ impl LockTable {
                     index
                 }
             };
-            let w = self.remove_waiter(id, index);
+            let w = self.remove_waiter(id, index, true);
             *moved_from = min(*moved_from, index);
             let claimed = w.watchers > 0;
             let fence = self.next_fence;
@@ -942,28 +810,17 @@ impl LockTable {
             let lease = Lease {
                 ticket: w.ticket,
                 fence,
-                expires_at_ms: at.now_ms
-                    + if claimed {
-                        w.ttl_ms
-                    } else {
-                        min(claim_ms, w.ttl_ms)
-                    },
+                expires_at_ms: at.now_ms + if claimed { w.ttl_ms } else { min(claim_ms, w.ttl_ms) },
                 ttl_ms: w.ttl_ms,
                 weight: w.weight,
                 claimed,
                 extra: w.extra,
             };
-            let lock = self.slots[id as usize]
-                .as_mut()
-                .expect("lock slot is occupied");
+            let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
             lock.used += lease.weight;
-            self.deadlines
-                .insert((lease.expires_at_ms, id, lease.ticket));
+            self.deadlines.insert((lease.expires_at_ms, lease.ticket, id));
             self.holders += 1;
-            out.push(Output::Granted {
-                lock: lock.name.clone(),
-                lease: lease.view(),
-            });
+            out.push(Output::Granted { lock: lock.name.clone(), lease: lease.view() });
             if let Some(url) = lease.callback() {
                 out.push(Output::CallbackDue {
                     url: url.clone(),
@@ -981,57 +838,48 @@ impl LockTable {
     /// Ends every lease and drops every absent waiter due at or before `at.now_ms`, then
     /// admits waiters into the freed permits. Returns how many deadlines fired.
     pub fn expire(&mut self, at: Moment, out: &mut Vec<Output>) -> usize {
-        // Take every due entry out of the index in one cut; the removals below then find
-        // nothing left to unindex for them.
-        let later = self
-            .deadlines
-            .split_off(&(at.now_ms + 1, 0, Ticket::from_bytes([0; 16])));
-        let mut due: Vec<(u64, LockId, Ticket)> = std::mem::replace(&mut self.deadlines, later)
-            .into_iter()
-            .collect();
+        // Take every due entry out of the index in one cut, in (deadline, ticket) order.
+        let later = self.deadlines.split_off(&(at.now_ms + 1, Ticket::from_bytes([0; 16]), 0));
+        let due = std::mem::replace(&mut self.deadlines, later);
         let fired = due.len();
-        // Group by lock; within a lock, in deadline order.
-        due.sort_unstable_by_key(|&(at_ms, id, ticket)| (id, at_ms, ticket));
-        let mut start = 0;
-        while start < due.len() {
-            let id = due[start].1;
-            let end = start + due[start..].iter().take_while(|d| d.1 == id).count();
-            let mut moved_from = NOT_MOVED;
-            for &(_, _, ticket) in &due[start..end] {
-                let lock = self.lock(id);
-                if let Some(i) = lock.holder_index(ticket) {
-                    let unclaimed = !lock.holders[i].claimed;
-                    let lease = self.remove_holder(id, i);
-                    let name = self.lock(id).name.clone();
-                    out.push(Output::Expired {
-                        lock: name.clone(),
-                        ticket,
-                        fence: lease.fence,
-                        unclaimed,
-                    });
-                    if let Some(url) = lease.callback() {
-                        out.push(Output::CallbackDue {
-                            url: url.clone(),
-                            event: CallbackEvent::Expired,
-                            lock: name,
-                            ticket,
-                            fence: lease.fence,
-                            at_ms: at.now_ms,
-                        });
-                    }
-                } else if let Some(i) = lock.waiter_index(ticket) {
-                    let name = lock.name.clone();
-                    self.remove_waiter(id, i);
-                    moved_from = min(moved_from, i);
-                    out.push(Output::Dropped {
+        // First every removal, in deadline order; then each touched lock is settled in the
+        // order it was first touched (earliest due deadline, then ticket), so fences go out
+        // in time order whatever the locks' places in memory.
+        let mut touched: Vec<(LockId, usize)> = Vec::new();
+        for (_, ticket, id) in due {
+            let lock = self.lock_mut(id);
+            if lock.touched == 0 {
+                touched.push((id, NOT_MOVED));
+                lock.touched = touched.len() as u32;
+            }
+            let slot = lock.touched as usize - 1;
+            if let Some(i) = lock.holder_index(ticket) {
+                let unclaimed = !lock.holders[i].claimed;
+                let name = lock.name.clone();
+                let lease = self.remove_holder(id, i, false);
+                if let Some(url) = lease.callback() {
+                    out.push(Output::Expired { lock: name.clone(), ticket, fence: lease.fence, unclaimed });
+                    out.push(Output::CallbackDue {
+                        url: url.clone(),
+                        event: CallbackEvent::Expired,
                         lock: name,
                         ticket,
-                        reason: DropReason::Absent,
+                        fence: lease.fence,
+                        at_ms: at.now_ms,
                     });
+                } else {
+                    out.push(Output::Expired { lock: name, ticket, fence: lease.fence, unclaimed });
                 }
+            } else if let Some(i) = lock.waiter_index(ticket) {
+                let name = lock.name.clone();
+                self.remove_waiter(id, i, false);
+                touched[slot].1 = min(touched[slot].1, i);
+                out.push(Output::Dropped { lock: name, ticket, reason: DropReason::Absent });
             }
+        }
+        for (id, moved_from) in touched {
+            self.lock_mut(id).touched = 0;
             self.settle(id, at, moved_from, out);
-            start = end;
         }
         self.debug_check();
         fired
@@ -1046,13 +894,11 @@ impl LockTable {
             };
             for w in queue.waiters.iter_mut() {
                 if w.watchers == 0 {
-                    self.deadlines
-                        .remove(&(w.absent_at_ms, id as LockId, w.ticket));
+                    self.deadlines.remove(&(w.absent_at_ms, w.ticket, id as LockId));
                 }
                 w.watchers = 0;
                 w.absent_at_ms = absent_at_ms;
-                self.deadlines
-                    .insert((absent_at_ms, id as LockId, w.ticket));
+                self.deadlines.insert((absent_at_ms, w.ticket, id as LockId));
             }
         }
         self.debug_check();
@@ -1064,8 +910,7 @@ impl LockTable {
         if let Some(i) = lock.holder_index(ticket) {
             return Some(TicketView::Holding(lock.holders[i].view()));
         }
-        lock.waiter_index(ticket)
-            .map(|i| TicketView::Waiting(lock.queue_view(i)))
+        lock.waiter_index(ticket).map(|i| TicketView::Waiting(lock.queue_view(i)))
     }
 
     /// A lock as readers see it.
@@ -1109,10 +954,7 @@ impl LockTable {
         }
         names.truncate(limit);
         names.sort_unstable();
-        names
-            .into_iter()
-            .filter_map(|n| self.lock_view(n))
-            .collect()
+        names.into_iter().filter_map(|n| self.lock_view(n)).collect()
     }
 
     /// The JSON text stored under `key` of lock `name`.
@@ -1133,11 +975,8 @@ impl LockTable {
     fn debug_check(&self) {
         #[cfg(debug_assertions)]
         {
-            let result = if self.index.len() <= FULL_CHECK_MAX_LOCKS {
-                self.check_invariants()
-            } else {
-                self.check_counts()
-            };
+            let result =
+                if self.index.len() <= FULL_CHECK_MAX_LOCKS { self.check_invariants() } else { self.check_counts() };
             if let Err(broken) = result {
                 panic!("lease table invariant broken: {broken}");
             }

@@ -102,26 +102,16 @@ impl LockTable {
     pub fn export(&self) -> TableState {
         let mut locks: Vec<LockState> = self.slots.iter().flatten().map(export_lock).collect();
         locks.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        TableState {
-            next_fence: self.next_fence,
-            locks,
-        }
+        TableState { next_fence: self.next_fence, locks }
     }
 
     /// Rebuilds a table from `state`, refusing any state that breaks an invariant.
-    pub fn import(
-        state: TableState,
-        limits: TableLimits,
-        hash_seed: u64,
-    ) -> Result<Self, CoreError> {
+    pub fn import(state: TableState, limits: TableLimits, hash_seed: u64) -> Result<Self, CoreError> {
         let mut table = LockTable::new(limits, hash_seed);
         table.next_fence = state.next_fence.max(1);
         for ls in state.locks {
             if table.find(ls.name.as_str()).is_some() {
-                return Err(invalid(format!(
-                    "lock {:?} appears twice",
-                    ls.name.as_str()
-                )));
+                return Err(invalid(format!("lock {:?} appears twice", ls.name.as_str())));
             }
             if ls.limit == 0 {
                 return Err(invalid(format!("lock {:?} has limit 0", ls.name.as_str())));
@@ -131,7 +121,7 @@ impl LockTable {
             let mut used: u64 = 0;
             for h in ls.holders {
                 used += u64::from(h.weight);
-                table.deadlines.insert((h.expires_at_ms, id, h.ticket));
+                table.deadlines.insert((h.expires_at_ms, h.ticket, id));
                 holders.push(Lease {
                     ticket: h.ticket,
                     fence: h.fence,
@@ -146,18 +136,12 @@ impl LockTable {
             for w in ls.waiters {
                 let absent_at_ms = match (w.watchers, w.absent_at_ms) {
                     (0, Some(at)) => {
-                        table.deadlines.insert((at, id, w.ticket));
+                        table.deadlines.insert((at, w.ticket, id));
                         at
                     }
-                    (0, None) => {
-                        return Err(invalid(
-                            "an unwatched waiter has no absence deadline".into(),
-                        ))
-                    }
+                    (0, None) => return Err(invalid("an unwatched waiter has no absence deadline".into())),
                     (_, None) => 0,
-                    (_, Some(_)) => {
-                        return Err(invalid("a watched waiter has an absence deadline".into()))
-                    }
+                    (_, Some(_)) => return Err(invalid("a watched waiter has an absence deadline".into())),
                 };
                 waiters.push_back(Waiter {
                     ticket: w.ticket,
@@ -170,22 +154,16 @@ impl LockTable {
             }
             let mut data = DataMap::default();
             for (key, value) in ls.data {
-                data.bytes = data
-                    .bytes
-                    .saturating_add((key.as_str().len() + value.len()) as u32);
+                data.bytes = data.bytes.saturating_add((key.as_str().len() + value.len()) as u32);
                 data.entries.insert(key, value.into_boxed_str());
             }
             table.holders += holders.len() as u64;
             table.waiters += waiters.len() as u64;
             let lock = table.lock_mut(id);
-            lock.used =
-                u32::try_from(used).map_err(|_| invalid("holders' weights overflow".into()))?;
+            lock.used = u32::try_from(used).map_err(|_| invalid("holders' weights overflow".into()))?;
             lock.holders = holders;
             if !waiters.is_empty() {
-                lock.queue = Some(Box::new(Queue {
-                    waiters,
-                    candidate: ls.candidate,
-                }));
+                lock.queue = Some(Box::new(Queue { waiters, candidate: ls.candidate }));
             } else if ls.candidate.is_some() {
                 return Err(invalid("a lottery candidate without waiters".into()));
             }
@@ -242,11 +220,6 @@ fn export_lock(lock: &Lock) -> LockState {
             })
             .collect(),
         candidate: lock.queue.as_ref().and_then(|q| q.candidate),
-        data: lock
-            .data
-            .iter()
-            .flat_map(|d| d.entries.iter())
-            .map(|(k, v)| (k.clone(), v.to_string()))
-            .collect(),
+        data: lock.data.iter().flat_map(|d| d.entries.iter()).map(|(k, v)| (k.clone(), v.to_string())).collect(),
     }
 }

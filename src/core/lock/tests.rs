@@ -34,10 +34,7 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
-        Self {
-            table: LockTable::new(LIMITS, 42),
-            out: Vec::new(),
-        }
+        Self { table: LockTable::new(LIMITS, 42), out: Vec::new() }
     }
 
     fn op(&mut self, op: Op, now: u64) -> Reply {
@@ -65,13 +62,7 @@ impl Harness {
     }
 
     fn release(&mut self, lock: &str, ticket: u8, now: u64) -> Reply {
-        self.op(
-            Op::Release {
-                lock: name(lock),
-                ticket: t(ticket),
-            },
-            now,
-        )
+        self.op(Op::Release { lock: name(lock), ticket: t(ticket) }, now)
     }
 
     fn expire(&mut self, now: u64) -> usize {
@@ -104,9 +95,7 @@ fn acquire_free_lock_grants_with_first_fence() {
     let mut h = Harness::new();
     let reply = h.acquire("a", 1, 0, |_| {});
     assert_eq!(fence_of(&reply), 1);
-    let Reply::Held(lease) = reply else {
-        unreachable!()
-    };
+    let Reply::Held(lease) = reply else { unreachable!() };
     assert_eq!(lease.expires_at_ms, 1_000);
     assert!(lease.claimed);
     assert_eq!(h.table.next_deadline(), Some(1_000));
@@ -117,26 +106,14 @@ fn acquire_held_mutex_queues_then_release_admits_with_higher_fence() {
     let mut h = Harness::new();
     let f1 = fence_of(&h.acquire("a", 1, 0, |_| {}));
     let queued = h.acquire("a", 2, 0, |a| a.watch = true);
-    assert_eq!(
-        queued,
-        Reply::Queued(QueueView {
-            ticket: t(2),
-            position: Some(1),
-            queue_length: 1
-        })
-    );
+    assert_eq!(queued, Reply::Queued(QueueView { ticket: t(2), position: Some(1), queue_length: 1 }));
     assert_eq!(h.release("a", 1, 10), Reply::Released { fence: f1 });
     assert_eq!(h.granted(), vec![t(2)]);
-    let Some(Output::Granted { lease, .. }) =
-        h.out.iter().find(|o| matches!(o, Output::Granted { .. }))
-    else {
+    let Some(Output::Granted { lease, .. }) = h.out.iter().find(|o| matches!(o, Output::Granted { .. })) else {
         panic!("no grant")
     };
     assert!(lease.fence > f1);
-    assert!(
-        lease.claimed,
-        "a watched waiter is connected and claims at once"
-    );
+    assert!(lease.claimed, "a watched waiter is connected and claims at once");
     assert_eq!(lease.expires_at_ms, 10 + 1_000);
 }
 
@@ -146,14 +123,7 @@ fn try_lock_on_held_lock_is_unavailable_and_changes_nothing() {
     h.acquire("a", 1, 0, |_| {});
     let before = h.table.export();
     let reply = h.acquire("a", 2, 0, |a| a.queue = QueueMode::None);
-    assert_eq!(
-        reply,
-        Reply::Unavailable {
-            used: 1,
-            limit: 1,
-            queue_length: 0
-        }
-    );
+    assert_eq!(reply, Reply::Unavailable { used: 1, limit: 1, queue_length: 0 });
     assert_eq!(h.table.export(), before);
 }
 
@@ -163,9 +133,7 @@ fn reacquire_with_own_ticket_is_reentrant_and_keeps_fence() {
     let f = fence_of(&h.acquire("a", 1, 0, |_| {}));
     let again = h.acquire("a", 9, 500, |a| a.ticket = Some(t(1)));
     assert_eq!(fence_of(&again), f);
-    let Reply::Held(lease) = again else {
-        unreachable!()
-    };
+    let Reply::Held(lease) = again else { unreachable!() };
     assert_eq!(lease.ticket, t(1));
     assert_eq!(lease.expires_at_ms, 1_500);
     assert_eq!(h.table.stats().holders, 1);
@@ -176,14 +144,7 @@ fn unknown_ticket_on_acquire_gets_a_fresh_place() {
     let mut h = Harness::new();
     h.acquire("a", 1, 0, |_| {});
     let reply = h.acquire("a", 2, 0, |a| a.ticket = Some(t(77)));
-    assert_eq!(
-        reply,
-        Reply::Queued(QueueView {
-            ticket: t(2),
-            position: Some(1),
-            queue_length: 1
-        })
-    );
+    assert_eq!(reply, Reply::Queued(QueueView { ticket: t(2), position: Some(1), queue_length: 1 }));
 }
 
 #[test]
@@ -191,14 +152,8 @@ fn fifo_head_blocks_smaller_waiters_behind_it() {
     let mut h = Harness::new();
     h.acquire("s", 1, 0, |a| (a.limit, a.weight) = (3, 2));
     // Head wants 2 (only 1 free): it waits, and the weight-1 newcomer may not barge past it.
-    assert!(matches!(
-        h.acquire("s", 2, 0, |a| (a.limit, a.weight) = (3, 2)),
-        Reply::Queued(_)
-    ));
-    assert!(matches!(
-        h.acquire("s", 3, 0, |a| (a.limit, a.weight) = (3, 1)),
-        Reply::Queued(_)
-    ));
+    assert!(matches!(h.acquire("s", 2, 0, |a| (a.limit, a.weight) = (3, 2)), Reply::Queued(_)));
+    assert!(matches!(h.acquire("s", 3, 0, |a| (a.limit, a.weight) = (3, 1)), Reply::Queued(_)));
     assert_eq!(h.release("s", 1, 1), Reply::Released { fence: 1 });
     assert_eq!(h.granted(), vec![t(2), t(3)]);
 }
@@ -208,17 +163,11 @@ fn weight_above_limit_and_bad_ttl_are_rejected() {
     let mut h = Harness::new();
     assert!(matches!(
         h.acquire("s", 1, 0, |a| (a.limit, a.weight) = (2, 3)),
-        Reply::Rejected(CoreError::OutOfRange {
-            field: "weight",
-            ..
-        })
+        Reply::Rejected(CoreError::OutOfRange { field: "weight", .. })
     ));
     assert!(matches!(
         h.acquire("s", 1, 0, |a| a.ttl_ms = 5),
-        Reply::Rejected(CoreError::OutOfRange {
-            field: "ttl_ms",
-            ..
-        })
+        Reply::Rejected(CoreError::OutOfRange { field: "ttl_ms", .. })
     ));
     assert!(matches!(
         h.acquire("s", 1, 0, |a| a.limit = 0),
@@ -231,21 +180,13 @@ fn weight_above_limit_and_bad_ttl_are_rejected() {
 fn limit_mismatch_only_while_the_lock_has_participants() {
     let mut h = Harness::new();
     h.acquire("s", 1, 0, |a| a.limit = 2);
-    assert_eq!(
-        h.acquire("s", 2, 0, |a| a.limit = 3),
-        Reply::LimitMismatch { limit: 2 }
-    );
+    assert_eq!(h.acquire("s", 2, 0, |a| a.limit = 3), Reply::LimitMismatch { limit: 2 });
     assert_eq!(
         h.acquire("s", 2, 0, |a| (a.limit, a.queue) = (2, QueueMode::Lottery)),
-        Reply::QueueMismatch {
-            queue: QueueKind::Fifo
-        }
+        Reply::QueueMismatch { queue: QueueKind::Fifo }
     );
     h.release("s", 1, 0);
-    assert!(matches!(
-        h.acquire("s", 2, 0, |a| a.limit = 3),
-        Reply::Held(_)
-    ));
+    assert!(matches!(h.acquire("s", 2, 0, |a| a.limit = 3), Reply::Held(_)));
 }
 
 #[test]
@@ -255,14 +196,7 @@ fn lease_expires_at_its_deadline_and_passes_on() {
     h.acquire("a", 2, 0, |a| a.watch = true);
     assert_eq!(h.expire(999), 0);
     assert_eq!(h.expire(1_000), 1);
-    assert!(matches!(
-        h.out[0],
-        Output::Expired {
-            unclaimed: false,
-            fence: 1,
-            ..
-        }
-    ));
+    assert!(matches!(h.out[0], Output::Expired { unclaimed: false, fence: 1, .. }));
     assert_eq!(h.granted(), vec![t(2)]);
     assert_eq!(h.release("a", 1, 1_001), Reply::TicketUnknown);
 }
@@ -271,31 +205,12 @@ fn lease_expires_at_its_deadline_and_passes_on() {
 fn renew_extends_and_never_releases() {
     let mut h = Harness::new();
     h.acquire("a", 1, 0, |_| {});
-    let renewed = h.op(
-        Op::Renew {
-            lock: name("a"),
-            ticket: t(1),
-            ttl_ms: Some(5_000),
-        },
-        900,
-    );
-    let Reply::Held(lease) = renewed else {
-        panic!("{renewed:?}")
-    };
+    let renewed = h.op(Op::Renew { lock: name("a"), ticket: t(1), ttl_ms: Some(5_000) }, 900);
+    let Reply::Held(lease) = renewed else { panic!("{renewed:?}") };
     assert_eq!(lease.expires_at_ms, 5_900);
     assert_eq!(h.expire(2_000), 0);
     assert_eq!(h.table.stats().holders, 1);
-    assert_eq!(
-        h.op(
-            Op::Renew {
-                lock: name("a"),
-                ticket: t(2),
-                ttl_ms: None
-            },
-            0
-        ),
-        Reply::TicketUnknown
-    );
+    assert_eq!(h.op(Op::Renew { lock: name("a"), ticket: t(2), ttl_ms: None }, 0), Reply::TicketUnknown);
 }
 
 #[test]
@@ -305,30 +220,11 @@ fn unwatched_waiter_is_dropped_after_waiter_ttl_unless_it_polls() {
     h.acquire("a", 2, 0, |_| {});
     h.acquire("a", 3, 0, |_| {});
     // Ticket 3 polls at 900, so it survives the 1 000 ms mark; ticket 2 does not.
-    h.op(
-        Op::Touch {
-            lock: name("a"),
-            ticket: t(3),
-        },
-        900,
-    );
+    h.op(Op::Touch { lock: name("a"), ticket: t(3) }, 900);
     h.expire(1_000);
-    assert_eq!(
-        h.out,
-        vec![Output::Dropped {
-            lock: name("a"),
-            ticket: t(2),
-            reason: DropReason::Absent
-        }]
-    );
+    assert_eq!(h.out, vec![Output::Dropped { lock: name("a"), ticket: t(2), reason: DropReason::Absent }]);
     h.expire(1_900);
-    assert!(matches!(
-        h.out[0],
-        Output::Dropped {
-            reason: DropReason::Absent,
-            ..
-        }
-    ));
+    assert!(matches!(h.out[0], Output::Dropped { reason: DropReason::Absent, .. }));
     assert_eq!(h.table.stats().waiters, 0);
 }
 
@@ -339,13 +235,7 @@ fn watched_waiter_stays_until_unwatched_plus_waiter_ttl() {
     h.acquire("a", 2, 0, |a| a.watch = true);
     h.expire(50_000);
     assert_eq!(h.table.stats().waiters, 1);
-    h.op(
-        Op::Unwatch {
-            lock: name("a"),
-            ticket: t(2),
-        },
-        50_000,
-    );
+    h.op(Op::Unwatch { lock: name("a"), ticket: t(2) }, 50_000);
     h.expire(50_999);
     assert_eq!(h.table.stats().waiters, 1);
     h.expire(51_000);
@@ -358,30 +248,14 @@ fn admitted_absent_waiter_gets_claim_window_then_lapses_to_next() {
     h.acquire("a", 1, 0, |_| {});
     h.acquire("a", 2, 0, |a| a.ttl_ms = 10_000); // unwatched; polls keep it
     h.acquire("a", 3, 0, |a| a.watch = true);
-    h.op(
-        Op::Touch {
-            lock: name("a"),
-            ticket: t(2),
-        },
-        500,
-    );
+    h.op(Op::Touch { lock: name("a"), ticket: t(2) }, 500);
     h.release("a", 1, 600);
-    let Some(Output::Granted { lease, .. }) = h.out.get(1) else {
-        panic!("{:?}", h.out)
-    };
+    let Some(Output::Granted { lease, .. }) = h.out.get(1) else { panic!("{:?}", h.out) };
     assert_eq!(lease.ticket, t(2));
     assert!(!lease.claimed);
     assert_eq!(lease.expires_at_ms, 600 + LIMITS.claim_ms);
     h.expire(800);
-    assert_eq!(
-        h.out[0],
-        Output::Expired {
-            lock: name("a"),
-            ticket: t(2),
-            fence: 2,
-            unclaimed: true
-        }
-    );
+    assert_eq!(h.out[0], Output::Expired { lock: name("a"), ticket: t(2), fence: 2, unclaimed: true });
     assert_eq!(h.granted(), vec![t(3)]);
 }
 
@@ -391,16 +265,8 @@ fn admitted_waiter_that_shows_up_claims_its_full_ttl() {
     h.acquire("a", 1, 0, |_| {});
     h.acquire("a", 2, 0, |a| a.ttl_ms = 10_000);
     h.release("a", 1, 100);
-    let reply = h.op(
-        Op::Touch {
-            lock: name("a"),
-            ticket: t(2),
-        },
-        150,
-    );
-    let Reply::Held(lease) = reply else {
-        panic!("{reply:?}")
-    };
+    let reply = h.op(Op::Touch { lock: name("a"), ticket: t(2) }, 150);
+    let Reply::Held(lease) = reply else { panic!("{reply:?}") };
     assert!(lease.claimed);
     assert_eq!(lease.expires_at_ms, 10_150);
 }
@@ -413,15 +279,7 @@ fn release_of_waiter_is_leave_and_moves_watched_waiters_up() {
     h.acquire("a", 3, 0, |a| a.watch = true);
     h.acquire("a", 4, 0, |_| {});
     assert_eq!(h.release("a", 2, 1), Reply::Left);
-    assert_eq!(
-        h.out,
-        vec![Output::Moved {
-            lock: name("a"),
-            ticket: t(3),
-            position: 1,
-            queue_length: 2
-        }]
-    );
+    assert_eq!(h.out, vec![Output::Moved { lock: name("a"), ticket: t(3), position: 1, queue_length: 2 }]);
 }
 
 #[test]
@@ -431,14 +289,8 @@ fn queue_full_refuses_new_waiters_but_not_known_ones() {
     for n in 2..=4 {
         assert!(matches!(h.acquire("a", n, 0, |_| {}), Reply::Queued(_)));
     }
-    assert_eq!(
-        h.acquire("a", 5, 0, |_| {}),
-        Reply::QueueFull { max_waiters: 3 }
-    );
-    assert!(matches!(
-        h.acquire("a", 9, 0, |a| a.ticket = Some(t(3))),
-        Reply::Queued(_)
-    ));
+    assert_eq!(h.acquire("a", 5, 0, |_| {}), Reply::QueueFull { max_waiters: 3 });
+    assert!(matches!(h.acquire("a", 9, 0, |a| a.ticket = Some(t(3))), Reply::Queued(_)));
 }
 
 #[test]
@@ -463,9 +315,7 @@ fn lottery_admits_a_drawn_waiter_and_keeps_a_heavy_candidate_until_it_fits() {
     let first = h.granted();
     assert_eq!(first.len(), 1);
     let other = if first[0] == t(2) { 3 } else { 2 };
-    let Reply::Released { .. } = h.release("l", if first[0] == t(2) { 2 } else { 3 }, 2) else {
-        panic!()
-    };
+    let Reply::Released { .. } = h.release("l", if first[0] == t(2) { 2 } else { 3 }, 2) else { panic!() };
     assert_eq!(h.granted(), vec![t(other)]);
 }
 
@@ -502,17 +352,8 @@ fn lottery_order_differs_from_fifo_over_many_draws() {
         let mut order = Vec::new();
         for step in 1..=8u64 {
             out.clear();
-            table.apply(
-                Op::Release {
-                    lock: name("l"),
-                    ticket: holder,
-                },
-                Moment::new(step, seed ^ step),
-                &mut out,
-            );
-            let Some(Output::Granted { lease, .. }) =
-                out.iter().find(|o| matches!(o, Output::Granted { .. }))
-            else {
+            table.apply(Op::Release { lock: name("l"), ticket: holder }, Moment::new(step, seed ^ step), &mut out);
+            let Some(Output::Granted { lease, .. }) = out.iter().find(|o| matches!(o, Output::Granted { .. })) else {
                 panic!("no grant")
             };
             holder = lease.ticket;
@@ -520,80 +361,27 @@ fn lottery_order_differs_from_fifo_over_many_draws() {
         }
         let mut sorted = order.clone();
         sorted.sort_unstable();
-        assert_eq!(
-            sorted,
-            (1..=8).collect::<Vec<u8>>(),
-            "everyone is granted exactly once"
-        );
+        assert_eq!(sorted, (1..=8).collect::<Vec<u8>>(), "everyone is granted exactly once");
         if order != sorted {
             out_of_order += 1;
         }
     }
-    assert!(
-        out_of_order > 30,
-        "lottery looked like FIFO in {} of 40 runs",
-        40 - out_of_order
-    );
+    assert!(out_of_order > 30, "lottery looked like FIFO in {} of 40 runs", 40 - out_of_order);
 }
 
 #[test]
 fn set_limit_raise_admits_lower_below_used_is_refused_and_heavy_waiters_drop() {
     let mut h = Harness::new();
     h.acquire("s", 1, 0, |a| (a.limit, a.ttl_ms) = (2, 100_000));
-    h.acquire("s", 2, 0, |a| {
-        (a.limit, a.weight, a.ttl_ms) = (2, 2, 100_000)
-    });
-    assert_eq!(
-        h.op(
-            Op::SetLimit {
-                lock: name("s"),
-                limit: 3
-            },
-            1
-        ),
-        Reply::LimitSet { limit: 3 }
-    );
+    h.acquire("s", 2, 0, |a| (a.limit, a.weight, a.ttl_ms) = (2, 2, 100_000));
+    assert_eq!(h.op(Op::SetLimit { lock: name("s"), limit: 3 }, 1), Reply::LimitSet { limit: 3 });
     assert_eq!(h.granted(), vec![t(2)]);
-    assert_eq!(
-        h.op(
-            Op::SetLimit {
-                lock: name("s"),
-                limit: 2
-            },
-            2
-        ),
-        Reply::LimitInUse { used: 3 }
-    );
+    assert_eq!(h.op(Op::SetLimit { lock: name("s"), limit: 2 }, 2), Reply::LimitInUse { used: 3 });
     h.acquire("s", 3, 0, |a| (a.limit, a.weight) = (3, 3));
     h.release("s", 2, 3);
-    assert_eq!(
-        h.op(
-            Op::SetLimit {
-                lock: name("s"),
-                limit: 2
-            },
-            4
-        ),
-        Reply::LimitSet { limit: 2 }
-    );
-    assert_eq!(
-        h.out,
-        vec![Output::Dropped {
-            lock: name("s"),
-            ticket: t(3),
-            reason: DropReason::LimitLowered
-        }]
-    );
-    assert_eq!(
-        h.op(
-            Op::SetLimit {
-                lock: name("nope"),
-                limit: 2
-            },
-            4
-        ),
-        Reply::LockUnknown
-    );
+    assert_eq!(h.op(Op::SetLimit { lock: name("s"), limit: 2 }, 4), Reply::LimitSet { limit: 2 });
+    assert_eq!(h.out, vec![Output::Dropped { lock: name("s"), ticket: t(3), reason: DropReason::LimitLowered }]);
+    assert_eq!(h.op(Op::SetLimit { lock: name("nope"), limit: 2 }, 4), Reply::LockUnknown);
 }
 
 #[test]
@@ -602,58 +390,31 @@ fn data_writes_are_fenced_and_size_limited() {
     h.acquire("d", 1, 0, |_| {});
     h.acquire("d", 2, 0, |_| {});
     let key = |k: &str| DataKey::parse(k).unwrap();
-    let put = |k: &str, v: &str, ticket: u8| Op::PutData {
-        lock: name("d"),
-        ticket: t(ticket),
-        key: key(k),
-        value: v.into(),
-    };
-    assert_eq!(
-        h.op(put("x", "1", 1), 0),
-        Reply::DataWritten { created: true }
-    );
-    assert_eq!(
-        h.op(put("x", "2", 1), 0),
-        Reply::DataWritten { created: false }
-    );
+    let put =
+        |k: &str, v: &str, ticket: u8| Op::PutData { lock: name("d"), ticket: t(ticket), key: key(k), value: v.into() };
+    assert_eq!(h.op(put("x", "1", 1), 0), Reply::DataWritten { created: true });
+    assert_eq!(h.op(put("x", "2", 1), 0), Reply::DataWritten { created: false });
     assert!(matches!(h.op(put("x", "3", 2), 0), Reply::NotHolder(_)));
     assert_eq!(h.op(put("x", "3", 7), 0), Reply::TicketUnknown);
     assert_eq!(h.table.data("d", "x"), Some("2"));
-    assert_eq!(
-        h.op(put("y", "[]", 1), 0),
-        Reply::DataWritten { created: true }
-    );
+    assert_eq!(h.op(put("y", "[]", 1), 0), Reply::DataWritten { created: true });
     assert!(matches!(
         h.op(put("z", "0", 1), 0),
-        Reply::Rejected(CoreError::DataTooLarge {
-            limit: "max_data_keys",
-            ..
-        })
+        Reply::Rejected(CoreError::DataTooLarge { limit: "max_data_keys", .. })
     ));
     let big = "9".repeat(70);
     assert!(matches!(
         h.op(put("x", &big, 1), 0),
-        Reply::Rejected(CoreError::DataTooLarge {
-            limit: "max_data_bytes",
-            ..
-        })
+        Reply::Rejected(CoreError::DataTooLarge { limit: "max_data_bytes", .. })
     ));
-    assert_eq!(
-        h.table.data("d", "x"),
-        Some("2"),
-        "a refused write changes nothing"
-    );
+    assert_eq!(h.table.data("d", "x"), Some("2"), "a refused write changes nothing");
     // Data keeps the lock alive after everyone leaves.
     h.release("d", 2, 0);
     h.release("d", 1, 0);
     assert_eq!(h.table.stats().locks, 1);
     assert_eq!(h.table.data_entries("d").len(), 2);
     h.acquire("d", 3, 0, |_| {});
-    let del = |k: &str| Op::DeleteData {
-        lock: name("d"),
-        ticket: t(3),
-        key: key(k),
-    };
+    let del = |k: &str| Op::DeleteData { lock: name("d"), ticket: t(3), key: key(k) };
     assert_eq!(h.op(del("x"), 0), Reply::DataDeleted { existed: true });
     assert_eq!(h.op(del("x"), 0), Reply::DataDeleted { existed: false });
     assert_eq!(h.op(del("y"), 0), Reply::DataDeleted { existed: true });
@@ -679,13 +440,7 @@ fn callbacks_fire_on_admission_after_waiting_and_on_expiry() {
             _ => None,
         })
         .collect();
-    assert_eq!(
-        events,
-        vec![
-            (CallbackEvent::Expired, t(1)),
-            (CallbackEvent::Acquired, t(2))
-        ]
-    );
+    assert_eq!(events, vec![(CallbackEvent::Expired, t(1)), (CallbackEvent::Acquired, t(2))]);
 }
 
 #[test]
@@ -696,10 +451,7 @@ fn table_full_refuses_new_locks() {
     h.table.set_limits(limits);
     h.acquire("a", 1, 0, |_| {});
     h.acquire("b", 1, 0, |_| {});
-    assert_eq!(
-        h.acquire("c", 1, 0, |_| {}),
-        Reply::TableFull { max_locks: 2 }
-    );
+    assert_eq!(h.acquire("c", 1, 0, |_| {}), Reply::TableFull { max_locks: 2 });
     assert!(matches!(h.acquire("a", 2, 0, |_| {}), Reply::Queued(_)));
 }
 
@@ -722,31 +474,19 @@ fn import_refuses_a_state_that_breaks_an_invariant() {
 
     let mut over = good.clone();
     over.locks[0].holders[0].weight = 2;
-    assert!(
-        LockTable::import(over, LIMITS, 1).is_err(),
-        "holders over the limit"
-    );
+    assert!(LockTable::import(over, LIMITS, 1).is_err(), "holders over the limit");
 
     let mut stale_fence = good.clone();
     stale_fence.next_fence = 1;
-    assert!(
-        LockTable::import(stale_fence, LIMITS, 1).is_err(),
-        "fence not below next_fence"
-    );
+    assert!(LockTable::import(stale_fence, LIMITS, 1).is_err(), "fence not below next_fence");
 
     let mut both = good.clone();
     both.locks[0].waiters[0].ticket = both.locks[0].holders[0].ticket;
-    assert!(
-        LockTable::import(both, LIMITS, 1).is_err(),
-        "holding and waiting"
-    );
+    assert!(LockTable::import(both, LIMITS, 1).is_err(), "holding and waiting");
 
     let mut head_fits = good;
     head_fits.locks[0].holders.clear();
-    assert!(
-        LockTable::import(head_fits, LIMITS, 1).is_err(),
-        "FIFO head fits but waits"
-    );
+    assert!(LockTable::import(head_fits, LIMITS, 1).is_err(), "FIFO head fits but waits");
 }
 
 #[test]
@@ -767,44 +507,18 @@ fn reset_presence_gives_every_waiter_a_fresh_window() {
 fn views_hide_tickets_and_list_pages_by_name() {
     let mut h = Harness::new();
     for (i, n) in ["b", "a", "c", "ab"].iter().enumerate() {
-        h.acquire(n, i as u8 + 1, 0, |a| {
-            a.owner = Some(Owner::parse("me").unwrap())
-        });
+        h.acquire(n, i as u8 + 1, 0, |a| a.owner = Some(Owner::parse("me").unwrap()));
     }
     let view = h.table.lock_view("a").unwrap();
-    assert_eq!(
-        view.holders[0].owner.as_ref().map(Owner::as_str),
-        Some("me")
-    );
+    assert_eq!(view.holders[0].owner.as_ref().map(Owner::as_str), Some("me"));
     let json = serde_json::to_string(&view).unwrap();
-    assert!(
-        !json.contains(&t(2).to_string()),
-        "a lock view must not reveal tickets: {json}"
-    );
-    let page: Vec<String> = h
-        .table
-        .list("", None, 2)
-        .into_iter()
-        .map(|v| v.name.to_string())
-        .collect();
+    assert!(!json.contains(&t(2).to_string()), "a lock view must not reveal tickets: {json}");
+    let page: Vec<String> = h.table.list("", None, 2).into_iter().map(|v| v.name.to_string()).collect();
     assert_eq!(page, ["a", "ab"]);
-    let page: Vec<String> = h
-        .table
-        .list("", Some("ab"), 2)
-        .into_iter()
-        .map(|v| v.name.to_string())
-        .collect();
+    let page: Vec<String> = h.table.list("", Some("ab"), 2).into_iter().map(|v| v.name.to_string()).collect();
     assert_eq!(page, ["b", "c"]);
-    let page: Vec<String> = h
-        .table
-        .list("a", None, 10)
-        .into_iter()
-        .map(|v| v.name.to_string())
-        .collect();
+    let page: Vec<String> = h.table.list("a", None, 10).into_iter().map(|v| v.name.to_string()).collect();
     assert_eq!(page, ["a", "ab"]);
-    assert!(matches!(
-        h.table.ticket_view("a", t(2)),
-        Some(TicketView::Holding(_))
-    ));
+    assert!(matches!(h.table.ticket_view("a", t(2)), Some(TicketView::Holding(_))));
     assert_eq!(h.table.ticket_view("a", t(9)), None);
 }

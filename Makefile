@@ -1,0 +1,35 @@
+# leasehold: the two set-up commands are `make run` and `make test`.
+CARGO  ?= cargo
+CONFIG ?= config/leasehold.toml
+BIN    := target/release/leasehold
+
+.PHONY: run build test lint fmt bench check-config
+
+## run: build the release binary and serve with config/leasehold.toml
+run: build
+	$(BIN) serve --config $(CONFIG)
+
+build:
+	$(CARGO) build --release --locked
+
+## test: everything CI must pass (format, lints with warnings denied, all tests)
+test:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+	$(CARGO) test --locked
+
+## lint: clippy with warnings denied
+lint:
+	$(CARGO) clippy --all-targets --locked -- -D warnings
+
+## fmt: format the code
+fmt:
+	$(CARGO) fmt --all
+
+## bench: benchmarks (figures in the README come from here)
+bench:
+	$(CARGO) bench --locked --bench lock_table
+
+## check-config: validate $(CONFIG)
+check-config: build
+	$(BIN) check-config $(CONFIG)

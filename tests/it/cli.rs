@@ -1,0 +1,119 @@
+//! The real binary's command line: `check-config` and `serve` exit codes and messages.
+
+use std::process::Command;
+
+fn leasehold() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_leasehold"));
+    // The tests decide the environment: no stray LEASEHOLD_* or RESOURCE_* from the caller.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().to_string();
+        if name.starts_with("LEASEHOLD_") || name.starts_with("RESOURCE_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
+fn write_config(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().expect("temp file");
+    std::io::Write::write_all(&mut file, text.as_bytes()).expect("write config");
+    file
+}
+
+#[test]
+fn check_config_with_three_mistakes_lists_all_and_exits_2() {
+    let file = write_config("[server]\nworkers = -1\ndispatch = \"udp\"\n[journal]\nfsync_every = 3\n");
+    let out = leasehold().arg("check-config").arg(file.path()).output().expect("run leasehold");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("3 problems"), "{stderr}");
+    for key in ["server.workers", "server.dispatch", "journal.fsync_every"] {
+        assert!(stderr.contains(key), "{key} missing from: {stderr}");
+    }
+}
+
+#[test]
+fn check_config_on_the_shipped_example_exits_0() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/leasehold.toml");
+    let out = leasehold().arg("check-config").arg(path).output().expect("run leasehold");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
+}
+
+#[test]
+fn check_config_on_a_missing_file_exits_2_with_the_reason() {
+    let out = leasehold().args(["check-config", "/nonexistent/leasehold.toml"]).output().expect("run leasehold");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read"));
+}
+
+#[test]
+fn bad_environment_override_fails_check_config() {
+    let file = write_config("");
+    let out = leasehold()
+        .arg("check-config")
+        .arg(file.path())
+        .env("LEASEHOLD_FSYNC", "sometimes")
+        .output()
+        .expect("run leasehold");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LEASEHOLD_FSYNC"));
+}
+
+#[test]
+fn unknown_arguments_exit_2_with_usage() {
+    let out = leasehold().arg("frobnicate").output().expect("run leasehold");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("usage:"));
+}
+
+#[test]
+fn shipped_example_documents_every_key_with_its_default_and_variable() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/leasehold.toml")).unwrap();
+    for key in leasehold::config::Config::known_keys() {
+        let (_, name) = key.path.split_once('.').unwrap();
+        assert!(
+            text.lines().any(|l| l.trim_start_matches(['#', ' ']).starts_with(&format!("{name} ="))
+                || l.contains(&format!("[[{}]]", key.path))),
+            "config/leasehold.toml does not document {}",
+            key.path
+        );
+        if !key.env.is_empty() {
+            assert!(text.contains(key.env), "config/leasehold.toml does not name {}", key.env);
+        }
+    }
+    // The example's values are the defaults (commented-out keys are not read).
+    let parsed = leasehold::config::Config::load(Some(&text), &[]).unwrap();
+    assert_eq!(parsed, leasehold::config::Config::defaults());
+}
+
+#[test]
+fn systemd_unit_has_the_required_directives() {
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/leasehold.service")).unwrap();
+    let directives: Vec<&str> =
+        unit.lines().map(str::trim).filter(|l| !l.starts_with('#') && l.contains('=')).collect();
+    for required in [
+        "Type=notify",
+        "NotifyAccess=main",
+        "KillMode=mixed",
+        "ExecReload=/bin/kill -USR1 $MAINPID",
+        "RestartPreventExitStatus=2",
+        "StateDirectory=leasehold",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "PrivateTmp=yes",
+        "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6",
+    ] {
+        assert!(directives.contains(&required), "systemd unit lacks {required}");
+    }
+    assert!(directives.iter().any(|d| d.starts_with("ExecStartPre=") && d.contains("check-config")));
+    let stop_s: u64 = directives
+        .iter()
+        .find_map(|d| d.strip_prefix("TimeoutStopSec="))
+        .and_then(|v| v.parse().ok())
+        .expect("TimeoutStopSec in seconds");
+    assert!(
+        stop_s * 1000 > leasehold::config::DEFAULT_DRAIN_TIMEOUT_MS,
+        "TimeoutStopSec must exceed the drain timeout"
+    );
+}

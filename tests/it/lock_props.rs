@@ -1,0 +1,475 @@
+//! Model-based property tests of the lease table.
+//!
+//! Each case is a random history (acquire, renew, release, leave, presence, expiry with time
+//! jumps, limit changes, data, lottery) generated from one seed. After every step the real
+//! table must give the same reply, the same outputs and the same state as the naive model,
+//! pass `check_invariants`, and satisfy the properties the issue names: fences strictly
+//! increase in grant order, FIFO grants follow enqueue order, an unclaimed grant lapses
+//! after `claim_ms`, and at the end every waiter is granted, dropped or gone (no starvation).
+//! Now and then the table is exported, imported and swapped in, so the round trip is checked
+//! for identical state and identical behaviour.
+//!
+//! `LEASEHOLD_MODEL_CASES` sets the number of cases (default 10 000);
+//! `LEASEHOLD_MODEL_SEED` replays one case. A failure shrinks the history and prints the seed.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use leasehold::core::lock::{
+    Acquire, LockTable, Moment, Op, Output, QueueKind, QueueMode, Reply, TableLimits, TableState,
+};
+use leasehold::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket};
+use leasehold::core::rand::SplitMix64;
+
+use crate::model::Model;
+
+const LIMITS: TableLimits = TableLimits {
+    min_ttl_ms: 10,
+    max_ttl_ms: 10_000,
+    max_limit: 4,
+    max_locks: 3,
+    max_waiters_per_lock: 5,
+    waiter_ttl_ms: 500,
+    claim_ms: 100,
+    max_data_keys: 2,
+    max_data_bytes: 40,
+};
+const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+
+/// One generated step: time passes by `dt_ms`, then `kind` happens.
+#[derive(Debug, Clone)]
+struct Step {
+    dt_ms: u64,
+    kind: StepKind,
+    /// Export, import and swap in the imported table after this step.
+    round_trip: bool,
+}
+
+/// A ticket reference resolved at run time: the k-th ticket issued so far (modulo), or one
+/// nobody was ever given.
+#[derive(Debug, Clone, Copy)]
+enum TicketRef {
+    Issued(usize),
+    Stranger,
+}
+
+#[derive(Debug, Clone)]
+enum StepKind {
+    Acquire {
+        lock: usize,
+        ticket: Option<TicketRef>,
+        limit: u32,
+        weight: u32,
+        ttl_ms: u64,
+        mode: QueueMode,
+        watch: bool,
+        extras: bool,
+    },
+    Renew {
+        lock: usize,
+        ticket: TicketRef,
+        ttl_ms: Option<u64>,
+    },
+    Release {
+        lock: usize,
+        ticket: TicketRef,
+    },
+    Touch {
+        lock: usize,
+        ticket: TicketRef,
+    },
+    Watch {
+        lock: usize,
+        ticket: TicketRef,
+    },
+    Unwatch {
+        lock: usize,
+        ticket: TicketRef,
+    },
+    SetLimit {
+        lock: usize,
+        limit: u32,
+    },
+    Put {
+        lock: usize,
+        ticket: TicketRef,
+        key: usize,
+        value_bytes: usize,
+    },
+    Delete {
+        lock: usize,
+        ticket: TicketRef,
+        key: usize,
+    },
+    Expire,
+}
+
+fn generate(seed: u64) -> Vec<Step> {
+    let mut rng = SplitMix64::new(seed);
+    let mut pick = |n: usize| rng.below(n);
+    let len = 1 + pick(60);
+    let mut steps = Vec::with_capacity(len);
+    for _ in 0..len {
+        let dt_ms = match pick(10) {
+            0..=3 => 0,
+            4..=7 => pick(120) as u64,
+            8 => pick(700) as u64,
+            _ => 2_000 + pick(9_000) as u64,
+        };
+        let lock = pick(NAMES.len());
+        let tref = |p: &mut dyn FnMut(usize) -> usize| {
+            if p(12) == 0 {
+                TicketRef::Stranger
+            } else {
+                TicketRef::Issued(p(64))
+            }
+        };
+        let kind = match pick(100) {
+            0..=34 => {
+                let limit = 1 + pick(3) as u32 + u32::from(pick(20) == 0) * 3;
+                let heavy = usize::from(pick(15) == 0);
+                let weight = 1 + pick(limit as usize + heavy) as u32;
+                StepKind::Acquire {
+                    lock,
+                    ticket: if pick(4) == 0 { Some(tref(&mut pick)) } else { None },
+                    limit,
+                    weight,
+                    ttl_ms: [5, 50, 100, 300, 1_000, 5_000, 20_000][pick(7)],
+                    mode: [QueueMode::Fifo, QueueMode::Fifo, QueueMode::Lottery, QueueMode::None][pick(4)],
+                    watch: pick(2) == 0,
+                    extras: pick(3) == 0,
+                }
+            }
+            35..=44 => StepKind::Renew {
+                lock,
+                ticket: tref(&mut pick),
+                ttl_ms: [None, Some(200), Some(2_000), Some(1)][pick(4)],
+            },
+            45..=56 => StepKind::Release { lock, ticket: tref(&mut pick) },
+            57..=62 => StepKind::Touch { lock, ticket: tref(&mut pick) },
+            63..=67 => StepKind::Watch { lock, ticket: tref(&mut pick) },
+            68..=72 => StepKind::Unwatch { lock, ticket: tref(&mut pick) },
+            73..=76 => StepKind::SetLimit { lock, limit: pick(6) as u32 },
+            77..=82 => StepKind::Put { lock, ticket: tref(&mut pick), key: pick(3), value_bytes: 1 + pick(24) },
+            83..=85 => StepKind::Delete { lock, ticket: tref(&mut pick), key: pick(3) },
+            _ => StepKind::Expire,
+        };
+        steps.push(Step { dt_ms, kind, round_trip: pick(25) == 0 });
+    }
+    steps
+}
+
+/// Holders in fence order, so states compare regardless of the table's internal order.
+fn normalized(mut state: TableState) -> TableState {
+    for lock in &mut state.locks {
+        lock.holders.sort_by_key(|h| h.fence);
+    }
+    state
+}
+
+/// What the property checks remember across steps.
+#[derive(Default)]
+struct Watcher {
+    last_fence: u64,
+    /// FIFO locks: tickets in enqueue order, still waiting.
+    fifo_order: BTreeMap<String, Vec<Ticket>>,
+    /// Tickets that queued at some point, and whether they reached an end.
+    queued: BTreeMap<Ticket, bool>,
+    /// Unclaimed grants: (lock, ticket) → lapse time.
+    unclaimed: BTreeMap<(String, Ticket), u64>,
+}
+
+impl Watcher {
+    fn on_grant(&mut self, lock: &str, ticket: Ticket, fence: u64, claimed: bool, expires_at_ms: u64) {
+        assert!(fence > self.last_fence, "fence {fence} granted after fence {}", self.last_fence);
+        self.last_fence = fence;
+        if let Some(order) = self.fifo_order.get_mut(lock) {
+            if let Some(pos) = order.iter().position(|t| *t == ticket) {
+                assert_eq!(pos, 0, "FIFO lock {lock}: {ticket} granted before {:?}", &order[..pos]);
+                order.remove(0);
+            }
+        }
+        if let Some(done) = self.queued.get_mut(&ticket) {
+            *done = true;
+        }
+        if !claimed {
+            self.unclaimed.insert((lock.to_string(), ticket), expires_at_ms);
+        }
+    }
+
+    fn on_gone(&mut self, lock: &str, ticket: Ticket) {
+        if let Some(order) = self.fifo_order.get_mut(lock) {
+            order.retain(|t| *t != ticket);
+        }
+        if let Some(done) = self.queued.get_mut(&ticket) {
+            *done = true;
+        }
+        self.unclaimed.remove(&(lock.to_string(), ticket));
+    }
+
+    fn on_outputs(&mut self, out: &[Output]) {
+        for o in out {
+            match o {
+                Output::Granted { lock, lease } => {
+                    self.on_grant(lock.as_str(), lease.ticket, lease.fence, lease.claimed, lease.expires_at_ms)
+                }
+                Output::Dropped { lock, ticket, .. } | Output::Released { lock, ticket, .. } => {
+                    self.on_gone(lock.as_str(), *ticket)
+                }
+                Output::Expired { lock, ticket, unclaimed, .. } => {
+                    if self.unclaimed.remove(&(lock.to_string(), *ticket)).is_some() {
+                        assert!(*unclaimed, "{ticket} was never claimed but expired as claimed");
+                    }
+                    self.on_gone(lock.as_str(), *ticket)
+                }
+                Output::Moved { .. } | Output::CallbackDue { .. } => {}
+            }
+        }
+    }
+}
+
+/// Runs one case; panics on the first divergence or broken property.
+fn run(seed: u64, steps: &[Step]) {
+    let mut table = LockTable::new(LIMITS, seed);
+    let mut model = Model::new(LIMITS);
+    let mut now: u64 = 1_000_000;
+    let mut issued: Vec<Ticket> = Vec::new();
+    let mut fresh: u64 = 0;
+    let mut watcher = Watcher::default();
+    let mut entropy = SplitMix64::new(seed ^ 0xA5A5_A5A5);
+    let mut out = Vec::new();
+    let url = CallbackUrl::parse("http://hooks.test/cb").unwrap();
+    let owner = Owner::parse("model").unwrap();
+    let resolve = |r: TicketRef, issued: &[Ticket]| match r {
+        TicketRef::Issued(k) if !issued.is_empty() => issued[k % issued.len()],
+        _ => Ticket::from_bytes([0xEE; 16]),
+    };
+    for (i, step) in steps.iter().enumerate() {
+        now += step.dt_ms;
+        let e = entropy.next_u64();
+        let at = Moment::new(now, e);
+        out.clear();
+        let name = |l: usize| LockName::parse(NAMES[l]).unwrap();
+        let (op, touched) = match &step.kind {
+            StepKind::Expire => {
+                let fired = table.expire(at, &mut out);
+                let (m_fired, m_out) = model.expire(now, e);
+                let real = out.clone();
+                assert_eq!(real, m_out, "step {i} expire: outputs differ");
+                assert_eq!(fired, m_fired, "step {i} expire: fired counts differ");
+                for ((lock, ticket), lapse) in watcher.unclaimed.clone() {
+                    if lapse <= now {
+                        let lapsed = real.iter().any(|o| {
+                            matches!(o, Output::Expired { lock: l, ticket: t, unclaimed: true, .. } if l.as_str() == lock && *t == ticket)
+                        });
+                        assert!(lapsed, "step {i}: unclaimed grant {ticket} on {lock} did not lapse at {lapse}");
+                    }
+                }
+                watcher.on_outputs(&real);
+                (None, None)
+            }
+            StepKind::Acquire { lock, ticket, limit, weight, ttl_ms, mode, watch, extras } => {
+                fresh += 1;
+                let mut bytes = [0u8; 16];
+                bytes[..8].copy_from_slice(&fresh.to_le_bytes());
+                bytes[8..].copy_from_slice(&seed.to_le_bytes());
+                let given = ticket.map(|r| resolve(r, &issued));
+                let op = Op::Acquire(Acquire {
+                    lock: name(*lock),
+                    ticket: given,
+                    new_ticket: Ticket::from_bytes(bytes),
+                    owner: extras.then(|| owner.clone()),
+                    ttl_ms: *ttl_ms,
+                    limit: *limit,
+                    weight: *weight,
+                    queue: *mode,
+                    watch: *watch,
+                    callback: extras.then(|| url.clone()),
+                });
+                (Some(op), given)
+            }
+            StepKind::Renew { lock, ticket, ttl_ms } => {
+                let t = resolve(*ticket, &issued);
+                (Some(Op::Renew { lock: name(*lock), ticket: t, ttl_ms: *ttl_ms }), Some(t))
+            }
+            StepKind::Release { lock, ticket } => {
+                let t = resolve(*ticket, &issued);
+                (Some(Op::Release { lock: name(*lock), ticket: t }), Some(t))
+            }
+            StepKind::Touch { lock, ticket } => {
+                let t = resolve(*ticket, &issued);
+                (Some(Op::Touch { lock: name(*lock), ticket: t }), Some(t))
+            }
+            StepKind::Watch { lock, ticket } => {
+                let t = resolve(*ticket, &issued);
+                (Some(Op::Watch { lock: name(*lock), ticket: t }), Some(t))
+            }
+            StepKind::Unwatch { lock, ticket } => {
+                let t = resolve(*ticket, &issued);
+                (Some(Op::Unwatch { lock: name(*lock), ticket: t }), None)
+            }
+            StepKind::SetLimit { lock, limit } => (Some(Op::SetLimit { lock: name(*lock), limit: *limit }), None),
+            StepKind::Put { lock, ticket, key, value_bytes } => {
+                let t = resolve(*ticket, &issued);
+                let op = Op::PutData {
+                    lock: name(*lock),
+                    ticket: t,
+                    key: DataKey::parse(["k1", "k2", "k3"][*key]).unwrap(),
+                    value: "7".repeat(*value_bytes).into(),
+                };
+                (Some(op), Some(t))
+            }
+            StepKind::Delete { lock, ticket, key } => {
+                let t = resolve(*ticket, &issued);
+                (
+                    Some(Op::DeleteData {
+                        lock: name(*lock),
+                        ticket: t,
+                        key: DataKey::parse(["k1", "k2", "k3"][*key]).unwrap(),
+                    }),
+                    Some(t),
+                )
+            }
+        };
+        if let Some(op) = op {
+            let lock_name = op.lock().as_str().to_string();
+            let kind_before = table.lock_view(&lock_name).map(|v| v.queue);
+            let reply = table.apply(op.clone(), at, &mut out);
+            let (m_reply, m_out) = model.apply(&op, now, e);
+            assert_eq!(reply, m_reply, "step {i} {op:?}: replies differ");
+            assert_eq!(out, m_out, "step {i} {op:?}: outputs differ");
+            // A ticket that shows up claims its grant (or ends it).
+            if let Some(t) = touched {
+                watcher.unclaimed.remove(&(lock_name.clone(), t));
+            }
+            match &reply {
+                Reply::Held(lease) if !issued.contains(&lease.ticket) => {
+                    issued.push(lease.ticket);
+                    watcher.on_grant(&lock_name, lease.ticket, lease.fence, lease.claimed, lease.expires_at_ms);
+                }
+                Reply::Queued(q) if !issued.contains(&q.ticket) => {
+                    issued.push(q.ticket);
+                    watcher.queued.insert(q.ticket, false);
+                    let kind = kind_before.or_else(|| table.lock_view(&lock_name).map(|v| v.queue));
+                    if kind == Some(QueueKind::Fifo) {
+                        watcher.fifo_order.entry(lock_name.clone()).or_default().push(q.ticket);
+                    }
+                }
+                Reply::Left => {
+                    if let Op::Release { ticket, .. } = &op {
+                        watcher.on_gone(&lock_name, *ticket);
+                    }
+                }
+                _ => {}
+            }
+            watcher.on_outputs(&out);
+        }
+        table.check_invariants().unwrap_or_else(|e| panic!("step {i}: invariant broken: {e}"));
+        for lock in table.export().locks {
+            assert!(lock.holders.iter().map(|h| h.weight).sum::<u32>() <= lock.limit, "permits over limit");
+        }
+        assert_eq!(normalized(table.export()), model.export(), "step {i}: states differ");
+        if step.round_trip {
+            let state = table.export();
+            let json = serde_json::to_string(&state).expect("state serialises");
+            let back: TableState = serde_json::from_str(&json).expect("state parses back");
+            assert_eq!(back, state, "step {i}: JSON round trip changed the state");
+            let imported = LockTable::import(back, LIMITS, seed.rotate_left(17)).expect("exported state imports");
+            assert_eq!(imported.export(), state, "step {i}: import changed the state");
+            assert_eq!(imported.next_deadline(), table.next_deadline());
+            assert_eq!(imported.stats(), table.stats());
+            table = imported;
+        }
+    }
+    drain(seed, &mut table, &mut model, now, &mut watcher);
+}
+
+/// No starvation: with nobody acting any more, time runs on; every lease expires, every
+/// unwatched waiter is dropped, every watched waiter is eventually admitted.
+fn drain(seed: u64, table: &mut LockTable, model: &mut Model, mut now: u64, watcher: &mut Watcher) {
+    let mut entropy = SplitMix64::new(seed ^ 0x5A5A);
+    let stats = table.stats();
+    let bound = 3 * (stats.holders + stats.waiters) as usize + 3;
+    let mut out = Vec::new();
+    for _ in 0..bound {
+        let Some(next) = table.next_deadline() else { break };
+        now = now.max(next);
+        let e = entropy.next_u64();
+        out.clear();
+        table.expire(Moment::new(now, e), &mut out);
+        let (_, m_out) = model.expire(now, e);
+        let real = out.clone();
+        assert_eq!(real, m_out, "drain: outputs differ");
+        watcher.on_outputs(&real);
+    }
+    let stats = table.stats();
+    assert_eq!((stats.holders, stats.waiters), (0, 0), "drain left holders or waiters: starvation");
+    let stuck: Vec<&Ticket> = watcher.queued.iter().filter(|(_, done)| !**done).map(|(t, _)| t).collect();
+    assert!(stuck.is_empty(), "waiters never granted, dropped or gone: {stuck:?}");
+}
+
+fn fails(seed: u64, steps: &[Step]) -> Option<String> {
+    let result = catch_unwind(AssertUnwindSafe(|| run(seed, steps)));
+    result.err().map(|e| {
+        e.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    })
+}
+
+/// Removes steps one at a time while the case still fails.
+fn shrink(seed: u64, mut steps: Vec<Step>) -> Vec<Step> {
+    let mut i = 0;
+    while i < steps.len() {
+        let mut shorter = steps.clone();
+        shorter.remove(i);
+        if fails(seed, &shorter).is_some() {
+            steps = shorter;
+        } else {
+            i += 1;
+        }
+    }
+    steps
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    std::env::var(name).ok().and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn lock_table_matches_naive_model_over_random_histories() {
+    let (first, cases) = match env_u64("LEASEHOLD_MODEL_SEED") {
+        Some(seed) => (seed, 1),
+        None => {
+            let base =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+            (base, env_u64("LEASEHOLD_MODEL_CASES").unwrap_or(10_000))
+        }
+    };
+    println!("model cases: {cases}, seeds {first}..{}", first.wrapping_add(cases));
+    // Silence the panics of failing attempts while shrinking; the final report says it all.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let mut steps_run = 0usize;
+    let mut failure = None;
+    for case in 0..cases {
+        let seed = first.wrapping_add(case);
+        let steps = generate(seed);
+        steps_run += steps.len();
+        if fails(seed, &steps).is_some() {
+            let small = shrink(seed, steps);
+            let message = fails(seed, &small).unwrap_or_default();
+            failure = Some((seed, small, message));
+            break;
+        }
+    }
+    std::panic::set_hook(hook);
+    if let Some((seed, steps, message)) = failure {
+        panic!(
+            "lease table diverged from the model: {message}\nreplay: LEASEHOLD_MODEL_SEED={seed} cargo test --test it lock_table_matches\nshrunk history ({} steps): {steps:#?}",
+            steps.len()
+        );
+    }
+    println!("model steps checked: {steps_run}");
+}
