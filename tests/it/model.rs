@@ -59,6 +59,20 @@ impl MLock {
         }
     }
 
+    /// A `Moved` output for every watched FIFO waiter whose position is lower than in `before`.
+    fn push_moves(&self, before: &[(Ticket, usize)], out: &mut Vec<Output>) {
+        for (ticket, pos) in self.fifo_watched_positions() {
+            if before.iter().any(|&(t, old)| t == ticket && pos < old) {
+                out.push(Output::Moved {
+                    lock: self.name.clone(),
+                    ticket,
+                    position: pos as u32 + 1,
+                    queue_length: self.waiters.len() as u32,
+                });
+            }
+        }
+    }
+
     fn fifo_watched_positions(&self) -> Vec<(Ticket, usize)> {
         if self.kind != QueueKind::Fifo {
             return Vec::new();
@@ -106,19 +120,7 @@ impl Model {
         let before = self.find(&lock_name).map(|i| self.locks[i].fifo_watched_positions()).unwrap_or_default();
         let reply = self.step(op, now, entropy, &mut out);
         if let Some(i) = self.find(&lock_name) {
-            let lock = &self.locks[i];
-            for (ticket, pos) in lock.fifo_watched_positions() {
-                if let Some((_, old)) = before.iter().find(|(t, _)| *t == ticket) {
-                    if pos < *old {
-                        out.push(Output::Moved {
-                            lock: lock.name.clone(),
-                            ticket,
-                            position: pos as u32 + 1,
-                            queue_length: lock.waiters.len() as u32,
-                        });
-                    }
-                }
-            }
+            self.locks[i].push_moves(&before, &mut out);
         }
         self.forget_empty();
         (reply, out)
@@ -488,19 +490,7 @@ impl Model {
         for (name, before) in touched {
             let li = self.find(&name).expect("touched lock exists");
             self.admit(li, now, entropy, &mut out);
-            let l = &self.locks[li];
-            for (ticket, pos) in l.fifo_watched_positions() {
-                if let Some((_, old)) = before.iter().find(|(t, _)| *t == ticket) {
-                    if pos < *old {
-                        out.push(Output::Moved {
-                            lock: l.name.clone(),
-                            ticket,
-                            position: pos as u32 + 1,
-                            queue_length: l.waiters.len() as u32,
-                        });
-                    }
-                }
-            }
+            self.locks[li].push_moves(&before, &mut out);
         }
         self.forget_empty();
         (due.len(), out)

@@ -254,6 +254,37 @@ pub struct TableStats {
 }
 
 /// The lease table. See the module docs for its rules.
+///
+/// A mutex handed from one holder to a waiter:
+///
+/// ```
+/// use leasehold::core::lock::{Acquire, LockTable, Moment, Op, Output, QueueMode, Reply, TableLimits};
+/// use leasehold::core::names::{LockName, Ticket};
+///
+/// let mut table = LockTable::new(TableLimits::DEFAULT, 0x5eed);
+/// let mut out = Vec::new();
+/// let lock = LockName::parse("nightly-report").unwrap();
+/// let acquire = |ticket: u8, watch: bool| Op::Acquire(Acquire {
+///     lock: lock.clone(), ticket: None, new_ticket: Ticket::from_bytes([ticket; 16]), owner: None,
+///     ttl_ms: 30_000, limit: 1, weight: 1, queue: QueueMode::Fifo, watch, callback: None,
+/// });
+///
+/// let Reply::Held(first) = table.apply(acquire(1, false), Moment::new(1_000, 0), &mut out) else { panic!() };
+/// let Reply::Queued(second) = table.apply(acquire(2, true), Moment::new(1_001, 0), &mut out) else { panic!() };
+/// assert_eq!(second.position, Some(1));
+///
+/// // The holder releases: the waiter is admitted with a larger fence.
+/// table.apply(Op::Release { lock: lock.clone(), ticket: first.ticket }, Moment::new(1_002, 0), &mut out);
+/// let granted = out.iter().find_map(|o| match o { Output::Granted { lease, .. } => Some(lease.clone()), _ => None }).unwrap();
+/// assert_eq!(granted.ticket, second.ticket);
+/// assert!(granted.fence > first.fence);
+///
+/// // Nobody renews: at its deadline the lease expires and the table is empty again.
+/// out.clear();
+/// table.expire(Moment::new(granted.expires_at_ms, 0), &mut out);
+/// assert!(matches!(out[0], Output::Expired { .. }));
+/// assert_eq!(table.stats().holders, 0);
+/// ```
 #[derive(Debug, Clone)]
 pub struct LockTable {
     limits: TableLimits,
