@@ -870,7 +870,7 @@ impl LockTable {
     /// admits waiters into the freed permits. Returns how many deadlines fired.
     pub fn expire(&mut self, at: Moment, out: &mut Vec<Output>) -> usize {
         // Take every due entry out of the index in one cut, in (deadline, ticket) order.
-        let later = self.deadlines.split_off(&(at.now_ms + 1, Ticket::from_bytes([0; 16]), 0));
+        let later = self.deadlines.split_off(&(at.now_ms.saturating_add(1), Ticket::from_bytes([0; 16]), 0));
         let due = std::mem::replace(&mut self.deadlines, later);
         let fired = due.len();
         // First every removal, in deadline order; then each touched lock is settled in the

@@ -522,3 +522,13 @@ fn views_hide_tickets_and_list_pages_by_name() {
     assert!(matches!(h.table.ticket_view("a", t(2)), Some(TicketView::Holding(_))));
     assert_eq!(h.table.ticket_view("a", t(9)), None);
 }
+
+#[test]
+fn expire_at_the_end_of_time_ends_everything_without_overflow() {
+    let mut h = Harness::new();
+    h.acquire("a", 1, 0, |_| {});
+    h.acquire("b", 2, 0, |_| {});
+    assert_eq!(h.expire(u64::MAX), 2);
+    assert_eq!(h.table.stats().locks, 0);
+    assert_eq!(h.table.next_deadline(), None);
+}
