@@ -28,6 +28,9 @@ impl LockTable {
             let Some(lock) = slot else { continue };
             let id = id as LockId;
             let name = lock.name.as_str();
+            if lock.hash != super::hash_name(self.hash_seed, name) {
+                return Err(format!("lock {name:?}: stored hash is stale"));
+            }
             if self.find(name) != Some(id) {
                 return Err(format!("lock {name:?} is not found by its name"));
             }

@@ -171,6 +171,8 @@ struct Lock {
     data: Option<Box<DataMap>>,
     /// Scratch for `expire`: 1 + this lock's place in its list of touched locks, else 0.
     touched: u32,
+    /// The name's hash, kept so forgetting and index growth never hash the name again.
+    hash: u64,
 }
 
 impl Lock {
@@ -373,8 +375,17 @@ impl LockTable {
     }
 
     fn find(&self, name: &str) -> Option<LockId> {
+        self.find_hashed(name).1
+    }
+
+    /// The name's hash (to create the lock with, if absent) and the lock's id, if present.
+    fn find_hashed(&self, name: &str) -> (u64, Option<LockId>) {
         let hash = hash_name(self.hash_seed, name);
-        self.index.find(hash, |&id| self.slots[id as usize].as_ref().is_some_and(|l| l.name.as_str() == name)).copied()
+        let found = self
+            .index
+            .find(hash, |&id| self.slots[id as usize].as_ref().is_some_and(|l| l.name.as_str() == name))
+            .copied();
+        (hash, found)
     }
 
     fn lock(&self, id: LockId) -> &Lock {
@@ -385,9 +396,9 @@ impl LockTable {
         self.slots[id as usize].as_mut().expect("indexed lock slot is occupied")
     }
 
-    fn create(&mut self, name: LockName, limit: u32, kind: QueueKind) -> LockId {
-        let hash = hash_name(self.hash_seed, name.as_str());
-        let lock = Lock { name, limit, used: 0, kind, holders: Vec::new(), queue: None, data: None, touched: 0 };
+    /// Adds a lock; `hash` is `hash_name` of its name (from `find_hashed`).
+    fn create(&mut self, name: LockName, hash: u64, limit: u32, kind: QueueKind) -> LockId {
+        let lock = Lock { name, limit, used: 0, kind, holders: Vec::new(), queue: None, data: None, touched: 0, hash };
         let id = match self.free.pop() {
             Some(id) => {
                 self.slots[id as usize] = Some(lock);
@@ -398,10 +409,8 @@ impl LockTable {
                 (self.slots.len() - 1) as LockId
             }
         };
-        let (slots, seed) = (&self.slots, self.hash_seed);
-        self.index.insert_unique(hash, id, |&other| {
-            hash_name(seed, slots[other as usize].as_ref().map_or("", |l| l.name.as_str()))
-        });
+        let slots = &self.slots;
+        self.index.insert_unique(hash, id, |&other| slots[other as usize].as_ref().map_or(0, |l| l.hash));
         id
     }
 
@@ -410,8 +419,7 @@ impl LockTable {
         if lock.has_participants() || lock.data.is_some() {
             return;
         }
-        let hash = hash_name(self.hash_seed, lock.name.as_str());
-        if let Ok(entry) = self.index.find_entry(hash, |&other| other == id) {
+        if let Ok(entry) = self.index.find_entry(lock.hash, |&other| other == id) {
             entry.remove();
         }
         self.slots[id as usize] = None;
@@ -447,7 +455,7 @@ impl LockTable {
         if a.ttl_ms < limits.min_ttl_ms || a.ttl_ms > limits.max_ttl_ms {
             return out_of_range("ttl_ms", a.ttl_ms, limits.min_ttl_ms, limits.max_ttl_ms);
         }
-        let found = self.find(a.lock.as_str());
+        let (hash, found) = self.find_hashed(a.lock.as_str());
         if let Some(id) = found {
             // Re-entry: with the caller's ticket, or (vanishingly rare) a fresh ticket that
             // happens to be in use here already.
@@ -466,7 +474,7 @@ impl LockTable {
                 if self.index.len() >= self.limits.max_locks as usize {
                     return Reply::TableFull { max_locks: self.limits.max_locks };
                 }
-                self.create(a.lock, a.limit, wanted_kind)
+                self.create(a.lock, hash, a.limit, wanted_kind)
             }
             Some(id) => {
                 let lock = self.lock_mut(id);

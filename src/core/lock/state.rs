@@ -110,13 +110,14 @@ impl LockTable {
         let mut table = LockTable::new(limits, hash_seed);
         table.next_fence = state.next_fence.max(1);
         for ls in state.locks {
-            if table.find(ls.name.as_str()).is_some() {
+            let (hash, found) = table.find_hashed(ls.name.as_str());
+            if found.is_some() {
                 return Err(invalid(format!("lock {:?} appears twice", ls.name.as_str())));
             }
             if ls.limit == 0 {
                 return Err(invalid(format!("lock {:?} has limit 0", ls.name.as_str())));
             }
-            let id = table.create(ls.name, ls.limit, ls.queue);
+            let id = table.create(ls.name, hash, ls.limit, ls.queue);
             let mut holders = Vec::with_capacity(ls.holders.len());
             let mut used: u64 = 0;
             for h in ls.holders {
