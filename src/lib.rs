@@ -30,3 +30,4 @@
 
 pub mod config;
 pub mod core;
+pub mod ipc;

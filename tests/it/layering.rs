@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-const PURE: &[&str] = &["src/core", "src/config"];
+const PURE: &[&str] = &["src/core", "src/config", "src/ipc"];
 const FORBIDDEN: &[&str] = &[
     "std::fs",
     "std::net::TcpStream",
