@@ -54,11 +54,15 @@ fn load_config(file: Option<&PathBuf>) -> Result<Config, ExitCode> {
     };
     let env: Vec<(String, String)> =
         std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
-    Config::load(text.as_deref(), &env).map_err(|problems| {
+    let config = Config::load(text.as_deref(), &env).map_err(|problems| {
         let source = file.map_or_else(|| "the embedded defaults".to_string(), |p| p.display().to_string());
         report_problems(&source, &problems);
         ExitCode::from(EXIT_USAGE)
-    })
+    })?;
+    for warning in &config.warnings {
+        eprintln!("leasehold: warning: {warning}");
+    }
+    Ok(config)
 }
 
 fn report_problems(source: &str, problems: &[ConfigError]) {
@@ -71,10 +75,7 @@ fn report_problems(source: &str, problems: &[ConfigError]) {
 
 fn check_config(file: &PathBuf) -> ExitCode {
     match load_config(Some(file)) {
-        Ok(config) => {
-            for warning in &config.warnings {
-                eprintln!("leasehold: warning: {warning}");
-            }
+        Ok(_) => {
             println!("leasehold: {}: configuration is valid", file.display());
             ExitCode::SUCCESS
         }
@@ -87,9 +88,6 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
         Ok(config) => config,
         Err(code) => return code,
     };
-    for warning in &config.warnings {
-        eprintln!("leasehold: warning: {warning}");
-    }
     let listen: Vec<String> = config.server.listen.iter().map(ToString::to_string).collect();
     println!(
         "leasehold: configuration is valid: listen {}, data in {}, {} API key(s), fsync {:?}",

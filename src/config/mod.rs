@@ -244,7 +244,14 @@ impl Config {
 
     /// Whether every listen address is a loopback address.
     pub fn loopback_only(&self) -> bool {
-        self.server.listen.iter().all(|a| a.ip().is_loopback())
+        self.server.loopback_only()
+    }
+}
+
+impl ServerConfig {
+    /// Whether every listen address is a loopback address.
+    pub fn loopback_only(&self) -> bool {
+        self.listen.iter().all(|a| a.ip().is_loopback())
     }
 }
 
@@ -476,7 +483,7 @@ fn validate_auth(r: &mut Reader<'_>, env: &BTreeMap<String, String>, server: &Se
             }
         }
     }
-    if keys.is_empty() && !insecure_anonymous && !server.listen.iter().all(|a| a.ip().is_loopback()) {
+    if keys.is_empty() && !insecure_anonymous && !server.loopback_only() {
         r.invalid(
             "auth.keys",
             "no API key is configured but server.listen has a non-loopback address; add a key or set auth.insecure_anonymous = true",

@@ -499,27 +499,16 @@ impl LockTable {
         let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
         let queue_length = lock.queue_len();
         if queue_length == 0 && lock.used + a.weight <= lock.limit {
-            let fence = self.next_fence;
-            self.next_fence += 1;
             let lease = Lease {
                 ticket: a.new_ticket,
-                fence,
+                fence: 0,
                 expires_at_ms: now + a.ttl_ms,
                 ttl_ms: a.ttl_ms,
                 weight: a.weight,
                 claimed: true,
                 extra: make_extra(a.owner, a.callback),
             };
-            let view = lease.view();
-            if lock.holders.capacity() == lock.holders.len() {
-                // Most locks are mutexes: grow one lease at a time, not by doubling.
-                lock.holders.reserve_exact(1);
-            }
-            lock.used += a.weight;
-            lock.holders.push(lease);
-            self.deadlines.insert((view.expires_at_ms, view.ticket, id));
-            self.holders += 1;
-            return Reply::Held(view);
+            return Reply::Held(self.grant(id, lease));
         }
         if a.queue == QueueMode::None {
             // The lock has participants (an empty lock always fits), so it stays.
@@ -844,34 +833,49 @@ impl LockTable {
             let w = self.remove_waiter(id, index, true);
             *moved_from = min(*moved_from, index);
             let claimed = w.watchers > 0;
-            let fence = self.next_fence;
-            self.next_fence += 1;
+            let callback = w.extra.as_ref().and_then(|e| e.callback.clone());
             let lease = Lease {
                 ticket: w.ticket,
-                fence,
+                fence: 0,
                 expires_at_ms: at.now_ms + if claimed { w.ttl_ms } else { min(claim_ms, w.ttl_ms) },
                 ttl_ms: w.ttl_ms,
                 weight: w.weight,
                 claimed,
                 extra: w.extra,
             };
-            let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
-            lock.used += lease.weight;
-            self.deadlines.insert((lease.expires_at_ms, lease.ticket, id));
-            self.holders += 1;
-            out.push(Output::Granted { lock: lock.name.clone(), lease: lease.view() });
-            if let Some(url) = lease.callback() {
+            let view = self.grant(id, lease);
+            let (ticket, fence) = (view.ticket, view.fence);
+            let name = &self.lock(id).name;
+            out.push(Output::Granted { lock: name.clone(), lease: view });
+            if let Some(url) = callback {
                 out.push(Output::CallbackDue {
-                    url: url.clone(),
+                    url,
                     event: CallbackEvent::Acquired,
-                    lock: lock.name.clone(),
-                    ticket: lease.ticket,
+                    lock: name.clone(),
+                    ticket,
                     fence,
                     at_ms: at.now_ms,
                 });
             }
-            lock.holders.push(lease);
         }
+    }
+
+    /// Makes `lease` a holder of lock `id`, giving it the next fence (its `fence` field is
+    /// overwritten). Every grant, immediate or from the queue, goes through here.
+    fn grant(&mut self, id: LockId, mut lease: Lease) -> LeaseView {
+        lease.fence = self.next_fence;
+        self.next_fence += 1;
+        let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
+        if lock.holders.capacity() == lock.holders.len() {
+            // Most locks are mutexes: grow one lease at a time, not by doubling.
+            lock.holders.reserve_exact(1);
+        }
+        lock.used += lease.weight;
+        self.deadlines.insert((lease.expires_at_ms, lease.ticket, id));
+        self.holders += 1;
+        let view = lease.view();
+        lock.holders.push(lease);
+        view
     }
 
     /// Ends every lease and drops every absent waiter due at or before `at.now_ms`, then
