@@ -30,4 +30,9 @@
 
 pub mod config;
 pub mod core;
+pub mod http;
 pub mod ipc;
+pub mod metrics;
+pub mod process;
+#[allow(unsafe_code)]
+pub mod sys;

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 pub use error::ConfigError;
 pub use read::KeyDoc;
 
+pub use crate::core::balance::Balance;
 use crate::core::lock::TableLimits;
 use read::Reader;
 
@@ -61,15 +62,6 @@ pub enum Dispatch {
     Reuseport,
     /// The master accepts and passes each connection to a worker (SCM_RIGHTS).
     FdPassing,
-}
-
-/// How the master picks a worker in fd-passing mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Balance {
-    /// The worker with the fewest open connections (as the workers report them).
-    LeastConnections,
-    /// Each worker in turn.
-    RoundRobin,
 }
 
 /// When the journal is flushed to disk.

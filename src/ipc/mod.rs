@@ -3,5 +3,6 @@
 //! turns bytes into frames and frames into bytes; the process shells own the sockets.
 
 pub mod frame;
+pub mod message;
 
 pub use frame::{FrameDecoder, FrameError};

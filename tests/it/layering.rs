@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-const PURE: &[&str] = &["src/core", "src/config", "src/ipc"];
+const PURE: &[&str] = &["src/core", "src/config", "src/ipc", "src/http", "src/metrics.rs"];
 const FORBIDDEN: &[&str] = &[
     "std::fs",
     "std::net::TcpStream",
@@ -18,11 +18,18 @@ const FORBIDDEN: &[&str] = &[
     "nix::",
     "socket2::",
     "RandomState",
+    "std::os::",
+    "getrandom",
+    "libc::",
     "crate::process",
     "crate::sys",
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    if dir.is_file() {
+        out.push(dir.to_path_buf());
+        return;
+    }
     for entry in std::fs::read_dir(dir).expect("read source dir") {
         let path = entry.expect("dir entry").path();
         if path.is_dir() {

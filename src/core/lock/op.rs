@@ -160,7 +160,7 @@ impl Op {
 }
 
 /// A lease as its holder sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseView {
     /// The holder's ticket.
     pub ticket: Ticket,
@@ -177,7 +177,7 @@ pub struct LeaseView {
 }
 
 /// A waiter as it sees itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueView {
     /// The waiter's ticket.
     pub ticket: Ticket,

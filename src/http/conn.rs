@@ -1,0 +1,362 @@
+//! One client connection as a pure state machine: bytes in, requests out; responses in (in
+//! any order), bytes out in request order; timers as deadlines the shell asks for.
+//!
+//! - Keep-alive and pipelining: up to [`MAX_PIPELINE`] requests may wait for their
+//!   responses; past that the connection stops reading (back-pressure) until some are sent.
+//! - Timeouts: a request (head and body) must arrive within `header_timeout_ms` of its first
+//!   byte (for the first request: of the accept), else 408; an idle keep-alive connection
+//!   closes after `keepalive_timeout_ms`; a client that stops reading its responses for
+//!   `keepalive_timeout_ms` is dropped.
+//! - Errors (and 408) are answered with `Connection: close`, then the connection lingers:
+//!   the server stops writing and discards what the client still sends for up to
+//!   [`LINGER_MS`], so the client reads the error instead of a reset.
+//! - Drain (shutdown or reload): requests already received are answered, the last with
+//!   `Connection: close`; an idle connection gets [`DRAIN_IDLE_GRACE_MS`] since it went idle
+//!   for a request that may already be on its way, then closes. This is what makes reloads
+//!   lose no request of a busy keep-alive client.
+
+use std::collections::VecDeque;
+
+use super::parse::{Limits, Parser, Progress, Request};
+use super::response::{Response, CONTINUE};
+use super::status::{error, http_error, ErrorCode};
+
+/// Most requests of one connection waiting for their responses.
+pub const MAX_PIPELINE: usize = 32;
+/// After a drain starts, how long an idle connection is kept for a request in flight.
+pub const DRAIN_IDLE_GRACE_MS: u64 = 1_000;
+/// How long a connection closed after an error keeps discarding input.
+pub const LINGER_MS: u64 = 2_000;
+/// Most bytes discarded while lingering.
+pub const MAX_LINGER_BYTES: usize = 1 << 20;
+
+/// Timeouts and limits of connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnConfig {
+    /// Request size limits.
+    pub limits: Limits,
+    /// Time for a whole request to arrive.
+    pub header_timeout_ms: u64,
+    /// Idle (and stalled-reader) timeout.
+    pub keepalive_timeout_ms: u64,
+}
+
+/// Identifies one request of one connection.
+pub type Seq = u64;
+
+/// What the shell should do with the socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Keep it.
+    Open,
+    /// Shut down writing and keep reading (and discarding) until the linger deadline.
+    Linger,
+    /// Close it now.
+    Done,
+}
+
+#[derive(Debug)]
+enum Slot {
+    Waiting { close: bool },
+    Ready { bytes: Vec<u8>, close: bool },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading requests.
+    Open,
+    /// No more requests: answer those pending, then close (lingering if `linger`).
+    Closing { linger: bool },
+    /// Discarding input until `until_ms`.
+    Lingering { until_ms: u64, discarded: usize },
+    /// Finished.
+    Done,
+}
+
+/// One connection.
+#[derive(Debug)]
+pub struct Conn {
+    input: Vec<u8>,
+    input_start: usize,
+    parser: Parser,
+    /// When the request being read started (accept time for the first request).
+    request_started_ms: Option<u64>,
+    /// Whether any byte of the request being read has arrived.
+    request_bytes: bool,
+    idle_since_ms: u64,
+    /// Last time bytes left for the client (or output became pending).
+    write_progress_ms: u64,
+    slots: VecDeque<Slot>,
+    first_seq: Seq,
+    output: Vec<u8>,
+    written: usize,
+    phase: Phase,
+    draining: bool,
+}
+
+impl Conn {
+    /// A connection accepted at `now_ms`.
+    pub fn new(now_ms: u64) -> Self {
+        Self {
+            input: Vec::new(),
+            input_start: 0,
+            parser: Parser::new(),
+            request_started_ms: Some(now_ms),
+            request_bytes: false,
+            idle_since_ms: now_ms,
+            write_progress_ms: now_ms,
+            slots: VecDeque::new(),
+            first_seq: 0,
+            output: Vec::new(),
+            written: 0,
+            phase: Phase::Open,
+            draining: false,
+        }
+    }
+
+    /// What the shell should do with the socket now.
+    pub fn status(&self) -> Status {
+        match self.phase {
+            Phase::Open | Phase::Closing { .. } => Status::Open,
+            Phase::Lingering { .. } => Status::Linger,
+            Phase::Done => Status::Done,
+        }
+    }
+
+    /// Whether the shell should read from the socket.
+    pub fn wants_read(&self) -> bool {
+        match self.phase {
+            Phase::Open => self.slots.len() < MAX_PIPELINE,
+            Phase::Lingering { .. } => true,
+            Phase::Closing { .. } | Phase::Done => false,
+        }
+    }
+
+    /// Requests waiting for their responses.
+    pub fn in_flight(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Bytes to write to the socket.
+    pub fn output(&self) -> &[u8] {
+        &self.output[self.written..]
+    }
+
+    fn idle(&self) -> bool {
+        self.slots.is_empty() && self.output.is_empty() && self.request_started_ms.is_none()
+    }
+
+    /// Bytes read from the socket. Complete requests are appended to `requests`.
+    pub fn feed(&mut self, bytes: &[u8], now_ms: u64, cfg: &ConnConfig, requests: &mut Vec<(Seq, Box<Request>)>) {
+        if let Phase::Lingering { until_ms, discarded } = self.phase {
+            let discarded = discarded + bytes.len();
+            self.phase =
+                if discarded > MAX_LINGER_BYTES { Phase::Done } else { Phase::Lingering { until_ms, discarded } };
+            return;
+        }
+        if self.phase != Phase::Open || bytes.is_empty() {
+            return;
+        }
+        if self.input_start == self.input.len() {
+            self.input.clear();
+            self.input_start = 0;
+        }
+        self.input.extend_from_slice(bytes);
+        self.parse(now_ms, cfg, requests);
+    }
+
+    /// Parses requests still buffered after the pipeline had been full (call after
+    /// responses were sent).
+    pub fn resume(&mut self, now_ms: u64, cfg: &ConnConfig, requests: &mut Vec<(Seq, Box<Request>)>) {
+        self.parse(now_ms, cfg, requests);
+    }
+
+    fn parse(&mut self, now_ms: u64, cfg: &ConnConfig, requests: &mut Vec<(Seq, Box<Request>)>) {
+        while self.phase == Phase::Open && self.slots.len() < MAX_PIPELINE && self.input_start < self.input.len() {
+            if self.request_started_ms.is_none() {
+                self.request_started_ms = Some(now_ms);
+            }
+            self.request_bytes = true;
+            match self.parser.parse(&self.input[self.input_start..], &cfg.limits) {
+                Ok(Progress::NeedMore { consumed, send_continue }) => {
+                    self.input_start += consumed;
+                    if send_continue && self.slots.is_empty() && self.output.is_empty() {
+                        self.output.extend_from_slice(CONTINUE);
+                        self.write_progress_ms = now_ms;
+                    }
+                    break;
+                }
+                Ok(Progress::Done { request, consumed }) => {
+                    self.input_start += consumed;
+                    self.request_started_ms = None;
+                    self.request_bytes = false;
+                    let close = !request.keep_alive || self.draining;
+                    let seq = self.first_seq + self.slots.len() as Seq;
+                    self.slots.push_back(Slot::Waiting { close });
+                    if close {
+                        self.phase = Phase::Closing { linger: false };
+                    }
+                    requests.push((seq, request));
+                }
+                Err(e) => {
+                    self.fail(&http_error(&e), now_ms);
+                }
+            }
+        }
+        if self.input_start > 0 && self.input_start * 2 > self.input.len() {
+            self.input.drain(..self.input_start);
+            self.input_start = 0;
+        }
+    }
+
+    /// Queues an error answer after the pending ones and stops reading requests.
+    fn fail(&mut self, response: &Response, now_ms: u64) {
+        let mut bytes = Vec::new();
+        response.encode(true, &mut bytes);
+        self.slots.push_back(Slot::Ready { bytes, close: true });
+        self.phase = Phase::Closing { linger: true };
+        self.request_started_ms = None;
+        self.flush_ready(now_ms);
+    }
+
+    /// The response to request `seq` (ignored if that request is not pending).
+    pub fn respond(&mut self, seq: Seq, response: &Response, now_ms: u64) {
+        let Some(index) = seq.checked_sub(self.first_seq).map(|i| i as usize) else { return };
+        let Some(slot) = self.slots.get_mut(index) else { return };
+        let Slot::Waiting { close } = *slot else { return };
+        if index == 0 {
+            response.encode(close, &mut self.output);
+            self.slots.pop_front();
+            self.first_seq += 1;
+            if close {
+                self.close_after_output();
+            }
+            self.write_progress_ms = now_ms;
+            self.flush_ready(now_ms);
+        } else {
+            let mut bytes = Vec::new();
+            response.encode(close, &mut bytes);
+            *slot = Slot::Ready { bytes, close };
+        }
+    }
+
+    /// Moves responses that are ready, in order, to the output.
+    fn flush_ready(&mut self, now_ms: u64) {
+        while let Some(Slot::Ready { .. }) = self.slots.front() {
+            let Some(Slot::Ready { bytes, close }) = self.slots.pop_front() else { break };
+            self.first_seq += 1;
+            if self.output.is_empty() {
+                self.write_progress_ms = now_ms;
+            }
+            self.output.extend_from_slice(&bytes);
+            if close {
+                self.close_after_output();
+            }
+        }
+        self.maybe_finish(now_ms);
+    }
+
+    fn close_after_output(&mut self) {
+        let linger = matches!(self.phase, Phase::Closing { linger: true });
+        self.phase = Phase::Closing { linger };
+        // Nothing after a closing response is answered.
+        self.slots.clear();
+    }
+
+    /// `n` bytes of the output were written.
+    pub fn advance(&mut self, n: usize, now_ms: u64) {
+        self.written = (self.written + n).min(self.output.len());
+        if n > 0 {
+            self.write_progress_ms = now_ms;
+        }
+        if self.written == self.output.len() {
+            self.output.clear();
+            self.written = 0;
+            if self.phase == Phase::Open && self.slots.is_empty() && self.request_started_ms.is_none() {
+                self.idle_since_ms = now_ms;
+            }
+        }
+        self.maybe_finish(now_ms);
+    }
+
+    fn maybe_finish(&mut self, now_ms: u64) {
+        if let Phase::Closing { linger } = self.phase {
+            if self.slots.is_empty() && self.output.is_empty() {
+                self.phase =
+                    if linger { Phase::Lingering { until_ms: now_ms + LINGER_MS, discarded: 0 } } else { Phase::Done };
+            }
+        }
+    }
+
+    /// The peer closed its side: answer what is pending, then close.
+    pub fn on_peer_eof(&mut self, now_ms: u64) {
+        match self.phase {
+            Phase::Lingering { .. } => self.phase = Phase::Done,
+            Phase::Open | Phase::Closing { .. } => {
+                if self.slots.is_empty() && self.output.is_empty() {
+                    self.phase = Phase::Done;
+                } else {
+                    self.phase = Phase::Closing { linger: false };
+                    self.maybe_finish(now_ms);
+                }
+            }
+            Phase::Done => {}
+        }
+    }
+
+    /// Starts draining: finish what was received, then close.
+    pub fn drain(&mut self, now_ms: u64) {
+        self.draining = true;
+        if self.phase != Phase::Open {
+            return;
+        }
+        if let Some(Slot::Waiting { close } | Slot::Ready { close, .. }) = self.slots.back_mut() {
+            *close = true;
+            self.phase = Phase::Closing { linger: false };
+        } else if self.idle() && now_ms >= self.idle_since_ms + DRAIN_IDLE_GRACE_MS {
+            self.phase = Phase::Done;
+        }
+    }
+
+    /// When [`Conn::on_timer`] has something to do, if ever.
+    pub fn deadline(&self, cfg: &ConnConfig) -> Option<u64> {
+        match self.phase {
+            Phase::Lingering { until_ms, .. } => return Some(until_ms),
+            Phase::Done => return None,
+            Phase::Open | Phase::Closing { .. } => {}
+        }
+        if !self.output.is_empty() {
+            return Some(self.write_progress_ms + cfg.keepalive_timeout_ms);
+        }
+        if !self.slots.is_empty() {
+            // Waiting for our own answer: no client timeout applies.
+            return None;
+        }
+        if let Some(started) = self.request_started_ms {
+            return Some(started + cfg.header_timeout_ms);
+        }
+        if self.draining {
+            return Some(self.idle_since_ms + DRAIN_IDLE_GRACE_MS);
+        }
+        Some(self.idle_since_ms + cfg.keepalive_timeout_ms)
+    }
+
+    /// Applies whatever timeout is due at `now_ms`.
+    pub fn on_timer(&mut self, now_ms: u64, cfg: &ConnConfig) {
+        let Some(due) = self.deadline(cfg) else { return };
+        if now_ms < due {
+            return;
+        }
+        if matches!(self.phase, Phase::Lingering { .. }) || !self.output.is_empty() {
+            self.phase = Phase::Done;
+        } else if self.request_started_ms.is_some() && self.request_bytes {
+            self.fail(&error(ErrorCode::RequestTimeout, "the request did not arrive in time"), now_ms);
+        } else {
+            // Idle keep-alive, or a connection that never sent a byte: close quietly.
+            self.phase = Phase::Done;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,207 @@
+//! Connection state machine tests: ordering, pipelining, timeouts, drain, errors.
+
+use super::*;
+use crate::http::parse::Limits;
+
+const CFG: ConnConfig = ConnConfig {
+    limits: Limits { max_request_line_bytes: 8192, max_header_bytes: 4096, max_body_bytes: 1024 },
+    header_timeout_ms: 1_000,
+    keepalive_timeout_ms: 5_000,
+};
+
+fn ok(tag: &str) -> Response {
+    Response::text(200, "text/plain", tag.to_string())
+}
+
+fn feed(c: &mut Conn, bytes: &str, now: u64) -> Vec<Seq> {
+    let mut reqs = Vec::new();
+    c.feed(bytes.as_bytes(), now, &CFG, &mut reqs);
+    reqs.into_iter().map(|(s, _)| s).collect()
+}
+
+fn take_output(c: &mut Conn, now: u64) -> String {
+    let out = String::from_utf8(c.output().to_vec()).unwrap();
+    c.advance(out.len(), now);
+    out
+}
+
+const GET: &str = "GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+
+#[test]
+fn pipelined_responses_go_out_in_request_order() {
+    let mut c = Conn::new(0);
+    let seqs = feed(&mut c, &GET.repeat(3), 1);
+    assert_eq!(seqs, vec![0, 1, 2]);
+    c.respond(2, &ok("third"), 2);
+    c.respond(1, &ok("second"), 2);
+    assert_eq!(c.output(), b"", "nothing may pass the first response");
+    c.respond(0, &ok("first"), 3);
+    let out = take_output(&mut c, 4);
+    let first = out.find("first").unwrap();
+    let second = out.find("second").unwrap();
+    let third = out.find("third").unwrap();
+    assert!(first < second && second < third, "{out}");
+    assert!(!out.contains("Connection: close"));
+    assert_eq!(c.status(), Status::Open);
+}
+
+#[test]
+fn a_full_pipeline_stops_reading_until_answers_are_sent() {
+    let mut c = Conn::new(0);
+    let seqs = feed(&mut c, &GET.repeat(MAX_PIPELINE + 3), 1);
+    assert_eq!(seqs.len(), MAX_PIPELINE);
+    assert!(!c.wants_read());
+    for s in seqs {
+        c.respond(s, &ok("x"), 2);
+    }
+    take_output(&mut c, 2);
+    let mut more = Vec::new();
+    c.resume(3, &CFG, &mut more);
+    assert_eq!(more.len(), 3, "buffered requests are parsed once there is room");
+    assert!(c.wants_read());
+}
+
+#[test]
+fn connection_close_request_is_answered_then_closed() {
+    let mut c = Conn::new(0);
+    let seqs = feed(&mut c, "GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\nGET /ignored HTTP/1.1\r\n", 1);
+    assert_eq!(seqs, vec![0]);
+    c.respond(0, &ok("bye"), 2);
+    assert!(take_output(&mut c, 3).contains("Connection: close"));
+    assert_eq!(c.status(), Status::Done);
+}
+
+#[test]
+fn a_bad_request_is_answered_after_earlier_ones_then_lingers() {
+    let mut c = Conn::new(0);
+    let seqs = feed(&mut c, &format!("{GET}BROKEN\r\n\r\n"), 1);
+    assert_eq!(seqs, vec![0]);
+    assert_eq!(c.output(), b"", "the error waits for the earlier response");
+    c.respond(0, &ok("fine"), 2);
+    let out = take_output(&mut c, 3);
+    assert!(out.starts_with("HTTP/1.1 200"));
+    assert!(out.contains("HTTP/1.1 400 Bad Request"), "{out}");
+    assert!(out.ends_with("}"), "JSON error body: {out}");
+    assert_eq!(c.status(), Status::Linger);
+    feed(&mut c, "more junk the client still sends", 4);
+    assert_eq!(c.status(), Status::Linger);
+    c.on_timer(3 + LINGER_MS, &CFG);
+    assert_eq!(c.status(), Status::Done);
+}
+
+#[test]
+fn slow_headers_get_408() {
+    let mut c = Conn::new(0);
+    feed(&mut c, "GET / HTTP/1.1\r\nHo", 10);
+    assert_eq!(c.deadline(&CFG), Some(CFG.header_timeout_ms), "the first request's clock starts at accept");
+    c.on_timer(CFG.header_timeout_ms - 1, &CFG);
+    assert_eq!(c.output(), b"");
+    c.on_timer(CFG.header_timeout_ms, &CFG);
+    let out = take_output(&mut c, CFG.header_timeout_ms);
+    assert!(out.starts_with("HTTP/1.1 408 Request Timeout"), "{out}");
+    assert!(out.contains("\"error\":\"request_timeout\""));
+}
+
+#[test]
+fn the_request_clock_of_a_later_request_starts_at_its_first_byte() {
+    let mut c = Conn::new(0);
+    feed(&mut c, GET, 1);
+    c.respond(0, &ok("a"), 1);
+    take_output(&mut c, 1);
+    assert_eq!(c.deadline(&CFG), Some(1 + CFG.keepalive_timeout_ms), "idle keep-alive");
+    feed(&mut c, "GET", 3_000);
+    assert_eq!(c.deadline(&CFG), Some(3_000 + CFG.header_timeout_ms));
+}
+
+#[test]
+fn idle_keep_alive_closes_quietly_and_silent_connections_too() {
+    let mut c = Conn::new(0);
+    c.on_timer(CFG.header_timeout_ms, &CFG);
+    assert_eq!((c.status(), c.output().len()), (Status::Done, 0), "never sent a byte: no 408");
+    let mut c = Conn::new(0);
+    feed(&mut c, GET, 1);
+    c.respond(0, &ok("a"), 1);
+    take_output(&mut c, 1);
+    c.on_timer(1 + CFG.keepalive_timeout_ms, &CFG);
+    assert_eq!((c.status(), c.output().len()), (Status::Done, 0));
+}
+
+#[test]
+fn waiting_for_our_own_answer_has_no_timeout() {
+    let mut c = Conn::new(0);
+    feed(&mut c, GET, 1);
+    assert_eq!(c.deadline(&CFG), None);
+}
+
+#[test]
+fn a_client_that_stops_reading_is_dropped() {
+    let mut c = Conn::new(0);
+    feed(&mut c, GET, 1);
+    c.respond(0, &ok("a"), 2);
+    c.advance(3, 2);
+    assert_eq!(c.deadline(&CFG), Some(2 + CFG.keepalive_timeout_ms));
+    c.on_timer(2 + CFG.keepalive_timeout_ms, &CFG);
+    assert_eq!(c.status(), Status::Done);
+}
+
+#[test]
+fn drain_answers_in_flight_requests_with_close() {
+    let mut c = Conn::new(0);
+    feed(&mut c, GET, 1);
+    c.drain(2);
+    c.respond(0, &ok("last"), 3);
+    assert!(take_output(&mut c, 3).contains("Connection: close"));
+    assert_eq!(c.status(), Status::Done);
+}
+
+#[test]
+fn drain_gives_an_idle_connection_a_grace_for_its_next_request() {
+    let mut c = Conn::new(0);
+    feed(&mut c, GET, 1);
+    c.respond(0, &ok("a"), 1);
+    take_output(&mut c, 1);
+    c.drain(2);
+    assert_eq!(c.status(), Status::Open);
+    assert_eq!(c.deadline(&CFG), Some(1 + DRAIN_IDLE_GRACE_MS));
+    // The next request arrives within the grace: it is served, with close.
+    assert_eq!(feed(&mut c, GET, 50), vec![1]);
+    c.respond(1, &ok("b"), 51);
+    assert!(take_output(&mut c, 51).contains("Connection: close"));
+    assert_eq!(c.status(), Status::Done);
+    // A connection idle for longer than the grace closes at once.
+    let mut c = Conn::new(0);
+    feed(&mut c, GET, 1);
+    c.respond(0, &ok("a"), 1);
+    take_output(&mut c, 1);
+    c.drain(1 + DRAIN_IDLE_GRACE_MS);
+    assert_eq!(c.status(), Status::Done);
+}
+
+#[test]
+fn peer_eof_answers_pending_then_closes() {
+    let mut c = Conn::new(0);
+    feed(&mut c, GET, 1);
+    c.on_peer_eof(2);
+    assert_eq!(c.status(), Status::Open);
+    c.respond(0, &ok("a"), 3);
+    take_output(&mut c, 3);
+    assert_eq!(c.status(), Status::Done);
+}
+
+#[test]
+fn continue_is_sent_only_at_the_head_of_the_line() {
+    let mut c = Conn::new(0);
+    feed(&mut c, "POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n", 1);
+    assert_eq!(take_output(&mut c, 1), "HTTP/1.1 100 Continue\r\n\r\n");
+    assert_eq!(feed(&mut c, "{}", 2), vec![0]);
+    let mut c = Conn::new(0);
+    feed(&mut c, &format!("{GET}POST / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n"), 1);
+    assert_eq!(c.output(), b"", "a 100 may not overtake the pending response");
+}
+
+#[test]
+fn responses_for_unknown_requests_are_ignored() {
+    let mut c = Conn::new(0);
+    c.respond(5, &ok("stray"), 1);
+    assert_eq!(c.output(), b"");
+}
