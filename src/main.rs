@@ -25,6 +25,8 @@ fn main() -> ExitCode {
         ["serve"] => serve(None),
         ["serve", "--config", file] | ["serve", "-c", file] => serve(Some(PathBuf::from(file))),
         ["check-config", file] => check_config(&PathBuf::from(file)),
+        ["child", "keeper", master_pid] => child("keeper", None, master_pid),
+        ["child", "worker", slot, master_pid] => child("worker", Some(slot), master_pid),
         ["--version" | "-V" | "version"] => {
             println!("leasehold {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
@@ -40,8 +42,9 @@ fn main() -> ExitCode {
     }
 }
 
-/// Reads and validates the configuration; on failure prints every problem.
-fn load_config(file: Option<&PathBuf>) -> Result<Config, ExitCode> {
+/// Reads and validates the configuration (returning the text it came from); on failure
+/// prints every problem.
+fn load_config(file: Option<&PathBuf>) -> Result<(Config, Option<String>), ExitCode> {
     let text = match file {
         None => None,
         Some(path) => match std::fs::read_to_string(path) {
@@ -52,9 +55,7 @@ fn load_config(file: Option<&PathBuf>) -> Result<Config, ExitCode> {
             }
         },
     };
-    let env: Vec<(String, String)> =
-        std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
-    let config = Config::load(text.as_deref(), &env).map_err(|problems| {
+    let config = Config::load(text.as_deref(), &leasehold::process::environment()).map_err(|problems| {
         let source = file.map_or_else(|| "the embedded defaults".to_string(), |p| p.display().to_string());
         report_problems(&source, &problems);
         ExitCode::from(EXIT_USAGE)
@@ -62,7 +63,7 @@ fn load_config(file: Option<&PathBuf>) -> Result<Config, ExitCode> {
     for warning in &config.warnings {
         eprintln!("leasehold: warning: {warning}");
     }
-    Ok(config)
+    Ok((config, text))
 }
 
 fn report_problems(source: &str, problems: &[ConfigError]) {
@@ -84,18 +85,29 @@ fn check_config(file: &PathBuf) -> ExitCode {
 }
 
 fn serve(file: Option<PathBuf>) -> ExitCode {
-    let config = match load_config(file.as_ref()) {
-        Ok(config) => config,
+    let (config, text) = match load_config(file.as_ref()) {
+        Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    let listen: Vec<String> = config.server.listen.iter().map(ToString::to_string).collect();
-    println!(
-        "leasehold: configuration is valid: listen {}, data in {}, {} API key(s), fsync {:?}",
-        listen.join(", "),
-        config.server.data_dir.display(),
-        config.auth.keys.len(),
-        config.journal.fsync,
-    );
-    println!("leasehold: this build has the lease table and configuration only; the HTTP server processes are not built yet, so nothing is served");
-    ExitCode::SUCCESS
+    exit_code(leasehold::process::master::run(config, file, text))
+}
+
+/// A child process started by the master (not for people to run).
+fn child(role: &str, slot: Option<&str>, master_pid: &str) -> ExitCode {
+    let Ok(master_pid) = master_pid.parse::<i32>() else {
+        eprintln!("leasehold: child: bad master pid {master_pid:?}");
+        return ExitCode::from(EXIT_USAGE);
+    };
+    match (role, slot.map(str::parse::<u32>)) {
+        ("keeper", None) => exit_code(leasehold::process::keeper::run(master_pid)),
+        ("worker", Some(Ok(slot))) => exit_code(leasehold::process::worker::run(slot, master_pid)),
+        _ => {
+            eprintln!("leasehold: child: unknown role {role:?}");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -32,6 +32,12 @@ pub const MAX_WORKERS: u64 = 256;
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
 /// Default open connections per worker before new ones get 503.
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
+/// Default longest delay before a crashed child is restarted.
+pub const DEFAULT_RESTART_DELAY_MAX_MS: u64 = 10_000;
+/// Default child deaths (of one role) that stop the service when they happen within the window.
+pub const DEFAULT_CRASH_STORM_EXITS: u64 = 10;
+/// Default window of the crash-storm breaker.
+pub const DEFAULT_CRASH_STORM_WINDOW_MS: u64 = 60_000;
 /// Default log level.
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Default header section limit (431 above it).
@@ -123,6 +129,12 @@ pub struct ServerConfig {
     pub max_connections: u64,
     /// Log level (`error`, `warn`, `info`, `debug`, `trace`).
     pub log_level: String,
+    /// Longest delay before a crashed child is restarted.
+    pub restart_delay_max_ms: u64,
+    /// Deaths of one role within `crash_storm_window_ms` that stop the service (more than this).
+    pub crash_storm_exits: u64,
+    /// Window of the crash-storm breaker.
+    pub crash_storm_window_ms: u64,
 }
 
 /// `[http]`: request limits.
@@ -362,7 +374,37 @@ fn validate_server(r: &mut Reader<'_>) -> ServerConfig {
         }
         None => DEFAULT_LOG_LEVEL.to_string(),
     };
-    ServerConfig { listen, workers, dispatch, balance, data_dir, drain_timeout_ms, max_connections, log_level }
+    let restart_delay_max_ms = r.int(
+        "server",
+        "restart_delay_max_ms",
+        "LEASEHOLD_RESTART_DELAY_MAX_MS",
+        DEFAULT_RESTART_DELAY_MAX_MS,
+        100,
+        600_000,
+    );
+    let crash_storm_exits =
+        r.int("server", "crash_storm_exits", "LEASEHOLD_CRASH_STORM_EXITS", DEFAULT_CRASH_STORM_EXITS, 1, 10_000);
+    let crash_storm_window_ms = r.int(
+        "server",
+        "crash_storm_window_ms",
+        "LEASEHOLD_CRASH_STORM_WINDOW_MS",
+        DEFAULT_CRASH_STORM_WINDOW_MS,
+        1_000,
+        86_400_000,
+    );
+    ServerConfig {
+        listen,
+        workers,
+        dispatch,
+        balance,
+        data_dir,
+        drain_timeout_ms,
+        max_connections,
+        log_level,
+        restart_delay_max_ms,
+        crash_storm_exits,
+        crash_storm_window_ms,
+    }
 }
 
 fn validate_locks(r: &mut Reader<'_>) -> LocksConfig {

@@ -27,13 +27,13 @@ pub struct RestartPolicy {
 }
 
 impl RestartPolicy {
-    /// The policy the master uses.
+    /// The defaults (the configuration documents them).
     pub const DEFAULT: RestartPolicy = RestartPolicy {
         base_delay_ms: 100,
         max_delay_ms: 10_000,
         stable_after_ms: 10_000,
         storm_window_ms: 60_000,
-        storm_max_exits: 20,
+        storm_max_exits: 10,
     };
 }
 

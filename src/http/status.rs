@@ -166,6 +166,14 @@ pub fn error(code: ErrorCode, message: &str) -> Response {
     error_with(code, message, NoExtra {})
 }
 
+/// A whole error response with `Connection: close`, for writing straight to a socket that
+/// is refused before any request is read.
+pub fn canned(code: ErrorCode, message: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    error(code, message).encode(true, &mut out);
+    out
+}
+
 /// The response to a request the parser refused.
 pub fn http_error(e: &HttpError) -> Response {
     let code = match e {

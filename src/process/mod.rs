@@ -1,1 +1,21 @@
-//! Process shells.
+//! The process shells: thin loops that own sockets, clocks, signals and children, feed
+//! what happens into the pure modules, and carry out what those return.
+//!
+//! - [`master`]: binds listeners, starts and supervises the keeper and the workers, passes
+//!   connections in fd-passing mode, runs drain and reload, talks to systemd.
+//! - [`worker`]: serves HTTP on its connections and forwards lock operations to the keeper.
+//! - [`keeper`]: the only owner of the lease table.
+//! - [`child`]: what every child does first (descriptors, first frame, configuration).
+
+pub mod channel;
+pub mod child;
+pub mod keeper;
+pub mod logging;
+pub mod master;
+pub mod worker;
+
+/// The process environment as name/value pairs (variables that are not UTF-8 are skipped;
+/// none of ours can be).
+pub fn environment() -> Vec<(String, String)> {
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
+}

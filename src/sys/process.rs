@@ -145,6 +145,26 @@ pub fn kill(pid: i32, signal: Signal) {
     let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
 }
 
+/// Waits until process `pid` has exited (reaped or not), up to `timeout`; `Ok(false)` if it
+/// is still running then. Uses a pidfd, so it works for processes that are not our children.
+pub fn wait_for_exit(pid: i32, timeout: std::time::Duration) -> io::Result<bool> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1; no memory
+    // is passed.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if raw < 0 {
+        let e = io::Error::last_os_error();
+        // No such process: it is gone already.
+        return if e.raw_os_error() == Some(libc::ESRCH) { Ok(true) } else { Err(e) };
+    }
+    // SAFETY: the kernel just created this descriptor for us; we are its only owner.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
+    let mut fds = [nix::poll::PollFd::new(std::os::fd::AsFd::as_fd(&fd), nix::poll::PollFlags::POLLIN)];
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    let ready = nix::poll::poll(&mut fds, nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX))
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))?;
+    Ok(ready > 0)
+}
+
 /// This process's id.
 pub fn pid() -> i32 {
     std::process::id() as i32

@@ -1,7 +1,12 @@
 //! The one integration test binary: model-based tests of the core, the configuration and
-//! command-line behaviour of the real binary, and the layering rule.
+//! command-line behaviour of the real binary, the layering rule, and end-to-end tests of
+//! the real server (HTTP, dispatch, lifecycle).
 
 mod cli;
+mod dispatch;
 mod layering;
+mod lifecycle;
 mod lock_props;
 mod model;
+mod server;
+mod support;

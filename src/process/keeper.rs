@@ -1,0 +1,304 @@
+//! The keeper process: the only owner of the lease table. One mio loop reads lock
+//! operations from every worker channel, applies them to the pure [`LockTable`] with the
+//! wall-clock time and fresh OS entropy, and answers each on the channel it came from; all
+//! answers of one loop turn leave in one write per channel. Lease expiry runs on the
+//! table's own next deadline.
+//!
+//! Worker channels arrive from the master over the fd channel (one per worker, also after
+//! a keeper restart); a channel that sends a bad frame is closed and logged, and the worker
+//! asks the master for a new one.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::time::Duration;
+
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+
+use super::channel::{Channel, ChannelError};
+use super::child::{self, Boot};
+use crate::config::Config;
+use crate::core::lock::{Acquire, LockTable, Moment, Op, Output};
+use crate::core::names::Ticket;
+use crate::ipc::message::{FdRecord, FromKeeper, LockOp, LockReply, ToChild, ToKeeper, ToMaster};
+use crate::metrics::KeeperSnapshot;
+use crate::sys::clock::wall_ms;
+use crate::sys::entropy::Entropy;
+use crate::sys::fdpass;
+use crate::sys::signals::{Signal, SignalSource};
+
+const SIGNALS: Token = Token(0);
+const CONTROL: Token = Token(1);
+const FDS: Token = Token(2);
+const LINK_BASE: usize = 16;
+/// Longest sleep when no lease is due (the loop also wakes on every message).
+const MAX_SLEEP_MS: u64 = 1_000;
+
+/// Runs the keeper; returns the process exit code.
+pub fn run(master_pid: i32) -> i32 {
+    let boot = match child::boot("lh-keeper", master_pid, CONTROL) {
+        Ok(boot) => boot,
+        Err(e) => {
+            eprintln!("lh-keeper: {e}");
+            return 1;
+        }
+    };
+    match Keeper::new(boot).and_then(|mut k| k.serve()) {
+        Ok(code) => code,
+        Err(e) => {
+            log::error!("keeper failed: {e}");
+            1
+        }
+    }
+}
+
+struct Keeper {
+    generation: u64,
+    poll: Poll,
+    signals: SignalSource,
+    control: Channel,
+    fds: OwnedFd,
+    links: Vec<Option<Channel>>,
+    table: LockTable,
+    entropy: Entropy,
+    ops_total: u64,
+    /// Scratch for the table's outputs (events for others; nobody watches yet).
+    outputs: Vec<Output>,
+}
+
+impl Keeper {
+    fn new(boot: Boot) -> io::Result<Self> {
+        let Boot { mut control, fds, start, config, .. } = boot;
+        let poll = Poll::new()?;
+        let mut signals = SignalSource::new(&[Signal::SIGTERM])?;
+        poll.registry().register(signals.source(), SIGNALS, Interest::READABLE)?;
+        control.register(poll.registry())?;
+        poll.registry().register(&mut SourceFd(&fds.as_raw_fd()), FDS, Interest::READABLE)?;
+        let mut entropy = Entropy::new();
+        let table = LockTable::new(config.locks.table.clone(), entropy.next_u64()?);
+        Ok(Self {
+            generation: start.generation,
+            poll,
+            signals,
+            control,
+            fds,
+            links: Vec::new(),
+            table,
+            entropy,
+            ops_total: 0,
+            outputs: Vec::new(),
+        })
+    }
+
+    fn serve(&mut self) -> io::Result<i32> {
+        self.control.send(&ToMaster::Ready).map_err(io::Error::other)?;
+        self.control.flush_blocking(Duration::from_secs(1));
+        log::info!("keeper generation {} ready", self.generation);
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = wall_ms();
+            let sleep_ms = self.table.next_deadline().map_or(MAX_SLEEP_MS, |d| d.saturating_sub(now).min(MAX_SLEEP_MS));
+            if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(sleep_ms))) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    SIGNALS => {
+                        if self.signals.pending().contains(&Signal::SIGTERM) {
+                            log::info!("SIGTERM: exiting");
+                            return Ok(0);
+                        }
+                    }
+                    CONTROL => {
+                        if let Some(code) = self.on_control() {
+                            return Ok(code);
+                        }
+                    }
+                    FDS => self.on_fd_records(),
+                    Token(t) => self.on_link(t - LINK_BASE),
+                }
+            }
+            let now = wall_ms();
+            if self.table.next_deadline().is_some_and(|d| d <= now) {
+                let entropy = self.entropy.next_u64()?;
+                self.table.expire(Moment::new(now, entropy), &mut self.outputs);
+                self.outputs.clear();
+            }
+            for i in 0..self.links.len() {
+                if let Some(Err(e)) = self.links[i].as_mut().map(Channel::flush) {
+                    self.drop_link(i, &e);
+                }
+            }
+            if let Err(e) = self.control.flush() {
+                log::debug!("control channel: {e}");
+            }
+        }
+    }
+
+    fn on_control(&mut self) -> Option<i32> {
+        if let Err(e) = self.control.fill() {
+            log::error!("control channel failed: {e}; exiting");
+            return Some(1);
+        }
+        loop {
+            match self.control.recv::<ToChild>() {
+                Ok(Some(ToChild::Stop)) => {
+                    log::info!("stopping");
+                    return Some(0);
+                }
+                Ok(Some(ToChild::Reconfigure { config_text })) => {
+                    match Config::load(config_text.as_deref(), &super::environment()) {
+                        Ok(config) => {
+                            super::logging::set_level(&config.server.log_level);
+                            self.table.set_limits(config.locks.table);
+                            log::info!("new limits applied");
+                        }
+                        Err(problems) => {
+                            log::error!("ignoring an invalid reconfiguration ({} problems)", problems.len())
+                        }
+                    }
+                }
+                Ok(Some(ToChild::Collect { id })) => {
+                    let snapshot = self.snapshot();
+                    let _ = self.control.send(&ToMaster::KeeperMetrics { id, snapshot });
+                }
+                Ok(Some(other)) => log::warn!("ignoring an unexpected control message: {other:?}"),
+                Ok(None) => return None,
+                Err(ChannelError::Closed) => {
+                    log::warn!("the master is gone; exiting");
+                    return Some(1);
+                }
+                Err(e) => {
+                    log::error!("control channel failed: {e}; exiting");
+                    return Some(1);
+                }
+            }
+        }
+    }
+
+    fn on_fd_records(&mut self) {
+        loop {
+            let record = match fdpass::recv(self.fds.as_fd()) {
+                Ok(Some(record)) => record,
+                Ok(None) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::error!("fd channel: {e}");
+                    return;
+                }
+            };
+            let slot = match serde_json::from_slice::<FdRecord>(&record.meta) {
+                Ok(FdRecord::Worker { slot }) => slot,
+                Ok(other) => {
+                    log::error!("unexpected fd record for the keeper: {other:?}");
+                    continue;
+                }
+                Err(e) => {
+                    log::error!("bad fd record from the master: {e}");
+                    continue;
+                }
+            };
+            let Some(fd) = record.fds.into_iter().next() else { continue };
+            let index = self.links.iter().position(Option::is_none).unwrap_or_else(|| {
+                self.links.push(None);
+                self.links.len() - 1
+            });
+            let made = Channel::new(StdUnixStream::from(fd), Token(LINK_BASE + index)).and_then(|mut c| {
+                c.register(self.poll.registry())?;
+                Ok(c)
+            });
+            match made {
+                Ok(mut link) => {
+                    let _ = link.send(&FromKeeper::Hello { generation: self.generation });
+                    self.links[index] = Some(link);
+                    log::debug!("channel from worker {slot} open");
+                }
+                Err(e) => log::error!("channel from worker {slot} unusable: {e}"),
+            }
+        }
+    }
+
+    fn drop_link(&mut self, index: usize, why: &ChannelError) {
+        if let Some(mut link) = self.links[index].take() {
+            link.deregister(self.poll.registry());
+            match why {
+                ChannelError::Closed => log::debug!("a worker channel closed"),
+                other => log::warn!("closing a worker channel: {other}"),
+            }
+        }
+    }
+
+    fn on_link(&mut self, index: usize) {
+        let Some(link) = self.links.get_mut(index).and_then(Option::as_mut) else { return };
+        if let Err(e) = link.fill() {
+            self.drop_link(index, &e);
+            return;
+        }
+        loop {
+            let Some(link) = self.links[index].as_mut() else { return };
+            match link.recv::<ToKeeper>() {
+                Ok(Some(ToKeeper::Request { id, op })) => {
+                    let reply = self.apply(op);
+                    let Some(link) = self.links[index].as_mut() else { return };
+                    if let Err(e) = link.send(&FromKeeper::Reply { id, reply }) {
+                        self.drop_link(index, &e);
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    self.drop_link(index, &e);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, op: LockOp) -> LockReply {
+        let entropy = match self.entropy.next_u64() {
+            Ok(e) => e,
+            Err(e) => return LockReply::Failed { message: format!("no entropy: {e}") },
+        };
+        let op = match op {
+            LockOp::Acquire { lock, ticket, owner, ttl_ms, limit, weight, queue } => {
+                let new_ticket = match self.entropy.bytes16() {
+                    Ok(b) => Ticket::from_bytes(b),
+                    Err(e) => return LockReply::Failed { message: format!("no entropy: {e}") },
+                };
+                Op::Acquire(Acquire {
+                    lock,
+                    ticket,
+                    new_ticket,
+                    owner,
+                    ttl_ms,
+                    limit,
+                    weight,
+                    queue,
+                    watch: false,
+                    callback: None,
+                })
+            }
+            LockOp::Renew { lock, ticket, ttl_ms } => Op::Renew { lock, ticket, ttl_ms },
+            LockOp::Release { lock, ticket } => Op::Release { lock, ticket },
+        };
+        self.ops_total += 1;
+        let reply = self.table.apply(op, Moment::new(wall_ms(), entropy), &mut self.outputs);
+        self.outputs.clear();
+        reply.into()
+    }
+
+    fn snapshot(&self) -> KeeperSnapshot {
+        let stats = self.table.stats();
+        KeeperSnapshot {
+            locks: stats.locks,
+            leases: stats.holders,
+            waiters: stats.waiters,
+            next_fence: stats.next_fence,
+            ops_total: self.ops_total,
+        }
+    }
+}

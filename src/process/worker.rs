@@ -1,0 +1,818 @@
+//! The worker process: one mio loop serving HTTP/1.1 on its connections.
+//!
+//! Connections come from its own SO_REUSEPORT listeners (inherited from the master, which
+//! keeps them open across respawns and reloads) or, in fd-passing mode, from the master over
+//! the fd channel. Each connection's bytes go through the pure [`Conn`] state machine; each
+//! request is routed, authorised, and either answered at once or sent to the keeper with a
+//! request id (many in flight on one channel). Writes to the keeper and to clients are
+//! batched: everything a loop turn produced leaves in one write per socket.
+//!
+//! Without a keeper channel (the keeper is restarting) lock routes answer 503 with
+//! `Retry-After`, and the worker asks the master for a new channel by itself.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::time::Duration;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use serde::Deserialize;
+
+use super::channel::{Channel, ChannelError};
+use super::child::{self, Boot};
+use crate::config::{Config, MAX_REQUEST_LINE_BYTES};
+use crate::core::lock::QueueMode;
+use crate::core::names::{LockName, Owner, Ticket};
+use crate::http::auth::Access;
+use crate::http::conn::{Conn, ConnConfig, Seq, Status};
+use crate::http::parse::{Limits, Request};
+use crate::http::response::Response;
+use crate::http::route::{route, RouteError, RouteId, LABEL_UNROUTED};
+use crate::http::status::{self, error, ErrorCode, LockAction};
+use crate::ipc::message::{FdRecord, FromKeeper, LockOp, ToChild, ToKeeper, ToMaster};
+use crate::metrics::{Histogram, RequestCount, RouteLatency, WorkerSnapshot};
+use crate::sys::clock::Monotonic;
+use crate::sys::fdpass;
+use crate::sys::signals::{Signal, SignalSource};
+
+const SIGNALS: Token = Token(0);
+const CONTROL: Token = Token(1);
+const FDS: Token = Token(2);
+const KEEPER: Token = Token(3);
+const LISTENER_BASE: usize = 16;
+const CONN_BASE: usize = 1 << 16;
+/// How often connection deadlines are checked while there are connections.
+const TICK_MS: u64 = 100;
+/// Bytes read from a client per `read` call.
+const READ_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Runs a worker; returns the process exit code.
+pub fn run(slot: u32, master_pid: i32) -> i32 {
+    let name = format!("lh-worker-{slot}");
+    let boot = match child::boot(&name, master_pid, CONTROL) {
+        Ok(boot) => boot,
+        Err(e) => {
+            eprintln!("{name}: {e}");
+            return 1;
+        }
+    };
+    match Worker::new(slot, boot).and_then(|mut w| w.serve()) {
+        Ok(code) => code,
+        Err(e) => {
+            log::error!("worker failed: {e}");
+            1
+        }
+    }
+}
+
+/// Settings derived from the configuration.
+struct Settings {
+    conn: ConnConfig,
+    access: Access,
+    max_connections: usize,
+    default_ttl_ms: u64,
+}
+
+impl Settings {
+    fn from_config(config: &Config) -> Self {
+        Self {
+            conn: ConnConfig {
+                limits: Limits {
+                    max_request_line_bytes: MAX_REQUEST_LINE_BYTES,
+                    max_header_bytes: config.http.max_header_bytes as usize,
+                    max_body_bytes: config.http.max_body_bytes as usize,
+                },
+                header_timeout_ms: config.http.header_timeout_ms,
+                keepalive_timeout_ms: config.http.keepalive_timeout_ms,
+            },
+            access: Access::new(config.auth.keys.clone(), config.auth.insecure_anonymous),
+            max_connections: config.server.max_connections as usize,
+            default_ttl_ms: config.locks.default_ttl_ms,
+        }
+    }
+}
+
+struct Client {
+    stream: TcpStream,
+    conn: Conn,
+    /// Unique for the worker's life: tells a reused slot from the connection a reply was for.
+    id: u64,
+    peer_loopback: bool,
+    /// Handed over by the master (its close is reported for least-connections).
+    passed: bool,
+    /// Reading stopped with bytes possibly left in the socket (pipeline full).
+    read_pending: bool,
+    shut_down: bool,
+}
+
+/// Where an answer goes when it arrives.
+struct Pending {
+    slot: usize,
+    client_id: u64,
+    seq: Seq,
+    label: &'static str,
+    started_us: u64,
+    action: LockAction,
+    lock: LockName,
+}
+
+/// A `/metrics` request waiting for the master.
+struct PendingMetrics {
+    slot: usize,
+    client_id: u64,
+    seq: Seq,
+    started_us: u64,
+}
+
+#[derive(Default)]
+struct Stats {
+    requests: HashMap<(&'static str, u16), u64>,
+    latency: HashMap<&'static str, Histogram>,
+    connections_total: u64,
+}
+
+struct Worker {
+    slot: u32,
+    poll: Poll,
+    signals: SignalSource,
+    control: Channel,
+    fds: OwnedFd,
+    listeners: Vec<TcpListener>,
+    keeper: Option<Channel>,
+    keeper_generation: u64,
+    clients: Vec<Option<Client>>,
+    free: Vec<usize>,
+    open: usize,
+    next_client_id: u64,
+    pending: HashMap<u64, Pending>,
+    metrics_pending: HashMap<u64, PendingMetrics>,
+    next_request_id: u64,
+    settings: Settings,
+    clock: Monotonic,
+    stats: Stats,
+    closed_passed: u32,
+    draining: bool,
+    /// Clients with output to write at the end of the turn.
+    dirty: Vec<usize>,
+    read_buf: Vec<u8>,
+    /// The whole answer to a connection over `max_connections`.
+    overloaded: Vec<u8>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcquireBody {
+    owner: Option<String>,
+    ttl_ms: Option<u64>,
+    limit: Option<u32>,
+    weight: Option<u32>,
+    queue: Option<QueueMode>,
+    ticket: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewBody {
+    ticket: String,
+    ttl_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseBody {
+    ticket: String,
+}
+
+fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Response> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    serde_json::from_slice(body).map_err(|e| error(ErrorCode::BadRequest, &format!("invalid JSON body: {e}")))
+}
+
+fn bad(e: impl std::fmt::Display) -> Response {
+    error(ErrorCode::BadRequest, &e.to_string())
+}
+
+impl Worker {
+    fn new(slot: u32, boot: Boot) -> io::Result<Self> {
+        let Boot { mut control, fds, listeners, config, .. } = boot;
+        let poll = Poll::new()?;
+        let mut signals = SignalSource::new(&[Signal::SIGTERM])?;
+        poll.registry().register(signals.source(), SIGNALS, Interest::READABLE)?;
+        control.register(poll.registry())?;
+        poll.registry().register(&mut SourceFd(&fds.as_raw_fd()), FDS, Interest::READABLE)?;
+        let mut mio_listeners = Vec::new();
+        for (i, fd) in listeners.into_iter().enumerate() {
+            let std_listener = std::net::TcpListener::from(fd);
+            std_listener.set_nonblocking(true)?;
+            let mut l = TcpListener::from_std(std_listener);
+            poll.registry().register(&mut l, Token(LISTENER_BASE + i), Interest::READABLE)?;
+            mio_listeners.push(l);
+        }
+        Ok(Self {
+            slot,
+            poll,
+            signals,
+            control,
+            fds,
+            listeners: mio_listeners,
+            keeper: None,
+            keeper_generation: 0,
+            clients: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            next_client_id: 1,
+            pending: HashMap::new(),
+            metrics_pending: HashMap::new(),
+            next_request_id: 1,
+            settings: Settings::from_config(&config),
+            clock: Monotonic::new(),
+            stats: Stats::default(),
+            closed_passed: 0,
+            draining: false,
+            dirty: Vec::new(),
+            read_buf: vec![0; READ_CHUNK_BYTES],
+            overloaded: status::canned(ErrorCode::Overloaded, "this worker is at its connection limit"),
+        })
+    }
+
+    fn serve(&mut self) -> io::Result<i32> {
+        // The master queues our keeper channel before our start frame: take it now, so we
+        // are ready with a keeper (no 503 right after READY).
+        self.on_fd_records();
+        self.control.send(&ToMaster::Ready).map_err(io::Error::other)?;
+        self.flush_control();
+        log::debug!("worker {} ready ({} listeners)", self.slot, self.listeners.len());
+        let mut events = Events::with_capacity(1024);
+        let mut next_tick = self.clock.now_ms() + TICK_MS;
+        loop {
+            let now = self.clock.now_ms();
+            let timeout = if !self.dirty.is_empty() {
+                Some(Duration::ZERO)
+            } else if self.open > 0 {
+                Some(Duration::from_millis(next_tick.saturating_sub(now)))
+            } else {
+                None
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    SIGNALS => {
+                        if self.signals.pending().contains(&Signal::SIGTERM) {
+                            log::info!("SIGTERM");
+                            self.start_drain();
+                        }
+                    }
+                    CONTROL => {
+                        if let Some(code) = self.on_control() {
+                            return Ok(code);
+                        }
+                    }
+                    FDS => self.on_fd_records(),
+                    KEEPER => self.on_keeper(),
+                    Token(t) if (LISTENER_BASE..CONN_BASE).contains(&t) => self.on_accept(t - LISTENER_BASE),
+                    Token(t) => self.on_client_event(t - CONN_BASE, event.is_readable(), event.is_writable()),
+                }
+            }
+            let now = self.clock.now_ms();
+            if now >= next_tick {
+                self.on_tick(now);
+                next_tick = now + TICK_MS;
+            }
+            self.end_turn();
+            if self.draining && self.open == 0 && self.pending.is_empty() {
+                return Ok(self.exit_drained());
+            }
+        }
+    }
+
+    /// Writes everything this turn produced.
+    fn end_turn(&mut self) {
+        if let Some(k) = self.keeper.as_mut() {
+            if let Err(e) = k.flush() {
+                self.keeper_lost(&e);
+            }
+        }
+        // Writing can read and answer more (a pipeline with room again): repeat a few times;
+        // whatever is still dirty after that makes the next poll return at once.
+        for _ in 0..8 {
+            if self.dirty.is_empty() {
+                break;
+            }
+            let mut dirty = std::mem::take(&mut self.dirty);
+            dirty.sort_unstable();
+            dirty.dedup();
+            for &slot in &dirty {
+                self.write_client(slot);
+            }
+            if self.keeper.as_ref().is_some_and(Channel::has_output) {
+                if let Some(Err(e)) = self.keeper.as_mut().map(Channel::flush) {
+                    self.keeper_lost(&e);
+                }
+            }
+        }
+        if self.closed_passed > 0 {
+            let n = std::mem::take(&mut self.closed_passed);
+            let _ = self.control.send(&ToMaster::Closed { connections: n });
+        }
+        self.flush_control();
+    }
+
+    fn flush_control(&mut self) {
+        if let Err(e) = self.control.flush() {
+            // The master is gone; the control read will see it and exit.
+            log::debug!("control channel: {e}");
+        }
+    }
+
+    fn exit_drained(&mut self) -> i32 {
+        let _ = self.control.send(&ToMaster::WorkerMetrics { id: 0, snapshot: self.snapshot() });
+        self.control.flush_blocking(Duration::from_secs(1));
+        log::info!("worker {} drained", self.slot);
+        0
+    }
+
+    /// Returns an exit code when the worker must stop now.
+    fn on_control(&mut self) -> Option<i32> {
+        if let Err(e) = self.control.fill() {
+            log::error!("control channel failed: {e}; exiting");
+            return Some(1);
+        }
+        loop {
+            match self.control.recv::<ToChild>() {
+                Ok(Some(ToChild::Drain)) => self.start_drain(),
+                Ok(Some(ToChild::Collect { id })) => {
+                    let snapshot = self.snapshot();
+                    let _ = self.control.send(&ToMaster::WorkerMetrics { id, snapshot });
+                }
+                Ok(Some(ToChild::MetricsText { id, text })) => {
+                    if let Some(p) = self.metrics_pending.remove(&id) {
+                        let response = Response::text(200, "text/plain; version=0.0.4; charset=utf-8", text);
+                        self.finish(p.slot, p.client_id, p.seq, "metrics", p.started_us, &response);
+                    }
+                }
+                Ok(Some(other)) => log::warn!("ignoring an unexpected control message: {other:?}"),
+                Ok(None) => return None,
+                Err(ChannelError::Closed) => {
+                    log::warn!("the master is gone; exiting");
+                    return Some(1);
+                }
+                Err(e) => {
+                    log::error!("control channel failed: {e}; exiting");
+                    return Some(1);
+                }
+            }
+        }
+    }
+
+    fn on_fd_records(&mut self) {
+        loop {
+            match fdpass::recv(self.fds.as_fd()) {
+                Ok(Some(record)) => self.on_fd_record(record),
+                Ok(None) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::error!("fd channel: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_fd_record(&mut self, record: fdpass::Record) {
+        let meta = match serde_json::from_slice::<FdRecord>(&record.meta) {
+            Ok(meta) => meta,
+            Err(e) => {
+                log::error!("bad fd record from the master: {e}");
+                return;
+            }
+        };
+        let Some(fd) = record.fds.into_iter().next() else {
+            log::error!("fd record {meta:?} without a descriptor");
+            return;
+        };
+        match meta {
+            FdRecord::Client => {
+                let std_stream = std::net::TcpStream::from(fd);
+                if let Err(e) = std_stream.set_nonblocking(true) {
+                    log::warn!("passed connection unusable: {e}");
+                    self.closed_passed += 1;
+                    return;
+                }
+                let peer = std_stream.peer_addr().ok();
+                self.add_client(TcpStream::from_std(std_stream), peer, true);
+            }
+            FdRecord::Keeper { generation } => {
+                if let Some(mut old) = self.keeper.take() {
+                    old.deregister(self.poll.registry());
+                    self.fail_pending("the keeper channel was replaced while this request was in flight");
+                }
+                match Channel::new(StdUnixStream::from(fd), KEEPER).and_then(|mut c| {
+                    c.register(self.poll.registry())?;
+                    Ok(c)
+                }) {
+                    Ok(channel) => {
+                        self.keeper = Some(channel);
+                        self.keeper_generation = generation;
+                        log::debug!("connected to keeper generation {generation}");
+                    }
+                    Err(e) => log::error!("keeper channel unusable: {e}"),
+                }
+            }
+            FdRecord::Worker { .. } => log::error!("a worker record was sent to a worker"),
+        }
+    }
+
+    fn on_keeper(&mut self) {
+        let Some(k) = self.keeper.as_mut() else { return };
+        if let Err(e) = k.fill() {
+            self.keeper_lost(&e);
+            return;
+        }
+        loop {
+            let Some(k) = self.keeper.as_mut() else { return };
+            match k.recv::<FromKeeper>() {
+                Ok(Some(FromKeeper::Hello { generation })) => self.keeper_generation = generation,
+                Ok(Some(FromKeeper::Reply { id, reply })) => {
+                    if let Some(p) = self.pending.remove(&id) {
+                        let response = status::lock_reply(p.action, p.lock.as_str(), &reply);
+                        self.finish(p.slot, p.client_id, p.seq, p.label, p.started_us, &response);
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    self.keeper_lost(&e);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn keeper_lost(&mut self, why: &ChannelError) {
+        let Some(mut k) = self.keeper.take() else { return };
+        k.deregister(self.poll.registry());
+        log::warn!("keeper channel lost ({why}); answering 503 until the master sends a new one");
+        self.fail_pending("the keeper restarted while this request was in flight; its effect is unknown");
+        let _ = self.control.send(&ToMaster::NeedKeeper { lost_generation: self.keeper_generation });
+    }
+
+    fn fail_pending(&mut self, message: &str) {
+        let response = error(ErrorCode::KeeperUnavailable, message);
+        for (_, p) in std::mem::take(&mut self.pending) {
+            self.finish(p.slot, p.client_id, p.seq, p.label, p.started_us, &response);
+        }
+    }
+
+    fn start_drain(&mut self) {
+        if self.draining {
+            return;
+        }
+        self.draining = true;
+        log::info!("draining: {} connections open, {} requests in flight", self.open, self.pending.len());
+        for mut l in self.listeners.drain(..) {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        let now = self.clock.now_ms();
+        for slot in 0..self.clients.len() {
+            if let Some(c) = self.clients[slot].as_mut() {
+                c.conn.drain(now);
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    fn on_accept(&mut self, index: usize) {
+        loop {
+            let Some(listener) = self.listeners.get(index) else { return };
+            match listener.accept() {
+                Ok((stream, peer)) => self.add_client(stream, Some(peer), false),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    // EMFILE and friends: log and let the next readiness event retry. (A
+                    // listener the master shut down at stop fails too; the drain follows.)
+                    if !self.draining {
+                        log::warn!("accept failed: {e}");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn add_client(&mut self, mut stream: TcpStream, peer: Option<SocketAddr>, passed: bool) {
+        self.stats.connections_total += 1;
+        if self.open >= self.settings.max_connections {
+            let _ = stream.write(&self.overloaded);
+            let _ = stream.shutdown(Shutdown::Write);
+            if passed {
+                self.closed_passed += 1;
+            }
+            log::warn!("at max_connections ({}): refused a connection with 503", self.settings.max_connections);
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.clients.push(None);
+            self.clients.len() - 1
+        });
+        if let Err(e) =
+            self.poll.registry().register(&mut stream, Token(CONN_BASE + slot), Interest::READABLE | Interest::WRITABLE)
+        {
+            log::warn!("cannot watch a connection: {e}");
+            self.free.push(slot);
+            if passed {
+                self.closed_passed += 1;
+            }
+            return;
+        }
+        let now = self.clock.now_ms();
+        let mut conn = Conn::new(now);
+        if self.draining {
+            conn.drain(now);
+        }
+        let id = self.next_client_id;
+        self.next_client_id += 1;
+        self.clients[slot] = Some(Client {
+            stream,
+            conn,
+            id,
+            peer_loopback: peer.is_some_and(|p| p.ip().is_loopback()),
+            passed,
+            read_pending: true,
+            shut_down: false,
+        });
+        self.open += 1;
+        self.read_client(slot);
+    }
+
+    fn on_client_event(&mut self, slot: usize, readable: bool, writable: bool) {
+        if readable {
+            if let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) {
+                c.read_pending = true;
+            }
+            self.read_client(slot);
+        }
+        if writable {
+            self.dirty.push(slot);
+        }
+    }
+
+    fn read_client(&mut self, slot: usize) {
+        let now = self.clock.now_ms();
+        let mut requests = Vec::new();
+        {
+            let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else { return };
+            while c.read_pending && c.conn.wants_read() {
+                match c.stream.read(&mut self.read_buf) {
+                    Ok(0) => {
+                        c.read_pending = false;
+                        c.conn.on_peer_eof(now);
+                    }
+                    Ok(n) => c.conn.feed(&self.read_buf[..n], now, &self.settings.conn, &mut requests),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.read_pending = false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        c.read_pending = false;
+                        c.conn.on_peer_eof(now);
+                    }
+                }
+            }
+        }
+        self.dirty.push(slot);
+        for (seq, request) in requests {
+            self.dispatch(slot, seq, &request);
+        }
+    }
+
+    fn write_client(&mut self, slot: usize) {
+        let now = self.clock.now_ms();
+        let status = {
+            let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else { return };
+            let mut broken = false;
+            loop {
+                let out = c.conn.output();
+                if out.is_empty() {
+                    break;
+                }
+                match c.stream.write(out) {
+                    Ok(n) => c.conn.advance(n, now),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => {
+                        broken = true;
+                        break;
+                    }
+                }
+            }
+            if broken {
+                Status::Done
+            } else {
+                c.conn.status()
+            }
+        };
+        match status {
+            Status::Open => {
+                // Answers sent may have made room in the pipeline: read or parse what waits.
+                let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else { return };
+                if !c.conn.wants_read() {
+                    return;
+                }
+                if c.read_pending {
+                    self.read_client(slot);
+                } else {
+                    let mut requests = Vec::new();
+                    c.conn.resume(now, &self.settings.conn, &mut requests);
+                    for (seq, request) in requests {
+                        self.dispatch(slot, seq, &request);
+                    }
+                }
+            }
+            Status::Linger => {
+                let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else { return };
+                if !c.shut_down {
+                    c.shut_down = true;
+                    let _ = c.stream.shutdown(Shutdown::Write);
+                }
+                if c.read_pending {
+                    self.read_client(slot);
+                }
+            }
+            Status::Done => self.close_client(slot),
+        }
+    }
+
+    fn close_client(&mut self, slot: usize) {
+        let Some(mut c) = self.clients.get_mut(slot).and_then(Option::take) else { return };
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        self.free.push(slot);
+        self.open -= 1;
+        if c.passed {
+            self.closed_passed += 1;
+        }
+    }
+
+    fn on_tick(&mut self, now: u64) {
+        for slot in 0..self.clients.len() {
+            let Some(c) = self.clients[slot].as_mut() else { continue };
+            if c.conn.deadline(&self.settings.conn).is_some_and(|d| d <= now) {
+                c.conn.on_timer(now, &self.settings.conn);
+                self.dirty.push(slot);
+            }
+        }
+    }
+
+    /// Records a response in the metrics and hands it to its connection.
+    fn finish(&mut self, slot: usize, client_id: u64, seq: Seq, label: &'static str, started_us: u64, r: &Response) {
+        let now_us = self.clock.now_us();
+        *self.stats.requests.entry((label, r.status)).or_default() += 1;
+        self.stats.latency.entry(label).or_default().observe(now_us.saturating_sub(started_us));
+        let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else { return };
+        if c.id != client_id {
+            return;
+        }
+        c.conn.respond(seq, r, now_us / 1000);
+        self.dirty.push(slot);
+    }
+
+    fn dispatch(&mut self, slot: usize, seq: Seq, request: &Request) {
+        let started_us = self.clock.now_us();
+        let Some(c) = self.clients.get(slot).and_then(Option::as_ref) else { return };
+        let (client_id, peer_loopback) = (c.id, c.peer_loopback);
+        let matched = match route(request.method, &request.target) {
+            Ok(m) => m,
+            Err(e) => {
+                let response = match e {
+                    RouteError::NotFound => error(ErrorCode::NotFound, "no such route"),
+                    RouteError::MethodNotAllowed { allow } => {
+                        error(ErrorCode::MethodNotAllowed, "this route does not take this method")
+                            .with_header("Allow", allow)
+                    }
+                    RouteError::BadPath => error(ErrorCode::BadRequest, "the path has an invalid %-escape"),
+                };
+                self.finish(slot, client_id, seq, LABEL_UNROUTED, started_us, &response);
+                return;
+            }
+        };
+        let def = matched.def;
+        let name = matched.params.first().map(String::as_str);
+        if let Err(denied) = self.settings.access.check(request.api_key.as_deref(), peer_loopback, def.role, name) {
+            let code = if denied.status() == 401 { ErrorCode::Unauthorized } else { ErrorCode::Forbidden };
+            let mut response = error(code, &denied.message());
+            if denied.status() == 401 {
+                response = response.with_header("WWW-Authenticate", "ApiKey header=\"x-api-key\"");
+            }
+            self.finish(slot, client_id, seq, def.label, started_us, &response);
+            return;
+        }
+        let response = match def.id {
+            RouteId::Healthz => Response::json(200, &serde_json::json!({"status": "ok"})),
+            RouteId::Readyz => {
+                if self.keeper.is_some() && !self.draining {
+                    Response::json(200, &serde_json::json!({"status": "ready"}))
+                } else if self.draining {
+                    error(ErrorCode::Overloaded, "this worker is draining")
+                } else {
+                    error(ErrorCode::KeeperUnavailable, "the keeper is not reachable")
+                }
+            }
+            RouteId::Metrics => {
+                let id = self.next_request_id;
+                self.next_request_id += 1;
+                self.metrics_pending.insert(id, PendingMetrics { slot, client_id, seq, started_us });
+                let _ = self.control.send(&ToMaster::MetricsRequest { id });
+                return;
+            }
+            RouteId::Acquire | RouteId::Renew | RouteId::Release => {
+                let name = name.unwrap_or_default();
+                match self.lock_op(def.id, name, &request.body) {
+                    Ok((action, lock, op)) => match self.keeper.as_mut() {
+                        Some(k) => {
+                            let id = self.next_request_id;
+                            self.next_request_id += 1;
+                            match k.send(&ToKeeper::Request { id, op }) {
+                                Ok(()) => {
+                                    self.pending.insert(
+                                        id,
+                                        Pending { slot, client_id, seq, label: def.label, started_us, action, lock },
+                                    );
+                                    return;
+                                }
+                                Err(e) => {
+                                    self.keeper_lost(&e);
+                                    error(ErrorCode::KeeperUnavailable, "the keeper is not reachable; retry")
+                                }
+                            }
+                        }
+                        None => error(ErrorCode::KeeperUnavailable, "the keeper is restarting; retry"),
+                    },
+                    Err(response) => response,
+                }
+            }
+        };
+        self.finish(slot, client_id, seq, def.label, started_us, &response);
+    }
+
+    /// Validates a lock request into the operation for the keeper.
+    fn lock_op(&self, id: RouteId, name: &str, body: &[u8]) -> Result<(LockAction, LockName, LockOp), Response> {
+        let lock = LockName::parse(name).map_err(bad)?;
+        let parse_ticket = |t: &str| Ticket::parse(t).map_err(bad);
+        match id {
+            RouteId::Acquire => {
+                let b: AcquireBody = parse_body(body)?;
+                let op = LockOp::Acquire {
+                    lock: lock.clone(),
+                    ticket: b.ticket.as_deref().map(parse_ticket).transpose()?,
+                    owner: b.owner.as_deref().map(Owner::parse).transpose().map_err(bad)?,
+                    ttl_ms: b.ttl_ms.unwrap_or(self.settings.default_ttl_ms),
+                    limit: b.limit.unwrap_or(1),
+                    weight: b.weight.unwrap_or(1),
+                    queue: b.queue.unwrap_or(QueueMode::Fifo),
+                };
+                Ok((LockAction::Acquire, lock, op))
+            }
+            RouteId::Renew => {
+                let b: RenewBody = parse_body(body)?;
+                let op = LockOp::Renew { lock: lock.clone(), ticket: parse_ticket(&b.ticket)?, ttl_ms: b.ttl_ms };
+                Ok((LockAction::Renew, lock, op))
+            }
+            _ => {
+                let b: ReleaseBody = parse_body(body)?;
+                let op = LockOp::Release { lock: lock.clone(), ticket: parse_ticket(&b.ticket)? };
+                Ok((LockAction::Release, lock, op))
+            }
+        }
+    }
+
+    fn snapshot(&self) -> WorkerSnapshot {
+        let mut requests: Vec<RequestCount> = self
+            .stats
+            .requests
+            .iter()
+            .map(|(&(route, status), &count)| RequestCount { route: route.to_string(), status, count })
+            .collect();
+        requests.sort_by(|a, b| (&a.route, a.status).cmp(&(&b.route, b.status)));
+        let mut latency: Vec<RouteLatency> = self
+            .stats
+            .latency
+            .iter()
+            .map(|(&route, h)| RouteLatency { route: route.to_string(), histogram: h.clone() })
+            .collect();
+        latency.sort_by(|a, b| a.route.cmp(&b.route));
+        WorkerSnapshot {
+            slot: self.slot,
+            open_connections: self.open as u64,
+            connections_total: self.stats.connections_total,
+            requests,
+            latency,
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The real server over HTTP: routes, statuses, process names, access rules, the malformed
+//! request corpus and the connection limit.
+
+use std::time::{Duration, Instant};
+
+use crate::support::http::{acquire, once, Client};
+use crate::support::{config, Server};
+
+#[test]
+fn serves_health_and_lock_routes_and_names_its_processes() {
+    let s = Server::start(&config("workers = 2", ""));
+    let mut names: Vec<String> = s.children().into_iter().map(|(_, n)| n).collect();
+    names.sort();
+    assert_eq!(names, vec!["lh-keeper", "lh-worker-0", "lh-worker-1"]);
+    assert_eq!(std::fs::read_to_string(format!("/proc/{}/comm", s.pid())).unwrap().trim(), "lh-master");
+
+    let mut c = Client::connect(s.addr).unwrap();
+    assert_eq!(c.get("/healthz").unwrap().json()["status"], "ok");
+    assert_eq!(c.get("/readyz").unwrap().status, 200);
+
+    let held = c.post("/v1/locks/report/acquire", r#"{"ttl_ms":5000,"owner":"host-a"}"#).unwrap();
+    assert_eq!(held.status, 200);
+    let held = held.json();
+    assert_eq!(
+        (held["status"].as_str(), held["lock"].as_str(), held["owner"].as_str()),
+        (Some("acquired"), Some("report"), Some("host-a"))
+    );
+    let ticket = held["ticket"].as_str().unwrap().to_string();
+    assert_eq!(ticket.len(), 22);
+    let fence = held["fence"].as_u64().unwrap();
+
+    // Someone else: try-lock fails, a queued acquire waits in line.
+    let busy = acquire(&mut c, "report").unwrap();
+    assert_eq!((busy.status, busy.json()["error"].as_str()), (409, Some("unavailable")));
+    let queued = c.post("/v1/locks/report/acquire", r#"{"ttl_ms":5000}"#).unwrap();
+    assert_eq!((queued.status, queued.json()["position"].as_u64()), (202, Some(1)));
+    let mismatch = c.post("/v1/locks/report/acquire", r#"{"limit":2}"#).unwrap();
+    assert_eq!((mismatch.status, mismatch.json()["error"].as_str()), (409, Some("limit_mismatch")));
+
+    let renewed = c.post("/v1/locks/report/renew", &format!(r#"{{"ticket":"{ticket}","ttl_ms":9000}}"#)).unwrap();
+    assert_eq!((renewed.status, renewed.json()["status"].as_str()), (200, Some("renewed")));
+    let released = c.post("/v1/locks/report/release", &format!(r#"{{"ticket":"{ticket}"}}"#)).unwrap();
+    assert_eq!((released.status, released.json()["fence"].as_u64()), (200, Some(fence)));
+    let again = c.post("/v1/locks/report/release", &format!(r#"{{"ticket":"{ticket}"}}"#)).unwrap();
+    assert_eq!((again.status, again.json()["error"].as_str()), (410, Some("lease_lost")));
+
+    // Bad input: 400 with a JSON error naming the problem.
+    for (path, body, needle) in [
+        ("/v1/locks/report/acquire", "{not json", "invalid JSON"),
+        ("/v1/locks/report/acquire", r#"{"ttl":5}"#, "unknown field"),
+        ("/v1/locks/report/acquire", r#"{"ttl_ms":1}"#, "ttl_ms"),
+        ("/v1/locks/report/renew", r#"{"ticket":"short"}"#, "ticket"),
+        ("/v1/locks/a%20b/acquire", "{}", "lock name"),
+    ] {
+        let r = c.post(path, body).unwrap();
+        assert_eq!(r.status, 400, "{path} {body}");
+        let j = r.json();
+        assert_eq!(j["error"], "bad_request");
+        assert!(j["message"].as_str().unwrap().contains(needle), "{j}");
+    }
+    let unknown = c.get("/v1/nothing").unwrap();
+    assert_eq!((unknown.status, unknown.json()["error"].as_str()), (404, Some("not_found")));
+    let wrong = c.get("/v1/locks/report/acquire").unwrap();
+    assert_eq!((wrong.status, wrong.header("Allow")), (405, Some("POST")));
+
+    let metrics = String::from_utf8(c.get("/metrics").unwrap().body).unwrap();
+    for series in [
+        "leasehold_http_requests_total{route=\"acquire\",status=\"200\"} 1",
+        "leasehold_http_requests_total{route=\"acquire\",status=\"409\"} 2",
+        "leasehold_http_request_duration_seconds_count{route=\"release\"} 2",
+        "leasehold_open_connections{worker=",
+        "leasehold_workers{state=\"ready\"} 2",
+        "leasehold_keeper_up 1",
+        "leasehold_leases 1",
+        "leasehold_waiters 0",
+        "leasehold_restarts_total{role=\"worker\"} 0",
+    ] {
+        assert!(metrics.contains(series), "{series} missing from:\n{metrics}");
+    }
+}
+
+#[test]
+fn api_keys_guard_lock_routes() {
+    let s = Server::start(&config(
+        "",
+        "[[auth.keys]]\nkey = \"reader-secret\"\nrole = \"read\"\n[[auth.keys]]\nkey = \"jobs-secret\"\nrole = \"lock\"\nprefix = \"jobs:\"\n",
+    ));
+    let path = "/v1/locks/jobs:a/acquire";
+    let no_key = once(s.addr, "POST", path, &[], "{}");
+    assert_eq!((no_key.status, no_key.json()["error"].as_str()), (401, Some("unauthorized")));
+    assert_eq!(once(s.addr, "POST", path, &[("x-api-key", "wrong")], "{}").status, 401);
+    let reader = once(s.addr, "POST", path, &[("x-api-key", "reader-secret")], "{}");
+    assert_eq!((reader.status, reader.json()["error"].as_str()), (403, Some("forbidden")));
+    assert_eq!(once(s.addr, "POST", "/v1/locks/other/acquire", &[("x-api-key", "jobs-secret")], "{}").status, 403);
+    assert_eq!(once(s.addr, "POST", path, &[("X-Api-Key", "jobs-secret")], "{}").status, 200);
+    assert_eq!(once(s.addr, "GET", "/metrics", &[], "").status, 401);
+    assert_eq!(once(s.addr, "GET", "/metrics", &[("x-api-key", "reader-secret")], "").status, 200);
+    assert_eq!(once(s.addr, "GET", "/healthz", &[], "").status, 200, "health checks need no key");
+}
+
+/// Sends `raw` on a new connection and returns the status of the one response.
+fn status_of(addr: std::net::SocketAddr, raw: &[u8]) -> (u16, serde_json::Value) {
+    let mut c = Client::connect(addr).unwrap();
+    c.send_raw(raw).unwrap();
+    let r = c.read_reply().unwrap();
+    assert!(r.closes(), "an error closes the connection");
+    (r.status, r.json())
+}
+
+#[test]
+fn malformed_requests_get_their_status_and_the_server_carries_on() {
+    let s = Server::start(&config(
+        "workers = 1",
+        "[http]\nheader_timeout_ms = 300\nmax_header_bytes = 2048\nmax_body_bytes = 1024\n",
+    ));
+    let huge_header = format!("GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n", "a".repeat(4000));
+    let huge_uri = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "u".repeat(9000));
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("bad request line", b"GARBAGE\r\n\r\n".to_vec(), 400),
+        ("binary garbage", b"\x00\x01\x02\x03\xff\xfe\r\n\r\n".to_vec(), 400),
+        ("duplicate content-length", b"POST /v1/locks/a/acquire HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\n{}".to_vec(), 400),
+        ("conflicting content-length", b"POST /v1/locks/a/acquire HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{} ".to_vec(), 400),
+        ("te and cl", b"POST /v1/locks/a/acquire HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n".to_vec(), 400),
+        ("missing host", b"GET /healthz HTTP/1.1\r\n\r\n".to_vec(), 400),
+        ("huge header", huge_header.into_bytes(), 431),
+        ("huge uri", huge_uri.into_bytes(), 414),
+        ("huge body", b"POST /v1/locks/a/acquire HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n".to_vec(), 413),
+    ];
+    for (what, raw, want) in cases {
+        let (status, body) = status_of(s.addr, &raw);
+        assert_eq!(status, want, "{what}");
+        assert!(body["error"].is_string() && body["message"].is_string(), "{what}: {body}");
+    }
+    // Slow headers: the header section never completes; 408 comes at the deadline.
+    let started = Instant::now();
+    let (status, body) = status_of(s.addr, b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ");
+    assert_eq!((status, body["error"].as_str()), (408, Some("request_timeout")));
+    // (The clock has millisecond steps and starts at the accept.)
+    assert!(started.elapsed() >= Duration::from_millis(290), "408 before the timeout: {:?}", started.elapsed());
+    // A chunked body is accepted.
+    let mut c = Client::connect(s.addr).unwrap();
+    c.send_raw(b"POST /v1/locks/chunky/acquire HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"ttl\r\n9\r\n_ms\":5000\r\n1\r\n}\r\n0\r\n\r\n").unwrap();
+    assert_eq!(c.read_reply().unwrap().status, 200);
+    // Pipelined requests are answered in order on one connection.
+    c.send_raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nPOST /v1/locks/chunky/acquire HTTP/1.1\r\nHost: x\r\nContent-Length: 16\r\n\r\n{\"queue\":\"none\"}GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let statuses: Vec<u16> = (0..3).map(|_| c.read_reply().unwrap().status).collect();
+    assert_eq!(statuses, vec![200, 409, 200]);
+    // The worker survived all of it.
+    assert_eq!(once(s.addr, "GET", "/healthz", &[], "").status, 200);
+    assert_eq!(s.worker_pids().len(), 1);
+}
+
+#[test]
+fn a_worker_at_max_connections_answers_503() {
+    let s = Server::start(&config("workers = 1\nmax_connections = 3", ""));
+    let mut held: Vec<Client> = (0..3).map(|_| Client::connect(s.addr).unwrap()).collect();
+    for c in held.iter_mut() {
+        assert_eq!(c.get("/healthz").unwrap().status, 200);
+    }
+    let mut extra = Client::connect(s.addr).unwrap();
+    let r = extra.read_reply().unwrap();
+    assert_eq!((r.status, r.header("Retry-After"), r.json()["error"].as_str()), (503, Some("1"), Some("overloaded")));
+    drop(held.pop());
+    // Room again once one closes (the worker notices the close first).
+    let deadline = Instant::now() + crate::support::DEADLINE;
+    loop {
+        let mut c = Client::connect(s.addr).unwrap();
+        if c.get("/healthz").is_ok_and(|r| r.status == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no room after a close");
+    }
+}

@@ -1,0 +1,152 @@
+//! A small HTTP/1.1 client that shows exactly what the server sent: status, headers as
+//! written, body. Keep-alive by default; `Connection: close` is honoured.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// One response.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Header lines as (name, value), names as sent.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    /// The body as JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// A header's value (name compared case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the server will close the connection.
+    pub fn closes(&self) -> bool {
+        self.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
+    }
+}
+
+/// One connection.
+pub struct Client {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    /// Connects (10 s read timeout).
+    pub fn connect(addr: SocketAddr) -> io::Result<Client> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        stream.set_nodelay(true)?;
+        Ok(Client { stream, buf: Vec::new() })
+    }
+
+    /// Sends raw bytes.
+    pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// Sends a request with a JSON (or empty) body and reads the response.
+    pub fn request(&mut self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> io::Result<Reply> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n", body.len());
+        for (n, v) in headers {
+            req.push_str(&format!("{n}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        req.push_str(body);
+        self.send_raw(req.as_bytes())?;
+        self.read_reply()
+    }
+
+    /// `POST` with a JSON body.
+    pub fn post(&mut self, path: &str, body: &str) -> io::Result<Reply> {
+        self.request("POST", path, &[("Content-Type", "application/json")], body)
+    }
+
+    /// `GET`.
+    pub fn get(&mut self, path: &str) -> io::Result<Reply> {
+        self.request("GET", path, &[], "")
+    }
+
+    fn fill(&mut self) -> io::Result<()> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a whole response"));
+        }
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(())
+    }
+
+    /// Reads one response (skipping `100 Continue`).
+    pub fn read_reply(&mut self) -> io::Result<Reply> {
+        loop {
+            let end = loop {
+                if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break p + 4;
+                }
+                self.fill()?;
+            };
+            let head = String::from_utf8_lossy(&self.buf[..end]).to_string();
+            let mut lines = head.split("\r\n");
+            let status_line = lines.next().unwrap_or_default();
+            let status: u16 = status_line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("bad status line {status_line:?}"))
+            })?;
+            let headers: Vec<(String, String)> = lines
+                .filter(|l| !l.is_empty())
+                .filter_map(|l| l.split_once(": ").map(|(n, v)| (n.to_string(), v.to_string())))
+                .collect();
+            self.buf.drain(..end);
+            if status == 100 {
+                continue;
+            }
+            let length: usize = headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            while self.buf.len() < length {
+                self.fill()?;
+            }
+            let body = self.buf.drain(..length).collect();
+            return Ok(Reply { status, headers, body });
+        }
+    }
+
+    /// The client's local address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.stream.local_addr().expect("local address")
+    }
+}
+
+/// One request on a fresh connection.
+pub fn once(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    Client::connect(addr)
+        .and_then(|mut c| c.request(method, path, headers, body))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// Acquires `lock` with a try-lock; returns the response.
+pub fn acquire(client: &mut Client, lock: &str) -> io::Result<Reply> {
+    client.post(&format!("/v1/locks/{lock}/acquire"), r#"{"ttl_ms":30000,"queue":"none"}"#)
+}
+
+/// Acquires then releases `lock`; returns the two statuses.
+pub fn cycle(client: &mut Client, lock: &str) -> io::Result<(Reply, Option<Reply>)> {
+    let first = acquire(client, lock)?;
+    if first.status != 200 || first.closes() {
+        return Ok((first, None));
+    }
+    let ticket = first.json()["ticket"].as_str().unwrap_or_default().to_string();
+    let second = client.post(&format!("/v1/locks/{lock}/release"), &format!(r#"{{"ticket":"{ticket}"}}"#))?;
+    Ok((first, Some(second)))
+}

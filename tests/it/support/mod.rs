@@ -1,0 +1,255 @@
+//! Test support: start the real binary with a test-owned `NOTIFY_SOCKET`, wait for its
+//! notifications (never by sleeping), find its children, and talk HTTP to it.
+
+pub mod http;
+pub mod load;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use leasehold::sys::process::wait_for_exit;
+use nix::sys::signal::Signal;
+
+/// Generous deadline for anything a healthy server does (CI machines can be slow).
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A running `leasehold serve`.
+pub struct Server {
+    child: Child,
+    /// The first listening address.
+    pub addr: SocketAddr,
+    notify: UnixDatagram,
+    /// Every notification received, in order.
+    pub notes: Vec<String>,
+    log: Arc<(Mutex<String>, Condvar)>,
+    /// The configuration file (rewrite it, then SIGHUP, to reload).
+    pub config_path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+/// A configuration with `extra` TOML appended to a `[server]` section that listens on a
+/// free loopback port; `extra` may continue the `[server]` section.
+pub fn config(server_extra: &str, rest: &str) -> String {
+    format!("[server]\nlisten = [\"127.0.0.1:0\"]\nlog_level = \"debug\"\n{server_extra}\n{rest}\n")
+}
+
+impl Server {
+    /// Starts the server on `config_text` and waits for `READY=1`.
+    pub fn start(config_text: &str) -> Server {
+        Self::start_with_env(config_text, &[])
+    }
+
+    /// Starts the server with extra environment variables and waits for `READY=1`.
+    pub fn start_with_env(config_text: &str, env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config_path = dir.path().join("leasehold.toml");
+        let text = format!("{config_text}\n");
+        let text = if text.contains("data_dir") {
+            text
+        } else {
+            text.replacen("[server]\n", &format!("[server]\ndata_dir = {:?}\n", dir.path().join("data")), 1)
+        };
+        std::fs::write(&config_path, text).expect("write config");
+        let notify_path = dir.path().join("notify.sock");
+        let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_leasehold"));
+        for (name, _) in std::env::vars_os() {
+            let name = name.to_string_lossy().to_string();
+            if name.starts_with("LEASEHOLD_") || name.starts_with("RESOURCE_") || name.starts_with("WATCHDOG_") {
+                cmd.env_remove(name);
+            }
+        }
+        cmd.arg("serve").arg("--config").arg(&config_path);
+        cmd.env("NOTIFY_SOCKET", &notify_path).envs(env.iter().copied());
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start leasehold");
+        let log = Arc::new((Mutex::new(String::new()), Condvar::new()));
+        let stderr = child.stderr.take().expect("stderr");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("LEASEHOLD_TEST_LOG").is_some() {
+                    eprintln!("{line}");
+                }
+                let (text, grew) = &*sink;
+                let mut text = text.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+                grew.notify_all();
+            }
+        });
+        let mut server = Server {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            notify,
+            notes: Vec::new(),
+            log,
+            config_path,
+            _dir: dir,
+        };
+        let ready = server.wait_note("READY=1");
+        let port = ready
+            .lines()
+            .find_map(|l| l.strip_prefix("STATUS=serving on "))
+            .and_then(|rest| rest.split([' ', ';', ',']).next())
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .unwrap_or_else(|| panic!("no address in {ready:?}"));
+        server.addr = port;
+        server
+    }
+
+    /// Waits for a notification containing `want` (after those already seen); returns it.
+    pub fn wait_note(&mut self, want: &str) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "no notification {want:?} within {DEADLINE:?}; got {:?}\nlog:\n{}",
+                self.notes,
+                self.log()
+            );
+            self.notify.set_read_timeout(Some(left)).unwrap();
+            if let Ok(n) = self.notify.recv(&mut buf) {
+                let note = String::from_utf8_lossy(&buf[..n]).to_string();
+                self.notes.push(note.clone());
+                if note.contains(want) {
+                    return note;
+                }
+            }
+        }
+    }
+
+    /// Waits until the status line says every worker is ready and the keeper is up.
+    pub fn wait_all_ready(&mut self, workers: usize) {
+        let want = format!("{workers}/{workers} workers ready; keeper up");
+        if self.notes.iter().rev().find(|n| n.contains("STATUS=")).is_some_and(|n| n.contains(&want)) {
+            return;
+        }
+        self.wait_note(&want);
+    }
+
+    /// The master's pid.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends `signal` to the master.
+    pub fn signal(&self, signal: Signal) {
+        signal_pid(self.pid(), signal);
+    }
+
+    /// The master's children as (pid, name).
+    pub fn children(&self) -> Vec<(i32, String)> {
+        children_of(self.pid())
+    }
+
+    /// Pids of the workers.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        let mut pids: Vec<i32> =
+            self.children().into_iter().filter(|(_, n)| n.starts_with("lh-worker-")).map(|(p, _)| p).collect();
+        pids.sort_unstable();
+        pids
+    }
+
+    /// The keeper's pid.
+    pub fn keeper_pid(&self) -> i32 {
+        self.children().into_iter().find(|(_, n)| n == "lh-keeper").map(|(p, _)| p).expect("a keeper")
+    }
+
+    /// Everything the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.0.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str) {
+        self.wait_log_count(needle, 1);
+    }
+
+    /// Waits until the log contains `needle` at least `times` times.
+    pub fn wait_log_count(&self, needle: &str, times: usize) {
+        let (text, grew) = &*self.log;
+        let deadline = Instant::now() + DEADLINE;
+        let mut text = text.lock().unwrap();
+        while text.matches(needle).count() < times {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "{needle:?} never logged; log:\n{text}");
+            text = grew.wait_timeout(text, left).unwrap().0;
+        }
+    }
+
+    /// Waits for the master to exit; returns its status and how long it took.
+    pub fn wait_exit(&mut self, timeout: Duration) -> (ExitStatus, Duration) {
+        let start = Instant::now();
+        assert!(
+            wait_for_exit(self.pid(), timeout).expect("pidfd"),
+            "the master did not exit within {timeout:?}\nlog:\n{}",
+            self.log()
+        );
+        let status = self.child.wait().expect("wait");
+        (status, start.elapsed())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let children = self.children();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for (pid, _) in children {
+            signal_pid(pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Sends a signal to any process.
+pub fn signal_pid(pid: i32, signal: Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+}
+
+/// The children of `parent` as (pid, name), from `/proc`.
+pub fn children_of(parent: i32) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return out };
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        // Fields after the parenthesised name: state, ppid, …
+        let Some(after) = stat.rsplit_once(") ").map(|(_, a)| a) else { continue };
+        let mut fields = after.split(' ');
+        let state = fields.next().unwrap_or("");
+        let ppid = fields.next().and_then(|p| p.parse::<i32>().ok());
+        if ppid == Some(parent) && state != "Z" {
+            let name = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string();
+            out.push((pid, name));
+        }
+    }
+    out
+}
+
+/// The child of `server` that holds the server side of the loopback connection whose
+/// client end is bound to `client`, as (pid, name): found through `/proc/net/tcp` inodes.
+pub fn holder_of(server: &Server, client: SocketAddr) -> Option<(i32, String)> {
+    let hex_port = |field: &str| field.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let inode = table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() > 9 && hex_port(f[1]) == Some(server.addr.port()) && hex_port(f[2]) == Some(client.port()))
+            .then(|| f[9].to_string())
+    })?;
+    let wanted = format!("socket:[{inode}]");
+    server.children().into_iter().find(|(pid, _)| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy() == wanted))
+    })
+}
