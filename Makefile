@@ -3,7 +3,7 @@ CARGO  ?= cargo
 CONFIG ?= config/leasehold.toml
 BIN    := target/release/leasehold
 
-.PHONY: run build test lint fmt bench check-config
+.PHONY: run build test lint fmt bench bench-table bench-http check-config
 
 ## run: build the release binary and serve with config/leasehold.toml
 run: build
@@ -26,9 +26,16 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## bench: benchmarks (figures in the README come from here)
-bench:
+## bench: every benchmark (figures in the README come from here)
+bench: bench-table bench-http
+
+## bench-table: the lease table alone, one thread
+bench-table:
 	$(CARGO) bench --locked --bench lock_table
+
+## bench-http: acquire/release over HTTP in both dispatch modes against nginx (installs wrk, nginx)
+bench-http:
+	bash benches/http.sh
 
 ## check-config: validate $(CONFIG)
 check-config: build

@@ -21,6 +21,29 @@ pub const TICKET_BYTES: usize = 16;
 /// Length of a ticket's text form (URL-safe base64 without padding).
 pub const TICKET_CHARS: usize = 22;
 
+/// Deserialises a string and validates it with `parse`, without copying the text first
+/// (the hot path of every IPC message).
+fn parse_str<'de, D: Deserializer<'de>, T>(
+    d: D,
+    expecting: &'static str,
+    parse: fn(&str) -> Result<T, CoreError>,
+) -> Result<T, D::Error> {
+    struct Text<T> {
+        expecting: &'static str,
+        parse: fn(&str) -> Result<T, CoreError>,
+    }
+    impl<T> serde::de::Visitor<'_> for Text<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(self.expecting)
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<T, E> {
+            (self.parse)(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(Text { expecting, parse })
+}
+
 /// Checks the shared rule for lock names and data keys: 1–200 bytes of printable ASCII, no `/`.
 fn check_name(field: &'static str, text: &str) -> Result<(), CoreError> {
     if text.is_empty() || text.len() > MAX_NAME_BYTES {
@@ -77,8 +100,7 @@ macro_rules! text_newtype {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let text = String::deserialize(d)?;
-                Self::parse(&text).map_err(serde::de::Error::custom)
+                parse_str(d, concat!("a ", $field), Self::parse)
             }
         }
     };
@@ -125,8 +147,7 @@ impl fmt::Debug for Owner {
 
 impl<'de> Deserialize<'de> for Owner {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Self::parse(&text).map_err(serde::de::Error::custom)
+        parse_str(d, "an owner label", Self::parse)
     }
 }
 
@@ -162,8 +183,7 @@ impl fmt::Debug for CallbackUrl {
 
 impl<'de> Deserialize<'de> for CallbackUrl {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Self::parse(&text).map_err(serde::de::Error::custom)
+        parse_str(d, "a callback URL", Self::parse)
     }
 }
 
@@ -266,8 +286,7 @@ impl Serialize for Ticket {
 
 impl<'de> Deserialize<'de> for Ticket {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Self::parse(&text).map_err(serde::de::Error::custom)
+        parse_str(d, "a ticket", Self::parse)
     }
 }
 

@@ -1,8 +1,6 @@
 //! Responses and their bytes on the wire. Header names are written exactly as given here
 //! (clients of the Small Resource Server match `X-Ticket` case-sensitively).
 
-use std::io::Write;
-
 use serde::Serialize;
 
 /// The interim response sent when a client asked `Expect: 100-continue`.
@@ -42,16 +40,21 @@ impl Response {
 
     /// Appends the response's bytes to `out`; with `close`, it says `Connection: close`.
     pub fn encode(&self, close: bool, out: &mut Vec<u8>) {
-        let _ = write!(
-            out,
-            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\n",
-            self.status,
-            reason(self.status),
-            self.content_type,
-            self.body.len()
-        );
+        out.reserve(128 + self.body.len());
+        out.extend_from_slice(b"HTTP/1.1 ");
+        push_decimal(out, u64::from(self.status));
+        out.push(b' ');
+        out.extend_from_slice(reason(self.status).as_bytes());
+        out.extend_from_slice(b"\r\nContent-Type: ");
+        out.extend_from_slice(self.content_type.as_bytes());
+        out.extend_from_slice(b"\r\nContent-Length: ");
+        push_decimal(out, self.body.len() as u64);
+        out.extend_from_slice(b"\r\n");
         for (name, value) in &self.headers {
-            let _ = write!(out, "{name}: {value}\r\n");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         if close {
             out.extend_from_slice(b"Connection: close\r\n");
@@ -59,6 +62,21 @@ impl Response {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.body);
     }
+}
+
+/// Appends `n` in decimal (the hot path avoids the formatting machinery).
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// The reason phrase of a status code.
@@ -101,5 +119,14 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 20\r\nX-Ticket: abc\r\nConnection: close\r\n\r\n{\"unavailable\":true}"
         );
+    }
+
+    #[test]
+    fn decimals_are_written_exactly() {
+        for n in [0u64, 7, 10, 99, 100, 12_345, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+        }
     }
 }

@@ -60,6 +60,7 @@ pub struct Channel {
     out: Vec<u8>,
     out_at: usize,
     eof: bool,
+    read_buf: Box<[u8]>,
 }
 
 impl Channel {
@@ -73,6 +74,7 @@ impl Channel {
             out: Vec::new(),
             out_at: 0,
             eof: false,
+            read_buf: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
         })
     }
 
@@ -93,14 +95,20 @@ impl Channel {
 
     /// Reads everything available into the frame buffer.
     pub fn fill(&mut self) -> Result<(), ChannelError> {
-        let mut buf = [0u8; READ_CHUNK_BYTES];
         loop {
-            match self.stream.read(&mut buf) {
+            match self.stream.read(&mut self.read_buf) {
                 Ok(0) => {
                     self.eof = true;
                     return Ok(());
                 }
-                Ok(n) => self.decoder.feed(&buf[..n]),
+                Ok(n) => {
+                    self.decoder.feed(&self.read_buf[..n]);
+                    // A short read emptied the socket; the next arrival raises a new edge,
+                    // so asking again would only return WouldBlock.
+                    if n < self.read_buf.len() {
+                        return Ok(());
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(ChannelError::Io(e)),

@@ -128,11 +128,30 @@ struct PendingMetrics {
     started_us: u64,
 }
 
+/// Request counters: a small list of (label, status) rows, searched linearly (a handful of
+/// rows; cheaper than hashing on every request).
 #[derive(Default)]
 struct Stats {
-    requests: HashMap<(&'static str, u16), u64>,
-    latency: HashMap<&'static str, Histogram>,
+    requests: Vec<(&'static str, u16, u64)>,
+    latency: Vec<(&'static str, Histogram)>,
     connections_total: u64,
+}
+
+impl Stats {
+    fn record(&mut self, label: &'static str, status: u16, latency_us: u64) {
+        match self.requests.iter_mut().find(|(l, s, _)| *s == status && *l == label) {
+            Some(row) => row.2 += 1,
+            None => self.requests.push((label, status, 1)),
+        }
+        match self.latency.iter_mut().find(|(l, _)| *l == label) {
+            Some((_, h)) => h.observe(latency_us),
+            None => {
+                let mut h = Histogram::default();
+                h.observe(latency_us);
+                self.latency.push((label, h));
+            }
+        }
+    }
 }
 
 struct Worker {
@@ -577,7 +596,14 @@ impl Worker {
                         c.read_pending = false;
                         c.conn.on_peer_eof(now);
                     }
-                    Ok(n) => c.conn.feed(&self.read_buf[..n], now, &self.settings.conn, &mut requests),
+                    Ok(n) => {
+                        c.conn.feed(&self.read_buf[..n], now, &self.settings.conn, &mut requests);
+                        // A short read emptied the socket (the next arrival raises a new
+                        // edge): skip the read that would only say WouldBlock.
+                        if n < self.read_buf.len() {
+                            c.read_pending = false;
+                        }
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.read_pending = false,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(_) => {
@@ -673,8 +699,7 @@ impl Worker {
     /// Records a response in the metrics and hands it to its connection.
     fn finish(&mut self, slot: usize, client_id: u64, seq: Seq, label: &'static str, started_us: u64, r: &Response) {
         let now_us = self.clock.now_us();
-        *self.stats.requests.entry((label, r.status)).or_default() += 1;
-        self.stats.latency.entry(label).or_default().observe(now_us.saturating_sub(started_us));
+        self.stats.record(label, r.status, now_us.saturating_sub(started_us));
         let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else { return };
         if c.id != client_id {
             return;
@@ -797,14 +822,14 @@ impl Worker {
             .stats
             .requests
             .iter()
-            .map(|(&(route, status), &count)| RequestCount { route: route.to_string(), status, count })
+            .map(|&(route, status, count)| RequestCount { route: route.to_string(), status, count })
             .collect();
         requests.sort_by(|a, b| (&a.route, a.status).cmp(&(&b.route, b.status)));
         let mut latency: Vec<RouteLatency> = self
             .stats
             .latency
             .iter()
-            .map(|(&route, h)| RouteLatency { route: route.to_string(), histogram: h.clone() })
+            .map(|(route, h)| RouteLatency { route: route.to_string(), histogram: h.clone() })
             .collect();
         latency.sort_by(|a, b| a.route.cmp(&b.route));
         WorkerSnapshot {
