@@ -246,3 +246,18 @@ fn a_crash_storm_stops_the_service_with_exit_1() {
     assert_eq!(status.code(), Some(1), "{}", s.log());
     s.wait_log("crash storm");
 }
+
+#[test]
+fn the_watchdog_is_fed_when_systemd_asks() {
+    let mut s = Server::start_with_env(&config("workers = 1", ""), &[("WATCHDOG_USEC", "200000")]);
+    s.wait_note("WATCHDOG=1");
+    s.wait_note("WATCHDOG=1");
+}
+
+#[test]
+fn without_notify_socket_the_server_runs_the_same() {
+    let s = Server::start_without_systemd(&config("workers = 1", ""));
+    assert_eq!(once(s.addr, "GET", "/healthz", &[], "").status, 200);
+    let mut c = Client::connect(s.addr).unwrap();
+    assert_eq!(acquire(&mut c, "no-systemd").unwrap().status, 200);
+}

@@ -46,6 +46,16 @@ impl Server {
 
     /// Starts the server with extra environment variables and waits for `READY=1`.
     pub fn start_with_env(config_text: &str, env: &[(&str, &str)]) -> Server {
+        Self::launch(config_text, env, true)
+    }
+
+    /// Starts the server with no `NOTIFY_SOCKET` at all (as `make run` does) and waits for
+    /// its "serving on" log line.
+    pub fn start_without_systemd(config_text: &str) -> Server {
+        Self::launch(config_text, &[], false)
+    }
+
+    fn launch(config_text: &str, env: &[(&str, &str)], systemd: bool) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("leasehold.toml");
         let text = format!("{config_text}\n");
@@ -65,7 +75,12 @@ impl Server {
             }
         }
         cmd.arg("serve").arg("--config").arg(&config_path);
-        cmd.env("NOTIFY_SOCKET", &notify_path).envs(env.iter().copied());
+        if systemd {
+            cmd.env("NOTIFY_SOCKET", &notify_path);
+        } else {
+            cmd.env_remove("NOTIFY_SOCKET");
+        }
+        cmd.envs(env.iter().copied());
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start leasehold");
         let log = Arc::new((Mutex::new(String::new()), Condvar::new()));
@@ -92,7 +107,14 @@ impl Server {
             config_path,
             _dir: dir,
         };
-        let ready = server.wait_note("READY=1");
+        let ready = if systemd {
+            server.wait_note("READY=1")
+        } else {
+            server.wait_log("serving on ");
+            let log = server.log();
+            let line = log.lines().find(|l| l.contains("serving on ")).unwrap_or_default().to_string();
+            format!("STATUS={}", &line[line.find("serving on ").unwrap_or(0)..])
+        };
         let port = ready
             .lines()
             .find_map(|l| l.strip_prefix("STATUS=serving on "))
