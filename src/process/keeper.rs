@@ -4,17 +4,25 @@
 //! answers of one loop turn leave in one write per channel. Lease expiry runs on the
 //! table's own next deadline.
 //!
+//! At start it takes an exclusive lock on its data directory (`keeper.lock`): a second
+//! server pointed at the same directory fails to start with a clear error.
+//!
 //! Worker channels arrive from the master over the fd channel (one per worker, also after
 //! a keeper restart); a channel that sends a bad frame is closed and logged, and the worker
 //! asks the master for a new one.
 
-use std::io;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::Path;
 use std::time::Duration;
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 use super::channel::{Channel, ChannelError};
 use super::child::{self, Boot};
@@ -53,8 +61,49 @@ pub fn run(master_pid: i32) -> i32 {
     }
 }
 
+/// Name of the lock file in the data directory.
+pub const LOCK_FILE: &str = "keeper.lock";
+
+/// Creates the data directory if needed (mode 0700) and takes its exclusive lock, so two
+/// keepers can never share one directory. The lock lives as long as the returned file; the
+/// kernel drops it when the keeper dies, however it dies.
+fn lock_data_dir(dir: &Path) -> Result<Flock<File>, String> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create the data directory {}: {e}", dir.display()))?;
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((mut file, Errno::EWOULDBLOCK)) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            return Err(format!(
+                "the data directory {} is in use by another keeper (pid {}); each server needs its own data_dir",
+                dir.display(),
+                holder.trim()
+            ));
+        }
+        Err((_, e)) => return Err(format!("cannot lock {}: {e}", path.display())),
+    };
+    // Say who holds it, for the message above.
+    let _ = lock.set_len(0).and_then(|()| lock.write_all(format!("{}\n", std::process::id()).as_bytes()));
+    Ok(lock)
+}
+
 struct Keeper {
     generation: u64,
+    /// Held for the keeper's whole life.
+    _data_dir_lock: Flock<File>,
     poll: Poll,
     signals: SignalSource,
     control: Channel,
@@ -70,6 +119,7 @@ struct Keeper {
 impl Keeper {
     fn new(boot: Boot) -> io::Result<Self> {
         let Boot { mut control, fds, start, config, .. } = boot;
+        let data_dir_lock = lock_data_dir(&config.server.data_dir).map_err(io::Error::other)?;
         let poll = Poll::new()?;
         let mut signals = SignalSource::new(&[Signal::SIGTERM])?;
         poll.registry().register(signals.source(), SIGNALS, Interest::READABLE)?;
@@ -79,6 +129,7 @@ impl Keeper {
         let table = LockTable::new(config.locks.table.clone(), entropy.next_u64()?);
         Ok(Self {
             generation: start.generation,
+            _data_dir_lock: data_dir_lock,
             poll,
             signals,
             control,

@@ -261,3 +261,19 @@ fn without_notify_socket_the_server_runs_the_same() {
     let mut c = Client::connect(s.addr).unwrap();
     assert_eq!(acquire(&mut c, "no-systemd").unwrap().status, 200);
 }
+
+#[test]
+fn a_child_that_cannot_start_fails_the_start_with_exit_1() {
+    let first = Server::start(&config("workers = 1", ""));
+    assert!(first.data_dir().join("keeper.lock").exists());
+    // A second server on the same data directory: its keeper cannot lock it.
+    let shared = format!("data_dir = {:?}\nworkers = 1", first.data_dir());
+    let mut second = Server::spawn_only(&config(&shared, ""));
+    let (status, _) = second.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(1), "{}", second.log());
+    second.wait_log("is in use by another keeper");
+    second.wait_log("during start-up; stopping");
+    assert!(!second.notes.iter().any(|n| n.contains("READY=1")), "a failed start never says READY");
+    // The first one is unharmed.
+    assert_eq!(once(first.addr, "GET", "/readyz", &[], "").status, 200);
+}

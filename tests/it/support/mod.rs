@@ -29,7 +29,7 @@ pub struct Server {
     log: Arc<(Mutex<String>, Condvar)>,
     /// The configuration file (rewrite it, then SIGHUP, to reload).
     pub config_path: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// A configuration with `extra` TOML appended to a `[server]` section that listens on a
@@ -55,7 +55,18 @@ impl Server {
         Self::launch(config_text, &[], false)
     }
 
+    /// Starts the server and returns at once (for a start that is meant to fail).
+    pub fn spawn_only(config_text: &str) -> Server {
+        Self::spawn(config_text, &[], true)
+    }
+
     fn launch(config_text: &str, env: &[(&str, &str)], systemd: bool) -> Server {
+        let mut server = Self::spawn(config_text, env, systemd);
+        server.wait_serving(systemd);
+        server
+    }
+
+    fn spawn(config_text: &str, env: &[(&str, &str)], systemd: bool) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("leasehold.toml");
         let text = format!("{config_text}\n");
@@ -98,31 +109,29 @@ impl Server {
                 grew.notify_all();
             }
         });
-        let mut server = Server {
-            child,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            notify,
-            notes: Vec::new(),
-            log,
-            config_path,
-            _dir: dir,
-        };
-        let ready = if systemd {
-            server.wait_note("READY=1")
+        Server { child, addr: "0.0.0.0:0".parse().unwrap(), notify, notes: Vec::new(), log, config_path, dir }
+    }
+
+    /// Waits for `READY=1` (or, without systemd, the log line) and learns the address from
+    /// the "serving on ADDRESS" it carries.
+    fn wait_serving(&mut self, systemd: bool) {
+        let text = if systemd {
+            self.wait_note("READY=1")
         } else {
-            server.wait_log("serving on ");
-            let log = server.log();
-            let line = log.lines().find(|l| l.contains("serving on ")).unwrap_or_default().to_string();
-            format!("STATUS={}", &line[line.find("serving on ").unwrap_or(0)..])
+            self.wait_log("serving on ");
+            self.log()
         };
-        let port = ready
-            .lines()
-            .find_map(|l| l.strip_prefix("STATUS=serving on "))
+        self.addr = text
+            .split("serving on ")
+            .nth(1)
             .and_then(|rest| rest.split([' ', ';', ',']).next())
             .and_then(|a| a.parse::<SocketAddr>().ok())
-            .unwrap_or_else(|| panic!("no address in {ready:?}"));
-        server.addr = port;
-        server
+            .unwrap_or_else(|| panic!("no address in {text:?}"));
+    }
+
+    /// The data directory the harness chose (inside the test's temporary directory).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
     }
 
     /// Waits for a notification containing `want` (after those already seen); returns it.
