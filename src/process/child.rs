@@ -2,15 +2,17 @@
 //! lives, take the descriptors the master placed at fixed numbers, read the first frame and
 //! apply the same pure configuration loader as the master.
 
-use std::os::fd::OwnedFd;
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use mio::Token;
 
-use super::channel::Channel;
+use super::channel::{Channel, ChannelError};
 use crate::config::Config;
-use crate::ipc::message::{Start, ToChild};
+use crate::ipc::message::{FdRecord, Start, ToChild};
+use crate::sys::fdpass;
 use crate::sys::process;
 use crate::sys::signals::{self, Signal};
 
@@ -58,4 +60,49 @@ pub fn boot(name: &str, master_pid: i32, control_token: Token) -> Result<Boot, S
     })?;
     super::logging::init(name, &config.server.log_level);
     Ok(Boot { control, fds, listeners, start, config })
+}
+
+/// Reads every message waiting on the control channel. `Err(code)` means the master is gone
+/// (or the channel broke) and the child must exit with `code`; the reason is logged.
+pub fn read_control(control: &mut Channel) -> Result<Vec<ToChild>, i32> {
+    let mut messages = Vec::new();
+    let mut broken = control.fill().err();
+    while broken.is_none() {
+        match control.recv::<ToChild>() {
+            Ok(Some(m)) => messages.push(m),
+            Ok(None) => return Ok(messages),
+            Err(e) => broken = Some(e),
+        }
+    }
+    match broken {
+        Some(ChannelError::Closed) => log::warn!("the master is gone; exiting"),
+        Some(e) => log::error!("control channel failed: {e}; exiting"),
+        None => {}
+    }
+    Err(1)
+}
+
+/// Reads every fd record waiting on the fd channel, with its descriptor. Malformed records
+/// are logged and skipped (their descriptors closed).
+pub fn read_records(fds: BorrowedFd<'_>) -> Vec<(FdRecord, OwnedFd)> {
+    let mut out = Vec::new();
+    loop {
+        let record = match fdpass::recv(fds) {
+            Ok(Some(record)) => record,
+            Ok(None) => return out,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return out,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::error!("fd channel: {e}");
+                return out;
+            }
+        };
+        match serde_json::from_slice::<FdRecord>(&record.meta) {
+            Ok(meta) => match record.fds.into_iter().next() {
+                Some(fd) => out.push((meta, fd)),
+                None => log::error!("fd record {meta:?} came without a descriptor"),
+            },
+            Err(e) => log::error!("bad fd record from the master: {e}"),
+        }
+    }
 }

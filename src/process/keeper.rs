@@ -33,7 +33,6 @@ use crate::ipc::message::{FdRecord, FromKeeper, LockOp, LockReply, ToChild, ToKe
 use crate::metrics::KeeperSnapshot;
 use crate::sys::clock::wall_ms;
 use crate::sys::entropy::Entropy;
-use crate::sys::fdpass;
 use crate::sys::signals::{Signal, SignalSource};
 
 const SIGNALS: Token = Token(0);
@@ -190,17 +189,17 @@ impl Keeper {
     }
 
     fn on_control(&mut self) -> Option<i32> {
-        if let Err(e) = self.control.fill() {
-            log::error!("control channel failed: {e}; exiting");
-            return Some(1);
-        }
-        loop {
-            match self.control.recv::<ToChild>() {
-                Ok(Some(ToChild::Stop)) => {
+        let messages = match child::read_control(&mut self.control) {
+            Ok(messages) => messages,
+            Err(code) => return Some(code),
+        };
+        for message in messages {
+            match message {
+                ToChild::Stop => {
                     log::info!("stopping");
                     return Some(0);
                 }
-                Ok(Some(ToChild::Reconfigure { config_text })) => {
+                ToChild::Reconfigure { config_text } => {
                     match Config::load(config_text.as_deref(), &super::environment()) {
                         Ok(config) => {
                             super::logging::set_level(&config.server.log_level);
@@ -212,48 +211,22 @@ impl Keeper {
                         }
                     }
                 }
-                Ok(Some(ToChild::Collect { id })) => {
+                ToChild::Collect { id } => {
                     let snapshot = self.snapshot();
                     let _ = self.control.send(&ToMaster::KeeperMetrics { id, snapshot });
                 }
-                Ok(Some(other)) => log::warn!("ignoring an unexpected control message: {other:?}"),
-                Ok(None) => return None,
-                Err(ChannelError::Closed) => {
-                    log::warn!("the master is gone; exiting");
-                    return Some(1);
-                }
-                Err(e) => {
-                    log::error!("control channel failed: {e}; exiting");
-                    return Some(1);
-                }
+                other => log::warn!("ignoring an unexpected control message: {other:?}"),
             }
         }
+        None
     }
 
     fn on_fd_records(&mut self) {
-        loop {
-            let record = match fdpass::recv(self.fds.as_fd()) {
-                Ok(Some(record)) => record,
-                Ok(None) => return,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::error!("fd channel: {e}");
-                    return;
-                }
+        for (meta, fd) in child::read_records(self.fds.as_fd()) {
+            let FdRecord::Worker { slot } = meta else {
+                log::error!("unexpected fd record for the keeper: {meta:?}");
+                continue;
             };
-            let slot = match serde_json::from_slice::<FdRecord>(&record.meta) {
-                Ok(FdRecord::Worker { slot }) => slot,
-                Ok(other) => {
-                    log::error!("unexpected fd record for the keeper: {other:?}");
-                    continue;
-                }
-                Err(e) => {
-                    log::error!("bad fd record from the master: {e}");
-                    continue;
-                }
-            };
-            let Some(fd) = record.fds.into_iter().next() else { continue };
             let index = self.links.iter().position(Option::is_none).unwrap_or_else(|| {
                 self.links.push(None);
                 self.links.len() - 1

@@ -652,7 +652,10 @@ impl Master {
     }
 
     fn on_child_exit(&mut self, pid: i32, exit: Exit) {
-        let Some(generation) = self.pids.remove(&pid) else { return };
+        let Some(&generation) = self.pids.get(&pid) else { return };
+        // What it said last (a draining worker's final counters) may still be unread.
+        self.on_child_message(generation);
+        self.pids.remove(&pid);
         let Some(mut child) = self.children.remove(&generation) else { return };
         if let Some(mut c) = child.control.take() {
             c.deregister(self.poll.registry());

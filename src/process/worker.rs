@@ -36,7 +36,6 @@ use crate::http::status::{self, error, ErrorCode, LockAction};
 use crate::ipc::message::{FdRecord, FromKeeper, LockOp, ToChild, ToKeeper, ToMaster};
 use crate::metrics::{Histogram, RequestCount, RouteLatency, WorkerSnapshot};
 use crate::sys::clock::Monotonic;
-use crate::sys::fdpass;
 use crate::sys::signals::{Signal, SignalSource};
 
 const SIGNALS: Token = Token(0);
@@ -360,64 +359,36 @@ impl Worker {
 
     /// Returns an exit code when the worker must stop now.
     fn on_control(&mut self) -> Option<i32> {
-        if let Err(e) = self.control.fill() {
-            log::error!("control channel failed: {e}; exiting");
-            return Some(1);
-        }
-        loop {
-            match self.control.recv::<ToChild>() {
-                Ok(Some(ToChild::Drain)) => self.start_drain(),
-                Ok(Some(ToChild::Collect { id })) => {
+        let messages = match child::read_control(&mut self.control) {
+            Ok(messages) => messages,
+            Err(code) => return Some(code),
+        };
+        for message in messages {
+            match message {
+                ToChild::Drain => self.start_drain(),
+                ToChild::Collect { id } => {
                     let snapshot = self.snapshot();
                     let _ = self.control.send(&ToMaster::WorkerMetrics { id, snapshot });
                 }
-                Ok(Some(ToChild::MetricsText { id, text })) => {
+                ToChild::MetricsText { id, text } => {
                     if let Some(p) = self.metrics_pending.remove(&id) {
                         let response = Response::text(200, "text/plain; version=0.0.4; charset=utf-8", text);
                         self.finish(p.slot, p.client_id, p.seq, "metrics", p.started_us, &response);
                     }
                 }
-                Ok(Some(other)) => log::warn!("ignoring an unexpected control message: {other:?}"),
-                Ok(None) => return None,
-                Err(ChannelError::Closed) => {
-                    log::warn!("the master is gone; exiting");
-                    return Some(1);
-                }
-                Err(e) => {
-                    log::error!("control channel failed: {e}; exiting");
-                    return Some(1);
-                }
+                other => log::warn!("ignoring an unexpected control message: {other:?}"),
             }
         }
+        None
     }
 
     fn on_fd_records(&mut self) {
-        loop {
-            match fdpass::recv(self.fds.as_fd()) {
-                Ok(Some(record)) => self.on_fd_record(record),
-                Ok(None) => return,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    log::error!("fd channel: {e}");
-                    return;
-                }
-            }
+        for (meta, fd) in child::read_records(self.fds.as_fd()) {
+            self.on_fd_record(meta, fd);
         }
     }
 
-    fn on_fd_record(&mut self, record: fdpass::Record) {
-        let meta = match serde_json::from_slice::<FdRecord>(&record.meta) {
-            Ok(meta) => meta,
-            Err(e) => {
-                log::error!("bad fd record from the master: {e}");
-                return;
-            }
-        };
-        let Some(fd) = record.fds.into_iter().next() else {
-            log::error!("fd record {meta:?} without a descriptor");
-            return;
-        };
+    fn on_fd_record(&mut self, meta: FdRecord, fd: OwnedFd) {
         match meta {
             FdRecord::Client => {
                 let std_stream = std::net::TcpStream::from(fd);

@@ -193,6 +193,15 @@ fn reload_under_load(dispatch: &str) {
     }
     let tally = load.stop();
     assert!(tally.failures().is_empty(), "{dispatch}: failed requests during reloads: {:?}", tally.failures());
+    // Counters of the replaced workers are kept: no acquire answered is missing.
+    let metrics = String::from_utf8(once(s.addr, "GET", "/metrics", &[], "").body).unwrap();
+    let acquired: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("leasehold_http_requests_total{route=\"acquire\",status=\"200\"} "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let cycles = tally.ok.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(acquired >= cycles, "metrics count {acquired} acquires, the clients completed {cycles} cycles");
     s.wait_log_count("reload complete", 3);
     assert_eq!(s.log().matches("reload complete").count(), 3);
 }
