@@ -313,7 +313,13 @@ impl Conn {
         if let Some(Slot::Waiting { close } | Slot::Ready { close, .. }) = self.slots.back_mut() {
             *close = true;
             self.phase = Phase::Closing { linger: false };
-        } else if self.idle() && now_ms >= self.idle_since_ms + DRAIN_IDLE_GRACE_MS {
+            return;
+        }
+        if !self.request_bytes && self.output.is_empty() {
+            // Not a byte of a request yet (a fresh connection): it is as good as idle.
+            self.request_started_ms = None;
+        }
+        if self.idle() && now_ms >= self.idle_since_ms + DRAIN_IDLE_GRACE_MS {
             self.phase = Phase::Done;
         }
     }

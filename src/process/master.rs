@@ -55,6 +55,8 @@ const COLLECT_TIMEOUT_MS: u64 = 1_000;
 /// fd-passing: connections held while no worker is ready, and for how long.
 const MAX_WAITING_CONNECTIONS: usize = 4096;
 const MAX_WAITING_MS: u64 = 10_000;
+/// A deadline that has fired already (its kills are sent) and never fires again.
+const NEVER: u64 = u64::MAX;
 /// Longest sleep of the loop when nothing is due.
 const MAX_SLEEP_MS: u64 = 1_000;
 
@@ -97,7 +99,12 @@ struct Child {
 enum Phase {
     Starting,
     Running,
-    Stopping { deadline_ms: u64, keeper_deadline_ms: Option<u64> },
+    /// Workers are killed at `deadline_ms`; the keeper, once told to stop (`Some`), at
+    /// `keeper_deadline_ms`. A deadline that fired becomes `NEVER`.
+    Stopping {
+        deadline_ms: u64,
+        keeper_deadline_ms: Option<u64>,
+    },
 }
 
 struct Collection {
@@ -467,7 +474,7 @@ impl Master {
             Role::Worker(slot) => (format!("lh-worker-{slot}"), vec!["worker".to_string(), slot.to_string()], slot),
         };
         if let (Role::Worker(slot), Listeners::PerSlot(per_slot)) = (role, &self.listeners) {
-            inherit.extend(per_slot[slot as usize].iter().map(AsFd::as_fd));
+            inherit.extend(per_slot.get(slot as usize).into_iter().flatten().map(AsFd::as_fd));
         }
         let listeners = (inherit.len() - 2) as u32;
         let mut argv = vec!["child".to_string()];
@@ -778,19 +785,22 @@ impl Master {
             let half_ms = self.notifier.watchdog_usec().unwrap_or(2_000_000) / 2_000;
             self.next_watchdog_ms = Some(now + half_ms.max(1));
         }
-        if let Phase::Stopping { deadline_ms, keeper_deadline_ms } = self.phase {
+        if let Phase::Stopping { mut deadline_ms, mut keeper_deadline_ms } = self.phase {
             if now >= deadline_ms {
                 for c in self.children.values().filter(|c| matches!(c.role, Role::Worker(_))) {
                     log::warn!("worker pid {} did not finish in time: killing it", c.pid);
                     process::kill(c.pid, Signal::SIGKILL);
                 }
+                deadline_ms = NEVER;
             }
             if keeper_deadline_ms.is_some_and(|k| now >= k) {
                 for c in self.children.values().filter(|c| c.role == Role::Keeper) {
                     log::warn!("keeper pid {} did not stop in time: killing it", c.pid);
                     process::kill(c.pid, Signal::SIGKILL);
                 }
+                keeper_deadline_ms = Some(NEVER);
             }
+            self.phase = Phase::Stopping { deadline_ms, keeper_deadline_ms };
         }
     }
 
@@ -801,7 +811,10 @@ impl Master {
         if let Phase::Stopping { deadline_ms, keeper_deadline_ms } = self.phase {
             // Asked again: stop waiting for the workers.
             self.exit_code = self.exit_code.max(code);
-            self.phase = Phase::Stopping { deadline_ms: deadline_ms.min(now + drain_ms), keeper_deadline_ms };
+            if deadline_ms != NEVER {
+                log::info!("stopping now: workers still draining are killed");
+                self.phase = Phase::Stopping { deadline_ms: now, keeper_deadline_ms };
+            }
             return;
         }
         self.exit_code = code;

@@ -170,6 +170,7 @@ fn sigterm_kills_a_worker_that_does_not_drain() {
     assert!(took < Duration::from_millis(1500 + KEEPER_STOP_MS + 1000), "exit took {took:?}");
     assert!(wait_for_exit(stuck, Duration::from_secs(1)).unwrap(), "the stuck worker was killed");
     s.wait_log("did not finish in time: killing it");
+    assert_eq!(s.log().matches("did not finish in time").count(), 1, "killed once, not in a loop");
     // Only requests the frozen worker had taken can break: at most one per client.
     let broken = tally.broken_requests.lock().unwrap().clone();
     assert!(broken.len() <= 6, "{broken:?}");
@@ -285,4 +286,18 @@ fn a_child_that_cannot_start_fails_the_start_with_exit_1() {
     assert!(!second.notes.iter().any(|n| n.contains("READY=1")), "a failed start never says READY");
     // The first one is unharmed.
     assert_eq!(once(first.addr, "GET", "/readyz", &[], "").status, 200);
+}
+
+#[test]
+fn a_second_sigterm_stops_waiting_for_the_drain() {
+    let mut s = Server::start(&config("workers = 1\ndrain_timeout_ms = 60000", ""));
+    let worker = s.worker_pids()[0];
+    signal_pid(worker, Signal::SIGSTOP);
+    s.signal(Signal::SIGTERM);
+    s.wait_note("STOPPING=1");
+    s.signal(Signal::SIGINT);
+    let (status, took) = s.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{}", s.log());
+    assert!(took < Duration::from_secs(30), "the second signal did not cut the 60 s drain short: {took:?}");
+    assert!(wait_for_exit(worker, Duration::from_secs(1)).unwrap());
 }

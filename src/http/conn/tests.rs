@@ -205,3 +205,20 @@ fn responses_for_unknown_requests_are_ignored() {
     c.respond(5, &ok("stray"), 1);
     assert_eq!(c.output(), b"");
 }
+
+#[test]
+fn drain_treats_a_connection_that_sent_nothing_as_idle() {
+    let mut c = Conn::new(100);
+    c.drain(150);
+    assert_eq!(c.deadline(&CFG), Some(100 + DRAIN_IDLE_GRACE_MS), "not the header timeout");
+    // A request that arrives within the grace is still served.
+    assert_eq!(feed(&mut c, GET, 200), vec![0]);
+    c.respond(0, &ok("late"), 201);
+    assert!(take_output(&mut c, 201).contains("Connection: close"));
+    assert_eq!(c.status(), Status::Done);
+    // A partial request keeps its own clock.
+    let mut c = Conn::new(0);
+    feed(&mut c, "GET / HT", 1);
+    c.drain(2);
+    assert_eq!(c.deadline(&CFG), Some(CFG.header_timeout_ms));
+}
