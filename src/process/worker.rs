@@ -46,6 +46,8 @@ const LISTENER_BASE: usize = 16;
 const CONN_BASE: usize = 1 << 16;
 /// How often connection deadlines are checked while there are connections.
 const TICK_MS: u64 = 100;
+/// Least time between two rate-limited warnings.
+const WARN_INTERVAL_MS: u64 = 10_000;
 /// Bytes read from a client per `read` call.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -179,6 +181,9 @@ struct Worker {
     read_buf: Vec<u8>,
     /// The whole answer to a connection over `max_connections`.
     overloaded: Vec<u8>,
+    /// An accept failed (out of descriptors): try again on the next tick.
+    accept_retry: bool,
+    last_warning_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -254,6 +259,8 @@ impl Worker {
             dirty: Vec::new(),
             read_buf: vec![0; READ_CHUNK_BYTES],
             overloaded: status::canned(ErrorCode::Overloaded, "this worker is at its connection limit"),
+            accept_retry: false,
+            last_warning_ms: None,
         })
     }
 
@@ -270,7 +277,7 @@ impl Worker {
             let now = self.clock.now_ms();
             let timeout = if !self.dirty.is_empty() {
                 Some(Duration::ZERO)
-            } else if self.open > 0 {
+            } else if self.open > 0 || self.accept_retry {
                 Some(Duration::from_millis(next_tick.saturating_sub(now)))
             } else {
                 None
@@ -487,10 +494,12 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    // EMFILE and friends: log and let the next readiness event retry. (A
-                    // listener the master shut down at stop fails too; the drain follows.)
+                    // EMFILE and friends. The connection stays queued and no new edge will
+                    // come for it, so the next tick tries again. (A listener the master shut
+                    // down at stop fails too; the drain follows.)
                     if !self.draining {
-                        log::warn!("accept failed: {e}");
+                        self.accept_retry = true;
+                        self.warn_limited(&format!("accept failed: {e}; retrying"));
                     }
                     return;
                 }
@@ -506,7 +515,8 @@ impl Worker {
             if passed {
                 self.closed_passed += 1;
             }
-            log::warn!("at max_connections ({}): refused a connection with 503", self.settings.max_connections);
+            let max = self.settings.max_connections;
+            self.warn_limited(&format!("at max_connections ({max}): refusing new connections with 503"));
             return;
         }
         let _ = stream.set_nodelay(true);
@@ -657,7 +667,22 @@ impl Worker {
         }
     }
 
+    /// Logs a warning at most once per [`WARN_INTERVAL_MS`] (a flood of refused connections
+    /// must not flood the log too).
+    fn warn_limited(&mut self, message: &str) {
+        let now = self.clock.now_ms();
+        if self.last_warning_ms.is_none_or(|t| now >= t + WARN_INTERVAL_MS) {
+            self.last_warning_ms = Some(now);
+            log::warn!("{message}");
+        }
+    }
+
     fn on_tick(&mut self, now: u64) {
+        if std::mem::take(&mut self.accept_retry) {
+            for i in 0..self.listeners.len() {
+                self.on_accept(i);
+            }
+        }
         for slot in 0..self.clients.len() {
             let Some(c) = self.clients[slot].as_mut() else { continue };
             if c.conn.deadline(&self.settings.conn).is_some_and(|d| d <= now) {

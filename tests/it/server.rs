@@ -171,3 +171,42 @@ fn a_worker_at_max_connections_answers_503() {
         assert!(Instant::now() < deadline, "no room after a close");
     }
 }
+
+/// Sets a process's soft open-file limit with `prlimit` (the hard limit stays).
+fn set_nofile(pid: i32, limit: usize) {
+    let out = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={limit}:")])
+        .output()
+        .expect("run prlimit");
+    assert!(out.status.success(), "prlimit: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_worker_out_of_descriptors_keeps_the_connection_queued_and_takes_it_later() {
+    let s = Server::start(&config("workers = 1", ""));
+    let worker = s.worker_pids()[0];
+    let limits = std::fs::read_to_string(format!("/proc/{worker}/limits")).unwrap();
+    let soft: usize = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+        .expect("the worker's soft limit");
+    let mut old = Client::connect(s.addr).unwrap();
+    assert_eq!(old.get("/healthz").unwrap().status, 200);
+    // A new descriptor takes the lowest free number; a limit at that number leaves none:
+    // accept fails with EMFILE.
+    let used: Vec<usize> = std::fs::read_dir(format!("/proc/{worker}/fd"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    let lowest_free = (0..).find(|n| !used.contains(n)).unwrap();
+    set_nofile(worker, lowest_free);
+    let mut waiting = Client::connect(s.addr).unwrap();
+    waiting.send_raw(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.wait_log("accept failed");
+    // The existing connection is still served meanwhile.
+    assert_eq!(old.get("/healthz").unwrap().status, 200);
+    set_nofile(worker, soft);
+    assert_eq!(waiting.read_reply().expect("the queued connection is taken later").status, 200);
+}
