@@ -121,21 +121,17 @@ pub fn percent_decode(segment: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
-    let mut params = Vec::new();
+/// Matches `path` against `pattern`, collecting the placeholder segments (not decoded yet).
+fn match_path<'a>(pattern: &str, path: &'a str, params: &mut Vec<&'a str>) -> bool {
+    params.clear();
     let mut p = pattern.split('/');
     let mut s = path.split('/');
     loop {
         match (p.next(), s.next()) {
-            (None, None) => return Some(params),
-            (Some(want), Some(got)) if want.starts_with('{') => {
-                if got.is_empty() {
-                    return None;
-                }
-                params.push(got.to_string());
-            }
+            (None, None) => return true,
+            (Some(want), Some(got)) if want.starts_with('{') && !got.is_empty() => params.push(got),
             (Some(want), Some(got)) if want == got => {}
-            _ => return None,
+            _ => return false,
         }
     }
 }
@@ -144,8 +140,11 @@ fn match_path(pattern: &str, path: &str) -> Option<Vec<String>> {
 pub fn route(method: Method, target: &str) -> Result<Matched<'_>, RouteError> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut allow: Vec<&str> = Vec::new();
+    let mut raw = Vec::new();
     for def in ROUTES {
-        let Some(raw) = match_path(def.pattern, path) else { continue };
+        if !match_path(def.pattern, path, &mut raw) {
+            continue;
+        }
         if def.method != method {
             allow.push(def.method.as_str());
             continue;

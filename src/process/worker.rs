@@ -184,6 +184,8 @@ struct Worker {
     /// An accept failed (out of descriptors): try again on the next tick.
     accept_retry: bool,
     last_warning_ms: Option<u64>,
+    /// The clock read once per loop turn (µs): timeouts and request start times use it.
+    turn_us: u64,
 }
 
 #[derive(Deserialize)]
@@ -261,10 +263,12 @@ impl Worker {
             overloaded: status::canned(ErrorCode::Overloaded, "this worker is at its connection limit"),
             accept_retry: false,
             last_warning_ms: None,
+            turn_us: 0,
         })
     }
 
     fn serve(&mut self) -> io::Result<i32> {
+        self.turn_us = self.clock.now_us();
         // The master queues our keeper channel before our start frame: take it now, so we
         // are ready with a keeper (no 503 right after READY).
         self.on_fd_records();
@@ -287,6 +291,7 @@ impl Worker {
                     return Err(e);
                 }
             }
+            self.turn_us = self.clock.now_us();
             for event in events.iter() {
                 match event.token() {
                     SIGNALS => {
@@ -306,7 +311,7 @@ impl Worker {
                     Token(t) => self.on_client_event(t - CONN_BASE, event.is_readable(), event.is_writable()),
                 }
             }
-            let now = self.clock.now_ms();
+            let now = self.turn_ms();
             if now >= next_tick {
                 self.on_tick(now);
                 next_tick = now + TICK_MS;
@@ -319,6 +324,10 @@ impl Worker {
     }
 
     /// Writes everything this turn produced.
+    fn turn_ms(&self) -> u64 {
+        self.turn_us / 1000
+    }
+
     fn end_turn(&mut self) {
         if let Some(k) = self.keeper.as_mut() {
             if let Err(e) = k.flush() {
@@ -477,7 +486,7 @@ impl Worker {
         for mut l in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        let now = self.clock.now_ms();
+        let now = self.turn_ms();
         for slot in 0..self.clients.len() {
             if let Some(c) = self.clients[slot].as_mut() {
                 c.conn.drain(now);
@@ -534,7 +543,7 @@ impl Worker {
             }
             return;
         }
-        let now = self.clock.now_ms();
+        let now = self.turn_ms();
         let mut conn = Conn::new(now);
         if self.draining {
             conn.drain(now);
@@ -567,7 +576,7 @@ impl Worker {
     }
 
     fn read_client(&mut self, slot: usize) {
-        let now = self.clock.now_ms();
+        let now = self.turn_ms();
         let mut requests = Vec::new();
         {
             let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else { return };
@@ -601,7 +610,7 @@ impl Worker {
     }
 
     fn write_client(&mut self, slot: usize) {
-        let now = self.clock.now_ms();
+        let now = self.turn_ms();
         let status = {
             let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else { return };
             let mut broken = false;
@@ -670,7 +679,7 @@ impl Worker {
     /// Logs a warning at most once per [`WARN_INTERVAL_MS`] (a flood of refused connections
     /// must not flood the log too).
     fn warn_limited(&mut self, message: &str) {
-        let now = self.clock.now_ms();
+        let now = self.turn_ms();
         if self.last_warning_ms.is_none_or(|t| now >= t + WARN_INTERVAL_MS) {
             self.last_warning_ms = Some(now);
             log::warn!("{message}");
@@ -705,7 +714,7 @@ impl Worker {
     }
 
     fn dispatch(&mut self, slot: usize, seq: Seq, request: &Request) {
-        let started_us = self.clock.now_us();
+        let started_us = self.turn_us;
         let Some(c) = self.clients.get(slot).and_then(Option::as_ref) else { return };
         let (client_id, peer_loopback) = (c.id, c.peer_loopback);
         let matched = match route(request.method, &request.target) {
