@@ -482,11 +482,17 @@ impl Master {
         argv.push(process::pid().to_string());
         let pid = process::spawn(&name, &argv, &inherit)?;
         drop(inherit);
-        let mut control = Channel::new(control_master, Token(CHILD_BASE + generation as usize))?;
-        control.register(self.poll.registry())?;
         let start = Start { config_text: self.config_text.clone(), slot, generation, listeners };
-        control.send(&ToChild::Start(start)).map_err(io::Error::other)?;
-        let _ = control.flush();
+        let control = Channel::new(control_master, Token(CHILD_BASE + generation as usize)).and_then(|mut c| {
+            c.register(self.poll.registry())?;
+            c.send(&ToChild::Start(start)).map_err(io::Error::other)?;
+            let _ = c.flush();
+            Ok(c)
+        });
+        let control = control.inspect_err(|_| {
+            // A child we cannot talk to is of no use: do not leave it waiting.
+            process::kill(pid, Signal::SIGKILL);
+        })?;
         Ok(Child {
             pid,
             role,
@@ -530,8 +536,25 @@ impl Master {
                     w.keeper_given = keeper_gen;
                 }
             }
-            // The worker notices the broken channel and asks again.
+            // Tried again on the next timer turn (or when the worker asks).
             Err(e) => log::warn!("cannot hand worker {slot} its keeper channel: {e}"),
+        }
+    }
+
+    /// Gives every worker that lacks one a channel to the current keeper (after a keeper
+    /// restart, or when an earlier hand-off failed).
+    fn reconcile_keeper_channels(&mut self) {
+        if !self.keeper_ready {
+            return;
+        }
+        let lacking: Vec<u64> = self
+            .children
+            .iter()
+            .filter(|(_, c)| matches!(c.role, Role::Worker(_)) && Some(c.keeper_given) != self.keeper)
+            .map(|(g, _)| *g)
+            .collect();
+        for g in lacking {
+            self.give_keeper_channel(g);
         }
     }
 
@@ -612,15 +635,7 @@ impl Master {
                         self.spawn(Role::Worker(slot as u32));
                     }
                 } else {
-                    let workers: Vec<u64> = self
-                        .children
-                        .iter()
-                        .filter(|(_, c)| matches!(c.role, Role::Worker(_)) && Some(c.keeper_given) != self.keeper)
-                        .map(|(g, _)| *g)
-                        .collect();
-                    for g in workers {
-                        self.give_keeper_channel(g);
-                    }
+                    self.reconcile_keeper_channels();
                 }
             }
             Role::Worker(slot) => {
@@ -755,6 +770,7 @@ impl Master {
     }
 
     fn on_timers(&mut self, now: u64) {
+        self.reconcile_keeper_channels();
         let due: Vec<Role> = self.scheduled.iter().filter(|(at, _)| *at <= now).map(|(_, r)| *r).collect();
         self.scheduled.retain(|(at, _)| *at > now);
         for role in due {
