@@ -34,5 +34,6 @@ pub mod http;
 pub mod ipc;
 pub mod metrics;
 pub mod process;
+pub mod service;
 #[allow(unsafe_code)]
 pub mod sys;

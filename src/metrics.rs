@@ -18,6 +18,7 @@
 //! | `locks`, `leases`, `waiters` | gauge | | keeper |
 //! | `next_fence` | gauge | | keeper |
 //! | `keeper_ops_total` | counter | | keeper |
+//! | `waiting_requests`, `event_streams`, `resources` | gauge | | keeper |
 //!
 //! Counters of workers that left in a reload are kept by the master, so totals never go
 //! down across reloads (a worker killed outright loses what it had not reported).
@@ -118,6 +119,15 @@ pub struct KeeperSnapshot {
     pub next_fence: u64,
     /// Lock operations applied since start.
     pub ops_total: u64,
+    /// Requests waiting for a grant (long-polls).
+    #[serde(default)]
+    pub waiting_requests: u64,
+    /// Open event streams.
+    #[serde(default)]
+    pub event_streams: u64,
+    /// Registered Small Resource Server resources.
+    #[serde(default)]
+    pub resources: u64,
 }
 
 /// What the master knows itself.
@@ -236,6 +246,9 @@ pub fn render(
             ("waiters", "gauge", "Waiters queued.", k.waiters),
             ("next_fence", "gauge", "The fencing token the next grant takes.", k.next_fence),
             ("keeper_ops_total", "counter", "Lock operations applied by the keeper.", k.ops_total),
+            ("waiting_requests", "gauge", "Requests waiting in a queue for a grant.", k.waiting_requests),
+            ("event_streams", "gauge", "Open event streams.", k.event_streams),
+            ("resources", "gauge", "Registered Small Resource Server resources.", k.resources),
         ] {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "leasehold_{name} {value}");
@@ -278,7 +291,8 @@ mod tests {
     fn render_sums_workers_and_retired_totals() {
         let mut retired = Totals::default();
         retired.add(&worker(9, 5, 0));
-        let keeper = KeeperSnapshot { locks: 3, leases: 2, waiters: 1, next_fence: 10, ops_total: 40 };
+        let keeper =
+            KeeperSnapshot { locks: 3, leases: 2, waiters: 1, next_fence: 10, ops_total: 40, ..Default::default() };
         let text = render(
             &MasterSnapshot { workers_configured: 2, workers_ready: 2, keeper_up: true, ..Default::default() },
             Some(&keeper),

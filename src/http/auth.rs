@@ -79,17 +79,18 @@ impl Access {
     }
 
     /// Decides whether a client may call a route needing `needed` (`None`: open) on lock
-    /// `lock` (if the route names one).
+    /// `lock` (if the route names one). On success, returns the name prefix the caller is
+    /// limited to ("" for any name), for routes that list names.
     pub fn check(
         &self,
         presented: Option<&str>,
         peer_loopback: bool,
         needed: Option<Role>,
         lock: Option<&str>,
-    ) -> Result<(), Denied> {
-        let Some(needed) = needed else { return Ok(()) };
+    ) -> Result<&str, Denied> {
+        let Some(needed) = needed else { return Ok("") };
         if self.keys.is_empty() {
-            return if peer_loopback || self.insecure_anonymous { Ok(()) } else { Err(Denied::NotLoopback) };
+            return if peer_loopback || self.insecure_anonymous { Ok("") } else { Err(Denied::NotLoopback) };
         }
         let presented = presented.ok_or(Denied::MissingKey)?;
         let mut found: Option<&ApiKey> = None;
@@ -108,7 +109,7 @@ impl Access {
                 return Err(Denied::Prefix);
             }
         }
-        Ok(())
+        Ok(&key.prefix)
     }
 }
 
@@ -149,17 +150,17 @@ mod tests {
             Err(Denied::Role { needed: Role::Lock })
         );
         assert_eq!(access.check(Some("locker-key"), true, lock, Some("other")), Err(Denied::Prefix));
-        assert_eq!(access.check(Some("locker-key"), false, lock, Some("jobs:a")), Ok(()));
-        assert_eq!(access.check(Some("admin-key"), false, lock, Some("other")), Ok(()));
-        assert_eq!(access.check(None, false, None, None), Ok(()), "open routes need no key");
+        assert_eq!(access.check(Some("locker-key"), false, lock, Some("jobs:a")), Ok("jobs:"));
+        assert_eq!(access.check(Some("admin-key"), false, lock, Some("other")), Ok(""));
+        assert_eq!(access.check(None, false, None, None), Ok(""), "open routes need no key");
     }
 
     #[test]
     fn without_keys_only_loopback_unless_insecure() {
         let closed = Access::new(vec![], false);
-        assert_eq!(closed.check(None, true, Some(Role::Write), None), Ok(()));
+        assert_eq!(closed.check(None, true, Some(Role::Write), None), Ok(""));
         assert_eq!(closed.check(None, false, Some(Role::Read), None), Err(Denied::NotLoopback));
         let open = Access::new(vec![], true);
-        assert_eq!(open.check(None, false, Some(Role::Write), None), Ok(()));
+        assert_eq!(open.check(None, false, Some(Role::Write), None), Ok(""));
     }
 }

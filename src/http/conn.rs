@@ -10,6 +10,8 @@
 //! - Errors (and 408) are answered with `Connection: close`, then the connection lingers:
 //!   the server stops writing and discards what the client still sends for up to
 //!   [`LINGER_MS`], so the client reads the error instead of a reset.
+//! - Event streams: a request may be answered with a stream head (no length); from then on
+//!   the connection carries only that stream, until the server ends it or the client goes.
 //! - Drain (shutdown or reload): requests already received are answered, the last with
 //!   `Connection: close`; an idle connection gets [`DRAIN_IDLE_GRACE_MS`] since it went idle
 //!   for a request that may already be on its way, then closes. This is what makes reloads
@@ -57,8 +59,17 @@ pub enum Status {
 
 #[derive(Debug)]
 enum Slot {
-    Waiting { close: bool },
-    Ready { bytes: Vec<u8>, close: bool },
+    Waiting {
+        close: bool,
+    },
+    Ready {
+        bytes: Vec<u8>,
+        close: bool,
+    },
+    /// An event stream's head: once it is sent, the connection carries only the stream.
+    Stream {
+        head: Vec<u8>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +80,8 @@ enum Phase {
     Closing { linger: bool },
     /// Discarding input until `until_ms`.
     Lingering { until_ms: u64, discarded: usize },
+    /// Carrying an event stream: output is pushed as events happen; input is discarded.
+    Streaming,
     /// Finished.
     Done,
 }
@@ -117,7 +130,7 @@ impl Conn {
     /// What the shell should do with the socket now.
     pub fn status(&self) -> Status {
         match self.phase {
-            Phase::Open | Phase::Closing { .. } => Status::Open,
+            Phase::Open | Phase::Closing { .. } | Phase::Streaming => Status::Open,
             Phase::Lingering { .. } => Status::Linger,
             Phase::Done => Status::Done,
         }
@@ -127,7 +140,8 @@ impl Conn {
     pub fn wants_read(&self) -> bool {
         match self.phase {
             Phase::Open => self.slots.len() < MAX_PIPELINE,
-            Phase::Lingering { .. } => true,
+            // Read (and discard) to notice when the client goes.
+            Phase::Lingering { .. } | Phase::Streaming => true,
             Phase::Closing { .. } | Phase::Done => false,
         }
     }
@@ -155,6 +169,7 @@ impl Conn {
             return;
         }
         if self.phase != Phase::Open || bytes.is_empty() {
+            // A streaming client has nothing to say; what it sends is dropped.
             return;
         }
         if self.input_start == self.input.len() {
@@ -219,6 +234,44 @@ impl Conn {
         self.flush_ready(now_ms);
     }
 
+    /// Starts an event stream as the answer to request `seq`: `head` goes out (without a
+    /// length: the stream ends when the connection closes), then whatever
+    /// [`Conn::stream_push`] adds. Requests after it on this connection are not answered.
+    pub fn respond_stream(&mut self, seq: Seq, head: &Response, now_ms: u64) {
+        let Some(index) = seq.checked_sub(self.first_seq).map(|i| i as usize) else { return };
+        let Some(slot) = self.slots.get_mut(index) else { return };
+        if !matches!(slot, Slot::Waiting { .. }) {
+            return;
+        }
+        let mut bytes = Vec::new();
+        head.encode_stream_head(&mut bytes);
+        *slot = Slot::Stream { head: bytes };
+        self.flush_ready(now_ms);
+    }
+
+    /// Whether the connection carries an event stream now.
+    pub fn is_streaming(&self) -> bool {
+        self.phase == Phase::Streaming
+    }
+
+    /// Adds bytes to the stream (ignored if the connection is not streaming).
+    pub fn stream_push(&mut self, bytes: &[u8], now_ms: u64) {
+        if self.phase == Phase::Streaming {
+            if self.output.is_empty() {
+                self.write_progress_ms = now_ms;
+            }
+            self.output.extend_from_slice(bytes);
+        }
+    }
+
+    /// Ends the stream: what was pushed is sent, then the connection closes.
+    pub fn stream_end(&mut self, now_ms: u64) {
+        if self.phase == Phase::Streaming {
+            self.phase = Phase::Closing { linger: false };
+            self.maybe_finish(now_ms);
+        }
+    }
+
     /// The response to request `seq` (ignored if that request is not pending).
     pub fn respond(&mut self, seq: Seq, response: &Response, now_ms: u64) {
         let Some(index) = seq.checked_sub(self.first_seq).map(|i| i as usize) else { return };
@@ -242,15 +295,28 @@ impl Conn {
 
     /// Moves responses that are ready, in order, to the output.
     fn flush_ready(&mut self, now_ms: u64) {
-        while let Some(Slot::Ready { .. }) = self.slots.front() {
-            let Some(Slot::Ready { bytes, close }) = self.slots.pop_front() else { break };
+        while let Some(Slot::Ready { .. } | Slot::Stream { .. }) = self.slots.front() {
+            let Some(slot) = self.slots.pop_front() else { break };
             self.first_seq += 1;
             if self.output.is_empty() {
                 self.write_progress_ms = now_ms;
             }
-            self.output.extend_from_slice(&bytes);
-            if close {
-                self.close_after_output();
+            match slot {
+                Slot::Ready { bytes, close } => {
+                    self.output.extend_from_slice(&bytes);
+                    if close {
+                        self.close_after_output();
+                    }
+                }
+                Slot::Stream { head } => {
+                    self.output.extend_from_slice(&head);
+                    // Nothing after a stream is answered: the stream is the connection's last.
+                    self.slots.clear();
+                    self.request_started_ms = None;
+                    self.phase = if self.draining { Phase::Closing { linger: false } } else { Phase::Streaming };
+                    break;
+                }
+                Slot::Waiting { .. } => {}
             }
         }
         self.maybe_finish(now_ms);
@@ -291,7 +357,7 @@ impl Conn {
     /// The peer closed its side: answer what is pending, then close.
     pub fn on_peer_eof(&mut self, now_ms: u64) {
         match self.phase {
-            Phase::Lingering { .. } => self.phase = Phase::Done,
+            Phase::Lingering { .. } | Phase::Streaming => self.phase = Phase::Done,
             Phase::Open | Phase::Closing { .. } => {
                 if self.slots.is_empty() && self.output.is_empty() {
                     self.phase = Phase::Done;
@@ -307,6 +373,8 @@ impl Conn {
     /// Starts draining: finish what was received, then close.
     pub fn drain(&mut self, now_ms: u64) {
         self.draining = true;
+        // A stream ends now (its client reconnects elsewhere with Last-Event-ID).
+        self.stream_end(now_ms);
         if self.phase != Phase::Open {
             return;
         }
@@ -329,6 +397,10 @@ impl Conn {
         match self.phase {
             Phase::Lingering { until_ms, .. } => return Some(until_ms),
             Phase::Done => return None,
+            // A stream has no idle timeout (its pings keep it busy); a stalled reader does.
+            Phase::Streaming => {
+                return (!self.output.is_empty()).then_some(self.write_progress_ms + cfg.keepalive_timeout_ms)
+            }
             Phase::Open | Phase::Closing { .. } => {}
         }
         if !self.output.is_empty() {

@@ -1,6 +1,7 @@
 //! HTTP/1.1, pure: parsing, the per-connection state machine, routing, access rules, the
 //! status table and response encoding. The worker process owns the sockets and calls in.
 
+pub mod api;
 pub mod auth;
 pub mod conn;
 pub mod parse;

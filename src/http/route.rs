@@ -14,19 +14,47 @@ pub enum RouteId {
     Readyz,
     /// Prometheus metrics.
     Metrics,
-    /// Take a lease or queue.
+    /// Take a lease or queue (optionally waiting).
     Acquire,
     /// Extend a lease.
     Renew,
     /// Give up a lease or leave the queue.
     Release,
+    /// Where a ticket stands (counts as presence).
+    TicketStatus,
+    /// Leave the queue, or release.
+    TicketLeave,
+    /// Server-Sent Events for a ticket.
+    Events,
+    /// One lock.
+    LockStatus,
+    /// A page of locks.
+    LockList,
+    /// Read a data key.
+    DataGet,
+    /// Write a data key (holder only).
+    DataPut,
+    /// Delete a data key (holder only).
+    DataDelete,
+    /// Small Resource Server: health (any method).
+    CompatHealth,
+    /// Small Resource Server: register a resource.
+    CompatCreate,
+    /// Small Resource Server: read a selector, locking unless `lock=0`.
+    CompatGet,
+    /// Small Resource Server: lock only.
+    CompatLock,
+    /// Small Resource Server: write a selector (takes the lock, writes, releases).
+    CompatPut,
+    /// Small Resource Server: unlock.
+    CompatUnlock,
 }
 
 /// One row of the route table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteDef {
-    /// Method.
-    pub method: Method,
+    /// Method (`None`: any).
+    pub method: Option<Method>,
     /// Path pattern; `{…}` is one path segment.
     pub pattern: &'static str,
     /// The route.
@@ -37,39 +65,65 @@ pub struct RouteDef {
     pub label: &'static str,
 }
 
-/// The route table.
+const fn row(method: Method, pattern: &'static str, id: RouteId, role: Option<Role>, label: &'static str) -> RouteDef {
+    RouteDef { method: Some(method), pattern, id, role, label }
+}
+
+const READ: Option<Role> = Some(Role::Read);
+const LOCK: Option<Role> = Some(Role::Lock);
+const WRITE: Option<Role> = Some(Role::Write);
+
+/// The route table: the one place that says which routes exist and who may call them.
 pub const ROUTES: &[RouteDef] = &[
-    RouteDef { method: Method::Get, pattern: "/healthz", id: RouteId::Healthz, role: None, label: "healthz" },
-    RouteDef { method: Method::Get, pattern: "/readyz", id: RouteId::Readyz, role: None, label: "readyz" },
-    RouteDef {
-        method: Method::Get,
-        pattern: "/metrics",
-        id: RouteId::Metrics,
-        role: Some(Role::Read),
-        label: "metrics",
-    },
-    RouteDef {
-        method: Method::Post,
-        pattern: "/v1/locks/{name}/acquire",
-        id: RouteId::Acquire,
-        role: Some(Role::Lock),
-        label: "acquire",
-    },
-    RouteDef {
-        method: Method::Post,
-        pattern: "/v1/locks/{name}/renew",
-        id: RouteId::Renew,
-        role: Some(Role::Lock),
-        label: "renew",
-    },
-    RouteDef {
-        method: Method::Post,
-        pattern: "/v1/locks/{name}/release",
-        id: RouteId::Release,
-        role: Some(Role::Lock),
-        label: "release",
-    },
+    row(Method::Get, "/healthz", RouteId::Healthz, None, "healthz"),
+    row(Method::Get, "/readyz", RouteId::Readyz, None, "readyz"),
+    row(Method::Get, "/metrics", RouteId::Metrics, READ, "metrics"),
+    row(Method::Post, "/v1/locks/{name}/acquire", RouteId::Acquire, LOCK, "acquire"),
+    row(Method::Post, "/v1/locks/{name}/renew", RouteId::Renew, LOCK, "renew"),
+    row(Method::Post, "/v1/locks/{name}/release", RouteId::Release, LOCK, "release"),
+    row(Method::Get, "/v1/locks/{name}/tickets/{ticket}", RouteId::TicketStatus, LOCK, "ticket_status"),
+    row(Method::Delete, "/v1/locks/{name}/tickets/{ticket}", RouteId::TicketLeave, LOCK, "ticket_leave"),
+    row(Method::Get, "/v1/locks/{name}/events", RouteId::Events, READ, "events"),
+    row(Method::Get, "/v1/locks/{name}", RouteId::LockStatus, READ, "lock_status"),
+    row(Method::Get, "/v1/locks", RouteId::LockList, READ, "lock_list"),
+    row(Method::Get, "/v1/locks/{name}/data/{key}", RouteId::DataGet, READ, "data_get"),
+    row(Method::Put, "/v1/locks/{name}/data/{key}", RouteId::DataPut, WRITE, "data_put"),
+    row(Method::Delete, "/v1/locks/{name}/data/{key}", RouteId::DataDelete, WRITE, "data_delete"),
+    RouteDef { method: None, pattern: "/health", id: RouteId::CompatHealth, role: None, label: "compat_health" },
+    row(Method::Post, "/resource", RouteId::CompatCreate, WRITE, "compat_create"),
+    // Reading without the lock (`?lock=0`) needs only `read`: see `needed_role`.
+    row(Method::Get, "/resource/{name}/{selector}", RouteId::CompatGet, LOCK, "compat_get"),
+    row(Method::Put, "/resource/{name}/{selector}/lock", RouteId::CompatLock, LOCK, "compat_lock"),
+    row(Method::Put, "/resource/{name}/{selector}", RouteId::CompatPut, WRITE, "compat_put"),
+    row(Method::Put, "/resource/{name}/{selector}/unlock", RouteId::CompatUnlock, LOCK, "compat_unlock"),
+    row(Method::Post, "/resource/{name}/{selector}/unlock", RouteId::CompatUnlock, LOCK, "compat_unlock"),
 ];
+
+/// The role a matched request needs: the table's, except that a Small Resource Server read
+/// with `lock=0` takes no lock and needs only `read`.
+pub fn needed_role(def: &RouteDef, query: &str) -> Option<Role> {
+    if def.id == RouteId::CompatGet && !compat_locks(query) {
+        return READ;
+    }
+    def.role
+}
+
+/// Whether a Small Resource Server read takes the lock: yes unless `lock` is a number equal
+/// to zero (`0`, `00`, `0.0`), as the original decides.
+pub fn compat_locks(query: &str) -> bool {
+    match query_param(query, "lock") {
+        None => true,
+        Some(v) => !v.trim().parse::<f64>().is_ok_and(|n| n == 0.0),
+    }
+}
+
+/// The first value of `name` in a query string, percent-decoded (`+` is a space).
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_decode(&v.replace('+', " "))).flatten()
+    })
+}
 
 /// Metrics label of requests that matched no route.
 pub const LABEL_UNROUTED: &str = "unrouted";
@@ -145,8 +199,10 @@ pub fn route(method: Method, target: &str) -> Result<Matched<'_>, RouteError> {
         if !match_path(def.pattern, path, &mut raw) {
             continue;
         }
-        if def.method != method {
-            allow.push(def.method.as_str());
+        if let Some(only) = def.method.filter(|m| *m != method) {
+            if !allow.contains(&only.as_str()) {
+                allow.push(only.as_str());
+            }
             continue;
         }
         let params = raw.iter().map(|p| percent_decode(p)).collect::<Option<Vec<_>>>().ok_or(RouteError::BadPath)?;
@@ -160,21 +216,50 @@ pub fn route(method: Method, target: &str) -> Result<Matched<'_>, RouteError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A concrete path for a pattern.
+    pub(crate) fn example_path(pattern: &str) -> String {
+        pattern
+            .replace("{name}", "some-lock")
+            .replace("{ticket}", "AAAAAAAAAAAAAAAAAAAAAA")
+            .replace("{key}", "k")
+            .replace("{selector}", "sel")
+    }
 
     #[test]
     fn every_route_in_the_table_resolves_to_itself() {
         for def in ROUTES {
-            let path = def.pattern.replace("{name}", "some-lock");
-            let target = format!("{path}?x=1");
-            let m = route(def.method, &target).unwrap();
-            assert_eq!(m.def.id, def.id);
+            let target = format!("{}?x=1", example_path(def.pattern));
+            let m = route(def.method.unwrap_or(Method::Patch), &target).unwrap();
+            assert_eq!(m.def.id, def.id, "{}", def.pattern);
             assert_eq!(m.query, "x=1");
             if def.pattern.contains("{name}") {
-                assert_eq!(m.params, vec!["some-lock".to_string()]);
+                assert_eq!(m.params[0], "some-lock");
             }
         }
+    }
+
+    #[test]
+    fn compat_reads_lock_unless_lock_is_zero() {
+        for (query, locks) in [
+            ("", true),
+            ("lock=1", true),
+            ("lock=0", false),
+            ("lock=00", false),
+            ("lock=0.0", false),
+            ("lock=false", true),
+            ("lock=", true),
+        ] {
+            assert_eq!(compat_locks(query), locks, "{query:?}");
+        }
+        let get = ROUTES.iter().find(|d| d.id == RouteId::CompatGet).unwrap();
+        assert_eq!(needed_role(get, "lock=0"), Some(Role::Read));
+        assert_eq!(needed_role(get, ""), Some(Role::Lock));
+        assert_eq!(query_param("a=1&ticket=x%2By&b", "ticket").as_deref(), Some("x+y"));
+        assert_eq!(query_param("prefix=a+b", "prefix").as_deref(), Some("a b"));
+        assert_eq!(query_param("b", "b").as_deref(), Some(""));
     }
 
     #[test]

@@ -19,8 +19,11 @@
 //! | fd (SEQPACKET) | master → worker | `keeper` + 1 fd | a new channel to the keeper of `generation` |
 //! | fd (SEQPACKET) | master → keeper | `worker` + 1 fd | a new channel from worker `slot` |
 //! | keeper | keeper → worker | `hello` | first frame on a channel: the keeper's generation |
-//! | keeper | worker → keeper | `request` | lock operation `op` with request id `id` (many in flight) |
-//! | keeper | keeper → worker | `reply` | the answer to request `id` |
+//! | keeper | worker → keeper | `request` | lock operation `op` with request id `id` (many in flight; `LockOp` lists them) |
+//! | keeper | keeper → worker | `reply` | the one answer to request `id`: at once, or, for an acquire that waits, when it is granted or its wait ends |
+//! | keeper | worker → keeper | `cancel` | the client of waiting request `id` is gone: stop waiting (answered `cancelled`, unless it was answered already) |
+//! | keeper | keeper → worker | `event` | something happened to a ticket an event stream on this channel watches (`position`, `acquired`, `expired`, `released`, `dropped`) |
+//! | keeper | worker → keeper | `unwatch` | an event stream for a ticket closed |
 //!
 //! Descriptors a child inherits at exec: 3 = control channel, 4 = fd channel, 5… = its
 //! listening sockets (reuseport mode). Unknown messages and malformed frames close the
@@ -28,8 +31,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::core::lock::{LeaseView, QueueKind, QueueMode, QueueView, Reply};
-use crate::core::names::{LockName, Owner, Ticket};
+use crate::core::lock::{LeaseView, QueueKind, QueueMode, QueueView};
+use crate::core::names::{DataKey, LockName, Owner, Ticket};
 use crate::metrics::{KeeperSnapshot, WorkerSnapshot};
 
 /// The first frame a child receives.
@@ -130,6 +133,29 @@ pub enum FdRecord {
     },
 }
 
+/// What the keeper does once a waiting acquire is granted, before it answers (so the
+/// follow-up is atomic with the grant).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Then {
+    /// Keep the lease; answer `held`.
+    #[default]
+    Hold,
+    /// Keep the lease and read one data key (Small Resource Server `GET`): answer `compat_data`.
+    ReadData {
+        /// The data key (selector).
+        key: DataKey,
+    },
+    /// Write one data key, then release (Small Resource Server `PUT`): answer `written`. A
+    /// waiter that is not admitted in time leaves the queue: nothing is written.
+    WriteAndRelease {
+        /// The data key (selector).
+        key: DataKey,
+        /// JSON text.
+        value: String,
+    },
+}
+
 /// A lock operation a worker asks the keeper to apply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -152,6 +178,16 @@ pub enum LockOp {
         weight: u32,
         /// Queue discipline.
         queue: QueueMode,
+        /// How long the keeper may hold the answer while the caller waits in the queue
+        /// (0: answer at once). Ignored for `compat`, where the resource's timeout decides.
+        #[serde(default)]
+        wait_ms: u64,
+        /// What to do once granted.
+        #[serde(default)]
+        then: Then,
+        /// A Small Resource Server request: the lock is a registered resource.
+        #[serde(default)]
+        compat: bool,
     },
     /// Extend a lease.
     Renew {
@@ -170,29 +206,172 @@ pub enum LockOp {
         /// The ticket.
         ticket: Ticket,
     },
+    /// Where a ticket stands (counts as presence).
+    Touch {
+        /// The lock.
+        lock: LockName,
+        /// The ticket.
+        ticket: Ticket,
+    },
+    /// An event stream opens for a ticket: where it stands now, and its events from now on
+    /// on this channel until `unwatch` (counts as presence while open).
+    Watch {
+        /// The lock.
+        lock: LockName,
+        /// The ticket.
+        ticket: Ticket,
+    },
+    /// A lock as readers see it.
+    Status {
+        /// The lock.
+        lock: LockName,
+    },
+    /// A page of locks by name.
+    List {
+        /// Names start with this.
+        prefix: String,
+        /// Names sort after this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        /// Page size.
+        limit: u32,
+    },
+    /// Read one data key.
+    GetData {
+        /// The lock.
+        lock: LockName,
+        /// The key.
+        key: DataKey,
+    },
+    /// Write one data key (a current holder's ticket).
+    PutData {
+        /// The lock.
+        lock: LockName,
+        /// The holder's ticket.
+        ticket: Ticket,
+        /// The key.
+        key: DataKey,
+        /// JSON text.
+        value: String,
+    },
+    /// Delete one data key (a current holder's ticket).
+    DeleteData {
+        /// The lock.
+        lock: LockName,
+        /// The holder's ticket.
+        ticket: Ticket,
+        /// The key.
+        key: DataKey,
+    },
+    /// Register a Small Resource Server resource.
+    CreateResource {
+        /// Its name (also the name of its lock).
+        name: LockName,
+        /// Server-side wait in seconds (0: up to `max_wait_ms`, < 0: try once).
+        timeout_s: i64,
+    },
+    /// Read a resource's data key without locking (Small Resource Server `GET ?lock=0`).
+    CompatRead {
+        /// The resource.
+        resource: LockName,
+        /// The selector.
+        key: DataKey,
+    },
 }
 
 /// Worker → keeper.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum ToKeeper {
-    /// Apply `op`; answer with `reply` carrying the same `id`.
+    /// Apply `op`; the keeper answers `id` exactly once (an acquire that waits is answered
+    /// when it is granted or when its wait ends).
     Request {
         /// Request id, unique per channel.
         id: u64,
         /// The operation.
         op: LockOp,
     },
+    /// The client of waiting request `id` is gone: stop waiting (the waiter stays queued under
+    /// the presence rules). The keeper answers `cancelled` if the request was still waiting;
+    /// if it had answered already, that answer is the only one.
+    Cancel {
+        /// The request.
+        id: u64,
+    },
+    /// An event stream for this ticket closed on this channel.
+    Unwatch {
+        /// The lock.
+        lock: LockName,
+        /// The ticket.
+        ticket: Ticket,
+    },
 }
 
-/// The keeper's answer to a lock operation: the core's [`Reply`] on the wire.
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectKind {
+    /// Malformed or out of range (400).
+    Invalid,
+    /// Over a data size limit (413).
+    TooLarge,
+}
+
+/// A holder as readers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HolderInfo {
+    /// Label.
+    pub owner: Option<Owner>,
+    /// Permits held.
+    pub weight: u32,
+    /// Fencing token.
+    pub fence: u64,
+    /// Time left on the lease.
+    pub expires_in_ms: u64,
+    /// Whether an admitted waiter has shown up yet.
+    pub claimed: bool,
+}
+
+/// A lock as readers see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockInfo {
+    /// Name.
+    pub name: LockName,
+    /// Permit count.
+    pub limit: u32,
+    /// Queue discipline.
+    pub queue: QueueKind,
+    /// Permits in use.
+    pub used: u32,
+    /// Holders, by fence.
+    pub holders: Vec<HolderInfo>,
+    /// Waiters.
+    pub queue_length: u32,
+    /// Keys in the data map.
+    pub data_keys: u32,
+}
+
+/// The keeper's answer to a lock operation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum LockReply {
-    /// Holding a lease.
-    Held(LeaseView),
+    /// Holding a lease (`at_ms`: the keeper's time of this answer).
+    Held {
+        /// The lease.
+        lease: LeaseView,
+        /// The keeper's clock at this answer.
+        at_ms: u64,
+    },
     /// Waiting in the queue.
-    Queued(QueueView),
+    Queued {
+        /// Place in line.
+        place: QueueView,
+        /// Estimated wait, when the lock has a history to estimate from.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        eta_ms: Option<u64>,
+    },
     /// Try-lock failed.
     Unavailable {
         /// Permits in use.
@@ -226,6 +405,8 @@ pub enum LockReply {
     Released {
         /// Its fence.
         fence: u64,
+        /// The keeper's clock at this answer.
+        at_ms: u64,
     },
     /// A waiter left.
     Left,
@@ -235,43 +416,102 @@ pub enum LockReply {
     TicketUnknown,
     /// No such lock.
     LockUnknown,
-    /// Refused input.
+    /// A waiter was removed while waiting (its weight exceeds a lowered limit).
+    Dropped,
+    /// A lock.
+    Lock(LockInfo),
+    /// A page of locks; `next_after` continues the listing.
+    Locks {
+        /// The page.
+        locks: Vec<LockInfo>,
+        /// Cursor for the next page, if there may be more.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next_after: Option<String>,
+    },
+    /// A data value (`None`: no such key).
+    Data(Option<String>),
+    /// A data key was written.
+    DataWritten {
+        /// It did not exist before.
+        created: bool,
+    },
+    /// A data key was deleted.
+    DataDeleted {
+        /// It existed.
+        existed: bool,
+    },
+    /// A resource was registered.
+    ResourceCreated {
+        /// Its id (26 characters).
+        id: String,
+        /// Its name.
+        name: LockName,
+        /// Its server-side wait.
+        timeout_s: i64,
+    },
+    /// A resource of that name exists already.
+    ResourceExists,
+    /// No resource of that name.
+    ResourceUnknown,
+    /// A resource's data key (Small Resource Server `GET`), read under `lease` if locked.
+    CompatData {
+        /// The lease, when the read took the lock.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease: Option<LeaseView>,
+        /// The resource's id.
+        resource_id: String,
+        /// The value, if the key has one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<String>,
+    },
+    /// A resource's data key was written and the lock released (Small Resource Server `PUT`).
+    Written {
+        /// The ticket that held the lock for the write.
+        ticket: Ticket,
+    },
+    /// Refused input; nothing changed.
     Rejected {
         /// Why.
         message: String,
+        /// Which kind of refusal.
+        kind: RejectKind,
     },
     /// The keeper could not serve the request (it says why).
     Failed {
         /// Why.
         message: String,
     },
+    /// A waiting request was cancelled before it was answered.
+    Cancelled,
 }
 
-impl From<Reply> for LockReply {
-    fn from(reply: Reply) -> Self {
-        match reply {
-            Reply::Held(lease) => Self::Held(lease),
-            Reply::Queued(q) => Self::Queued(q),
-            Reply::Unavailable { used, limit, queue_length } => Self::Unavailable { used, limit, queue_length },
-            Reply::LimitMismatch { limit } => Self::LimitMismatch { limit },
-            Reply::QueueMismatch { queue } => Self::QueueMismatch { queue },
-            Reply::QueueFull { max_waiters } => Self::QueueFull { max_waiters },
-            Reply::TableFull { max_locks } => Self::TableFull { max_locks },
-            Reply::Released { fence } => Self::Released { fence },
-            Reply::Left => Self::Left,
-            Reply::NotHolder(q) => Self::NotHolder(q),
-            Reply::TicketUnknown => Self::TicketUnknown,
-            Reply::LockUnknown => Self::LockUnknown,
-            Reply::Rejected(e) => Self::Rejected { message: e.to_string() },
-            // Admin and data replies do not travel yet; they arrive with their routes.
-            Reply::LimitSet { .. }
-            | Reply::LimitInUse { .. }
-            | Reply::DataWritten { .. }
-            | Reply::DataDeleted { .. } => {
-                Self::Failed { message: "reply of an operation the worker did not send".into() }
-            }
-        }
-    }
+/// Something that happened to a ticket an event stream watches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TicketEvent {
+    /// It moved up the queue.
+    Position {
+        /// 1-based place.
+        position: u32,
+        /// Waiters.
+        queue_length: u32,
+    },
+    /// It was admitted.
+    Acquired(LeaseView),
+    /// Its lease ended without release (`unclaimed`: it never showed up after admission).
+    Expired {
+        /// Its fence.
+        fence: u64,
+        /// Never claimed.
+        unclaimed: bool,
+    },
+    /// Its lease was released.
+    Released {
+        /// Its fence.
+        fence: u64,
+    },
+    /// It left the queue without being admitted.
+    Dropped,
 }
 
 /// Keeper → worker.
@@ -289,6 +529,15 @@ pub enum FromKeeper {
         id: u64,
         /// The answer.
         reply: LockReply,
+    },
+    /// An event for a ticket watched on this channel.
+    Event {
+        /// The lock.
+        lock: LockName,
+        /// The ticket.
+        ticket: Ticket,
+        /// What happened.
+        event: TicketEvent,
     },
 }
 
@@ -331,20 +580,35 @@ mod tests {
                 limit: 3,
                 weight: 2,
                 queue: QueueMode::Lottery,
+                wait_ms: 5_000,
+                then: Then::WriteAndRelease { key: DataKey::parse("k").unwrap(), value: "{\"a\":1}".into() },
+                compat: true,
             },
         });
+        round_trip(&ToKeeper::Cancel { id: 77 });
+        round_trip(&ToKeeper::Unwatch { lock: lock.clone(), ticket });
+        let lease = LeaseView { ticket, fence: 12, owner: None, weight: 1, expires_at_ms: 5, claimed: true };
+        round_trip(&FromKeeper::Reply { id: 77, reply: LockReply::Held { lease: lease.clone(), at_ms: 3 } });
         round_trip(&FromKeeper::Reply {
-            id: 77,
-            reply: LockReply::Held(LeaseView {
-                ticket,
-                fence: 12,
-                owner: None,
-                weight: 1,
-                expires_at_ms: 5,
-                claimed: true,
-            }),
+            id: 1,
+            reply: LockReply::Rejected { message: "ttl_ms \"x\"\n".into(), kind: RejectKind::Invalid },
         });
-        round_trip(&FromKeeper::Reply { id: 1, reply: LockReply::Rejected { message: "ttl_ms \"x\"\n".into() } });
+        round_trip(&FromKeeper::Event { lock: lock.clone(), ticket, event: TicketEvent::Acquired(lease) });
+        round_trip(&FromKeeper::Reply {
+            id: 2,
+            reply: LockReply::Locks {
+                locks: vec![LockInfo {
+                    name: lock,
+                    limit: 2,
+                    queue: QueueKind::Fifo,
+                    used: 1,
+                    holders: vec![HolderInfo { owner: None, weight: 1, fence: 3, expires_in_ms: 9, claimed: true }],
+                    queue_length: 0,
+                    data_keys: 1,
+                }],
+                next_after: Some("jobs:nightly".into()),
+            },
+        });
     }
 
     #[test]

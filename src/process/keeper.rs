@@ -27,10 +27,10 @@ use nix::fcntl::{Flock, FlockArg};
 use super::channel::{Channel, ChannelError};
 use super::child::{self, Boot};
 use crate::config::Config;
-use crate::core::lock::{Acquire, LockTable, Moment, Op, Output};
-use crate::core::names::Ticket;
-use crate::ipc::message::{FdRecord, FromKeeper, LockOp, LockReply, ToChild, ToKeeper, ToMaster};
+use crate::core::lock::Moment;
+use crate::ipc::message::{FdRecord, FromKeeper, LockReply, ToChild, ToKeeper, ToMaster};
 use crate::metrics::KeeperSnapshot;
+use crate::service::{Outbox, Service};
 use crate::sys::clock::wall_ms;
 use crate::sys::entropy::Entropy;
 use crate::sys::signals::{Signal, SignalSource};
@@ -108,11 +108,10 @@ struct Keeper {
     control: Channel,
     fds: OwnedFd,
     links: Vec<Option<Channel>>,
-    table: LockTable,
+    service: Service,
     entropy: Entropy,
-    ops_total: u64,
-    /// Scratch for the table's outputs (events for others; nobody watches yet).
-    outputs: Vec<Output>,
+    /// Messages the service produced, each for its channel.
+    outbox: Outbox,
 }
 
 impl Keeper {
@@ -125,7 +124,7 @@ impl Keeper {
         control.register(poll.registry())?;
         poll.registry().register(&mut SourceFd(&fds.as_raw_fd()), FDS, Interest::READABLE)?;
         let mut entropy = Entropy::new();
-        let table = LockTable::new(config.locks.table.clone(), entropy.next_u64()?);
+        let service = Service::new(config.locks.table.clone(), config.locks.max_wait_ms, entropy.next_u64()?);
         Ok(Self {
             generation: start.generation,
             _data_dir_lock: data_dir_lock,
@@ -134,10 +133,9 @@ impl Keeper {
             control,
             fds,
             links: Vec::new(),
-            table,
+            service,
             entropy,
-            ops_total: 0,
-            outputs: Vec::new(),
+            outbox: Vec::new(),
         })
     }
 
@@ -148,7 +146,8 @@ impl Keeper {
         let mut events = Events::with_capacity(1024);
         loop {
             let now = wall_ms();
-            let sleep_ms = self.table.next_deadline().map_or(MAX_SLEEP_MS, |d| d.saturating_sub(now).min(MAX_SLEEP_MS));
+            let sleep_ms =
+                self.service.next_deadline().map_or(MAX_SLEEP_MS, |d| d.saturating_sub(now).min(MAX_SLEEP_MS));
             if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(sleep_ms))) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e);
@@ -172,10 +171,10 @@ impl Keeper {
                 }
             }
             let now = wall_ms();
-            if self.table.next_deadline().is_some_and(|d| d <= now) {
-                let entropy = self.entropy.next_u64()?;
-                self.table.expire(Moment::new(now, entropy), &mut self.outputs);
-                self.outputs.clear();
+            if self.service.next_deadline().is_some_and(|d| d <= now) {
+                let at = Moment::new(now, self.entropy.next_u64()?);
+                self.service.expire(at, &mut self.outbox);
+                self.deliver();
             }
             for i in 0..self.links.len() {
                 if let Some(Err(e)) = self.links[i].as_mut().map(Channel::flush) {
@@ -203,7 +202,7 @@ impl Keeper {
                     match Config::load(config_text.as_deref(), &super::environment()) {
                         Ok(config) => {
                             super::logging::set_level(&config.server.log_level);
-                            self.table.set_limits(config.locks.table);
+                            self.service.reconfigure(config.locks.table, config.locks.max_wait_ms);
                             log::info!("new limits applied");
                         }
                         Err(problems) => {
@@ -253,6 +252,24 @@ impl Keeper {
                 ChannelError::Closed => log::debug!("a worker channel closed"),
                 other => log::warn!("closing a worker channel: {other}"),
             }
+            // Its waits and streams end as if their clients had gone.
+            match self.entropy.next_u64() {
+                Ok(entropy) => {
+                    self.service.link_closed(index, Moment::new(wall_ms(), entropy), &mut self.outbox);
+                    self.deliver();
+                }
+                Err(e) => log::error!("no entropy: {e}"),
+            }
+        }
+    }
+
+    /// Queues what the service produced on each message's channel.
+    fn deliver(&mut self) {
+        for (index, message) in std::mem::take(&mut self.outbox) {
+            let Some(link) = self.links.get_mut(index).and_then(Option::as_mut) else { continue };
+            if let Err(e) = link.send(&message) {
+                self.drop_link(index, &e);
+            }
         }
     }
 
@@ -265,13 +282,18 @@ impl Keeper {
         loop {
             let Some(link) = self.links[index].as_mut() else { return };
             match link.recv::<ToKeeper>() {
-                Ok(Some(ToKeeper::Request { id, op })) => {
-                    let reply = self.apply(op);
-                    let Some(link) = self.links[index].as_mut() else { return };
-                    if let Err(e) = link.send(&FromKeeper::Reply { id, reply }) {
-                        self.drop_link(index, &e);
-                        return;
-                    }
+                Ok(Some(message)) => {
+                    let drawn = self.entropy.next_u64().and_then(|e| Ok((e, self.entropy.bytes16()?)));
+                    let (entropy, fresh) = match drawn {
+                        Ok(drawn) => drawn,
+                        Err(e) => {
+                            log::error!("no entropy: {e}");
+                            self.fail(index, &message, &format!("no entropy: {e}"));
+                            continue;
+                        }
+                    };
+                    self.service.handle(index, message, Moment::new(wall_ms(), entropy), fresh, &mut self.outbox);
+                    self.deliver();
                 }
                 Ok(None) => return,
                 Err(e) => {
@@ -282,47 +304,27 @@ impl Keeper {
         }
     }
 
-    fn apply(&mut self, op: LockOp) -> LockReply {
-        let entropy = match self.entropy.next_u64() {
-            Ok(e) => e,
-            Err(e) => return LockReply::Failed { message: format!("no entropy: {e}") },
-        };
-        let op = match op {
-            LockOp::Acquire { lock, ticket, owner, ttl_ms, limit, weight, queue } => {
-                let new_ticket = match self.entropy.bytes16() {
-                    Ok(b) => Ticket::from_bytes(b),
-                    Err(e) => return LockReply::Failed { message: format!("no entropy: {e}") },
-                };
-                Op::Acquire(Acquire {
-                    lock,
-                    ticket,
-                    new_ticket,
-                    owner,
-                    ttl_ms,
-                    limit,
-                    weight,
-                    queue,
-                    watch: false,
-                    callback: None,
-                })
-            }
-            LockOp::Renew { lock, ticket, ttl_ms } => Op::Renew { lock, ticket, ttl_ms },
-            LockOp::Release { lock, ticket } => Op::Release { lock, ticket },
-        };
-        self.ops_total += 1;
-        let reply = self.table.apply(op, Moment::new(wall_ms(), entropy), &mut self.outputs);
-        self.outputs.clear();
-        reply.into()
+    /// Answers a request the keeper cannot serve.
+    fn fail(&mut self, index: usize, message: &ToKeeper, why: &str) {
+        if let ToKeeper::Request { id, .. } = message {
+            let reply = LockReply::Failed { message: why.to_string() };
+            self.outbox.push((index, FromKeeper::Reply { id: *id, reply }));
+            self.deliver();
+        }
     }
 
     fn snapshot(&self) -> KeeperSnapshot {
-        let stats = self.table.stats();
+        let table = self.service.table().stats();
+        let service = self.service.stats();
         KeeperSnapshot {
-            locks: stats.locks,
-            leases: stats.holders,
-            waiters: stats.waiters,
-            next_fence: stats.next_fence,
-            ops_total: self.ops_total,
+            locks: table.locks,
+            leases: table.holders,
+            waiters: table.waiters,
+            next_fence: table.next_fence,
+            ops_total: service.ops_total,
+            waiting_requests: service.waiting_requests,
+            event_streams: service.event_streams,
+            resources: service.resources,
         }
     }
 }

@@ -20,20 +20,19 @@ use std::time::Duration;
 use mio::net::{TcpListener, TcpStream};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
-use serde::Deserialize;
 
 use super::channel::{Channel, ChannelError};
 use super::child::{self, Boot};
 use crate::config::{Config, MAX_REQUEST_LINE_BYTES};
-use crate::core::lock::QueueMode;
-use crate::core::names::{LockName, Owner, Ticket};
+use crate::core::names::{LockName, Ticket};
+use crate::http::api::{self, ApiSettings, Finish, Plan};
 use crate::http::auth::Access;
 use crate::http::conn::{Conn, ConnConfig, Seq, Status};
 use crate::http::parse::{Limits, Request};
 use crate::http::response::Response;
-use crate::http::route::{route, RouteError, RouteId, LABEL_UNROUTED};
-use crate::http::status::{self, error, ErrorCode, LockAction};
-use crate::ipc::message::{FdRecord, FromKeeper, LockOp, ToChild, ToKeeper, ToMaster};
+use crate::http::route::{needed_role, route, RouteError, LABEL_UNROUTED};
+use crate::http::status::{self, error, ErrorCode};
+use crate::ipc::message::{FdRecord, FromKeeper, LockOp, LockReply, TicketEvent, ToChild, ToKeeper, ToMaster};
 use crate::metrics::{Histogram, RequestCount, RouteLatency, WorkerSnapshot};
 use crate::sys::clock::Monotonic;
 use crate::sys::signals::{Signal, SignalSource};
@@ -48,6 +47,8 @@ const CONN_BASE: usize = 1 << 16;
 const TICK_MS: u64 = 100;
 /// Least time between two rate-limited warnings.
 const WARN_INTERVAL_MS: u64 = 10_000;
+/// An event stream idle this long gets a `: ping` comment.
+const SSE_PING_MS: u64 = 15_000;
 /// Bytes read from a client per `read` call.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -75,7 +76,7 @@ struct Settings {
     conn: ConnConfig,
     access: Access,
     max_connections: usize,
-    default_ttl_ms: u64,
+    api: ApiSettings,
 }
 
 impl Settings {
@@ -92,7 +93,10 @@ impl Settings {
             },
             access: Access::new(config.auth.keys.clone(), config.auth.insecure_anonymous),
             max_connections: config.server.max_connections as usize,
-            default_ttl_ms: config.locks.default_ttl_ms,
+            api: ApiSettings {
+                default_ttl_ms: config.locks.default_ttl_ms,
+                compat_lease_ttl_ms: config.locks.compat_lease_ttl_ms,
+            },
         }
     }
 }
@@ -108,17 +112,39 @@ struct Client {
     /// Reading stopped with bytes possibly left in the socket (pipeline full).
     read_pending: bool,
     shut_down: bool,
+    /// Requests of this connection the keeper may answer late (cancelled if it closes).
+    waits: Vec<u64>,
+    /// The event stream this connection carries, if any.
+    events: Option<EventStream>,
 }
 
-/// Where an answer goes when it arrives.
+/// An open event stream.
+struct EventStream {
+    lock: LockName,
+    ticket: Ticket,
+    next_id: u64,
+    last_write_ms: u64,
+}
+
+/// What a keeper answer is for.
+enum Purpose {
+    /// An HTTP response, shaped by `finish`. `waits`: the lock of an acquire the keeper may
+    /// answer late (a lease granted to a client that left is released).
+    Answer { finish: Finish, waits: Option<LockName> },
+    /// The first answer of an event stream.
+    Stream { lock: LockName, ticket: Ticket, first_event_id: u64 },
+    /// Nothing to answer (a clean-up the worker sent itself).
+    Nothing,
+}
+
+/// A request in flight to the keeper.
 struct Pending {
     slot: usize,
     client_id: u64,
     seq: Seq,
     label: &'static str,
     started_us: u64,
-    action: LockAction,
-    lock: LockName,
+    purpose: Purpose,
 }
 
 /// A `/metrics` request waiting for the master.
@@ -129,8 +155,6 @@ struct PendingMetrics {
     started_us: u64,
 }
 
-/// Request counters: a small list of (label, status) rows, searched linearly (a handful of
-/// rows; cheaper than hashing on every request).
 #[derive(Default)]
 struct Stats {
     requests: Vec<(&'static str, u16, u64)>,
@@ -170,6 +194,8 @@ struct Worker {
     next_client_id: u64,
     pending: HashMap<u64, Pending>,
     metrics_pending: HashMap<u64, PendingMetrics>,
+    /// Connections streaming events, by the ticket they watch.
+    streams: HashMap<(LockName, Ticket), Vec<(usize, u64)>>,
     next_request_id: u64,
     settings: Settings,
     clock: Monotonic,
@@ -186,39 +212,6 @@ struct Worker {
     last_warning_ms: Option<u64>,
     /// The clock read once per loop turn (µs): timeouts and request start times use it.
     turn_us: u64,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AcquireBody {
-    owner: Option<String>,
-    ttl_ms: Option<u64>,
-    limit: Option<u32>,
-    weight: Option<u32>,
-    queue: Option<QueueMode>,
-    ticket: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RenewBody {
-    ticket: String,
-    ttl_ms: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReleaseBody {
-    ticket: String,
-}
-
-fn parse_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Response> {
-    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
-    serde_json::from_slice(body).map_err(|e| error(ErrorCode::BadRequest, &format!("invalid JSON body: {e}")))
-}
-
-fn bad(e: impl std::fmt::Display) -> Response {
-    error(ErrorCode::BadRequest, &e.to_string())
 }
 
 impl Worker {
@@ -252,6 +245,7 @@ impl Worker {
             next_client_id: 1,
             pending: HashMap::new(),
             metrics_pending: HashMap::new(),
+            streams: HashMap::new(),
             next_request_id: 1,
             settings: Settings::from_config(&config),
             clock: Monotonic::new(),
@@ -447,18 +441,111 @@ impl Worker {
             let Some(k) = self.keeper.as_mut() else { return };
             match k.recv::<FromKeeper>() {
                 Ok(Some(FromKeeper::Hello { generation })) => self.keeper_generation = generation,
-                Ok(Some(FromKeeper::Reply { id, reply })) => {
-                    if let Some(p) = self.pending.remove(&id) {
-                        let response = status::lock_reply(p.action, p.lock.as_str(), &reply);
-                        self.finish(p.slot, p.client_id, p.seq, p.label, p.started_us, &response);
-                    }
-                }
+                Ok(Some(FromKeeper::Reply { id, reply })) => self.on_reply(id, &reply),
+                Ok(Some(FromKeeper::Event { lock, ticket, event })) => self.on_event(lock, ticket, &event),
                 Ok(None) => return,
                 Err(e) => {
                     self.keeper_lost(&e);
                     return;
                 }
             }
+        }
+    }
+
+    /// The client of `slot` if it is still the one with `client_id`.
+    fn client(&mut self, slot: usize, client_id: u64) -> Option<&mut Client> {
+        self.clients.get_mut(slot).and_then(Option::as_mut).filter(|c| c.id == client_id)
+    }
+
+    fn on_reply(&mut self, id: u64, reply: &LockReply) {
+        let Some(p) = self.pending.remove(&id) else { return };
+        let alive = match self.client(p.slot, p.client_id) {
+            Some(c) => {
+                c.waits.retain(|&w| w != id);
+                true
+            }
+            None => false,
+        };
+        match p.purpose {
+            Purpose::Nothing => {}
+            Purpose::Answer { finish, waits } => {
+                if alive {
+                    let response = api::finish(&finish, reply);
+                    self.finish(p.slot, p.client_id, p.seq, p.label, p.started_us, &response);
+                } else if let Some(lock) = waits {
+                    // Granted while its client was leaving: it was never told, so it gives
+                    // the lease back rather than hold it for nobody.
+                    let lease = match reply {
+                        LockReply::Held { lease, .. } | LockReply::CompatData { lease: Some(lease), .. } => Some(lease),
+                        _ => None,
+                    };
+                    if let Some(lease) = lease {
+                        self.send_to_keeper(LockOp::Release { lock, ticket: lease.ticket });
+                    }
+                }
+            }
+            Purpose::Stream { lock, ticket, first_event_id } => {
+                let first = api::first_event(&lock, reply);
+                if !alive {
+                    if first.is_some() {
+                        self.send_unwatch(lock, ticket);
+                    }
+                    return;
+                }
+                let Some((name, data)) = first else {
+                    let response = api::finish(&Finish::TicketStatus(lock), reply);
+                    self.finish(p.slot, p.client_id, p.seq, p.label, p.started_us, &response);
+                    return;
+                };
+                let now = self.turn_ms();
+                let event = api::sse_event(first_event_id, name, &data);
+                self.record(p.label, 200, p.started_us);
+                let Some(c) = self.client(p.slot, p.client_id) else { return };
+                c.conn.respond_stream(p.seq, &api::stream_head(), now);
+                c.conn.stream_push(&event, now);
+                c.events =
+                    Some(EventStream { lock: lock.clone(), ticket, next_id: first_event_id + 1, last_write_ms: now });
+                self.streams.entry((lock, ticket)).or_default().push((p.slot, p.client_id));
+                self.dirty.push(p.slot);
+            }
+        }
+    }
+
+    fn on_event(&mut self, lock: LockName, ticket: Ticket, event: &TicketEvent) {
+        let key = (lock, ticket);
+        let Some(watchers) = self.streams.get(&key).cloned() else { return };
+        let (name, data, terminal) = api::stream_event(&key.0, event);
+        let now = self.turn_ms();
+        for (slot, client_id) in watchers {
+            let Some(c) = self.client(slot, client_id) else { continue };
+            let Some(s) = c.events.as_mut() else { continue };
+            let bytes = api::sse_event(s.next_id, name, &data);
+            s.next_id += 1;
+            s.last_write_ms = now;
+            c.conn.stream_push(&bytes, now);
+            if terminal {
+                c.conn.stream_end(now);
+            }
+            self.dirty.push(slot);
+        }
+        // Ended streams are unwatched when their connections close.
+    }
+
+    /// Sends an operation whose answer nobody waits for.
+    fn send_to_keeper(&mut self, op: LockOp) {
+        let Some(k) = self.keeper.as_mut() else { return };
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        if k.send(&ToKeeper::Request { id, op }).is_ok() {
+            let purpose = Purpose::Nothing;
+            self.pending
+                .insert(id, Pending { slot: usize::MAX, client_id: 0, seq: 0, label: "", started_us: 0, purpose });
+        }
+    }
+
+    fn send_unwatch(&mut self, lock: LockName, ticket: Ticket) {
+        if let Some(k) = self.keeper.as_mut() {
+            let _ = k.send(&ToKeeper::Unwatch { lock, ticket });
         }
     }
 
@@ -470,10 +557,28 @@ impl Worker {
         let _ = self.control.send(&ToMaster::NeedKeeper { lost_generation: self.keeper_generation });
     }
 
+    /// Answers every request in flight with 503 and ends every event stream (they were the
+    /// lost keeper's; their clients reconnect with `Last-Event-ID`).
     fn fail_pending(&mut self, message: &str) {
         let response = error(ErrorCode::KeeperUnavailable, message);
         for (_, p) in std::mem::take(&mut self.pending) {
+            if matches!(p.purpose, Purpose::Nothing) {
+                continue;
+            }
+            if let Some(c) = self.client(p.slot, p.client_id) {
+                c.waits.clear();
+            }
             self.finish(p.slot, p.client_id, p.seq, p.label, p.started_us, &response);
+        }
+        let now = self.turn_ms();
+        for (_, watchers) in std::mem::take(&mut self.streams) {
+            for (slot, client_id) in watchers {
+                if let Some(c) = self.client(slot, client_id) {
+                    c.events = None;
+                    c.conn.stream_end(now);
+                    self.dirty.push(slot);
+                }
+            }
         }
     }
 
@@ -558,6 +663,8 @@ impl Worker {
             passed,
             read_pending: true,
             shut_down: false,
+            waits: Vec::new(),
+            events: None,
         });
         self.open += 1;
         self.read_client(slot);
@@ -674,6 +781,23 @@ impl Worker {
         if c.passed {
             self.closed_passed += 1;
         }
+        // Its waiting requests stop waiting (their waiters stay queued under the presence
+        // rules; a grant already on its way is released when it arrives).
+        if let Some(k) = self.keeper.as_mut() {
+            for id in c.waits.drain(..) {
+                let _ = k.send(&ToKeeper::Cancel { id });
+            }
+        }
+        if let Some(s) = c.events.take() {
+            let key = (s.lock, s.ticket);
+            if let Some(watchers) = self.streams.get_mut(&key) {
+                watchers.retain(|&(sl, id)| !(sl == slot && id == c.id));
+                if watchers.is_empty() {
+                    self.streams.remove(&key);
+                }
+            }
+            self.send_unwatch(key.0, key.1);
+        }
     }
 
     /// Logs a warning at most once per [`WARN_INTERVAL_MS`] (a flood of refused connections
@@ -694,6 +818,14 @@ impl Worker {
         }
         for slot in 0..self.clients.len() {
             let Some(c) = self.clients[slot].as_mut() else { continue };
+            if let Some(s) = c.events.as_mut().filter(|s| now >= s.last_write_ms + SSE_PING_MS) {
+                s.last_write_ms = now;
+                c.conn.stream_push(api::SSE_PING, now);
+                self.dirty.push(slot);
+            }
+        }
+        for slot in 0..self.clients.len() {
+            let Some(c) = self.clients[slot].as_mut() else { continue };
             if c.conn.deadline(&self.settings.conn).is_some_and(|d| d <= now) {
                 c.conn.on_timer(now, &self.settings.conn);
                 self.dirty.push(slot);
@@ -701,15 +833,18 @@ impl Worker {
         }
     }
 
+    /// Counts a response in the metrics.
+    fn record(&mut self, label: &'static str, status: u16, started_us: u64) {
+        let now_us = self.clock.now_us();
+        self.stats.record(label, status, now_us.saturating_sub(started_us));
+    }
+
     /// Records a response in the metrics and hands it to its connection.
     fn finish(&mut self, slot: usize, client_id: u64, seq: Seq, label: &'static str, started_us: u64, r: &Response) {
-        let now_us = self.clock.now_us();
-        self.stats.record(label, r.status, now_us.saturating_sub(started_us));
-        let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else { return };
-        if c.id != client_id {
-            return;
-        }
-        c.conn.respond(seq, r, now_us / 1000);
+        self.record(label, r.status, started_us);
+        let now = self.turn_ms();
+        let Some(c) = self.client(slot, client_id) else { return };
+        c.conn.respond(seq, r, now);
         self.dirty.push(slot);
     }
 
@@ -734,92 +869,75 @@ impl Worker {
         };
         let def = matched.def;
         let name = matched.params.first().map(String::as_str);
-        if let Err(denied) = self.settings.access.check(request.api_key.as_deref(), peer_loopback, def.role, name) {
-            let code = if denied.status() == 401 { ErrorCode::Unauthorized } else { ErrorCode::Forbidden };
-            let mut response = error(code, &denied.message());
-            if denied.status() == 401 {
-                response = response.with_header("WWW-Authenticate", "ApiKey header=\"x-api-key\"");
+        let needed = needed_role(def, matched.query);
+        let scope = match self.settings.access.check(request.api_key.as_deref(), peer_loopback, needed, name) {
+            Ok(scope) => scope.to_string(),
+            Err(denied) => {
+                let code = if denied.status() == 401 { ErrorCode::Unauthorized } else { ErrorCode::Forbidden };
+                let mut response = error(code, &denied.message());
+                if denied.status() == 401 {
+                    response = response.with_header("WWW-Authenticate", "ApiKey header=\"x-api-key\"");
+                }
+                self.finish(slot, client_id, seq, def.label, started_us, &response);
+                return;
             }
+        };
+        let (op, purpose, waits) =
+            match api::plan(def, &matched.params, matched.query, request, &self.settings.api, &scope) {
+                Plan::Now(response) => {
+                    self.finish(slot, client_id, seq, def.label, started_us, &response);
+                    return;
+                }
+                Plan::Ready => {
+                    let response = if self.draining {
+                        error(ErrorCode::Overloaded, "this worker is draining")
+                    } else if self.keeper.is_some() {
+                        Response::json(200, &serde_json::json!({"status": "ready"}))
+                    } else {
+                        error(ErrorCode::KeeperUnavailable, "the keeper is not reachable")
+                    };
+                    self.finish(slot, client_id, seq, def.label, started_us, &response);
+                    return;
+                }
+                Plan::Metrics => {
+                    let id = self.next_request_id;
+                    self.next_request_id += 1;
+                    self.metrics_pending.insert(id, PendingMetrics { slot, client_id, seq, started_us });
+                    let _ = self.control.send(&ToMaster::MetricsRequest { id });
+                    return;
+                }
+                Plan::Ask { op, finish, waits } => {
+                    let wait_lock = match &op {
+                        LockOp::Acquire { lock, .. } if waits => Some(lock.clone()),
+                        _ => None,
+                    };
+                    (op, Purpose::Answer { finish, waits: wait_lock }, waits)
+                }
+                Plan::Stream { lock, ticket, first_event_id } => (
+                    LockOp::Watch { lock: lock.clone(), ticket },
+                    Purpose::Stream { lock, ticket, first_event_id },
+                    false,
+                ),
+            };
+        let Some(k) = self.keeper.as_mut() else {
+            let response = error(ErrorCode::KeeperUnavailable, "the keeper is restarting; retry");
+            self.finish(slot, client_id, seq, def.label, started_us, &response);
+            return;
+        };
+        let id = self.next_request_id;
+        self.next_request_id += 1;
+        if let Err(e) = k.send(&ToKeeper::Request { id, op }) {
+            self.keeper_lost(&e);
+            let response = error(ErrorCode::KeeperUnavailable, "the keeper is not reachable; retry");
             self.finish(slot, client_id, seq, def.label, started_us, &response);
             return;
         }
-        let response = match def.id {
-            RouteId::Healthz => Response::json(200, &serde_json::json!({"status": "ok"})),
-            RouteId::Readyz => {
-                if self.keeper.is_some() && !self.draining {
-                    Response::json(200, &serde_json::json!({"status": "ready"}))
-                } else if self.draining {
-                    error(ErrorCode::Overloaded, "this worker is draining")
-                } else {
-                    error(ErrorCode::KeeperUnavailable, "the keeper is not reachable")
-                }
-            }
-            RouteId::Metrics => {
-                let id = self.next_request_id;
-                self.next_request_id += 1;
-                self.metrics_pending.insert(id, PendingMetrics { slot, client_id, seq, started_us });
-                let _ = self.control.send(&ToMaster::MetricsRequest { id });
-                return;
-            }
-            RouteId::Acquire | RouteId::Renew | RouteId::Release => {
-                let name = name.unwrap_or_default();
-                match self.lock_op(def.id, name, &request.body) {
-                    Ok((action, lock, op)) => match self.keeper.as_mut() {
-                        Some(k) => {
-                            let id = self.next_request_id;
-                            self.next_request_id += 1;
-                            match k.send(&ToKeeper::Request { id, op }) {
-                                Ok(()) => {
-                                    self.pending.insert(
-                                        id,
-                                        Pending { slot, client_id, seq, label: def.label, started_us, action, lock },
-                                    );
-                                    return;
-                                }
-                                Err(e) => {
-                                    self.keeper_lost(&e);
-                                    error(ErrorCode::KeeperUnavailable, "the keeper is not reachable; retry")
-                                }
-                            }
-                        }
-                        None => error(ErrorCode::KeeperUnavailable, "the keeper is restarting; retry"),
-                    },
-                    Err(response) => response,
-                }
-            }
-        };
-        self.finish(slot, client_id, seq, def.label, started_us, &response);
-    }
-
-    /// Validates a lock request into the operation for the keeper.
-    fn lock_op(&self, id: RouteId, name: &str, body: &[u8]) -> Result<(LockAction, LockName, LockOp), Response> {
-        let lock = LockName::parse(name).map_err(bad)?;
-        let parse_ticket = |t: &str| Ticket::parse(t).map_err(bad);
-        match id {
-            RouteId::Acquire => {
-                let b: AcquireBody = parse_body(body)?;
-                let op = LockOp::Acquire {
-                    lock: lock.clone(),
-                    ticket: b.ticket.as_deref().map(parse_ticket).transpose()?,
-                    owner: b.owner.as_deref().map(Owner::parse).transpose().map_err(bad)?,
-                    ttl_ms: b.ttl_ms.unwrap_or(self.settings.default_ttl_ms),
-                    limit: b.limit.unwrap_or(1),
-                    weight: b.weight.unwrap_or(1),
-                    queue: b.queue.unwrap_or(QueueMode::Fifo),
-                };
-                Ok((LockAction::Acquire, lock, op))
-            }
-            RouteId::Renew => {
-                let b: RenewBody = parse_body(body)?;
-                let op = LockOp::Renew { lock: lock.clone(), ticket: parse_ticket(&b.ticket)?, ttl_ms: b.ttl_ms };
-                Ok((LockAction::Renew, lock, op))
-            }
-            _ => {
-                let b: ReleaseBody = parse_body(body)?;
-                let op = LockOp::Release { lock: lock.clone(), ticket: parse_ticket(&b.ticket)? };
-                Ok((LockAction::Release, lock, op))
+        if waits {
+            if let Some(c) = self.client(slot, client_id) {
+                c.waits.push(id);
             }
         }
+        self.pending.insert(id, Pending { slot, client_id, seq, label: def.label, started_us, purpose });
     }
 
     fn snapshot(&self) -> WorkerSnapshot {

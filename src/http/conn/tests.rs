@@ -222,3 +222,41 @@ fn drain_treats_a_connection_that_sent_nothing_as_idle() {
     c.drain(2);
     assert_eq!(c.deadline(&CFG), Some(CFG.header_timeout_ms));
 }
+
+#[test]
+fn a_stream_carries_pushed_events_until_ended_or_the_client_goes() {
+    let head = Response::text(200, "text/event-stream", String::new());
+    let mut c = Conn::new(0);
+    assert_eq!(feed(&mut c, &format!("{GET}{GET}"), 1), vec![0, 1]);
+    c.respond_stream(1, &head, 2);
+    assert!(!c.is_streaming(), "the stream waits for the answer before it");
+    c.respond(0, &ok("first"), 3);
+    assert!(c.is_streaming());
+    c.stream_push(b"event: a\n\n", 4);
+    let out = take_output(&mut c, 5);
+    assert!(out.contains("first"));
+    assert!(
+        out.contains("HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\nevent: a"),
+        "{out}"
+    );
+    assert!(!out.split("event-stream").nth(1).unwrap().contains("Content-Length"));
+    assert_eq!(c.deadline(&CFG), None, "no idle timeout on a stream");
+    assert!(c.wants_read(), "reads, to notice the client going");
+    feed(&mut c, "ignored input", 6);
+    c.stream_end(7);
+    assert_eq!(c.status(), Status::Done);
+    // The client goes.
+    let mut c = Conn::new(0);
+    feed(&mut c, GET, 1);
+    c.respond_stream(0, &head, 2);
+    take_output(&mut c, 2);
+    c.on_peer_eof(3);
+    assert_eq!(c.status(), Status::Done);
+    // A drain ends a stream.
+    let mut c = Conn::new(0);
+    feed(&mut c, GET, 1);
+    c.respond_stream(0, &head, 2);
+    c.drain(3);
+    take_output(&mut c, 4);
+    assert_eq!(c.status(), Status::Done);
+}

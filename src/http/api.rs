@@ -1,0 +1,617 @@
+//! The HTTP API, pure: what each route asks of the keeper, and what each answer looks like
+//! on the wire. [`plan`] turns a request into an immediate response or a keeper operation
+//! (with the [`Finish`] that shapes its answer); [`finish`] turns the keeper's reply into
+//! the response. Event streams are framed here too ([`sse_event`]).
+//!
+//! Native answers are JSON objects with a `status` (`acquired`, `queued`, `renewed`,
+//! `released`, `left`, …); errors come from the one table in [`super::status`]. The Small
+//! Resource Server routes answer exactly as its PHP client expects (`X-Ticket`, `data` as a
+//! JSON string, 202 `{"unavailable":true}`, `{"locked":bool}`, `{"unlocked":true}`), with
+//! the fixes DESIGN.md lists.
+
+use serde::{Deserialize, Serialize};
+
+use super::parse::Request;
+use super::response::Response;
+use super::route::{compat_locks, query_param, RouteDef, RouteId};
+use super::status::{error, ErrorCode};
+use crate::core::lock::{LeaseView, QueueMode};
+use crate::core::names::{DataKey, LockName, Owner, Ticket};
+use crate::ipc::message::{LockInfo, LockOp, LockReply, RejectKind, Then, TicketEvent};
+use crate::service::resources::row_id;
+
+/// The header that carries a Small Resource Server ticket, spelled as its client reads it.
+pub const X_TICKET: &str = "X-Ticket";
+/// Default page size of `GET /v1/locks`.
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+
+/// Settings the API needs from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApiSettings {
+    /// TTL of an acquire that gives none.
+    pub default_ttl_ms: u64,
+    /// TTL of Small Resource Server locks.
+    pub compat_lease_ttl_ms: u64,
+}
+
+/// What a request needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Answer now.
+    Now(Response),
+    /// Ask the keeper; shape its answer with `finish`. `waits`: the keeper may hold the
+    /// answer (cancel it if the client goes).
+    Ask {
+        /// The operation.
+        op: LockOp,
+        /// How to answer.
+        finish: Finish,
+        /// The keeper may answer late.
+        waits: bool,
+    },
+    /// Open an event stream for a ticket.
+    Stream {
+        /// The lock.
+        lock: LockName,
+        /// The ticket.
+        ticket: Ticket,
+        /// The id of the first event (after `Last-Event-ID`).
+        first_event_id: u64,
+    },
+    /// Gather the metrics.
+    Metrics,
+    /// Say whether this worker is ready.
+    Ready,
+}
+
+/// How to shape the keeper's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    /// `POST …/acquire`.
+    Acquire(LockName),
+    /// `POST …/renew`.
+    Renew(LockName),
+    /// `POST …/release` and `DELETE …/tickets/{ticket}`.
+    Release(LockName),
+    /// `GET …/tickets/{ticket}`.
+    TicketStatus(LockName),
+    /// `GET /v1/locks/{name}`.
+    LockStatus,
+    /// `GET /v1/locks`.
+    LockList,
+    /// `GET …/data/{key}`.
+    DataGet,
+    /// `PUT …/data/{key}`.
+    DataPut,
+    /// `DELETE …/data/{key}`.
+    DataDelete,
+    /// `POST /resource`.
+    CompatCreate,
+    /// `GET /resource/{name}/{selector}`.
+    CompatGet(DataKey),
+    /// `PUT /resource/{name}/{selector}/lock`.
+    CompatLock,
+    /// `PUT /resource/{name}/{selector}`.
+    CompatPut,
+    /// `PUT|POST /resource/{name}/{selector}/unlock`.
+    CompatUnlock,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AcquireBody {
+    owner: Option<String>,
+    ttl_ms: Option<u64>,
+    limit: Option<u32>,
+    weight: Option<u32>,
+    queue: Option<QueueMode>,
+    wait_ms: Option<u64>,
+    ticket: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewBody {
+    ticket: String,
+    ttl_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReleaseBody {
+    ticket: String,
+}
+
+#[derive(Deserialize)]
+struct CreateBody {
+    name: Option<String>,
+    timeout: Option<i64>,
+}
+
+fn bad(e: impl std::fmt::Display) -> Response {
+    error(ErrorCode::BadRequest, &e.to_string())
+}
+
+/// Parses a JSON body; an empty body is `{}`.
+fn json_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Response> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { body };
+    serde_json::from_slice(body).map_err(|e| bad(format!("invalid JSON body: {e}")))
+}
+
+/// Checks that a body is one JSON document; returns its text without surrounding space.
+fn json_document(body: &[u8]) -> Result<String, Response> {
+    serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(|e| bad(format!("the body is not JSON: {e}")))?;
+    let text = std::str::from_utf8(body).map_err(bad)?;
+    Ok(text.trim().to_string())
+}
+
+fn ticket_from(text: &str) -> Result<Ticket, Response> {
+    Ticket::parse(text).map_err(bad)
+}
+
+/// The ticket in `x-ticket`, if any (a malformed one is refused).
+fn header_ticket(req: &Request) -> Result<Option<Ticket>, Response> {
+    match req.ticket.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(t) => ticket_from(t).map(Some),
+    }
+}
+
+fn ask(op: LockOp, finish: Finish) -> Plan {
+    Plan::Ask { op, finish, waits: false }
+}
+
+/// Decides what a routed, authorised request needs. `params` are the route's decoded path
+/// parameters, `query` its query string, `scope` the name prefix the caller's key is
+/// limited to ("" for any).
+pub fn plan(def: &RouteDef, params: &[String], query: &str, req: &Request, s: &ApiSettings, scope: &str) -> Plan {
+    match plan_inner(def, params, query, req, s, scope) {
+        Ok(plan) => plan,
+        Err(response) => Plan::Now(response),
+    }
+}
+
+fn param(params: &[String], i: usize) -> &str {
+    params.get(i).map_or("", String::as_str)
+}
+
+fn plan_inner(
+    def: &RouteDef,
+    params: &[String],
+    query: &str,
+    req: &Request,
+    s: &ApiSettings,
+    scope: &str,
+) -> Result<Plan, Response> {
+    let lock = || LockName::parse(param(params, 0)).map_err(bad);
+    let key = || DataKey::parse(param(params, 1)).map_err(bad);
+    Ok(match def.id {
+        RouteId::Healthz => Plan::Now(Response::json(200, &serde_json::json!({"status": "ok"}))),
+        RouteId::CompatHealth => Plan::Now(Response::json(200, &serde_json::json!({"heath": "ok"}))),
+        RouteId::Readyz => Plan::Ready,
+        RouteId::Metrics => Plan::Metrics,
+        RouteId::Acquire => {
+            let lock = lock()?;
+            let b: AcquireBody = json_body(&req.body)?;
+            let wait_ms = b.wait_ms.unwrap_or(0);
+            let op = LockOp::Acquire {
+                lock: lock.clone(),
+                ticket: b.ticket.as_deref().map(ticket_from).transpose()?,
+                owner: b.owner.as_deref().map(Owner::parse).transpose().map_err(bad)?,
+                ttl_ms: b.ttl_ms.unwrap_or(s.default_ttl_ms),
+                limit: b.limit.unwrap_or(1),
+                weight: b.weight.unwrap_or(1),
+                queue: b.queue.unwrap_or(QueueMode::Fifo),
+                wait_ms,
+                then: Then::Hold,
+                compat: false,
+            };
+            Plan::Ask { op, finish: Finish::Acquire(lock), waits: wait_ms > 0 }
+        }
+        RouteId::Renew => {
+            let lock = lock()?;
+            let b: RenewBody = json_body(&req.body)?;
+            let op = LockOp::Renew { lock: lock.clone(), ticket: ticket_from(&b.ticket)?, ttl_ms: b.ttl_ms };
+            ask(op, Finish::Renew(lock))
+        }
+        RouteId::Release => {
+            let lock = lock()?;
+            let b: ReleaseBody = json_body(&req.body)?;
+            ask(LockOp::Release { lock: lock.clone(), ticket: ticket_from(&b.ticket)? }, Finish::Release(lock))
+        }
+        RouteId::TicketStatus => {
+            let lock = lock()?;
+            let ticket = ticket_from(param(params, 1))?;
+            ask(LockOp::Touch { lock: lock.clone(), ticket }, Finish::TicketStatus(lock))
+        }
+        RouteId::TicketLeave => {
+            let lock = lock()?;
+            let ticket = ticket_from(param(params, 1))?;
+            ask(LockOp::Release { lock: lock.clone(), ticket }, Finish::Release(lock))
+        }
+        RouteId::Events => {
+            let lock = lock()?;
+            let text = query_param(query, "ticket").ok_or_else(|| bad("events need ?ticket=<your ticket>"))?;
+            let ticket = ticket_from(&text)?;
+            let last = req.last_event_id.as_deref().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
+            Plan::Stream { lock, ticket, first_event_id: last.saturating_add(1) }
+        }
+        RouteId::LockStatus => ask(LockOp::Status { lock: lock()? }, Finish::LockStatus),
+        RouteId::LockList => {
+            let limit = match query_param(query, "limit") {
+                None => DEFAULT_LIST_LIMIT,
+                Some(v) => v.parse::<u32>().map_err(|_| bad("limit must be a whole number"))?,
+            };
+            // A key limited to a prefix lists only names under it.
+            let asked = query_param(query, "prefix").unwrap_or_default();
+            let prefix = if asked.starts_with(scope) {
+                asked
+            } else if scope.starts_with(&asked) {
+                scope.to_string()
+            } else {
+                return Err(error(ErrorCode::Forbidden, "this API key may not list these names"));
+            };
+            let op = LockOp::List { prefix, after: query_param(query, "after").filter(|a| !a.is_empty()), limit };
+            ask(op, Finish::LockList)
+        }
+        RouteId::DataGet => ask(LockOp::GetData { lock: lock()?, key: key()? }, Finish::DataGet),
+        RouteId::DataPut => {
+            let (lock, key) = (lock()?, key()?);
+            let ticket = header_ticket(req)?.ok_or_else(|| bad("data writes need the x-ticket header of a holder"))?;
+            let value = json_document(&req.body)?;
+            ask(LockOp::PutData { lock, ticket, key, value }, Finish::DataPut)
+        }
+        RouteId::DataDelete => {
+            let (lock, key) = (lock()?, key()?);
+            let ticket = header_ticket(req)?.ok_or_else(|| bad("data deletes need the x-ticket header of a holder"))?;
+            ask(LockOp::DeleteData { lock, ticket, key }, Finish::DataDelete)
+        }
+        RouteId::CompatCreate => {
+            let b: CreateBody = json_body(&req.body)?;
+            let name = b.name.filter(|n| !n.is_empty()).ok_or_else(|| bad("name is required"))?;
+            let name = LockName::parse(&name).map_err(bad)?;
+            ask(LockOp::CreateResource { name, timeout_s: b.timeout.unwrap_or(0) }, Finish::CompatCreate)
+        }
+        RouteId::CompatGet => {
+            let (resource, selector) = (lock()?, key()?);
+            if !compat_locks(query) {
+                return Ok(ask(LockOp::CompatRead { resource, key: selector.clone() }, Finish::CompatGet(selector)));
+            }
+            let then = Then::ReadData { key: selector.clone() };
+            Plan::Ask {
+                op: compat_acquire(resource, header_ticket(req)?, then, s),
+                finish: Finish::CompatGet(selector),
+                waits: true,
+            }
+        }
+        RouteId::CompatLock => {
+            let (resource, _) = (lock()?, key()?);
+            Plan::Ask {
+                op: compat_acquire(resource, header_ticket(req)?, Then::Hold, s),
+                finish: Finish::CompatLock,
+                waits: true,
+            }
+        }
+        RouteId::CompatPut => {
+            let (resource, selector) = (lock()?, key()?);
+            let body: &[u8] =
+                if req.body.iter().all(u8::is_ascii_whitespace) || req.body == b"0" { b"{}" } else { &req.body };
+            let value = json_document(body)?;
+            let then = Then::WriteAndRelease { key: selector, value };
+            Plan::Ask {
+                op: compat_acquire(resource, header_ticket(req)?, then, s),
+                finish: Finish::CompatPut,
+                waits: true,
+            }
+        }
+        RouteId::CompatUnlock => {
+            let (resource, _) = (lock()?, key()?);
+            let ticket = header_ticket(req)?.ok_or_else(|| bad("unlock needs the x-ticket header"))?;
+            ask(LockOp::Release { lock: resource, ticket }, Finish::CompatUnlock)
+        }
+    })
+}
+
+fn compat_acquire(resource: LockName, ticket: Option<Ticket>, then: Then, s: &ApiSettings) -> LockOp {
+    LockOp::Acquire {
+        lock: resource,
+        ticket,
+        owner: None,
+        ttl_ms: s.compat_lease_ttl_ms,
+        limit: 1,
+        weight: 1,
+        queue: QueueMode::Fifo,
+        wait_ms: 0,
+        then,
+        compat: true,
+    }
+}
+
+#[derive(Serialize)]
+struct Acquired<'a> {
+    status: &'static str,
+    lock: &'a str,
+    ticket: Ticket,
+    fence: u64,
+    owner: Option<&'a str>,
+    weight: u32,
+    expires_at_ms: u64,
+    at_ms: u64,
+}
+
+impl<'a> Acquired<'a> {
+    fn new(status: &'static str, lock: &'a str, lease: &'a LeaseView, at_ms: u64) -> Self {
+        Acquired {
+            status,
+            lock,
+            ticket: lease.ticket,
+            fence: lease.fence,
+            owner: lease.owner.as_ref().map(Owner::as_str),
+            weight: lease.weight,
+            expires_at_ms: lease.expires_at_ms,
+            at_ms,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Queued<'a> {
+    status: &'static str,
+    lock: &'a str,
+    ticket: Ticket,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<u32>,
+    queue_length: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eta_ms: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Released<'a> {
+    status: &'static str,
+    lock: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    fence: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    at_ms: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct CompatRow<'a> {
+    id: String,
+    #[serde(rename = "idResource")]
+    id_resource: &'a str,
+    selector: &'a str,
+    data: &'a str,
+}
+
+/// Errors every route shares.
+fn common_error(reply: &LockReply) -> Response {
+    match reply {
+        LockReply::Unavailable { used, limit, queue_length } => {
+            #[derive(Serialize)]
+            struct Busy {
+                used: u32,
+                limit: u32,
+                queue_length: u32,
+            }
+            error_with(ErrorCode::Unavailable, "the lock is taken", Busy { used: *used, limit: *limit, queue_length: *queue_length })
+        }
+        LockReply::LimitMismatch { limit } => {
+            #[derive(Serialize)]
+            struct Limit {
+                limit: u32,
+            }
+            error_with(
+                ErrorCode::LimitMismatch,
+                &format!("the lock has {limit} permits; ask with the same limit"),
+                Limit { limit: *limit },
+            )
+        }
+        LockReply::QueueMismatch { queue } => {
+            let kind = serde_json::to_string(queue).unwrap_or_default();
+            error(ErrorCode::QueueMismatch, &format!("the lock's queue is {kind}; ask with the same queue"))
+        }
+        LockReply::QueueFull { max_waiters } => {
+            error(ErrorCode::QueueFull, &format!("the lock's queue is full ({max_waiters} waiters)"))
+        }
+        LockReply::TableFull { max_locks } => {
+            error(ErrorCode::TableFull, &format!("the server holds its maximum of {max_locks} locks"))
+        }
+        LockReply::NotHolder(place) => {
+            #[derive(Serialize)]
+            struct Place {
+                #[serde(skip_serializing_if = "Option::is_none")]
+                position: Option<u32>,
+                queue_length: u32,
+            }
+            error_with(
+                ErrorCode::NotHolder,
+                "this ticket is waiting in the queue; it does not hold the lock",
+                Place { position: place.position, queue_length: place.queue_length },
+            )
+        }
+        LockReply::TicketUnknown => error(
+            ErrorCode::LeaseLost,
+            "no lease or place in the queue for this ticket: it expired, was released, or was never issued for this lock",
+        ),
+        LockReply::Dropped => error(
+            ErrorCode::LimitMismatch,
+            "the lock's limit was lowered below this waiter's weight: it left the queue",
+        ),
+        LockReply::LockUnknown => error(ErrorCode::NotFound, "no such lock"),
+        LockReply::ResourceUnknown => error(ErrorCode::NotFound, "Resource not found"),
+        LockReply::Rejected { message, kind: RejectKind::TooLarge } => error(ErrorCode::PayloadTooLarge, message),
+        LockReply::Rejected { message, kind: RejectKind::Invalid } => error(ErrorCode::BadRequest, message),
+        LockReply::Failed { message } => error(ErrorCode::Internal, message),
+        other => error(ErrorCode::Internal, &format!("unexpected answer from the keeper: {other:?}")),
+    }
+}
+
+fn error_with<X: Serialize>(code: ErrorCode, message: &str, extra: X) -> Response {
+    super::status::error_with(code, message, extra)
+}
+
+fn queued_body<'a>(
+    status: &'static str,
+    lock: &'a str,
+    place: &crate::core::lock::QueueView,
+    eta_ms: Option<u64>,
+) -> Queued<'a> {
+    Queued { status, lock, ticket: place.ticket, position: place.position, queue_length: place.queue_length, eta_ms }
+}
+
+/// The response to the keeper's `reply`.
+pub fn finish(f: &Finish, reply: &LockReply) -> Response {
+    match (f, reply) {
+        (Finish::Acquire(lock), LockReply::Held { lease, at_ms }) => {
+            Response::json(200, &Acquired::new("acquired", lock.as_str(), lease, *at_ms))
+        }
+        (Finish::Acquire(lock), LockReply::Queued { place, eta_ms }) => {
+            Response::json(202, &queued_body("queued", lock.as_str(), place, *eta_ms))
+        }
+        (Finish::Renew(lock), LockReply::Held { lease, at_ms }) => {
+            Response::json(200, &Acquired::new("renewed", lock.as_str(), lease, *at_ms))
+        }
+        (Finish::Release(lock), LockReply::Released { fence, at_ms }) => Response::json(
+            200,
+            &Released { status: "released", lock: lock.as_str(), fence: Some(*fence), at_ms: Some(*at_ms) },
+        ),
+        (Finish::Release(lock), LockReply::Left) => {
+            Response::json(200, &Released { status: "left", lock: lock.as_str(), fence: None, at_ms: None })
+        }
+        (Finish::TicketStatus(lock), LockReply::Held { lease, at_ms }) => {
+            Response::json(200, &Acquired::new("acquired", lock.as_str(), lease, *at_ms))
+        }
+        (Finish::TicketStatus(lock), LockReply::Queued { place, eta_ms }) => {
+            Response::json(200, &queued_body("queued", lock.as_str(), place, *eta_ms))
+        }
+        (Finish::LockStatus, LockReply::Lock(info)) => Response::json(200, info),
+        (Finish::LockList, LockReply::Locks { locks, next_after }) => {
+            #[derive(Serialize)]
+            struct Page<'a> {
+                locks: &'a [LockInfo],
+                next_after: &'a Option<String>,
+            }
+            Response::json(200, &Page { locks, next_after })
+        }
+        (Finish::DataGet, LockReply::Data(Some(value))) => Response {
+            status: 200,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body: value.clone().into_bytes(),
+        },
+        (Finish::DataGet, LockReply::Data(None)) => error(ErrorCode::NotFound, "no such data key"),
+        (Finish::DataPut, LockReply::DataWritten { created }) => {
+            let (status, word) = if *created { (201, "created") } else { (200, "updated") };
+            Response::json(status, &serde_json::json!({ "status": word }))
+        }
+        (Finish::DataDelete, LockReply::DataDeleted { existed: true }) => {
+            Response::json(200, &serde_json::json!({ "status": "deleted" }))
+        }
+        (Finish::DataDelete, LockReply::DataDeleted { existed: false }) => {
+            error(ErrorCode::NotFound, "no such data key")
+        }
+        (Finish::CompatCreate, LockReply::ResourceCreated { id, name, timeout_s }) => {
+            Response::json(201, &serde_json::json!({ "id": id, "name": name, "timeout": timeout_s }))
+        }
+        (Finish::CompatCreate, LockReply::ResourceExists) => error(ErrorCode::AlreadyExists, "Resource already exists"),
+        (Finish::CompatGet(selector), LockReply::CompatData { lease, resource_id, data }) => {
+            let ticket_header = |r: Response| match lease {
+                Some(lease) => r.with_header(X_TICKET, lease.ticket.to_string()),
+                None => r,
+            };
+            match data {
+                Some(data) => ticket_header(Response::json(
+                    200,
+                    &CompatRow {
+                        id: row_id(resource_id, selector.as_str()),
+                        id_resource: resource_id,
+                        selector: selector.as_str(),
+                        data,
+                    },
+                )),
+                // Locked but empty: the caller holds the lock now (as in the original).
+                None if lease.is_some() => {
+                    ticket_header(Response::json(202, &serde_json::json!({ "unavailable": true })))
+                }
+                None => error(ErrorCode::NotFound, "no data for this selector"),
+            }
+        }
+        (Finish::CompatGet(_), LockReply::Queued { place, .. }) => {
+            Response::json(202, &serde_json::json!({ "unavailable": true }))
+                .with_header(X_TICKET, place.ticket.to_string())
+        }
+        (Finish::CompatLock, LockReply::Held { lease, .. }) => {
+            Response::json(200, &serde_json::json!({ "locked": true })).with_header(X_TICKET, lease.ticket.to_string())
+        }
+        (Finish::CompatLock, LockReply::Queued { place, .. }) => {
+            Response::json(200, &serde_json::json!({ "locked": false })).with_header(X_TICKET, place.ticket.to_string())
+        }
+        (Finish::CompatPut, LockReply::Written { .. }) => {
+            Response { status: 204, content_type: "application/json", headers: Vec::new(), body: Vec::new() }
+        }
+        (Finish::CompatPut, LockReply::Queued { .. }) => {
+            error(ErrorCode::Unavailable, "the resource stayed locked for its whole timeout; nothing was written")
+        }
+        // The original unlocks whatever it is given and always says so.
+        (Finish::CompatUnlock, LockReply::Released { .. } | LockReply::Left | LockReply::TicketUnknown) => {
+            Response::json(200, &serde_json::json!({ "unlocked": true }))
+        }
+        (_, other) => common_error(other),
+    }
+}
+
+/// The head of an event stream (its body follows, event by event, until it closes).
+pub fn stream_head() -> Response {
+    Response::text(200, "text/event-stream", String::new())
+        .with_header("Cache-Control", "no-cache")
+        .with_header("X-Accel-Buffering", "no")
+}
+
+/// The comment sent on an idle stream.
+pub const SSE_PING: &[u8] = b": ping\n\n";
+
+/// One Server-Sent Event.
+pub fn sse_event<T: Serialize>(id: u64, name: &str, data: &T) -> Vec<u8> {
+    let json = serde_json::to_string(data).unwrap_or_else(|_| "{}".into());
+    format!("id: {id}\nevent: {name}\ndata: {json}\n\n").into_bytes()
+}
+
+/// The event for where a ticket stands now (the first event of a stream), from the
+/// keeper's answer to `watch`; `None` if the ticket is unknown.
+pub fn first_event(lock: &LockName, reply: &LockReply) -> Option<(&'static str, serde_json::Value)> {
+    match reply {
+        LockReply::Held { lease, .. } => Some(("acquired", acquired_json(lock, lease))),
+        LockReply::Queued { place, eta_ms } => Some((
+            "position",
+            serde_json::json!({ "position": place.position, "queue_length": place.queue_length, "eta_ms": eta_ms }),
+        )),
+        _ => None,
+    }
+}
+
+fn acquired_json(lock: &LockName, lease: &LeaseView) -> serde_json::Value {
+    serde_json::json!({
+        "lock": lock, "ticket": lease.ticket, "fence": lease.fence,
+        "owner": lease.owner, "weight": lease.weight, "expires_at_ms": lease.expires_at_ms,
+    })
+}
+
+/// The stream event for a keeper event, and whether the stream ends after it.
+pub fn stream_event(lock: &LockName, event: &TicketEvent) -> (&'static str, serde_json::Value, bool) {
+    match event {
+        TicketEvent::Position { position, queue_length } => {
+            ("position", serde_json::json!({ "position": position, "queue_length": queue_length }), false)
+        }
+        TicketEvent::Acquired(lease) => ("acquired", acquired_json(lock, lease), false),
+        TicketEvent::Expired { fence, unclaimed } => {
+            ("expired", serde_json::json!({ "fence": fence, "unclaimed": unclaimed }), true)
+        }
+        TicketEvent::Released { fence } => ("released", serde_json::json!({ "fence": fence }), true),
+        TicketEvent::Dropped => ("dropped", serde_json::json!({}), true),
+    }
+}
+
+#[cfg(test)]
+mod tests;

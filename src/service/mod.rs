@@ -1,0 +1,490 @@
+//! The keeper's logic as a pure state machine: the lease table plus everything around it
+//! that workers rely on. Messages from worker channels go in (with the time, fresh entropy
+//! and the channel they came on); messages for worker channels come out. The keeper process
+//! only moves bytes and reads clocks.
+//!
+//! - **Waiting requests.** An acquire with `wait_ms > 0` that queues is answered later, once:
+//!   when it is granted (after its follow-up [`Then`] ran, in the same step as the grant),
+//!   when its wait ends (with where it stands), or with `cancelled` when its client is gone.
+//!   While it waits, the waiter is watched (presence). A second waiting request for the same
+//!   ticket supersedes the first, which is answered with its place.
+//! - **Event streams.** `watch` registers a channel's interest in a ticket; every grant,
+//!   move, expiry, release or drop of that ticket becomes an event on that channel until
+//!   `unwatch`. An open stream of a waiter counts as presence.
+//! - **A channel that closes** (its worker died) stops every wait and stream it had, as if
+//!   each client had gone.
+//! - **Small Resource Server** resources live here too (their registry and their
+//!   server-side wait), and so do wait estimates.
+
+mod eta;
+pub mod resources;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use crate::core::error::CoreError;
+use crate::core::lock::{Acquire, LeaseView, LockTable, LockView, Moment, Op, Output, QueueView, Reply, TableLimits};
+use crate::core::names::{LockName, Ticket};
+use crate::ipc::message::{
+    FromKeeper, HolderInfo, LockInfo, LockOp, LockReply, RejectKind, Then, TicketEvent, ToKeeper,
+};
+pub use eta::Estimator;
+use resources::Resources;
+
+/// Identifies a worker channel inside the keeper.
+pub type LinkId = usize;
+
+/// Largest page of `list`.
+pub const MAX_LIST_PAGE: u32 = 1_000;
+
+/// Messages to send, each on its channel.
+pub type Outbox = Vec<(LinkId, FromKeeper)>;
+
+#[derive(Debug, Clone)]
+struct Wait {
+    link: LinkId,
+    id: u64,
+    then: Then,
+    deadline_ms: u64,
+}
+
+/// Counts for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ServiceStats {
+    /// Requests waiting for a grant.
+    pub waiting_requests: u64,
+    /// Open event streams.
+    pub event_streams: u64,
+    /// Registered resources.
+    pub resources: u64,
+    /// Operations applied.
+    pub ops_total: u64,
+}
+
+/// The keeper's state.
+#[derive(Debug)]
+pub struct Service {
+    table: LockTable,
+    max_wait_ms: u64,
+    resources: Resources,
+    waits: HashMap<(LockName, Ticket), Wait>,
+    wait_of_request: HashMap<(LinkId, u64), (LockName, Ticket)>,
+    wait_deadlines: BTreeSet<(u64, LinkId, u64)>,
+    /// One entry per open stream.
+    streams: HashMap<(LockName, Ticket), Vec<LinkId>>,
+    estimator: Estimator,
+    outputs: VecDeque<Output>,
+    scratch: Vec<Output>,
+    /// Answers decided inside a request for other requests (a superseded wait).
+    pending_replies: Outbox,
+    ops_total: u64,
+}
+
+fn rejected(e: &CoreError) -> LockReply {
+    let kind = if matches!(e, CoreError::DataTooLarge { .. }) { RejectKind::TooLarge } else { RejectKind::Invalid };
+    LockReply::Rejected { message: e.to_string(), kind }
+}
+
+fn lock_info(view: LockView, now_ms: u64) -> LockInfo {
+    LockInfo {
+        name: view.name,
+        limit: view.limit,
+        queue: view.queue,
+        used: view.used,
+        holders: view
+            .holders
+            .into_iter()
+            .map(|h| HolderInfo {
+                owner: h.owner,
+                weight: h.weight,
+                fence: h.fence,
+                expires_in_ms: h.expires_at_ms.saturating_sub(now_ms),
+                claimed: h.claimed,
+            })
+            .collect(),
+        queue_length: view.queue_length,
+        data_keys: view.data_keys,
+    }
+}
+
+impl Service {
+    /// An empty service. `hash_seed` keys the table's name hash (random in production).
+    pub fn new(limits: TableLimits, max_wait_ms: u64, hash_seed: u64) -> Self {
+        Self {
+            table: LockTable::new(limits, hash_seed),
+            max_wait_ms,
+            resources: Resources::default(),
+            waits: HashMap::new(),
+            wait_of_request: HashMap::new(),
+            wait_deadlines: BTreeSet::new(),
+            streams: HashMap::new(),
+            estimator: Estimator::default(),
+            outputs: VecDeque::new(),
+            scratch: Vec::new(),
+            pending_replies: Vec::new(),
+            ops_total: 0,
+        }
+    }
+
+    /// Applies a reloaded configuration.
+    pub fn reconfigure(&mut self, limits: TableLimits, max_wait_ms: u64) {
+        self.table.set_limits(limits);
+        self.max_wait_ms = max_wait_ms;
+    }
+
+    /// The lease table (read-only).
+    pub fn table(&self) -> &LockTable {
+        &self.table
+    }
+
+    /// Counts for metrics.
+    pub fn stats(&self) -> ServiceStats {
+        ServiceStats {
+            waiting_requests: self.waits.len() as u64,
+            event_streams: self.streams.values().map(|v| v.len() as u64).sum(),
+            resources: self.resources.len() as u64,
+            ops_total: self.ops_total,
+        }
+    }
+
+    /// When [`Service::expire`] has work to do.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let waits = self.wait_deadlines.first().map(|&(at, _, _)| at);
+        match (self.table.next_deadline(), waits) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    fn apply(&mut self, op: Op, at: Moment) -> Reply {
+        self.ops_total += 1;
+        let reply = self.table.apply(op, at, &mut self.scratch);
+        self.outputs.extend(self.scratch.drain(..));
+        reply
+    }
+
+    /// Handles one message from channel `link`. `fresh` is 16 random bytes for a new
+    /// ticket or id (drawn per message whether used or not).
+    pub fn handle(&mut self, link: LinkId, message: ToKeeper, at: Moment, fresh: [u8; 16], out: &mut Outbox) {
+        match message {
+            ToKeeper::Request { id, op } => {
+                if let Some(reply) = self.request(link, id, op, at, fresh) {
+                    out.push((link, FromKeeper::Reply { id, reply }));
+                }
+            }
+            ToKeeper::Cancel { id } => {
+                if let Some(key) = self.wait_of_request.remove(&(link, id)) {
+                    if let Some(wait) = self.waits.remove(&key) {
+                        self.wait_deadlines.remove(&(wait.deadline_ms, link, id));
+                        self.stop_waiting(&key, &wait.then, at);
+                        out.push((link, FromKeeper::Reply { id, reply: LockReply::Cancelled }));
+                    }
+                }
+            }
+            ToKeeper::Unwatch { lock, ticket } => {
+                let key = (lock, ticket);
+                if let Some(links) = self.streams.get_mut(&key) {
+                    if let Some(i) = links.iter().position(|&l| l == link) {
+                        links.swap_remove(i);
+                        if links.is_empty() {
+                            self.streams.remove(&key);
+                        }
+                        let (lock, ticket) = key;
+                        self.apply(Op::Unwatch { lock, ticket }, at);
+                    }
+                }
+            }
+        }
+        self.settle(at, out);
+    }
+
+    /// Ends every lease, absent waiter and wait due at `at`.
+    pub fn expire(&mut self, at: Moment, out: &mut Outbox) {
+        self.table.expire(at, &mut self.scratch);
+        self.outputs.extend(self.scratch.drain(..));
+        while let Some(&(deadline, link, id)) = self.wait_deadlines.first() {
+            if deadline > at.now_ms {
+                break;
+            }
+            self.wait_deadlines.pop_first();
+            let Some(key) = self.wait_of_request.remove(&(link, id)) else { continue };
+            let Some(wait) = self.waits.remove(&key) else { continue };
+            let reply = self.stop_waiting(&key, &wait.then, at);
+            out.push((link, FromKeeper::Reply { id, reply }));
+        }
+        self.settle(at, out);
+    }
+
+    /// Channel `link` closed: its waits and streams end as if their clients had gone.
+    pub fn link_closed(&mut self, link: LinkId, at: Moment, out: &mut Outbox) {
+        let mine: Vec<(u64, (LockName, Ticket))> =
+            self.wait_of_request.iter().filter(|((l, _), _)| *l == link).map(|((_, id), k)| (*id, k.clone())).collect();
+        for (id, key) in mine {
+            self.wait_of_request.remove(&(link, id));
+            if let Some(wait) = self.waits.remove(&key) {
+                self.wait_deadlines.remove(&(wait.deadline_ms, link, id));
+                self.stop_waiting(&key, &wait.then, at);
+            }
+        }
+        let mut unwatch = Vec::new();
+        self.streams.retain(|key, links| {
+            let before = links.len();
+            links.retain(|&l| l != link);
+            unwatch.extend(std::iter::repeat_n(key.clone(), before - links.len()));
+            !links.is_empty()
+        });
+        for (lock, ticket) in unwatch {
+            self.apply(Op::Unwatch { lock, ticket }, at);
+        }
+        self.settle(at, out);
+    }
+
+    /// Ends a wait without a grant: the waiter stays queued (unwatched), or leaves for a
+    /// write that must not happen late. Returns the answer for the waiting request.
+    fn stop_waiting(&mut self, (lock, ticket): &(LockName, Ticket), then: &Then, at: Moment) -> LockReply {
+        let (lock, ticket) = (lock.clone(), *ticket);
+        if matches!(then, Then::WriteAndRelease { .. }) {
+            let place = self.place_of(&lock, ticket);
+            self.apply(Op::Release { lock, ticket }, at);
+            return place.map_or(LockReply::TicketUnknown, |place| LockReply::Queued { place, eta_ms: None });
+        }
+        match self.apply(Op::Unwatch { lock: lock.clone(), ticket }, at) {
+            Reply::Queued(place) => self.queued(&lock, place),
+            other => self.wire(other, at),
+        }
+    }
+
+    fn place_of(&self, lock: &LockName, ticket: Ticket) -> Option<QueueView> {
+        match self.table.ticket_view(lock.as_str(), ticket)? {
+            crate::core::lock::TicketView::Waiting(place) => Some(place),
+            crate::core::lock::TicketView::Holding(_) => None,
+        }
+    }
+
+    fn queued(&self, lock: &LockName, place: QueueView) -> LockReply {
+        let limit = self.table.lock_view(lock.as_str()).map_or(1, |v| v.limit);
+        let eta_ms = self.estimator.eta_ms(lock, place.position, limit);
+        LockReply::Queued { place, eta_ms }
+    }
+
+    /// The wire form of a core reply.
+    fn wire(&self, reply: Reply, at: Moment) -> LockReply {
+        match reply {
+            Reply::Held(lease) => LockReply::Held { lease, at_ms: at.now_ms },
+            Reply::Queued(place) => LockReply::Queued { place, eta_ms: None },
+            Reply::Unavailable { used, limit, queue_length } => LockReply::Unavailable { used, limit, queue_length },
+            Reply::LimitMismatch { limit } => LockReply::LimitMismatch { limit },
+            Reply::QueueMismatch { queue } => LockReply::QueueMismatch { queue },
+            Reply::QueueFull { max_waiters } => LockReply::QueueFull { max_waiters },
+            Reply::TableFull { max_locks } => LockReply::TableFull { max_locks },
+            Reply::Released { fence } => LockReply::Released { fence, at_ms: at.now_ms },
+            Reply::Left => LockReply::Left,
+            Reply::NotHolder(q) => LockReply::NotHolder(q),
+            Reply::TicketUnknown => LockReply::TicketUnknown,
+            Reply::LockUnknown => LockReply::LockUnknown,
+            Reply::DataWritten { created } => LockReply::DataWritten { created },
+            Reply::DataDeleted { existed } => LockReply::DataDeleted { existed },
+            Reply::Rejected(e) => rejected(&e),
+            Reply::LimitSet { .. } | Reply::LimitInUse { .. } => {
+                LockReply::Failed { message: "reply of an operation no route sends".into() }
+            }
+        }
+    }
+
+    /// Runs an acquire's follow-up for a lease just granted (or re-entered).
+    fn finish(&mut self, lock: &LockName, lease: LeaseView, then: Then, at: Moment) -> LockReply {
+        self.estimator.granted(lock, lease.ticket, at.now_ms);
+        match then {
+            Then::Hold => LockReply::Held { lease, at_ms: at.now_ms },
+            Then::ReadData { key } => LockReply::CompatData {
+                resource_id: self.resources.get(lock).map(|r| r.id.clone()).unwrap_or_default(),
+                data: self.table.data(lock.as_str(), key.as_str()).map(str::to_string),
+                lease: Some(lease),
+            },
+            Then::WriteAndRelease { key, value } => {
+                let ticket = lease.ticket;
+                let written =
+                    self.apply(Op::PutData { lock: lock.clone(), ticket, key, value: value.into_boxed_str() }, at);
+                self.apply(Op::Release { lock: lock.clone(), ticket }, at);
+                match written {
+                    Reply::DataWritten { .. } => LockReply::Written { ticket },
+                    other => self.wire(other, at),
+                }
+            }
+        }
+    }
+
+    /// Handles one request; `None` when the answer comes later (a wait).
+    fn request(&mut self, link: LinkId, id: u64, op: LockOp, at: Moment, fresh: [u8; 16]) -> Option<LockReply> {
+        let reply = match op {
+            LockOp::Acquire { lock, ticket, owner, ttl_ms, limit, weight, queue, wait_ms, then, compat } => {
+                let wait_ms = if compat {
+                    match self.resources.get(&lock) {
+                        Some(r) => r.wait_ms(self.max_wait_ms),
+                        None => return Some(LockReply::ResourceUnknown),
+                    }
+                } else {
+                    wait_ms.min(self.max_wait_ms)
+                };
+                let watch = wait_ms > 0;
+                let acquire = Acquire {
+                    lock: lock.clone(),
+                    ticket,
+                    new_ticket: Ticket::from_bytes(fresh),
+                    owner,
+                    ttl_ms,
+                    limit,
+                    weight,
+                    queue,
+                    watch,
+                    callback: None,
+                };
+                match self.apply(Op::Acquire(acquire), at) {
+                    Reply::Held(lease) => self.finish(&lock, lease, then, at),
+                    Reply::Queued(place) if watch => {
+                        let key = (lock, place.ticket);
+                        if let Some(old) = self.waits.remove(&key) {
+                            // Superseded by this request: the old one learns its place, and
+                            // its watch ends (this request holds one of its own).
+                            self.wait_of_request.remove(&(old.link, old.id));
+                            self.wait_deadlines.remove(&(old.deadline_ms, old.link, old.id));
+                            let (lock, ticket) = key.clone();
+                            if let Reply::Queued(place) = self.apply(Op::Unwatch { lock, ticket }, at) {
+                                let reply = self.queued(&key.0, place);
+                                self.pending_replies.push((old.link, FromKeeper::Reply { id: old.id, reply }));
+                            }
+                        }
+                        let deadline_ms = at.now_ms.saturating_add(wait_ms);
+                        self.wait_of_request.insert((link, id), key.clone());
+                        self.wait_deadlines.insert((deadline_ms, link, id));
+                        self.waits.insert(key, Wait { link, id, then, deadline_ms });
+                        return None;
+                    }
+                    Reply::Queued(place) => {
+                        if matches!(then, Then::WriteAndRelease { .. }) {
+                            // A write that cannot happen now does not stay in line.
+                            self.apply(Op::Release { lock: lock.clone(), ticket: place.ticket }, at);
+                        }
+                        self.queued(&lock, place)
+                    }
+                    other => self.wire(other, at),
+                }
+            }
+            LockOp::Renew { lock, ticket, ttl_ms } => {
+                let reply = self.apply(Op::Renew { lock, ticket, ttl_ms }, at);
+                self.wire(reply, at)
+            }
+            LockOp::Release { lock, ticket } => {
+                let reply = self.apply(Op::Release { lock, ticket }, at);
+                self.wire(reply, at)
+            }
+            LockOp::Touch { lock, ticket } => match self.apply(Op::Touch { lock: lock.clone(), ticket }, at) {
+                Reply::Queued(place) => self.queued(&lock, place),
+                other => self.wire(other, at),
+            },
+            LockOp::Watch { lock, ticket } => {
+                let reply = self.apply(Op::Watch { lock: lock.clone(), ticket }, at);
+                if matches!(reply, Reply::Held(_) | Reply::Queued(_)) {
+                    self.streams.entry((lock.clone(), ticket)).or_default().push(link);
+                }
+                match reply {
+                    Reply::Queued(place) => self.queued(&lock, place),
+                    other => self.wire(other, at),
+                }
+            }
+            LockOp::Status { lock } => match self.table.lock_view(lock.as_str()) {
+                Some(view) => LockReply::Lock(lock_info(view, at.now_ms)),
+                None => LockReply::LockUnknown,
+            },
+            LockOp::List { prefix, after, limit } => {
+                let limit = limit.clamp(1, MAX_LIST_PAGE) as usize;
+                let views = self.table.list(&prefix, after.as_deref(), limit);
+                let next_after = (views.len() == limit).then(|| views[limit - 1].name.to_string());
+                LockReply::Locks { locks: views.into_iter().map(|v| lock_info(v, at.now_ms)).collect(), next_after }
+            }
+            LockOp::GetData { lock, key } => {
+                LockReply::Data(self.table.data(lock.as_str(), key.as_str()).map(str::to_string))
+            }
+            LockOp::PutData { lock, ticket, key, value } => {
+                let reply = self.apply(Op::PutData { lock, ticket, key, value: value.into_boxed_str() }, at);
+                self.wire(reply, at)
+            }
+            LockOp::DeleteData { lock, ticket, key } => {
+                let reply = self.apply(Op::DeleteData { lock, ticket, key }, at);
+                self.wire(reply, at)
+            }
+            LockOp::CreateResource { name, timeout_s } => {
+                match self.resources.create(name.clone(), timeout_s, at.now_ms, fresh) {
+                    Some(r) => LockReply::ResourceCreated { id: r.id.clone(), name, timeout_s },
+                    None => LockReply::ResourceExists,
+                }
+            }
+            LockOp::CompatRead { resource, key } => match self.resources.get(&resource) {
+                Some(r) => LockReply::CompatData {
+                    lease: None,
+                    resource_id: r.id.clone(),
+                    data: self.table.data(resource.as_str(), key.as_str()).map(str::to_string),
+                },
+                None => LockReply::ResourceUnknown,
+            },
+        };
+        Some(reply)
+    }
+
+    /// Delivers what the table's outputs mean to waiting requests and event streams.
+    fn settle(&mut self, at: Moment, out: &mut Outbox) {
+        out.append(&mut self.pending_replies);
+        while let Some(output) = self.outputs.pop_front() {
+            match output {
+                Output::Granted { lock, lease } => {
+                    let ticket = lease.ticket;
+                    self.estimator.granted(&lock, ticket, at.now_ms);
+                    self.notify(&lock, ticket, &TicketEvent::Acquired(lease.clone()), out);
+                    let key = (lock, ticket);
+                    if let Some(wait) = self.waits.remove(&key) {
+                        self.wait_of_request.remove(&(wait.link, wait.id));
+                        self.wait_deadlines.remove(&(wait.deadline_ms, wait.link, wait.id));
+                        let reply = self.finish(&key.0, lease, wait.then, at);
+                        out.push((wait.link, FromKeeper::Reply { id: wait.id, reply }));
+                    }
+                }
+                Output::Moved { lock, ticket, position, queue_length } => {
+                    self.notify(&lock, ticket, &TicketEvent::Position { position, queue_length }, out);
+                }
+                Output::Expired { lock, ticket, fence, unclaimed } => {
+                    self.estimator.ended(&lock, ticket, at.now_ms);
+                    self.notify(&lock, ticket, &TicketEvent::Expired { fence, unclaimed }, out);
+                }
+                Output::Released { lock, ticket, fence } => {
+                    self.estimator.ended(&lock, ticket, at.now_ms);
+                    self.notify(&lock, ticket, &TicketEvent::Released { fence }, out);
+                }
+                Output::Dropped { lock, ticket, .. } => {
+                    self.notify(&lock, ticket, &TicketEvent::Dropped, out);
+                    let key = (lock, ticket);
+                    if let Some(wait) = self.waits.remove(&key) {
+                        self.wait_of_request.remove(&(wait.link, wait.id));
+                        self.wait_deadlines.remove(&(wait.deadline_ms, wait.link, wait.id));
+                        out.push((wait.link, FromKeeper::Reply { id: wait.id, reply: LockReply::Dropped }));
+                    }
+                }
+                // Callbacks are delivered by the outbox (not built yet); none are accepted.
+                Output::CallbackDue { .. } => {}
+            }
+        }
+    }
+
+    fn notify(&self, lock: &LockName, ticket: Ticket, event: &TicketEvent, out: &mut Outbox) {
+        let Some(links) = self.streams.get(&(lock.clone(), ticket)) else { return };
+        let mut sent: Vec<LinkId> = Vec::with_capacity(links.len());
+        for &link in links {
+            // One event per channel; the worker fans it out to its streams.
+            if !sent.contains(&link) {
+                sent.push(link);
+                out.push((link, FromKeeper::Event { lock: lock.clone(), ticket, event: event.clone() }));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,113 @@
+//! Small Resource Server resources: a registry of names with their server-side wait, and
+//! the 26-character ids the original hands out (Crockford base32 of 128 bits: a 48-bit
+//! millisecond timestamp and 80 random bits). Pure: time and random bytes are arguments.
+
+use std::collections::HashMap;
+
+use crate::core::names::LockName;
+use crate::core::rand::fnv1a;
+
+const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// One registered resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resource {
+    /// Its id.
+    pub id: String,
+    /// Server-side wait in seconds: 0 waits up to the server's maximum, < 0 tries once.
+    pub timeout_s: i64,
+}
+
+impl Resource {
+    /// How long a lock request on this resource may wait, capped at `max_wait_ms`.
+    pub fn wait_ms(&self, max_wait_ms: u64) -> u64 {
+        match self.timeout_s {
+            t if t < 0 => 0,
+            0 => max_wait_ms,
+            t => (t as u64).saturating_mul(1_000).min(max_wait_ms),
+        }
+    }
+}
+
+/// Every registered resource.
+#[derive(Debug, Clone, Default)]
+pub struct Resources {
+    by_name: HashMap<LockName, Resource>,
+}
+
+impl Resources {
+    /// The resource of that name.
+    pub fn get(&self, name: &LockName) -> Option<&Resource> {
+        self.by_name.get(name)
+    }
+
+    /// Registers `name`; `None` if it exists already.
+    pub fn create(&mut self, name: LockName, timeout_s: i64, now_ms: u64, random: [u8; 16]) -> Option<&Resource> {
+        if self.by_name.contains_key(&name) {
+            return None;
+        }
+        let mut bits = [0u8; 16];
+        bits[..6].copy_from_slice(&now_ms.to_be_bytes()[2..]);
+        bits[6..].copy_from_slice(&random[..10]);
+        let id = base32_128(u128::from_be_bytes(bits));
+        Some(self.by_name.entry(name).or_insert(Resource { id, timeout_s }))
+    }
+
+    /// How many there are.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+}
+
+/// 128 bits as 26 Crockford base32 characters (the top two of 130 bits are zero).
+pub fn base32_128(mut value: u128) -> String {
+    let mut out = [b'0'; 26];
+    for slot in out.iter_mut().rev() {
+        *slot = CROCKFORD[(value & 31) as usize];
+        value >>= 5;
+    }
+    out.iter().map(|&b| b as char).collect()
+}
+
+/// The id of a resource's data row (`selector`), stable for the pair: the original gives
+/// each row an id, and clients may show it.
+pub fn row_id(resource_id: &str, selector: &str) -> String {
+    let key = format!("{resource_id}/{selector}");
+    let high = u128::from(fnv1a(key.as_bytes()));
+    let low = u128::from(fnv1a(format!("{key}#").as_bytes()));
+    base32_128((high << 64) | low)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_26_crockford_characters_ordered_by_time() {
+        let mut r = Resources::default();
+        let a = r.create(LockName::parse("a").unwrap(), 0, 1_000, [0xff; 16]).unwrap().id.clone();
+        let b = r.create(LockName::parse("b").unwrap(), 0, 2_000, [0; 16]).unwrap().id.clone();
+        assert_eq!(a.len(), 26);
+        assert!(a.bytes().all(|c| CROCKFORD.contains(&c)));
+        assert!(a < b, "later ids sort later");
+        assert!(r.create(LockName::parse("a").unwrap(), 5, 3_000, [1; 16]).is_none(), "no duplicate");
+        assert_eq!(base32_128(0), "0".repeat(26));
+        assert_eq!(base32_128(u128::MAX), format!("7{}", "Z".repeat(25)));
+        assert_eq!(row_id(&a, "x"), row_id(&a, "x"));
+        assert_ne!(row_id(&a, "x"), row_id(&a, "y"));
+    }
+
+    #[test]
+    fn the_timeout_is_the_server_side_wait() {
+        let r = |timeout_s| Resource { id: String::new(), timeout_s };
+        assert_eq!(r(0).wait_ms(60_000), 60_000, "0 waits up to the maximum");
+        assert_eq!(r(2).wait_ms(60_000), 2_000);
+        assert_eq!(r(600).wait_ms(60_000), 60_000, "capped");
+        assert_eq!(r(-1).wait_ms(60_000), 0, "negative tries once");
+    }
+}
