@@ -270,6 +270,9 @@ fn plan_inner(
             let b: CreateBody = json_body(&req.body)?;
             let name = b.name.filter(|n| !n.is_empty()).ok_or_else(|| bad("name is required"))?;
             let name = LockName::parse(&name).map_err(bad)?;
+            if !name.as_str().starts_with(scope) {
+                return Err(error(ErrorCode::Forbidden, "this API key may not use this resource name"));
+            }
             ask(LockOp::CreateResource { name, timeout_s: b.timeout.unwrap_or(0) }, Finish::CompatCreate)
         }
         RouteId::CompatGet => {

@@ -370,6 +370,12 @@ impl Conn {
         }
     }
 
+    /// Closes at once, answering nothing more (the client is gone and what it waits for may
+    /// take long).
+    pub fn abort(&mut self) {
+        self.phase = Phase::Done;
+    }
+
     /// Starts draining: finish what was received, then close.
     pub fn drain(&mut self, now_ms: u64) {
         self.draining = true;

@@ -50,6 +50,22 @@ pub enum RouteId {
     CompatUnlock,
 }
 
+impl RouteId {
+    /// Whether this is a Small Resource Server route (its client expects 401, not 403, for
+    /// a key without the role).
+    pub fn is_compat(self) -> bool {
+        matches!(
+            self,
+            Self::CompatHealth
+                | Self::CompatCreate
+                | Self::CompatGet
+                | Self::CompatLock
+                | Self::CompatPut
+                | Self::CompatUnlock
+        )
+    }
+}
+
 /// One row of the route table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteDef {

@@ -26,7 +26,7 @@ use super::child::{self, Boot};
 use crate::config::{Config, MAX_REQUEST_LINE_BYTES};
 use crate::core::names::{LockName, Ticket};
 use crate::http::api::{self, ApiSettings, Finish, Plan};
-use crate::http::auth::Access;
+use crate::http::auth::{Access, Denied};
 use crate::http::conn::{Conn, ConnConfig, Seq, Status};
 use crate::http::parse::{Limits, Request};
 use crate::http::response::Response;
@@ -607,10 +607,14 @@ impl Worker {
                 Ok((stream, peer)) => self.add_client(stream, Some(peer), false),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                    // The master shut the listener down (the service is stopping).
+                    log::debug!("listener {index} was shut down");
+                    return;
+                }
                 Err(e) => {
                     // EMFILE and friends. The connection stays queued and no new edge will
-                    // come for it, so the next tick tries again. (A listener the master shut
-                    // down at stop fails too; the drain follows.)
+                    // come for it, so the next tick tries again.
                     if !self.draining {
                         self.accept_retry = true;
                         self.warn_limited(&format!("accept failed: {e}; retrying"));
@@ -692,6 +696,11 @@ impl Worker {
                     Ok(0) => {
                         c.read_pending = false;
                         c.conn.on_peer_eof(now);
+                        // A client that hangs up while it waits for a lock has left: its
+                        // waits are cancelled rather than answered to nobody.
+                        if !c.waits.is_empty() {
+                            c.conn.abort();
+                        }
                     }
                     Ok(n) => {
                         c.conn.feed(&self.read_buf[..n], now, &self.settings.conn, &mut requests);
@@ -705,7 +714,7 @@ impl Worker {
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(_) => {
                         c.read_pending = false;
-                        c.conn.on_peer_eof(now);
+                        c.conn.abort();
                     }
                 }
             }
@@ -873,9 +882,13 @@ impl Worker {
         let scope = match self.settings.access.check(request.api_key.as_deref(), peer_loopback, needed, name) {
             Ok(scope) => scope.to_string(),
             Err(denied) => {
-                let code = if denied.status() == 401 { ErrorCode::Unauthorized } else { ErrorCode::Forbidden };
+                // The Small Resource Server answers a missing role with 401, and its client
+                // relies on it.
+                let unauthorized =
+                    denied.status() == 401 || (def.id.is_compat() && matches!(denied, Denied::Role { .. }));
+                let code = if unauthorized { ErrorCode::Unauthorized } else { ErrorCode::Forbidden };
                 let mut response = error(code, &denied.message());
-                if denied.status() == 401 {
+                if unauthorized {
                     response = response.with_header("WWW-Authenticate", "ApiKey header=\"x-api-key\"");
                 }
                 self.finish(slot, client_id, seq, def.label, started_us, &response);

@@ -2,7 +2,10 @@
 //! command-line behaviour of the real binary, the layering rule, and end-to-end tests of
 //! the real server (HTTP, dispatch, lifecycle).
 
+mod api;
+mod auth;
 mod cli;
+mod compat;
 mod dispatch;
 mod layering;
 mod lifecycle;

@@ -1,0 +1,433 @@
+//! The native API end to end: waiting, fairness, semaphores, presence, event streams, data,
+//! status and listing, against the real server.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use crate::support::http::{once, Client, Reply};
+use crate::support::{config, Server, DEADLINE};
+
+fn post(c: &mut Client, path: &str, body: serde_json::Value) -> Reply {
+    c.post(path, &body.to_string()).unwrap_or_else(|e| panic!("POST {path}: {e}"))
+}
+
+fn acquire_waiting(c: &mut Client, lock: &str, extra: serde_json::Value) -> Reply {
+    let mut body = serde_json::json!({"ttl_ms": 30_000, "wait_ms": 60_000});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    post(c, &format!("/v1/locks/{lock}/acquire"), body)
+}
+
+fn release(c: &mut Client, lock: &str, ticket: &str) -> Reply {
+    post(c, &format!("/v1/locks/{lock}/release"), serde_json::json!({ "ticket": ticket }))
+}
+
+fn ticket_of(r: &Reply) -> String {
+    r.json()["ticket"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no ticket in {}", String::from_utf8_lossy(&r.body)))
+        .to_string()
+}
+
+#[test]
+fn mutual_exclusion_64_clients_100_cycles_keeps_a_racy_counter_exact() {
+    let s = Server::start(&config("workers = 2", ""));
+    const CLIENTS: usize = 64;
+    const CYCLES: u64 = 100;
+    let counter = Arc::new(AtomicU64::new(0));
+    let start = Arc::new(Barrier::new(CLIENTS));
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let (counter, start, addr) = (Arc::clone(&counter), Arc::clone(&start), s.addr);
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr).unwrap();
+                let mut grants = Vec::new();
+                start.wait();
+                for _ in 0..CYCLES {
+                    let r = acquire_waiting(&mut c, "counter", serde_json::json!({}));
+                    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                    let body = r.json();
+                    // A read-modify-write that loses updates unless only one client runs it.
+                    let seen = counter.load(Ordering::SeqCst);
+                    std::thread::yield_now();
+                    counter.store(seen + 1, Ordering::SeqCst);
+                    grants.push((seen, body["fence"].as_u64().unwrap()));
+                    assert_eq!(release(&mut c, "counter", &ticket_of(&r)).status, 200);
+                }
+                grants
+            })
+        })
+        .collect();
+    let mut grants: Vec<(u64, u64)> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    assert_eq!(counter.load(Ordering::SeqCst), CLIENTS as u64 * CYCLES, "a lost update: two holders at once");
+    // The counter value each holder read orders the grants; fences must rise in that order.
+    grants.sort_unstable();
+    assert!(grants.iter().enumerate().all(|(i, &(seen, _))| seen == i as u64));
+    assert!(grants.windows(2).all(|w| w[0].1 < w[1].1), "fences not strictly increasing in grant order");
+}
+
+#[test]
+fn a_semaphore_of_3_with_weights_1_and_2_never_holds_more_than_3() {
+    let s = Server::start(&config("workers = 2", ""));
+    const CLIENTS: usize = 12;
+    const CYCLES: usize = 25;
+    let threads: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let addr = s.addr;
+            std::thread::spawn(move || {
+                let weight = 1 + (i % 2) as u64;
+                let mut c = Client::connect(addr).unwrap();
+                let mut spans = Vec::new();
+                for _ in 0..CYCLES {
+                    let r = acquire_waiting(&mut c, "licences", serde_json::json!({"limit": 3, "weight": weight}));
+                    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                    let granted_at = r.json()["at_ms"].as_u64().unwrap();
+                    let done = release(&mut c, "licences", &ticket_of(&r));
+                    spans.push((granted_at, done.json()["at_ms"].as_u64().unwrap(), weight));
+                }
+                spans
+            })
+        })
+        .collect();
+    let spans: Vec<(u64, u64, u64)> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    // Sweep the server's own timestamps; at equal times releases come first (a grant a
+    // release made room for carries the release's time or later).
+    let mut events: Vec<(u64, i64)> = Vec::new();
+    for &(from, to, w) in &spans {
+        events.push((from, w as i64));
+        events.push((to, -(w as i64)));
+    }
+    events.sort_by_key(|&(t, delta)| (t, delta));
+    let mut held = 0;
+    for (t, delta) in events {
+        held += delta;
+        assert!(held <= 3, "{held} permits held at {t}");
+    }
+    assert_eq!(held, 0);
+}
+
+/// Queues `n` waiters one after another (so their order is known) and returns their tickets.
+fn queue_in_order(s: &Server, lock: &str, n: usize, queue: &str) -> Vec<String> {
+    let mut c = Client::connect(s.addr).unwrap();
+    (0..n)
+        .map(|_| {
+            let r = post(
+                &mut c,
+                &format!("/v1/locks/{lock}/acquire"),
+                serde_json::json!({"queue": queue, "ttl_ms": 30_000}),
+            );
+            assert_eq!(r.status, 202);
+            ticket_of(&r)
+        })
+        .collect()
+}
+
+/// Has every ticket long-poll for its grant, release at once, and report its fence; returns
+/// the fences by ticket index, after `release_first` frees the lock.
+fn grant_order(s: &Server, lock: &str, tickets: &[String], queue: &str, release_first: impl FnOnce()) -> Vec<u64> {
+    let ready = Arc::new(Barrier::new(tickets.len() + 1));
+    let threads: Vec<_> = tickets
+        .iter()
+        .cloned()
+        .map(|ticket| {
+            let (addr, lock, queue, ready) = (s.addr, lock.to_string(), queue.to_string(), Arc::clone(&ready));
+            std::thread::spawn(move || {
+                let mut c = Client::connect(addr).unwrap();
+                ready.wait();
+                let r = acquire_waiting(&mut c, &lock, serde_json::json!({"ticket": ticket, "queue": queue}));
+                assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                let fence = r.json()["fence"].as_u64().unwrap();
+                assert_eq!(release(&mut c, &lock, &ticket).status, 200);
+                fence
+            })
+        })
+        .collect();
+    ready.wait();
+    release_first();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
+
+#[test]
+fn fifo_grants_200_waiters_in_exactly_their_order() {
+    let s = Server::start(&config("workers = 2", ""));
+    let mut holder = Client::connect(s.addr).unwrap();
+    let held = post(&mut holder, "/v1/locks/line/acquire", serde_json::json!({"ttl_ms": 60_000}));
+    let tickets = queue_in_order(&s, "line", 200, "fifo");
+    let fences = grant_order(&s, "line", &tickets, "fifo", || {
+        // Every waiter is long-polling before the holder lets go.
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let metrics = String::from_utf8(once(s.addr, "GET", "/metrics", &[], "").body).unwrap();
+            if metrics.contains("leasehold_waiting_requests 200\n") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the waiters never all waited");
+        }
+        assert_eq!(release(&mut holder, "line", &ticket_of(&held)).status, 200);
+    });
+    assert!(fences.windows(2).all(|w| w[0] < w[1]), "not granted in queue order: {fences:?}");
+}
+
+#[test]
+fn lottery_grants_every_waiter_but_not_in_fifo_order() {
+    // The server draws from OS entropy, so this run cannot be seeded; the chance that 30
+    // lottery grants come out in arrival order is 1/30!, about 4e-33. (The lease table's own
+    // tests check the draw's fairness with fixed seeds.)
+    let s = Server::start(&config("workers = 2", ""));
+    let mut holder = Client::connect(s.addr).unwrap();
+    let held = post(&mut holder, "/v1/locks/draw/acquire", serde_json::json!({"ttl_ms": 60_000, "queue": "lottery"}));
+    let tickets = queue_in_order(&s, "draw", 30, "lottery");
+    let fences = grant_order(&s, "draw", &tickets, "lottery", || {
+        let deadline = Instant::now() + DEADLINE;
+        while !String::from_utf8(once(s.addr, "GET", "/metrics", &[], "").body)
+            .unwrap()
+            .contains("leasehold_waiting_requests 30\n")
+        {
+            assert!(Instant::now() < deadline, "the waiters never all waited");
+        }
+        assert_eq!(release(&mut holder, "draw", &ticket_of(&held)).status, 200);
+    });
+    assert_eq!(fences.len(), 30, "everyone was granted");
+    let mut sorted = fences.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 30, "one grant each");
+    assert!(fences.windows(2).any(|w| w[0] > w[1]), "lottery granted in arrival order: {fences:?}");
+}
+
+#[test]
+fn a_vanished_waiter_never_stalls_the_queue() {
+    let s = Server::start(&config("workers = 2", "[locks]\nclaim_ms = 300\nwaiter_ttl_ms = 500\n"));
+    let mut holder = Client::connect(s.addr).unwrap();
+    let held = post(&mut holder, "/v1/locks/stall/acquire", serde_json::json!({"ttl_ms": 60_000}));
+    // A long-polls, then its client vanishes mid-wait.
+    let mut a = Client::connect(s.addr).unwrap();
+    a.send_raw(b"POST /v1/locks/stall/acquire HTTP/1.1\r\nHost: x\r\nContent-Length: 17\r\n\r\n{\"wait_ms\":60000}")
+        .unwrap();
+    let waiting = |s: &Server, n: u64| {
+        let deadline = Instant::now() + DEADLINE;
+        while !String::from_utf8(once(s.addr, "GET", "/metrics", &[], "").body)
+            .unwrap()
+            .contains(&format!("leasehold_waiting_requests {n}\n"))
+        {
+            assert!(Instant::now() < deadline, "never {n} waiting");
+        }
+    };
+    waiting(&s, 1);
+    drop(a);
+    waiting(&s, 0);
+    // B queues behind A and waits.
+    let b = std::thread::spawn({
+        let addr = s.addr;
+        move || acquire_waiting(&mut Client::connect(addr).unwrap(), "stall", serde_json::json!({}))
+    });
+    waiting(&s, 1);
+    let released = release(&mut holder, "stall", &ticket_of(&held));
+    let released_at = released.json()["at_ms"].as_u64().unwrap();
+    let granted = b.join().unwrap();
+    assert_eq!(granted.status, 200);
+    let granted_at = granted.json()["at_ms"].as_u64().unwrap();
+    // A either dropped out as absent or was admitted unclaimed and lapsed: B is in within
+    // claim_ms + waiter_ttl_ms (plus the keeper's wake-up), by the server's own clock.
+    assert!(granted_at - released_at <= 300 + 500 + 100, "B waited {} ms", granted_at - released_at);
+}
+
+/// Reads Server-Sent Events from a raw stream.
+struct Events {
+    reader: BufReader<TcpStream>,
+}
+
+impl Events {
+    fn open(s: &Server, lock: &str, ticket: &str) -> Events {
+        let mut stream = TcpStream::connect(s.addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(stream, "GET /v1/locks/{lock}/events?ticket={ticket} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(head.contains("Content-Type: text/event-stream"), "{head}");
+        Events { reader }
+    }
+
+    /// The next event as (id, name, data).
+    fn next(&mut self) -> (u64, String, serde_json::Value) {
+        let (mut id, mut name, mut data) = (0, String::new(), serde_json::Value::Null);
+        loop {
+            let mut line = String::new();
+            assert!(self.reader.read_line(&mut line).unwrap() > 0, "the stream ended");
+            let line = line.trim_end_matches('\n');
+            if line.is_empty() && !name.is_empty() {
+                return (id, name, data);
+            }
+            if let Some(v) = line.strip_prefix("id: ") {
+                id = v.parse().unwrap();
+            } else if let Some(v) = line.strip_prefix("event: ") {
+                name = v.to_string();
+            } else if let Some(v) = line.strip_prefix("data: ") {
+                data = serde_json::from_str(v).unwrap();
+            }
+        }
+    }
+
+    fn ended(mut self) -> bool {
+        let mut rest = Vec::new();
+        self.reader.read_to_end(&mut rest).is_ok() && rest.is_empty()
+    }
+}
+
+#[test]
+fn an_event_stream_shows_positions_then_acquired_then_released() {
+    let s = Server::start(&config("workers = 2", ""));
+    let mut c = Client::connect(s.addr).unwrap();
+    let h = post(&mut c, "/v1/locks/sse/acquire", serde_json::json!({"ttl_ms": 60_000}));
+    let a = ticket_of(&post(&mut c, "/v1/locks/sse/acquire", serde_json::json!({})));
+    let b = ticket_of(&post(&mut c, "/v1/locks/sse/acquire", serde_json::json!({})));
+    let mut events = Events::open(&s, "sse", &b);
+    let (id1, name, data) = events.next();
+    assert_eq!((name.as_str(), data["position"].as_u64()), ("position", Some(2)));
+    // The holder leaves: A is admitted, B moves up.
+    release(&mut c, "sse", &ticket_of(&h));
+    let (id2, name, data) = events.next();
+    assert_eq!(
+        (name.as_str(), data["position"].as_u64(), data["queue_length"].as_u64()),
+        ("position", Some(1), Some(1))
+    );
+    release(&mut c, "sse", &a);
+    let (id3, name, data) = events.next();
+    assert_eq!((name.as_str(), data["ticket"].as_str()), ("acquired", Some(b.as_str())));
+    assert!(id1 < id2 && id2 < id3, "ids rise");
+    release(&mut c, "sse", &b);
+    let (_, name, _) = events.next();
+    assert_eq!(name, "released");
+    assert!(events.ended(), "the stream ends with the lease");
+    // An unknown ticket gets no stream.
+    let r = once(s.addr, "GET", "/v1/locks/sse/events?ticket=AAAAAAAAAAAAAAAAAAAAAA", &[], "");
+    assert_eq!(r.status, 410);
+}
+
+#[test]
+fn an_open_stream_is_presence_and_closing_it_is_absence_after_waiter_ttl() {
+    let s = Server::start(&config("workers = 1", "[locks]\nwaiter_ttl_ms = 400\n"));
+    let mut c = Client::connect(s.addr).unwrap();
+    post(&mut c, "/v1/locks/p/acquire", serde_json::json!({"ttl_ms": 60_000}));
+    let w = ticket_of(&post(&mut c, "/v1/locks/p/acquire", serde_json::json!({})));
+    let events = Events::open(&s, "p", &w);
+    // The passing of time is what is under test here: three presence windows go by with
+    // only the stream open, and the waiter is still queued.
+    std::thread::sleep(Duration::from_millis(1_200));
+    let status = c.get(&format!("/v1/locks/p/tickets/{w}")).unwrap();
+    assert_eq!((status.status, status.json()["status"].as_str()), (200, Some("queued")));
+    // The status poll itself counted as presence; close the stream and let one window pass.
+    drop(events);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let view = c.get("/v1/locks/p").unwrap().json();
+        if view["queue_length"] == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the waiter never left: {view}");
+    }
+    let gone = c.get(&format!("/v1/locks/p/tickets/{w}")).unwrap();
+    assert_eq!(gone.status, 410);
+}
+
+#[test]
+fn tickets_status_list_and_fenced_data() {
+    let s = Server::start(&config("workers = 2", ""));
+    let mut c = Client::connect(s.addr).unwrap();
+    let h = post(&mut c, "/v1/locks/cfg/acquire", serde_json::json!({"ttl_ms": 60_000, "owner": "deployer"}));
+    let holder = ticket_of(&h);
+    let w = post(&mut c, "/v1/locks/cfg/acquire", serde_json::json!({}));
+    let waiter = ticket_of(&w);
+    // Ticket status.
+    let mine = c.get(&format!("/v1/locks/cfg/tickets/{holder}")).unwrap();
+    assert_eq!((mine.status, mine.json()["status"].as_str()), (200, Some("acquired")));
+    let theirs = c.get(&format!("/v1/locks/cfg/tickets/{waiter}")).unwrap();
+    assert_eq!((theirs.json()["status"].as_str(), theirs.json()["position"].as_u64()), (Some("queued"), Some(1)));
+    // Lock status.
+    let view = c.get("/v1/locks/cfg").unwrap().json();
+    assert_eq!((view["used"].as_u64(), view["queue_length"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(view["holders"][0]["owner"], "deployer");
+    assert!(view["holders"][0].get("ticket").is_none(), "tickets are never shown to readers");
+    assert!(view["holders"][0]["expires_in_ms"].as_u64().unwrap() <= 60_000);
+    assert_eq!(c.get("/v1/locks/nothing-here").unwrap().status, 404);
+    // Fenced data: only a holder writes; anyone reads.
+    let put = |c: &mut Client, ticket: &str, body: &str| {
+        c.request("PUT", "/v1/locks/cfg/data/release", &[("x-ticket", ticket)], body).unwrap()
+    };
+    assert_eq!(put(&mut c, &holder, r#"{"version":"1.2.3"}"#).status, 201);
+    assert_eq!(put(&mut c, &holder, r#"{"version":"1.2.4"}"#).status, 200);
+    assert_eq!(put(&mut c, &waiter, r#"{"version":"evil"}"#).status, 409, "a waiter may not write");
+    assert_eq!(put(&mut c, "AAAAAAAAAAAAAAAAAAAAAA", "{}").status, 410);
+    assert_eq!(c.request("PUT", "/v1/locks/cfg/data/release", &[], "{}").unwrap().status, 400, "no ticket");
+    assert_eq!(put(&mut c, &holder, "{not json").status, 400);
+    let got = c.get("/v1/locks/cfg/data/release").unwrap();
+    assert_eq!(got.json(), serde_json::json!({"version": "1.2.4"}));
+    assert_eq!(c.get("/v1/locks/cfg/data/other").unwrap().status, 404);
+    let del = c.request("DELETE", "/v1/locks/cfg/data/release", &[("x-ticket", &holder)], "").unwrap();
+    assert_eq!(del.status, 200);
+    assert_eq!(c.get("/v1/locks/cfg/data/release").unwrap().status, 404);
+    // Leave the queue; release through the ticket route.
+    let left = c.request("DELETE", &format!("/v1/locks/cfg/tickets/{waiter}"), &[], "").unwrap();
+    assert_eq!(left.json()["status"], "left");
+    let done = c.request("DELETE", &format!("/v1/locks/cfg/tickets/{holder}"), &[], "").unwrap();
+    assert_eq!(done.json()["status"], "released");
+    // Listing in pages.
+    for i in 0..5 {
+        post(&mut c, &format!("/v1/locks/page-{i}/acquire"), serde_json::json!({}));
+    }
+    let first = c.get("/v1/locks?prefix=page-&limit=3").unwrap().json();
+    let names: Vec<&str> = first["locks"].as_array().unwrap().iter().map(|l| l["name"].as_str().unwrap()).collect();
+    assert_eq!(names, vec!["page-0", "page-1", "page-2"]);
+    let after = first["next_after"].as_str().unwrap();
+    let second = c.get(&format!("/v1/locks?prefix=page-&limit=3&after={after}")).unwrap().json();
+    assert_eq!(second["locks"].as_array().unwrap().len(), 2);
+    assert!(second["next_after"].is_null());
+}
+
+#[test]
+fn a_waiting_request_is_cancelled_when_its_client_disconnects() {
+    let s = Server::start(&config("workers = 1", "[locks]\nclaim_ms = 60000\n"));
+    let mut c = Client::connect(s.addr).unwrap();
+    let h = post(&mut c, "/v1/locks/gone/acquire", serde_json::json!({"ttl_ms": 60_000}));
+    let mut waiter = TcpStream::connect(s.addr).unwrap();
+    waiter
+        .write_all(b"POST /v1/locks/gone/acquire HTTP/1.1\r\nHost: x\r\nContent-Length: 17\r\n\r\n{\"wait_ms\":60000}")
+        .unwrap();
+    let metrics = |c: &mut Client| String::from_utf8(c.get("/metrics").unwrap().body).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while !metrics(&mut c).contains("leasehold_waiting_requests 1\n") {
+        assert!(Instant::now() < deadline);
+    }
+    drop(waiter);
+    while !metrics(&mut c).contains("leasehold_waiting_requests 0\n") {
+        assert!(Instant::now() < deadline, "the wait was not cancelled");
+    }
+    // Still queued, under the presence rules: the release admits it, but only for claim_ms,
+    // since nobody is there to be told.
+    release(&mut c, "gone", &ticket_of(&h));
+    let view = c.get("/v1/locks/gone").unwrap().json();
+    assert_eq!(view["holders"][0]["claimed"], false, "{view}");
+}
+
+#[test]
+fn a_wait_is_answered_with_the_place_when_it_ends() {
+    let s = Server::start(&config("workers = 1", ""));
+    let mut c = Client::connect(s.addr).unwrap();
+    post(&mut c, "/v1/locks/slow/acquire", serde_json::json!({"ttl_ms": 60_000}));
+    let r = post(&mut c, "/v1/locks/slow/acquire", serde_json::json!({"wait_ms": 300}));
+    assert_eq!((r.status, r.json()["position"].as_u64()), (202, Some(1)));
+    // The place is kept for the next poll.
+    let again = post(&mut c, "/v1/locks/slow/acquire", serde_json::json!({"ticket": ticket_of(&r)}));
+    assert_eq!((again.status, ticket_of(&again)), (202, ticket_of(&r)));
+}
