@@ -3,7 +3,7 @@ CARGO  ?= cargo
 CONFIG ?= config/leasehold.toml
 BIN    := target/release/leasehold
 
-.PHONY: run build test lint fmt bench bench-table bench-http check-config
+.PHONY: run build test lint fmt bench bench-table bench-handoff bench-http check-config
 
 ## run: build the release binary and serve with config/leasehold.toml
 run: build
@@ -27,7 +27,11 @@ fmt:
 	$(CARGO) fmt --all
 
 ## bench: every benchmark (figures in the README come from here)
-bench: bench-table bench-http
+bench: bench-table bench-handoff bench-http
+
+## bench-handoff: 1,000 long-polling waiters on one mutex, hand-off latency over HTTP
+bench-handoff:
+	$(CARGO) bench --locked --bench handoff
 
 ## bench-table: the lease table alone, one thread
 bench-table:
