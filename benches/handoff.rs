@@ -117,7 +117,8 @@ fn main() {
             text.extend_from_slice(&chunk[..n]);
             if let Some(end) = text.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&text[..end]).to_string();
-                let len: usize = head.lines().find_map(|l| l.strip_prefix("Content-Length: ").map(|v| v.parse().unwrap())).unwrap();
+                let len: usize =
+                    head.lines().find_map(|l| l.strip_prefix("Content-Length: ").map(|v| v.parse().unwrap())).unwrap();
                 if text.len() >= end + 4 + len {
                     break;
                 }

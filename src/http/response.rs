@@ -41,15 +41,29 @@ impl Response {
     /// Appends the response's bytes to `out`; with `close`, it says `Connection: close`.
     pub fn encode(&self, close: bool, out: &mut Vec<u8>) {
         out.reserve(128 + self.body.len());
+        self.encode_head(Some(self.body.len()), close, out);
+        out.extend_from_slice(&self.body);
+    }
+
+    /// Appends the head of a stream that lasts until the connection closes: no length,
+    /// `Connection: close`, no body (the stream follows).
+    pub fn encode_stream_head(&self, out: &mut Vec<u8>) {
+        self.encode_head(None, true, out);
+    }
+
+    fn encode_head(&self, content_length: Option<usize>, close: bool, out: &mut Vec<u8>) {
         out.extend_from_slice(b"HTTP/1.1 ");
         push_decimal(out, u64::from(self.status));
         out.push(b' ');
         out.extend_from_slice(reason(self.status).as_bytes());
         out.extend_from_slice(b"\r\nContent-Type: ");
         out.extend_from_slice(self.content_type.as_bytes());
-        out.extend_from_slice(b"\r\nContent-Length: ");
-        push_decimal(out, self.body.len() as u64);
         out.extend_from_slice(b"\r\n");
+        if let Some(length) = content_length {
+            out.extend_from_slice(b"Content-Length: ");
+            push_decimal(out, length as u64);
+            out.extend_from_slice(b"\r\n");
+        }
         for (name, value) in &self.headers {
             out.extend_from_slice(name.as_bytes());
             out.extend_from_slice(b": ");
@@ -60,28 +74,6 @@ impl Response {
             out.extend_from_slice(b"Connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&self.body);
-    }
-}
-
-impl Response {
-    /// Appends the head of a stream that lasts until the connection closes: no length,
-    /// `Connection: close`, no body (the stream follows).
-    pub fn encode_stream_head(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(b"HTTP/1.1 ");
-        push_decimal(out, u64::from(self.status));
-        out.push(b' ');
-        out.extend_from_slice(reason(self.status).as_bytes());
-        out.extend_from_slice(b"\r\nContent-Type: ");
-        out.extend_from_slice(self.content_type.as_bytes());
-        out.extend_from_slice(b"\r\n");
-        for (name, value) in &self.headers {
-            out.extend_from_slice(name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value.as_bytes());
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"Connection: close\r\n\r\n");
     }
 }
 

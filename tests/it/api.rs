@@ -157,14 +157,7 @@ fn fifo_grants_200_waiters_in_exactly_their_order() {
     let tickets = queue_in_order(&s, "line", 200, "fifo");
     let fences = grant_order(&s, "line", &tickets, "fifo", || {
         // Every waiter is long-polling before the holder lets go.
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let metrics = String::from_utf8(once(s.addr, "GET", "/metrics", &[], "").body).unwrap();
-            if metrics.contains("leasehold_waiting_requests 200\n") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the waiters never all waited");
-        }
+        s.wait_waiting_requests(200, None);
         assert_eq!(release(&mut holder, "line", &ticket_of(&held)).status, 200);
     });
     assert!(fences.windows(2).all(|w| w[0] < w[1]), "not granted in queue order: {fences:?}");
@@ -180,13 +173,7 @@ fn lottery_grants_every_waiter_but_not_in_fifo_order() {
     let held = post(&mut holder, "/v1/locks/draw/acquire", serde_json::json!({"ttl_ms": 60_000, "queue": "lottery"}));
     let tickets = queue_in_order(&s, "draw", 30, "lottery");
     let fences = grant_order(&s, "draw", &tickets, "lottery", || {
-        let deadline = Instant::now() + DEADLINE;
-        while !String::from_utf8(once(s.addr, "GET", "/metrics", &[], "").body)
-            .unwrap()
-            .contains("leasehold_waiting_requests 30\n")
-        {
-            assert!(Instant::now() < deadline, "the waiters never all waited");
-        }
+        s.wait_waiting_requests(30, None);
         assert_eq!(release(&mut holder, "draw", &ticket_of(&held)).status, 200);
     });
     assert_eq!(fences.len(), 30, "everyone was granted");
@@ -206,24 +193,15 @@ fn a_vanished_waiter_never_stalls_the_queue() {
     let mut a = Client::connect(s.addr).unwrap();
     a.send_raw(b"POST /v1/locks/stall/acquire HTTP/1.1\r\nHost: x\r\nContent-Length: 17\r\n\r\n{\"wait_ms\":60000}")
         .unwrap();
-    let waiting = |s: &Server, n: u64| {
-        let deadline = Instant::now() + DEADLINE;
-        while !String::from_utf8(once(s.addr, "GET", "/metrics", &[], "").body)
-            .unwrap()
-            .contains(&format!("leasehold_waiting_requests {n}\n"))
-        {
-            assert!(Instant::now() < deadline, "never {n} waiting");
-        }
-    };
-    waiting(&s, 1);
+    s.wait_waiting_requests(1, None);
     drop(a);
-    waiting(&s, 0);
+    s.wait_waiting_requests(0, None);
     // B queues behind A and waits.
     let b = std::thread::spawn({
         let addr = s.addr;
         move || acquire_waiting(&mut Client::connect(addr).unwrap(), "stall", serde_json::json!({}))
     });
-    waiting(&s, 1);
+    s.wait_waiting_requests(1, None);
     let released = release(&mut holder, "stall", &ticket_of(&held));
     let released_at = released.json()["at_ms"].as_u64().unwrap();
     let granted = b.join().unwrap();
@@ -404,15 +382,9 @@ fn a_waiting_request_is_cancelled_when_its_client_disconnects() {
     waiter
         .write_all(b"POST /v1/locks/gone/acquire HTTP/1.1\r\nHost: x\r\nContent-Length: 17\r\n\r\n{\"wait_ms\":60000}")
         .unwrap();
-    let metrics = |c: &mut Client| String::from_utf8(c.get("/metrics").unwrap().body).unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    while !metrics(&mut c).contains("leasehold_waiting_requests 1\n") {
-        assert!(Instant::now() < deadline);
-    }
+    s.wait_waiting_requests(1, None);
     drop(waiter);
-    while !metrics(&mut c).contains("leasehold_waiting_requests 0\n") {
-        assert!(Instant::now() < deadline, "the wait was not cancelled");
-    }
+    s.wait_waiting_requests(0, None);
     // Still queued, under the presence rules: the release admits it, but only for claim_ms,
     // since nobody is there to be told.
     release(&mut c, "gone", &ticket_of(&h));

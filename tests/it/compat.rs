@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::time::Instant;
 
 use crate::support::http::{Client, Reply};
-use crate::support::{config, Server, DEADLINE};
+use crate::support::{config, Server};
 
 const READ: &str = "read-key-0001";
 const READ_LOCK: &str = "lock-key-0002";
@@ -157,13 +157,7 @@ fn s10_timeouts_are_the_server_side_wait_and_a_gone_client_stops_waiting() {
         let addr = s.addr;
         move || php(&mut Client::connect(addr).unwrap(), "GET", "/resource/forever/x", READ_LOCK, None, "")
     });
-    let deadline = Instant::now() + DEADLINE;
-    while !String::from_utf8(c.request("GET", "/metrics", &[("x-api-key", READ)], "").unwrap().body)
-        .unwrap()
-        .contains("leasehold_waiting_requests 1\n")
-    {
-        assert!(Instant::now() < deadline);
-    }
+    s.wait_waiting_requests(1, Some(READ));
     assert_eq!(php(&mut c, "PUT", "/resource/forever/x/unlock", READ_LOCK, Some(&h2), "").status, 200);
     let got = waiting.join().unwrap();
     assert_eq!(got.status, 202, "holds the lock of an empty selector");
@@ -174,19 +168,9 @@ fn s10_timeouts_are_the_server_side_wait_and_a_gone_client_stops_waiting() {
         "PUT /resource/forever/x/lock HTTP/1.1\r\nHost: x\r\nx-api-key: {READ_LOCK}\r\nContent-Length: 0\r\n\r\n"
     )
     .unwrap();
-    while !String::from_utf8(c.request("GET", "/metrics", &[("x-api-key", READ)], "").unwrap().body)
-        .unwrap()
-        .contains("leasehold_waiting_requests 1\n")
-    {
-        assert!(Instant::now() < deadline);
-    }
+    s.wait_waiting_requests(1, Some(READ));
     drop(gone);
-    while !String::from_utf8(c.request("GET", "/metrics", &[("x-api-key", READ)], "").unwrap().body)
-        .unwrap()
-        .contains("leasehold_waiting_requests 0\n")
-    {
-        assert!(Instant::now() < deadline, "the gone client kept waiting");
-    }
+    s.wait_waiting_requests(0, Some(READ));
 }
 
 #[test]

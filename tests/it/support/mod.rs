@@ -129,6 +129,17 @@ impl Server {
             .unwrap_or_else(|| panic!("no address in {text:?}"));
     }
 
+    /// Waits until exactly `n` requests wait in queues for a grant (by `/metrics`, read with
+    /// `key` when keys are configured).
+    pub fn wait_waiting_requests(&self, n: usize, key: Option<&str>) {
+        let headers: Vec<(&str, &str)> = key.map(|k| vec![("x-api-key", k)]).unwrap_or_default();
+        let needle = format!("leasehold_waiting_requests {n}\n");
+        let deadline = Instant::now() + DEADLINE;
+        while !String::from_utf8_lossy(&http::once(self.addr, "GET", "/metrics", &headers, "").body).contains(&needle) {
+            assert!(Instant::now() < deadline, "never {n} waiting requests");
+        }
+    }
+
     /// The data directory the harness chose (inside the test's temporary directory).
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
