@@ -80,10 +80,15 @@ impl FrameDecoder {
         Self { buf: Vec::new(), read: 0, max_bytes }
     }
 
-    /// Adds bytes read from the stream.
+    /// Adds bytes read from the stream. Bytes already returned are dropped first (at most
+    /// one move of the unread tail per call, however many frames were read).
     pub fn feed(&mut self, bytes: &[u8]) {
-        if self.read > 0 && self.read == self.buf.len() {
-            self.buf.clear();
+        if self.read > 0 {
+            if self.read == self.buf.len() {
+                self.buf.clear();
+            } else {
+                self.buf.drain(..self.read);
+            }
             self.read = 0;
         }
         self.buf.extend_from_slice(bytes);
@@ -109,14 +114,6 @@ impl FrameDecoder {
         }
         let start = self.read + LENGTH_BYTES;
         self.read += end;
-        if self.read == self.buf.len() || self.read > self.buf.len() / 2 {
-            // Compact now and then so the buffer does not grow without bound; the frame
-            // returned below is copied to the front first.
-            self.buf.copy_within(start.., 0);
-            self.buf.truncate(self.buf.len() - start);
-            self.read -= start;
-            return Ok(Some(&self.buf[..len as usize]));
-        }
         Ok(Some(&self.buf[start..start + len as usize]))
     }
 }

@@ -156,6 +156,21 @@ pub enum Then {
     },
 }
 
+impl Then {
+    /// Whether this is the default, [`Then::Hold`] (left out of frames).
+    pub fn is_hold(&self) -> bool {
+        matches!(self, Then::Hold)
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 /// A lock operation a worker asks the keeper to apply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -180,13 +195,13 @@ pub enum LockOp {
         queue: QueueMode,
         /// How long the keeper may hold the answer while the caller waits in the queue
         /// (0: answer at once). Ignored for `compat`, where the resource's timeout decides.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_zero")]
         wait_ms: u64,
         /// What to do once granted.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Then::is_hold")]
         then: Then,
         /// A Small Resource Server request: the lock is a registered resource.
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "is_false")]
         compat: bool,
     },
     /// Extend a lease.

@@ -39,6 +39,14 @@ pub const MAX_LIST_PAGE: u32 = 1_000;
 /// Messages to send, each on its channel.
 pub type Outbox = Vec<(LinkId, FromKeeper)>;
 
+/// The streams open for one ticket.
+#[derive(Debug, Clone)]
+struct Streams {
+    lock: LockName,
+    /// One entry per open stream.
+    links: Vec<LinkId>,
+}
+
 #[derive(Debug, Clone)]
 struct Wait {
     link: LinkId,
@@ -69,8 +77,9 @@ pub struct Service {
     waits: HashMap<(LockName, Ticket), Wait>,
     wait_of_request: HashMap<(LinkId, u64), (LockName, Ticket)>,
     wait_deadlines: BTreeSet<(u64, LinkId, u64)>,
-    /// One entry per open stream.
-    streams: HashMap<(LockName, Ticket), Vec<LinkId>>,
+    /// Open streams by ticket (tickets are unique across locks; a stream is registered only
+    /// after the table confirmed the ticket on that lock).
+    streams: HashMap<Ticket, Streams>,
     estimator: Estimator,
     outputs: VecDeque<Output>,
     scratch: Vec<Output>,
@@ -140,7 +149,7 @@ impl Service {
     pub fn stats(&self) -> ServiceStats {
         ServiceStats {
             waiting_requests: self.waits.len() as u64,
-            event_streams: self.streams.values().map(|v| v.len() as u64).sum(),
+            event_streams: self.streams.values().map(|v| v.links.len() as u64).sum(),
             resources: self.resources.len() as u64,
             ops_total: self.ops_total,
         }
@@ -181,14 +190,12 @@ impl Service {
                 }
             }
             ToKeeper::Unwatch { lock, ticket } => {
-                let key = (lock, ticket);
-                if let Some(links) = self.streams.get_mut(&key) {
-                    if let Some(i) = links.iter().position(|&l| l == link) {
-                        links.swap_remove(i);
-                        if links.is_empty() {
-                            self.streams.remove(&key);
+                if let Some(streams) = self.streams.get_mut(&ticket).filter(|s| s.lock == lock) {
+                    if let Some(i) = streams.links.iter().position(|&l| l == link) {
+                        streams.links.swap_remove(i);
+                        if streams.links.is_empty() {
+                            self.streams.remove(&ticket);
                         }
-                        let (lock, ticket) = key;
                         self.apply(Op::Unwatch { lock, ticket }, at);
                     }
                 }
@@ -226,11 +233,11 @@ impl Service {
             }
         }
         let mut unwatch = Vec::new();
-        self.streams.retain(|key, links| {
-            let before = links.len();
-            links.retain(|&l| l != link);
-            unwatch.extend(std::iter::repeat_n(key.clone(), before - links.len()));
-            !links.is_empty()
+        self.streams.retain(|&ticket, streams| {
+            let before = streams.links.len();
+            streams.links.retain(|&l| l != link);
+            unwatch.extend(std::iter::repeat_n((streams.lock.clone(), ticket), before - streams.links.len()));
+            !streams.links.is_empty()
         });
         for (lock, ticket) in unwatch {
             self.apply(Op::Unwatch { lock, ticket }, at);
@@ -292,7 +299,6 @@ impl Service {
 
     /// Runs an acquire's follow-up for a lease just granted (or re-entered).
     fn finish(&mut self, lock: &LockName, lease: LeaseView, then: Then, at: Moment) -> LockReply {
-        self.estimator.granted(lock, lease.ticket, at.now_ms);
         match then {
             Then::Hold => LockReply::Held { lease, at_ms: at.now_ms },
             Then::ReadData { key } => LockReply::CompatData {
@@ -384,7 +390,11 @@ impl Service {
             LockOp::Watch { lock, ticket } => {
                 let reply = self.apply(Op::Watch { lock: lock.clone(), ticket }, at);
                 if matches!(reply, Reply::Held(_) | Reply::Queued(_)) {
-                    self.streams.entry((lock.clone(), ticket)).or_default().push(link);
+                    self.streams
+                        .entry(ticket)
+                        .or_insert_with(|| Streams { lock: lock.clone(), links: Vec::new() })
+                        .links
+                        .push(link);
                 }
                 match reply {
                     Reply::Queued(place) => self.queued(&lock, place),
@@ -437,7 +447,7 @@ impl Service {
             match output {
                 Output::Granted { lock, lease } => {
                     let ticket = lease.ticket;
-                    self.estimator.granted(&lock, ticket, at.now_ms);
+                    self.estimator.granted(ticket, at.now_ms);
                     self.notify(&lock, ticket, &TicketEvent::Acquired(lease.clone()), out);
                     let key = (lock, ticket);
                     if let Some(wait) = self.waits.remove(&key) {
@@ -474,9 +484,9 @@ impl Service {
     }
 
     fn notify(&self, lock: &LockName, ticket: Ticket, event: &TicketEvent, out: &mut Outbox) {
-        let Some(links) = self.streams.get(&(lock.clone(), ticket)) else { return };
-        let mut sent: Vec<LinkId> = Vec::with_capacity(links.len());
-        for &link in links {
+        let Some(streams) = self.streams.get(&ticket).filter(|s| &s.lock == lock) else { return };
+        let mut sent: Vec<LinkId> = Vec::with_capacity(streams.links.len());
+        for &link in &streams.links {
             // One event per channel; the worker fans it out to its streams.
             if !sent.contains(&link) {
                 sent.push(link);

@@ -228,10 +228,14 @@ fn queued_answers_carry_an_estimate_once_the_lock_has_history() {
     let mut w = World::new();
     let a = held(reply_to(&w.request(1, 1, acquire(None, 0, Then::Hold, false)), 1, 1));
     let r = reply_to(&w.request(1, 2, acquire(None, 0, Then::Hold, false)), 1, 2);
-    assert!(matches!(r, Some(LockReply::Queued { eta_ms: None, .. })));
-    w.now += 400;
+    assert!(matches!(r, Some(LockReply::Queued { eta_ms: None, .. })), "no history yet");
+    let b = queued_ticket(r);
+    // B is admitted from the queue (timed), holds for 400 ms, and releases.
     w.request(1, 3, LockOp::Release { lock: lock(), ticket: a.ticket });
-    let r = reply_to(&w.request(1, 4, acquire(None, 0, Then::Hold, false)), 1, 4);
+    w.now += 400;
+    w.request(1, 4, LockOp::Release { lock: lock(), ticket: b });
+    held(reply_to(&w.request(1, 5, acquire(None, 0, Then::Hold, false)), 1, 5));
+    let r = reply_to(&w.request(1, 6, acquire(None, 0, Then::Hold, false)), 1, 6);
     assert!(matches!(r, Some(LockReply::Queued { eta_ms: Some(400), .. })), "{r:?}");
 }
 
