@@ -265,12 +265,18 @@ impl Keeper {
 
     /// Queues what the service produced on each message's channel.
     fn deliver(&mut self) {
-        for (index, message) in std::mem::take(&mut self.outbox) {
-            let Some(link) = self.links.get_mut(index).and_then(Option::as_mut) else { continue };
-            if let Err(e) = link.send(&message) {
-                self.drop_link(index, &e);
+        // Keep the buffer's capacity from message to message; a dropped link may add more.
+        let mut outbox = std::mem::take(&mut self.outbox);
+        while !outbox.is_empty() {
+            for (index, message) in outbox.drain(..) {
+                let Some(link) = self.links.get_mut(index).and_then(Option::as_mut) else { continue };
+                if let Err(e) = link.send(&message) {
+                    self.drop_link(index, &e);
+                }
             }
+            outbox.append(&mut self.outbox);
         }
+        self.outbox = outbox;
     }
 
     fn on_link(&mut self, index: usize) {

@@ -484,6 +484,9 @@ impl Service {
     }
 
     fn notify(&self, lock: &LockName, ticket: Ticket, event: &TicketEvent, out: &mut Outbox) {
+        if self.streams.is_empty() {
+            return;
+        }
         let Some(streams) = self.streams.get(&ticket).filter(|s| &s.lock == lock) else { return };
         let mut sent: Vec<LinkId> = Vec::with_capacity(streams.links.len());
         for &link in &streams.links {
