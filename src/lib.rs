@@ -32,6 +32,7 @@ pub mod config;
 pub mod core;
 pub mod http;
 pub mod ipc;
+pub mod journal;
 pub mod metrics;
 pub mod process;
 pub mod service;

@@ -19,6 +19,8 @@
 //! | `next_fence` | gauge | | keeper |
 //! | `keeper_ops_total` | counter | | keeper |
 //! | `waiting_requests`, `event_streams`, `resources` | gauge | | keeper |
+//! | `journal_bytes`, `journal_writable`, `recovery_seconds`, `snapshot_seconds` | gauge | | keeper |
+//! | `journal_fsync_seconds` | histogram | | keeper |
 //!
 //! Counters of workers that left in a reload are kept by the master, so totals never go
 //! down across reloads (a worker killed outright loses what it had not reported).
@@ -128,6 +130,21 @@ pub struct KeeperSnapshot {
     /// Registered Small Resource Server resources.
     #[serde(default)]
     pub resources: u64,
+    /// Bytes in the journal since the last snapshot.
+    #[serde(default)]
+    pub journal_bytes: u64,
+    /// Whether the journal can be written (else only reads are served).
+    #[serde(default)]
+    pub journal_writable: bool,
+    /// Time each journal sync took, µs.
+    #[serde(default)]
+    pub fsync_latency: Histogram,
+    /// How long the last recovery took, ms.
+    #[serde(default)]
+    pub recovery_ms: u64,
+    /// How long the last snapshot took, ms.
+    #[serde(default)]
+    pub last_snapshot_ms: u64,
 }
 
 /// What the master knows itself.
@@ -180,6 +197,26 @@ fn escape(label: &str) -> String {
     label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// Writes a histogram family with its header.
+fn histogram(out: &mut String, name: &str, help: &str, labels: &str, h: &Histogram) {
+    header(out, name, "histogram", help);
+    histogram_samples(out, name, labels, h);
+}
+
+/// Writes a histogram's samples; `labels` is empty or ends with a comma.
+fn histogram_samples(out: &mut String, name: &str, labels: &str, h: &Histogram) {
+    let mut cumulative = 0;
+    for (i, count) in h.buckets.iter().enumerate() {
+        cumulative += count;
+        let le = LATENCY_BUCKETS_US.get(i).map_or("+Inf".to_string(), |us| format!("{}", *us as f64 / 1e6));
+        let _ = writeln!(out, "leasehold_{name}_bucket{{{labels}le=\"{le}\"}} {cumulative}");
+    }
+    let plain = labels.trim_end_matches(',');
+    let braces = if plain.is_empty() { String::new() } else { format!("{{{plain}}}") };
+    let _ = writeln!(out, "leasehold_{name}_sum{braces} {}", h.sum_us as f64 / 1e6);
+    let _ = writeln!(out, "leasehold_{name}_count{braces} {}", h.count());
+}
+
 /// Renders everything in the Prometheus text format (version 0.0.4).
 pub fn render(
     master: &MasterSnapshot,
@@ -199,19 +236,8 @@ pub fn render(
     }
     header(&mut out, "http_request_duration_seconds", "histogram", "Time from a complete request to its response.");
     for (route, h) in &totals.latency {
-        let route = escape(route);
-        let mut cumulative = 0;
-        for (i, count) in h.buckets.iter().enumerate() {
-            cumulative += count;
-            let le = LATENCY_BUCKETS_US.get(i).map_or("+Inf".to_string(), |us| format!("{}", *us as f64 / 1e6));
-            let _ = writeln!(
-                out,
-                "leasehold_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let _ =
-            writeln!(out, "leasehold_http_request_duration_seconds_sum{{route=\"{route}\"}} {}", h.sum_us as f64 / 1e6);
-        let _ = writeln!(out, "leasehold_http_request_duration_seconds_count{{route=\"{route}\"}} {}", h.count());
+        let label = format!("route=\"{}\",", escape(route));
+        histogram_samples(&mut out, "http_request_duration_seconds", &label, h);
     }
     header(&mut out, "open_connections", "gauge", "Open client connections, by worker slot.");
     let mut by_slot: Vec<&WorkerSnapshot> = workers.iter().collect();
@@ -249,10 +275,17 @@ pub fn render(
             ("waiting_requests", "gauge", "Requests waiting in a queue for a grant.", k.waiting_requests),
             ("event_streams", "gauge", "Open event streams.", k.event_streams),
             ("resources", "gauge", "Registered Small Resource Server resources.", k.resources),
+            ("journal_bytes", "gauge", "Bytes in the journal since the last snapshot.", k.journal_bytes),
+            ("journal_writable", "gauge", "1 while the journal can be written.", u64::from(k.journal_writable)),
         ] {
             header(&mut out, name, kind, help);
             let _ = writeln!(out, "leasehold_{name} {value}");
         }
+        histogram(&mut out, "journal_fsync_seconds", "Time one journal sync took.", "", &k.fsync_latency);
+        header(&mut out, "recovery_seconds", "gauge", "How long the keeper's last recovery took.");
+        let _ = writeln!(out, "leasehold_recovery_seconds {}", k.recovery_ms as f64 / 1e3);
+        header(&mut out, "snapshot_seconds", "gauge", "How long the last snapshot took.");
+        let _ = writeln!(out, "leasehold_snapshot_seconds {}", k.last_snapshot_ms as f64 / 1e3);
     }
     out
 }

@@ -447,6 +447,7 @@ fn common_error(reply: &LockReply) -> Response {
         LockReply::Rejected { message, kind: RejectKind::TooLarge } => error(ErrorCode::PayloadTooLarge, message),
         LockReply::Rejected { message, kind: RejectKind::Invalid } => error(ErrorCode::BadRequest, message),
         LockReply::Failed { message } => error(ErrorCode::Internal, message),
+        LockReply::JournalFailed { message } => error(ErrorCode::JournalUnavailable, message),
         other => error(ErrorCode::Internal, &format!("unexpected answer from the keeper: {other:?}")),
     }
 }

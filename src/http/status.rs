@@ -25,6 +25,7 @@
 //! | `keeper_unavailable` | 503 | the keeper is restarting (`Retry-After`) |
 //! | `overloaded` | 503 | the worker is at `max_connections` (`Retry-After`) |
 //! | `table_full` | 503 | the table holds `max_locks` locks (`Retry-After`) |
+//! | `journal_unavailable` | 503 | the change could not be journaled (disk full, I/O error); nothing changed (`Retry-After`) |
 
 use serde::Serialize;
 
@@ -81,6 +82,8 @@ pub enum ErrorCode {
     Overloaded,
     /// 503
     TableFull,
+    /// 503
+    JournalUnavailable,
 }
 
 impl ErrorCode {
@@ -108,6 +111,7 @@ impl ErrorCode {
         Self::KeeperUnavailable,
         Self::Overloaded,
         Self::TableFull,
+        Self::JournalUnavailable,
     ];
 
     /// Status code and wire code.
@@ -135,11 +139,15 @@ impl ErrorCode {
             Self::KeeperUnavailable => (503, "keeper_unavailable"),
             Self::Overloaded => (503, "overloaded"),
             Self::TableFull => (503, "table_full"),
+            Self::JournalUnavailable => (503, "journal_unavailable"),
         }
     }
 
     fn retry_after(self) -> bool {
-        matches!(self, Self::QueueFull | Self::KeeperUnavailable | Self::Overloaded | Self::TableFull)
+        matches!(
+            self,
+            Self::QueueFull | Self::KeeperUnavailable | Self::Overloaded | Self::TableFull | Self::JournalUnavailable
+        )
     }
 }
 

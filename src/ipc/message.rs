@@ -498,6 +498,11 @@ pub enum LockReply {
     },
     /// A waiting request was cancelled before it was answered.
     Cancelled,
+    /// The change could not be journaled; nothing was changed.
+    JournalFailed {
+        /// Why.
+        message: String,
+    },
 }
 
 /// Something that happened to a ticket an event stream watches.

@@ -1,15 +1,26 @@
-//! The keeper process: the only owner of the lease table. One mio loop reads lock
-//! operations from every worker channel, applies them to the pure [`LockTable`] with the
-//! wall-clock time and fresh OS entropy, and answers each on the channel it came from; all
-//! answers of one loop turn leave in one write per channel. Lease expiry runs on the
-//! table's own next deadline.
+//! The keeper process: the only owner of the state. One mio loop reads messages from every
+//! worker channel, journals each one that may change state, applies it to the pure
+//! [`Service`] with the wall-clock time and fresh OS entropy, and answers on the channel it
+//! came from. Lease expiry runs on the service's own next deadline.
+//!
+//! - **Write-ahead, group commit.** The records of one loop turn are written with one
+//!   `write` and (with `fsync = "always"`) made durable with one sync before any answer of
+//!   that turn leaves. `interval` syncs every `fsync_interval_ms`; `never` leaves it to the
+//!   kernel. Fence reservations are always synced before a fence past them is handed out, so
+//!   fences only go up across any crash.
+//! - **A journal that cannot be written** (disk full, I/O error): the turn's requests are
+//!   answered `journal_failed` (503), nothing of the turn is acknowledged, and the keeper
+//!   exits with [`EXIT_JOURNAL_FAILED`]; the master starts a new one after a second. A new
+//!   keeper that cannot write serves reads from the recovered state, answers every change
+//!   with 503, and tries again every second.
+//! - **Recovery** at start: the snapshot, then the journal replayed through the same pure
+//!   service, stopping at the first torn or corrupt record. Then channels of the previous
+//!   keeper are closed, waiters get a fresh presence window, fences jump past every
+//!   reservation, and due expiries run, all journaled first.
+//! - **Snapshots** once the journal passes `snapshot_bytes`.
 //!
 //! At start it takes an exclusive lock on its data directory (`keeper.lock`): a second
 //! server pointed at the same directory fails to start with a clear error.
-//!
-//! Worker channels arrive from the master over the fd channel (one per worker, also after
-//! a keeper restart); a channel that sends a bad frame is closed and logged, and the worker
-//! asks the master for a new one.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -17,7 +28,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
@@ -26,14 +37,17 @@ use nix::fcntl::{Flock, FlockArg};
 
 use super::channel::{Channel, ChannelError};
 use super::child::{self, Boot};
-use crate::config::Config;
-use crate::core::lock::Moment;
+use crate::config::{Config, Fsync, JournalConfig};
+use crate::core::lock::{Moment, TableLimits};
+use crate::core::names::Ticket;
 use crate::ipc::message::{FdRecord, FromKeeper, LockReply, ToChild, ToKeeper, ToMaster};
-use crate::metrics::KeeperSnapshot;
-use crate::service::{Outbox, Service};
+use crate::journal::store::{Found, Store};
+use crate::journal::{self, InputRef, Record, Snapshot, SNAPSHOT_VERSION};
+use crate::metrics::{Histogram, KeeperSnapshot};
+use crate::service::{LinkId, Outbox, Service};
 use crate::sys::clock::wall_ms;
 use crate::sys::entropy::Entropy;
-use crate::sys::signals::{Signal, SignalSource};
+use crate::sys::signals::{self, Signal, SignalSource};
 
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
@@ -41,6 +55,13 @@ const FDS: Token = Token(2);
 const LINK_BASE: usize = 16;
 /// Longest sleep when no lease is due (the loop also wakes on every message).
 const MAX_SLEEP_MS: u64 = 1_000;
+/// The exit code of a keeper whose journal could not be written (the master restarts it
+/// after a second, without counting it as a crash).
+pub const EXIT_JOURNAL_FAILED: i32 = 75;
+/// Fences reserved at a time (one synced record per this many grants).
+pub const FENCE_BLOCK: u64 = 1 << 16;
+/// How often a keeper that cannot write its journal tries again.
+const JOURNAL_RETRY_MS: u64 = 1_000;
 
 /// Runs the keeper; returns the process exit code.
 pub fn run(master_pid: i32) -> i32 {
@@ -110,13 +131,39 @@ struct Keeper {
     links: Vec<Option<Channel>>,
     service: Service,
     entropy: Entropy,
-    /// Messages the service produced, each for its channel.
+    /// Messages the service produced this turn, each for its channel (sent after the
+    /// turn's records are written).
     outbox: Outbox,
+    store: Store,
+    journal: JournalConfig,
+    limits: TableLimits,
+    max_wait_ms: u64,
+    /// The highest fence reservation journaled.
+    fences_reserved: u64,
+    /// `None` once the start-up records are written; otherwise why they could not be, and
+    /// when to try again (until then the keeper serves reads only).
+    not_writable: Option<(String, u64)>,
+    /// Channels that closed while nothing could be journaled.
+    closed_links: Vec<LinkId>,
+    /// Requests of this turn that change state (answered `journal_failed` if the turn's
+    /// records cannot be written).
+    turn_requests: Vec<(LinkId, u64)>,
+    /// Channels whose send failed this turn.
+    broken: Vec<LinkId>,
+    /// `interval` mode: when the next sync is due.
+    next_sync_ms: Option<u64>,
+    /// A failed snapshot is tried again once the journal has grown by this much more.
+    snapshot_retry_at: u64,
+    fsync_latency: Histogram,
+    recovery_ms: u64,
+    last_snapshot_ms: u64,
 }
 
 impl Keeper {
     fn new(boot: Boot) -> io::Result<Self> {
         let Boot { mut control, fds, start, config, .. } = boot;
+        // A write past a file-size limit must fail with EFBIG, not kill the keeper.
+        signals::ignore(Signal::SIGXFSZ);
         let data_dir_lock = lock_data_dir(&config.server.data_dir).map_err(io::Error::other)?;
         let poll = Poll::new()?;
         let mut signals = SignalSource::new(&[Signal::SIGTERM])?;
@@ -124,8 +171,45 @@ impl Keeper {
         control.register(poll.registry())?;
         poll.registry().register(&mut SourceFd(&fds.as_raw_fd()), FDS, Interest::READABLE)?;
         let mut entropy = Entropy::new();
-        let service = Service::new(config.locks.table.clone(), config.locks.max_wait_ms, entropy.next_u64()?);
-        Ok(Self {
+        let hash_seed = entropy.next_u64()?;
+        let limits = config.locks.table.clone();
+        let max_wait_ms = config.locks.max_wait_ms;
+        let started = Instant::now();
+        let mut service = Service::new(limits.clone(), max_wait_ms, hash_seed);
+        let mut fences_reserved = 0;
+        let (store, recovery) = Store::open(&config.server.data_dir, |found| match found {
+            Found::Snapshot(bytes) => {
+                let snapshot: Snapshot = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+                if snapshot.version != SNAPSHOT_VERSION {
+                    return Err(format!("format version {} is not {SNAPSHOT_VERSION}", snapshot.version));
+                }
+                service = Service::import(snapshot.service, hash_seed).map_err(|e| e.to_string())?;
+                fences_reserved = snapshot.fences_reserved;
+                Ok(())
+            }
+            Found::Record(bytes) => {
+                let record: Record = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+                journal::replay(&mut service, record, &mut fences_reserved);
+                Ok(())
+            }
+        })
+        .map_err(|e| io::Error::other(e.to_string()))?;
+        let recovery_ms = started.elapsed().as_millis() as u64;
+        let stats = service.table().stats();
+        log::info!(
+            "recovered {} locks, {} leases, {} waiters from {} in {recovery_ms} ms ({} journal records, {} bytes{})",
+            stats.locks,
+            stats.holders,
+            stats.waiters,
+            config.server.data_dir.display(),
+            recovery.records,
+            recovery.bytes,
+            recovery.snapshot.map_or(String::new(), |n| format!(", after snapshot {n}")),
+        );
+        if let Some(dropped) = &recovery.dropped {
+            log::warn!("the journal was damaged and is cut back to its last good record: {dropped}");
+        }
+        let mut keeper = Self {
             generation: start.generation,
             _data_dir_lock: data_dir_lock,
             poll,
@@ -136,7 +220,70 @@ impl Keeper {
             service,
             entropy,
             outbox: Vec::new(),
-        })
+            store,
+            journal: config.journal.clone(),
+            limits,
+            max_wait_ms,
+            fences_reserved,
+            not_writable: Some((String::new(), 0)),
+            closed_links: Vec::new(),
+            turn_requests: Vec::new(),
+            broken: Vec::new(),
+            next_sync_ms: None,
+            snapshot_retry_at: 0,
+            fsync_latency: Histogram::default(),
+            recovery_ms,
+            last_snapshot_ms: 0,
+        };
+        keeper.write_start_records()?;
+        Ok(keeper)
+    }
+
+    /// Journals what a (re)start means, then applies it: the limits in force, the end of
+    /// every channel of the previous keeper, fresh presence windows, fences past every
+    /// reservation, and due expiries. If that cannot be written, the keeper serves reads
+    /// only and tries again later.
+    fn write_start_records(&mut self) -> io::Result<()> {
+        let now = wall_ms();
+        let entropy = self.entropy.next_u64()?;
+        let mut links = self.service.links();
+        links.extend(self.closed_links.iter().copied());
+        links.sort_unstable();
+        links.dedup();
+        let next_fence = self.service.table().next_fence();
+        let floor = next_fence.max(self.fences_reserved);
+        let mut records = vec![Record::Configure { limits: self.limits.clone(), max_wait_ms: self.max_wait_ms }];
+        records.extend(links.into_iter().map(|link| Record::LinkClosed { link, at_ms: now, entropy }));
+        records.push(Record::ResetPresence { at_ms: now });
+        if floor > next_fence {
+            records.push(Record::RaiseFences { floor });
+        }
+        records.push(Record::Expire { at_ms: now, entropy });
+        records.push(Record::ReserveFences { up_to: floor + FENCE_BLOCK });
+        for record in &records {
+            self.store.append(record).map_err(io::Error::other)?;
+        }
+        match self.store.commit(true) {
+            Ok(_) => {
+                for record in records {
+                    journal::replay(&mut self.service, record, &mut self.fences_reserved);
+                }
+                if self.not_writable.as_ref().is_some_and(|(why, _)| !why.is_empty()) {
+                    log::info!("the journal can be written again; serving every request");
+                }
+                self.not_writable = None;
+                self.closed_links.clear();
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("the journal cannot be written ({e}); nothing can change until it can");
+                if self.not_writable.as_ref().is_none_or(|(old, _)| old != &why) {
+                    log::error!("{why}; serving reads only and trying again every {JOURNAL_RETRY_MS} ms");
+                }
+                self.not_writable = Some((why, now + JOURNAL_RETRY_MS));
+                Ok(())
+            }
+        }
     }
 
     fn serve(&mut self) -> io::Result<i32> {
@@ -146,8 +293,11 @@ impl Keeper {
         let mut events = Events::with_capacity(1024);
         loop {
             let now = wall_ms();
-            let sleep_ms =
-                self.service.next_deadline().map_or(MAX_SLEEP_MS, |d| d.saturating_sub(now).min(MAX_SLEEP_MS));
+            let mut wake = self.service.next_deadline().filter(|_| self.not_writable.is_none());
+            for t in [self.next_sync_ms, self.not_writable.as_ref().map(|(_, at)| *at)].into_iter().flatten() {
+                wake = Some(wake.map_or(t, |w| w.min(t)));
+            }
+            let sleep_ms = wake.map_or(MAX_SLEEP_MS, |d| d.saturating_sub(now).min(MAX_SLEEP_MS));
             if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(sleep_ms))) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e);
@@ -158,7 +308,7 @@ impl Keeper {
                     SIGNALS => {
                         if self.signals.pending().contains(&Signal::SIGTERM) {
                             log::info!("SIGTERM: exiting");
-                            return Ok(0);
+                            return Ok(self.stop());
                         }
                     }
                     CONTROL => {
@@ -167,24 +317,128 @@ impl Keeper {
                         }
                     }
                     FDS => self.on_fd_records(),
-                    Token(t) => self.on_link(t - LINK_BASE),
+                    Token(t) => self.on_link(t - LINK_BASE)?,
                 }
             }
             let now = wall_ms();
-            if self.service.next_deadline().is_some_and(|d| d <= now) {
-                let at = Moment::new(now, self.entropy.next_u64()?);
-                self.service.expire(at, &mut self.outbox);
-                self.deliver();
-            }
-            for i in 0..self.links.len() {
-                if let Some(Err(e)) = self.links[i].as_mut().map(Channel::flush) {
-                    self.drop_link(i, &e);
+            if let Some((_, retry_at)) = &self.not_writable {
+                if now >= *retry_at {
+                    self.write_start_records()?;
                 }
+            } else if self.service.next_deadline().is_some_and(|d| d <= now) {
+                let entropy = self.entropy.next_u64()?;
+                self.journaled(&Record::Expire { at_ms: now, entropy });
+                self.service.expire(Moment::new(now, entropy), &mut self.outbox);
+            }
+            if let Some(code) = self.end_turn(now) {
+                return Ok(code);
             }
             if let Err(e) = self.control.flush() {
                 log::debug!("control channel: {e}");
             }
         }
+    }
+
+    /// Buffers a record for this turn's commit.
+    fn journaled<T: serde::Serialize>(&mut self, record: &T) {
+        if let Err(e) = self.store.append(record) {
+            log::error!("a journal record cannot be encoded: {e}");
+        }
+    }
+
+    /// Writes the turn's records, then sends its answers; handles channels that broke.
+    fn end_turn(&mut self, now: u64) -> Option<i32> {
+        loop {
+            let mut sync = self.journal.fsync == Fsync::Always;
+            if self.not_writable.is_none() && self.service.table().next_fence() >= self.fences_reserved {
+                // Fences past the reservation are about to leave: reserve more, durably.
+                let up_to = self.service.table().next_fence() + FENCE_BLOCK;
+                self.journaled(&Record::ReserveFences { up_to });
+                self.fences_reserved = up_to;
+                sync = true;
+            }
+            if self.store.has_pending() {
+                match self.store.commit(sync) {
+                    Ok(Some(took)) => self.fsync_latency.observe(took.as_micros() as u64),
+                    Ok(None) => {
+                        if self.journal.fsync == Fsync::Interval && self.next_sync_ms.is_none() {
+                            self.next_sync_ms = Some(now + self.journal.fsync_interval_ms);
+                        }
+                    }
+                    Err(e) => return Some(self.journal_failed(&e)),
+                }
+            }
+            self.turn_requests.clear();
+            self.deliver();
+            if self.broken.is_empty() {
+                break;
+            }
+            for index in std::mem::take(&mut self.broken) {
+                self.close_link(index);
+            }
+        }
+        if self.next_sync_ms.is_some_and(|at| now >= at) {
+            self.next_sync_ms = None;
+            match self.store.sync() {
+                Ok(took) => self.fsync_latency.observe(took.as_micros() as u64),
+                Err(e) => return Some(self.journal_failed(&e)),
+            }
+        }
+        self.maybe_snapshot();
+        None
+    }
+
+    /// The turn's records could not be written: answer its requests 503, acknowledge
+    /// nothing, and end (the master starts a new keeper, which recovers from the journal).
+    fn journal_failed(&mut self, e: &io::Error) -> i32 {
+        let message = format!("the journal cannot be written ({e}); nothing was changed");
+        log::error!("{message}: the keeper restarts");
+        self.outbox.clear();
+        for (link, id) in std::mem::take(&mut self.turn_requests) {
+            let reply = LockReply::JournalFailed { message: message.clone() };
+            self.outbox.push((link, FromKeeper::Reply { id, reply }));
+        }
+        self.deliver();
+        for link in self.links.iter_mut().flatten() {
+            link.flush_blocking(Duration::from_millis(200));
+        }
+        EXIT_JOURNAL_FAILED
+    }
+
+    /// Writes a snapshot once the journal is long enough.
+    fn maybe_snapshot(&mut self) {
+        let bytes = self.store.journal_bytes();
+        if self.not_writable.is_some() || bytes < self.journal.snapshot_bytes || bytes < self.snapshot_retry_at {
+            return;
+        }
+        let started = Instant::now();
+        let snapshot = Snapshot {
+            version: SNAPSHOT_VERSION,
+            fences_reserved: self.fences_reserved,
+            service: self.service.export(),
+        };
+        let written =
+            serde_json::to_vec(&snapshot).map_err(io::Error::other).and_then(|body| self.store.snapshot(&body));
+        match written {
+            Ok(()) => {
+                self.last_snapshot_ms = started.elapsed().as_millis() as u64;
+                self.snapshot_retry_at = 0;
+                log::info!("snapshot written in {} ms; the journal before it is gone", self.last_snapshot_ms);
+            }
+            Err(e) => {
+                self.snapshot_retry_at = bytes + self.journal.snapshot_bytes / 4;
+                log::warn!("cannot write a snapshot ({e}); the journal keeps growing and it is tried again later");
+            }
+        }
+    }
+
+    /// Commits and syncs everything, then returns the exit code of a clean stop.
+    fn stop(&mut self) -> i32 {
+        if let Err(e) = self.store.commit(true) {
+            log::error!("cannot write the journal's last records ({e})");
+            return EXIT_JOURNAL_FAILED;
+        }
+        0
     }
 
     fn on_control(&mut self) -> Option<i32> {
@@ -196,13 +450,21 @@ impl Keeper {
             match message {
                 ToChild::Stop => {
                     log::info!("stopping");
-                    return Some(0);
+                    return Some(self.stop());
                 }
                 ToChild::Reconfigure { config_text } => {
                     match Config::load(config_text.as_deref(), &super::environment()) {
                         Ok(config) => {
                             super::logging::set_level(&config.server.log_level);
-                            self.service.reconfigure(config.locks.table, config.locks.max_wait_ms);
+                            self.limits = config.locks.table;
+                            self.max_wait_ms = config.locks.max_wait_ms;
+                            self.journal = config.journal;
+                            if self.not_writable.is_none() {
+                                let record =
+                                    Record::Configure { limits: self.limits.clone(), max_wait_ms: self.max_wait_ms };
+                                self.journaled(&record);
+                                self.service.reconfigure(self.limits.clone(), self.max_wait_ms);
+                            }
                             log::info!("new limits applied");
                         }
                         Err(problems) => {
@@ -245,78 +507,93 @@ impl Keeper {
         }
     }
 
-    fn drop_link(&mut self, index: usize, why: &ChannelError) {
-        if let Some(mut link) = self.links[index].take() {
-            link.deregister(self.poll.registry());
-            match why {
-                ChannelError::Closed => log::debug!("a worker channel closed"),
-                other => log::warn!("closing a worker channel: {other}"),
-            }
-            // Its waits and streams end as if their clients had gone.
-            match self.entropy.next_u64() {
-                Ok(entropy) => {
-                    self.service.link_closed(index, Moment::new(wall_ms(), entropy), &mut self.outbox);
-                    self.deliver();
-                }
-                Err(e) => log::error!("no entropy: {e}"),
-            }
-        }
-    }
-
-    /// Queues what the service produced on each message's channel.
-    fn deliver(&mut self) {
-        // Keep the buffer's capacity from message to message; a dropped link may add more.
-        let mut outbox = std::mem::take(&mut self.outbox);
-        while !outbox.is_empty() {
-            for (index, message) in outbox.drain(..) {
-                let Some(link) = self.links.get_mut(index).and_then(Option::as_mut) else { continue };
-                if let Err(e) = link.send(&message) {
-                    self.drop_link(index, &e);
-                }
-            }
-            outbox.append(&mut self.outbox);
-        }
-        self.outbox = outbox;
-    }
-
-    fn on_link(&mut self, index: usize) {
-        let Some(link) = self.links.get_mut(index).and_then(Option::as_mut) else { return };
-        if let Err(e) = link.fill() {
-            self.drop_link(index, &e);
+    /// A channel is gone: its waits and streams end as if their clients had gone.
+    fn close_link(&mut self, index: usize) {
+        let Some(mut link) = self.links.get_mut(index).and_then(Option::take) else { return };
+        link.deregister(self.poll.registry());
+        if self.not_writable.is_some() {
+            self.closed_links.push(index);
             return;
         }
-        loop {
-            let Some(link) = self.links[index].as_mut() else { return };
-            match link.recv::<ToKeeper>() {
-                Ok(Some(message)) => {
-                    let drawn = self.entropy.next_u64().and_then(|e| Ok((e, self.entropy.bytes16()?)));
-                    let (entropy, fresh) = match drawn {
-                        Ok(drawn) => drawn,
-                        Err(e) => {
-                            log::error!("no entropy: {e}");
-                            self.fail(index, &message, &format!("no entropy: {e}"));
-                            continue;
-                        }
-                    };
-                    self.service.handle(index, message, Moment::new(wall_ms(), entropy), fresh, &mut self.outbox);
-                    self.deliver();
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    self.drop_link(index, &e);
-                    return;
+        match self.entropy.next_u64() {
+            Ok(entropy) => {
+                let now = wall_ms();
+                self.journaled(&Record::LinkClosed { link: index, at_ms: now, entropy });
+                self.service.link_closed(index, Moment::new(now, entropy), &mut self.outbox);
+            }
+            Err(e) => log::error!("no entropy: {e}"),
+        }
+    }
+
+    fn drop_link(&mut self, index: usize, why: &ChannelError) {
+        match why {
+            ChannelError::Closed => log::debug!("a worker channel closed"),
+            other => log::warn!("closing a worker channel: {other}"),
+        }
+        self.close_link(index);
+    }
+
+    /// Queues this turn's answers on their channels (a channel whose send fails is closed
+    /// at the end of the turn).
+    fn deliver(&mut self) {
+        let mut outbox = std::mem::take(&mut self.outbox);
+        for (index, message) in outbox.drain(..) {
+            let Some(link) = self.links.get_mut(index).and_then(Option::as_mut) else { continue };
+            if link.send(&message).is_err() && !self.broken.contains(&index) {
+                self.broken.push(index);
+            }
+        }
+        self.outbox = outbox;
+        for i in 0..self.links.len() {
+            if let Some(Err(_)) = self.links[i].as_mut().map(Channel::flush) {
+                if !self.broken.contains(&i) {
+                    self.broken.push(i);
                 }
             }
         }
     }
 
-    /// Answers a request the keeper cannot serve.
-    fn fail(&mut self, index: usize, message: &ToKeeper, why: &str) {
-        if let ToKeeper::Request { id, .. } = message {
-            let reply = LockReply::Failed { message: why.to_string() };
-            self.outbox.push((index, FromKeeper::Reply { id: *id, reply }));
-            self.deliver();
+    fn on_link(&mut self, index: usize) -> io::Result<()> {
+        let Some(link) = self.links.get_mut(index).and_then(Option::as_mut) else { return Ok(()) };
+        if let Err(e) = link.fill() {
+            self.drop_link(index, &e);
+            return Ok(());
         }
+        loop {
+            let Some(link) = self.links[index].as_mut() else { return Ok(()) };
+            match link.recv::<ToKeeper>() {
+                Ok(Some(message)) => self.on_message(index, message)?,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    self.drop_link(index, &e);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, link: LinkId, message: ToKeeper) -> io::Result<()> {
+        let reads = Service::reads_only(&message);
+        if let Some((why, _)) = self.not_writable.as_ref().filter(|_| !reads) {
+            if let ToKeeper::Request { id, .. } = message {
+                let reply = LockReply::JournalFailed { message: why.clone() };
+                self.outbox.push((link, FromKeeper::Reply { id, reply }));
+            }
+            return Ok(());
+        }
+        let entropy = self.entropy.next_u64()?;
+        let fresh = self.entropy.bytes16()?;
+        let now = wall_ms();
+        if !reads {
+            let record =
+                InputRef::Input { link, at_ms: now, entropy, fresh: Ticket::from_bytes(fresh), message: &message };
+            self.journaled(&record);
+            if let ToKeeper::Request { id, .. } = message {
+                self.turn_requests.push((link, id));
+            }
+        }
+        self.service.handle(link, message, Moment::new(now, entropy), fresh, &mut self.outbox);
+        Ok(())
     }
 
     fn snapshot(&self) -> KeeperSnapshot {
@@ -331,6 +608,11 @@ impl Keeper {
             waiting_requests: service.waiting_requests,
             event_streams: service.event_streams,
             resources: service.resources,
+            journal_bytes: self.store.journal_bytes(),
+            journal_writable: self.not_writable.is_none(),
+            fsync_latency: self.fsync_latency.clone(),
+            recovery_ms: self.recovery_ms,
+            last_snapshot_ms: self.last_snapshot_ms,
         }
     }
 }

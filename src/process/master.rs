@@ -48,6 +48,8 @@ const LISTENER_BASE: usize = 16;
 const CHILD_BASE: usize = 1 << 20;
 /// Kernel accept queue of each listening socket (capped by `net.core.somaxconn`).
 pub const LISTEN_BACKLOG: i32 = 4096;
+/// Delay before a keeper that could not write its journal is started again.
+const JOURNAL_RESTART_MS: u64 = 1_000;
 /// Time the keeper gets to flush and exit after the workers are gone.
 pub const KEEPER_STOP_MS: u64 = 2_000;
 /// How long a metrics collection waits for every child.
@@ -699,6 +701,14 @@ impl Master {
             log::error!("the {} (pid {pid}) {exit} during start-up; stopping", role.describe());
             self.forget(role, generation);
             self.begin_stop(1, 0);
+            return;
+        } else if role == Role::Keeper && exit == Exit::Code(super::keeper::EXIT_JOURNAL_FAILED) {
+            // Not a crash: its journal could not be written. A new keeper recovers from it
+            // and serves reads until it can write again.
+            log::warn!("the keeper (pid {pid}) stopped: its journal could not be written; starting a new one in {JOURNAL_RESTART_MS} ms");
+            self.forget(role, generation);
+            self.scheduled.push((now + JOURNAL_RESTART_MS, Role::Keeper));
+            self.check_stop_progress(now);
             return;
         } else {
             log::warn!("{} (pid {pid}) {exit}", role.describe());

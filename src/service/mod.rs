@@ -22,7 +22,11 @@ pub mod resources;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use crate::core::error::CoreError;
-use crate::core::lock::{Acquire, LeaseView, LockTable, LockView, Moment, Op, Output, QueueView, Reply, TableLimits};
+use serde::{Deserialize, Serialize};
+
+use crate::core::lock::{
+    Acquire, LeaseView, LockTable, LockView, Moment, Op, Output, QueueView, Reply, TableLimits, TableState,
+};
 use crate::core::names::{LockName, Ticket};
 use crate::ipc::message::{
     FromKeeper, HolderInfo, LockInfo, LockOp, LockReply, RejectKind, Then, TicketEvent, ToKeeper,
@@ -53,6 +57,54 @@ struct Wait {
     id: u64,
     then: Then,
     deadline_ms: u64,
+}
+
+/// A waiting request, in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitState {
+    /// The lock.
+    pub lock: LockName,
+    /// The waiter.
+    pub ticket: Ticket,
+    /// Its channel.
+    pub link: LinkId,
+    /// Its request id.
+    pub id: u64,
+    /// Its follow-up.
+    pub then: Then,
+    /// When its wait ends.
+    pub deadline_ms: u64,
+}
+
+/// The streams of a ticket, in a snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamState {
+    /// The ticket.
+    pub ticket: Ticket,
+    /// Its lock.
+    pub lock: LockName,
+    /// One entry per open stream.
+    pub links: Vec<LinkId>,
+}
+
+/// The whole service as plain data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceState {
+    /// The table's limits.
+    pub limits: TableLimits,
+    /// The longest wait.
+    pub max_wait_ms: u64,
+    /// The lease table.
+    pub table: TableState,
+    /// Small Resource Server resources.
+    pub resources: Vec<(LockName, resources::Resource)>,
+    /// Waiting requests.
+    pub waits: Vec<WaitState>,
+    /// Event streams.
+    pub streams: Vec<StreamState>,
 }
 
 /// Counts for metrics.
@@ -145,6 +197,28 @@ impl Service {
         &self.table
     }
 
+    /// Raises the fence counter to at least `floor` (after a recovery that may have lost a
+    /// tail of grants).
+    pub fn raise_fences(&mut self, floor: u64) {
+        self.table.restore_fence_floor(floor);
+    }
+
+    /// Gives every waiter a fresh presence window (after a restart nobody is connected).
+    pub fn reset_presence(&mut self, now_ms: u64) {
+        self.table.reset_presence(now_ms);
+    }
+
+    /// Whether a message only reads (it needs no journal record).
+    pub fn reads_only(message: &ToKeeper) -> bool {
+        matches!(
+            message,
+            ToKeeper::Request {
+                op: LockOp::Status { .. } | LockOp::List { .. } | LockOp::GetData { .. } | LockOp::CompatRead { .. },
+                ..
+            }
+        )
+    }
+
     /// Counts for metrics.
     pub fn stats(&self) -> ServiceStats {
         ServiceStats {
@@ -223,8 +297,10 @@ impl Service {
 
     /// Channel `link` closed: its waits and streams end as if their clients had gone.
     pub fn link_closed(&mut self, link: LinkId, at: Moment, out: &mut Outbox) {
-        let mine: Vec<(u64, (LockName, Ticket))> =
+        // In request order, and streams by ticket: a replay must do exactly the same.
+        let mut mine: Vec<(u64, (LockName, Ticket))> =
             self.wait_of_request.iter().filter(|((l, _), _)| *l == link).map(|((_, id), k)| (*id, k.clone())).collect();
+        mine.sort_unstable_by_key(|(id, _)| *id);
         for (id, key) in mine {
             self.wait_of_request.remove(&(link, id));
             if let Some(wait) = self.waits.remove(&key) {
@@ -239,10 +315,68 @@ impl Service {
             unwatch.extend(std::iter::repeat_n((streams.lock.clone(), ticket), before - streams.links.len()));
             !streams.links.is_empty()
         });
+        unwatch.sort_unstable_by_key(|(_, ticket)| *ticket);
         for (lock, ticket) in unwatch {
             self.apply(Op::Unwatch { lock, ticket }, at);
         }
         self.settle(at, out);
+    }
+
+    /// Every channel any wait or stream belongs to, in order.
+    pub fn links(&self) -> Vec<LinkId> {
+        let mut links: Vec<LinkId> = self.waits.values().map(|w| w.link).collect();
+        links.extend(self.streams.values().flat_map(|s| s.links.iter().copied()));
+        links.sort_unstable();
+        links.dedup();
+        links
+    }
+
+    /// The whole state as plain data, for a snapshot.
+    pub fn export(&self) -> ServiceState {
+        let mut waits: Vec<WaitState> = self
+            .waits
+            .iter()
+            .map(|((lock, ticket), w)| WaitState {
+                lock: lock.clone(),
+                ticket: *ticket,
+                link: w.link,
+                id: w.id,
+                then: w.then.clone(),
+                deadline_ms: w.deadline_ms,
+            })
+            .collect();
+        waits.sort_unstable_by_key(|w| (w.link, w.id));
+        let mut streams: Vec<StreamState> = self
+            .streams
+            .iter()
+            .map(|(ticket, s)| StreamState { ticket: *ticket, lock: s.lock.clone(), links: s.links.clone() })
+            .collect();
+        streams.sort_unstable_by_key(|s| s.ticket);
+        ServiceState {
+            limits: self.table.limits().clone(),
+            max_wait_ms: self.max_wait_ms,
+            table: self.table.export(),
+            resources: self.resources.export(),
+            waits,
+            streams,
+        }
+    }
+
+    /// Rebuilds a service from `export`'s data (refused if the table's state is invalid).
+    pub fn import(state: ServiceState, hash_seed: u64) -> Result<Self, CoreError> {
+        let mut service = Service::new(state.limits.clone(), state.max_wait_ms, hash_seed);
+        service.table = LockTable::import(state.table, state.limits, hash_seed)?;
+        service.resources = Resources::import(state.resources);
+        for w in state.waits {
+            let key = (w.lock, w.ticket);
+            service.wait_of_request.insert((w.link, w.id), key.clone());
+            service.wait_deadlines.insert((w.deadline_ms, w.link, w.id));
+            service.waits.insert(key, Wait { link: w.link, id: w.id, then: w.then, deadline_ms: w.deadline_ms });
+        }
+        for s in state.streams {
+            service.streams.insert(s.ticket, Streams { lock: s.lock, links: s.links });
+        }
+        Ok(service)
     }
 
     /// Ends a wait without a grant: the waiter stays queued (unwatched), or leaves for a

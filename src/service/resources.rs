@@ -10,7 +10,8 @@ use crate::core::rand::fnv1a;
 const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 /// One registered resource.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Resource {
     /// Its id.
     pub id: String,
@@ -51,6 +52,18 @@ impl Resources {
         bits[6..].copy_from_slice(&random[..10]);
         let id = base32_128(u128::from_be_bytes(bits));
         Some(self.by_name.entry(name).or_insert(Resource { id, timeout_s }))
+    }
+
+    /// Every resource as (name, resource), by name.
+    pub fn export(&self) -> Vec<(LockName, Resource)> {
+        let mut all: Vec<(LockName, Resource)> = self.by_name.iter().map(|(n, r)| (n.clone(), r.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// Rebuilds the registry from `export`'s list.
+    pub fn import(all: Vec<(LockName, Resource)>) -> Self {
+        Self { by_name: all.into_iter().collect() }
     }
 
     /// How many there are.

@@ -95,6 +95,9 @@ fn a_killed_keeper_means_503_with_retry_after_then_recovery_without_worker_resta
     }
     assert_eq!(s.worker_pids(), workers, "no worker was restarted");
     assert_ne!(s.keeper_pid(), keeper);
+    // The new keeper recovered from the journal: the lease taken before the kill holds.
+    let mut fresh = Client::connect(s.addr).unwrap();
+    assert_eq!(acquire(&mut fresh, "before").unwrap().status, 409, "the lease survived the keeper");
 }
 
 #[test]

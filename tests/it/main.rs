@@ -7,6 +7,7 @@ mod auth;
 mod cli;
 mod compat;
 mod dispatch;
+mod durability;
 mod layering;
 mod lifecycle;
 mod lock_props;

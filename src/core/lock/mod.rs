@@ -45,7 +45,8 @@ use super::rand::{lottery_stream, SplitMix64};
 type LockId = u32;
 
 /// Limits on everything a client controls, plus the presence timings.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TableLimits {
     /// Shortest lease a client may ask for.
     pub min_ttl_ms: u64,
