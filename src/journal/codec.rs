@@ -3,6 +3,10 @@
 //! [`Reader`] walks a segment's bytes and stops at the first record that is torn (its
 //! header or body runs past the end), too large to be real, or corrupt (its checksum does
 //! not match): everything before it is good, nothing after it can be trusted.
+//!
+//! Segments are preallocated, so the written records are followed by zeros. No record is
+//! empty (a body is JSON), so a zero length marks the end of what was written; the zeros
+//! must then run to the end, or a write was torn.
 
 use std::fmt;
 
@@ -16,7 +20,8 @@ pub const MAX_RECORD_BYTES: u32 = 128 * 1024 * 1024;
 /// Why reading stopped before the end.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Damage {
-    /// The last record is incomplete (a crash in the middle of a write).
+    /// The last record is incomplete (a crash in the middle of a write), or bytes follow
+    /// the end of the written records.
     Torn,
     /// A record's checksum does not match its body.
     Corrupt,
@@ -78,6 +83,10 @@ impl<'a> Reader<'a> {
         let Some(header) = rest.get(..HEADER_BYTES) else { return Err(Damage::Torn) };
         let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
         let crc = u32::from_be_bytes([header[4], header[5], header[6], header[7]]);
+        if len == 0 {
+            // The end of the written records: zeros (preallocated space) to the end.
+            return if rest.iter().all(|&b| b == 0) { Ok(None) } else { Err(Damage::Torn) };
+        }
         if len > MAX_RECORD_BYTES {
             return Err(Damage::TooLarge(len));
         }
@@ -150,6 +159,25 @@ mod tests {
                 assert!(damage.is_some(), "flip at byte {byte} bit {bit} went unnoticed");
             }
         }
+    }
+
+    #[test]
+    fn zeros_after_the_records_are_a_clean_end_but_anything_past_them_is_torn() {
+        let (mut bytes, ends) = journal(4);
+        bytes.resize(bytes.len() + 4096, 0);
+        assert_eq!(good_records(&bytes), (4, None));
+        let mut r = Reader::new(&bytes);
+        while let Ok(Some(_)) = r.next_record() {}
+        assert_eq!(r.offset(), ends[3], "the offset stops where the zeros start");
+        // A write whose header never reached the disk but whose later bytes did.
+        let last = bytes.len() - 1;
+        bytes[last] = b'}';
+        assert_eq!(good_records(&bytes), (4, Some(Damage::Torn)));
+        // Fewer bytes than a header are torn, zeros or not (the writer always leaves room for
+        // a whole zero header after its records).
+        let (mut short, _) = journal(2);
+        short.extend_from_slice(&[0; 3]);
+        assert_eq!(good_records(&short), (2, Some(Damage::Torn)));
     }
 
     #[test]

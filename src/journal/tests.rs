@@ -168,7 +168,14 @@ fn a_journal_cut_at_every_byte_of_its_last_record_recovers_to_the_record_before(
     let whole = tempfile::tempdir().unwrap();
     write_journal(whole.path(), &records);
     let segment = std::fs::read_dir(whole.path()).unwrap().next().unwrap().unwrap().path();
-    let bytes = std::fs::read(&segment).unwrap();
+    let file = std::fs::read(&segment).unwrap();
+    // The segment holds the records, then zeros (its preallocated rest).
+    let mut bytes = Vec::new();
+    for r in &records {
+        codec::encode(r, &mut bytes).unwrap();
+    }
+    assert_eq!(&file[..bytes.len()], &bytes[..]);
+    assert!(file[bytes.len()..].iter().all(|&b| b == 0) && file.len() > bytes.len() + codec::HEADER_BYTES);
     let mut last = Vec::new();
     codec::encode(&records[5], &mut last).unwrap();
     let last_start = bytes.len() - last.len();
@@ -193,6 +200,13 @@ fn a_journal_cut_at_every_byte_of_its_last_record_recovers_to_the_record_before(
         store.commit(true).unwrap();
         drop(store);
         assert_eq!(recover(dir.path()).1.records, 6, "cut at byte {cut}: the appended record follows");
+        // The same torn write inside preallocated space: the rest of the file is zeros.
+        let dir = tempfile::tempdir().unwrap();
+        let mut torn = bytes[..cut].to_vec();
+        torn.resize(cut + 4096, 0);
+        std::fs::write(dir.path().join(segment.file_name().unwrap()), &torn).unwrap();
+        let (service, recovery) = recover(dir.path());
+        assert_eq!((service.export(), recovery.records), (expected.clone(), 5), "cut at byte {cut}, zeros after");
     }
     // A flipped bit in the last record: recovered to the record before it.
     for byte in last_start..bytes.len() {

@@ -325,11 +325,18 @@ fn a_journal_that_cannot_be_written_refuses_changes_loses_nothing_and_recovers()
     let ticket = held["ticket"].as_str().unwrap().to_string();
     let put = |c: &mut Client, v: &str| c.request("PUT", "/v1/locks/disk/data/v", &[("x-ticket", &ticket)], v).unwrap();
     assert_eq!(put(&mut c, "1").status, 201);
-    // The disk is "full": no file may grow past its current size (for the keeper, and for
-    // every keeper the master starts from now on).
-    let size = std::fs::metadata(segment(dir.path())).unwrap().len();
-    set_fsize(s.pid(), &size.to_string());
-    set_fsize(s.keeper_pid(), &size.to_string());
+    // The disk is "full": nothing may be written past the journal's current end, even into
+    // the segment's preallocated space (for the keeper, and for every keeper the master
+    // starts from now on). With no snapshot yet, the journal's bytes are the segment's.
+    let metrics = String::from_utf8(c.get("/metrics").unwrap().body).unwrap();
+    let written: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("leasehold_journal_bytes "))
+        .and_then(|v| v.parse().ok())
+        .expect("leasehold_journal_bytes");
+    assert!(std::fs::metadata(segment(dir.path())).unwrap().len() > written, "the segment is preallocated");
+    set_fsize(s.pid(), &written.to_string());
+    set_fsize(s.keeper_pid(), &written.to_string());
     let refused = put(&mut c, "2");
     assert_eq!((refused.status, refused.json()["error"].as_str()), (503, Some("journal_unavailable")));
     assert!(refused.json()["message"].as_str().unwrap().contains("cannot be written"), "{}", refused.json());
