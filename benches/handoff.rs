@@ -6,36 +6,13 @@
 //! `cargo bench --bench handoff` (part of `make bench`); `LEASEHOLD_BENCH_WAITERS` changes
 //! the number of waiters.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::os::unix::net::UnixDatagram;
-use std::process::{Command, Stdio};
+mod common;
+
+use std::net::TcpStream;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-/// Sends one request and reads one response (Content-Length bodies only).
-fn call(stream: &mut TcpStream, path: &str, body: &str) -> (u16, serde_json::Value) {
-    let req = format!("POST {path} HTTP/1.1\r\nHost: b\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-    stream.write_all(req.as_bytes()).expect("send");
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut chunk).expect("read");
-        assert!(n > 0, "closed");
-        buf.extend_from_slice(&chunk[..n]);
-        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
-        let head = String::from_utf8_lossy(&buf[..end]).to_string();
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap()))
-            .unwrap_or(0);
-        if buf.len() >= end + 4 + len {
-            let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-            let body = serde_json::from_slice(&buf[end + 4..end + 4 + len]).unwrap_or(serde_json::Value::Null);
-            return (status, body);
-        }
-    }
-}
+use common::{call_json as call, Server};
 
 fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
@@ -44,33 +21,12 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 fn main() {
     let waiters: usize = std::env::var("LEASEHOLD_BENCH_WAITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000);
     let dir = tempfile::tempdir().expect("temp dir");
-    let config = dir.path().join("bench.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\nlog_level = \"warn\"\ndata_dir = {:?}\n[journal]\nfsync = \"never\"\n",
-            dir.path().join("data")
-        ),
-    )
-    .unwrap();
-    let notify = UnixDatagram::bind(dir.path().join("notify")).unwrap();
-    notify.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_leasehold"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("NOTIFY_SOCKET", dir.path().join("notify"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start leasehold (build it with cargo build --release)");
-    let mut buf = [0u8; 1024];
-    let addr: SocketAddr = loop {
-        let n = notify.recv(&mut buf).expect("READY=1 within 30 s");
-        let note = String::from_utf8_lossy(&buf[..n]).to_string();
-        if let Some(rest) = note.split("serving on ").nth(1) {
-            break rest.split([' ', ';']).next().unwrap().parse().unwrap();
-        }
-    };
+    let config = format!(
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nworkers = 2\nlog_level = \"warn\"\ndata_dir = {:?}\n[journal]\nfsync = \"never\"\n",
+        dir.path().join("data")
+    );
+    let server = Server::start(dir.path(), &config, Duration::from_secs(30));
+    let addr = server.addr;
 
     let mut holder = TcpStream::connect(addr).unwrap();
     let (_, held) = call(&mut holder, "/v1/locks/hot/acquire", r#"{"ttl_ms":600000}"#);
@@ -107,27 +63,7 @@ fn main() {
         .collect();
     start.wait();
     // Let every waiter's long-poll reach the server before the first release.
-    let mut probe = TcpStream::connect(addr).unwrap();
-    loop {
-        probe.write_all(b"GET /metrics HTTP/1.1\r\nHost: b\r\n\r\n").unwrap();
-        let mut text = Vec::new();
-        let mut chunk = [0u8; 65536];
-        loop {
-            let n = probe.read(&mut chunk).unwrap();
-            text.extend_from_slice(&chunk[..n]);
-            if let Some(end) = text.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&text[..end]).to_string();
-                let len: usize =
-                    head.lines().find_map(|l| l.strip_prefix("Content-Length: ").map(|v| v.parse().unwrap())).unwrap();
-                if text.len() >= end + 4 + len {
-                    break;
-                }
-            }
-        }
-        if String::from_utf8_lossy(&text).contains(&format!("leasehold_waiting_requests {waiters}\n")) {
-            break;
-        }
-    }
+    while !server.metrics().contains(&format!("leasehold_waiting_requests {waiters}\n")) {}
     let first_release = epoch.elapsed().as_micros() as u64;
     let ticket = held["ticket"].as_str().unwrap();
     call(&mut holder, "/v1/locks/hot/release", &format!(r#"{{"ticket":"{ticket}"}}"#));
@@ -140,8 +76,7 @@ fn main() {
         latencies.push(pair[1].1.saturating_sub(pair[0].2));
     }
     latencies.sort_unstable();
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
     println!(
         "contended hand-off, {waiters} long-polling waiters on one mutex (HTTP, 2 workers): {} hand-offs in {:.2} s ({:.0}/s); release sent -> next grant received: p50 {} us, p99 {} us, max {} us",
         latencies.len(),

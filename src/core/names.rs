@@ -2,10 +2,13 @@
 //!
 //! Every string that reaches the lease table from a client passes through one of these
 //! constructors first, so the table itself never has to ask whether a name is well formed.
+//! Names and labels up to 24 bytes are stored inline (no allocation of their own): the
+//! table holds one of each per lease, and most are short.
 //! Pure: no I/O and no randomness (a ticket is made from random bytes the caller passes in).
 
 use std::fmt;
 
+use compact_str::CompactString;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::error::CoreError;
@@ -59,13 +62,13 @@ macro_rules! text_newtype {
     ($(#[$meta:meta])* $name:ident, $field:literal) => {
         $(#[$meta])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(Box<str>);
+        pub struct $name(CompactString);
 
         impl $name {
             /// Validates `text` and wraps it.
             pub fn parse(text: &str) -> Result<Self, CoreError> {
                 check_name($field, text)?;
-                Ok(Self(text.into()))
+                Ok(Self(CompactString::new(text)))
             }
 
             /// The name as text.
@@ -118,8 +121,8 @@ text_newtype!(
 );
 
 /// A free-form label a client gives its lease (host, job id…): 0–200 bytes, no control characters.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize)]
-pub struct Owner(Box<str>);
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Owner(CompactString);
 
 impl Owner {
     /// Validates `text` and wraps it.
@@ -130,7 +133,7 @@ impl Owner {
         if text.chars().any(char::is_control) {
             return Err(CoreError::InvalidName { field: "owner", reason: "must not contain control characters" });
         }
-        Ok(Self(text.into()))
+        Ok(Self(CompactString::new(text)))
     }
 
     /// The label as text.
@@ -142,6 +145,12 @@ impl Owner {
 impl fmt::Debug for Owner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl Serialize for Owner {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
     }
 }
 

@@ -194,6 +194,7 @@ impl Keeper {
             }
         })
         .map_err(|e| io::Error::other(e.to_string()))?;
+        crate::sys::memory::release_free_heap();
         let recovery_ms = started.elapsed().as_millis() as u64;
         let stats = service.table().stats();
         log::info!(

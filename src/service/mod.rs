@@ -365,7 +365,7 @@ impl Service {
     /// Rebuilds a service from `export`'s data (refused if the table's state is invalid).
     pub fn import(state: ServiceState, hash_seed: u64) -> Result<Self, CoreError> {
         let mut service = Service::new(state.limits.clone(), state.max_wait_ms, hash_seed);
-        service.table = LockTable::import(state.table, state.limits, hash_seed)?;
+        service.table = LockTable::import(&state.table, state.limits, hash_seed)?;
         service.resources = Resources::import(state.resources);
         for w in state.waits {
             let key = (w.lock, w.ticket);

@@ -374,7 +374,7 @@ fn run(seed: u64, steps: &[Step]) {
             let json = serde_json::to_string(&state).expect("state serialises");
             let back: TableState = serde_json::from_str(&json).expect("state parses back");
             assert_eq!(back, state, "step {i}: JSON round trip changed the state");
-            let imported = LockTable::import(back, LIMITS, seed.rotate_left(17)).expect("exported state imports");
+            let imported = LockTable::import(&back, LIMITS, seed.rotate_left(17)).expect("exported state imports");
             assert_eq!(imported.export(), state, "step {i}: import changed the state");
             assert_eq!(imported.next_deadline(), table.next_deadline());
             assert_eq!(imported.stats(), table.stats());

@@ -2,7 +2,7 @@
 //! every step of the model-based tests. A broken invariant is a bug in the table, never a
 //! client's fault.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::BTreeSet;
 
 use super::{LockId, LockTable, QueueKind};
 
@@ -10,20 +10,12 @@ impl LockTable {
     /// Checks every invariant; returns the first broken one.
     ///
     /// - the name index and the slots agree, and every lock is reachable by its name;
-    /// - holders' weights sum to `used`, and `used` ≤ `limit`;
-    /// - no ticket is both holding and waiting, or twice in one lock;
-    /// - every fence is below the next fence and unique;
-    /// - FIFO: a non-empty queue's head does not fit; lottery: a non-empty queue has a
-    ///   candidate that does not fit, or no permit is free;
     /// - the deadline index holds exactly the leases' expiries and the unwatched waiters'
     ///   absence deadlines;
-    /// - no lock is empty (no holder, no waiter, no data); data byte counts are exact;
-    /// - the global holder and waiter counts match.
+    /// - and everything [`check_contents`](Self::check_contents) checks.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.check_counts()?;
-        let mut expected_deadlines = BTreeSet::new();
-        let mut fences = HashSet::new();
-        let (mut holders, mut waiters) = (0u64, 0u64);
+        let mut expected_deadlines = Vec::with_capacity(self.deadlines.len());
         for (id, slot) in self.slots.iter().enumerate() {
             let Some(lock) = slot else { continue };
             let id = id as LockId;
@@ -37,6 +29,37 @@ impl LockTable {
             if lock.touched != 0 {
                 return Err(format!("lock {name:?}: expire scratch left set"));
             }
+            expected_deadlines.extend(lock.holders.iter().map(|l| (l.expires_at_ms, l.ticket, id)));
+            if let Some(queue) = &lock.queue {
+                let unwatched = queue.waiters.iter().filter(|w| w.watchers == 0);
+                expected_deadlines.extend(unwatched.map(|w| (w.absent_at_ms, w.ticket, id)));
+            }
+        }
+        expected_deadlines.sort_unstable();
+        if !expected_deadlines.iter().eq(self.deadlines.iter()) {
+            let expected: BTreeSet<_> = expected_deadlines.into_iter().collect();
+            let missing = expected.difference(&self.deadlines).next();
+            let extra = self.deadlines.difference(&expected).next();
+            return Err(format!("deadline index out of step: missing {missing:?}, extra {extra:?}"));
+        }
+        self.check_contents()
+    }
+
+    /// Checks what the locks hold (all a snapshot decides; the indexes are built from it):
+    ///
+    /// - holders' weights sum to `used`, and `used` ≤ `limit`;
+    /// - no ticket is both holding and waiting, or twice in one lock;
+    /// - every fence is below the next fence and unique;
+    /// - FIFO: a non-empty queue's head does not fit; lottery: a non-empty queue has a
+    ///   candidate that does not fit, or no permit is free;
+    /// - no lock is empty (no holder, no waiter, no data); data byte counts are exact;
+    /// - the global holder and waiter counts match.
+    pub(super) fn check_contents(&self) -> Result<(), String> {
+        let mut fences = Vec::with_capacity(self.holders as usize);
+        let mut tickets = Vec::new();
+        let (mut holders, mut waiters) = (0u64, 0u64);
+        for lock in self.slots.iter().flatten() {
+            let name = lock.name.as_str();
             if !lock.has_participants() && lock.data.is_none() {
                 return Err(format!("lock {name:?} is empty but not forgotten"));
             }
@@ -47,18 +70,16 @@ impl LockTable {
             if lock.used > lock.limit {
                 return Err(format!("lock {name:?}: {} permits held over limit {}", lock.used, lock.limit));
             }
-            let mut tickets = HashSet::new();
+            tickets.clear();
             for lease in &lock.holders {
-                if !tickets.insert(lease.ticket) {
-                    return Err(format!("lock {name:?}: ticket {} held twice", lease.ticket));
-                }
-                if lease.fence >= self.next_fence || !fences.insert(lease.fence) {
-                    return Err(format!("lock {name:?}: fence {} reused or from the future", lease.fence));
+                if lease.fence >= self.next_fence {
+                    return Err(format!("lock {name:?}: fence {} is from the future", lease.fence));
                 }
                 if lease.weight == 0 {
                     return Err(format!("lock {name:?}: a lease of weight 0"));
                 }
-                expected_deadlines.insert((lease.expires_at_ms, lease.ticket, id));
+                fences.push(lease.fence);
+                tickets.push(lease.ticket);
             }
             holders += lock.holders.len() as u64;
             if let Some(queue) = &lock.queue {
@@ -66,18 +87,10 @@ impl LockTable {
                     return Err(format!("lock {name:?}: an empty queue is kept"));
                 }
                 for w in &queue.waiters {
-                    if !tickets.insert(w.ticket) {
-                        return Err(format!(
-                            "lock {name:?}: ticket {} both holding and waiting, or queued twice",
-                            w.ticket
-                        ));
-                    }
                     if w.weight == 0 || w.weight > lock.limit {
                         return Err(format!("lock {name:?}: a waiter of weight {} can never fit", w.weight));
                     }
-                    if w.watchers == 0 {
-                        expected_deadlines.insert((w.absent_at_ms, w.ticket, id));
-                    }
+                    tickets.push(w.ticket);
                 }
                 waiters += queue.waiters.len() as u64;
                 let fits = |weight: u32| lock.used + weight <= lock.limit;
@@ -105,6 +118,15 @@ impl LockTable {
                     },
                 }
             }
+            if tickets.len() > 1 {
+                tickets.sort_unstable();
+                if let Some(twice) = tickets.windows(2).find(|w| w[0] == w[1]) {
+                    return Err(format!(
+                        "lock {name:?}: ticket {} held twice, both holding and waiting, or queued twice",
+                        twice[0]
+                    ));
+                }
+            }
             if let Some(data) = &lock.data {
                 if data.entries.is_empty() {
                     return Err(format!("lock {name:?}: an empty data map is kept"));
@@ -121,10 +143,9 @@ impl LockTable {
                 self.holders, self.waiters
             ));
         }
-        if expected_deadlines != self.deadlines {
-            let missing = expected_deadlines.difference(&self.deadlines).next();
-            let extra = self.deadlines.difference(&expected_deadlines).next();
-            return Err(format!("deadline index out of step: missing {missing:?}, extra {extra:?}"));
+        fences.sort_unstable();
+        if let Some(twice) = fences.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!("fence {} is held twice", twice[0]));
         }
         Ok(())
     }

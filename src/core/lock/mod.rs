@@ -31,6 +31,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{DefaultHasher, Hasher};
 
 use hashbrown::HashTable;
+use smallvec::SmallVec;
 
 pub use op::{
     Acquire, CallbackEvent, DropReason, LeaseView, Moment, Op, Output, QueueKind, QueueMode, QueueView, Reply,
@@ -89,19 +90,16 @@ impl Default for TableLimits {
     }
 }
 
-/// Owner label and callback of a lease or waiter; boxed because most have neither.
+/// Owner label and callback of a lease or waiter. The label is kept inline (many clients
+/// send one); the callback, rarer, is boxed so it costs a pointer when absent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Extra {
     owner: Option<Owner>,
-    callback: Option<CallbackUrl>,
+    callback: Option<Box<CallbackUrl>>,
 }
 
-fn make_extra(owner: Option<Owner>, callback: Option<CallbackUrl>) -> Option<Box<Extra>> {
-    if owner.is_none() && callback.is_none() {
-        None
-    } else {
-        Some(Box::new(Extra { owner, callback }))
-    }
+fn make_extra(owner: Option<Owner>, callback: Option<CallbackUrl>) -> Extra {
+    Extra { owner, callback: callback.map(Box::new) }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,16 +110,16 @@ struct Lease {
     ttl_ms: u64,
     weight: u32,
     claimed: bool,
-    extra: Option<Box<Extra>>,
+    extra: Extra,
 }
 
 impl Lease {
     fn owner(&self) -> Option<&Owner> {
-        self.extra.as_ref().and_then(|e| e.owner.as_ref())
+        self.extra.owner.as_ref()
     }
 
     fn callback(&self) -> Option<&CallbackUrl> {
-        self.extra.as_ref().and_then(|e| e.callback.as_ref())
+        self.extra.callback.as_deref()
     }
 
     fn view(&self) -> LeaseView {
@@ -136,6 +134,9 @@ impl Lease {
     }
 }
 
+/// A lock's holders: the first inline, more on the heap.
+type Holders = SmallVec<[Lease; 1]>;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Waiter {
     ticket: Ticket,
@@ -144,7 +145,7 @@ struct Waiter {
     absent_at_ms: u64,
     weight: u32,
     watchers: u32,
-    extra: Option<Box<Extra>>,
+    extra: Extra,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -167,7 +168,8 @@ struct Lock {
     limit: u32,
     used: u32,
     kind: QueueKind,
-    holders: Vec<Lease>,
+    /// Inline for the usual single holder (a mutex): no allocation of its own.
+    holders: Holders,
     queue: Option<Box<Queue>>,
     data: Option<Box<DataMap>>,
     /// Scratch for `expire`: 1 + this lock's place in its list of touched locks, else 0.
@@ -397,9 +399,17 @@ impl LockTable {
         self.slots[id as usize].as_mut().expect("indexed lock slot is occupied")
     }
 
+    /// Makes room for `more` locks without growing the index or the slots on the way.
+    fn reserve_locks(&mut self, more: usize) {
+        let slots = &self.slots;
+        self.index.reserve(more, |&id| slots[id as usize].as_ref().map_or(0, |l| l.hash));
+        self.slots.reserve(more);
+    }
+
     /// Adds a lock; `hash` is `hash_name` of its name (from `find_hashed`).
     fn create(&mut self, name: LockName, hash: u64, limit: u32, kind: QueueKind) -> LockId {
-        let lock = Lock { name, limit, used: 0, kind, holders: Vec::new(), queue: None, data: None, touched: 0, hash };
+        let lock =
+            Lock { name, limit, used: 0, kind, holders: Holders::new(), queue: None, data: None, touched: 0, hash };
         let id = match self.free.pop() {
             Some(id) => {
                 self.slots[id as usize] = Some(lock);
@@ -748,7 +758,7 @@ impl LockTable {
         let lease = lock.holders.swap_remove(index);
         lock.used -= lease.weight;
         if lock.holders.is_empty() {
-            lock.holders = Vec::new();
+            lock.holders = Holders::new();
         }
         if unindex {
             self.deadlines.remove(&(lease.expires_at_ms, lease.ticket, id));
@@ -834,7 +844,7 @@ impl LockTable {
             let w = self.remove_waiter(id, index, true);
             *moved_from = min(*moved_from, index);
             let claimed = w.watchers > 0;
-            let callback = w.extra.as_ref().and_then(|e| e.callback.clone());
+            let callback = w.extra.callback.as_deref().cloned();
             let lease = Lease {
                 ticket: w.ticket,
                 fence: 0,

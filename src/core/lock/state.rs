@@ -2,13 +2,14 @@
 //!
 //! `export` writes locks in name order and everything else in the table's own order, so
 //! `import(export(t))` is the same table: same replies and outputs for any later history.
-//! `import` trusts nothing: it checks every invariant and refuses a state that breaks one.
+//! `import` trusts nothing: it checks every rule on what locks hold and refuses a state
+//! that breaks one (the indexes it builds itself).
 
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::{make_extra, DataMap, Lease, Lock, LockTable, Queue, QueueKind, TableLimits, Waiter};
+use super::{make_extra, DataMap, Holders, Lease, Lock, LockTable, Queue, QueueKind, TableLimits, Waiter};
 use crate::core::error::CoreError;
 use crate::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket};
 
@@ -106,10 +107,17 @@ impl LockTable {
     }
 
     /// Rebuilds a table from `state`, refusing any state that breaks an invariant.
-    pub fn import(state: TableState, limits: TableLimits, hash_seed: u64) -> Result<Self, CoreError> {
+    ///
+    /// Everything the table keeps is copied, so the caller can free the parsed state as a
+    /// whole afterwards: its pages then go back to the allocator (and the kernel) intact,
+    /// instead of each staying pinned by a few strings that moved into the table.
+    pub fn import(state: &TableState, limits: TableLimits, hash_seed: u64) -> Result<Self, CoreError> {
         let mut table = LockTable::new(limits, hash_seed);
         table.next_fence = state.next_fence.max(1);
-        for ls in state.locks {
+        table.reserve_locks(state.locks.len());
+        // Built in one go at the end: a sorted bulk load, not a million random inserts.
+        let mut deadlines = Vec::new();
+        for ls in &state.locks {
             let (hash, found) = table.find_hashed(ls.name.as_str());
             if found.is_some() {
                 return Err(invalid(format!("lock {:?} appears twice", ls.name.as_str())));
@@ -117,12 +125,12 @@ impl LockTable {
             if ls.limit == 0 {
                 return Err(invalid(format!("lock {:?} has limit 0", ls.name.as_str())));
             }
-            let id = table.create(ls.name, hash, ls.limit, ls.queue);
-            let mut holders = Vec::with_capacity(ls.holders.len());
+            let id = table.create(ls.name.clone(), hash, ls.limit, ls.queue);
+            let mut holders = Holders::with_capacity(ls.holders.len());
             let mut used: u64 = 0;
-            for h in ls.holders {
+            for h in &ls.holders {
                 used += u64::from(h.weight);
-                table.deadlines.insert((h.expires_at_ms, h.ticket, id));
+                deadlines.push((h.expires_at_ms, h.ticket, id));
                 holders.push(Lease {
                     ticket: h.ticket,
                     fence: h.fence,
@@ -130,14 +138,14 @@ impl LockTable {
                     ttl_ms: h.ttl_ms,
                     weight: h.weight,
                     claimed: h.claimed,
-                    extra: make_extra(h.owner, h.callback),
+                    extra: make_extra(h.owner.clone(), h.callback.clone()),
                 });
             }
             let mut waiters = VecDeque::with_capacity(ls.waiters.len());
-            for w in ls.waiters {
+            for w in &ls.waiters {
                 let absent_at_ms = match (w.watchers, w.absent_at_ms) {
                     (0, Some(at)) => {
-                        table.deadlines.insert((at, w.ticket, id));
+                        deadlines.push((at, w.ticket, id));
                         at
                     }
                     (0, None) => return Err(invalid("an unwatched waiter has no absence deadline".into())),
@@ -150,13 +158,13 @@ impl LockTable {
                     absent_at_ms,
                     weight: w.weight,
                     watchers: w.watchers,
-                    extra: make_extra(w.owner, w.callback),
+                    extra: make_extra(w.owner.clone(), w.callback.clone()),
                 });
             }
             let mut data = DataMap::default();
-            for (key, value) in ls.data {
+            for (key, value) in &ls.data {
                 data.bytes = data.bytes.saturating_add((key.as_str().len() + value.len()) as u32);
-                data.entries.insert(key, value.into_boxed_str());
+                data.entries.insert(key.clone(), value.as_str().into());
             }
             table.holders += holders.len() as u64;
             table.waiters += waiters.len() as u64;
@@ -172,16 +180,16 @@ impl LockTable {
                 lock.data = Some(Box::new(data));
             }
         }
-        table.check_invariants().map_err(invalid)?;
+        table.deadlines = deadlines.into_iter().collect();
+        // The indexes are built from the locks; what the locks hold is the snapshot's word.
+        table.check_contents().map_err(invalid)?;
+        debug_assert_eq!(table.check_invariants(), Ok(()));
         Ok(table)
     }
 }
 
 fn export_lock(lock: &Lock) -> LockState {
-    let split = |extra: &Option<Box<super::Extra>>| match extra {
-        Some(e) => (e.owner.clone(), e.callback.clone()),
-        None => (None, None),
-    };
+    let split = |extra: &super::Extra| (extra.owner.clone(), extra.callback.as_deref().cloned());
     LockState {
         name: lock.name.clone(),
         limit: lock.limit,

@@ -470,23 +470,40 @@ fn import_refuses_a_state_that_breaks_an_invariant() {
     h.acquire("a", 1, 0, |_| {});
     h.acquire("a", 2, 0, |_| {});
     let good = h.table.export();
-    assert!(LockTable::import(good.clone(), LIMITS, 1).is_ok());
+    assert!(LockTable::import(&good, LIMITS, 1).is_ok());
 
     let mut over = good.clone();
     over.locks[0].holders[0].weight = 2;
-    assert!(LockTable::import(over, LIMITS, 1).is_err(), "holders over the limit");
+    assert!(LockTable::import(&over, LIMITS, 1).is_err(), "holders over the limit");
 
     let mut stale_fence = good.clone();
     stale_fence.next_fence = 1;
-    assert!(LockTable::import(stale_fence, LIMITS, 1).is_err(), "fence not below next_fence");
+    assert!(LockTable::import(&stale_fence, LIMITS, 1).is_err(), "fence not below next_fence");
 
     let mut both = good.clone();
     both.locks[0].waiters[0].ticket = both.locks[0].holders[0].ticket;
-    assert!(LockTable::import(both, LIMITS, 1).is_err(), "holding and waiting");
+    assert!(LockTable::import(&both, LIMITS, 1).is_err(), "holding and waiting");
 
-    let mut head_fits = good;
+    let mut head_fits = good.clone();
     head_fits.locks[0].holders.clear();
-    assert!(LockTable::import(head_fits, LIMITS, 1).is_err(), "FIFO head fits but waits");
+    assert!(LockTable::import(&head_fits, LIMITS, 1).is_err(), "FIFO head fits but waits");
+
+    let mut queued_twice = good;
+    let waiter = queued_twice.locks[0].waiters[0].clone();
+    queued_twice.locks[0].waiters.push(waiter);
+    assert!(LockTable::import(&queued_twice, LIMITS, 1).is_err(), "queued twice");
+
+    // Fences are unique across locks.
+    h.acquire("b", 3, 0, |a| a.limit = 2);
+    h.acquire("b", 4, 0, |a| a.limit = 2);
+    let mut shared_fence = h.table.export();
+    let fence = shared_fence.locks[0].holders[0].fence;
+    shared_fence.locks[1].holders[1].fence = fence;
+    assert!(LockTable::import(&shared_fence, LIMITS, 1).is_err(), "a fence held twice");
+    let mut same_ticket = h.table.export();
+    same_ticket.locks[1].holders[1].ticket = same_ticket.locks[1].holders[0].ticket;
+    assert!(LockTable::import(&same_ticket, LIMITS, 1).is_err(), "a ticket holding twice");
+    assert!(LockTable::import(&h.table.export(), LIMITS, 1).is_ok());
 }
 
 #[test]
