@@ -182,6 +182,29 @@ fn bind(addr: SocketAddr, reuseport: bool) -> io::Result<std::net::TcpListener> 
     Ok(socket.into())
 }
 
+/// Fails if some other socket already listens on `addr`. `SO_REUSEPORT` would otherwise let
+/// a second server (another leasehold with another data directory, say) join the same port
+/// silently, and the kernel would split clients between two lease tables: two holders of
+/// one mutex. A plain bind is refused by any listener there, whatever its options. (Two
+/// servers starting in the same instant can still both pass; the window is this function.)
+fn check_port_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    probe.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        probe.set_only_v6(true)?;
+    }
+    probe.bind(&addr.into()).map_err(|e| match e.kind() {
+        io::ErrorKind::AddrInUse => io::Error::new(
+            e.kind(),
+            "the address is already in use by another process (is another server running on it?)",
+        ),
+        _ => e,
+    })
+}
+
 /// Binds every listener; returns them with the addresses actually bound (port 0 resolved).
 fn bind_all(config: &Config, slots: usize) -> Result<(Listeners, Vec<SocketAddr>), String> {
     let fail = |addr: &SocketAddr, e: io::Error| format!("cannot listen on {addr}: {e}");
@@ -190,6 +213,7 @@ fn bind_all(config: &Config, slots: usize) -> Result<(Listeners, Vec<SocketAddr>
         Dispatch::Reuseport => {
             let mut per_slot: Vec<Vec<std::net::TcpListener>> = (0..slots).map(|_| Vec::new()).collect();
             for addr in &config.server.listen {
+                check_port_free(*addr).map_err(|e| fail(addr, e))?;
                 let first = bind(*addr, true).map_err(|e| fail(addr, e))?;
                 let actual = first.local_addr().map_err(|e| fail(addr, e))?;
                 per_slot[0].push(first);

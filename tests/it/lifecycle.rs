@@ -304,3 +304,30 @@ fn a_second_sigterm_stops_waiting_for_the_drain() {
     assert!(took < Duration::from_secs(30), "the second signal did not cut the 60 s drain short: {took:?}");
     assert!(wait_for_exit(worker, Duration::from_secs(1)).unwrap());
 }
+
+#[test]
+fn a_second_server_on_a_port_in_use_refuses_to_start_in_either_dispatch_mode() {
+    let first = Server::start(&config("workers = 2", ""));
+    for dispatch in ["reuseport", "fd-passing"] {
+        // Its own data directory: only the port is shared. With SO_REUSEPORT the kernel
+        // would otherwise split clients between two lease tables.
+        let text = format!(
+            "[server]\nlisten = [\"{}\"]\nworkers = 1\ndispatch = \"{dispatch}\"\nlog_level = \"debug\"\n",
+            first.addr
+        );
+        let mut second = Server::spawn_only(&text);
+        let (status, _) = second.wait_exit(DEADLINE);
+        assert_eq!(status.code(), Some(1), "{dispatch}: {}", second.log());
+        second.wait_log(&format!("cannot listen on {}", first.addr));
+        if dispatch == "reuseport" {
+            second.wait_log("already in use by another process");
+        }
+    }
+    // Every request still reaches the first server's one table.
+    let mut c = Client::connect(first.addr).unwrap();
+    assert_eq!(acquire(&mut c, "only-one-table").unwrap().status, 200);
+    for _ in 0..20 {
+        let mut other = Client::connect(first.addr).unwrap();
+        assert_eq!(acquire(&mut other, "only-one-table").unwrap().status, 409);
+    }
+}
