@@ -3,7 +3,7 @@ CARGO  ?= cargo
 CONFIG ?= config/leasehold.toml
 BIN    := target/release/leasehold
 
-.PHONY: run build test lint fmt bench bench-table bench-handoff bench-http bench-durability check-config
+.PHONY: run build test lint fmt bench bench-table bench-handoff bench-http bench-durability bench-recovery check-config
 
 ## run: build the release binary and serve with config/leasehold.toml
 run: build
@@ -27,7 +27,7 @@ fmt:
 	$(CARGO) fmt --all
 
 ## bench: every benchmark (figures in the README come from here)
-bench: bench-table bench-handoff bench-http bench-durability
+bench: bench-table bench-handoff bench-http bench-durability bench-recovery
 
 ## bench-handoff: 1,000 long-polling waiters on one mutex, hand-off latency over HTTP
 bench-handoff:
@@ -44,6 +44,10 @@ bench-http:
 ## bench-durability: acquire/release with each fsync mode against etcd's lock transaction (installs wrk, etcd)
 bench-durability:
 	bash benches/durability.sh
+
+## bench-recovery: recovery time and keeper memory with 1M leases (journal replay and snapshot)
+bench-recovery:
+	$(CARGO) bench --locked --bench recovery
 
 ## check-config: validate $(CONFIG)
 check-config: build

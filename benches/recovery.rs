@@ -6,7 +6,7 @@
 //! 2. a start on the default snapshot size, which writes a snapshot of that state;
 //! 3. recovery from that snapshot, and the keeper's RSS.
 //!
-//! `cargo bench --bench recovery` (part of `make bench`); `LEASEHOLD_BENCH_LEASES` changes
+//! `make bench-recovery` (part of `make bench`); `LEASEHOLD_BENCH_LEASES` changes
 //! the number of leases.
 
 mod common;
