@@ -10,59 +10,30 @@
 # from Debian's packages if missing (needs root). Prints one line per target: requests/s,
 # p50, p99, non-2xx answers, and server CPU per request (user + system time of every server
 # process, from /proc, divided by requests): the steadiest figure on a shared machine.
-set -euo pipefail
 secs=${1:-10}
 conns=${2:-64}
-root=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
+source "$(dirname "$0")/lib.sh"
 need wrk wrk
 need nginx nginx-light
-(cd "$root" && cargo build --release --locked -q)
-bin="$root/target/release/leasehold"
+build
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done; echo "no answer from $1" >&2; exit 1; }
 tree() { echo "$1"; pgrep -P "$1" || true; }
 cpu_ticks() { local t=0; for p in $1; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 report() { # name, wrk output, cpu ticks used
-  local rps p50 p99 non2xx reqs cpu_us
-  rps=$(awk '/Requests\/sec/ {print $2}' "$2")
-  p50=$(awk '$1=="50%" {print $2}' "$2"); p99=$(awk '$1=="99%" {print $2}' "$2")
-  non2xx=$(awk '/Non-2xx/ {print $5}' "$2"); non2xx=${non2xx:-0}
-  reqs=$(awk '/requests in/ {print $1}' "$2")
+  local cpu_us
+  wrk_figures "$2"
   cpu_us=$(awk -v t="$3" -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t * 1e6 / hz / r }')
   printf '%-22s %10s req/s  p50 %-9s p99 %-9s non-2xx %-6s cpu/req %s us\n' "$1" "$rps" "$p50" "$p99" "$non2xx" "$cpu_us"
 }
 
 run_leasehold() { # dispatch mode
   local port; port=$(free_port)
-  cat > "$work/leasehold.toml" <<CONF
-[server]
-listen = ["127.0.0.1:$port"]
-workers = 2
-dispatch = "$1"
-data_dir = "$work/data"
-log_level = "warn"
-[journal]
-fsync = "never"
-CONF
-  "$bin" serve --config "$work/leasehold.toml" 2>"$work/leasehold.log" &
-  local master=$!; pids+=("$master")
-  wait_http "http://127.0.0.1:$port/healthz"
+  start_leasehold "$port" "$1" never
   local procs before after
   procs=$(tree "$master"); before=$(cpu_ticks "$procs")
   wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$root/benches/wrk/acquire-release.lua" "http://127.0.0.1:$port" >"$work/wrk.out"
   after=$(cpu_ticks "$procs")
-  kill -TERM "$master"; wait "$master" || true
+  stop_leasehold
   report "leasehold-$1" "$work/wrk.out" $((after - before))
 }
 
@@ -85,7 +56,7 @@ CONF
   report "nginx-return-200" "$work/wrk.out" $((after - before))
 }
 
-echo "# $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), Linux $(uname -r)"
+machine
 echo "# wrk -t2 -c$conns -d${secs}s --latency; leasehold with 2 workers; nginx with 2 workers"
 run_leasehold reuseport
 run_leasehold fd-passing

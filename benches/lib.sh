@@ -1,0 +1,59 @@
+# What the shell benchmarks share; sourced by them, not run. Sets `root` (the checkout),
+# `work` (a temporary directory, removed on exit with every server started here) and
+# `bin` (after `build`), and defines the helpers below.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[1]}")/.." && pwd)
+work=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+# need COMMAND DEBIAN_PACKAGE: installs the package when the command is missing (needs root).
+need() { command -v "$1" >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null; }; }
+
+# build: the release binary, as `bin`.
+build() {
+  (cd "$root" && cargo build --release --locked -q)
+  bin="$root/target/release/leasehold"
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# wait_http CURL_ARGS...: until the URL answers (10 s at most).
+wait_http() { for _ in $(seq 200); do curl -s -o /dev/null "$@" && return 0; sleep 0.05; done; echo "no answer from $*" >&2; exit 1; }
+
+# machine: one comment line naming the machine.
+machine() { echo "# $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), Linux $(uname -r), $work on $(df -h "$work" | awk 'NR==2 {print $1}')"; }
+
+# start_leasehold PORT DISPATCH FSYNC: leasehold with 2 workers on 127.0.0.1:PORT, data in
+# $work; sets `master` to its pid and waits until it answers.
+start_leasehold() {
+  cat > "$work/leasehold.toml" <<CONF
+[server]
+listen = ["127.0.0.1:$1"]
+workers = 2
+dispatch = "$2"
+data_dir = "$work/data-$2-$3"
+log_level = "warn"
+[journal]
+fsync = "$3"
+CONF
+  "$bin" serve --config "$work/leasehold.toml" 2>"$work/leasehold.log" &
+  master=$!; pids+=("$master")
+  wait_http "http://127.0.0.1:$1/healthz"
+}
+
+# stop_leasehold: SIGTERM to `master`, and wait for it.
+stop_leasehold() { kill -TERM "$master"; wait "$master" || true; }
+
+# wrk_figures FILE: sets rps, p50, p99, non2xx and reqs from a `wrk --latency` output.
+wrk_figures() {
+  rps=$(awk '/Requests\/sec/ {print $2}' "$1")
+  p50=$(awk '$1=="50%" {print $2}' "$1"); p99=$(awk '$1=="99%" {print $2}' "$1")
+  non2xx=$(awk '/Non-2xx/ {print $5}' "$1"); non2xx=${non2xx:-0}
+  reqs=$(awk '/requests in/ {print $1}' "$1")
+}
