@@ -122,6 +122,9 @@ pub struct Store {
     journal_bytes: u64,
     pending: Vec<u8>,
     unsynced: bool,
+    /// Tests: the next sync fails as a failing disk's would.
+    #[cfg(test)]
+    fail_next_sync: bool,
 }
 
 impl Store {
@@ -231,6 +234,8 @@ impl Store {
             journal_bytes,
             pending: Vec::new(),
             unsynced: false,
+            #[cfg(test)]
+            fail_next_sync: false,
         };
         store.preallocate(0);
         Ok((store, recovery))
@@ -277,6 +282,7 @@ impl Store {
     /// durable and returns how long the sync took. On failure nothing of this commit stays
     /// in the file.
     pub fn commit(&mut self, sync: bool) -> io::Result<Option<Duration>> {
+        let (before, before_bytes) = (self.written, self.journal_bytes);
         if !self.pending.is_empty() {
             self.preallocate(self.pending.len() as u64);
             if let Err(e) = self.file.write_all_at(&self.pending, self.written) {
@@ -293,7 +299,17 @@ impl Store {
             self.unsynced = true;
         }
         if sync && self.unsynced {
-            return self.sync().map(Some);
+            return match self.sync() {
+                Ok(took) => Ok(Some(took)),
+                Err(e) => {
+                    // Its answers say nothing changed: then nothing may come back on a
+                    // replay either. (Records of earlier commits stay: when they were not
+                    // synced, they were answered without a sync.)
+                    let _ = self.file.set_len(before);
+                    (self.written, self.allocated, self.journal_bytes) = (before, before, before_bytes);
+                    Err(e)
+                }
+            };
         }
         Ok(None)
     }
@@ -301,6 +317,10 @@ impl Store {
     /// Makes everything written durable.
     pub fn sync(&mut self) -> io::Result<Duration> {
         let started = Instant::now();
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_sync) {
+            return Err(io::Error::from_raw_os_error(nix::libc::EIO));
+        }
         self.file.sync_data()?;
         self.unsynced = false;
         Ok(started.elapsed())
@@ -441,6 +461,28 @@ mod tests {
         let dropped = recovery.dropped.unwrap();
         assert!(dropped.contains("cannot be applied") && dropped.contains("1 later segment"), "{dropped}");
         assert!(!segment_path(dir.path(), 2).exists());
+    }
+
+    #[test]
+    fn a_commit_whose_sync_fails_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _, _, _) = collect(dir.path());
+        store.append(&serde_json::json!({ "n": 0 })).unwrap();
+        store.commit(true).unwrap();
+        // Written without a sync (interval mode: already answered), then a synced commit
+        // whose sync fails.
+        store.append(&serde_json::json!({ "n": 1 })).unwrap();
+        store.commit(false).unwrap();
+        store.append(&serde_json::json!({ "n": 2 })).unwrap();
+        store.fail_next_sync = true;
+        assert!(store.commit(true).is_err());
+        // The failed commit is gone; the answered one stays; the next commit follows it.
+        store.append(&serde_json::json!({ "n": 3 })).unwrap();
+        store.commit(true).unwrap();
+        drop(store);
+        let (_, recovery, _, records) = collect(dir.path());
+        let n: Vec<u64> = records.iter().map(|r| r["n"].as_u64().unwrap()).collect();
+        assert_eq!((n, recovery.dropped), (vec![0, 1, 3], None));
     }
 
     #[test]
