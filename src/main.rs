@@ -1,9 +1,11 @@
 //! The `leasehold` binary: argv → subcommand. Exit codes: 0 success, 1 runtime failure,
-//! 2 bad usage or invalid configuration.
+//! 2 bad usage or invalid configuration; `lock` also 75 (not acquired in time), 69 (server
+//! unreachable) or its command's own.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use leasehold::client;
 use leasehold::config::{Config, ConfigError};
 
 const USAGE: &str = "\
@@ -12,7 +14,23 @@ leasehold: fast, fair, durable locks over HTTP
 usage:
   leasehold serve [--config FILE]     serve (embedded defaults without --config)
   leasehold check-config FILE         validate FILE (and LEASEHOLD_* variables); exit 0 or 2
+  leasehold lock NAME [options] -- CMD [ARGS...]
+                                      run CMD while holding a lease on NAME
+      --ttl 30s      lease TTL, renewed every third of it
+      --wait 0s      how long to wait in the lock's queue (0: try once)
+      --limit 1      permits of the lock (a semaphore above 1)
+      --weight 1     permits this run takes
+      --owner LABEL  label shown to others
+      --grace 10s    SIGTERM to SIGKILL when the lease is lost
+    CMD gets LEASEHOLD_FENCE, LEASEHOLD_TICKET and LEASEHOLD_LOCK; signals are passed on to
+    it. Exit status: CMD's own; 75 if the lock could not be had in time; 69 if the server
+    cannot be reached.
+  leasehold status [NAME] [--json]    locks, holders and queues (a table, or JSON)
+  leasehold release NAME TICKET       release a lease (for example one a dead job left)
   leasehold --version | --help
+
+  Client commands take --server URL (or LEASEHOLD_URL; default http://127.0.0.1:8080)
+  and --key KEY (or LEASEHOLD_KEY).
 ";
 
 /// Exit code for bad usage or an invalid configuration (systemd: RestartPreventExitStatus=2).
@@ -25,6 +43,9 @@ fn main() -> ExitCode {
         ["serve"] => serve(None),
         ["serve", "--config", file] | ["serve", "-c", file] => serve(Some(PathBuf::from(file))),
         ["check-config", file] => check_config(&PathBuf::from(file)),
+        ["lock", rest @ ..] => client_command(rest, client::args::parse_lock, client::lock),
+        ["status", rest @ ..] => client_command(rest, client::args::parse_status, client::status),
+        ["release", rest @ ..] => client_command(rest, client::args::parse_release, client::release_command),
         ["child", "keeper", master_pid] => child("keeper", None, master_pid),
         ["child", "worker", slot, master_pid] => child("worker", Some(slot), master_pid),
         ["--version" | "-V" | "version"] => {
@@ -37,6 +58,20 @@ fn main() -> ExitCode {
         }
         _ => {
             eprint!("leasehold: unrecognised arguments: {}\n\n{USAGE}", argv.join(" "));
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// Runs a client command: its arguments (with `LEASEHOLD_URL` and `LEASEHOLD_KEY`), then
+/// the command itself.
+fn client_command<A>(args: &[&str], parse: client::args::Parser<A>, run: fn(A) -> u8) -> ExitCode {
+    let url = std::env::var("LEASEHOLD_URL").ok();
+    let key = std::env::var("LEASEHOLD_KEY").ok();
+    match parse(args, url.as_deref(), key.as_deref()) {
+        Ok(parsed) => ExitCode::from(run(parsed)),
+        Err(e) => {
+            eprintln!("leasehold: {e}\n\n{USAGE}");
             ExitCode::from(EXIT_USAGE)
         }
     }

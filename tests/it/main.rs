@@ -5,6 +5,7 @@
 mod api;
 mod auth;
 mod cli;
+mod client;
 mod compat;
 mod dispatch;
 mod durability;

@@ -1,0 +1,278 @@
+//! A small blocking HTTP/1.1 client for the command line: one request per connection
+//! (`Connection: close`), `http://` only (leasehold serves plain HTTP), a deadline on the
+//! whole exchange. Nothing here knows about locks.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use super::args::Target;
+
+/// Largest answer read (a page of locks is far smaller).
+const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Why a call got no answer.
+#[derive(Debug)]
+pub enum ClientError {
+    /// The server URL cannot be used.
+    BadUrl(String),
+    /// No connection could be made.
+    Unreachable {
+        /// The server.
+        server: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The connection broke or the deadline passed before a whole answer.
+    Broken {
+        /// The server.
+        server: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The answer is not HTTP.
+    Protocol {
+        /// The server.
+        server: String,
+        /// What was wrong.
+        reason: String,
+    },
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadUrl(reason) => write!(f, "bad server URL: {reason}"),
+            Self::Unreachable { server, source } => write!(f, "cannot reach {server}: {source}"),
+            Self::Broken { server, source } => write!(f, "no answer from {server}: {source}"),
+            Self::Protocol { server, reason } => write!(f, "{server} did not answer in HTTP: {reason}"),
+        }
+    }
+}
+
+impl std::error::Error for ClientError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Unreachable { source, .. } | Self::Broken { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// An answer.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The body as JSON (`null` if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The error code and message of an error answer, for a user to read.
+    pub fn error_text(&self) -> String {
+        let body = self.json();
+        match (body["error"].as_str(), body["message"].as_str()) {
+            (Some(code), Some(message)) => format!("{} {code}: {message}", self.status),
+            _ => format!("{} {}", self.status, String::from_utf8_lossy(&self.body).trim()),
+        }
+    }
+}
+
+/// One server.
+#[derive(Debug, Clone)]
+pub struct Http {
+    server: String,
+    host: String,
+    port: u16,
+    base_path: String,
+    key: Option<String>,
+}
+
+/// Percent-encodes one path segment (a lock name may hold `?`, `#` or `%`).
+pub fn segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Http {
+    /// A client for `target.server` (`http://host[:port][/base]`).
+    pub fn new(target: &Target) -> Result<Self, ClientError> {
+        let server = target.server.clone();
+        let rest = match server.split_once("://") {
+            Some(("http", rest)) => rest,
+            Some((scheme, _)) => {
+                return Err(ClientError::BadUrl(format!(
+                    "{server}: the scheme is {scheme}; leasehold serves plain http://"
+                )))
+            }
+            None => return Err(ClientError::BadUrl(format!("{server}: expected http://host:port"))),
+        };
+        let (authority, base_path) = match rest.find('/') {
+            Some(i) => (&rest[..i], rest[i..].trim_end_matches('/').to_string()),
+            None => (rest, String::new()),
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
+                let port = port.parse().map_err(|_| ClientError::BadUrl(format!("{server}: bad port {port:?}")))?;
+                (host.trim_start_matches('[').trim_end_matches(']').to_string(), port)
+            }
+            _ => (authority.to_string(), 80),
+        };
+        if host.is_empty() {
+            return Err(ClientError::BadUrl(format!("{server}: no host")));
+        }
+        Ok(Self { server, host, port, base_path, key: target.key.clone() })
+    }
+
+    /// The server's URL, for messages.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Sends one request and reads the whole answer within `timeout`.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut stream = self.connect(timeout)?;
+        let broken = |source: io::Error| ClientError::Broken { server: self.server.clone(), source };
+        let mut request = format!(
+            "{method} {}{path} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\nUser-Agent: leasehold/{}\r\n",
+            self.base_path,
+            self.host,
+            self.port,
+            env!("CARGO_PKG_VERSION")
+        );
+        if let Some(key) = &self.key {
+            request.push_str(&format!("x-api-key: {key}\r\n"));
+        }
+        let body = body.unwrap_or("");
+        if !body.is_empty() || method != "GET" {
+            request.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
+        }
+        request.push_str("\r\n");
+        request.push_str(body);
+        stream.set_write_timeout(Some(timeout)).map_err(broken)?;
+        stream.write_all(request.as_bytes()).map_err(broken)?;
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(broken(io::Error::new(io::ErrorKind::TimedOut, "the answer did not come in time")));
+            }
+            stream.set_read_timeout(Some(left)).map_err(broken)?;
+            match stream.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => answer.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(broken(e)),
+            }
+            if answer.len() > MAX_RESPONSE_BYTES {
+                return Err(self.protocol("the answer is too large"));
+            }
+            if let Some(response) = self.complete(&answer)? {
+                return Ok(response);
+            }
+        }
+        self.complete(&answer)?.ok_or_else(|| broken(io::Error::new(io::ErrorKind::UnexpectedEof, "cut short")))
+    }
+
+    fn protocol(&self, reason: &str) -> ClientError {
+        ClientError::Protocol { server: self.server.clone(), reason: reason.to_string() }
+    }
+
+    /// The response in `bytes`, once it is whole (by its Content-Length).
+    fn complete(&self, bytes: &[u8]) -> Result<Option<Response>, ClientError> {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut parsed = httparse::Response::new(&mut headers);
+        let head_len = match parsed.parse(bytes) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(self.protocol(&e.to_string())),
+        };
+        let status = parsed.code.unwrap_or(0);
+        let length = parsed
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok());
+        let body = &bytes[head_len..];
+        match length {
+            Some(n) if body.len() >= n => Ok(Some(Response { status, body: body[..n].to_vec() })),
+            _ => Ok(None),
+        }
+    }
+
+    fn connect(&self, timeout: Duration) -> Result<TcpStream, ClientError> {
+        let unreachable = |source: io::Error| ClientError::Unreachable { server: self.server.clone(), source };
+        let addrs = (self.host.as_str(), self.port).to_socket_addrs().map_err(unreachable)?;
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "the host name has no address");
+        for addr in addrs {
+            match TcpStream::connect_timeout(&addr, timeout.min(Duration::from_secs(10))) {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok(stream);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(unreachable(last))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn http(url: &str) -> Result<Http, ClientError> {
+        Http::new(&Target { server: url.into(), key: None })
+    }
+
+    #[test]
+    fn urls_give_host_port_and_base_path() {
+        let h = http("http://locks.internal:8080/lh").unwrap();
+        assert_eq!((h.host.as_str(), h.port, h.base_path.as_str()), ("locks.internal", 8080, "/lh"));
+        let h = http("http://[::1]:9").unwrap();
+        assert_eq!((h.host.as_str(), h.port), ("::1", 9));
+        assert_eq!(http("http://h").unwrap().port, 80);
+        for bad in ["https://h", "h:80", "http://:80", "http://h:port"] {
+            assert!(matches!(http(bad), Err(ClientError::BadUrl(_))), "{bad}");
+        }
+    }
+
+    #[test]
+    fn segments_are_percent_encoded() {
+        assert_eq!(segment("job-1.a_b~"), "job-1.a_b~");
+        assert_eq!(segment("a?b#c%d:e"), "a%3Fb%23c%25d%3Ae");
+    }
+
+    #[test]
+    fn an_answer_is_whole_only_with_its_body() {
+        let h = http("http://h:1").unwrap();
+        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n";
+        assert!(h.complete(head).unwrap().is_none());
+        let whole = [&head[..], b"{\"a\"}extra"].concat();
+        let r = h.complete(&whole).unwrap().unwrap();
+        assert_eq!((r.status, r.body.as_slice()), (200, &b"{\"a\""[..]));
+        assert!(matches!(h.complete(b"garbage\r\n\r\n"), Err(ClientError::Protocol { .. })));
+    }
+}

@@ -1,0 +1,447 @@
+//! The command-line client, a shell over the HTTP API:
+//!
+//! - `leasehold lock NAME [options] -- CMD ARGS…` waits for a lease in the lock's fair queue
+//!   (up to `--wait`), runs CMD with `LEASEHOLD_FENCE`, `LEASEHOLD_TICKET` and
+//!   `LEASEHOLD_LOCK` in its environment, renews the lease every third of its TTL, passes
+//!   the signals it gets on to CMD, releases the lease when CMD ends, and stops CMD (SIGTERM,
+//!   then SIGKILL after `--grace`) if the lease is lost. Its exit status is CMD's own, 75
+//!   when the lock could not be had in time, 69 when the server cannot be reached.
+//! - `leasehold status [NAME] [--json]` and `leasehold release NAME TICKET`.
+//!
+//! `lock` runs three helper threads (the renewer, one waiting for CMD, one receiving
+//! signals), each reporting to the main thread over one channel; the main thread alone
+//! acts on CMD.
+
+pub mod args;
+pub mod http;
+
+use std::process::{Command, ExitStatus};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
+use signal_hook::iterator::Signals;
+
+use self::args::{LockArgs, ReleaseArgs, StatusArgs};
+use self::http::{segment, ClientError, Http, Response};
+
+/// The lock could not be had in time (sysexits `EX_TEMPFAIL`).
+pub const EXIT_NOT_ACQUIRED: u8 = 75;
+/// The server cannot be reached (sysexits `EX_UNAVAILABLE`).
+pub const EXIT_UNREACHABLE: u8 = 69;
+/// Anything else that went wrong (a refusal by the server, say).
+pub const EXIT_FAILURE: u8 = 1;
+/// A bad command line or server URL.
+pub const EXIT_USAGE: u8 = 2;
+/// Signals passed on to CMD.
+const FORWARDED: [i32; 6] = [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
+/// Time allowed for quick calls (renew, release, status).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest pause before trying an unavailable server again.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+fn fail(code: u8, message: impl std::fmt::Display) -> u8 {
+    eprintln!("leasehold: {message}");
+    code
+}
+
+fn client_failure(e: &ClientError) -> u8 {
+    match e {
+        ClientError::BadUrl(_) => fail(EXIT_USAGE, e),
+        _ => fail(EXIT_UNREACHABLE, e),
+    }
+}
+
+/// A lease held by this process.
+struct Held {
+    ticket: String,
+    fence: u64,
+    /// When the lease ends by this process's clock unless renewed (the call's start + TTL).
+    valid_until: Instant,
+}
+
+/// What the helper threads report.
+enum Event {
+    Exited(ExitStatus),
+    Signal(i32),
+    Lost(String),
+}
+
+/// `leasehold lock`: returns the exit code.
+pub fn lock(args: LockArgs) -> u8 {
+    let http = match Http::new(&args.target) {
+        Ok(http) => http,
+        Err(e) => return client_failure(&e),
+    };
+    let held = match acquire(&http, &args) {
+        Ok(held) => held,
+        Err(code) => return code,
+    };
+    let mut command = Command::new(&args.command[0]);
+    command
+        .args(&args.command[1..])
+        .env("LEASEHOLD_FENCE", held.fence.to_string())
+        .env("LEASEHOLD_TICKET", &held.ticket)
+        .env("LEASEHOLD_LOCK", &args.name);
+    let (events, inbox) = mpsc::channel();
+    // Before the command starts, so no signal meant for it is missed.
+    let mut signals = match Signals::new(FORWARDED) {
+        Ok(signals) => signals,
+        Err(e) => {
+            release(&http, &args.name, &held.ticket);
+            return fail(EXIT_FAILURE, format!("cannot catch signals: {e}"));
+        }
+    };
+    let mut child = match command.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            release(&http, &args.name, &held.ticket);
+            let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+            return fail(code, format!("cannot run {}: {e}", args.command[0]));
+        }
+    };
+    let pid = Pid::from_raw(child.id() as i32);
+    let signal_handle = signals.handle();
+    let to_main = events.clone();
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            if to_main.send(Event::Signal(signal)).is_err() {
+                break;
+            }
+        }
+    });
+    let to_main = events.clone();
+    std::thread::spawn(move || {
+        if let Ok(status) = child.wait() {
+            let _ = to_main.send(Event::Exited(status));
+        }
+    });
+    let (stop_renewing, stop) = mpsc::channel::<()>();
+    let renewer = {
+        let (http, name, ticket, ttl_ms) = (http.clone(), args.name.clone(), held.ticket.clone(), args.ttl_ms);
+        std::thread::spawn(move || renew(&http, &name, &ticket, ttl_ms, held.valid_until, &stop, &events))
+    };
+    let mut lost = false;
+    let mut kill_at: Option<Instant> = None;
+    let status = loop {
+        let event = match kill_at {
+            None => inbox.recv().ok(),
+            Some(at) => match inbox.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(event) => Some(event),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = kill(pid, Signal::SIGKILL);
+                    kill_at = None;
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            },
+        };
+        match event {
+            Some(Event::Exited(status)) => break Some(status),
+            Some(Event::Signal(signal)) => {
+                if let Ok(signal) = Signal::try_from(signal) {
+                    let _ = kill(pid, signal);
+                }
+            }
+            Some(Event::Lost(why)) => {
+                eprintln!("leasehold: the lease on {} is lost ({why}); stopping the command", args.name);
+                lost = true;
+                let _ = kill(pid, Signal::SIGTERM);
+                kill_at = Some(Instant::now() + Duration::from_millis(args.grace_ms));
+            }
+            None => break None,
+        }
+    };
+    drop(stop_renewing);
+    let _ = renewer.join();
+    signal_handle.close();
+    if !lost {
+        release(&http, &args.name, &held.ticket);
+    }
+    match status {
+        Some(status) => exit_code(status),
+        None => fail(EXIT_FAILURE, "lost track of the command"),
+    }
+}
+
+/// A command's exit status as this process's: its code, or 128 + the signal that ended it.
+fn exit_code(status: ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => code as u8,
+        (None, Some(signal)) => 128u8.wrapping_add(signal as u8),
+        (None, None) => EXIT_FAILURE,
+    }
+}
+
+/// Waits in the queue until granted or `--wait` runs out.
+fn acquire(http: &Http, args: &LockArgs) -> Result<Held, u8> {
+    let deadline = Instant::now() + Duration::from_millis(args.wait_ms);
+    let path = format!("/v1/locks/{}/acquire", segment(&args.name));
+    let mut ticket: Option<String> = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut body = serde_json::json!({
+            "ttl_ms": args.ttl_ms,
+            "limit": args.limit,
+            "weight": args.weight,
+            "queue": if args.wait_ms == 0 { "none" } else { "fifo" },
+            "wait_ms": left.as_millis() as u64,
+        });
+        if let Some(owner) = &args.owner {
+            body["owner"] = owner.as_str().into();
+        }
+        if let Some(ticket) = &ticket {
+            body["ticket"] = ticket.as_str().into();
+        }
+        let sent = Instant::now();
+        let answer = http.call("POST", &path, Some(&body.to_string()), left + CALL_TIMEOUT);
+        let out_of_time = Instant::now() >= deadline;
+        match answer {
+            Ok(r) if r.status == 200 => {
+                let body = r.json();
+                return match (body["ticket"].as_str(), body["fence"].as_u64()) {
+                    (Some(ticket), Some(fence)) => Ok(Held {
+                        ticket: ticket.to_string(),
+                        fence,
+                        valid_until: sent + Duration::from_millis(args.ttl_ms),
+                    }),
+                    _ => {
+                        Err(fail(EXIT_FAILURE, format!("unexpected answer from {}: {}", http.server(), r.error_text())))
+                    }
+                };
+            }
+            Ok(r) if r.status == 202 => {
+                ticket = r.json()["ticket"].as_str().map(str::to_string).or(ticket);
+                if out_of_time {
+                    if let Some(ticket) = &ticket {
+                        leave(http, &args.name, ticket);
+                    }
+                    return Err(not_acquired(args));
+                }
+            }
+            Ok(r) if r.status == 409 && r.json()["error"] == "unavailable" => return Err(not_acquired(args)),
+            Ok(r) if r.status == 503 || r.status == 429 => {
+                if out_of_time {
+                    return Err(fail(
+                        EXIT_UNREACHABLE,
+                        format!("{} is unavailable: {}", http.server(), r.error_text()),
+                    ));
+                }
+                std::thread::sleep(RETRY_PAUSE.min(left)); // the server asked to come back later
+            }
+            Ok(r) => return Err(fail(EXIT_FAILURE, format!("{} refused the lock: {}", http.server(), r.error_text()))),
+            Err(ClientError::BadUrl(reason)) => return Err(fail(EXIT_USAGE, reason)),
+            Err(e) => {
+                if out_of_time {
+                    return Err(client_failure(&e));
+                }
+                std::thread::sleep(RETRY_PAUSE.min(left)); // the server may be restarting
+            }
+        }
+    }
+}
+
+fn not_acquired(args: &LockArgs) -> u8 {
+    let waited = if args.wait_ms == 0 { String::new() } else { format!(" within {} ms", args.wait_ms) };
+    fail(EXIT_NOT_ACQUIRED, format!("the lock {} could not be had{waited}", args.name))
+}
+
+/// Renews every third of the TTL until told to stop (the sender is dropped); reports a lease
+/// the server no longer knows, or one that could not be renewed before it ran out.
+fn renew(
+    http: &Http,
+    name: &str,
+    ticket: &str,
+    ttl_ms: u64,
+    mut valid_until: Instant,
+    stop: &mpsc::Receiver<()>,
+    events: &mpsc::Sender<Event>,
+) {
+    let interval = Duration::from_millis(ttl_ms / 3);
+    let path = format!("/v1/locks/{}/renew", segment(name));
+    let body = serde_json::json!({ "ticket": ticket, "ttl_ms": ttl_ms }).to_string();
+    let mut pause = interval;
+    loop {
+        match stop.recv_timeout(pause) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        let sent = Instant::now();
+        let left = valid_until.saturating_duration_since(sent);
+        let lost = match http.call("POST", &path, Some(&body), left.max(Duration::from_millis(100))) {
+            Ok(r) if r.status == 200 => {
+                valid_until = sent + Duration::from_millis(ttl_ms);
+                pause = interval;
+                continue;
+            }
+            Ok(r) if r.status == 410 || r.status == 404 => Some(format!("the server says {}", r.error_text())),
+            Ok(r) if Instant::now() >= valid_until => Some(format!("not renewed in time: {}", r.error_text())),
+            Err(e) if Instant::now() >= valid_until => Some(format!("not renewed in time: {e}")),
+            _ => None,
+        };
+        if let Some(why) = lost {
+            let _ = events.send(Event::Lost(why));
+            return;
+        }
+        // Try again soon, while the lease lasts.
+        pause = (interval / 4).max(Duration::from_millis(50));
+    }
+}
+
+fn release(http: &Http, name: &str, ticket: &str) {
+    let path = format!("/v1/locks/{}/release", segment(name));
+    let body = serde_json::json!({ "ticket": ticket }).to_string();
+    match http.call("POST", &path, Some(&body), CALL_TIMEOUT) {
+        Ok(r) if r.status == 200 => {}
+        Ok(r) => eprintln!("leasehold: could not release {name}: {}", r.error_text()),
+        Err(e) => eprintln!("leasehold: could not release {name} (it ends with its TTL): {e}"),
+    }
+}
+
+fn leave(http: &Http, name: &str, ticket: &str) {
+    let path = format!("/v1/locks/{}/tickets/{}", segment(name), segment(ticket));
+    let _ = http.call("DELETE", &path, None, CALL_TIMEOUT);
+}
+
+/// `leasehold release NAME TICKET`.
+pub fn release_command(args: ReleaseArgs) -> u8 {
+    let http = match Http::new(&args.target) {
+        Ok(http) => http,
+        Err(e) => return client_failure(&e),
+    };
+    let path = format!("/v1/locks/{}/release", segment(&args.name));
+    let body = serde_json::json!({ "ticket": args.ticket }).to_string();
+    match http.call("POST", &path, Some(&body), CALL_TIMEOUT) {
+        Ok(r) if r.status == 200 => {
+            println!("released {}", args.name);
+            0
+        }
+        Ok(r) => fail(EXIT_FAILURE, format!("cannot release {}: {}", args.name, r.error_text())),
+        Err(e) => client_failure(&e),
+    }
+}
+
+/// `leasehold status [NAME] [--json]`.
+pub fn status(args: StatusArgs) -> u8 {
+    let http = match Http::new(&args.target) {
+        Ok(http) => http,
+        Err(e) => return client_failure(&e),
+    };
+    let locks = match &args.name {
+        Some(name) => match http.call("GET", &format!("/v1/locks/{}", segment(name)), None, CALL_TIMEOUT) {
+            Ok(r) if r.status == 200 => vec![r.json()],
+            Ok(r) if r.status == 404 => Vec::new(),
+            Ok(r) => return refused(&http, &r),
+            Err(e) => return client_failure(&e),
+        },
+        None => {
+            let mut all = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let mut path = "/v1/locks?limit=1000".to_string();
+                if let Some(after) = &after {
+                    path.push_str(&format!("&after={}", segment(after)));
+                }
+                let page = match http.call("GET", &path, None, CALL_TIMEOUT) {
+                    Ok(r) if r.status == 200 => r.json(),
+                    Ok(r) => return refused(&http, &r),
+                    Err(e) => return client_failure(&e),
+                };
+                all.extend(page["locks"].as_array().cloned().unwrap_or_default());
+                match page["next_after"].as_str() {
+                    Some(next) => after = Some(next.to_string()),
+                    None => break,
+                }
+            }
+            all
+        }
+    };
+    if args.json {
+        let out = match &args.name {
+            Some(name) => locks.into_iter().next().unwrap_or_else(|| serde_json::json!({ "name": name, "free": true })),
+            None => serde_json::json!({ "locks": locks }),
+        };
+        println!("{out}");
+    } else {
+        print!("{}", table(&locks, args.name.as_deref()));
+    }
+    0
+}
+
+fn refused(http: &Http, r: &Response) -> u8 {
+    fail(EXIT_FAILURE, format!("{} refused: {}", http.server(), r.error_text()))
+}
+
+/// The human view of `status`: one row per lock, holders as `owner (fence N, S s left)`.
+fn table(locks: &[serde_json::Value], name: Option<&str>) -> String {
+    if locks.is_empty() {
+        return match name {
+            Some(name) => format!("{name}: free (nobody holds it or waits for it)\n"),
+            None => "no locks are held or waited for\n".to_string(),
+        };
+    }
+    let mut rows = vec![["LOCK", "USED/LIMIT", "QUEUE", "WAITING", "HOLDERS"].map(str::to_string)];
+    for lock in locks {
+        let holders: Vec<String> = lock["holders"]
+            .as_array()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        let who = h["owner"].as_str().unwrap_or("-");
+                        let left_s = h["expires_in_ms"].as_u64().unwrap_or(0).div_ceil(1000);
+                        format!("{who} (fence {}, {left_s} s left)", h["fence"])
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        rows.push([
+            lock["name"].as_str().unwrap_or("?").to_string(),
+            format!("{}/{}", lock["used"], lock["limit"]),
+            lock["queue"].as_str().unwrap_or("?").to_string(),
+            lock["queue_length"].to_string(),
+            holders.join(", "),
+        ]);
+    }
+    let widths: Vec<usize> = (0..4).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in rows {
+        for (c, width) in widths.iter().enumerate() {
+            out.push_str(&format!("{:<width$}  ", row[c]));
+        }
+        out.push_str(&row[4]);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_table_lines_up_and_says_when_nothing_is_there() {
+        let locks = vec![
+            serde_json::json!({"name":"nightly","limit":1,"used":1,"queue":"fifo","queue_length":2,
+                "holders":[{"owner":"host-a","fence":7,"expires_in_ms":29001}]}),
+            serde_json::json!({"name":"pool","limit":3,"used":0,"queue":"lottery","queue_length":0,"holders":[]}),
+        ];
+        let text = table(&locks, None);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("LOCK     USED/LIMIT  QUEUE    WAITING  HOLDERS"), "{text}");
+        assert!(lines[1].starts_with("nightly  1/1         fifo     2        host-a (fence 7, 30 s left)"), "{text}");
+        assert!(lines[2].starts_with("pool     0/3         lottery  0"), "{text}");
+        assert_eq!(table(&[], Some("x")), "x: free (nobody holds it or waits for it)\n");
+        assert_eq!(table(&[], None), "no locks are held or waited for\n");
+    }
+
+    #[test]
+    fn exit_codes_follow_the_command() {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(exit_code(ExitStatus::from_raw(3 << 8)), 3);
+        assert_eq!(exit_code(ExitStatus::from_raw(15)), 143);
+    }
+}
