@@ -3,7 +3,7 @@ CARGO  ?= cargo
 CONFIG ?= config/leasehold.toml
 BIN    := target/release/leasehold
 
-.PHONY: run build test lint fmt bench bench-table bench-handoff bench-http bench-durability bench-recovery check-config
+.PHONY: run build test lint fmt bench bench-compare bench-table bench-handoff bench-http bench-durability bench-recovery check-config
 
 ## run: build the release binary and serve with config/leasehold.toml
 run: build
@@ -26,8 +26,12 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## bench: every benchmark (figures in the README come from here)
-bench: bench-table bench-handoff bench-http bench-durability bench-recovery
+## bench: the lease table alone, recovery with 1M leases, then leasehold against nginx, Redis and etcd as one table
+bench: bench-table bench-recovery bench-compare
+
+## bench-compare: one run, one table: leasehold (both dispatch modes, fsync=always, hand-off) against its peers (installs wrk, nginx, Redis, etcd)
+bench-compare:
+	bash benches/compare.sh
 
 ## bench-handoff: 1,000 long-polling waiters on one mutex, hand-off latency over HTTP
 bench-handoff:

@@ -33,14 +33,10 @@ run_leasehold() { # fsync mode
 }
 
 run_etcd() {
-  local port peer; port=$(free_port); peer=$(free_port)
-  etcd --data-dir "$work/etcd" --listen-client-urls "http://127.0.0.1:$port" --advertise-client-urls "http://127.0.0.1:$port" \
-       --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
-       --initial-cluster "default=http://127.0.0.1:$peer" >"$work/etcd.log" 2>&1 &
-  local etcd=$!; pids+=("$etcd")
-  wait_http -X POST "http://127.0.0.1:$port/v3/kv/range" -d '{"key":"AA=="}'
+  local port; port=$(free_port)
+  start_etcd "$port"
   wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$root/benches/wrk/etcd-txn.lua" "http://127.0.0.1:$port/" >"$work/wrk.out"
-  kill "$etcd"; wait "$etcd" || true
+  stop_etcd
   report "etcd-txn-create" "$work/wrk.out"
 }
 

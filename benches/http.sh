@@ -39,20 +39,12 @@ run_leasehold() { # dispatch mode
 
 run_nginx() {
   local port; port=$(free_port)
-  cat > "$work/nginx.conf" <<CONF
-worker_processes 2;
-pid $work/nginx.pid;
-error_log $work/nginx-error.log;
-events { worker_connections 4096; }
-http { access_log off; server { listen 127.0.0.1:$port reuseport; location / { return 200 '{"ok":true}'; } } }
-CONF
-  nginx -c "$work/nginx.conf"
-  wait_http "http://127.0.0.1:$port/"
+  start_nginx "$port"
   local procs before after
   procs=$(tree "$(cat "$work/nginx.pid")"); before=$(cpu_ticks "$procs")
   wrk -t2 -c"$conns" -d"${secs}s" --latency "http://127.0.0.1:$port/" >"$work/wrk.out"
   after=$(cpu_ticks "$procs")
-  kill "$(cat "$work/nginx.pid")"; rm -f "$work/nginx.pid"
+  stop_nginx
   report "nginx-return-200" "$work/wrk.out" $((after - before))
 }
 

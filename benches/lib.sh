@@ -57,3 +57,31 @@ wrk_figures() {
   non2xx=$(awk '/Non-2xx/ {print $5}' "$1"); non2xx=${non2xx:-0}
   reqs=$(awk '/requests in/ {print $1}' "$1")
 }
+
+# start_nginx PORT: nginx `return 200` with 2 workers on 127.0.0.1:PORT; waits until it answers.
+start_nginx() {
+  cat > "$work/nginx.conf" <<CONF
+worker_processes 2;
+pid $work/nginx.pid;
+error_log $work/nginx-error.log;
+events { worker_connections 4096; }
+http { access_log off; server { listen 127.0.0.1:$1 reuseport; location / { return 200 '{"ok":true}'; } } }
+CONF
+  nginx -c "$work/nginx.conf"
+  wait_http "http://127.0.0.1:$1/"
+}
+
+stop_nginx() { kill "$(cat "$work/nginx.pid")"; rm -f "$work/nginx.pid"; }
+
+# start_etcd PORT: a one-member etcd with its client port on 127.0.0.1:PORT and data in
+# $work; sets `etcd` to its pid and waits until it answers.
+start_etcd() {
+  local peer; peer=$(free_port)
+  etcd --data-dir "$work/etcd" --listen-client-urls "http://127.0.0.1:$1" --advertise-client-urls "http://127.0.0.1:$1" \
+       --listen-peer-urls "http://127.0.0.1:$peer" --initial-advertise-peer-urls "http://127.0.0.1:$peer" \
+       --initial-cluster "default=http://127.0.0.1:$peer" >"$work/etcd.log" 2>&1 &
+  etcd=$!; pids+=("$etcd")
+  wait_http -X POST "http://127.0.0.1:$1/v3/kv/range" -d '{"key":"AA=="}'
+}
+
+stop_etcd() { kill "$etcd"; wait "$etcd" || true; }
