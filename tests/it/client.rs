@@ -92,7 +92,7 @@ fn a_lost_lease_stops_the_command_within_a_renew_interval() {
     let dir = tempfile::tempdir().unwrap();
     let (ticket_file, term_file) = (dir.path().join("ticket"), dir.path().join("term"));
     let script = format!(
-        "trap 'echo got > {}; exit 7' TERM; echo $LEASEHOLD_TICKET > {}; while true; do sleep 0.05; done",
+        "trap 'echo got > {}; exit 7' TERM; echo $LEASEHOLD_TICKET > {}; while true; do sleep 0.01; done",
         term_file.display(),
         ticket_file.display()
     );
@@ -105,6 +105,7 @@ fn a_lost_lease_stops_the_command_within_a_renew_interval() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     wait_file(&term_file);
     let took = released.elapsed();
+    eprintln!("SIGTERM reached the command {took:?} after the release (renew interval 500 ms)");
     assert!(took < Duration::from_millis(500 + 1_000), "SIGTERM came {took:?} after the release");
     assert_eq!(wait_child(&mut run), 7, "leasehold exits with the command's own status");
 }
