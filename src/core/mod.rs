@@ -4,11 +4,13 @@
 //! source; time and entropy arrive as arguments and effects leave as data. This is what the
 //! model-based tests, the simulation and the fuzzers exercise.
 
+pub mod backoff;
 pub mod balance;
 pub mod error;
 pub mod lock;
 pub mod names;
 pub mod rand;
 pub mod supervise;
+pub mod target;
 
 pub use error::CoreError;

@@ -17,6 +17,7 @@
 //!   server-side wait), and so do wait estimates.
 
 mod eta;
+pub mod outbox;
 pub mod resources;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};

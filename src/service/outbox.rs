@@ -1,0 +1,483 @@
+//! The outbox in the keeper: accepted HTTP calls waiting for delivery, handed to the
+//! courier, or failed for good (the dead-letter list). Pure: time, ids and random draws are
+//! arguments, so a journal replay rebuilds the same outbox.
+//!
+//! - **Bounded, never lossy.** Past `max_entries` (every state counts) a new call is refused;
+//!   nothing is dropped or overwritten to make room.
+//! - **At least once.** A call is handed out when due and stays in flight until its result
+//!   comes back; if the courier goes away, everything in flight is due again at once. A
+//!   retried delivery is the same entry with the same id (its `Idempotency-Key`).
+//! - **Retries** follow [`Backoff`] and [`judge`]: the entry is due again after the drawn
+//!   delay, or moves to the dead-letter list with its last error once no attempt is left.
+//!   `retry` gives a failed entry a fresh set of attempts; `delete` removes any entry that
+//!   is not in flight.
+//! - Ids are 26 Crockford base32 characters of a 48-bit millisecond time and 80 random
+//!   bits, so they sort by creation time: pages come in the order calls were accepted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::resources::base32_128;
+use crate::core::backoff::{judge, Backoff, Outcome, Verdict};
+
+/// The outbox's bounds and retry settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxLimits {
+    /// Most entries held, in every state together.
+    pub max_entries: u32,
+    /// Largest body of one call.
+    pub max_body_bytes: u32,
+    /// Most attempts a call may ask for.
+    pub max_attempts: u32,
+    /// The retry schedule.
+    pub backoff: Backoff,
+}
+
+/// An HTTP call to make.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Call {
+    /// Method.
+    pub method: String,
+    /// Target URL (checked against the target policy before it gets here).
+    pub url: String,
+    /// Extra headers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+    /// Body.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub body: String,
+}
+
+/// Where an entry stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum EntryState {
+    /// Waiting until `due_ms`.
+    Pending {
+        /// When it is handed out.
+        due_ms: u64,
+    },
+    /// With the courier since `since_ms`.
+    InFlight {
+        /// When it was handed out.
+        since_ms: u64,
+    },
+    /// Given up at `at_ms`: in the dead-letter list.
+    Failed {
+        /// When.
+        at_ms: u64,
+    },
+}
+
+/// One accepted call. (Not `deny_unknown_fields`: serde cannot combine it with the
+/// flattened state.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Its id (also the `Idempotency-Key`).
+    pub id: String,
+    /// The call.
+    pub call: Call,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// Attempts made.
+    pub attempts: u32,
+    /// State.
+    #[serde(flatten)]
+    pub state: EntryState,
+    /// When it was accepted.
+    pub created_ms: u64,
+    /// What the last attempt ended with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Why the outbox refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxError {
+    /// At `max_entries`.
+    Full {
+        /// The bound.
+        max_entries: u32,
+    },
+    /// A body over `max_body_bytes`.
+    BodyTooLarge {
+        /// The bound.
+        max_body_bytes: u32,
+    },
+    /// `max_attempts` out of range.
+    Attempts {
+        /// The bound.
+        max: u32,
+    },
+    /// No entry with that id.
+    Unknown,
+    /// The entry is not in a state that allows this (e.g. retrying one still pending).
+    WrongState {
+        /// What it is.
+        state: &'static str,
+    },
+}
+
+impl fmt::Display for OutboxError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full { max_entries } => write!(f, "the outbox holds its maximum of {max_entries} calls"),
+            Self::BodyTooLarge { max_body_bytes } => write!(f, "the body is over {max_body_bytes} bytes"),
+            Self::Attempts { max } => write!(f, "max_attempts must be 1 to {max}"),
+            Self::Unknown => f.write_str("no outbox entry has that id"),
+            Self::WrongState { state } => write!(f, "the entry is {state}"),
+        }
+    }
+}
+
+impl std::error::Error for OutboxError {}
+
+/// Which entries a page lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listing {
+    /// Waiting or in flight.
+    Pending,
+    /// The dead-letter list.
+    Failed,
+}
+
+/// Counts for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct OutboxStats {
+    /// Waiting for their time.
+    pub pending: u64,
+    /// With the courier.
+    pub in_flight: u64,
+    /// In the dead-letter list.
+    pub failed: u64,
+}
+
+/// A call handed to the courier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The entry's id.
+    pub id: String,
+    /// The call.
+    pub call: Call,
+    /// Which attempt this is (1 is the first).
+    pub attempt: u32,
+}
+
+/// Every accepted call.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    limits: OutboxLimits,
+    entries: BTreeMap<String, Entry>,
+    /// Pending entries by due time.
+    due: BTreeSet<(u64, String)>,
+}
+
+impl Outbox {
+    /// An empty outbox.
+    pub fn new(limits: OutboxLimits) -> Self {
+        Self { limits, entries: BTreeMap::new(), due: BTreeSet::new() }
+    }
+
+    /// Accepts a call, due at `not_before_ms` or now; returns its id.
+    pub fn enqueue(
+        &mut self,
+        call: Call,
+        max_attempts: u32,
+        not_before_ms: Option<u64>,
+        now_ms: u64,
+        random: [u8; 16],
+    ) -> Result<String, OutboxError> {
+        if self.entries.len() >= self.limits.max_entries as usize {
+            return Err(OutboxError::Full { max_entries: self.limits.max_entries });
+        }
+        if call.body.len() > self.limits.max_body_bytes as usize {
+            return Err(OutboxError::BodyTooLarge { max_body_bytes: self.limits.max_body_bytes });
+        }
+        if max_attempts == 0 || max_attempts > self.limits.max_attempts {
+            return Err(OutboxError::Attempts { max: self.limits.max_attempts });
+        }
+        let mut bits = [0u8; 16];
+        bits[..6].copy_from_slice(&now_ms.to_be_bytes()[2..]);
+        bits[6..].copy_from_slice(&random[..10]);
+        let id = base32_128(u128::from_be_bytes(bits));
+        let due_ms = not_before_ms.unwrap_or(now_ms).max(now_ms);
+        self.due.insert((due_ms, id.clone()));
+        let entry = Entry {
+            id: id.clone(),
+            call,
+            max_attempts,
+            attempts: 0,
+            state: EntryState::Pending { due_ms },
+            created_ms: now_ms,
+            last_error: None,
+        };
+        self.entries.insert(id.clone(), entry);
+        Ok(id)
+    }
+
+    /// When the next pending entry is due.
+    pub fn next_due_ms(&self) -> Option<u64> {
+        self.due.first().map(|(at, _)| *at)
+    }
+
+    /// Hands out up to `max` entries due at `now_ms`, earliest first.
+    pub fn take_due(&mut self, now_ms: u64, max: usize) -> Vec<Delivery> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some((due_ms, _)) = self.due.first() else { break };
+            if *due_ms > now_ms {
+                break;
+            }
+            let (_, id) = self.due.pop_first().expect("checked above");
+            let entry = self.entries.get_mut(&id).expect("a due entry exists");
+            entry.attempts += 1;
+            entry.state = EntryState::InFlight { since_ms: now_ms };
+            out.push(Delivery { id, call: entry.call.clone(), attempt: entry.attempts });
+        }
+        out
+    }
+
+    /// Records how an attempt ended: done (the entry goes), due again after a backoff
+    /// drawn with `random`, or failed into the dead-letter list. `None` for an entry that is
+    /// not in flight (a late or repeated report).
+    pub fn report(
+        &mut self,
+        id: &str,
+        outcome: Outcome,
+        retry_after_ms: Option<u64>,
+        error: Option<String>,
+        now_ms: u64,
+        random: u64,
+    ) -> Option<Verdict> {
+        let entry = self.entries.get_mut(id).filter(|e| matches!(e.state, EntryState::InFlight { .. }))?;
+        let verdict = judge(outcome, entry.attempts, entry.max_attempts);
+        match verdict {
+            Verdict::Done => {
+                self.entries.remove(id);
+            }
+            Verdict::Retry => {
+                let delay = self.limits.backoff.delay_ms(entry.attempts, random, retry_after_ms);
+                let due_ms = now_ms.saturating_add(delay);
+                entry.state = EntryState::Pending { due_ms };
+                entry.last_error = error;
+                self.due.insert((due_ms, id.to_string()));
+            }
+            Verdict::Fail => {
+                entry.state = EntryState::Failed { at_ms: now_ms };
+                entry.last_error = error;
+            }
+        }
+        Some(verdict)
+    }
+
+    /// The courier went away: everything in flight is due again now (delivered at least once).
+    pub fn requeue_in_flight(&mut self, now_ms: u64) {
+        for entry in self.entries.values_mut() {
+            if let EntryState::InFlight { .. } = entry.state {
+                entry.state = EntryState::Pending { due_ms: now_ms };
+                self.due.insert((now_ms, entry.id.clone()));
+            }
+        }
+    }
+
+    /// Gives a failed entry a fresh set of attempts, due now.
+    pub fn retry(&mut self, id: &str, now_ms: u64) -> Result<(), OutboxError> {
+        let entry = self.entries.get_mut(id).ok_or(OutboxError::Unknown)?;
+        match entry.state {
+            EntryState::Failed { .. } => {
+                entry.attempts = 0;
+                entry.state = EntryState::Pending { due_ms: now_ms };
+                self.due.insert((now_ms, id.to_string()));
+                Ok(())
+            }
+            EntryState::Pending { .. } => Err(OutboxError::WrongState { state: "pending" }),
+            EntryState::InFlight { .. } => Err(OutboxError::WrongState { state: "in flight" }),
+        }
+    }
+
+    /// Removes an entry that is not in flight.
+    pub fn delete(&mut self, id: &str) -> Result<Entry, OutboxError> {
+        let entry = self.entries.get(id).ok_or(OutboxError::Unknown)?;
+        match entry.state {
+            EntryState::InFlight { .. } => Err(OutboxError::WrongState { state: "in flight" }),
+            EntryState::Pending { due_ms } => {
+                self.due.remove(&(due_ms, id.to_string()));
+                Ok(self.entries.remove(id).expect("found above"))
+            }
+            EntryState::Failed { .. } => Ok(self.entries.remove(id).expect("found above")),
+        }
+    }
+
+    /// One entry.
+    pub fn get(&self, id: &str) -> Option<&Entry> {
+        self.entries.get(id)
+    }
+
+    /// Up to `limit` entries of `listing` after id `after`, in the order they were accepted,
+    /// and the id to continue after if there are more.
+    pub fn page(&self, listing: Listing, after: Option<&str>, limit: usize) -> (Vec<&Entry>, Option<String>) {
+        let wanted = |e: &&Entry| match listing {
+            Listing::Failed => matches!(e.state, EntryState::Failed { .. }),
+            Listing::Pending => !matches!(e.state, EntryState::Failed { .. }),
+        };
+        let start = after.map_or(std::ops::Bound::Unbounded, |a| std::ops::Bound::Excluded(a.to_string()));
+        let mut matching = self.entries.range((start, std::ops::Bound::Unbounded)).map(|(_, e)| e).filter(wanted);
+        let page: Vec<&Entry> = matching.by_ref().take(limit).collect();
+        let next = if matching.next().is_some() { page.last().map(|e| e.id.clone()) } else { None };
+        (page, next)
+    }
+
+    /// Counts by state.
+    pub fn stats(&self) -> OutboxStats {
+        let mut stats = OutboxStats::default();
+        for entry in self.entries.values() {
+            match entry.state {
+                EntryState::Pending { .. } => stats.pending += 1,
+                EntryState::InFlight { .. } => stats.in_flight += 1,
+                EntryState::Failed { .. } => stats.failed += 1,
+            }
+        }
+        stats
+    }
+
+    /// Every entry, for a snapshot.
+    pub fn export(&self) -> Vec<Entry> {
+        self.entries.values().cloned().collect()
+    }
+
+    /// Rebuilds the outbox from a snapshot's entries.
+    pub fn import(limits: OutboxLimits, entries: Vec<Entry>) -> Self {
+        let mut outbox = Self::new(limits);
+        for entry in entries {
+            if let EntryState::Pending { due_ms } = entry.state {
+                outbox.due.insert((due_ms, entry.id.clone()));
+            }
+            outbox.entries.insert(entry.id.clone(), entry);
+        }
+        outbox
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: OutboxLimits = OutboxLimits {
+        max_entries: 4,
+        max_body_bytes: 64,
+        max_attempts: 5,
+        backoff: Backoff { base_ms: 100, factor: 2, cap_ms: 1_000 },
+    };
+
+    fn call(n: u32) -> Call {
+        Call {
+            method: "POST".into(),
+            url: format!("https://hooks.example.com/{n}"),
+            headers: Vec::new(),
+            body: "{}".into(),
+        }
+    }
+
+    fn random(n: u8) -> [u8; 16] {
+        [n; 16]
+    }
+
+    #[test]
+    fn a_full_outbox_refuses_and_keeps_every_entry() {
+        let mut o = Outbox::new(LIMITS);
+        let ids: Vec<String> = (0..4).map(|n| o.enqueue(call(n), 3, None, 1_000, random(n as u8)).unwrap()).collect();
+        assert_eq!(o.enqueue(call(9), 3, None, 1_000, random(9)), Err(OutboxError::Full { max_entries: 4 }));
+        assert!(ids.iter().all(|id| o.get(id).is_some()), "nothing dropped or overwritten");
+        let big = Call { body: "x".repeat(65), ..call(1) };
+        let mut roomy = Outbox::new(LIMITS);
+        assert_eq!(roomy.enqueue(big, 3, None, 0, random(1)), Err(OutboxError::BodyTooLarge { max_body_bytes: 64 }));
+        assert_eq!(roomy.enqueue(call(1), 0, None, 0, random(1)), Err(OutboxError::Attempts { max: 5 }));
+        assert_eq!(roomy.enqueue(call(1), 6, None, 0, random(1)), Err(OutboxError::Attempts { max: 5 }));
+    }
+
+    #[test]
+    fn entries_go_out_when_due_retry_with_backoff_and_end_in_the_dead_letter_list() {
+        let mut o = Outbox::new(LIMITS);
+        let id = o.enqueue(call(1), 3, Some(2_000), 1_000, random(1)).unwrap();
+        assert_eq!(id.len(), 26);
+        assert!(o.take_due(1_999, 10).is_empty(), "not before not_before_ms");
+        assert_eq!(o.next_due_ms(), Some(2_000));
+        let d = o.take_due(2_000, 10);
+        assert_eq!((d.len(), d[0].attempt, d[0].id == id), (1, 1, true));
+        assert!(o.take_due(10_000, 10).is_empty(), "in flight: not handed out twice");
+        // A 503: due again within the first ceiling (100 ms); the full draw gives 100.
+        let v = o.report(&id, Outcome::Status(503), None, Some("503 from target".into()), 2_010, u64::MAX);
+        assert_eq!(v, Some(Verdict::Retry));
+        assert_eq!(o.get(&id).unwrap().state, EntryState::Pending { due_ms: 2_110 });
+        assert_eq!(o.take_due(2_110, 10)[0].attempt, 2);
+        // Retry-After is a floor.
+        o.report(&id, Outcome::Timeout, Some(5_000), Some("timed out".into()), 2_200, 0);
+        assert_eq!(o.get(&id).unwrap().state, EntryState::Pending { due_ms: 7_200 });
+        assert_eq!(o.take_due(7_200, 10)[0].attempt, 3);
+        // The last attempt fails: dead-lettered with its error.
+        assert_eq!(
+            o.report(&id, Outcome::ConnectionFailed, None, Some("refused".into()), 7_300, 0),
+            Some(Verdict::Fail)
+        );
+        let e = o.get(&id).unwrap();
+        assert_eq!((e.state, e.last_error.as_deref()), (EntryState::Failed { at_ms: 7_300 }, Some("refused")));
+        assert_eq!(o.stats(), OutboxStats { pending: 0, in_flight: 0, failed: 1 });
+        assert_eq!(o.next_due_ms(), None);
+        assert_eq!(o.report(&id, Outcome::Status(200), None, None, 7_400, 0), None, "a late report changes nothing");
+        // Retried by hand: a fresh set of attempts, delivered, gone.
+        o.retry(&id, 8_000).unwrap();
+        assert_eq!(o.take_due(8_000, 10)[0].attempt, 1);
+        assert_eq!(o.report(&id, Outcome::Status(204), None, None, 8_050, 0), Some(Verdict::Done));
+        assert!(o.get(&id).is_none());
+    }
+
+    #[test]
+    fn a_4xx_fails_at_once_and_only_failed_entries_retry() {
+        let mut o = Outbox::new(LIMITS);
+        let id = o.enqueue(call(1), 5, None, 0, random(1)).unwrap();
+        assert_eq!(o.retry(&id, 0), Err(OutboxError::WrongState { state: "pending" }));
+        o.take_due(0, 1);
+        assert_eq!(o.retry(&id, 0), Err(OutboxError::WrongState { state: "in flight" }));
+        assert_eq!(o.delete(&id), Err(OutboxError::WrongState { state: "in flight" }));
+        assert_eq!(o.report(&id, Outcome::Status(404), None, Some("404".into()), 5, 0), Some(Verdict::Fail));
+        assert_eq!(o.retry("nope", 0), Err(OutboxError::Unknown));
+        assert!(o.delete(&id).is_ok());
+        assert_eq!(o.stats(), OutboxStats::default());
+    }
+
+    #[test]
+    fn a_lost_courier_gets_everything_in_flight_again() {
+        let mut o = Outbox::new(LIMITS);
+        let ids: Vec<String> = (0..3).map(|n| o.enqueue(call(n), 3, None, 0, random(n as u8)).unwrap()).collect();
+        assert_eq!(o.take_due(0, 2).len(), 2);
+        o.requeue_in_flight(50);
+        let again: Vec<String> = o.take_due(50, 10).into_iter().map(|d| d.id).collect();
+        assert_eq!(again.len(), 3, "the two in flight and the one never sent");
+        assert!(ids.iter().all(|id| again.contains(id)));
+    }
+
+    #[test]
+    fn pages_follow_acceptance_order_by_listing_and_survive_an_export() {
+        let mut o = Outbox::new(OutboxLimits { max_entries: 100, ..LIMITS });
+        let ids: Vec<String> =
+            (0..7).map(|n| o.enqueue(call(n), 1, None, 1_000 + u64::from(n), random(9)).unwrap()).collect();
+        for id in &ids[..3] {
+            o.take_due(u64::MAX, 1);
+            o.report(id, Outcome::Status(500), None, Some("500".into()), 2_000, 0);
+        }
+        let (page, next) = o.page(Listing::Pending, None, 3);
+        assert_eq!(page.iter().map(|e| &e.id).collect::<Vec<_>>(), ids[3..6].iter().collect::<Vec<_>>());
+        let (rest, end) = o.page(Listing::Pending, next.as_deref(), 3);
+        assert_eq!((rest.len(), end), (1, None));
+        assert_eq!(o.page(Listing::Failed, None, 10).0.len(), 3);
+        let copy = Outbox::import(o.limits, o.export());
+        assert_eq!(copy.export(), o.export());
+        assert_eq!((copy.next_due_ms(), copy.stats()), (o.next_due_ms(), o.stats()));
+        let json = serde_json::to_string(&o.export()).unwrap();
+        let back: Vec<Entry> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, o.export());
+    }
+}
