@@ -48,6 +48,17 @@ impl Backoff {
     }
 }
 
+/// A `Retry-After` header's delay in milliseconds: the delta-seconds form. (The HTTP-date
+/// form would need the target's clock to agree with ours; it is ignored, and the backoff
+/// alone decides.)
+pub fn retry_after_ms(value: &str) -> Option<u64> {
+    let value = value.trim();
+    if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse::<u64>().ok()?.checked_mul(1_000)
+}
+
 /// How one attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -55,8 +66,10 @@ pub enum Outcome {
     Status(u16),
     /// No answer within the total timeout.
     Timeout,
-    /// No connection (refused, unreachable, reset before an answer).
+    /// No connection (refused, unreachable, a failed name lookup, reset before an answer).
     ConnectionFailed,
+    /// The target may not be called (its name resolves to a refused address): no retry.
+    Denied,
 }
 
 /// What becomes of an entry after an attempt.
@@ -76,6 +89,7 @@ pub fn judge(outcome: Outcome, attempt: u32, max_attempts: u32) -> Verdict {
         Outcome::Status(status) if (200..300).contains(&status) => return Verdict::Done,
         Outcome::Status(status) => status == 408 || status == 429 || (500..600).contains(&status),
         Outcome::Timeout | Outcome::ConnectionFailed => true,
+        Outcome::Denied => false,
     };
     if retryable && attempt < max_attempts {
         Verdict::Retry
@@ -153,6 +167,16 @@ mod tests {
         }
         for status in [100, 301, 304, 400, 401, 403, 404, 409, 410, 422, 600] {
             assert_eq!(judge(Outcome::Status(status), 1, 10), Verdict::Fail, "{status}");
+        }
+        assert_eq!(judge(Outcome::Denied, 1, 10), Verdict::Fail);
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_ignores_the_rest() {
+        assert_eq!(retry_after_ms("120"), Some(120_000));
+        assert_eq!(retry_after_ms(" 0 "), Some(0));
+        for other in ["", "-5", "1.5", "Wed, 21 Oct 2026 07:28:00 GMT", "99999999999999999999"] {
+            assert_eq!(retry_after_ms(other), None, "{other:?}");
         }
     }
 }

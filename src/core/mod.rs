@@ -10,6 +10,7 @@ pub mod error;
 pub mod lock;
 pub mod names;
 pub mod rand;
+pub mod signature;
 pub mod supervise;
 pub mod target;
 
