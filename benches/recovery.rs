@@ -3,7 +3,8 @@
 //! the release binary on it three times and reads, from `/metrics` and `/proc`:
 //!
 //! 1. recovery by replaying the whole journal (snapshots off), and the keeper's RSS;
-//! 2. a start on the default snapshot size, which writes a snapshot of that state;
+//! 2. a start with `snapshot_bytes` at its 1 MiB minimum, which writes a snapshot of that
+//!    state at once;
 //! 3. recovery from that snapshot, and the keeper's RSS.
 //!
 //! `make bench-recovery` (part of `make bench`); `LEASEHOLD_BENCH_LEASES` changes
@@ -14,9 +15,8 @@ mod common;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{metric, proc_status_kib, Server};
-use leasehold::core::lock::QueueMode;
 use leasehold::core::names::{LockName, Owner, Ticket};
-use leasehold::ipc::message::{LockOp, Then, ToKeeper};
+use leasehold::ipc::message::{LockOp, ToKeeper};
 use leasehold::journal::store::Store;
 use leasehold::journal::Record;
 
@@ -52,21 +52,11 @@ fn main() {
         let mut fresh = [0u8; 16];
         fresh[..8].copy_from_slice(&(i as u64).to_be_bytes());
         fresh[8..].copy_from_slice(&now_ms.to_be_bytes());
-        let message = ToKeeper::Request {
-            id: i as u64,
-            op: LockOp::Acquire {
-                lock: LockName::parse(&format!("job-{i:07}")).unwrap(),
-                ticket: None,
-                owner: Some(Owner::parse(&format!("host-{}", i % 64)).unwrap()),
-                ttl_ms: 3_600_000,
-                limit: 1,
-                weight: 1,
-                queue: QueueMode::Fifo,
-                wait_ms: 0,
-                then: Then::Hold,
-                compat: false,
-            },
-        };
+        let mut op = LockOp::acquire(LockName::parse(&format!("job-{i:07}")).unwrap(), 3_600_000);
+        if let LockOp::Acquire { owner, .. } = &mut op {
+            *owner = Some(Owner::parse(&format!("host-{}", i % 64)).unwrap());
+        }
+        let message = ToKeeper::Request { id: i as u64, op };
         let record = Record::Input {
             link: i % 4,
             at_ms: now_ms + (i / 10_000) as u64,
@@ -95,7 +85,7 @@ fn main() {
     );
     server.stop();
 
-    let server = Server::start(dir.path(), &config(&data, 64 << 20), ready_within);
+    let server = Server::start(dir.path(), &config(&data, 1 << 20), ready_within);
     let deadline = Instant::now() + Duration::from_secs(120);
     while !std::fs::read_to_string(&server.log).unwrap().contains("snapshot written") {
         assert!(Instant::now() < deadline, "no snapshot within 120 s");

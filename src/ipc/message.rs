@@ -294,6 +294,24 @@ pub enum LockOp {
     },
 }
 
+impl LockOp {
+    /// A plain acquire of `lock`: a mutex, FIFO, answered at once, held once granted.
+    pub fn acquire(lock: LockName, ttl_ms: u64) -> LockOp {
+        LockOp::Acquire {
+            lock,
+            ticket: None,
+            owner: None,
+            ttl_ms,
+            limit: 1,
+            weight: 1,
+            queue: QueueMode::Fifo,
+            wait_ms: 0,
+            then: Then::Hold,
+            compat: false,
+        }
+    }
+}
+
 /// Worker → keeper.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]

@@ -146,18 +146,7 @@ fn acquire_record(i: u8, at_ms: u64) -> Record {
         fresh: Ticket::from_bytes([i; 16]),
         message: ToKeeper::Request {
             id: u64::from(i),
-            op: LockOp::Acquire {
-                lock: LockName::parse(&format!("lock-{i}")).unwrap(),
-                ticket: None,
-                owner: None,
-                ttl_ms: 60_000,
-                limit: 1,
-                weight: 1,
-                queue: QueueMode::Fifo,
-                wait_ms: 0,
-                then: Then::Hold,
-                compat: false,
-            },
+            op: LockOp::acquire(LockName::parse(&format!("lock-{i}")).unwrap(), 60_000),
         },
     }
 }

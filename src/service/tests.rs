@@ -243,19 +243,7 @@ fn queued_answers_carry_an_estimate_once_the_lock_has_history() {
 fn lists_come_in_pages() {
     let mut w = World::new();
     for name in ["a1", "a2", "a3", "b1"] {
-        let op = LockOp::Acquire {
-            lock: LockName::parse(name).unwrap(),
-            ticket: None,
-            owner: None,
-            ttl_ms: 1_000,
-            limit: 1,
-            weight: 1,
-            queue: QueueMode::Fifo,
-            wait_ms: 0,
-            then: Then::Hold,
-            compat: false,
-        };
-        w.request(1, 1, op);
+        w.request(1, 1, LockOp::acquire(LockName::parse(name).unwrap(), 1_000));
     }
     let page = |w: &mut World, after: Option<String>| match reply_to(
         &w.request(1, 9, LockOp::List { prefix: "a".into(), after, limit: 2 }),
