@@ -47,6 +47,7 @@ fn main() -> ExitCode {
         ["status", rest @ ..] => client_command(rest, client::args::parse_status, client::status),
         ["release", rest @ ..] => client_command(rest, client::args::parse_release, client::release_command),
         ["child", "keeper", master_pid] => child("keeper", None, master_pid),
+        ["child", "courier", master_pid] => child("courier", None, master_pid),
         ["child", "worker", slot, master_pid] => child("worker", Some(slot), master_pid),
         ["--version" | "-V" | "version"] => {
             println!("leasehold {}", env!("CARGO_PKG_VERSION"));
@@ -135,6 +136,7 @@ fn child(role: &str, slot: Option<&str>, master_pid: &str) -> ExitCode {
     };
     match (role, slot.map(str::parse::<u32>)) {
         ("keeper", None) => exit_code(leasehold::process::keeper::run(master_pid)),
+        ("courier", None) => exit_code(leasehold::process::courier::run(master_pid)),
         ("worker", Some(Ok(slot))) => exit_code(leasehold::process::worker::run(slot, master_pid)),
         _ => {
             eprintln!("leasehold: child: unknown role {role:?}");

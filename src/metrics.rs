@@ -145,6 +145,30 @@ pub struct KeeperSnapshot {
     /// How long the last snapshot took, ms.
     #[serde(default)]
     pub last_snapshot_ms: u64,
+    /// Outbox calls waiting for their time.
+    #[serde(default)]
+    pub outbox_pending: u64,
+    /// Outbox calls with the courier.
+    #[serde(default)]
+    pub outbox_in_flight: u64,
+    /// Outbox calls in the dead-letter list.
+    #[serde(default)]
+    pub outbox_failed: u64,
+    /// Deliveries that succeeded.
+    #[serde(default)]
+    pub deliveries_ok: u64,
+    /// Attempts to be tried again.
+    #[serde(default)]
+    pub deliveries_retried: u64,
+    /// Calls that went to the dead-letter list.
+    #[serde(default)]
+    pub deliveries_failed: u64,
+    /// Lock callbacks refused by a full outbox.
+    #[serde(default)]
+    pub callbacks_refused: u64,
+    /// Time each delivery attempt took, µs.
+    #[serde(default)]
+    pub delivery_latency: Histogram,
 }
 
 /// What the master knows itself.
@@ -158,6 +182,9 @@ pub struct MasterSnapshot {
     pub worker_restarts: u64,
     /// Keepers restarted after dying.
     pub keeper_restarts: u64,
+    /// Couriers restarted after dying.
+    #[serde(default)]
+    pub courier_restarts: u64,
     /// Reloads applied.
     pub reloads_ok: u64,
     /// Reloads refused (invalid configuration).
@@ -253,6 +280,7 @@ pub fn render(
     header(&mut out, "restarts_total", "counter", "Child processes restarted after dying, by role.");
     let _ = writeln!(out, "leasehold_restarts_total{{role=\"worker\"}} {}", master.worker_restarts);
     let _ = writeln!(out, "leasehold_restarts_total{{role=\"keeper\"}} {}", master.keeper_restarts);
+    let _ = writeln!(out, "leasehold_restarts_total{{role=\"courier\"}} {}", master.courier_restarts);
     header(&mut out, "reloads_total", "counter", "Configuration reloads, by result.");
     let _ = writeln!(out, "leasehold_reloads_total{{result=\"ok\"}} {}", master.reloads_ok);
     let _ = writeln!(out, "leasehold_reloads_total{{result=\"refused\"}} {}", master.reloads_refused);
@@ -282,6 +310,17 @@ pub fn render(
             let _ = writeln!(out, "leasehold_{name} {value}");
         }
         histogram(&mut out, "journal_fsync_seconds", "Time one journal sync took.", "", &k.fsync_latency);
+        header(&mut out, "outbox_calls", "gauge", "Outbox calls, by state.");
+        let _ = writeln!(out, "leasehold_outbox_calls{{state=\"pending\"}} {}", k.outbox_pending);
+        let _ = writeln!(out, "leasehold_outbox_calls{{state=\"in_flight\"}} {}", k.outbox_in_flight);
+        let _ = writeln!(out, "leasehold_outbox_calls{{state=\"failed\"}} {}", k.outbox_failed);
+        header(&mut out, "deliveries_total", "counter", "Outbox delivery attempts, by result.");
+        let _ = writeln!(out, "leasehold_deliveries_total{{result=\"delivered\"}} {}", k.deliveries_ok);
+        let _ = writeln!(out, "leasehold_deliveries_total{{result=\"retried\"}} {}", k.deliveries_retried);
+        let _ = writeln!(out, "leasehold_deliveries_total{{result=\"failed\"}} {}", k.deliveries_failed);
+        header(&mut out, "callbacks_refused_total", "counter", "Lock callbacks refused because the outbox was full.");
+        let _ = writeln!(out, "leasehold_callbacks_refused_total {}", k.callbacks_refused);
+        histogram(&mut out, "delivery_seconds", "Time one delivery attempt took.", "", &k.delivery_latency);
         header(&mut out, "recovery_seconds", "gauge", "How long the keeper's last recovery took.");
         let _ = writeln!(out, "leasehold_recovery_seconds {}", k.recovery_ms as f64 / 1e3);
         header(&mut out, "snapshot_seconds", "gauge", "How long the last snapshot took.");

@@ -16,8 +16,11 @@ use std::path::PathBuf;
 pub use error::ConfigError;
 pub use read::KeyDoc;
 
+use crate::core::backoff::Backoff;
 pub use crate::core::balance::Balance;
 use crate::core::lock::TableLimits;
+use crate::core::outbox::OutboxLimits;
+use crate::core::target::TargetPolicy;
 use read::Reader;
 
 /// Default listen address.
@@ -174,6 +177,25 @@ pub struct JournalConfig {
     pub snapshot_bytes: u64,
 }
 
+/// `[outbox]`: deferred HTTP calls and their courier.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxConfig {
+    /// Bounds and retry schedule.
+    pub limits: OutboxLimits,
+    /// Attempts of a call that does not say.
+    pub default_attempts: u32,
+    /// Which targets may be called.
+    pub targets: TargetPolicy,
+    /// Time to connect to a target.
+    pub connect_timeout_ms: u64,
+    /// Time for a whole attempt.
+    pub timeout_ms: u64,
+    /// Deliveries the courier makes at once.
+    pub concurrency: u32,
+    /// Signing secret (empty: deliveries are not signed).
+    pub secret: String,
+}
+
 /// `[auth]`: API keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthConfig {
@@ -194,6 +216,8 @@ pub struct Config {
     pub locks: LocksConfig,
     /// `[journal]`.
     pub journal: JournalConfig,
+    /// `[outbox]`.
+    pub outbox: OutboxConfig,
     /// `[auth]`.
     pub auth: AuthConfig,
     /// Things worth telling the operator that do not stop the start (unknown variables…).
@@ -317,6 +341,7 @@ fn validate(r: &mut Reader<'_>, env: &BTreeMap<String, String>) -> Config {
             1 << 40,
         ),
     };
+    let outbox = validate_outbox(r);
     let auth = validate_auth(r, env, &server);
     let mut warnings = Vec::new();
     let known: BTreeSet<&str> = r.keys.iter().map(|k| k.env).collect();
@@ -325,7 +350,56 @@ fn validate(r: &mut Reader<'_>, env: &BTreeMap<String, String>) -> Config {
             warnings.push(format!("environment variable {name} is not a leasehold setting; it is ignored"));
         }
     }
-    Config { server, http, locks, journal, auth, warnings }
+    Config { server, http, locks, journal, outbox, auth, warnings }
+}
+
+fn validate_outbox(r: &mut Reader<'_>) -> OutboxConfig {
+    let max_attempts = r.int("outbox", "max_attempts", "LEASEHOLD_OUTBOX_MAX_ATTEMPTS", 25, 1, 1_000) as u32;
+    let default_attempts =
+        r.int("outbox", "default_attempts", "LEASEHOLD_OUTBOX_DEFAULT_ATTEMPTS", 10, 1, 1_000) as u32;
+    if default_attempts > max_attempts {
+        r.invalid(
+            "outbox.default_attempts",
+            format!("({default_attempts}) must not exceed outbox.max_attempts ({max_attempts})"),
+        );
+    }
+    let base_ms = r.int("outbox", "base_ms", "LEASEHOLD_OUTBOX_BASE_MS", 1_000, 1, 3_600_000);
+    let cap_ms = r.int("outbox", "cap_ms", "LEASEHOLD_OUTBOX_CAP_MS", 300_000, 1, 86_400_000);
+    if base_ms > cap_ms {
+        r.invalid("outbox.base_ms", format!("({base_ms}) must not exceed outbox.cap_ms ({cap_ms})"));
+    }
+    let limits = OutboxLimits {
+        max_entries: r.int("outbox", "max_entries", "LEASEHOLD_OUTBOX_MAX_ENTRIES", 100_000, 1, 10_000_000) as u32,
+        max_body_bytes: r.int("outbox", "max_body_bytes", "LEASEHOLD_OUTBOX_MAX_BODY_BYTES", 65_536, 0, 16 << 20)
+            as u32,
+        max_attempts,
+        backoff: Backoff {
+            base_ms,
+            factor: r.int("outbox", "factor", "LEASEHOLD_OUTBOX_FACTOR", 2, 1, 100) as u32,
+            cap_ms,
+        },
+    };
+    let targets = TargetPolicy {
+        allow_hosts: r.strings("outbox", "allow_hosts", "LEASEHOLD_OUTBOX_ALLOW_HOSTS").map_or(Vec::new(), |(_, v)| v),
+        deny_hosts: r.strings("outbox", "deny_hosts", "LEASEHOLD_OUTBOX_DENY_HOSTS").map_or(Vec::new(), |(_, v)| v),
+        allow_local: r.bool("outbox", "allow_local", "LEASEHOLD_OUTBOX_ALLOW_LOCAL", false),
+    };
+    OutboxConfig {
+        limits,
+        default_attempts,
+        targets,
+        connect_timeout_ms: r.int(
+            "outbox",
+            "connect_timeout_ms",
+            "LEASEHOLD_OUTBOX_CONNECT_TIMEOUT_MS",
+            5_000,
+            1,
+            600_000,
+        ),
+        timeout_ms: r.int("outbox", "timeout_ms", "LEASEHOLD_OUTBOX_TIMEOUT_MS", 30_000, 1, 3_600_000),
+        concurrency: r.int("outbox", "concurrency", "LEASEHOLD_OUTBOX_CONCURRENCY", 4, 1, 256) as u32,
+        secret: r.string("outbox", "secret", "LEASEHOLD_OUTBOX_SECRET").map_or(String::new(), |(_, v)| v),
+    }
 }
 
 fn validate_server(r: &mut Reader<'_>) -> ServerConfig {

@@ -15,7 +15,8 @@
 pub const MAX_RETRY_AFTER_MS: u64 = 3_600_000;
 
 /// The backoff settings (`[outbox]` in the configuration).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Backoff {
     /// The first retry's ceiling.
     pub base_ms: u64,
@@ -60,7 +61,8 @@ pub fn retry_after_ms(value: &str) -> Option<u64> {
 }
 
 /// How one attempt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// The target answered with this status.
     Status(u16),

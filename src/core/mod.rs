@@ -9,6 +9,7 @@ pub mod balance;
 pub mod error;
 pub mod lock;
 pub mod names;
+pub mod outbox;
 pub mod rand;
 pub mod signature;
 pub mod supervise;

@@ -299,6 +299,28 @@ impl<'de> Deserialize<'de> for Ticket {
     }
 }
 
+/// Crockford base32: digits and letters without I, L, O and U.
+pub const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+/// 128 bits as 26 Crockford base32 characters (the top two of 130 bits are zero).
+pub fn base32_128(mut value: u128) -> String {
+    let mut out = [b'0'; 26];
+    for slot in out.iter_mut().rev() {
+        *slot = CROCKFORD[(value & 31) as usize];
+        value >>= 5;
+    }
+    out.iter().map(|&b| b as char).collect()
+}
+
+/// An id that sorts by creation time: a 48-bit millisecond time and 80 random bits, as 26
+/// Crockford base32 characters (the Small Resource Server's resource ids, outbox ids).
+pub fn time_ordered_id(now_ms: u64, random: [u8; 16]) -> String {
+    let mut bits = [0u8; 16];
+    bits[..6].copy_from_slice(&now_ms.to_be_bytes()[2..]);
+    bits[6..].copy_from_slice(&random[..10]);
+    base32_128(u128::from_be_bytes(bits))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,8 +16,11 @@ use super::response::Response;
 use super::route::{compat_locks, query_param, RouteDef, RouteId};
 use super::status::{error, ErrorCode};
 use crate::core::lock::{LeaseView, QueueMode};
+use crate::core::names::CallbackUrl;
 use crate::core::names::{DataKey, LockName, Owner, Ticket};
-use crate::ipc::message::{LockInfo, LockOp, LockReply, RejectKind, Then, TicketEvent};
+use crate::core::outbox::Call;
+use crate::core::target::{parse_target, TargetPolicy};
+use crate::ipc::message::{LockInfo, LockOp, LockReply, OutboxRefusal, RejectKind, Then, TicketEvent};
 use crate::service::resources::row_id;
 
 /// The header that carries a Small Resource Server ticket, spelled as its client reads it.
@@ -26,13 +29,30 @@ pub const X_TICKET: &str = "X-Ticket";
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
 
 /// Settings the API needs from the configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiSettings {
     /// TTL of an acquire that gives none.
     pub default_ttl_ms: u64,
     /// TTL of Small Resource Server locks.
     pub compat_lease_ttl_ms: u64,
+    /// Which URLs the outbox and lock callbacks may call.
+    pub targets: TargetPolicy,
 }
+
+/// Methods an outbox call may use.
+const OUTBOX_METHODS: &[&str] = &["GET", "POST", "PUT", "PATCH", "DELETE"];
+/// Headers an outbox call may not set (the courier sets them, or they frame the message).
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "idempotency-key",
+    "x-leasehold-signature",
+    "x-leasehold-timestamp",
+];
+/// Most headers on one outbox call.
+const MAX_OUTBOX_HEADERS: usize = 32;
 
 /// What a request needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,6 +115,56 @@ pub enum Finish {
     CompatPut,
     /// `PUT|POST /resource/{name}/{selector}/unlock`.
     CompatUnlock,
+    /// `POST /v1/outbox`.
+    OutboxPut,
+    /// `GET /v1/outbox`, `GET /v1/outbox/{id}`.
+    OutboxRead,
+    /// `POST /v1/outbox/{id}/retry`.
+    OutboxRetry,
+    /// `DELETE /v1/outbox/{id}`.
+    OutboxDelete,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutboxBody {
+    method: Option<String>,
+    url: String,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+    /// A string is sent as it is; any other JSON value is sent as its JSON text.
+    body: Option<serde_json::Value>,
+    max_attempts: Option<u32>,
+    not_before_ms: Option<u64>,
+}
+
+/// Checks an outbox call and turns it into the keeper's form.
+fn outbox_call(b: OutboxBody, targets: &TargetPolicy) -> Result<(Call, Option<u32>, Option<u64>), Response> {
+    parse_target(&b.url, targets).map_err(bad)?;
+    let method = b.method.unwrap_or_else(|| "POST".into()).to_ascii_uppercase();
+    if !OUTBOX_METHODS.contains(&method.as_str()) {
+        return Err(bad(format!("method must be one of {}", OUTBOX_METHODS.join(", "))));
+    }
+    if b.headers.len() > MAX_OUTBOX_HEADERS {
+        return Err(bad(format!("at most {MAX_OUTBOX_HEADERS} headers")));
+    }
+    for (name, value) in &b.headers {
+        let token =
+            !name.is_empty() && name.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
+        if !token || value.bytes().any(|c| c == b'\r' || c == b'\n' || c == 0) {
+            return Err(bad(format!("header {name:?} is not a valid header")));
+        }
+        if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+            return Err(bad(format!("header {name} is set by the server")));
+        }
+    }
+    let body = match b.body {
+        None => String::new(),
+        Some(serde_json::Value::String(text)) => text,
+        Some(value) => value.to_string(),
+    };
+    let call = Call { method, url: b.url, headers: b.headers.into_iter().collect(), body };
+    Ok((call, b.max_attempts, b.not_before_ms))
 }
 
 #[derive(Deserialize)]
@@ -107,6 +177,7 @@ struct AcquireBody {
     queue: Option<QueueMode>,
     wait_ms: Option<u64>,
     ticket: Option<String>,
+    callback: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -205,6 +276,13 @@ fn plan_inner(
                 wait_ms,
                 then: Then::Hold,
                 compat: false,
+                callback: match b.callback.as_deref() {
+                    None => None,
+                    Some(url) => {
+                        parse_target(url, &s.targets).map_err(bad)?;
+                        Some(CallbackUrl::parse(url).map_err(bad)?)
+                    }
+                },
             };
             Plan::Ask { op, finish: Finish::Acquire(lock), waits: wait_ms > 0 }
         }
@@ -255,6 +333,26 @@ fn plan_inner(
             ask(op, Finish::LockList)
         }
         RouteId::DataGet => ask(LockOp::GetData { lock: lock()?, key: key()? }, Finish::DataGet),
+        RouteId::OutboxPut => {
+            let (call, max_attempts, not_before_ms) = outbox_call(json_body(&req.body)?, &s.targets)?;
+            ask(LockOp::OutboxPut { call, max_attempts, not_before_ms }, Finish::OutboxPut)
+        }
+        RouteId::OutboxList => {
+            let failed = match query_param(query, "state").as_deref() {
+                None | Some("pending") => false,
+                Some("failed") => true,
+                Some(_) => return Err(bad("state must be pending or failed")),
+            };
+            let limit = match query_param(query, "limit") {
+                None => DEFAULT_LIST_LIMIT,
+                Some(v) => v.parse::<u32>().map_err(|_| bad("limit must be a whole number"))?,
+            };
+            let after = query_param(query, "after").filter(|a| !a.is_empty());
+            ask(LockOp::OutboxList { failed, after, limit }, Finish::OutboxRead)
+        }
+        RouteId::OutboxGet => ask(LockOp::OutboxGet { id: param(params, 0).to_string() }, Finish::OutboxRead),
+        RouteId::OutboxRetry => ask(LockOp::OutboxRetry { id: param(params, 0).to_string() }, Finish::OutboxRetry),
+        RouteId::OutboxDelete => ask(LockOp::OutboxDelete { id: param(params, 0).to_string() }, Finish::OutboxDelete),
         RouteId::DataPut => {
             let (lock, key) = (lock()?, key()?);
             let ticket = header_ticket(req)?.ok_or_else(|| bad("data writes need the x-ticket header of a holder"))?;
@@ -327,6 +425,7 @@ fn compat_acquire(resource: LockName, ticket: Option<Ticket>, then: Then, s: &Ap
         wait_ms: 0,
         then,
         compat: true,
+        callback: None,
     }
 }
 
@@ -448,6 +547,16 @@ fn common_error(reply: &LockReply) -> Response {
         LockReply::Rejected { message, kind: RejectKind::Invalid } => error(ErrorCode::BadRequest, message),
         LockReply::Failed { message } => error(ErrorCode::Internal, message),
         LockReply::JournalFailed { message } => error(ErrorCode::JournalUnavailable, message),
+        LockReply::OutboxRefused { message, kind } => error(
+            match kind {
+                OutboxRefusal::Full => ErrorCode::OutboxFull,
+                OutboxRefusal::TooLarge => ErrorCode::PayloadTooLarge,
+                OutboxRefusal::Invalid => ErrorCode::BadRequest,
+                OutboxRefusal::Unknown => ErrorCode::NotFound,
+                OutboxRefusal::Conflict => ErrorCode::WrongState,
+            },
+            message,
+        ),
         other => error(ErrorCode::Internal, &format!("unexpected answer from the keeper: {other:?}")),
     }
 }
@@ -561,6 +670,19 @@ pub fn finish(f: &Finish, reply: &LockReply) -> Response {
         // The original unlocks whatever it is given and always says so.
         (Finish::CompatUnlock, LockReply::Released { .. } | LockReply::Left | LockReply::TicketUnknown) => {
             Response::json(200, &serde_json::json!({ "unlocked": true }))
+        }
+        (Finish::OutboxPut, LockReply::OutboxAccepted { id }) => {
+            Response::json(202, &serde_json::json!({ "status": "accepted", "id": id }))
+        }
+        (Finish::OutboxRead, LockReply::OutboxEntry { entry }) => Response::json(200, entry),
+        (Finish::OutboxRead, LockReply::OutboxPage { entries, next_after }) => {
+            Response::json(200, &serde_json::json!({ "entries": entries, "next_after": next_after }))
+        }
+        (Finish::OutboxRetry, LockReply::OutboxDone) => {
+            Response::json(200, &serde_json::json!({ "status": "retrying" }))
+        }
+        (Finish::OutboxDelete, LockReply::OutboxDone) => {
+            Response::json(200, &serde_json::json!({ "status": "deleted" }))
         }
         (_, other) => common_error(other),
     }

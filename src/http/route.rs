@@ -48,6 +48,16 @@ pub enum RouteId {
     CompatPut,
     /// Small Resource Server: unlock.
     CompatUnlock,
+    /// Accept an HTTP call for later delivery.
+    OutboxPut,
+    /// A page of outbox entries.
+    OutboxList,
+    /// One outbox entry.
+    OutboxGet,
+    /// Try a failed outbox entry again.
+    OutboxRetry,
+    /// Remove an outbox entry.
+    OutboxDelete,
 }
 
 impl RouteId {
@@ -113,6 +123,11 @@ pub const ROUTES: &[RouteDef] = &[
     row(Method::Put, "/resource/{name}/{selector}", RouteId::CompatPut, WRITE, "compat_put"),
     row(Method::Put, "/resource/{name}/{selector}/unlock", RouteId::CompatUnlock, LOCK, "compat_unlock"),
     row(Method::Post, "/resource/{name}/{selector}/unlock", RouteId::CompatUnlock, LOCK, "compat_unlock"),
+    row(Method::Post, "/v1/outbox", RouteId::OutboxPut, WRITE, "outbox_put"),
+    row(Method::Get, "/v1/outbox", RouteId::OutboxList, READ, "outbox_list"),
+    row(Method::Get, "/v1/outbox/{id}", RouteId::OutboxGet, READ, "outbox_get"),
+    row(Method::Post, "/v1/outbox/{id}/retry", RouteId::OutboxRetry, WRITE, "outbox_retry"),
+    row(Method::Delete, "/v1/outbox/{id}", RouteId::OutboxDelete, WRITE, "outbox_delete"),
 ];
 
 /// The role a matched request needs: the table's, except that a Small Resource Server read

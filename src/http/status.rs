@@ -14,6 +14,7 @@
 //! | `queue_mismatch` | 409 | the lock has another queue discipline |
 //! | `not_holder` | 409 | the ticket waits in the queue; it does not hold the lock |
 //! | `already_exists` | 409 | `POST /resource` for a name that is registered |
+//! | `wrong_state` | 409 | an outbox entry's state does not allow it (retrying one that has not failed, deleting one being delivered) |
 //! | `lease_lost` | 410 | the lease expired or was released, or the ticket is unknown |
 //! | `payload_too_large` | 413 | body over `max_body_bytes`, or data over `max_data_bytes` / `max_data_keys` |
 //! | `uri_too_long` | 414 | request line over 8 KiB |
@@ -26,6 +27,7 @@
 //! | `overloaded` | 503 | the worker is at `max_connections` (`Retry-After`) |
 //! | `table_full` | 503 | the table holds `max_locks` locks (`Retry-After`) |
 //! | `journal_unavailable` | 503 | the change could not be journaled (disk full, I/O error); nothing changed (`Retry-After`) |
+//! | `outbox_full` | 503 | the outbox holds `outbox.max_entries` calls (`Retry-After`) |
 
 use serde::Serialize;
 
@@ -60,6 +62,8 @@ pub enum ErrorCode {
     NotHolder,
     /// 409
     AlreadyExists,
+    /// 409
+    WrongState,
     /// 410
     LeaseLost,
     /// 413
@@ -84,6 +88,8 @@ pub enum ErrorCode {
     TableFull,
     /// 503
     JournalUnavailable,
+    /// 503
+    OutboxFull,
 }
 
 impl ErrorCode {
@@ -100,6 +106,7 @@ impl ErrorCode {
         Self::QueueMismatch,
         Self::NotHolder,
         Self::AlreadyExists,
+        Self::WrongState,
         Self::LeaseLost,
         Self::PayloadTooLarge,
         Self::UriTooLong,
@@ -112,6 +119,7 @@ impl ErrorCode {
         Self::Overloaded,
         Self::TableFull,
         Self::JournalUnavailable,
+        Self::OutboxFull,
     ];
 
     /// Status code and wire code.
@@ -128,6 +136,7 @@ impl ErrorCode {
             Self::QueueMismatch => (409, "queue_mismatch"),
             Self::NotHolder => (409, "not_holder"),
             Self::AlreadyExists => (409, "already_exists"),
+            Self::WrongState => (409, "wrong_state"),
             Self::LeaseLost => (410, "lease_lost"),
             Self::PayloadTooLarge => (413, "payload_too_large"),
             Self::UriTooLong => (414, "uri_too_long"),
@@ -140,13 +149,19 @@ impl ErrorCode {
             Self::Overloaded => (503, "overloaded"),
             Self::TableFull => (503, "table_full"),
             Self::JournalUnavailable => (503, "journal_unavailable"),
+            Self::OutboxFull => (503, "outbox_full"),
         }
     }
 
     fn retry_after(self) -> bool {
         matches!(
             self,
-            Self::QueueFull | Self::KeeperUnavailable | Self::Overloaded | Self::TableFull | Self::JournalUnavailable
+            Self::QueueFull
+                | Self::KeeperUnavailable
+                | Self::Overloaded
+                | Self::TableFull
+                | Self::JournalUnavailable
+                | Self::OutboxFull
         )
     }
 }

@@ -31,8 +31,10 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::backoff::Outcome;
 use crate::core::lock::{LeaseView, QueueKind, QueueMode, QueueView};
-use crate::core::names::{DataKey, LockName, Owner, Ticket};
+use crate::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket};
+use crate::core::outbox::{Call, Delivery, Entry};
 use crate::metrics::{KeeperSnapshot, WorkerSnapshot};
 
 /// The first frame a child receives.
@@ -131,6 +133,8 @@ pub enum FdRecord {
         /// The worker's slot.
         slot: u32,
     },
+    /// The channel from the courier (to the keeper), or to the keeper (for the courier).
+    Courier,
 }
 
 /// What the keeper does once a waiting acquire is granted, before it answers (so the
@@ -203,6 +207,10 @@ pub enum LockOp {
         /// A Small Resource Server request: the lock is a registered resource.
         #[serde(default, skip_serializing_if = "is_false")]
         compat: bool,
+        /// Called (through the outbox) when this ticket is admitted after waiting, or when
+        /// its lease expires without a release.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        callback: Option<CallbackUrl>,
     },
     /// Extend a lease.
     Renew {
@@ -292,6 +300,42 @@ pub enum LockOp {
         /// The selector.
         key: DataKey,
     },
+    /// Accept an HTTP call for delivery by the courier.
+    OutboxPut {
+        /// The call (its URL already checked against the target policy).
+        call: Call,
+        /// Attempts allowed (`None`: the configured default).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_attempts: Option<u32>,
+        /// Not delivered before this time (wall clock, ms).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        not_before_ms: Option<u64>,
+    },
+    /// A page of outbox entries, in the order they were accepted.
+    OutboxList {
+        /// The dead-letter list, or the pending entries.
+        failed: bool,
+        /// Ids sort after this.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        /// Page size.
+        limit: u32,
+    },
+    /// One outbox entry.
+    OutboxGet {
+        /// Its id.
+        id: String,
+    },
+    /// Give a failed outbox entry a fresh set of attempts.
+    OutboxRetry {
+        /// Its id.
+        id: String,
+    },
+    /// Remove an outbox entry that is not being delivered.
+    OutboxDelete {
+        /// Its id.
+        id: String,
+    },
 }
 
 impl LockOp {
@@ -308,6 +352,7 @@ impl LockOp {
             wait_ms: 0,
             then: Then::Hold,
             compat: false,
+            callback: None,
         }
     }
 }
@@ -337,6 +382,26 @@ pub enum ToKeeper {
         lock: LockName,
         /// The ticket.
         ticket: Ticket,
+    },
+    /// The courier on this channel takes up to `capacity` deliveries at once.
+    CourierReady {
+        /// Deliveries at once.
+        capacity: u32,
+    },
+    /// How a delivery attempt went (from the courier).
+    Delivered {
+        /// The entry.
+        id: String,
+        /// How it ended.
+        outcome: Outcome,
+        /// The target's `Retry-After`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+        /// What went wrong.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// How long the attempt took.
+        took_ms: u64,
     },
 }
 
@@ -521,6 +586,49 @@ pub enum LockReply {
         /// Why.
         message: String,
     },
+    /// An outbox call was accepted.
+    OutboxAccepted {
+        /// Its id.
+        id: String,
+    },
+    /// One outbox entry.
+    OutboxEntry {
+        /// The entry.
+        entry: Entry,
+    },
+    /// A page of outbox entries.
+    OutboxPage {
+        /// The page.
+        entries: Vec<Entry>,
+        /// Cursor for the next page, if there are more.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next_after: Option<String>,
+    },
+    /// The outbox refused (full, too large, unknown id, wrong state).
+    OutboxRefused {
+        /// Why.
+        message: String,
+        /// Which refusal.
+        kind: OutboxRefusal,
+    },
+    /// An outbox entry was retried or deleted.
+    OutboxDone,
+}
+
+/// Why the outbox refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxRefusal {
+    /// At `max_entries` (503).
+    Full,
+    /// A body over `max_body_bytes` (413).
+    TooLarge,
+    /// Bad `max_attempts` (400).
+    Invalid,
+    /// No such entry (404).
+    Unknown,
+    /// The entry's state does not allow it (409).
+    Conflict,
 }
 
 /// Something that happened to a ticket an event stream watches.
@@ -577,6 +685,11 @@ pub enum FromKeeper {
         /// What happened.
         event: TicketEvent,
     },
+    /// Calls for the courier to make.
+    Deliver {
+        /// The calls.
+        deliveries: Vec<Delivery>,
+    },
 }
 
 #[cfg(test)]
@@ -621,6 +734,7 @@ mod tests {
                 wait_ms: 5_000,
                 then: Then::WriteAndRelease { key: DataKey::parse("k").unwrap(), value: "{\"a\":1}".into() },
                 compat: true,
+                callback: None,
             },
         });
         round_trip(&ToKeeper::Cancel { id: 77 });

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::core::lock::{Moment, TableLimits};
 use crate::core::names::Ticket;
 use crate::ipc::message::ToKeeper;
-use crate::service::{LinkId, Outbox, Service, ServiceState};
+use crate::service::{LinkId, Outbox, OutboxSettings, Service, ServiceState};
 
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,6 +32,9 @@ pub enum Record {
         limits: TableLimits,
         /// Longest wait.
         max_wait_ms: u64,
+        /// Outbox bounds and retry schedule.
+        #[serde(default)]
+        outbox: OutboxSettings,
     },
     /// A message from a worker channel, with the time and entropy it was handled with.
     Input {
@@ -119,7 +122,10 @@ pub const SNAPSHOT_VERSION: u32 = 1;
 pub fn replay(service: &mut Service, record: Record, fences_reserved: &mut u64) {
     let mut discard: Outbox = Vec::new();
     match record {
-        Record::Configure { limits, max_wait_ms } => service.reconfigure(limits, max_wait_ms),
+        Record::Configure { limits, max_wait_ms, outbox } => {
+            service.reconfigure(limits, max_wait_ms);
+            service.configure_outbox(outbox);
+        }
         Record::Input { link, at_ms, entropy, fresh, message } => {
             service.handle(link, message, Moment::new(at_ms, entropy), *fresh.as_bytes(), &mut discard);
         }

@@ -31,6 +31,7 @@ fn random_message(rng: &mut SplitMix64, tickets: &[Ticket], next_id: &mut u64) -
                 Then::Hold
             },
             compat: false,
+            callback: None,
         },
         3 => match ticket() {
             Some(ticket) => LockOp::Release { lock, ticket },
@@ -62,7 +63,8 @@ fn a_replay_of_the_records_rebuilds_the_same_state() {
     for seed in 0..40u64 {
         let mut rng = SplitMix64::new(seed);
         let mut live = Service::new(LIMITS, 2_000, 1);
-        let mut records: Vec<Record> = vec![Record::Configure { limits: LIMITS, max_wait_ms: 2_000 }];
+        let mut records: Vec<Record> =
+            vec![Record::Configure { limits: LIMITS, max_wait_ms: 2_000, outbox: OutboxSettings::default() }];
         let mut out: Outbox = Vec::new();
         let mut tickets: Vec<Ticket> = Vec::new();
         let mut now = 1_000_000;

@@ -9,9 +9,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use crate::core::backoff::{retry_after_ms, Outcome};
+use crate::core::outbox::Delivery;
 use crate::core::signature::{sign, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::core::target::{check_address, TargetPolicy};
-use crate::service::outbox::Delivery;
 
 /// Most of an answer's body kept for the error text.
 const ERROR_BODY_BYTES: usize = 200;
@@ -126,7 +126,7 @@ mod tests {
     use std::sync::mpsc;
 
     use super::*;
-    use crate::service::outbox::Call;
+    use crate::core::outbox::Call;
 
     /// A one-connection-per-answer HTTP sink on loopback: answers each request with the next
     /// scripted reply and reports what it received.

@@ -44,7 +44,7 @@ use crate::ipc::message::{FdRecord, FromKeeper, LockReply, ToChild, ToKeeper, To
 use crate::journal::store::{Found, Store};
 use crate::journal::{self, InputRef, Record, Snapshot, SNAPSHOT_VERSION};
 use crate::metrics::{Histogram, KeeperSnapshot};
-use crate::service::{LinkId, Outbox, Service};
+use crate::service::{LinkId, Outbox, OutboxSettings, Service};
 use crate::sys::clock::wall_ms;
 use crate::sys::entropy::Entropy;
 use crate::sys::signals::{self, Signal, SignalSource};
@@ -79,6 +79,11 @@ pub fn run(master_pid: i32) -> i32 {
             1
         }
     }
+}
+
+/// The outbox settings the service journals, from the configuration.
+fn outbox_settings(config: &Config) -> OutboxSettings {
+    OutboxSettings { limits: config.outbox.limits, default_attempts: config.outbox.default_attempts }
 }
 
 /// Name of the lock file in the data directory.
@@ -138,6 +143,7 @@ struct Keeper {
     journal: JournalConfig,
     limits: TableLimits,
     max_wait_ms: u64,
+    outbox_settings: OutboxSettings,
     /// The highest fence reservation journaled.
     fences_reserved: u64,
     /// `None` once the start-up records are written; otherwise why they could not be, and
@@ -225,6 +231,7 @@ impl Keeper {
             journal: config.journal.clone(),
             limits,
             max_wait_ms,
+            outbox_settings: outbox_settings(&config),
             fences_reserved,
             not_writable: Some((String::new(), 0)),
             closed_links: Vec::new(),
@@ -253,7 +260,11 @@ impl Keeper {
         links.dedup();
         let next_fence = self.service.table().next_fence();
         let floor = next_fence.max(self.fences_reserved);
-        let mut records = vec![Record::Configure { limits: self.limits.clone(), max_wait_ms: self.max_wait_ms }];
+        let mut records = vec![Record::Configure {
+            limits: self.limits.clone(),
+            max_wait_ms: self.max_wait_ms,
+            outbox: self.outbox_settings,
+        }];
         records.extend(links.into_iter().map(|link| Record::LinkClosed { link, at_ms: now, entropy }));
         records.push(Record::ResetPresence { at_ms: now });
         if floor > next_fence {
@@ -457,14 +468,19 @@ impl Keeper {
                     match Config::load(config_text.as_deref(), &super::environment()) {
                         Ok(config) => {
                             super::logging::set_level(&config.server.log_level);
+                            self.outbox_settings = outbox_settings(&config);
                             self.limits = config.locks.table;
                             self.max_wait_ms = config.locks.max_wait_ms;
                             self.journal = config.journal;
                             if self.not_writable.is_none() {
-                                let record =
-                                    Record::Configure { limits: self.limits.clone(), max_wait_ms: self.max_wait_ms };
+                                let record = Record::Configure {
+                                    limits: self.limits.clone(),
+                                    max_wait_ms: self.max_wait_ms,
+                                    outbox: self.outbox_settings,
+                                };
                                 self.journaled(&record);
                                 self.service.reconfigure(self.limits.clone(), self.max_wait_ms);
+                                self.service.configure_outbox(self.outbox_settings);
                             }
                             log::info!("new limits applied");
                         }
@@ -485,9 +501,13 @@ impl Keeper {
 
     fn on_fd_records(&mut self) {
         for (meta, fd) in child::read_records(self.fds.as_fd()) {
-            let FdRecord::Worker { slot } = meta else {
-                log::error!("unexpected fd record for the keeper: {meta:?}");
-                continue;
+            let from = match meta {
+                FdRecord::Worker { slot } => format!("worker {slot}"),
+                FdRecord::Courier => "the courier".to_string(),
+                other => {
+                    log::error!("unexpected fd record for the keeper: {other:?}");
+                    continue;
+                }
             };
             let index = self.links.iter().position(Option::is_none).unwrap_or_else(|| {
                 self.links.push(None);
@@ -501,9 +521,9 @@ impl Keeper {
                 Ok(mut link) => {
                     let _ = link.send(&FromKeeper::Hello { generation: self.generation });
                     self.links[index] = Some(link);
-                    log::debug!("channel from worker {slot} open");
+                    log::debug!("channel from {from} open");
                 }
-                Err(e) => log::error!("channel from worker {slot} unusable: {e}"),
+                Err(e) => log::error!("channel from {from} unusable: {e}"),
             }
         }
     }
@@ -600,6 +620,8 @@ impl Keeper {
     fn snapshot(&self) -> KeeperSnapshot {
         let table = self.service.table().stats();
         let service = self.service.stats();
+        let calls = self.service.outbox().stats();
+        let counters = self.service.outbox_counters();
         KeeperSnapshot {
             locks: table.locks,
             leases: table.holders,
@@ -614,6 +636,14 @@ impl Keeper {
             fsync_latency: self.fsync_latency.clone(),
             recovery_ms: self.recovery_ms,
             last_snapshot_ms: self.last_snapshot_ms,
+            outbox_pending: calls.pending,
+            outbox_in_flight: calls.in_flight,
+            outbox_failed: calls.failed,
+            deliveries_ok: counters.delivered,
+            deliveries_retried: counters.retried,
+            deliveries_failed: counters.failed,
+            callbacks_refused: counters.callbacks_refused,
+            delivery_latency: counters.latency.clone(),
         }
     }
 }

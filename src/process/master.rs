@@ -66,6 +66,8 @@ const MAX_SLEEP_MS: u64 = 1_000;
 enum Role {
     Keeper,
     Worker(u32),
+    /// Delivers the outbox; talks to the keeper over a channel like a worker's.
+    Courier,
 }
 
 impl Role {
@@ -73,7 +75,13 @@ impl Role {
         match self {
             Role::Keeper => "keeper".to_string(),
             Role::Worker(slot) => format!("worker {slot}"),
+            Role::Courier => "courier".to_string(),
         }
+    }
+
+    /// Whether it needs a channel to the keeper from the master.
+    fn talks_to_keeper(self) -> bool {
+        matches!(self, Role::Worker(_) | Role::Courier)
     }
 }
 
@@ -252,11 +260,13 @@ struct Master {
     next_generation: u64,
     keeper: Option<u64>,
     keeper_ready: bool,
+    courier: Option<u64>,
     slot_current: Vec<Option<u64>>,
     slot_pending: Vec<Option<u64>>,
     policy: RestartPolicy,
     worker_history: History,
     keeper_history: History,
+    courier_history: History,
     scheduled: Vec<(u64, Role)>,
     phase: Phase,
     /// A reload in progress: the next slot to replace, and whether another reload is queued.
@@ -319,10 +329,12 @@ impl Master {
             next_generation: 1,
             keeper: None,
             keeper_ready: false,
+            courier: None,
             slot_current: vec![None; slots],
             slot_pending: vec![None; slots],
             policy,
             worker_history: History::new(),
+            courier_history: History::new(),
             keeper_history: History::new(),
             scheduled: Vec::new(),
             phase: Phase::Starting,
@@ -476,6 +488,10 @@ impl Master {
                         self.slot_pending[slot as usize] = Some(generation);
                         self.give_keeper_channel(generation);
                     }
+                    Role::Courier => {
+                        self.courier = Some(generation);
+                        self.give_keeper_channel(generation);
+                    }
                 }
                 Some(generation)
             }
@@ -498,6 +514,7 @@ impl Master {
         let (name, args, slot) = match role {
             Role::Keeper => ("lh-keeper".to_string(), vec!["keeper".to_string()], 0),
             Role::Worker(slot) => (format!("lh-worker-{slot}"), vec!["worker".to_string(), slot.to_string()], slot),
+            Role::Courier => ("lh-courier".to_string(), vec!["courier".to_string()], 0),
         };
         if let (Role::Worker(slot), Listeners::PerSlot(per_slot)) = (role, &self.listeners) {
             inherit.extend(per_slot.get(slot as usize).into_iter().flatten().map(AsFd::as_fd));
@@ -539,10 +556,11 @@ impl Master {
         }
     }
 
-    /// Gives worker `generation` a fresh channel to the keeper, if the keeper is ready.
+    /// Gives worker (or courier) `generation` a fresh channel to the keeper, if the keeper
+    /// is ready.
     fn give_keeper_channel(&mut self, generation: u64) {
         let Some(keeper_gen) = self.keeper.filter(|_| self.keeper_ready) else { return };
-        let Some(Role::Worker(slot)) = self.children.get(&generation).map(|c| c.role) else { return };
+        let Some(role) = self.children.get(&generation).map(|c| c.role).filter(|r| r.talks_to_keeper()) else { return };
         let (worker_end, keeper_end) = match fdpass::stream_pair() {
             Ok(pair) => pair,
             Err(e) => {
@@ -551,7 +569,11 @@ impl Master {
             }
         };
         let to_worker = serde_json::to_vec(&FdRecord::Keeper { generation: keeper_gen }).unwrap_or_default();
-        let to_keeper = serde_json::to_vec(&FdRecord::Worker { slot }).unwrap_or_default();
+        let to_keeper = match role {
+            Role::Worker(slot) => serde_json::to_vec(&FdRecord::Worker { slot }),
+            _ => serde_json::to_vec(&FdRecord::Courier),
+        }
+        .unwrap_or_default();
         let worker = &self.children[&generation];
         let keeper = &self.children[&keeper_gen];
         let sent = fdpass::send(worker.fds.as_fd(), &to_worker, &[worker_end.as_fd()])
@@ -563,7 +585,7 @@ impl Master {
                 }
             }
             // Tried again on the next timer turn (or when the worker asks).
-            Err(e) => log::warn!("cannot hand worker {slot} its keeper channel: {e}"),
+            Err(e) => log::warn!("cannot hand the {} its keeper channel: {e}", role.describe()),
         }
     }
 
@@ -576,7 +598,7 @@ impl Master {
         let lacking: Vec<u64> = self
             .children
             .iter()
-            .filter(|(_, c)| matches!(c.role, Role::Worker(_)) && Some(c.keeper_given) != self.keeper)
+            .filter(|(_, c)| c.role.talks_to_keeper() && Some(c.keeper_given) != self.keeper)
             .map(|(g, _)| *g)
             .collect();
         for g in lacking {
@@ -657,12 +679,17 @@ impl Master {
                 self.keeper_ready = true;
                 log::info!("keeper ready (pid {})", child.pid);
                 if self.phase == Phase::Starting {
+                    self.spawn(Role::Courier);
                     for slot in 0..self.slots {
                         self.spawn(Role::Worker(slot as u32));
                     }
                 } else {
                     self.reconcile_keeper_channels();
                 }
+            }
+            Role::Courier => {
+                log::debug!("courier ready (pid {})", child.pid);
+                self.maybe_ready();
             }
             Role::Worker(slot) => {
                 let slot = slot as usize;
@@ -674,12 +701,7 @@ impl Master {
                     }
                 }
                 self.route_waiting();
-                if self.phase == Phase::Starting && self.slot_current.iter().all(Option::is_some) {
-                    self.phase = Phase::Running;
-                    self.last_status = self.status_line();
-                    log::info!("{}", self.last_status);
-                    self.notify(&format!("READY=1\nSTATUS={}", self.last_status));
-                }
+                self.maybe_ready();
                 if let Some((next, _)) = self.reload {
                     if next == slot && self.slot_current[slot] == Some(generation) {
                         self.reload = self.reload.map(|(n, again)| (n + 1, again));
@@ -687,6 +709,17 @@ impl Master {
                     }
                 }
             }
+        }
+    }
+
+    /// The first time the keeper, every worker and the courier are up: `READY=1`.
+    fn maybe_ready(&mut self) {
+        let courier_ready = self.courier.and_then(|g| self.children.get(&g)).is_some_and(|c| c.state == State::Ready);
+        if self.phase == Phase::Starting && courier_ready && self.slot_current.iter().all(Option::is_some) {
+            self.phase = Phase::Running;
+            self.last_status = self.status_line();
+            log::info!("{}", self.last_status);
+            self.notify(&format!("READY=1\nSTATUS={}", self.last_status));
         }
     }
 
@@ -737,7 +770,7 @@ impl Master {
         } else {
             log::warn!("{} (pid {pid}) {exit}", role.describe());
             let needs_replacement = match role {
-                Role::Keeper => true,
+                Role::Keeper | Role::Courier => true,
                 // A dying current worker with a replacement on its way needs no other.
                 Role::Worker(slot) => {
                     let pending = self.slot_pending[slot as usize];
@@ -749,6 +782,7 @@ impl Master {
                 match role {
                     Role::Keeper => self.counters.keeper_restarts += 1,
                     Role::Worker(_) => self.counters.worker_restarts += 1,
+                    Role::Courier => self.counters.courier_restarts += 1,
                 }
                 self.schedule_restart(role, child.started_ms, now);
             }
@@ -777,6 +811,11 @@ impl Master {
                     self.slot_pending[slot] = None;
                 }
             }
+            Role::Courier => {
+                if self.courier == Some(generation) {
+                    self.courier = None;
+                }
+            }
         }
     }
 
@@ -784,6 +823,7 @@ impl Master {
         let history = match role {
             Role::Keeper => &mut self.keeper_history,
             Role::Worker(_) => &mut self.worker_history,
+            Role::Courier => &mut self.courier_history,
         };
         match history.on_exit(&self.policy, started_ms, now) {
             Restart::At(at) => {
@@ -795,7 +835,11 @@ impl Master {
             Restart::GiveUp { exits, window_ms } => {
                 log::error!(
                     "{exits} {} deaths within {} s: crash storm, stopping the service",
-                    if role == Role::Keeper { "keeper" } else { "worker" },
+                    match role {
+                        Role::Keeper => "keeper",
+                        Role::Worker(_) => "worker",
+                        Role::Courier => "courier",
+                    },
                     window_ms / 1000
                 );
                 self.begin_stop(1, self.config.server.drain_timeout_ms);
@@ -814,6 +858,9 @@ impl Master {
                 }
                 Role::Worker(slot) if self.slot_pending[slot as usize].is_none() => {
                     self.spawn(role);
+                }
+                Role::Courier if self.courier.is_none() => {
+                    self.spawn(Role::Courier);
                 }
                 _ => {}
             }
@@ -837,8 +884,8 @@ impl Master {
         }
         if let Phase::Stopping { mut deadline_ms, mut keeper_deadline_ms } = self.phase {
             if now >= deadline_ms {
-                for c in self.children.values().filter(|c| matches!(c.role, Role::Worker(_))) {
-                    log::warn!("worker pid {} did not finish in time: killing it", c.pid);
+                for c in self.children.values().filter(|c| c.role != Role::Keeper) {
+                    log::warn!("{} pid {} did not finish in time: killing it", c.role.describe(), c.pid);
                     process::kill(c.pid, Signal::SIGKILL);
                 }
                 deadline_ms = NEVER;
@@ -893,8 +940,8 @@ impl Master {
         for (mut stream, _) in self.waiting.drain(..) {
             let _ = stream.write(&self.overloaded);
         }
-        let workers: Vec<u64> =
-            self.children.iter().filter(|(_, c)| matches!(c.role, Role::Worker(_))).map(|(g, _)| *g).collect();
+        // Workers and the courier go first; the keeper, which journals, last.
+        let workers: Vec<u64> = self.children.iter().filter(|(_, c)| c.role != Role::Keeper).map(|(g, _)| *g).collect();
         for g in workers {
             self.retire_worker(g);
         }
@@ -903,7 +950,7 @@ impl Master {
 
     fn check_stop_progress(&mut self, now: u64) {
         let Phase::Stopping { deadline_ms, keeper_deadline_ms: None } = self.phase else { return };
-        if self.children.values().any(|c| matches!(c.role, Role::Worker(_))) {
+        if self.children.values().any(|c| c.role != Role::Keeper) {
             return;
         }
         let keeper = self.children.iter().find(|(_, c)| c.role == Role::Keeper).map(|(g, _)| *g);
@@ -1002,6 +1049,12 @@ impl Master {
         if next >= self.slots {
             self.reload = None;
             self.counters.reloads_ok += 1;
+            // The courier takes the new [outbox] settings by being replaced: the keeper hands
+            // the new one whatever the old one still held (delivered at least once).
+            if let Some(old) = self.courier.take() {
+                self.retire_worker(old);
+                self.spawn(Role::Courier);
+            }
             log::info!("reload complete");
             self.notify(&format!("READY=1\nSTATUS={}", self.status_line()));
             if again {
@@ -1081,7 +1134,7 @@ impl Master {
         let targets: Vec<u64> = self
             .children
             .iter()
-            .filter(|(_, c)| c.state != State::Starting && c.control.is_some())
+            .filter(|(_, c)| c.state != State::Starting && c.control.is_some() && c.role != Role::Courier)
             .map(|(g, _)| *g)
             .collect();
         for &g in &targets {

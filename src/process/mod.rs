@@ -9,6 +9,7 @@
 
 pub mod channel;
 pub mod child;
+pub mod courier;
 pub mod delivery;
 pub mod keeper;
 pub mod logging;

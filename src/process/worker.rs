@@ -96,6 +96,7 @@ impl Settings {
             api: ApiSettings {
                 default_ttl_ms: config.locks.default_ttl_ms,
                 compat_lease_ttl_ms: config.locks.compat_lease_ttl_ms,
+                targets: config.outbox.targets.clone(),
             },
         }
     }
@@ -427,7 +428,7 @@ impl Worker {
                     Err(e) => log::error!("keeper channel unusable: {e}"),
                 }
             }
-            FdRecord::Worker { .. } => log::error!("a worker record was sent to a worker"),
+            FdRecord::Worker { .. } | FdRecord::Courier => log::error!("unexpected fd record for a worker: {meta:?}"),
         }
     }
 
@@ -443,6 +444,7 @@ impl Worker {
                 Ok(Some(FromKeeper::Hello { generation })) => self.keeper_generation = generation,
                 Ok(Some(FromKeeper::Reply { id, reply })) => self.on_reply(id, &reply),
                 Ok(Some(FromKeeper::Event { lock, ticket, event })) => self.on_event(lock, ticket, &event),
+                Ok(Some(FromKeeper::Deliver { .. })) => log::error!("the keeper sent deliveries to a worker"),
                 Ok(None) => return,
                 Err(e) => {
                     self.keeper_lost(&e);

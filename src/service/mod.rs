@@ -15,9 +15,14 @@
 //!   each client had gone.
 //! - **Small Resource Server** resources live here too (their registry and their
 //!   server-side wait), and so do wait estimates.
+//! - **The outbox** ([`crate::core::outbox`]): calls accepted through the API and lock
+//!   callbacks. The courier announces itself on its channel with its capacity; due calls
+//!   are handed to it in the same steps as everything else (so a replay hands out the same
+//!   ones), its reports reschedule or retire them, and if its channel closes everything it
+//!   held is due again.
 
 mod eta;
-pub mod outbox;
+
 pub mod resources;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -25,13 +30,16 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use crate::core::error::CoreError;
 use serde::{Deserialize, Serialize};
 
+use crate::core::lock::CallbackEvent;
 use crate::core::lock::{
     Acquire, LeaseView, LockTable, LockView, Moment, Op, Output, QueueView, Reply, TableLimits, TableState,
 };
 use crate::core::names::{LockName, Ticket};
+use crate::core::outbox::{Call, Entry, Listing, Outbox as CallOutbox, OutboxError, OutboxLimits};
 use crate::ipc::message::{
-    FromKeeper, HolderInfo, LockInfo, LockOp, LockReply, RejectKind, Then, TicketEvent, ToKeeper,
+    FromKeeper, HolderInfo, LockInfo, LockOp, LockReply, OutboxRefusal, RejectKind, Then, TicketEvent, ToKeeper,
 };
+use crate::metrics::Histogram;
 pub use eta::Estimator;
 use resources::Resources;
 
@@ -106,6 +114,46 @@ pub struct ServiceState {
     pub waits: Vec<WaitState>,
     /// Event streams.
     pub streams: Vec<StreamState>,
+    /// Outbox settings.
+    #[serde(default)]
+    pub outbox_settings: OutboxSettings,
+    /// Outbox entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<Entry>,
+    /// The courier's channel and capacity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub courier: Option<(LinkId, u32)>,
+}
+
+/// What the service needs of `[outbox]` (journaled with the other limits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// Bounds and retry schedule.
+    pub limits: OutboxLimits,
+    /// Attempts of calls that do not say, and of lock callbacks.
+    pub default_attempts: u32,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self { limits: OutboxLimits::DEFAULT, default_attempts: 10 }
+    }
+}
+
+/// Outbox counters for metrics.
+#[derive(Debug, Clone, Default)]
+pub struct OutboxCounters {
+    /// Deliveries that succeeded.
+    pub delivered: u64,
+    /// Attempts that will be tried again.
+    pub retried: u64,
+    /// Entries that went to the dead-letter list.
+    pub failed: u64,
+    /// Lock callbacks refused by a full outbox.
+    pub callbacks_refused: u64,
+    /// Attempt durations (µs).
+    pub latency: Histogram,
 }
 
 /// Counts for metrics.
@@ -139,6 +187,21 @@ pub struct Service {
     /// Answers decided inside a request for other requests (a superseded wait).
     pending_replies: Outbox,
     ops_total: u64,
+    calls: CallOutbox,
+    default_attempts: u32,
+    courier: Option<(LinkId, u32)>,
+    counters: OutboxCounters,
+}
+
+fn outbox_refused(e: &OutboxError) -> LockReply {
+    let kind = match e {
+        OutboxError::Full { .. } => OutboxRefusal::Full,
+        OutboxError::BodyTooLarge { .. } => OutboxRefusal::TooLarge,
+        OutboxError::Attempts { .. } => OutboxRefusal::Invalid,
+        OutboxError::Unknown => OutboxRefusal::Unknown,
+        OutboxError::WrongState { .. } => OutboxRefusal::Conflict,
+    };
+    LockReply::OutboxRefused { message: e.to_string(), kind }
 }
 
 fn rejected(e: &CoreError) -> LockReply {
@@ -184,7 +247,27 @@ impl Service {
             scratch: Vec::new(),
             pending_replies: Vec::new(),
             ops_total: 0,
+            calls: CallOutbox::new(OutboxSettings::default().limits),
+            default_attempts: OutboxSettings::default().default_attempts,
+            courier: None,
+            counters: OutboxCounters::default(),
         }
+    }
+
+    /// Applies the outbox settings (at start and on reload; journaled with the limits).
+    pub fn configure_outbox(&mut self, settings: OutboxSettings) {
+        self.calls.set_limits(settings.limits);
+        self.default_attempts = settings.default_attempts;
+    }
+
+    /// The outbox (read-only).
+    pub fn outbox(&self) -> &CallOutbox {
+        &self.calls
+    }
+
+    /// Outbox counters for metrics.
+    pub fn outbox_counters(&self) -> &OutboxCounters {
+        &self.counters
     }
 
     /// Applies a reloaded configuration.
@@ -214,7 +297,12 @@ impl Service {
         matches!(
             message,
             ToKeeper::Request {
-                op: LockOp::Status { .. } | LockOp::List { .. } | LockOp::GetData { .. } | LockOp::CompatRead { .. },
+                op: LockOp::Status { .. }
+                    | LockOp::List { .. }
+                    | LockOp::GetData { .. }
+                    | LockOp::CompatRead { .. }
+                    | LockOp::OutboxList { .. }
+                    | LockOp::OutboxGet { .. },
                 ..
             }
         )
@@ -233,10 +321,12 @@ impl Service {
     /// When [`Service::expire`] has work to do.
     pub fn next_deadline(&self) -> Option<u64> {
         let waits = self.wait_deadlines.first().map(|&(at, _, _)| at);
-        match (self.table.next_deadline(), waits) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        // A due call matters only while the courier has room for it.
+        let calls = self
+            .courier
+            .filter(|&(_, capacity)| self.calls.in_flight() < capacity as usize)
+            .and_then(|_| self.calls.next_due_ms());
+        [self.table.next_deadline(), waits, calls].into_iter().flatten().min()
     }
 
     fn apply(&mut self, op: Op, at: Moment) -> Reply {
@@ -262,6 +352,23 @@ impl Service {
                         self.stop_waiting(&key, &wait.then, at);
                         out.push((link, FromKeeper::Reply { id, reply: LockReply::Cancelled }));
                     }
+                }
+            }
+            ToKeeper::CourierReady { capacity } => {
+                if self.courier.is_some_and(|(old, _)| old != link) {
+                    // A new courier while the old one's channel is still open: what the
+                    // old one held is due again.
+                    self.calls.requeue_in_flight(at.now_ms);
+                }
+                self.courier = Some((link, capacity.max(1)));
+            }
+            ToKeeper::Delivered { id, outcome, retry_after_ms, error, took_ms } => {
+                self.counters.latency.observe(took_ms.saturating_mul(1_000));
+                match self.calls.report(&id, outcome, retry_after_ms, error, at.now_ms, at.entropy) {
+                    Some(crate::core::backoff::Verdict::Done) => self.counters.delivered += 1,
+                    Some(crate::core::backoff::Verdict::Retry) => self.counters.retried += 1,
+                    Some(crate::core::backoff::Verdict::Fail) => self.counters.failed += 1,
+                    None => {}
                 }
             }
             ToKeeper::Unwatch { lock, ticket } => {
@@ -296,8 +403,13 @@ impl Service {
         self.settle(at, out);
     }
 
-    /// Channel `link` closed: its waits and streams end as if their clients had gone.
+    /// Channel `link` closed: its waits and streams end as if their clients had gone; if it
+    /// was the courier's, every call it held is due again.
     pub fn link_closed(&mut self, link: LinkId, at: Moment, out: &mut Outbox) {
+        if self.courier.is_some_and(|(courier, _)| courier == link) {
+            self.courier = None;
+            self.calls.requeue_in_flight(at.now_ms);
+        }
         // In request order, and streams by ticket: a replay must do exactly the same.
         let mut mine: Vec<(u64, (LockName, Ticket))> =
             self.wait_of_request.iter().filter(|((l, _), _)| *l == link).map(|((_, id), k)| (*id, k.clone())).collect();
@@ -327,6 +439,7 @@ impl Service {
     pub fn links(&self) -> Vec<LinkId> {
         let mut links: Vec<LinkId> = self.waits.values().map(|w| w.link).collect();
         links.extend(self.streams.values().flat_map(|s| s.links.iter().copied()));
+        links.extend(self.courier.map(|(link, _)| link));
         links.sort_unstable();
         links.dedup();
         links
@@ -360,6 +473,9 @@ impl Service {
             resources: self.resources.export(),
             waits,
             streams,
+            outbox_settings: OutboxSettings { limits: self.calls.limits(), default_attempts: self.default_attempts },
+            outbox: self.calls.export(),
+            courier: self.courier,
         }
     }
 
@@ -377,6 +493,9 @@ impl Service {
         for s in state.streams {
             service.streams.insert(s.ticket, Streams { lock: s.lock, links: s.links });
         }
+        service.calls = CallOutbox::import(state.outbox_settings.limits, state.outbox);
+        service.default_attempts = state.outbox_settings.default_attempts;
+        service.courier = state.courier;
         Ok(service)
     }
 
@@ -457,7 +576,7 @@ impl Service {
     /// Handles one request; `None` when the answer comes later (a wait).
     fn request(&mut self, link: LinkId, id: u64, op: LockOp, at: Moment, fresh: [u8; 16]) -> Option<LockReply> {
         let reply = match op {
-            LockOp::Acquire { lock, ticket, owner, ttl_ms, limit, weight, queue, wait_ms, then, compat } => {
+            LockOp::Acquire { lock, ticket, owner, ttl_ms, limit, weight, queue, wait_ms, then, compat, callback } => {
                 let wait_ms = if compat {
                     match self.resources.get(&lock) {
                         Some(r) => r.wait_ms(self.max_wait_ms),
@@ -477,7 +596,7 @@ impl Service {
                     weight,
                     queue,
                     watch,
-                    callback: None,
+                    callback,
                 };
                 match self.apply(Op::Acquire(acquire), at) {
                     Reply::Held(lease) => self.finish(&lock, lease, then, at),
@@ -571,6 +690,31 @@ impl Service {
                 },
                 None => LockReply::ResourceUnknown,
             },
+            LockOp::OutboxPut { call, max_attempts, not_before_ms } => {
+                let attempts = max_attempts.unwrap_or(self.default_attempts);
+                match self.calls.enqueue(call, attempts, not_before_ms, at.now_ms, fresh) {
+                    Ok(id) => LockReply::OutboxAccepted { id },
+                    Err(e) => outbox_refused(&e),
+                }
+            }
+            LockOp::OutboxList { failed, after, limit } => {
+                let listing = if failed { Listing::Failed } else { Listing::Pending };
+                let limit = limit.clamp(1, MAX_LIST_PAGE) as usize;
+                let (page, next_after) = self.calls.page(listing, after.as_deref(), limit);
+                LockReply::OutboxPage { entries: page.into_iter().cloned().collect(), next_after }
+            }
+            LockOp::OutboxGet { id } => match self.calls.get(&id) {
+                Some(entry) => LockReply::OutboxEntry { entry: entry.clone() },
+                None => outbox_refused(&OutboxError::Unknown),
+            },
+            LockOp::OutboxRetry { id } => match self.calls.retry(&id, at.now_ms) {
+                Ok(()) => LockReply::OutboxDone,
+                Err(e) => outbox_refused(&e),
+            },
+            LockOp::OutboxDelete { id } => match self.calls.delete(&id) {
+                Ok(_) => LockReply::OutboxDone,
+                Err(e) => outbox_refused(&e),
+            },
         };
         Some(reply)
     }
@@ -612,9 +756,44 @@ impl Service {
                         out.push((wait.link, FromKeeper::Reply { id: wait.id, reply: LockReply::Dropped }));
                     }
                 }
-                // Callbacks are delivered by the outbox (not built yet); none are accepted.
-                Output::CallbackDue { .. } => {}
+                Output::CallbackDue { url, event, lock, ticket, fence, at_ms } => {
+                    let body = serde_json::json!({
+                        "event": match event { CallbackEvent::Acquired => "acquired", CallbackEvent::Expired => "expired" },
+                        "lock": lock.as_str(),
+                        "ticket": ticket.to_string(),
+                        "fence": fence,
+                        "at_ms": at_ms,
+                    });
+                    let call = Call {
+                        method: "POST".into(),
+                        url: url.as_str().to_string(),
+                        headers: vec![("Content-Type".into(), "application/json".into())],
+                        body: body.to_string(),
+                    };
+                    // Unique per callback and the same in a replay: the ticket's bytes, mixed
+                    // with the step's entropy and the event.
+                    let mut random = *ticket.as_bytes();
+                    random[..8].iter_mut().zip(at.entropy.to_le_bytes()).for_each(|(b, e)| *b ^= e);
+                    random[15] ^= event as u8;
+                    if self.calls.enqueue(call, self.default_attempts, None, at.now_ms, random).is_err() {
+                        self.counters.callbacks_refused += 1;
+                    }
+                }
             }
+        }
+        self.dispatch(at, out);
+    }
+
+    /// Hands due calls to the courier while it has room.
+    fn dispatch(&mut self, at: Moment, out: &mut Outbox) {
+        let Some((link, capacity)) = self.courier else { return };
+        let room = (capacity as usize).saturating_sub(self.calls.in_flight());
+        if room == 0 {
+            return;
+        }
+        let deliveries = self.calls.take_due(at.now_ms, room);
+        if !deliveries.is_empty() {
+            out.push((link, FromKeeper::Deliver { deliveries }));
         }
     }
 

@@ -4,10 +4,10 @@
 
 use std::collections::HashMap;
 
-use crate::core::names::LockName;
+#[cfg(test)]
+use crate::core::names::CROCKFORD;
+use crate::core::names::{base32_128, time_ordered_id, LockName};
 use crate::core::rand::fnv1a;
-
-const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 /// One registered resource.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -47,10 +47,7 @@ impl Resources {
         if self.by_name.contains_key(&name) {
             return None;
         }
-        let mut bits = [0u8; 16];
-        bits[..6].copy_from_slice(&now_ms.to_be_bytes()[2..]);
-        bits[6..].copy_from_slice(&random[..10]);
-        let id = base32_128(u128::from_be_bytes(bits));
+        let id = time_ordered_id(now_ms, random);
         Some(self.by_name.entry(name).or_insert(Resource { id, timeout_s }))
     }
 
@@ -75,16 +72,6 @@ impl Resources {
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
     }
-}
-
-/// 128 bits as 26 Crockford base32 characters (the top two of 130 bits are zero).
-pub fn base32_128(mut value: u128) -> String {
-    let mut out = [b'0'; 26];
-    for slot in out.iter_mut().rev() {
-        *slot = CROCKFORD[(value & 31) as usize];
-        value >>= 5;
-    }
-    out.iter().map(|&b| b as char).collect()
 }
 
 /// The id of a resource's data row (`selector`), stable for the pair: the original gives

@@ -52,6 +52,7 @@ fn acquire(ticket: Option<Ticket>, wait_ms: u64, then: Then, compat: bool) -> Lo
         wait_ms,
         then,
         compat,
+        callback: None,
     }
 }
 
@@ -259,4 +260,92 @@ fn lists_come_in_pages() {
     assert_eq!((first, next.clone()), (vec!["a1".to_string(), "a2".to_string()], Some("a2".to_string())));
     let (second, next) = page(&mut w, next);
     assert_eq!((second, next), (vec!["a3".to_string()], None));
+}
+
+fn deliveries(out: &Outbox, link: LinkId) -> Vec<crate::core::outbox::Delivery> {
+    out.iter()
+        .filter(|(l, _)| *l == link)
+        .flat_map(|(_, m)| match m {
+            FromKeeper::Deliver { deliveries } => deliveries.clone(),
+            _ => Vec::new(),
+        })
+        .collect()
+}
+
+#[test]
+fn the_courier_gets_due_calls_up_to_its_capacity_and_a_lost_courier_gives_them_back() {
+    use crate::core::backoff::Outcome;
+    let mut w = World::new();
+    let call = |n: u32| LockOp::OutboxPut {
+        call: Call {
+            method: "POST".into(),
+            url: format!("https://h.example/{n}"),
+            headers: Vec::new(),
+            body: String::new(),
+        },
+        max_attempts: Some(3),
+        not_before_ms: None,
+    };
+    let ids: Vec<String> = (0..3)
+        .map(|n| match reply_to(&w.request(1, u64::from(n), call(n)), 1, u64::from(n)) {
+            Some(LockReply::OutboxAccepted { id }) => id,
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    // No courier yet: nothing is handed out, and nothing is due for the keeper's clock.
+    assert_eq!(w.s.next_deadline(), None);
+    let out = w.send(9, ToKeeper::CourierReady { capacity: 2 });
+    let first = deliveries(&out, 9);
+    assert_eq!(first.iter().map(|d| &d.id).collect::<Vec<_>>(), ids[..2].iter().collect::<Vec<_>>());
+    // A result frees a place: the third goes out; the failed one waits (a minute, as the
+    // target asked).
+    let report = |id: &str, outcome| ToKeeper::Delivered {
+        id: id.to_string(),
+        outcome,
+        retry_after_ms: Some(60_000),
+        error: Some("HTTP 503".into()),
+        took_ms: 5,
+    };
+    let out = w.send(9, report(&ids[0], Outcome::Status(503)));
+    assert_eq!(deliveries(&out, 9).iter().map(|d| &d.id).collect::<Vec<_>>(), vec![&ids[2]]);
+    assert!(w.s.next_deadline().is_none(), "no room: the retry is not due for anyone yet");
+    w.send(9, report(&ids[1], Outcome::Status(200)));
+    assert!(w.s.next_deadline().is_some(), "room again: the retry's time matters");
+    // The courier's channel closes: what it held comes back, and a new courier gets it.
+    w.s.link_closed(9, Moment::new(w.now, 1), &mut w.out);
+    w.out.clear();
+    let out = w.tick(60_000);
+    assert!(deliveries(&out, 9).is_empty());
+    let again = deliveries(&w.send(10, ToKeeper::CourierReady { capacity: 8 }), 10);
+    let mut again: Vec<&String> = again.iter().map(|d| &d.id).collect();
+    again.sort();
+    assert_eq!(again, vec![&ids[0], &ids[2]], "the retried call and the one in flight; the delivered one is gone");
+    // Everything survives an export.
+    let copy = Service::import(w.s.export(), 7).unwrap();
+    assert_eq!(copy.export(), w.s.export());
+}
+
+#[test]
+fn a_callback_becomes_an_outbox_call_when_its_waiter_is_admitted() {
+    let mut w = World::new();
+    let holder = match reply_to(&w.request(1, 1, acquire(None, 0, Then::Hold, false)), 1, 1) {
+        Some(LockReply::Held { lease, .. }) => lease.ticket,
+        other => panic!("{other:?}"),
+    };
+    let with_callback = match acquire(None, 0, Then::Hold, false) {
+        LockOp::Acquire { lock, ticket, owner, ttl_ms, limit, weight, queue, wait_ms, then, compat, .. } => {
+            let callback = Some(crate::core::names::CallbackUrl::parse("https://h.example/cb").unwrap());
+            LockOp::Acquire { lock, ticket, owner, ttl_ms, limit, weight, queue, wait_ms, then, compat, callback }
+        }
+        other => other,
+    };
+    let queued = reply_to(&w.request(1, 2, with_callback), 1, 2);
+    assert!(matches!(queued, Some(LockReply::Queued { .. })), "{queued:?}");
+    assert_eq!(w.s.outbox().stats().pending, 0);
+    w.request(1, 3, LockOp::Release { lock: lock(), ticket: holder });
+    let pending = w.s.outbox().page(crate::core::outbox::Listing::Pending, None, 10).0;
+    assert_eq!(pending.len(), 1);
+    let body: serde_json::Value = serde_json::from_str(&pending[0].call.body).unwrap();
+    assert_eq!((body["event"].as_str(), body["lock"].as_str()), (Some("acquired"), Some("printer")));
+    assert_eq!(pending[0].call.url, "https://h.example/cb");
 }

@@ -104,7 +104,7 @@ fn a_killed_keeper_means_503_with_retry_after_then_recovery_without_worker_resta
 fn a_killed_master_takes_every_child_down_within_a_second() {
     let s = Server::start(&config("workers = 2", ""));
     let children = s.children();
-    assert_eq!(children.len(), 3);
+    assert_eq!(children.len(), 4, "{children:?}");
     s.signal(Signal::SIGKILL);
     for (pid, name) in children {
         assert!(wait_for_exit(pid, Duration::from_secs(1)).unwrap(), "{name} (pid {pid}) outlived its master by 1 s");

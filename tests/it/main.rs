@@ -13,5 +13,6 @@ mod layering;
 mod lifecycle;
 mod lock_props;
 mod model;
+mod outbox;
 mod server;
 mod support;

@@ -11,7 +11,7 @@ fn serves_health_and_lock_routes_and_names_its_processes() {
     let s = Server::start(&config("workers = 2", ""));
     let mut names: Vec<String> = s.children().into_iter().map(|(_, n)| n).collect();
     names.sort();
-    assert_eq!(names, vec!["lh-keeper", "lh-worker-0", "lh-worker-1"]);
+    assert_eq!(names, vec!["lh-courier", "lh-keeper", "lh-worker-0", "lh-worker-1"]);
     assert_eq!(std::fs::read_to_string(format!("/proc/{}/comm", s.pid())).unwrap().trim(), "lh-master");
 
     let mut c = Client::connect(s.addr).unwrap();

@@ -2,10 +2,15 @@
 
 use super::*;
 use crate::core::lock::{QueueKind, QueueView};
+use crate::core::target::TargetPolicy;
 use crate::http::parse::Method;
 use crate::http::route::{route, ROUTES};
 
-const S: ApiSettings = ApiSettings { default_ttl_ms: 30_000, compat_lease_ttl_ms: 60_000 };
+const S: ApiSettings = ApiSettings {
+    default_ttl_ms: 30_000,
+    compat_lease_ttl_ms: 60_000,
+    targets: TargetPolicy { allow_hosts: Vec::new(), deny_hosts: Vec::new(), allow_local: false },
+};
 const T: &str = "AAAAAAAAAAAAAAAAAAAAAA";
 
 fn request(method: Method, target: &str, body: &str, ticket: Option<&str>) -> Request {

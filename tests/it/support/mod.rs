@@ -205,6 +205,11 @@ impl Server {
         self.children().into_iter().find(|(_, n)| n == "lh-keeper").map(|(p, _)| p).expect("a keeper")
     }
 
+    /// The courier's pid, once it runs.
+    pub fn courier_pid(&self) -> Option<i32> {
+        self.children().into_iter().find(|(_, n)| n == "lh-courier").map(|(p, _)| p)
+    }
+
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
         self.log.0.lock().unwrap().clone()

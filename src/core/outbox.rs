@@ -1,4 +1,4 @@
-//! The outbox in the keeper: accepted HTTP calls waiting for delivery, handed to the
+//! The outbox: accepted HTTP calls waiting for delivery, handed to the
 //! courier, or failed for good (the dead-letter list). Pure: time, ids and random draws are
 //! arguments, so a journal replay rebuilds the same outbox.
 //!
@@ -19,11 +19,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::resources::base32_128;
-use crate::core::backoff::{judge, Backoff, Outcome, Verdict};
+use super::backoff::{judge, Backoff, Outcome, Verdict};
+use super::names::time_ordered_id;
 
 /// The outbox's bounds and retry settings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OutboxLimits {
     /// Most entries held, in every state together.
     pub max_entries: u32,
@@ -156,7 +157,8 @@ pub struct OutboxStats {
 }
 
 /// A call handed to the courier.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Delivery {
     /// The entry's id.
     pub id: String,
@@ -173,12 +175,39 @@ pub struct Outbox {
     entries: BTreeMap<String, Entry>,
     /// Pending entries by due time.
     due: BTreeSet<(u64, String)>,
+    /// Entries in flight.
+    in_flight: usize,
+}
+
+impl OutboxLimits {
+    /// The defaults the configuration documents.
+    pub const DEFAULT: OutboxLimits = OutboxLimits {
+        max_entries: 100_000,
+        max_body_bytes: 65_536,
+        max_attempts: 25,
+        backoff: Backoff { base_ms: 1_000, factor: 2, cap_ms: 300_000 },
+    };
 }
 
 impl Outbox {
     /// An empty outbox.
     pub fn new(limits: OutboxLimits) -> Self {
-        Self { limits, entries: BTreeMap::new(), due: BTreeSet::new() }
+        Self { limits, entries: BTreeMap::new(), due: BTreeSet::new(), in_flight: 0 }
+    }
+
+    /// The bounds in force.
+    pub fn limits(&self) -> OutboxLimits {
+        self.limits
+    }
+
+    /// New bounds (on reload); entries already held stay.
+    pub fn set_limits(&mut self, limits: OutboxLimits) {
+        self.limits = limits;
+    }
+
+    /// Entries with the courier.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
     }
 
     /// Accepts a call, due at `not_before_ms` or now; returns its id.
@@ -199,10 +228,7 @@ impl Outbox {
         if max_attempts == 0 || max_attempts > self.limits.max_attempts {
             return Err(OutboxError::Attempts { max: self.limits.max_attempts });
         }
-        let mut bits = [0u8; 16];
-        bits[..6].copy_from_slice(&now_ms.to_be_bytes()[2..]);
-        bits[6..].copy_from_slice(&random[..10]);
-        let id = base32_128(u128::from_be_bytes(bits));
+        let id = time_ordered_id(now_ms, random);
         let due_ms = not_before_ms.unwrap_or(now_ms).max(now_ms);
         self.due.insert((due_ms, id.clone()));
         let entry = Entry {
@@ -235,6 +261,7 @@ impl Outbox {
             let entry = self.entries.get_mut(&id).expect("a due entry exists");
             entry.attempts += 1;
             entry.state = EntryState::InFlight { since_ms: now_ms };
+            self.in_flight += 1;
             out.push(Delivery { id, call: entry.call.clone(), attempt: entry.attempts });
         }
         out
@@ -253,6 +280,7 @@ impl Outbox {
         random: u64,
     ) -> Option<Verdict> {
         let entry = self.entries.get_mut(id).filter(|e| matches!(e.state, EntryState::InFlight { .. }))?;
+        self.in_flight -= 1;
         let verdict = judge(outcome, entry.attempts, entry.max_attempts);
         match verdict {
             Verdict::Done => {
@@ -281,6 +309,7 @@ impl Outbox {
                 self.due.insert((now_ms, entry.id.clone()));
             }
         }
+        self.in_flight = 0;
     }
 
     /// Gives a failed entry a fresh set of attempts, due now.
@@ -352,8 +381,12 @@ impl Outbox {
     pub fn import(limits: OutboxLimits, entries: Vec<Entry>) -> Self {
         let mut outbox = Self::new(limits);
         for entry in entries {
-            if let EntryState::Pending { due_ms } = entry.state {
-                outbox.due.insert((due_ms, entry.id.clone()));
+            match entry.state {
+                EntryState::Pending { due_ms } => {
+                    outbox.due.insert((due_ms, entry.id.clone()));
+                }
+                EntryState::InFlight { .. } => outbox.in_flight += 1,
+                EntryState::Failed { .. } => {}
             }
             outbox.entries.insert(entry.id.clone(), entry);
         }
@@ -456,6 +489,7 @@ mod tests {
         o.requeue_in_flight(50);
         let again: Vec<String> = o.take_due(50, 10).into_iter().map(|d| d.id).collect();
         assert_eq!(again.len(), 3, "the two in flight and the one never sent");
+        assert_eq!(o.in_flight(), 3);
         assert!(ids.iter().all(|id| again.contains(id)));
     }
 

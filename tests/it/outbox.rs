@@ -1,0 +1,326 @@
+//! The outbox end to end: calls accepted over HTTP, delivered by the courier to a local
+//! sink with retries and backoff, dead-lettered and retried by hand, bounded, refused for
+//! targets on this machine, lock callbacks, and kill -9 of the courier and of the keeper
+//! in the middle of deliveries.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::support::http::Client;
+use crate::support::{config, signal_pid, Server, DEADLINE};
+
+/// One request the sink received.
+#[derive(Debug, Clone)]
+struct Received {
+    at: Instant,
+    /// What the sink answered.
+    status: u16,
+    headers: HashMap<String, String>,
+    body: String,
+}
+
+/// A local HTTP endpoint answering every request with the status in `status` (settable).
+/// While `hold` is set, it keeps each request waiting for its answer (a slow target).
+struct Sink {
+    addr: SocketAddr,
+    status: Arc<AtomicU16>,
+    received: Arc<Mutex<Vec<Received>>>,
+    hold: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Sink {
+    fn new(status: u16) -> Sink {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let status = Arc::new(AtomicU16::new(status));
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let hold = Arc::new((Mutex::new(false), Condvar::new()));
+        let (st, rec, held) = (Arc::clone(&status), Arc::clone(&received), Arc::clone(&hold));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let (st, rec, held) = (Arc::clone(&st), Arc::clone(&rec), Arc::clone(&held));
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        let Ok(n) = conn.read(&mut chunk) else { return };
+                        if n == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&chunk[..n]);
+                        let text = String::from_utf8_lossy(&got).to_string();
+                        let Some(end) = text.find("\r\n\r\n") else { continue };
+                        let headers: HashMap<String, String> = text[..end]
+                            .lines()
+                            .skip(1)
+                            .filter_map(|l| l.split_once(':'))
+                            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+                            .collect();
+                        let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+                        if got.len() < end + 4 + len {
+                            continue;
+                        }
+                        let body = String::from_utf8_lossy(&got[end + 4..end + 4 + len]).to_string();
+                        let (lock, released) = &*held;
+                        let mut holding = lock.lock().unwrap();
+                        let was_held = *holding;
+                        while *holding {
+                            holding = released.wait(holding).unwrap();
+                        }
+                        drop(holding);
+                        // A held request's client may have gone meanwhile: it was not answered.
+                        let status = if was_held { 0 } else { st.load(Ordering::SeqCst) };
+                        rec.lock().unwrap().push(Received { at: Instant::now(), status, headers, body });
+                        let _ = conn.write_all(
+                            format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+                                .as_bytes(),
+                        );
+                        return;
+                    }
+                });
+            }
+        });
+        Sink { addr, status, received, hold }
+    }
+
+    /// Holds (`true`) or releases every request.
+    fn set_hold(&self, on: bool) {
+        *self.hold.0.lock().unwrap() = on;
+        self.hold.1.notify_all();
+    }
+
+    /// Waits until `n` requests are being held.
+    fn wait_held(&self, n: usize) {
+        let deadline = Instant::now() + DEADLINE;
+        while Arc::strong_count(&self.hold) < 2 + n {
+            assert!(Instant::now() < deadline, "no request is being held");
+            std::thread::yield_now();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` requests have arrived.
+    fn wait_for(&self, n: usize) -> Vec<Received> {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(Instant::now() < deadline, "{} of {n} requests reached the sink", got.len());
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// A server whose outbox may call loopback, with a fast backoff.
+fn server(extra: &str) -> Server {
+    Server::start(&config(
+        "workers = 1\ncrash_storm_exits = 100\nrestart_delay_max_ms = 100",
+        &format!("[outbox]\nallow_local = true\nbase_ms = 100\ncap_ms = 400\nsecret = \"s3cret\"\n{extra}"),
+    ))
+}
+
+fn put(c: &mut Client, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let r = c.post("/v1/outbox", &body.to_string()).unwrap();
+    (r.status, r.json())
+}
+
+/// Waits until `GET path` answers `status`.
+fn wait_status(c: &mut Client, path: &str, status: u16) -> serde_json::Value {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let r = c.get(path).unwrap();
+        if r.status == status {
+            return r.json();
+        }
+        assert!(Instant::now() < deadline, "GET {path} stayed {} ({})", r.status, String::from_utf8_lossy(&r.body));
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn a_call_that_fails_twice_is_delivered_once_with_backoff_its_key_and_signature() {
+    let s = server("");
+    let sink = Sink::new(503);
+    let mut c = Client::connect(s.addr).unwrap();
+    let (status, accepted) = put(&mut c, serde_json::json!({"url": sink.url(), "body": {"n": 1}, "max_attempts": 5}));
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_string();
+    let failures = sink.wait_for(2);
+    sink.status.store(200, Ordering::SeqCst);
+    let all = sink.wait_for(3);
+    // Gone once delivered: no further attempt can come.
+    wait_status(&mut c, &format!("/v1/outbox/{id}"), 404);
+    let all_now = sink.received();
+    assert_eq!(all_now.len(), 3, "exactly one success after two failures");
+    assert_eq!(all_now.iter().filter(|r| r.status == 200).count(), 1);
+    for r in &all {
+        assert_eq!(r.headers.get("idempotency-key"), Some(&id));
+        assert_eq!(r.body, r#"{"n":1}"#);
+        let ts: u64 = r.headers["x-leasehold-timestamp"].parse().unwrap();
+        let expected = leasehold::core::signature::sign(b"s3cret", ts, r.body.as_bytes());
+        assert_eq!(r.headers.get("x-leasehold-signature"), Some(&expected));
+    }
+    // Full jitter: each retry within its ceiling (100 ms, then 200 ms) plus handling time.
+    let gap = failures[1].at - failures[0].at;
+    assert!(gap <= Duration::from_millis(100 + 500), "second attempt {gap:?} after the first");
+    let metrics = String::from_utf8(c.get("/metrics").unwrap().body).unwrap();
+    assert!(metrics.contains("leasehold_deliveries_total{result=\"delivered\"} 1\n"), "{metrics}");
+    assert!(metrics.contains("leasehold_deliveries_total{result=\"retried\"} 2\n"));
+}
+
+#[test]
+fn a_call_that_keeps_failing_is_dead_lettered_then_retried_by_hand() {
+    let s = server("");
+    let sink = Sink::new(500);
+    let mut c = Client::connect(s.addr).unwrap();
+    let (_, accepted) = put(&mut c, serde_json::json!({"url": sink.url(), "max_attempts": 3}));
+    let id = accepted["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + DEADLINE;
+    let failed = loop {
+        let page = c.get("/v1/outbox?state=failed").unwrap().json();
+        if let Some(entry) = page["entries"].as_array().and_then(|e| e.first()).cloned() {
+            break entry;
+        }
+        assert!(Instant::now() < deadline, "never dead-lettered");
+        std::thread::yield_now();
+    };
+    assert_eq!((failed["id"].as_str(), failed["attempts"].as_u64()), (Some(id.as_str()), Some(3)));
+    assert!(failed["last_error"].as_str().unwrap().contains("HTTP 500"), "{failed}");
+    assert_eq!(sink.received().len(), 3, "max_attempts attempts, no more");
+    // A 4xx at once: not retried.
+    sink.status.store(404, Ordering::SeqCst);
+    let (_, other) = put(&mut c, serde_json::json!({"url": sink.url(), "max_attempts": 9}));
+    let other_id = other["id"].as_str().unwrap();
+    let entry = loop {
+        let e = c.get(&format!("/v1/outbox/{other_id}")).unwrap().json();
+        if e["state"] == "failed" {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "a 404 was retried: {e}");
+        std::thread::yield_now();
+    };
+    assert_eq!(entry["attempts"], 1);
+    // Retried by hand once the target works.
+    sink.status.store(200, Ordering::SeqCst);
+    let r = c.post(&format!("/v1/outbox/{id}/retry"), "").unwrap();
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    wait_status(&mut c, &format!("/v1/outbox/{id}"), 404);
+    // Retrying what is not failed, or an unknown id, is refused; a failed entry deletes.
+    assert_eq!(c.post(&format!("/v1/outbox/{id}/retry"), "").unwrap().status, 404);
+    assert_eq!(c.request("DELETE", &format!("/v1/outbox/{other_id}"), &[], "").unwrap().status, 200);
+    assert_eq!(c.get(&format!("/v1/outbox/{other_id}")).unwrap().status, 404);
+}
+
+#[test]
+fn a_full_outbox_refuses_with_503_and_loses_nothing_and_local_targets_are_refused() {
+    let s = server("max_entries = 2");
+    let sink = Sink::new(200);
+    let mut c = Client::connect(s.addr).unwrap();
+    let later = 4_000_000_000_000u64; // far in the future: the calls stay pending
+    for _ in 0..2 {
+        assert_eq!(put(&mut c, serde_json::json!({"url": sink.url(), "not_before_ms": later})).0, 202);
+    }
+    let (status, body) = put(&mut c, serde_json::json!({"url": sink.url()}));
+    assert_eq!((status, body["error"].as_str()), (503, Some("outbox_full")), "{body}");
+    let page = c.get("/v1/outbox").unwrap().json();
+    assert_eq!(page["entries"].as_array().unwrap().len(), 2, "both accepted calls are kept");
+    // The default policy: nothing on this machine, and only http(s).
+    let strict = Server::start(&config("workers = 1", ""));
+    let mut c = Client::connect(strict.addr).unwrap();
+    for url in
+        [sink.url(), "http://localhost:9/x".to_string(), "http://169.254.169.254/".to_string(), "ftp://h/".to_string()]
+    {
+        let (status, body) = put(&mut c, serde_json::json!({"url": url}));
+        assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")), "{url}: {body}");
+    }
+    let r = c.post("/v1/locks/x/acquire", &serde_json::json!({"callback": sink.url()}).to_string()).unwrap();
+    assert_eq!(r.status, 400, "a callback to this machine is refused too");
+    let (status, _) = put(&mut c, serde_json::json!({"url": "https://example.com/x", "headers": {"Host": "evil"}}));
+    assert_eq!(status, 400, "headers the server sets cannot be given");
+}
+
+#[test]
+fn callbacks_fire_when_a_waiter_is_admitted_and_when_a_lease_expires() {
+    let s = server("");
+    let sink = Sink::new(200);
+    let mut c = Client::connect(s.addr).unwrap();
+    let held = c.post("/v1/locks/cb/acquire", r#"{"ttl_ms":60000}"#).unwrap().json();
+    let body = serde_json::json!({"ttl_ms": 300, "callback": sink.url()}).to_string();
+    let queued = c.post("/v1/locks/cb/acquire", &body).unwrap().json();
+    assert_eq!(queued["status"], "queued");
+    let waiter = queued["ticket"].as_str().unwrap().to_string();
+    // The holder leaves: the waiter is admitted (not connected: a claim window), then its
+    // lease runs out without a release.
+    let ticket = held["ticket"].as_str().unwrap();
+    assert_eq!(c.post("/v1/locks/cb/release", &format!(r#"{{"ticket":"{ticket}"}}"#)).unwrap().status, 200);
+    let got = sink.wait_for(2);
+    let events: Vec<serde_json::Value> = got.iter().map(|r| serde_json::from_str(&r.body).unwrap()).collect();
+    assert_eq!(events[0]["event"], "acquired");
+    assert_eq!(events[1]["event"], "expired");
+    for e in &events {
+        assert_eq!((e["lock"].as_str(), e["ticket"].as_str()), (Some("cb"), Some(waiter.as_str())));
+        assert!(e["fence"].as_u64().unwrap() > held["fence"].as_u64().unwrap());
+    }
+    assert_ne!(got[0].headers["idempotency-key"], got[1].headers["idempotency-key"]);
+}
+
+#[test]
+fn kill_9_of_the_courier_and_of_the_keeper_loses_no_call() {
+    let mut s = server("");
+    let sink = Sink::new(503);
+    let mut c = Client::connect(s.addr).unwrap();
+    let ids: Vec<String> = (0..10)
+        .map(|i| {
+            put(&mut c, serde_json::json!({"url": sink.url(), "body": {"i": i}, "max_attempts": 25})).1["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    // Deliveries are failing and being retried; then the target hangs, so calls are in
+    // flight with the courier when it is killed.
+    sink.wait_for(5);
+    sink.set_hold(true);
+    sink.wait_held(1);
+    let courier = s.courier_pid().expect("a courier");
+    signal_pid(courier, Signal::SIGKILL);
+    let deadline = Instant::now() + DEADLINE;
+    while s.courier_pid().is_none_or(|p| p == courier) {
+        assert!(Instant::now() < deadline, "no new courier");
+        std::thread::yield_now();
+    }
+    // The calls the dead courier held are made again by the new one (still held here),
+    // and then the keeper dies with calls in flight too.
+    sink.wait_held(2);
+    signal_pid(s.keeper_pid(), Signal::SIGKILL);
+    s.wait_note("keeper down");
+    s.wait_note("keeper up");
+    // The target recovers: every accepted call arrives, under its own key.
+    sink.status.store(200, Ordering::SeqCst);
+    sink.set_hold(false);
+    let mut c = Client::connect(s.addr).unwrap();
+    for id in &ids {
+        wait_status(&mut c, &format!("/v1/outbox/{id}"), 404);
+    }
+    let delivered: std::collections::HashSet<String> =
+        sink.received().iter().filter(|r| r.status == 200).map(|r| r.headers["idempotency-key"].clone()).collect();
+    for id in &ids {
+        assert!(delivered.contains(id), "{id} never reached the sink");
+    }
+}
