@@ -2,7 +2,7 @@
 //! connect timeout and a total timeout; redirects are not followed; every address a host
 //! name resolves to is checked against the target policy before connecting (so no name can
 //! lead to this machine); each call carries `Idempotency-Key: <entry id>`, and, with a
-//! secret, a signature over its timestamp and body.
+//! secret, a signature over its timestamp and body. Each attempt opens its own connection.
 
 use std::io::{self, Read};
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -44,6 +44,10 @@ impl Deliverer {
             .timeout_connect(connect_timeout)
             .timeout(timeout)
             .redirects(0)
+            // A fresh connection per attempt: a pooled one the target closed meanwhile would
+            // fail a POST that was never sent (and cost an attempt).
+            .max_idle_connections(0)
+            .max_idle_connections_per_host(0)
             .user_agent(concat!("leasehold/", env!("CARGO_PKG_VERSION")))
             .resolver(move |netloc: &str| resolve(netloc, &policy))
             .build();
