@@ -19,7 +19,7 @@ pub use read::KeyDoc;
 use crate::core::backoff::Backoff;
 pub use crate::core::balance::Balance;
 use crate::core::lock::TableLimits;
-use crate::core::outbox::OutboxLimits;
+use crate::core::outbox::{OutboxLimits, DEFAULT_ATTEMPTS};
 use crate::core::target::TargetPolicy;
 use read::Reader;
 
@@ -354,28 +354,38 @@ fn validate(r: &mut Reader<'_>, env: &BTreeMap<String, String>) -> Config {
 }
 
 fn validate_outbox(r: &mut Reader<'_>) -> OutboxConfig {
-    let max_attempts = r.int("outbox", "max_attempts", "LEASEHOLD_OUTBOX_MAX_ATTEMPTS", 25, 1, 1_000) as u32;
+    let d = OutboxLimits::DEFAULT;
+    let max_attempts =
+        r.int("outbox", "max_attempts", "LEASEHOLD_OUTBOX_MAX_ATTEMPTS", d.max_attempts.into(), 1, 1_000) as u32;
     let default_attempts =
-        r.int("outbox", "default_attempts", "LEASEHOLD_OUTBOX_DEFAULT_ATTEMPTS", 10, 1, 1_000) as u32;
+        r.int("outbox", "default_attempts", "LEASEHOLD_OUTBOX_DEFAULT_ATTEMPTS", DEFAULT_ATTEMPTS.into(), 1, 1_000)
+            as u32;
     if default_attempts > max_attempts {
         r.invalid(
             "outbox.default_attempts",
             format!("({default_attempts}) must not exceed outbox.max_attempts ({max_attempts})"),
         );
     }
-    let base_ms = r.int("outbox", "base_ms", "LEASEHOLD_OUTBOX_BASE_MS", 1_000, 1, 3_600_000);
-    let cap_ms = r.int("outbox", "cap_ms", "LEASEHOLD_OUTBOX_CAP_MS", 300_000, 1, 86_400_000);
+    let base_ms = r.int("outbox", "base_ms", "LEASEHOLD_OUTBOX_BASE_MS", d.backoff.base_ms, 1, 3_600_000);
+    let cap_ms = r.int("outbox", "cap_ms", "LEASEHOLD_OUTBOX_CAP_MS", d.backoff.cap_ms, 1, 86_400_000);
     if base_ms > cap_ms {
         r.invalid("outbox.base_ms", format!("({base_ms}) must not exceed outbox.cap_ms ({cap_ms})"));
     }
     let limits = OutboxLimits {
-        max_entries: r.int("outbox", "max_entries", "LEASEHOLD_OUTBOX_MAX_ENTRIES", 100_000, 1, 10_000_000) as u32,
-        max_body_bytes: r.int("outbox", "max_body_bytes", "LEASEHOLD_OUTBOX_MAX_BODY_BYTES", 65_536, 0, 16 << 20)
+        max_entries: r.int("outbox", "max_entries", "LEASEHOLD_OUTBOX_MAX_ENTRIES", d.max_entries.into(), 1, 10_000_000)
             as u32,
+        max_body_bytes: r.int(
+            "outbox",
+            "max_body_bytes",
+            "LEASEHOLD_OUTBOX_MAX_BODY_BYTES",
+            d.max_body_bytes.into(),
+            0,
+            16 << 20,
+        ) as u32,
         max_attempts,
         backoff: Backoff {
             base_ms,
-            factor: r.int("outbox", "factor", "LEASEHOLD_OUTBOX_FACTOR", 2, 1, 100) as u32,
+            factor: r.int("outbox", "factor", "LEASEHOLD_OUTBOX_FACTOR", d.backoff.factor.into(), 1, 100) as u32,
             cap_ms,
         },
     };

@@ -179,6 +179,9 @@ pub struct Outbox {
     in_flight: usize,
 }
 
+/// Attempts of a call that does not say (the configuration's default).
+pub const DEFAULT_ATTEMPTS: u32 = 10;
+
 impl OutboxLimits {
     /// The defaults the configuration documents.
     pub const DEFAULT: OutboxLimits = OutboxLimits {

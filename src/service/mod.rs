@@ -22,7 +22,6 @@
 //!   held is due again.
 
 mod eta;
-
 pub mod resources;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -30,12 +29,13 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use crate::core::error::CoreError;
 use serde::{Deserialize, Serialize};
 
-use crate::core::lock::CallbackEvent;
+use crate::core::backoff::Verdict;
 use crate::core::lock::{
-    Acquire, LeaseView, LockTable, LockView, Moment, Op, Output, QueueView, Reply, TableLimits, TableState,
+    Acquire, CallbackEvent, LeaseView, LockTable, LockView, Moment, Op, Output, QueueView, Reply, TableLimits,
+    TableState,
 };
 use crate::core::names::{LockName, Ticket};
-use crate::core::outbox::{Call, Entry, Listing, Outbox as CallOutbox, OutboxError, OutboxLimits};
+use crate::core::outbox::{Call, Entry, Listing, Outbox as CallOutbox, OutboxError, OutboxLimits, DEFAULT_ATTEMPTS};
 use crate::ipc::message::{
     FromKeeper, HolderInfo, LockInfo, LockOp, LockReply, OutboxRefusal, RejectKind, Then, TicketEvent, ToKeeper,
 };
@@ -137,7 +137,7 @@ pub struct OutboxSettings {
 
 impl Default for OutboxSettings {
     fn default() -> Self {
-        Self { limits: OutboxLimits::DEFAULT, default_attempts: 10 }
+        Self { limits: OutboxLimits::DEFAULT, default_attempts: DEFAULT_ATTEMPTS }
     }
 }
 
@@ -365,9 +365,9 @@ impl Service {
             ToKeeper::Delivered { id, outcome, retry_after_ms, error, took_ms } => {
                 self.counters.latency.observe(took_ms.saturating_mul(1_000));
                 match self.calls.report(&id, outcome, retry_after_ms, error, at.now_ms, at.entropy) {
-                    Some(crate::core::backoff::Verdict::Done) => self.counters.delivered += 1,
-                    Some(crate::core::backoff::Verdict::Retry) => self.counters.retried += 1,
-                    Some(crate::core::backoff::Verdict::Fail) => self.counters.failed += 1,
+                    Some(Verdict::Done) => self.counters.delivered += 1,
+                    Some(Verdict::Retry) => self.counters.retried += 1,
+                    Some(Verdict::Fail) => self.counters.failed += 1,
                     None => {}
                 }
             }
