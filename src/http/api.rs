@@ -151,7 +151,8 @@ fn outbox_call(b: OutboxBody, targets: &TargetPolicy) -> Result<(Call, Option<u3
     for (name, value) in &b.headers {
         let token =
             !name.is_empty() && name.bytes().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
-        if !token || value.bytes().any(|c| c == b'\r' || c == b'\n' || c == 0) {
+        // Values: visible ASCII, spaces and tabs (no line breaks to smuggle headers in).
+        if !token || !value.bytes().all(|c| c == b'\t' || (b' '..=b'~').contains(&c)) {
             return Err(bad(format!("header {name:?} is not a valid header")));
         }
         if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {

@@ -239,3 +239,25 @@ fn a_key_limited_to_a_prefix_lists_only_under_it() {
     let m = route(Method::Get, "/v1/locks?prefix=other").unwrap();
     assert!(matches!(plan(m.def, &m.params, m.query, &req, &S, "jobs:"), Plan::Now(ref r) if r.status == 403));
 }
+
+#[test]
+fn outbox_calls_are_checked_before_they_reach_the_keeper() {
+    let body = |json: serde_json::Value| OutboxBody::deserialize(json).map_err(|e| e.to_string());
+    let ok = outbox_call(
+        body(serde_json::json!({"url": "https://h.example/x", "headers": {"X-A": "1"}, "body": {"a": 1}})).unwrap(),
+        &S.targets,
+    )
+    .unwrap();
+    assert_eq!((ok.0.method.as_str(), ok.0.body.as_str()), ("POST", r#"{"a":1}"#));
+    assert_eq!(ok.0.headers, vec![("X-A".to_string(), "1".to_string())]);
+    let refused = |json: serde_json::Value| outbox_call(body(json).unwrap(), &S.targets).unwrap_err().status;
+    assert_eq!(refused(serde_json::json!({"url": "http://127.0.0.1/"})), 400);
+    assert_eq!(refused(serde_json::json!({"url": "https://h.example/", "method": "CONNECT"})), 400);
+    assert_eq!(refused(serde_json::json!({"url": "https://h.example/", "headers": {"Idempotency-Key": "x"}})), 400);
+    assert_eq!(refused(serde_json::json!({"url": "https://h.example/", "headers": {"X-A": "1\r\nX-B: 2"}})), 400);
+    assert_eq!(refused(serde_json::json!({"url": "https://h.example/", "headers": {"X A": "1"}})), 400);
+    assert!(
+        body(serde_json::json!({"url": "https://h.example/", "retries": 3})).is_err(),
+        "unknown fields are refused"
+    );
+}
