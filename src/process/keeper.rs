@@ -260,11 +260,7 @@ impl Keeper {
         links.dedup();
         let next_fence = self.service.table().next_fence();
         let floor = next_fence.max(self.fences_reserved);
-        let mut records = vec![Record::Configure {
-            limits: self.limits.clone(),
-            max_wait_ms: self.max_wait_ms,
-            outbox: self.outbox_settings,
-        }];
+        let mut records = vec![self.configure_record()];
         records.extend(links.into_iter().map(|link| Record::LinkClosed { link, at_ms: now, entropy }));
         records.push(Record::ResetPresence { at_ms: now });
         if floor > next_fence {
@@ -349,6 +345,11 @@ impl Keeper {
                 log::debug!("control channel: {e}");
             }
         }
+    }
+
+    /// The limits in force, as the record that sets them.
+    fn configure_record(&self) -> Record {
+        Record::Configure { limits: self.limits.clone(), max_wait_ms: self.max_wait_ms, outbox: self.outbox_settings }
     }
 
     /// Buffers a record for this turn's commit.
@@ -473,14 +474,10 @@ impl Keeper {
                             self.max_wait_ms = config.locks.max_wait_ms;
                             self.journal = config.journal;
                             if self.not_writable.is_none() {
-                                let record = Record::Configure {
-                                    limits: self.limits.clone(),
-                                    max_wait_ms: self.max_wait_ms,
-                                    outbox: self.outbox_settings,
-                                };
+                                // Applied as a replay applies it, so the two cannot differ.
+                                let record = self.configure_record();
                                 self.journaled(&record);
-                                self.service.reconfigure(self.limits.clone(), self.max_wait_ms);
-                                self.service.configure_outbox(self.outbox_settings);
+                                journal::replay(&mut self.service, record, &mut self.fences_reserved);
                             }
                             log::info!("new limits applied");
                         }
