@@ -364,15 +364,13 @@ impl Outbox {
 
     /// Counts by state.
     pub fn stats(&self) -> OutboxStats {
-        let mut stats = OutboxStats::default();
-        for entry in self.entries.values() {
-            match entry.state {
-                EntryState::Pending { .. } => stats.pending += 1,
-                EntryState::InFlight { .. } => stats.in_flight += 1,
-                EntryState::Failed { .. } => stats.failed += 1,
-            }
+        // Every pending entry has its place in `due`; the rest are in flight or failed.
+        let pending = self.due.len();
+        OutboxStats {
+            pending: pending as u64,
+            in_flight: self.in_flight as u64,
+            failed: (self.entries.len() - pending - self.in_flight) as u64,
         }
-        stats
     }
 
     /// Every entry, for a snapshot.
