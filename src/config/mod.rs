@@ -20,7 +20,7 @@ use crate::core::backoff::Backoff;
 pub use crate::core::balance::Balance;
 use crate::core::lock::TableLimits;
 use crate::core::outbox::{OutboxLimits, DEFAULT_ATTEMPTS};
-use crate::core::target::TargetPolicy;
+use crate::core::target::{HostRule, TargetPolicy};
 use read::Reader;
 
 /// Default listen address.
@@ -380,7 +380,8 @@ fn validate_outbox(r: &mut Reader<'_>) -> OutboxConfig {
             "LEASEHOLD_OUTBOX_MAX_BODY_BYTES",
             d.max_body_bytes.into(),
             0,
-            16 << 20,
+            // Even escaped six times over in JSON, one call still fits an IPC frame.
+            MAX_OUTBOX_CALL_BYTES,
         ) as u32,
         max_attempts,
         backoff: Backoff {
@@ -388,11 +389,36 @@ fn validate_outbox(r: &mut Reader<'_>) -> OutboxConfig {
             factor: r.int("outbox", "factor", "LEASEHOLD_OUTBOX_FACTOR", d.backoff.factor.into(), 1, 100) as u32,
             cap_ms,
         },
+        max_callbacks: r.int(
+            "outbox",
+            "max_callbacks",
+            "LEASEHOLD_OUTBOX_MAX_CALLBACKS",
+            d.max_callbacks.into(),
+            0,
+            10_000_000,
+        ) as u32,
+        max_total_bytes: r.int(
+            "outbox",
+            "max_total_bytes",
+            "LEASEHOLD_OUTBOX_MAX_TOTAL_BYTES",
+            d.max_total_bytes,
+            1 << 20,
+            1 << 40,
+        ),
     };
+    if u64::from(limits.max_body_bytes) > limits.max_total_bytes {
+        r.invalid(
+            "outbox.max_body_bytes",
+            format!("({}) must not exceed outbox.max_total_bytes ({})", limits.max_body_bytes, limits.max_total_bytes),
+        );
+    }
     let targets = TargetPolicy {
-        allow_hosts: r.strings("outbox", "allow_hosts", "LEASEHOLD_OUTBOX_ALLOW_HOSTS").map_or(Vec::new(), |(_, v)| v),
-        deny_hosts: r.strings("outbox", "deny_hosts", "LEASEHOLD_OUTBOX_DENY_HOSTS").map_or(Vec::new(), |(_, v)| v),
+        allow_hosts: host_rules(r, "allow_hosts", "LEASEHOLD_OUTBOX_ALLOW_HOSTS"),
+        deny_hosts: host_rules(r, "deny_hosts", "LEASEHOLD_OUTBOX_DENY_HOSTS"),
         allow_local: r.bool("outbox", "allow_local", "LEASEHOLD_OUTBOX_ALLOW_LOCAL", false),
+        allow_private: r.bool("outbox", "allow_private", "LEASEHOLD_OUTBOX_ALLOW_PRIVATE", false),
+        // Filled by the processes that check targets: finding them is I/O.
+        own_addresses: Vec::new(),
     };
     OutboxConfig {
         limits,
@@ -410,6 +436,22 @@ fn validate_outbox(r: &mut Reader<'_>) -> OutboxConfig {
         concurrency: r.int("outbox", "concurrency", "LEASEHOLD_OUTBOX_CONCURRENCY", 4, 1, 256) as u32,
         secret: r.string("outbox", "secret", "LEASEHOLD_OUTBOX_SECRET").map_or(String::new(), |(_, v)| v),
     }
+}
+
+/// Largest `outbox.max_body_bytes`.
+pub const MAX_OUTBOX_CALL_BYTES: u64 = 1 << 20;
+
+/// A list of outbox host rules; every entry that is not a rule is reported.
+fn host_rules(r: &mut Reader<'_>, key: &str, env: &'static str) -> Vec<HostRule> {
+    let Some((path, items)) = r.strings("outbox", key, env) else { return Vec::new() };
+    let mut rules = Vec::with_capacity(items.len());
+    for item in items {
+        match HostRule::parse(&item) {
+            Ok(rule) => rules.push(rule),
+            Err(why) => r.invalid(path.clone(), why),
+        }
+    }
+    rules
 }
 
 fn validate_server(r: &mut Reader<'_>) -> ServerConfig {

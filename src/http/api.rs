@@ -15,6 +15,7 @@ use super::parse::Request;
 use super::response::Response;
 use super::route::{compat_locks, query_param, RouteDef, RouteId};
 use super::status::{error, ErrorCode};
+use crate::config::Role;
 use crate::core::lock::{LeaseView, QueueMode};
 use crate::core::names::CallbackUrl;
 use crate::core::names::{DataKey, LockName, Owner, Ticket};
@@ -140,7 +141,8 @@ struct OutboxBody {
 
 /// Checks an outbox call and turns it into the keeper's form.
 fn outbox_call(b: OutboxBody, targets: &TargetPolicy) -> Result<(Call, Option<u32>, Option<u64>), Response> {
-    parse_target(&b.url, targets).map_err(bad)?;
+    // Stored as the one parser wrote it: what was checked is what is called.
+    let url = parse_target(&b.url, targets).map_err(bad)?.as_str().to_string();
     let method = b.method.unwrap_or_else(|| "POST".into()).to_ascii_uppercase();
     if !OUTBOX_METHODS.contains(&method.as_str()) {
         return Err(bad(format!("method must be one of {}", OUTBOX_METHODS.join(", "))));
@@ -164,7 +166,7 @@ fn outbox_call(b: OutboxBody, targets: &TargetPolicy) -> Result<(Call, Option<u3
         Some(serde_json::Value::String(text)) => text,
         Some(value) => value.to_string(),
     };
-    let call = Call { method, url: b.url, headers: b.headers.into_iter().collect(), body };
+    let call = Call { method, url, headers: b.headers.into_iter().collect(), body };
     Ok((call, b.max_attempts, b.not_before_ms))
 }
 
@@ -235,9 +237,17 @@ fn ask(op: LockOp, finish: Finish) -> Plan {
 
 /// Decides what a routed, authorised request needs. `params` are the route's decoded path
 /// parameters, `query` its query string, `scope` the name prefix the caller's key is
-/// limited to ("" for any).
-pub fn plan(def: &RouteDef, params: &[String], query: &str, req: &Request, s: &ApiSettings, scope: &str) -> Plan {
-    match plan_inner(def, params, query, req, s, scope) {
+/// limited to ("" for any), `role` the caller's role.
+pub fn plan(
+    def: &RouteDef,
+    params: &[String],
+    query: &str,
+    req: &Request,
+    s: &ApiSettings,
+    scope: &str,
+    role: Role,
+) -> Plan {
+    match plan_inner(def, params, query, req, s, scope, role) {
         Ok(plan) => plan,
         Err(response) => Plan::Now(response),
     }
@@ -254,7 +264,11 @@ fn plan_inner(
     req: &Request,
     s: &ApiSettings,
     scope: &str,
+    role: Role,
 ) -> Result<Plan, Response> {
+    // Outbox headers, bodies and queries may carry credentials or a lease's ticket: only
+    // the write role sees them.
+    let redact = role < Role::Write;
     let lock = || LockName::parse(param(params, 0)).map_err(bad);
     let key = || DataKey::parse(param(params, 1)).map_err(bad);
     Ok(match def.id {
@@ -279,9 +293,9 @@ fn plan_inner(
                 compat: false,
                 callback: match b.callback.as_deref() {
                     None => None,
+                    // Stored as the one parser wrote it: what was checked is what is called.
                     Some(url) => {
-                        parse_target(url, &s.targets).map_err(bad)?;
-                        Some(CallbackUrl::parse(url).map_err(bad)?)
+                        Some(CallbackUrl::parse(parse_target(url, &s.targets).map_err(bad)?.as_str()).map_err(bad)?)
                     }
                 },
             };
@@ -336,7 +350,8 @@ fn plan_inner(
         RouteId::DataGet => ask(LockOp::GetData { lock: lock()?, key: key()? }, Finish::DataGet),
         RouteId::OutboxPut => {
             let (call, max_attempts, not_before_ms) = outbox_call(json_body(&req.body)?, &s.targets)?;
-            ask(LockOp::OutboxPut { call, max_attempts, not_before_ms }, Finish::OutboxPut)
+            let op = LockOp::OutboxPut { call, max_attempts, not_before_ms, scope: scope.to_string() };
+            ask(op, Finish::OutboxPut)
         }
         RouteId::OutboxList => {
             let failed = match query_param(query, "state").as_deref() {
@@ -349,11 +364,21 @@ fn plan_inner(
                 Some(v) => v.parse::<u32>().map_err(|_| bad("limit must be a whole number"))?,
             };
             let after = query_param(query, "after").filter(|a| !a.is_empty());
-            ask(LockOp::OutboxList { failed, after, limit }, Finish::OutboxRead)
+            let op = LockOp::OutboxList { failed, after, limit, scope: scope.to_string(), redact };
+            ask(op, Finish::OutboxRead)
         }
-        RouteId::OutboxGet => ask(LockOp::OutboxGet { id: param(params, 0).to_string() }, Finish::OutboxRead),
-        RouteId::OutboxRetry => ask(LockOp::OutboxRetry { id: param(params, 0).to_string() }, Finish::OutboxRetry),
-        RouteId::OutboxDelete => ask(LockOp::OutboxDelete { id: param(params, 0).to_string() }, Finish::OutboxDelete),
+        RouteId::OutboxGet => {
+            let op = LockOp::OutboxGet { id: param(params, 0).to_string(), scope: scope.to_string(), redact };
+            ask(op, Finish::OutboxRead)
+        }
+        RouteId::OutboxRetry => {
+            let op = LockOp::OutboxRetry { id: param(params, 0).to_string(), scope: scope.to_string() };
+            ask(op, Finish::OutboxRetry)
+        }
+        RouteId::OutboxDelete => {
+            let op = LockOp::OutboxDelete { id: param(params, 0).to_string(), scope: scope.to_string() };
+            ask(op, Finish::OutboxDelete)
+        }
         RouteId::DataPut => {
             let (lock, key) = (lock()?, key()?);
             let ticket = header_ticket(req)?.ok_or_else(|| bad("data writes need the x-ticket header of a holder"))?;

@@ -79,18 +79,20 @@ impl Access {
     }
 
     /// Decides whether a client may call a route needing `needed` (`None`: open) on lock
-    /// `lock` (if the route names one). On success, returns the name prefix the caller is
-    /// limited to ("" for any name), for routes that list names.
+    /// `lock` (if the route names one). On success, returns what the caller may do: the
+    /// name prefix it is limited to ("" for any name) and its role (a client served without
+    /// a key has every role).
     pub fn check(
         &self,
         presented: Option<&str>,
         peer_loopback: bool,
         needed: Option<Role>,
         lock: Option<&str>,
-    ) -> Result<&str, Denied> {
-        let Some(needed) = needed else { return Ok("") };
+    ) -> Result<Grant<'_>, Denied> {
+        const EVERYTHING: Grant<'static> = Grant { prefix: "", role: Role::Write };
+        let Some(needed) = needed else { return Ok(EVERYTHING) };
         if self.keys.is_empty() {
-            return if peer_loopback || self.insecure_anonymous { Ok("") } else { Err(Denied::NotLoopback) };
+            return if peer_loopback || self.insecure_anonymous { Ok(EVERYTHING) } else { Err(Denied::NotLoopback) };
         }
         let presented = presented.ok_or(Denied::MissingKey)?;
         let mut found: Option<&ApiKey> = None;
@@ -109,8 +111,17 @@ impl Access {
                 return Err(Denied::Prefix);
             }
         }
-        Ok(&key.prefix)
+        Ok(Grant { prefix: &key.prefix, role: key.role })
     }
+}
+
+/// What an authorised caller may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant<'a> {
+    /// The name prefix it is limited to ("" for any name).
+    pub prefix: &'a str,
+    /// Its role.
+    pub role: Role,
 }
 
 #[cfg(test)]
@@ -150,17 +161,23 @@ mod tests {
             Err(Denied::Role { needed: Role::Lock })
         );
         assert_eq!(access.check(Some("locker-key"), true, lock, Some("other")), Err(Denied::Prefix));
-        assert_eq!(access.check(Some("locker-key"), false, lock, Some("jobs:a")), Ok("jobs:"));
-        assert_eq!(access.check(Some("admin-key"), false, lock, Some("other")), Ok(""));
-        assert_eq!(access.check(None, false, None, None), Ok(""), "open routes need no key");
+        assert_eq!(
+            access.check(Some("locker-key"), false, lock, Some("jobs:a")),
+            Ok(Grant { prefix: "jobs:", role: Role::Lock })
+        );
+        assert_eq!(
+            access.check(Some("admin-key"), false, lock, Some("other")),
+            Ok(Grant { prefix: "", role: Role::Write })
+        );
+        assert_eq!(access.check(None, false, None, None).map(|g| g.prefix), Ok(""), "open routes need no key");
     }
 
     #[test]
     fn without_keys_only_loopback_unless_insecure() {
         let closed = Access::new(vec![], false);
-        assert_eq!(closed.check(None, true, Some(Role::Write), None), Ok(""));
+        assert_eq!(closed.check(None, true, Some(Role::Write), None), Ok(Grant { prefix: "", role: Role::Write }));
         assert_eq!(closed.check(None, false, Some(Role::Read), None), Err(Denied::NotLoopback));
         let open = Access::new(vec![], true);
-        assert_eq!(open.check(None, false, Some(Role::Write), None), Ok(""));
+        assert_eq!(open.check(None, false, Some(Role::Write), None), Ok(Grant { prefix: "", role: Role::Write }));
     }
 }

@@ -61,6 +61,39 @@ pub enum RouteId {
 }
 
 impl RouteId {
+    /// Whether the route's first path parameter is a lock (or resource) name, which a key
+    /// limited to a prefix must match. (An outbox id is not a name: outbox entries are
+    /// scoped by the tenant that created them, in the keeper.)
+    pub fn names_lock(self) -> bool {
+        match self {
+            Self::Acquire
+            | Self::Renew
+            | Self::Release
+            | Self::TicketStatus
+            | Self::TicketLeave
+            | Self::Events
+            | Self::LockStatus
+            | Self::DataGet
+            | Self::DataPut
+            | Self::DataDelete
+            | Self::CompatGet
+            | Self::CompatLock
+            | Self::CompatPut
+            | Self::CompatUnlock => true,
+            Self::Healthz
+            | Self::Readyz
+            | Self::Metrics
+            | Self::LockList
+            | Self::CompatHealth
+            | Self::CompatCreate
+            | Self::OutboxPut
+            | Self::OutboxList
+            | Self::OutboxGet
+            | Self::OutboxRetry
+            | Self::OutboxDelete => false,
+        }
+    }
+
     /// Whether this is a Small Resource Server route (its client expects 401, not 403, for
     /// a key without the role).
     pub fn is_compat(self) -> bool {

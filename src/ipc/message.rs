@@ -310,6 +310,9 @@ pub enum LockOp {
         /// Not delivered before this time (wall clock, ms).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         not_before_ms: Option<u64>,
+        /// The name prefix of the key that made the call: the entry belongs to it.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        scope: String,
     },
     /// A page of outbox entries, in the order they were accepted.
     OutboxList {
@@ -320,21 +323,39 @@ pub enum LockOp {
         after: Option<String>,
         /// Page size.
         limit: u32,
+        /// Only entries under this name prefix.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        scope: String,
+        /// Leave out headers, bodies and queries (a reader without the write role).
+        #[serde(default, skip_serializing_if = "is_false")]
+        redact: bool,
     },
     /// One outbox entry.
     OutboxGet {
         /// Its id.
         id: String,
+        /// Only an entry under this name prefix.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        scope: String,
+        /// Leave out headers, body and query (a reader without the write role).
+        #[serde(default, skip_serializing_if = "is_false")]
+        redact: bool,
     },
     /// Give a failed outbox entry a fresh set of attempts.
     OutboxRetry {
         /// Its id.
         id: String,
+        /// Only an entry under this name prefix.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        scope: String,
     },
     /// Remove an outbox entry that is not being delivered.
     OutboxDelete {
         /// Its id.
         id: String,
+        /// Only an entry under this name prefix.
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        scope: String,
     },
 }
 

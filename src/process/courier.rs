@@ -20,7 +20,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::channel::Channel;
 use super::child::{self, Boot};
-use super::delivery::{Attempt, Deliverer};
+use super::delivery::{with_own_addresses, Attempt, Deliverer};
 use crate::core::outbox::Delivery;
 use crate::ipc::message::{FdRecord, FromKeeper, ToChild, ToKeeper, ToMaster};
 use crate::sys::clock::wall_ms;
@@ -67,7 +67,7 @@ impl Courier {
         let waker = Arc::new(Waker::new(poll.registry(), RESULTS)?);
         let outbox = &config.outbox;
         let deliverer = Arc::new(Deliverer::new(
-            outbox.targets.clone(),
+            with_own_addresses(outbox.targets.clone()),
             Duration::from_millis(outbox.connect_timeout_ms),
             Duration::from_millis(outbox.timeout_ms),
             Some(outbox.secret.as_str()).filter(|s| !s.is_empty()),

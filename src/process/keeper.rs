@@ -40,6 +40,7 @@ use super::child::{self, Boot};
 use crate::config::{Config, Fsync, JournalConfig};
 use crate::core::lock::{Moment, TableLimits};
 use crate::core::names::Ticket;
+use crate::ipc::frame::FrameError;
 use crate::ipc::message::{FdRecord, FromKeeper, LockReply, ToChild, ToKeeper, ToMaster};
 use crate::journal::store::{Found, Store};
 use crate::journal::{self, InputRef, Record, Snapshot, SNAPSHOT_VERSION};
@@ -557,7 +558,23 @@ impl Keeper {
         let mut outbox = std::mem::take(&mut self.outbox);
         for (index, message) in outbox.drain(..) {
             let Some(link) = self.links.get_mut(index).and_then(Option::as_mut) else { continue };
-            if link.send(&message).is_err() && !self.broken.contains(&index) {
+            let sent = match link.send(&message) {
+                // A reply too large for one frame fails its own request, never the channel
+                // (which every other request on that worker shares).
+                Err(ChannelError::Frame(FrameError::TooLarge { len, .. })) => match message {
+                    FromKeeper::Reply { id, .. } => {
+                        log::warn!("answer to request {id} is {len} bytes, too large for one frame: failed");
+                        let message = "the answer is too large to pass between the server's processes".into();
+                        link.send(&FromKeeper::Reply { id, reply: LockReply::Failed { message } })
+                    }
+                    _ => {
+                        log::warn!("a message of {len} bytes is too large for one frame: dropped");
+                        Ok(())
+                    }
+                },
+                other => other,
+            };
+            if sent.is_err() && !self.broken.contains(&index) {
                 self.broken.push(index);
             }
         }

@@ -23,6 +23,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::channel::{Channel, ChannelError};
 use super::child::{self, Boot};
+use super::delivery::with_own_addresses;
 use crate::config::{Config, MAX_REQUEST_LINE_BYTES};
 use crate::core::names::{LockName, Ticket};
 use crate::http::api::{self, ApiSettings, Finish, Plan};
@@ -32,6 +33,7 @@ use crate::http::parse::{Limits, Request};
 use crate::http::response::Response;
 use crate::http::route::{needed_role, route, RouteError, LABEL_UNROUTED};
 use crate::http::status::{self, error, ErrorCode};
+use crate::ipc::frame::FrameError;
 use crate::ipc::message::{FdRecord, FromKeeper, LockOp, LockReply, TicketEvent, ToChild, ToKeeper, ToMaster};
 use crate::metrics::{Histogram, RequestCount, RouteLatency, WorkerSnapshot};
 use crate::sys::clock::Monotonic;
@@ -96,7 +98,7 @@ impl Settings {
             api: ApiSettings {
                 default_ttl_ms: config.locks.default_ttl_ms,
                 compat_lease_ttl_ms: config.locks.compat_lease_ttl_ms,
-                targets: config.outbox.targets.clone(),
+                targets: with_own_addresses(config.outbox.targets.clone()),
             },
         }
     }
@@ -879,17 +881,11 @@ impl Worker {
             }
         };
         let def = matched.def;
-        let name = matched.params.first().map(String::as_str);
+        let name = if def.id.names_lock() { matched.params.first().map(String::as_str) } else { None };
         let needed = needed_role(def, matched.query);
-        let scope = match self.settings.access.check(request.api_key.as_deref(), peer_loopback, needed, name) {
+        let (scope, role) = match self.settings.access.check(request.api_key.as_deref(), peer_loopback, needed, name) {
             // Almost every key has no prefix: an empty String does not allocate.
-            Ok(scope) => {
-                if scope.is_empty() {
-                    String::new()
-                } else {
-                    scope.to_string()
-                }
-            }
+            Ok(grant) => (grant.prefix.to_string(), grant.role),
             Err(denied) => {
                 // The Small Resource Server answers a missing role with 401, and its client
                 // relies on it.
@@ -905,7 +901,7 @@ impl Worker {
             }
         };
         let (op, purpose, waits) =
-            match api::plan(def, &matched.params, matched.query, request, &self.settings.api, &scope) {
+            match api::plan(def, &matched.params, matched.query, request, &self.settings.api, &scope, role) {
                 Plan::Now(response) => {
                     self.finish(slot, client_id, seq, def.label, started_us, &response);
                     return;
@@ -948,11 +944,20 @@ impl Worker {
         };
         let id = self.next_request_id;
         self.next_request_id += 1;
-        if let Err(e) = k.send(&ToKeeper::Request { id, op }) {
-            self.keeper_lost(&e);
-            let response = error(ErrorCode::KeeperUnavailable, "the keeper is not reachable; retry");
-            self.finish(slot, client_id, seq, def.label, started_us, &response);
-            return;
+        match k.send(&ToKeeper::Request { id, op }) {
+            Ok(()) => {}
+            Err(ChannelError::Frame(FrameError::TooLarge { .. })) => {
+                // Nothing was queued: the channel stays good for every other request.
+                let response = error(ErrorCode::PayloadTooLarge, "the request is too large to pass to the keeper");
+                self.finish(slot, client_id, seq, def.label, started_us, &response);
+                return;
+            }
+            Err(e) => {
+                self.keeper_lost(&e);
+                let response = error(ErrorCode::KeeperUnavailable, "the keeper is not reachable; retry");
+                self.finish(slot, client_id, seq, def.label, started_us, &response);
+                return;
+            }
         }
         if waits {
             if let Some(c) = self.client(slot, client_id) {

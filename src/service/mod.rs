@@ -35,7 +35,9 @@ use crate::core::lock::{
     TableState,
 };
 use crate::core::names::{LockName, Ticket};
-use crate::core::outbox::{Call, Entry, Listing, Outbox as CallOutbox, OutboxError, OutboxLimits, DEFAULT_ATTEMPTS};
+use crate::core::outbox::{
+    Call, Entry, Listing, Origin, Outbox as CallOutbox, OutboxError, OutboxLimits, DEFAULT_ATTEMPTS,
+};
 use crate::ipc::message::{
     FromKeeper, HolderInfo, LockInfo, LockOp, LockReply, OutboxRefusal, RejectKind, Then, TicketEvent, ToKeeper,
 };
@@ -46,8 +48,50 @@ use resources::Resources;
 /// Identifies a worker channel inside the keeper.
 pub type LinkId = usize;
 
-/// Largest page of `list`.
+/// Largest page of `list`, in items.
 pub const MAX_LIST_PAGE: u32 = 1_000;
+
+/// Largest page of a listing, in bytes of JSON: a page stops before the item that would take
+/// it past this (one item always fits), and `next_after` continues. Far below the IPC frame
+/// limit, so a listing can never be too large to send.
+pub const MAX_PAGE_BYTES: usize = 1024 * 1024;
+
+/// Counts the bytes of a value's JSON without keeping them.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn json_bytes<T: Serialize>(value: &T) -> usize {
+    let mut count = ByteCount(0);
+    // Serialising these plain data types cannot fail; a failure would count as empty.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// Keeps the longest head of `items` within [`MAX_PAGE_BYTES`] (at least one item); says
+/// whether anything was cut.
+fn cut_to_page_bytes<T: Serialize>(items: &mut Vec<T>) -> bool {
+    let mut total = 0;
+    let keep = items
+        .iter()
+        .position(|item| {
+            total += json_bytes(item) + 1;
+            total > MAX_PAGE_BYTES
+        })
+        .map_or(items.len(), |i| i.max(1));
+    let cut = keep < items.len();
+    items.truncate(keep);
+    cut
+}
 
 /// Messages to send, each on its channel.
 pub type Outbox = Vec<(LinkId, FromKeeper)>;
@@ -195,13 +239,23 @@ pub struct Service {
 
 fn outbox_refused(e: &OutboxError) -> LockReply {
     let kind = match e {
-        OutboxError::Full { .. } => OutboxRefusal::Full,
+        OutboxError::Full { .. } | OutboxError::CallbacksFull { .. } | OutboxError::BytesFull { .. } => {
+            OutboxRefusal::Full
+        }
         OutboxError::BodyTooLarge { .. } => OutboxRefusal::TooLarge,
         OutboxError::Attempts { .. } => OutboxRefusal::Invalid,
         OutboxError::Unknown => OutboxRefusal::Unknown,
         OutboxError::WrongState { .. } => OutboxRefusal::Conflict,
     };
     LockReply::OutboxRefused { message: e.to_string(), kind }
+}
+
+/// An entry as its reader may see it.
+fn shown(entry: &Entry, redact: bool) -> Entry {
+    if !redact {
+        return entry.clone();
+    }
+    Entry { call: entry.call.redacted(), ..entry.clone() }
 }
 
 fn rejected(e: &CoreError) -> LockReply {
@@ -662,8 +716,11 @@ impl Service {
             LockOp::List { prefix, after, limit } => {
                 let limit = limit.clamp(1, MAX_LIST_PAGE) as usize;
                 let views = self.table.list(&prefix, after.as_deref(), limit);
-                let next_after = (views.len() == limit).then(|| views[limit - 1].name.to_string());
-                LockReply::Locks { locks: views.into_iter().map(|v| lock_info(v, at.now_ms)).collect(), next_after }
+                let full = views.len() == limit;
+                let mut locks: Vec<LockInfo> = views.into_iter().map(|v| lock_info(v, at.now_ms)).collect();
+                let cut = cut_to_page_bytes(&mut locks);
+                let next_after = (full || cut).then(|| locks.last().map(|l| l.name.to_string())).flatten();
+                LockReply::Locks { locks, next_after }
             }
             LockOp::GetData { lock, key } => {
                 LockReply::Data(self.table.data(lock.as_str(), key.as_str()).map(str::to_string))
@@ -690,28 +747,33 @@ impl Service {
                 },
                 None => LockReply::ResourceUnknown,
             },
-            LockOp::OutboxPut { call, max_attempts, not_before_ms } => {
+            LockOp::OutboxPut { call, max_attempts, not_before_ms, scope } => {
                 let attempts = max_attempts.unwrap_or(self.default_attempts);
-                match self.calls.enqueue(call, attempts, not_before_ms, at.now_ms, fresh) {
+                let origin = Origin { scope, callback: false };
+                match self.calls.enqueue(call, attempts, not_before_ms, origin, at.now_ms, fresh) {
                     Ok(id) => LockReply::OutboxAccepted { id },
                     Err(e) => outbox_refused(&e),
                 }
             }
-            LockOp::OutboxList { failed, after, limit } => {
+            LockOp::OutboxList { failed, after, limit, scope, redact } => {
                 let listing = if failed { Listing::Failed } else { Listing::Pending };
                 let limit = limit.clamp(1, MAX_LIST_PAGE) as usize;
-                let (page, next_after) = self.calls.page(listing, after.as_deref(), limit);
-                LockReply::OutboxPage { entries: page.into_iter().cloned().collect(), next_after }
+                let (page, mut next_after) = self.calls.page(listing, &scope, after.as_deref(), limit);
+                let mut entries: Vec<Entry> = page.into_iter().map(|e| shown(e, redact)).collect();
+                if cut_to_page_bytes(&mut entries) {
+                    next_after = entries.last().map(|e| e.id.clone());
+                }
+                LockReply::OutboxPage { entries, next_after }
             }
-            LockOp::OutboxGet { id } => match self.calls.get(&id) {
-                Some(entry) => LockReply::OutboxEntry { entry: entry.clone() },
+            LockOp::OutboxGet { id, scope, redact } => match self.calls.get(&id, &scope) {
+                Some(entry) => LockReply::OutboxEntry { entry: shown(entry, redact) },
                 None => outbox_refused(&OutboxError::Unknown),
             },
-            LockOp::OutboxRetry { id } => match self.calls.retry(&id, at.now_ms) {
+            LockOp::OutboxRetry { id, scope } => match self.calls.retry(&id, &scope, at.now_ms) {
                 Ok(()) => LockReply::OutboxDone,
                 Err(e) => outbox_refused(&e),
             },
-            LockOp::OutboxDelete { id } => match self.calls.delete(&id) {
+            LockOp::OutboxDelete { id, scope } => match self.calls.delete(&id, &scope) {
                 Ok(_) => LockReply::OutboxDone,
                 Err(e) => outbox_refused(&e),
             },
@@ -775,7 +837,9 @@ impl Service {
                     let mut random = *ticket.as_bytes();
                     random[..8].iter_mut().zip(at.entropy.to_le_bytes()).for_each(|(b, e)| *b ^= e);
                     random[15] ^= event as u8;
-                    if self.calls.enqueue(call, self.default_attempts, None, at.now_ms, random).is_err() {
+                    // A callback belongs to its lock's tenant.
+                    let origin = Origin { scope: lock.as_str().to_string(), callback: true };
+                    if self.calls.enqueue(call, self.default_attempts, None, origin, at.now_ms, random).is_err() {
                         self.counters.callbacks_refused += 1;
                     }
                 }

@@ -285,6 +285,7 @@ fn the_courier_gets_due_calls_up_to_its_capacity_and_a_lost_courier_gives_them_b
         },
         max_attempts: Some(3),
         not_before_ms: None,
+        scope: String::new(),
     };
     let ids: Vec<String> = (0..3)
         .map(|n| match reply_to(&w.request(1, u64::from(n), call(n)), 1, u64::from(n)) {
@@ -343,8 +344,9 @@ fn a_callback_becomes_an_outbox_call_when_its_waiter_is_admitted() {
     assert!(matches!(queued, Some(LockReply::Queued { .. })), "{queued:?}");
     assert_eq!(w.s.outbox().stats().pending, 0);
     w.request(1, 3, LockOp::Release { lock: lock(), ticket: holder });
-    let pending = w.s.outbox().page(crate::core::outbox::Listing::Pending, None, 10).0;
+    let pending = w.s.outbox().page(crate::core::outbox::Listing::Pending, "", None, 10).0;
     assert_eq!(pending.len(), 1);
+    assert_eq!((pending[0].scope.as_str(), pending[0].callback), ("printer", true), "the lock's tenant owns it");
     let body: serde_json::Value = serde_json::from_str(&pending[0].call.body).unwrap();
     assert_eq!((body["event"].as_str(), body["lock"].as_str()), (Some("acquired"), Some("printer")));
     assert_eq!(pending[0].call.url, "https://h.example/cb");

@@ -1,11 +1,12 @@
 //! The system layer: the only module allowed to use `unsafe`, and the thin wrappers over the
 //! kernel that the process shells need (fd passing, child processes, signals, sd_notify,
-//! clocks, entropy, heap trimming). Each unsafe block carries a `SAFETY:` comment. Nothing here knows about
+//! clocks, entropy, heap trimming, interface addresses). Each unsafe block carries a `SAFETY:` comment. Nothing here knows about
 //! locks or HTTP.
 
 pub mod clock;
 pub mod entropy;
 pub mod fdpass;
+pub mod interfaces;
 pub mod memory;
 pub mod notify;
 pub mod process;

@@ -1,6 +1,7 @@
 //! API tests: what each route asks of the keeper, and how each answer looks.
 
 use super::*;
+use crate::config::Role;
 use crate::core::lock::{QueueKind, QueueView};
 use crate::core::target::TargetPolicy;
 use crate::http::parse::Method;
@@ -9,7 +10,13 @@ use crate::http::route::{route, ROUTES};
 const S: ApiSettings = ApiSettings {
     default_ttl_ms: 30_000,
     compat_lease_ttl_ms: 60_000,
-    targets: TargetPolicy { allow_hosts: Vec::new(), deny_hosts: Vec::new(), allow_local: false },
+    targets: TargetPolicy {
+        allow_hosts: Vec::new(),
+        deny_hosts: Vec::new(),
+        allow_local: false,
+        allow_private: false,
+        own_addresses: Vec::new(),
+    },
 };
 const T: &str = "AAAAAAAAAAAAAAAAAAAAAA";
 
@@ -30,7 +37,7 @@ fn request(method: Method, target: &str, body: &str, ticket: Option<&str>) -> Re
 fn plan_for(method: Method, target: &str, body: &str, ticket: Option<&str>) -> Plan {
     let req = request(method, target, body, ticket);
     let m = route(method, target).unwrap();
-    plan(m.def, &m.params, m.query, &req, &S, "")
+    plan(m.def, &m.params, m.query, &req, &S, "", Role::Write)
 }
 
 fn status(p: &Plan) -> u16 {
@@ -95,7 +102,10 @@ fn events_need_a_ticket_and_resume_after_the_last_id() {
     let mut req = request(Method::Get, &format!("/v1/locks/a/events?ticket={T}"), "", None);
     req.last_event_id = Some("41".into());
     let m = route(Method::Get, &req.target).unwrap();
-    assert!(matches!(plan(m.def, &m.params, m.query, &req, &S, ""), Plan::Stream { first_event_id: 42, .. }));
+    assert!(matches!(
+        plan(m.def, &m.params, m.query, &req, &S, "", Role::Write),
+        Plan::Stream { first_event_id: 42, .. }
+    ));
 }
 
 #[test]
@@ -230,14 +240,16 @@ fn a_key_limited_to_a_prefix_lists_only_under_it() {
     let req = request(Method::Get, "/v1/locks", "", None);
     let m = route(Method::Get, "/v1/locks?prefix=jo").unwrap();
     assert!(
-        matches!(plan(m.def, &m.params, m.query, &req, &S, "jobs:"), Plan::Ask { op: LockOp::List { ref prefix, .. }, .. } if prefix == "jobs:")
+        matches!(plan(m.def, &m.params, m.query, &req, &S, "jobs:", Role::Write), Plan::Ask { op: LockOp::List { ref prefix, .. }, .. } if prefix == "jobs:")
     );
     let m = route(Method::Get, "/v1/locks?prefix=jobs:x").unwrap();
     assert!(
-        matches!(plan(m.def, &m.params, m.query, &req, &S, "jobs:"), Plan::Ask { op: LockOp::List { ref prefix, .. }, .. } if prefix == "jobs:x")
+        matches!(plan(m.def, &m.params, m.query, &req, &S, "jobs:", Role::Write), Plan::Ask { op: LockOp::List { ref prefix, .. }, .. } if prefix == "jobs:x")
     );
     let m = route(Method::Get, "/v1/locks?prefix=other").unwrap();
-    assert!(matches!(plan(m.def, &m.params, m.query, &req, &S, "jobs:"), Plan::Now(ref r) if r.status == 403));
+    assert!(
+        matches!(plan(m.def, &m.params, m.query, &req, &S, "jobs:", Role::Write), Plan::Now(ref r) if r.status == 403)
+    );
 }
 
 #[test]
