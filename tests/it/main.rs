@@ -16,3 +16,4 @@ mod model;
 mod outbox;
 mod server;
 mod support;
+mod tenancy;

@@ -324,3 +324,133 @@ fn kill_9_of_the_courier_and_of_the_keeper_loses_no_call() {
         assert!(delivered.contains(id), "{id} never reached the sink");
     }
 }
+
+/// POSTs a call to `url` and returns the status and error code.
+fn submit(c: &mut Client, url: &str) -> (u16, String) {
+    let (status, body) = put(c, serde_json::json!({"url": url, "not_before_ms": 4_000_000_000_000u64}));
+    (status, body["error"].as_str().unwrap_or_default().to_string())
+}
+
+#[test]
+fn r12_targets_on_this_host_or_private_networks_are_refused_in_every_spelling() {
+    let s = Server::start(&config("workers = 1", ""));
+    let mut c = Client::connect(s.addr).unwrap();
+    let mut urls: Vec<String> = [
+        "http://127.1/",
+        "http://0x7f000001/",
+        "http://2130706433/",
+        "http://0177.0.0.1/",
+        "http://127.0.0.1./",
+        "http://localhost./",
+        "http://127%2e0.0.1/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://10.0.0.1/",
+        "http://172.16.5.4/",
+        "http://192.168.0.1/",
+        "http://0xc0a80001/",
+        "http://100.64.0.1/",
+        "http://[fc00::1]/",
+        "http://[::ffff:10.0.0.1]/",
+        "http://169.254.169.254/",
+    ]
+    .iter()
+    .map(|u| u.to_string())
+    .collect();
+    // Every address of this host's own interfaces, whatever its class.
+    for ip in leasehold::sys::interfaces::own_addresses().unwrap() {
+        urls.push(match ip {
+            std::net::IpAddr::V4(v4) => format!("http://{v4}/"),
+            std::net::IpAddr::V6(v6) => format!("http://[{v6}]/"),
+        });
+    }
+    for url in &urls {
+        assert_eq!(submit(&mut c, url), (400, "bad_request".to_string()), "{url}");
+        let cb = serde_json::json!({ "callback": url }).to_string();
+        assert_eq!(c.post("/v1/locks/ssrf/acquire", &cb).unwrap().status, 400, "callback {url}");
+    }
+    let page = c.get("/v1/outbox").unwrap().json();
+    assert_eq!(page["entries"].as_array().unwrap().len(), 0, "nothing piles up as a dead letter: {page}");
+}
+
+#[test]
+fn r12_host_lists_hold_for_every_spelling_and_for_resolved_addresses() {
+    let sink = Sink::new(200);
+    let port = sink.addr.port();
+    let s = server("deny_hosts = [\"127.0.0.1\", \"::1\"]");
+    let mut c = Client::connect(s.addr).unwrap();
+    for host in ["127.0.0.1", "0x7f000001", "2130706433", "127.1", "127.0.0.1.", "0177.0.0.1", "[::ffff:7f00:1]"] {
+        assert_eq!(submit(&mut c, &format!("http://{host}:{port}/x")).0, 400, "{host}");
+    }
+    // A name passes the name rules; the addresses it resolves to are refused at connect
+    // time, so the call fails without reaching the sink.
+    let (_, accepted) = put(&mut c, serde_json::json!({"url": format!("http://localhost:{port}/x")}));
+    let id = accepted["id"].as_str().expect("a name is accepted").to_string();
+    let deadline = Instant::now() + DEADLINE;
+    let entry = loop {
+        let e = c.get(&format!("/v1/outbox/{id}")).unwrap().json();
+        if e["state"] == "failed" {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "never refused: {e}");
+        std::thread::yield_now();
+    };
+    assert!(entry["last_error"].as_str().unwrap().contains("may not call"), "{entry}");
+    assert!(sink.received().is_empty(), "the sink was called");
+    // allow_hosts: the host that is checked is the host that is called.
+    let only = server("allow_hosts = [\"*.example.com\"]");
+    let mut c = Client::connect(only.addr).unwrap();
+    for url in [
+        format!("http://127.0.0.1:{port}\\.example.com/x"),
+        format!("http://127.0.0.1:{port}\\@a.example.com/x"),
+        format!("http://a.example.com@127.0.0.1:{port}/x"),
+    ] {
+        assert_eq!(submit(&mut c, &url).0, 400, "{url}");
+    }
+    assert_eq!(submit(&mut c, "https://hooks.example.com./x").0, 202);
+}
+
+#[test]
+fn r12_a_page_too_large_for_one_frame_is_cut_and_breaks_no_other_request() {
+    let s = server("max_total_bytes = 67108864");
+    let mut c = Client::connect(s.addr).unwrap();
+    // 300 calls of 60 KB: 18 MB, more than one IPC frame holds.
+    let body = "x".repeat(60_000);
+    let mut ids = Vec::new();
+    for _ in 0..300 {
+        let (status, accepted) = put(
+            &mut c,
+            serde_json::json!({"url": "https://hooks.example.com/x", "body": body, "not_before_ms": 4_000_000_000_000u64}),
+        );
+        assert_eq!(status, 202, "{accepted}");
+        ids.push(accepted["id"].as_str().unwrap().to_string());
+    }
+    // A long-poll on the same worker, waiting while the listing runs.
+    let held = c.post("/v1/locks/frame/acquire", r#"{"ttl_ms":60000}"#).unwrap().json();
+    let mut waiter = Client::connect(s.addr).unwrap();
+    let wait = r#"{"wait_ms":20000}"#;
+    let head = format!("POST /v1/locks/frame/acquire HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n", wait.len());
+    waiter.send_raw(format!("{head}{wait}").as_bytes()).unwrap();
+    s.wait_waiting_requests(1, None);
+    let mut listed = Vec::new();
+    let mut after = String::new();
+    loop {
+        let r = c.get(&format!("/v1/outbox?limit=1000&after={after}")).unwrap();
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body[..r.body.len().min(300)]));
+        assert!(r.body.len() <= 1024 * 1024 + 64, "a page of {} bytes", r.body.len());
+        let page = r.json();
+        listed.extend(page["entries"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_string()));
+        match page["next_after"].as_str() {
+            Some(next) => after = next.to_string(),
+            None => break,
+        }
+    }
+    // Every call once, in id order (ids sort by acceptance time, to the millisecond).
+    assert!(listed.windows(2).all(|w| w[0] < w[1]), "pages are in id order without repeats");
+    ids.sort();
+    assert!(listed == ids, "{} of {} calls listed", listed.len(), ids.len());
+    // The waiter's channel to the keeper survived: it is granted when the holder leaves.
+    let release = format!(r#"{{"ticket":"{}"}}"#, held["ticket"].as_str().unwrap());
+    assert_eq!(c.post("/v1/locks/frame/release", &release).unwrap().status, 200);
+    let granted = waiter.read_reply().unwrap();
+    assert_eq!((granted.status, granted.json()["status"].as_str()), (200, Some("acquired")));
+}
