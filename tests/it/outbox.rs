@@ -454,3 +454,40 @@ fn r12_a_page_too_large_for_one_frame_is_cut_and_breaks_no_other_request() {
     let granted = waiter.read_reply().unwrap();
     assert_eq!((granted.status, granted.json()["status"].as_str()), (200, Some("acquired")));
 }
+
+#[test]
+fn r12_headers_count_in_a_calls_size_and_callbacks_cannot_crowd_out_calls() {
+    let s = server("max_body_bytes = 4096\nmax_entries = 2\nmax_callbacks = 1");
+    let mut c = Client::connect(s.addr).unwrap();
+    let later = 4_000_000_000_000u64;
+    // A header bomb: each header fits, together they do not.
+    let headers: serde_json::Map<String, serde_json::Value> =
+        (0..4).map(|i| (format!("X-Bomb-{i}"), serde_json::Value::from("v".repeat(1_500)))).collect();
+    let (status, body) =
+        put(&mut c, serde_json::json!({"url": "https://h.example.com/", "headers": headers, "not_before_ms": later}));
+    assert_eq!((status, body["error"].as_str()), (413, Some("payload_too_large")), "{body}");
+    // Lock callbacks fill their own budget; the refused one is counted.
+    let sink = Sink::new(200);
+    sink.set_hold(true);
+    let holder = c.post("/v1/locks/cbs/acquire", r#"{"ttl_ms":60000,"limit":2,"weight":2}"#).unwrap().json();
+    for _ in 0..2 {
+        let body = serde_json::json!({"limit": 2, "callback": sink.url()}).to_string();
+        assert_eq!(c.post("/v1/locks/cbs/acquire", &body).unwrap().json()["status"], "queued");
+    }
+    let release = format!(r#"{{"ticket":"{}"}}"#, holder["ticket"].as_str().unwrap());
+    assert_eq!(c.post("/v1/locks/cbs/release", &release).unwrap().status, 200);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let metrics = String::from_utf8(c.get("/metrics").unwrap().body).unwrap();
+        if metrics.contains("leasehold_callbacks_refused_total 1\n") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the second callback was not refused");
+        std::thread::yield_now();
+    }
+    // Calls still have their room.
+    for _ in 0..2 {
+        assert_eq!(put(&mut c, serde_json::json!({"url": "https://h.example.com/", "not_before_ms": later})).0, 202);
+    }
+    sink.set_hold(false);
+}
