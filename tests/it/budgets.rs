@@ -131,7 +131,8 @@ fn r12_delete_resource_deletes_it_with_its_data_and_the_name_can_be_registered_a
     assert_eq!(locked.json()["locked"], true);
     let ticket = locked.header("X-Ticket").unwrap().to_string();
     let busy = call(&s, w, "DELETE", "/resource/printer", "");
-    assert_eq!((busy.status, busy.json()["error"].as_str()), (409, Some("wrong_state")), "{}", text(&busy));
+    assert_eq!(busy.status, 409, "{}", text(&busy));
+    assert_eq!(busy.json()["error"], "wrong_state");
     assert_eq!(call(&s, w, "GET", "/resource/printer/A4?lock=0", "").status, 200);
     let unlock = once(s.addr, "PUT", "/resource/printer/A4/unlock", &[("x-api-key", w), ("X-Ticket", &ticket)], "");
     assert_eq!(unlock.status, 200);
@@ -155,7 +156,8 @@ fn r12_a_prefix_limited_write_key_cannot_delete_another_prefix_s_resource() {
     assert_eq!(call(&s, "write-secret", "POST", "/resource", r#"{"name":"team-b:printer"}"#).status, 201);
     assert_eq!(call(&s, "team-a-secret", "POST", "/resource", r#"{"name":"team-a:printer"}"#).status, 201);
     let other = call(&s, "team-a-secret", "DELETE", "/resource/team-b:printer", "");
-    assert_eq!((other.status, other.json()["error"].as_str()), (403, Some("forbidden")));
+    assert_eq!(other.status, 403, "{}", text(&other));
+    assert_eq!(other.json()["error"], "forbidden");
     // A key below write may not delete either.
     assert_eq!(call(&s, "lock-secret", "DELETE", "/resource/team-a:printer", "").status, 403);
     // Both are still registered; the key deletes what is under its own prefix.
