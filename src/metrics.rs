@@ -21,6 +21,7 @@
 //! | `waiting_requests`, `event_streams`, `resources` | gauge | | keeper |
 //! | `journal_bytes`, `journal_writable`, `recovery_seconds`, `snapshot_seconds` | gauge | | keeper |
 //! | `journal_fsync_seconds` | histogram | | keeper |
+//! | `budget_used`, `budget_limit` | gauge | `budget` (`locks`, `tickets`, `data_bytes`, `resources`, `event_streams`) | keeper |
 //!
 //! Counters of workers that left in a reload are kept by the master, so totals never go
 //! down across reloads (a worker killed outright loses what it had not reported).
@@ -108,6 +109,24 @@ pub struct WorkerSnapshot {
     pub latency: Vec<RouteLatency>,
 }
 
+/// One bounded quantity: how much is in use and its limit.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BudgetUse {
+    /// The `budget` label.
+    pub name: String,
+    /// In use now.
+    pub used: u64,
+    /// The most allowed.
+    pub limit: u64,
+}
+
+impl BudgetUse {
+    /// A budget named `name`.
+    pub fn new(name: &str, used: u64, limit: impl Into<u64>) -> Self {
+        Self { name: name.to_string(), used, limit: limit.into() }
+    }
+}
+
 /// What the keeper reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeeperSnapshot {
@@ -169,6 +188,9 @@ pub struct KeeperSnapshot {
     /// Time each delivery attempt took, µs.
     #[serde(default)]
     pub delivery_latency: Histogram,
+    /// Every budget, with its use and limit.
+    #[serde(default)]
+    pub budgets: Vec<BudgetUse>,
 }
 
 /// What the master knows itself.
@@ -325,6 +347,14 @@ pub fn render(
         let _ = writeln!(out, "leasehold_recovery_seconds {}", k.recovery_ms as f64 / 1e3);
         header(&mut out, "snapshot_seconds", "gauge", "How long the last snapshot took.");
         let _ = writeln!(out, "leasehold_snapshot_seconds {}", k.last_snapshot_ms as f64 / 1e3);
+        header(&mut out, "budget_used", "gauge", "Use of each bounded quantity, by budget.");
+        for b in &k.budgets {
+            let _ = writeln!(out, "leasehold_budget_used{{budget=\"{}\"}} {}", escape(&b.name), b.used);
+        }
+        header(&mut out, "budget_limit", "gauge", "Limit of each bounded quantity, by budget.");
+        for b in &k.budgets {
+            let _ = writeln!(out, "leasehold_budget_limit{{budget=\"{}\"}} {}", escape(&b.name), b.limit);
+        }
     }
     out
 }
@@ -363,8 +393,15 @@ mod tests {
     fn render_sums_workers_and_retired_totals() {
         let mut retired = Totals::default();
         retired.add(&worker(9, 5, 0));
-        let keeper =
-            KeeperSnapshot { locks: 3, leases: 2, waiters: 1, next_fence: 10, ops_total: 40, ..Default::default() };
+        let keeper = KeeperSnapshot {
+            locks: 3,
+            leases: 2,
+            waiters: 1,
+            next_fence: 10,
+            ops_total: 40,
+            budgets: vec![BudgetUse::new("locks", 3, 5_000_000u32), BudgetUse::new("data_bytes", 17, 1u64 << 28)],
+            ..Default::default()
+        };
         let text = render(
             &MasterSnapshot { workers_configured: 2, workers_ready: 2, keeper_up: true, ..Default::default() },
             Some(&keeper),
@@ -379,6 +416,10 @@ mod tests {
         assert!(text.contains("leasehold_http_request_duration_seconds_bucket{route=\"acquire\",le=\"0.0001\"} 3\n"));
         assert!(text.contains("leasehold_leases 2\n"));
         assert!(text.contains("leasehold_keeper_up 1\n"));
+        assert!(text.contains("leasehold_budget_used{budget=\"locks\"} 3\n"), "{text}");
+        assert!(text.contains("leasehold_budget_limit{budget=\"locks\"} 5000000\n"));
+        assert!(text.contains("leasehold_budget_used{budget=\"data_bytes\"} 17\n"));
+        assert!(text.contains("leasehold_budget_limit{budget=\"data_bytes\"} 268435456\n"));
         // Every sample line belongs to a declared family.
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let family = line.split(['{', ' ']).next().unwrap();

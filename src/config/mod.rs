@@ -581,7 +581,48 @@ fn validate_locks(r: &mut Reader<'_>) -> LocksConfig {
             0,
             64 * 1024 * 1024,
         ) as u32,
+        max_data_bytes_total: r.int(
+            "locks",
+            "max_data_bytes_total",
+            "LEASEHOLD_MAX_DATA_BYTES_TOTAL",
+            d.max_data_bytes_total,
+            0,
+            1 << 40,
+        ),
+        max_tickets_total: r.int(
+            "locks",
+            "max_tickets_total",
+            "LEASEHOLD_MAX_TICKETS_TOTAL",
+            d.max_tickets_total.into(),
+            1,
+            1_000_000_000,
+        ) as u32,
+        max_resources: r.int(
+            "locks",
+            "max_resources",
+            "LEASEHOLD_MAX_RESOURCES",
+            d.max_resources.into(),
+            0,
+            100_000_000,
+        ) as u32,
+        max_event_streams: r.int(
+            "locks",
+            "max_event_streams",
+            "LEASEHOLD_MAX_EVENT_STREAMS",
+            d.max_event_streams.into(),
+            0,
+            10_000_000,
+        ) as u32,
     };
+    if u64::from(table.max_data_bytes) > table.max_data_bytes_total {
+        r.invalid(
+            "locks.max_data_bytes",
+            format!(
+                "({}) must not exceed locks.max_data_bytes_total ({})",
+                table.max_data_bytes, table.max_data_bytes_total
+            ),
+        );
+    }
     LocksConfig { default_ttl_ms, max_wait_ms, compat_lease_ttl_ms, table }
 }
 

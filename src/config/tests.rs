@@ -159,3 +159,37 @@ fn every_key_has_a_unique_environment_variable() {
     assert_eq!(vars.len(), n);
     assert!(vars.iter().all(|v| v.starts_with("LEASEHOLD_")));
 }
+
+#[test]
+fn totals_are_read_range_checked_and_kept_above_the_per_lock_limit() {
+    let text = "
+[locks]
+max_data_bytes = 1000
+max_data_bytes_total = 5000
+max_tickets_total = 7
+max_resources = 0
+max_event_streams = 3
+";
+    let c = Config::load(Some(text), &env(&[("LEASEHOLD_MAX_EVENT_STREAMS", "4")])).unwrap();
+    let t = &c.locks.table;
+    assert_eq!((t.max_data_bytes_total, t.max_tickets_total, t.max_resources, t.max_event_streams), (5000, 7, 0, 4));
+    let over = "
+[locks]
+max_data_bytes = 2000
+max_data_bytes_total = 1000
+max_tickets_total = 0
+max_event_streams = -1
+";
+    let problems = Config::load(Some(over), &env(&[("LEASEHOLD_MAX_RESOURCES", "100000001")])).unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(ConfigError::key).collect();
+    for key in [
+        "locks.max_tickets_total",
+        "locks.max_resources (from LEASEHOLD_MAX_RESOURCES)",
+        "locks.max_event_streams",
+        "locks.max_data_bytes",
+    ] {
+        assert!(keys.contains(&key), "{key} not reported in {problems:?}");
+    }
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert!(text.iter().any(|p| p.contains("must not exceed locks.max_data_bytes_total (1000)")), "{text:?}");
+}

@@ -21,7 +21,7 @@ use crate::core::names::CallbackUrl;
 use crate::core::names::{DataKey, LockName, Owner, Ticket};
 use crate::core::outbox::Call;
 use crate::core::target::{parse_target, TargetPolicy};
-use crate::ipc::message::{LockInfo, LockOp, LockReply, OutboxRefusal, RejectKind, Then, TicketEvent};
+use crate::ipc::message::{Budget, LockInfo, LockOp, LockReply, OutboxRefusal, RejectKind, Then, TicketEvent};
 use crate::service::resources::row_id;
 
 /// The header that carries a Small Resource Server ticket, spelled as its client reads it.
@@ -116,6 +116,8 @@ pub enum Finish {
     CompatPut,
     /// `PUT|POST /resource/{name}/{selector}/unlock`.
     CompatUnlock,
+    /// `DELETE /resource/{name}`.
+    ResourceDelete,
     /// `POST /v1/outbox`.
     OutboxPut,
     /// `GET /v1/outbox`, `GET /v1/outbox/{id}`.
@@ -431,6 +433,8 @@ fn plan_inner(
                 waits: true,
             }
         }
+        // The name is the route's first parameter: the key's prefix was checked on it.
+        RouteId::ResourceDelete => ask(LockOp::DeleteResource { name: lock()? }, Finish::ResourceDelete),
         RouteId::CompatUnlock => {
             let (resource, _) = (lock()?, key()?);
             let ticket = header_ticket(req)?.ok_or_else(|| bad("unlock needs the x-ticket header"))?;
@@ -546,6 +550,15 @@ fn common_error(reply: &LockReply) -> Response {
         LockReply::TableFull { max_locks } => {
             error(ErrorCode::TableFull, &format!("the server holds its maximum of {max_locks} locks"))
         }
+        LockReply::OverBudget { budget, message, .. } => error(
+            match budget {
+                Budget::Tickets => ErrorCode::TicketsFull,
+                Budget::DataBytes => ErrorCode::DataFull,
+                Budget::Resources => ErrorCode::ResourcesFull,
+                Budget::EventStreams => ErrorCode::StreamsFull,
+            },
+            message,
+        ),
         LockReply::NotHolder(place) => {
             #[derive(Serialize)]
             struct Place {
@@ -655,6 +668,13 @@ pub fn finish(f: &Finish, reply: &LockReply) -> Response {
             Response::json(201, &serde_json::json!({ "id": id, "name": name, "timeout": timeout_s }))
         }
         (Finish::CompatCreate, LockReply::ResourceExists) => error(ErrorCode::AlreadyExists, "Resource already exists"),
+        (Finish::ResourceDelete, LockReply::ResourceDeleted) => {
+            Response { status: 204, content_type: "application/json", headers: Vec::new(), body: Vec::new() }
+        }
+        (Finish::ResourceDelete, LockReply::ResourceBusy) => error(
+            ErrorCode::WrongState,
+            "the resource's lock has holders or waiters; release it first (nothing was deleted)",
+        ),
         (Finish::CompatGet(selector), LockReply::CompatData { lease, resource_id, data }) => {
             let ticket_header = |r: Response| match lease {
                 Some(lease) => r.with_header(X_TICKET, lease.ticket.to_string()),

@@ -48,6 +48,8 @@ pub enum RouteId {
     CompatPut,
     /// Small Resource Server: unlock.
     CompatUnlock,
+    /// Delete a Small Resource Server resource (a native route: the original has none).
+    ResourceDelete,
     /// Accept an HTTP call for later delivery.
     OutboxPut,
     /// A page of outbox entries.
@@ -156,6 +158,7 @@ pub const ROUTES: &[RouteDef] = &[
     row(Method::Put, "/resource/{name}/{selector}", RouteId::CompatPut, WRITE, "compat_put"),
     row(Method::Put, "/resource/{name}/{selector}/unlock", RouteId::CompatUnlock, LOCK, "compat_unlock"),
     row(Method::Post, "/resource/{name}/{selector}/unlock", RouteId::CompatUnlock, LOCK, "compat_unlock"),
+    row(Method::Delete, "/resource/{name}", RouteId::ResourceDelete, WRITE, "resource_delete"),
     row(Method::Post, "/v1/outbox", RouteId::OutboxPut, WRITE, "outbox_put"),
     row(Method::Get, "/v1/outbox", RouteId::OutboxList, READ, "outbox_list"),
     row(Method::Get, "/v1/outbox/{id}", RouteId::OutboxGet, READ, "outbox_get"),

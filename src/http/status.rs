@@ -14,7 +14,7 @@
 //! | `queue_mismatch` | 409 | the lock has another queue discipline |
 //! | `not_holder` | 409 | the ticket waits in the queue; it does not hold the lock |
 //! | `already_exists` | 409 | `POST /resource` for a name that is registered |
-//! | `wrong_state` | 409 | an outbox entry's state does not allow it (retrying one that has not failed, deleting one being delivered) |
+//! | `wrong_state` | 409 | an outbox entry's state does not allow it (retrying one that has not failed, deleting one being delivered); deleting a resource whose lock has holders or waiters |
 //! | `lease_lost` | 410 | the lease expired or was released, or the ticket is unknown |
 //! | `payload_too_large` | 413 | body over `max_body_bytes`, or data over `max_data_bytes` / `max_data_keys` |
 //! | `uri_too_long` | 414 | request line over 8 KiB |
@@ -28,6 +28,16 @@
 //! | `table_full` | 503 | the table holds `max_locks` locks (`Retry-After`) |
 //! | `journal_unavailable` | 503 | the change could not be journaled (disk full, I/O error); nothing changed (`Retry-After`) |
 //! | `outbox_full` | 503 | the outbox holds `outbox.max_entries` calls (`Retry-After`) |
+//! | `tickets_full` | 503 | holders and waiters of all locks together number `locks.max_tickets_total`: no new ticket is issued (`Retry-After`) |
+//! | `data_full` | 503 | the write would take the data of all locks together past `locks.max_data_bytes_total`; nothing was written (`Retry-After`) |
+//! | `resources_full` | 503 | `locks.max_resources` resources are registered (`Retry-After`) |
+//! | `streams_full` | 503 | `locks.max_event_streams` event streams are open (`Retry-After`) |
+//!
+//! The rule behind the limits: a request or a single lock over its own limit is the
+//! client's to fix (413 `payload_too_large`, 429 `queue_full`); a server-wide total that is
+//! reached is a capacity the server is out of, shared by every client, so it is a 503 with
+//! `Retry-After` and a code of its own (`table_full`, `tickets_full`, `data_full`,
+//! `resources_full`, `streams_full`, `outbox_full`).
 
 use serde::Serialize;
 
@@ -90,6 +100,14 @@ pub enum ErrorCode {
     JournalUnavailable,
     /// 503
     OutboxFull,
+    /// 503
+    TicketsFull,
+    /// 503
+    DataFull,
+    /// 503
+    ResourcesFull,
+    /// 503
+    StreamsFull,
 }
 
 impl ErrorCode {
@@ -120,6 +138,10 @@ impl ErrorCode {
         Self::TableFull,
         Self::JournalUnavailable,
         Self::OutboxFull,
+        Self::TicketsFull,
+        Self::DataFull,
+        Self::ResourcesFull,
+        Self::StreamsFull,
     ];
 
     /// Status code and wire code.
@@ -150,6 +172,10 @@ impl ErrorCode {
             Self::TableFull => (503, "table_full"),
             Self::JournalUnavailable => (503, "journal_unavailable"),
             Self::OutboxFull => (503, "outbox_full"),
+            Self::TicketsFull => (503, "tickets_full"),
+            Self::DataFull => (503, "data_full"),
+            Self::ResourcesFull => (503, "resources_full"),
+            Self::StreamsFull => (503, "streams_full"),
         }
     }
 
@@ -162,6 +188,10 @@ impl ErrorCode {
                 | Self::TableFull
                 | Self::JournalUnavailable
                 | Self::OutboxFull
+                | Self::TicketsFull
+                | Self::DataFull
+                | Self::ResourcesFull
+                | Self::StreamsFull
         )
     }
 }

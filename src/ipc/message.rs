@@ -293,6 +293,12 @@ pub enum LockOp {
         /// Server-side wait in seconds (0: up to `max_wait_ms`, < 0: try once).
         timeout_s: i64,
     },
+    /// Remove a resource's registration, with its lock's data; refused while the lock has
+    /// holders or waiters.
+    DeleteResource {
+        /// Its name.
+        name: LockName,
+    },
     /// Read a resource's data key without locking (Small Resource Server `GET ?lock=0`).
     CompatRead {
         /// The resource.
@@ -436,6 +442,20 @@ pub enum RejectKind {
     TooLarge,
 }
 
+/// A server-wide total that a request would go past.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Budget {
+    /// Holders and waiters across all locks (`locks.max_tickets_total`).
+    Tickets,
+    /// Bytes of data across all locks (`locks.max_data_bytes_total`).
+    DataBytes,
+    /// Registered resources (`locks.max_resources`).
+    Resources,
+    /// Open event streams (`locks.max_event_streams`).
+    EventStreams,
+}
+
 /// A holder as readers see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -570,6 +590,19 @@ pub enum LockReply {
     },
     /// A resource of that name exists already.
     ResourceExists,
+    /// A resource was deleted.
+    ResourceDeleted,
+    /// The resource's lock has holders or waiters; nothing was deleted.
+    ResourceBusy,
+    /// A server-wide total is reached; nothing changed.
+    OverBudget {
+        /// Which total.
+        budget: Budget,
+        /// Its maximum.
+        limit: u64,
+        /// What was refused, for the client.
+        message: String,
+    },
     /// No resource of that name.
     ResourceUnknown,
     /// A resource's data key (Small Resource Server `GET`), read under `lease` if locked.
@@ -759,6 +792,11 @@ mod tests {
             },
         });
         round_trip(&ToKeeper::Cancel { id: 77 });
+        round_trip(&ToKeeper::Request { id: 78, op: LockOp::DeleteResource { name: lock.clone() } });
+        round_trip(&FromKeeper::Reply {
+            id: 78,
+            reply: LockReply::OverBudget { budget: Budget::DataBytes, limit: 9, message: "full".into() },
+        });
         round_trip(&ToKeeper::Unwatch { lock: lock.clone(), ticket });
         let lease = LeaseView { ticket, fence: 12, owner: None, weight: 1, expires_at_ms: 5, claimed: true };
         round_trip(&FromKeeper::Reply { id: 77, reply: LockReply::Held { lease: lease.clone(), at_ms: 3 } });

@@ -658,6 +658,7 @@ impl Keeper {
             deliveries_failed: counters.failed,
             callbacks_refused: counters.callbacks_refused,
             delivery_latency: counters.latency.clone(),
+            budgets: self.service.budgets(),
         }
     }
 }

@@ -14,7 +14,11 @@
 //! - **A channel that closes** (its worker died) stops every wait and stream it had, as if
 //!   each client had gone.
 //! - **Small Resource Server** resources live here too (their registry and their
-//!   server-side wait), and so do wait estimates.
+//!   server-side wait), and so do wait estimates. Deleting a resource takes its lock's data
+//!   with it, and is refused while the lock has holders or waiters.
+//! - **Budgets.** Resources and open event streams are bounded here (`max_resources`,
+//!   `max_event_streams` of the table's limits); the table bounds the rest. [`Service::budgets`]
+//!   lists every budget with its use, for metrics.
 //! - **The outbox** ([`crate::core::outbox`]): calls accepted through the API and lock
 //!   callbacks. The courier announces itself on its channel with its capacity; due calls
 //!   are handed to it in the same steps as everything else (so a replay hands out the same
@@ -39,9 +43,9 @@ use crate::core::outbox::{
     Call, Entry, Listing, Origin, Outbox as CallOutbox, OutboxError, OutboxLimits, DEFAULT_ATTEMPTS,
 };
 use crate::ipc::message::{
-    FromKeeper, HolderInfo, LockInfo, LockOp, LockReply, OutboxRefusal, RejectKind, Then, TicketEvent, ToKeeper,
+    Budget, FromKeeper, HolderInfo, LockInfo, LockOp, LockReply, OutboxRefusal, RejectKind, Then, TicketEvent, ToKeeper,
 };
-use crate::metrics::Histogram;
+use crate::metrics::{BudgetUse, Histogram};
 pub use eta::Estimator;
 use resources::Resources;
 
@@ -225,6 +229,8 @@ pub struct Service {
     /// Open streams by ticket (tickets are unique across locks; a stream is registered only
     /// after the table confirmed the ticket on that lock).
     streams: HashMap<Ticket, Streams>,
+    /// Open streams in all of `streams` (the sum of their links).
+    stream_count: u64,
     estimator: Estimator,
     outputs: VecDeque<Output>,
     scratch: Vec<Output>,
@@ -296,6 +302,7 @@ impl Service {
             wait_of_request: HashMap::new(),
             wait_deadlines: BTreeSet::new(),
             streams: HashMap::new(),
+            stream_count: 0,
             estimator: Estimator::default(),
             outputs: VecDeque::new(),
             scratch: Vec::new(),
@@ -366,10 +373,23 @@ impl Service {
     pub fn stats(&self) -> ServiceStats {
         ServiceStats {
             waiting_requests: self.waits.len() as u64,
-            event_streams: self.streams.values().map(|v| v.links.len() as u64).sum(),
+            event_streams: self.stream_count,
             resources: self.resources.len() as u64,
             ops_total: self.ops_total,
         }
+    }
+
+    /// Every budget with its use and its limit, for metrics. One line per budget: a new
+    /// bounded quantity is added here and nowhere else.
+    pub fn budgets(&self) -> Vec<BudgetUse> {
+        let (table, limits) = (self.table.stats(), self.table.limits());
+        vec![
+            BudgetUse::new("locks", table.locks, limits.max_locks),
+            BudgetUse::new("tickets", table.holders + table.waiters, limits.max_tickets_total),
+            BudgetUse::new("data_bytes", table.data_bytes, limits.max_data_bytes_total),
+            BudgetUse::new("resources", self.resources.len() as u64, limits.max_resources),
+            BudgetUse::new("event_streams", self.stream_count, limits.max_event_streams),
+        ]
     }
 
     /// When [`Service::expire`] has work to do.
@@ -429,6 +449,7 @@ impl Service {
                 if let Some(streams) = self.streams.get_mut(&ticket).filter(|s| s.lock == lock) {
                     if let Some(i) = streams.links.iter().position(|&l| l == link) {
                         streams.links.swap_remove(i);
+                        self.stream_count -= 1;
                         if streams.links.is_empty() {
                             self.streams.remove(&ticket);
                         }
@@ -482,6 +503,7 @@ impl Service {
             unwatch.extend(std::iter::repeat_n((streams.lock.clone(), ticket), before - streams.links.len()));
             !streams.links.is_empty()
         });
+        self.stream_count -= unwatch.len() as u64;
         unwatch.sort_unstable_by_key(|(_, ticket)| *ticket);
         for (lock, ticket) in unwatch {
             self.apply(Op::Unwatch { lock, ticket }, at);
@@ -545,6 +567,7 @@ impl Service {
             service.waits.insert(key, Wait { link: w.link, id: w.id, then: w.then, deadline_ms: w.deadline_ms });
         }
         for s in state.streams {
+            service.stream_count += s.links.len() as u64;
             service.streams.insert(s.ticket, Streams { lock: s.lock, links: s.links });
         }
         service.calls = CallOutbox::import(state.outbox_settings.limits, state.outbox);
@@ -591,6 +614,22 @@ impl Service {
             Reply::QueueMismatch { queue } => LockReply::QueueMismatch { queue },
             Reply::QueueFull { max_waiters } => LockReply::QueueFull { max_waiters },
             Reply::TableFull { max_locks } => LockReply::TableFull { max_locks },
+            Reply::TicketsFull { max_tickets } => LockReply::OverBudget {
+                budget: Budget::Tickets,
+                limit: max_tickets.into(),
+                message: format!(
+                    "the server holds its maximum of {max_tickets} leases and waiters (locks.max_tickets_total)"
+                ),
+            },
+            Reply::DataFull { key, max_bytes } => LockReply::OverBudget {
+                budget: Budget::DataBytes,
+                limit: max_bytes,
+                message: format!(
+                    "data key {:?} was not written: the data of all locks would pass the server's maximum of \
+                     {max_bytes} bytes (locks.max_data_bytes_total)",
+                    key.as_str()
+                ),
+            },
             Reply::Released { fence } => LockReply::Released { fence, at_ms: at.now_ms },
             Reply::Left => LockReply::Left,
             Reply::NotHolder(q) => LockReply::NotHolder(q),
@@ -599,7 +638,7 @@ impl Service {
             Reply::DataWritten { created } => LockReply::DataWritten { created },
             Reply::DataDeleted { existed } => LockReply::DataDeleted { existed },
             Reply::Rejected(e) => rejected(&e),
-            Reply::LimitSet { .. } | Reply::LimitInUse { .. } => {
+            Reply::LimitSet { .. } | Reply::LimitInUse { .. } | Reply::DataCleared { .. } | Reply::LockBusy { .. } => {
                 LockReply::Failed { message: "reply of an operation no route sends".into() }
             }
         }
@@ -696,6 +735,17 @@ impl Service {
                 other => self.wire(other, at),
             },
             LockOp::Watch { lock, ticket } => {
+                let max = self.table.limits().max_event_streams;
+                if self.stream_count >= u64::from(max) {
+                    // Refused before the table counts it as presence.
+                    return Some(LockReply::OverBudget {
+                        budget: Budget::EventStreams,
+                        limit: max.into(),
+                        message: format!(
+                            "the server has its maximum of {max} event streams open (locks.max_event_streams)"
+                        ),
+                    });
+                }
                 let reply = self.apply(Op::Watch { lock: lock.clone(), ticket }, at);
                 if matches!(reply, Reply::Held(_) | Reply::Queued(_)) {
                     self.streams
@@ -703,6 +753,7 @@ impl Service {
                         .or_insert_with(|| Streams { lock: lock.clone(), links: Vec::new() })
                         .links
                         .push(link);
+                    self.stream_count += 1;
                 }
                 match reply {
                     Reply::Queued(place) => self.queued(&lock, place),
@@ -734,9 +785,34 @@ impl Service {
                 self.wire(reply, at)
             }
             LockOp::CreateResource { name, timeout_s } => {
-                match self.resources.create(name.clone(), timeout_s, at.now_ms, fresh) {
-                    Some(r) => LockReply::ResourceCreated { id: r.id.clone(), name, timeout_s },
-                    None => LockReply::ResourceExists,
+                let max = self.table.limits().max_resources;
+                if self.resources.get(&name).is_some() {
+                    LockReply::ResourceExists
+                } else if self.resources.len() >= max as usize {
+                    LockReply::OverBudget {
+                        budget: Budget::Resources,
+                        limit: max.into(),
+                        message: format!("the server holds its maximum of {max} resources (locks.max_resources)"),
+                    }
+                } else {
+                    match self.resources.create(name.clone(), timeout_s, at.now_ms, fresh) {
+                        Some(r) => LockReply::ResourceCreated { id: r.id.clone(), name, timeout_s },
+                        None => LockReply::ResourceExists,
+                    }
+                }
+            }
+            LockOp::DeleteResource { name } => {
+                if self.resources.get(&name).is_none() {
+                    return Some(LockReply::ResourceUnknown);
+                }
+                match self.apply(Op::ClearData { lock: name.clone() }, at) {
+                    // Cleared, or no lock at all (nothing was stored under it).
+                    Reply::DataCleared { .. } | Reply::LockUnknown => {
+                        self.resources.remove(&name);
+                        LockReply::ResourceDeleted
+                    }
+                    Reply::LockBusy { .. } => LockReply::ResourceBusy,
+                    other => self.wire(other, at),
                 }
             }
             LockOp::CompatRead { resource, key } => match self.resources.get(&resource) {

@@ -51,6 +51,11 @@ impl Resources {
         Some(self.by_name.entry(name).or_insert(Resource { id, timeout_s }))
     }
 
+    /// Removes the resource `name`; returns it if it was registered.
+    pub fn remove(&mut self, name: &LockName) -> Option<Resource> {
+        self.by_name.remove(name)
+    }
+
     /// Every resource as (name, resource), by name.
     pub fn export(&self) -> Vec<(LockName, Resource)> {
         let mut all: Vec<(LockName, Resource)> = self.by_name.iter().map(|(n, r)| (n.clone(), r.clone())).collect();

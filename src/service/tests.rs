@@ -351,3 +351,120 @@ fn a_callback_becomes_an_outbox_call_when_its_waiter_is_admitted() {
     assert_eq!((body["event"].as_str(), body["lock"].as_str()), (Some("acquired"), Some("printer")));
     assert_eq!(pending[0].call.url, "https://h.example/cb");
 }
+
+fn over_budget(reply: Option<LockReply>) -> (Budget, u64) {
+    match reply {
+        Some(LockReply::OverBudget { budget, limit, .. }) => (budget, limit),
+        other => panic!("expected over_budget, got {other:?}"),
+    }
+}
+
+#[test]
+fn resources_are_bounded_and_a_deleted_one_takes_its_data_and_can_come_back() {
+    let mut w = World::new();
+    w.s.reconfigure(TableLimits { max_resources: 2, ..LIMITS }, 60_000);
+    let name = |n: &str| LockName::parse(n).unwrap();
+    let create = |n: &str| LockOp::CreateResource { name: name(n), timeout_s: 0 };
+    assert!(matches!(reply_to(&w.request(1, 1, create("printer")), 1, 1), Some(LockReply::ResourceCreated { .. })));
+    assert!(matches!(reply_to(&w.request(1, 2, create("scanner")), 1, 2), Some(LockReply::ResourceCreated { .. })));
+    assert_eq!(over_budget(reply_to(&w.request(1, 3, create("fax")), 1, 3)), (Budget::Resources, 2));
+    // A name that exists is still answered as such at the cap.
+    assert_eq!(reply_to(&w.request(1, 4, create("printer")), 1, 4), Some(LockReply::ResourceExists));
+    assert_eq!(w.s.stats().resources, 2);
+    // Data under the resource, then a holder: deleting is refused while the lock is in use.
+    let write = Then::WriteAndRelease { key: DataKey::parse("A4").unwrap(), value: "1".into() };
+    assert!(matches!(reply_to(&w.request(1, 5, acquire(None, 0, write, true)), 1, 5), Some(LockReply::Written { .. })));
+    let holder = held(reply_to(&w.request(1, 6, acquire(None, 0, Then::Hold, true)), 1, 6));
+    let delete = |n: &str| LockOp::DeleteResource { name: name(n) };
+    assert_eq!(reply_to(&w.request(1, 7, delete("printer")), 1, 7), Some(LockReply::ResourceBusy));
+    assert_eq!(w.s.stats().resources, 2, "nothing was deleted");
+    assert_eq!(w.s.table().data("printer", "A4"), Some("1"));
+    w.request(1, 8, LockOp::Release { lock: lock(), ticket: holder.ticket });
+    assert_eq!(reply_to(&w.request(1, 9, delete("printer")), 1, 9), Some(LockReply::ResourceDeleted));
+    assert_eq!(w.s.stats().resources, 1);
+    assert!(w.s.table().lock_view("printer").is_none(), "the data went with it, and so did the lock");
+    assert_eq!(w.s.table().stats().data_bytes, 0);
+    assert_eq!(reply_to(&w.request(1, 10, delete("printer")), 1, 10), Some(LockReply::ResourceUnknown));
+    // A resource never used has no lock: deleting it is fine too. Then both names are free.
+    assert_eq!(reply_to(&w.request(1, 11, delete("scanner")), 1, 11), Some(LockReply::ResourceDeleted));
+    assert!(matches!(reply_to(&w.request(1, 12, create("printer")), 1, 12), Some(LockReply::ResourceCreated { .. })));
+    assert!(matches!(reply_to(&w.request(1, 13, create("fax")), 1, 13), Some(LockReply::ResourceCreated { .. })));
+    // A deletion is a change: it is journaled, unlike a read.
+    assert!(!Service::reads_only(&ToKeeper::Request { id: 1, op: delete("fax") }));
+}
+
+#[test]
+fn event_streams_are_bounded_in_total_and_a_refused_one_counts_for_nothing() {
+    let mut w = World::new();
+    w.s.reconfigure(TableLimits { max_event_streams: 2, ..LIMITS }, 60_000);
+    let holder = held(reply_to(&w.request(1, 1, acquire(None, 0, Then::Hold, false)), 1, 1));
+    let ticket = queued_ticket(reply_to(&w.request(1, 2, acquire(None, 0, Then::Hold, false)), 1, 2));
+    let watch = LockOp::Watch { lock: lock(), ticket };
+    assert!(matches!(reply_to(&w.request(5, 1, watch.clone()), 5, 1), Some(LockReply::Queued { .. })));
+    assert!(matches!(reply_to(&w.request(6, 1, watch.clone()), 6, 1), Some(LockReply::Queued { .. })));
+    assert_eq!(over_budget(reply_to(&w.request(7, 1, watch.clone()), 7, 1)), (Budget::EventStreams, 2));
+    assert_eq!(w.s.stats().event_streams, 2);
+    // The refused stream did not become a watcher: closing the two that opened leaves the
+    // waiter unwatched, so it is dropped after waiter_ttl_ms.
+    w.send(5, ToKeeper::Unwatch { lock: lock(), ticket });
+    w.s.link_closed(6, Moment::new(w.now, 1), &mut w.out);
+    assert_eq!(w.s.stats().event_streams, 0);
+    assert!(matches!(reply_to(&w.request(7, 2, watch), 7, 2), Some(LockReply::Queued { .. })), "room again");
+    w.send(7, ToKeeper::Unwatch { lock: lock(), ticket });
+    w.tick(LIMITS.waiter_ttl_ms);
+    assert_eq!(w.s.table().lock_view("printer").unwrap().queue_length, 0);
+    // A snapshot restores the count.
+    w.request(8, 1, LockOp::Watch { lock: lock(), ticket: holder.ticket });
+    let copy = Service::import(w.s.export(), 7).unwrap();
+    assert_eq!(copy.stats().event_streams, 1);
+}
+
+#[test]
+fn totals_of_the_table_reach_the_wire_as_over_budget_naming_what_was_refused() {
+    let mut w = World::new();
+    w.s.reconfigure(TableLimits { max_tickets_total: 1, max_data_bytes_total: 4, ..LIMITS }, 60_000);
+    let holder = held(reply_to(&w.request(1, 1, acquire(None, 0, Then::Hold, false)), 1, 1));
+    let refused = reply_to(&w.request(1, 2, acquire(None, 0, Then::Hold, false)), 1, 2);
+    assert_eq!(over_budget(refused), (Budget::Tickets, 1));
+    let put = |k: &str, v: &str| LockOp::PutData {
+        lock: lock(),
+        ticket: holder.ticket,
+        key: DataKey::parse(k).unwrap(),
+        value: v.into(),
+    };
+    assert_eq!(reply_to(&w.request(1, 3, put("ab", "12")), 1, 3), Some(LockReply::DataWritten { created: true }));
+    match reply_to(&w.request(1, 4, put("cd", "1")), 1, 4) {
+        Some(LockReply::OverBudget { budget: Budget::DataBytes, limit: 4, message }) => {
+            assert!(message.contains("\"cd\""), "the message names the key: {message}");
+        }
+        other => panic!("expected data_bytes over budget, got {other:?}"),
+    }
+    assert_eq!(w.s.table().data("printer", "cd"), None);
+}
+
+#[test]
+fn budgets_list_every_bounded_quantity_with_its_use_and_limit() {
+    let mut w = World::new();
+    let holder = held(reply_to(&w.request(1, 1, acquire(None, 0, Then::Hold, false)), 1, 1));
+    queued_ticket(reply_to(&w.request(1, 2, acquire(None, 0, Then::Hold, false)), 1, 2));
+    let put =
+        LockOp::PutData { lock: lock(), ticket: holder.ticket, key: DataKey::parse("k").unwrap(), value: "[1]".into() };
+    w.request(1, 3, put);
+    w.request(1, 4, LockOp::CreateResource { name: LockName::parse("r").unwrap(), timeout_s: 0 });
+    w.request(2, 1, LockOp::Watch { lock: lock(), ticket: holder.ticket });
+    let budgets: Vec<(String, u64, u64)> = w.s.budgets().into_iter().map(|b| (b.name, b.used, b.limit)).collect();
+    let d = TableLimits::DEFAULT;
+    assert_eq!(
+        budgets,
+        vec![
+            ("locks".to_string(), 1, u64::from(d.max_locks)),
+            ("tickets".to_string(), 2, u64::from(d.max_tickets_total)),
+            ("data_bytes".to_string(), 4, d.max_data_bytes_total),
+            ("resources".to_string(), 1, u64::from(d.max_resources)),
+            ("event_streams".to_string(), 1, u64::from(d.max_event_streams)),
+        ]
+    );
+    // A reload's new limits show at once.
+    w.s.reconfigure(TableLimits { max_resources: 9, ..LIMITS }, 60_000);
+    assert!(w.s.budgets().iter().any(|b| b.name == "resources" && b.limit == 9));
+}

@@ -1,11 +1,13 @@
 //! Model-based property tests of the lease table.
 //!
 //! Each case is a random history (acquire, renew, release, leave, presence, expiry with time
-//! jumps, limit changes, data, lottery) generated from one seed. After every step the real
-//! table must give the same reply, the same outputs and the same state as the naive model,
-//! pass `check_invariants`, and satisfy the properties the issue names: fences strictly
-//! increase in grant order, FIFO grants follow enqueue order, an unclaimed grant lapses
-//! after `claim_ms`, and at the end every waiter is granted, dropped or gone (no starvation).
+//! jumps, limit changes, data, clearing a lock's data, lottery) generated from one seed, under
+//! limits small enough that the queue, table, ticket and data totals are all reached (the
+//! test checks that they were). After every step the real table must give the same reply,
+//! the same outputs and the same state as the naive model, pass `check_invariants`, stay
+//! within the totals, and satisfy the properties the issue names: fences strictly increase
+//! in grant order, FIFO grants follow enqueue order, an unclaimed grant lapses after
+//! `claim_ms`, and at the end every waiter is granted, dropped or gone (no starvation).
 //! Now and then the table is exported, imported and swapped in, so the round trip is checked
 //! for identical state and identical behaviour.
 //!
@@ -14,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use leasehold::core::lock::{
     Acquire, LockTable, Moment, Op, Output, QueueKind, QueueMode, Reply, TableLimits, TableState,
@@ -28,13 +31,22 @@ const LIMITS: TableLimits = TableLimits {
     max_ttl_ms: 10_000,
     max_limit: 4,
     max_locks: 3,
-    max_waiters_per_lock: 5,
+    max_waiters_per_lock: 2,
     waiter_ttl_ms: 500,
     claim_ms: 100,
     max_data_keys: 2,
     max_data_bytes: 40,
+    max_data_bytes_total: 42,
+    max_tickets_total: 6,
+    max_resources: 0,
+    max_event_streams: 0,
 };
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
+
+/// Replies to the limits and totals and to clearing data, counted over all cases: a
+/// generator that never reached them would test nothing about them.
+static REACHED: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+const REACHED_NAMES: [&str; 6] = ["tickets_full", "data_full", "data_cleared", "lock_busy", "queue_full", "table_full"];
 
 /// One generated step: time passes by `dt_ms`, then `kind` happens.
 #[derive(Debug, Clone)]
@@ -101,6 +113,9 @@ enum StepKind {
         ticket: TicketRef,
         key: usize,
     },
+    Clear {
+        lock: usize,
+    },
     Expire,
 }
 
@@ -126,7 +141,10 @@ fn generate(seed: u64) -> Vec<Step> {
         };
         let kind = match pick(100) {
             0..=34 => {
-                let limit = 1 + pick(3) as u32 + u32::from(pick(20) == 0) * 3;
+                // Mostly the lock's usual permit count and queue, so queues grow to their
+                // limits; sometimes others, for the mismatch rules.
+                let limit = if pick(3) == 0 { 1 + pick(3) as u32 } else { 1 + (lock % 3) as u32 }
+                    + u32::from(pick(20) == 0) * 3;
                 let heavy = usize::from(pick(15) == 0);
                 let weight = 1 + pick(limit as usize + heavy) as u32;
                 StepKind::Acquire {
@@ -135,7 +153,12 @@ fn generate(seed: u64) -> Vec<Step> {
                     limit,
                     weight,
                     ttl_ms: [5, 50, 100, 300, 1_000, 5_000, 20_000][pick(7)],
-                    mode: [QueueMode::Fifo, QueueMode::Fifo, QueueMode::Lottery, QueueMode::None][pick(4)],
+                    mode: match pick(4) {
+                        0 => QueueMode::None,
+                        1 => [QueueMode::Fifo, QueueMode::Lottery][pick(2)],
+                        _ if lock == 3 => QueueMode::Lottery,
+                        _ => QueueMode::Fifo,
+                    },
                     watch: pick(2) == 0,
                     extras: pick(3) == 0,
                 }
@@ -152,6 +175,7 @@ fn generate(seed: u64) -> Vec<Step> {
             73..=76 => StepKind::SetLimit { lock, limit: pick(6) as u32 },
             77..=82 => StepKind::Put { lock, ticket: tref(&mut pick), key: pick(3), value_bytes: 1 + pick(24) },
             83..=85 => StepKind::Delete { lock, ticket: tref(&mut pick), key: pick(3) },
+            86..=87 => StepKind::Clear { lock },
             _ => StepKind::Expire,
         };
         steps.push(Step { dt_ms, kind, round_trip: pick(25) == 0 });
@@ -330,6 +354,7 @@ fn run(seed: u64, steps: &[Step]) {
                     Some(t),
                 )
             }
+            StepKind::Clear { lock } => (Some(Op::ClearData { lock: name(*lock) }), None),
         };
         if let Some(op) = op {
             let lock_name = op.lock().as_str().to_string();
@@ -337,6 +362,18 @@ fn run(seed: u64, steps: &[Step]) {
             let reply = table.apply(op.clone(), at, &mut out);
             let (m_reply, m_out) = model.apply(&op, now, e);
             assert_eq!(reply, m_reply, "step {i} {op:?}: replies differ");
+            let reached = match reply {
+                Reply::TicketsFull { .. } => Some(0),
+                Reply::DataFull { .. } => Some(1),
+                Reply::DataCleared { .. } => Some(2),
+                Reply::LockBusy { .. } => Some(3),
+                Reply::QueueFull { .. } => Some(4),
+                Reply::TableFull { .. } => Some(5),
+                _ => None,
+            };
+            if let Some(k) = reached {
+                REACHED[k].fetch_add(1, Ordering::Relaxed);
+            }
             assert_eq!(out, m_out, "step {i} {op:?}: outputs differ");
             // A ticket that shows up claims its grant (or ends it).
             if let Some(t) = touched {
@@ -368,6 +405,9 @@ fn run(seed: u64, steps: &[Step]) {
         for lock in table.export().locks {
             assert!(lock.holders.iter().map(|h| h.weight).sum::<u32>() <= lock.limit, "permits over limit");
         }
+        let stats = table.stats();
+        assert!(stats.holders + stats.waiters <= u64::from(LIMITS.max_tickets_total), "step {i}: tickets over total");
+        assert!(stats.data_bytes <= LIMITS.max_data_bytes_total, "step {i}: data over total");
         assert_eq!(normalized(table.export()), model.export(), "step {i}: states differ");
         if step.round_trip {
             let state = table.export();
@@ -472,4 +512,12 @@ fn lock_table_matches_naive_model_over_random_histories() {
         );
     }
     println!("model steps checked: {steps_run}");
+    let reached: Vec<(&str, u64)> =
+        REACHED_NAMES.iter().zip(&REACHED).map(|(name, count)| (*name, count.load(Ordering::Relaxed))).collect();
+    println!("replies reached: {reached:?}");
+    if cases >= 1_000 {
+        for (name, count) in reached {
+            assert!(count > 0, "no history reached {name}");
+        }
+    }
 }

@@ -4,6 +4,7 @@
 
 mod api;
 mod auth;
+mod budgets;
 mod cli;
 mod client;
 mod compat;

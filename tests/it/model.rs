@@ -220,6 +220,20 @@ impl Model {
                 if bytes > max_bytes as usize {
                     return Reply::Rejected(CoreError::DataTooLarge { limit: "max_data_bytes", max: max_bytes.into() });
                 }
+                // The total: refused only if the write grows it past the maximum.
+                let before: usize = l.data.iter().map(|(k, v)| k.len() + v.len()).sum();
+                let others: usize = self
+                    .locks
+                    .iter()
+                    .filter(|o| o.name != *lock)
+                    .flat_map(|o| o.data.iter())
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum();
+                let max_total = self.limits.max_data_bytes_total;
+                if bytes > before && (others + bytes) as u64 > max_total {
+                    return Reply::DataFull { key: key.clone(), max_bytes: max_total };
+                }
+                let l = &mut self.locks[li];
                 Self::claim(l, *ticket, now);
                 l.data.retain(|(k, _)| k != key.as_str());
                 l.data.push((key.as_str().to_string(), value.to_string()));
@@ -236,6 +250,16 @@ impl Model {
                 let existed = l.data.iter().any(|(k, _)| k == key.as_str());
                 l.data.retain(|(k, _)| k != key.as_str());
                 Reply::DataDeleted { existed }
+            }
+            Op::ClearData { lock } => {
+                let Some(li) = self.find(lock) else { return Reply::LockUnknown };
+                let l = &mut self.locks[li];
+                if !l.holders.is_empty() || !l.waiters.is_empty() {
+                    return Reply::LockBusy { holders: l.holders.len() as u32, waiters: l.waiters.len() as u32 };
+                }
+                let keys = l.data.len() as u32;
+                l.data.clear();
+                Reply::DataCleared { keys }
             }
         }
     }
@@ -320,6 +344,10 @@ impl Model {
                     return Reply::Queued(l.queue_view(i));
                 }
             }
+        }
+        let tickets: usize = self.locks.iter().map(|l| l.holders.len() + l.waiters.len()).sum();
+        if tickets as u64 >= u64::from(lim.max_tickets_total) {
+            return Reply::TicketsFull { max_tickets: lim.max_tickets_total };
         }
         let kind = if a.queue == QueueMode::Lottery { QueueKind::Lottery } else { QueueKind::Fifo };
         let li = match existing {

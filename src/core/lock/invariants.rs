@@ -53,11 +53,11 @@ impl LockTable {
     /// - FIFO: a non-empty queue's head does not fit; lottery: a non-empty queue has a
     ///   candidate that does not fit, or no permit is free;
     /// - no lock is empty (no holder, no waiter, no data); data byte counts are exact;
-    /// - the global holder and waiter counts match.
+    /// - the global holder, waiter and data byte counts match.
     pub(super) fn check_contents(&self) -> Result<(), String> {
         let mut fences = Vec::with_capacity(self.holders as usize);
         let mut tickets = Vec::new();
-        let (mut holders, mut waiters) = (0u64, 0u64);
+        let (mut holders, mut waiters, mut data_bytes) = (0u64, 0u64, 0u64);
         for lock in self.slots.iter().flatten() {
             let name = lock.name.as_str();
             if !lock.has_participants() && lock.data.is_none() {
@@ -135,7 +135,11 @@ impl LockTable {
                 if bytes != data.bytes as usize {
                     return Err(format!("lock {name:?}: data bytes {} but entries hold {bytes}", data.bytes));
                 }
+                data_bytes += u64::from(data.bytes);
             }
+        }
+        if data_bytes != self.data_bytes {
+            return Err(format!("the data byte count says {}; locks hold {data_bytes}", self.data_bytes));
         }
         if holders != self.holders || waiters != self.waiters {
             return Err(format!(

@@ -18,6 +18,10 @@
 //!   watched gets a lease of `claim_ms` that becomes its full TTL when it shows up; an
 //!   unclaimed grant lapses like any expired lease and the next waiter goes in.
 //! - A lock is forgotten when it has no holder, no waiter and no data.
+//! - Totals: once holders and waiters together number `max_tickets_total`, an acquire that
+//!   would issue a new ticket is refused (admission only turns a waiter into a holder, so it
+//!   never trips it); a data write that grows the bytes of all locks together past
+//!   `max_data_bytes_total` is refused (one that does not grow them always passes).
 //!
 //! `expire(now)` first removes everything due at or before `now` (in deadline order), then
 //! admits, lock by lock, in the order of each lock's earliest due deadline (ties: ticket).
@@ -67,6 +71,30 @@ pub struct TableLimits {
     pub max_data_keys: u32,
     /// Most bytes of data (keys + values) per lock.
     pub max_data_bytes: u32,
+    /// Most bytes of data (keys + values) across all locks.
+    #[serde(default = "unbounded_u64")]
+    pub max_data_bytes_total: u64,
+    /// Most tickets (holders and waiters together) across all locks.
+    #[serde(default = "unbounded_u32")]
+    pub max_tickets_total: u32,
+    /// Most registered Small Resource Server resources. Enforced by the service, kept here
+    /// so that it is journaled and reloaded with the other limits.
+    #[serde(default = "unbounded_u32")]
+    pub max_resources: u32,
+    /// Most open event streams. Enforced by the service, kept here for the same reason.
+    #[serde(default = "unbounded_u32")]
+    pub max_event_streams: u32,
+}
+
+// The totals are absent from limits journaled before they existed. Those journals were
+// written (and their writes acknowledged) with no total at all, so a replay applies none:
+// the limits configured now take effect with the keeper's next `Configure` record.
+fn unbounded_u64() -> u64 {
+    u64::MAX
+}
+
+fn unbounded_u32() -> u32 {
+    u32::MAX
 }
 
 impl TableLimits {
@@ -81,6 +109,10 @@ impl TableLimits {
         claim_ms: 5_000,
         max_data_keys: 64,
         max_data_bytes: 64 * 1024,
+        max_data_bytes_total: 256 * 1024 * 1024,
+        max_tickets_total: 10_000_000,
+        max_resources: 100_000,
+        max_event_streams: 100_000,
     };
 }
 
@@ -254,6 +286,8 @@ pub struct TableStats {
     pub holders: u64,
     /// Queued waiters.
     pub waiters: u64,
+    /// Bytes of data (keys + values) across all locks.
+    pub data_bytes: u64,
     /// The fence the next grant will take.
     pub next_fence: u64,
 }
@@ -304,6 +338,8 @@ pub struct LockTable {
     next_fence: u64,
     holders: u64,
     waiters: u64,
+    /// Sum of every lock's data bytes.
+    data_bytes: u64,
 }
 
 fn hash_name(seed: u64, name: &str) -> u64 {
@@ -338,6 +374,7 @@ impl LockTable {
             next_fence: 1,
             holders: 0,
             waiters: 0,
+            data_bytes: 0,
         }
     }
 
@@ -357,6 +394,7 @@ impl LockTable {
             locks: self.index.len() as u64,
             holders: self.holders,
             waiters: self.waiters,
+            data_bytes: self.data_bytes,
             next_fence: self.next_fence,
         }
     }
@@ -450,6 +488,7 @@ impl LockTable {
             Op::SetLimit { lock, limit } => self.set_limit(&lock, limit, at, out),
             Op::PutData { lock, ticket, key, value } => self.put_data(&lock, ticket, key, value, at),
             Op::DeleteData { lock, ticket, key } => self.delete_data(&lock, ticket, &key, at),
+            Op::ClearData { lock } => self.clear_data(&lock),
         };
         self.debug_check();
         reply
@@ -475,6 +514,11 @@ impl LockTable {
                     return reply;
                 }
             }
+        }
+        // Past this point the caller is new here. Any acquire of a new ticket is refused
+        // at the total, whatever it would have been answered otherwise.
+        if self.holders + self.waiters >= u64::from(self.limits.max_tickets_total) {
+            return Reply::TicketsFull { max_tickets: self.limits.max_tickets_total };
         }
         let wanted_kind = match a.queue {
             QueueMode::Lottery => QueueKind::Lottery,
@@ -708,11 +752,19 @@ impl LockTable {
         if old_len.is_none() && keys >= max_keys as usize {
             return Reply::Rejected(CoreError::DataTooLarge { limit: "max_data_keys", max: max_keys.into() });
         }
-        let bytes = data.map_or(0, |d| d.bytes as usize) - old_len.unwrap_or(0) + key.as_str().len() + value.len();
+        let before = data.map_or(0, |d| d.bytes as usize);
+        let bytes = before - old_len.unwrap_or(0) + key.as_str().len() + value.len();
         if bytes > max_bytes as usize {
             return Reply::Rejected(CoreError::DataTooLarge { limit: "max_data_bytes", max: max_bytes.into() });
         }
+        // A write that does not grow the total is always let through, so data can shrink
+        // after a reload lowered the total below what is stored.
+        let total = self.data_bytes - before as u64 + bytes as u64;
+        if bytes > before && total > self.limits.max_data_bytes_total {
+            return Reply::DataFull { key, max_bytes: self.limits.max_data_bytes_total };
+        }
         self.claim(id, i, at.now_ms);
+        self.data_bytes = total;
         let data = self.lock_mut(id).data.get_or_insert_with(Default::default);
         data.entries.insert(key, value);
         data.bytes = bytes as u32;
@@ -734,11 +786,30 @@ impl LockTable {
         let Some(value) = data.entries.remove(key) else {
             return Reply::DataDeleted { existed: false };
         };
-        data.bytes -= (key.as_str().len() + value.len()) as u32;
+        let freed = key.as_str().len() + value.len();
+        data.bytes -= freed as u32;
         if data.entries.is_empty() {
             lock.data = None;
         }
+        self.data_bytes -= freed as u64;
         Reply::DataDeleted { existed: true }
+    }
+
+    /// Removes every data key of a lock nobody holds or waits for; the lock is then
+    /// forgotten. A lock in use keeps its data: its holder's writes are fenced, and a
+    /// removal behind its back would not be.
+    fn clear_data(&mut self, name: &LockName) -> Reply {
+        let Some(id) = self.find(name.as_str()) else {
+            return Reply::LockUnknown;
+        };
+        let lock = self.lock_mut(id);
+        if lock.has_participants() {
+            return Reply::LockBusy { holders: lock.holders.len() as u32, waiters: lock.queue_len() as u32 };
+        }
+        let data = lock.data.take().expect("a lock with no participants has data");
+        self.data_bytes -= u64::from(data.bytes);
+        self.forget_if_empty(id);
+        Reply::DataCleared { keys: data.entries.len() as u32 }
     }
 
     /// The reply to a holder-only operation from a ticket that is not a holder.

@@ -140,6 +140,12 @@ pub enum Op {
         /// The key.
         key: DataKey,
     },
+    /// Remove every data key of a lock that has no holder and no waiter (admin: a deleted
+    /// resource takes its data with it). The lock is forgotten.
+    ClearData {
+        /// The lock.
+        lock: LockName,
+    },
 }
 
 impl Op {
@@ -154,7 +160,8 @@ impl Op {
             | Op::Unwatch { lock, .. }
             | Op::SetLimit { lock, .. }
             | Op::PutData { lock, .. }
-            | Op::DeleteData { lock, .. } => lock,
+            | Op::DeleteData { lock, .. }
+            | Op::ClearData { lock } => lock,
         }
     }
 }
@@ -223,6 +230,20 @@ pub enum Reply {
         /// The maximum.
         max_locks: u32,
     },
+    /// The table holds the maximum number of tickets (holders and waiters together), so a
+    /// new ticket cannot be issued.
+    TicketsFull {
+        /// The maximum.
+        max_tickets: u32,
+    },
+    /// The write would take the data of all locks together past its maximum; nothing was
+    /// written.
+    DataFull {
+        /// The key that was not written.
+        key: DataKey,
+        /// The maximum, in bytes of keys and values.
+        max_bytes: u64,
+    },
     /// A lease was given up.
     Released {
         /// Fencing token of the lease that ended.
@@ -255,6 +276,18 @@ pub enum Reply {
     DataDeleted {
         /// The key existed.
         existed: bool,
+    },
+    /// Every data key of a lock was removed, and the lock with them.
+    DataCleared {
+        /// How many keys there were.
+        keys: u32,
+    },
+    /// The lock has holders or waiters; nothing changed.
+    LockBusy {
+        /// Holders.
+        holders: u32,
+        /// Waiters.
+        waiters: u32,
     },
     /// The input is malformed or out of range; nothing changed.
     Rejected(CoreError),

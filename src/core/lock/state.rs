@@ -166,6 +166,7 @@ impl LockTable {
                 data.bytes = data.bytes.saturating_add((key.as_str().len() + value.len()) as u32);
                 data.entries.insert(key.clone(), value.as_str().into());
             }
+            table.data_bytes += u64::from(data.bytes);
             table.holders += holders.len() as u64;
             table.waiters += waiters.len() as u64;
             let lock = table.lock_mut(id);

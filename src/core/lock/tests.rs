@@ -13,6 +13,10 @@ const LIMITS: TableLimits = TableLimits {
     claim_ms: 200,
     max_data_keys: 2,
     max_data_bytes: 64,
+    max_data_bytes_total: 1_000_000,
+    max_tickets_total: 1_000_000,
+    max_resources: 1_000,
+    max_event_streams: 1_000,
 };
 
 fn name(s: &str) -> LockName {
@@ -453,6 +457,111 @@ fn table_full_refuses_new_locks() {
     h.acquire("b", 1, 0, |_| {});
     assert_eq!(h.acquire("c", 1, 0, |_| {}), Reply::TableFull { max_locks: 2 });
     assert!(matches!(h.acquire("a", 2, 0, |_| {}), Reply::Queued(_)));
+}
+
+#[test]
+fn tickets_total_refuses_new_tickets_but_not_known_ones() {
+    let mut limits = LIMITS;
+    limits.max_tickets_total = 3;
+    let mut h = Harness::new();
+    h.table.set_limits(limits);
+    assert!(matches!(h.acquire("a", 1, 0, |_| {}), Reply::Held(_)));
+    assert!(matches!(h.acquire("a", 2, 0, |_| {}), Reply::Queued(_)));
+    assert!(matches!(h.acquire("b", 3, 0, |_| {}), Reply::Held(_)));
+    // Holders and waiters count alike: neither a new lease nor a new waiter is issued.
+    assert_eq!(h.acquire("c", 4, 0, |_| {}), Reply::TicketsFull { max_tickets: 3 });
+    assert_eq!(h.acquire("a", 4, 0, |_| {}), Reply::TicketsFull { max_tickets: 3 });
+    assert_eq!(h.table.stats().locks, 2, "a refused acquire creates no lock");
+    // Known tickets still renew or keep their place.
+    assert!(matches!(h.acquire("a", 9, 0, |a| a.ticket = Some(t(1))), Reply::Held(_)));
+    assert!(matches!(h.acquire("a", 9, 0, |a| a.ticket = Some(t(2))), Reply::Queued(_)));
+    // A release frees one ticket; the admitted waiter keeps its own (a waiter became a holder).
+    h.release("a", 1, 1);
+    assert_eq!(h.granted(), vec![t(2)]);
+    let stats = h.table.stats();
+    assert_eq!((stats.holders, stats.waiters), (2, 0));
+    assert!(matches!(h.acquire("c", 4, 1, |_| {}), Reply::Held(_)));
+    assert_eq!(h.acquire("d", 5, 1, |_| {}), Reply::TicketsFull { max_tickets: 3 });
+}
+
+#[test]
+fn data_total_refuses_growing_writes_and_is_kept_on_every_path() {
+    let mut limits = LIMITS;
+    limits.max_data_bytes_total = 20;
+    let mut h = Harness::new();
+    h.table.set_limits(limits.clone());
+    h.acquire("a", 1, 0, |_| {});
+    h.acquire("b", 2, 0, |_| {});
+    let key = |k: &str| DataKey::parse(k).unwrap();
+    let put = |lock: &str, ticket: u8, k: &str, v: &str| Op::PutData {
+        lock: name(lock),
+        ticket: t(ticket),
+        key: key(k),
+        value: v.into(),
+    };
+    // 1 + 9 bytes on each lock: 20 in total, exactly the maximum.
+    assert_eq!(h.op(put("a", 1, "x", "123456789"), 0), Reply::DataWritten { created: true });
+    assert_eq!(h.op(put("b", 2, "y", "123456789"), 0), Reply::DataWritten { created: true });
+    assert_eq!(h.table.stats().data_bytes, 20);
+    // One more byte anywhere is refused, naming the key, and nothing is written.
+    assert_eq!(h.op(put("a", 1, "z", ""), 0), Reply::DataFull { key: key("z"), max_bytes: 20 });
+    assert_eq!(h.op(put("b", 2, "y", "1234567890"), 0), Reply::DataFull { key: key("y"), max_bytes: 20 });
+    assert_eq!(h.table.data("b", "y"), Some("123456789"));
+    assert_eq!(h.table.data("a", "z"), None);
+    assert_eq!(h.table.stats().data_bytes, 20);
+    // Overwriting with the same size or smaller passes.
+    assert_eq!(h.op(put("b", 2, "y", "987654321"), 0), Reply::DataWritten { created: false });
+    assert_eq!(h.op(put("b", 2, "y", "1"), 0), Reply::DataWritten { created: false });
+    assert_eq!(h.table.stats().data_bytes, 12);
+    // Deleting frees bytes for others.
+    let del = Op::DeleteData { lock: name("a"), ticket: t(1), key: key("x") };
+    assert_eq!(h.op(del, 0), Reply::DataDeleted { existed: true });
+    assert_eq!(h.table.stats().data_bytes, 2);
+    assert_eq!(h.op(put("a", 1, "x", "12345678901234567"), 0), Reply::DataWritten { created: true });
+    assert_eq!(h.table.stats().data_bytes, 20);
+    // A lowered total keeps what is stored; writes that do not grow it still pass.
+    limits.max_data_bytes_total = 5;
+    h.table.set_limits(limits.clone());
+    assert_eq!(h.op(put("a", 1, "x", "1"), 0), Reply::DataWritten { created: false });
+    assert_eq!(h.table.stats().data_bytes, 4);
+    assert_eq!(h.op(put("b", 2, "q", "12"), 0), Reply::DataFull { key: key("q"), max_bytes: 5 });
+    // An import counts the bytes of what it loads.
+    let copy = LockTable::import(&h.table.export(), limits, 7).unwrap();
+    assert_eq!(copy.stats().data_bytes, 4);
+}
+
+#[test]
+fn clear_data_removes_the_data_of_an_idle_lock_and_refuses_a_busy_one() {
+    let mut h = Harness::new();
+    h.acquire("r", 1, 0, |_| {});
+    h.acquire("r", 2, 0, |_| {});
+    let put = Op::PutData { lock: name("r"), ticket: t(1), key: DataKey::parse("k").unwrap(), value: "\"v\"".into() };
+    assert_eq!(h.op(put, 0), Reply::DataWritten { created: true });
+    let clear = || Op::ClearData { lock: name("r") };
+    assert_eq!(h.op(clear(), 0), Reply::LockBusy { holders: 1, waiters: 1 });
+    h.release("r", 1, 0);
+    assert_eq!(h.op(clear(), 0), Reply::LockBusy { holders: 1, waiters: 0 });
+    assert_eq!(h.table.data("r", "k"), Some("\"v\""), "a busy lock keeps its data");
+    h.release("r", 2, 0);
+    assert_eq!(h.op(clear(), 0), Reply::DataCleared { keys: 1 });
+    assert_eq!((h.table.stats().locks, h.table.stats().data_bytes), (0, 0));
+    assert_eq!(h.op(clear(), 0), Reply::LockUnknown);
+}
+
+#[test]
+fn limits_journaled_before_the_totals_existed_load_with_no_total() {
+    let mut old = serde_json::to_value(TableLimits::DEFAULT).unwrap();
+    let fields = old.as_object_mut().unwrap();
+    for total in ["max_data_bytes_total", "max_tickets_total", "max_resources", "max_event_streams"] {
+        assert!(fields.remove(total).is_some(), "{total} is serialized");
+    }
+    let loaded: TableLimits = serde_json::from_value(old).unwrap();
+    assert_eq!(loaded.max_data_bytes_total, u64::MAX);
+    assert_eq!(
+        (loaded.max_tickets_total, loaded.max_resources, loaded.max_event_streams),
+        (u32::MAX, u32::MAX, u32::MAX)
+    );
+    assert_eq!(loaded.max_data_bytes, TableLimits::DEFAULT.max_data_bytes);
 }
 
 #[test]

@@ -273,3 +273,34 @@ fn outbox_calls_are_checked_before_they_reach_the_keeper() {
         "unknown fields are refused"
     );
 }
+
+#[test]
+fn resource_delete_plans_a_keeper_delete_and_answers_204_404_or_409() {
+    let p = plan_for(Method::Delete, "/resource/printer", "", None);
+    let name = LockName::parse("printer").unwrap();
+    assert_eq!(p, Plan::Ask { op: LockOp::DeleteResource { name }, finish: Finish::ResourceDelete, waits: false });
+    assert_eq!(status(&plan_for(Method::Delete, "/resource/a%2Fb", "", None)), 400, "an invalid name");
+    let f = Finish::ResourceDelete;
+    let deleted = finish(&f, &LockReply::ResourceDeleted);
+    assert_eq!((deleted.status, deleted.body.len()), (204, 0));
+    assert_eq!(finish(&f, &LockReply::ResourceUnknown).status, 404);
+    let busy = finish(&f, &LockReply::ResourceBusy);
+    assert_eq!((busy.status, json(&busy)["error"].as_str()), (409, Some("wrong_state")));
+}
+
+#[test]
+fn every_budget_refusal_is_a_503_with_its_own_code_and_retry_after() {
+    for (budget, code) in [
+        (Budget::Tickets, "tickets_full"),
+        (Budget::DataBytes, "data_full"),
+        (Budget::Resources, "resources_full"),
+        (Budget::EventStreams, "streams_full"),
+    ] {
+        let reply = LockReply::OverBudget { budget, limit: 3, message: "why".into() };
+        for f in [Finish::Acquire(LockName::parse("x").unwrap()), Finish::DataPut, Finish::CompatCreate] {
+            let r = finish(&f, &reply);
+            assert_eq!((r.status, json(&r)), (503, serde_json::json!({"error": code, "message": "why"})));
+            assert_eq!(header(&r, "Retry-After"), Some("1"));
+        }
+    }
+}
