@@ -81,7 +81,8 @@ impl RouteId {
             | Self::CompatGet
             | Self::CompatLock
             | Self::CompatPut
-            | Self::CompatUnlock => true,
+            | Self::CompatUnlock
+            | Self::ResourceDelete => true,
             Self::Healthz
             | Self::Readyz
             | Self::Metrics

@@ -383,12 +383,16 @@ impl Service {
     /// bounded quantity is added here and nowhere else.
     pub fn budgets(&self) -> Vec<BudgetUse> {
         let (table, limits) = (self.table.stats(), self.table.limits());
+        let (outbox, calls) = (self.calls.used(), self.calls.limits());
         vec![
             BudgetUse::new("locks", table.locks, limits.max_locks),
             BudgetUse::new("tickets", table.holders + table.waiters, limits.max_tickets_total),
             BudgetUse::new("data_bytes", table.data_bytes, limits.max_data_bytes_total),
             BudgetUse::new("resources", self.resources.len() as u64, limits.max_resources),
             BudgetUse::new("event_streams", self.stream_count, limits.max_event_streams),
+            BudgetUse::new("outbox_calls", outbox.calls, calls.max_entries),
+            BudgetUse::new("outbox_callbacks", outbox.callbacks, calls.max_callbacks),
+            BudgetUse::new("outbox_bytes", outbox.bytes, calls.max_total_bytes),
         ]
     }
 

@@ -453,7 +453,7 @@ fn budgets_list_every_bounded_quantity_with_its_use_and_limit() {
     w.request(1, 4, LockOp::CreateResource { name: LockName::parse("r").unwrap(), timeout_s: 0 });
     w.request(2, 1, LockOp::Watch { lock: lock(), ticket: holder.ticket });
     let budgets: Vec<(String, u64, u64)> = w.s.budgets().into_iter().map(|b| (b.name, b.used, b.limit)).collect();
-    let d = TableLimits::DEFAULT;
+    let (d, o) = (TableLimits::DEFAULT, crate::core::outbox::OutboxLimits::DEFAULT);
     assert_eq!(
         budgets,
         vec![
@@ -462,6 +462,9 @@ fn budgets_list_every_bounded_quantity_with_its_use_and_limit() {
             ("data_bytes".to_string(), 4, d.max_data_bytes_total),
             ("resources".to_string(), 1, u64::from(d.max_resources)),
             ("event_streams".to_string(), 1, u64::from(d.max_event_streams)),
+            ("outbox_calls".to_string(), 0, u64::from(o.max_entries)),
+            ("outbox_callbacks".to_string(), 0, u64::from(o.max_callbacks)),
+            ("outbox_bytes".to_string(), 0, o.max_total_bytes),
         ]
     );
     // A reload's new limits show at once.

@@ -489,5 +489,16 @@ fn r12_headers_count_in_a_calls_size_and_callbacks_cannot_crowd_out_calls() {
     for _ in 0..2 {
         assert_eq!(put(&mut c, serde_json::json!({"url": "https://h.example.com/", "not_before_ms": later})).0, 202);
     }
+    // Each budget's use and limit are in the metrics.
+    let metrics = String::from_utf8(c.get("/metrics").unwrap().body).unwrap();
+    for line in [
+        "leasehold_budget_used{budget=\"outbox_calls\"} 2",
+        "leasehold_budget_limit{budget=\"outbox_calls\"} 2",
+        "leasehold_budget_used{budget=\"outbox_callbacks\"} 1",
+        "leasehold_budget_limit{budget=\"outbox_callbacks\"} 1",
+        "leasehold_budget_limit{budget=\"outbox_bytes\"} 268435456",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in:\n{metrics}");
+    }
     sink.set_hold(false);
 }

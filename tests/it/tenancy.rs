@@ -149,6 +149,7 @@ fn r12_a_prefix_key_can_neither_see_nor_change_another_tenant_on_any_route() {
             RouteId::CompatLock => refused("/resource/team-b:res/sel/lock", ""),
             RouteId::CompatPut => refused("/resource/team-b:res/sel", r#"{"x":1}"#),
             RouteId::CompatUnlock => refused("/resource/team-b:res/sel/unlock", ""),
+            RouteId::ResourceDelete => refused("/resource/team-b:res", ""),
             RouteId::OutboxPut => {
                 // A call of one's own, which the other tenant in turn does not see.
                 let body = serde_json::json!({"url": "https://hooks.example.com/a", "not_before_ms": LATER_MS});
