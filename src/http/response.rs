@@ -144,7 +144,7 @@ mod tests {
     }
 
     #[test]
-    fn head_only_has_the_length_of_the_body_it_leaves_out() {
+    fn r12_head_only_has_the_length_of_the_body_it_leaves_out() {
         let r = Response::json(200, &serde_json::json!({"status": "ok"}));
         let mut full = Vec::new();
         r.encode(false, &mut full);
