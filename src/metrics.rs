@@ -9,6 +9,8 @@
 //! | `http_requests_total` | counter | `route`, `status` | workers |
 //! | `http_request_duration_seconds` | histogram | `route` | workers |
 //! | `open_connections` | gauge | `worker` | workers |
+//! | `unsent_bytes` | gauge | `worker` | workers |
+//! | `max_unsent_bytes` | gauge | | workers |
 //! | `connections_total` | counter | | workers |
 //! | `workers` | gauge | `state` (`configured`, `ready`) | master |
 //! | `restarts_total` | counter | `role` (`worker`, `keeper`) | master |
@@ -107,6 +109,12 @@ pub struct WorkerSnapshot {
     pub requests: Vec<RequestCount>,
     /// Latency by route.
     pub latency: Vec<RouteLatency>,
+    /// Response bytes queued for clients and not sent yet, over all connections.
+    #[serde(default)]
+    pub unsent_bytes: u64,
+    /// The per-connection limit of unsent bytes (`http.max_unsent_bytes`).
+    #[serde(default)]
+    pub max_unsent_bytes: u64,
 }
 
 /// One bounded quantity: how much is in use and its limit.
@@ -294,6 +302,19 @@ pub fn render(
     for w in &by_slot {
         let _ = writeln!(out, "leasehold_open_connections{{worker=\"{}\"}} {}", w.slot, w.open_connections);
     }
+    header(&mut out, "unsent_bytes", "gauge", "Response bytes queued for clients and not sent yet, by worker slot.");
+    for w in &by_slot {
+        let _ = writeln!(out, "leasehold_unsent_bytes{{worker=\"{}\"}} {}", w.slot, w.unsent_bytes);
+    }
+    header(
+        &mut out,
+        "max_unsent_bytes",
+        "gauge",
+        "Unsent response bytes of one connection above which it is not read (http.max_unsent_bytes).",
+    );
+    if let Some(limit) = workers.iter().map(|w| w.max_unsent_bytes).max() {
+        let _ = writeln!(out, "leasehold_max_unsent_bytes {limit}");
+    }
     header(&mut out, "connections_total", "counter", "Client connections accepted.");
     let _ = writeln!(out, "leasehold_connections_total {}", totals.connections_total);
     header(&mut out, "workers", "gauge", "Worker processes, configured and ready.");
@@ -374,6 +395,8 @@ mod tests {
             connections_total: open,
             requests: vec![RequestCount { route: "acquire".into(), status: 200, count: acquires }],
             latency: vec![RouteLatency { route: "acquire".into(), histogram: h }],
+            unsent_bytes: u64::from(slot) * 1000,
+            max_unsent_bytes: 1 << 20,
         }
     }
 
@@ -415,6 +438,8 @@ mod tests {
         assert!(text.contains("leasehold_http_request_duration_seconds_bucket{route=\"acquire\",le=\"+Inf\"} 9\n"));
         assert!(text.contains("leasehold_http_request_duration_seconds_bucket{route=\"acquire\",le=\"0.0001\"} 3\n"));
         assert!(text.contains("leasehold_leases 2\n"));
+        assert!(text.contains("leasehold_unsent_bytes{worker=\"1\"} 1000\n"), "{text}");
+        assert!(text.contains("leasehold_max_unsent_bytes 1048576\n"), "{text}");
         assert!(text.contains("leasehold_keeper_up 1\n"));
         assert!(text.contains("leasehold_budget_used{budget=\"locks\"} 3\n"), "{text}");
         assert!(text.contains("leasehold_budget_limit{budget=\"locks\"} 5000000\n"));

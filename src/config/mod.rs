@@ -53,6 +53,8 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
 /// Default idle time before a keep-alive connection is closed.
 pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 60_000;
+/// Default bytes of responses one connection may have queued before it stops being read.
+pub const DEFAULT_MAX_UNSENT_BYTES: u64 = 1024 * 1024;
 /// Default lease TTL when an acquire gives none.
 pub const DEFAULT_TTL_MS: u64 = 30_000;
 /// Default longest server-side wait of one acquire.
@@ -151,6 +153,8 @@ pub struct HttpConfig {
     pub header_timeout_ms: u64,
     /// Idle keep-alive time.
     pub keepalive_timeout_ms: u64,
+    /// Unsent response bytes of one connection above which it is not read.
+    pub max_unsent_bytes: u64,
 }
 
 /// `[locks]`: lease and queue rules.
@@ -318,6 +322,14 @@ fn validate(r: &mut Reader<'_>, env: &BTreeMap<String, String>) -> Config {
             DEFAULT_KEEPALIVE_TIMEOUT_MS,
             100,
             3_600_000,
+        ),
+        max_unsent_bytes: r.int(
+            "http",
+            "max_unsent_bytes",
+            "LEASEHOLD_MAX_UNSENT_BYTES",
+            DEFAULT_MAX_UNSENT_BYTES,
+            16 * 1024,
+            1 << 30,
         ),
     };
     let locks = validate_locks(r);

@@ -83,6 +83,19 @@ fn environment_overrides_the_file() {
 }
 
 #[test]
+fn max_unsent_bytes_defaults_to_1_mib_and_is_checked() {
+    assert_eq!(Config::defaults().http.max_unsent_bytes, DEFAULT_MAX_UNSENT_BYTES);
+    let c = Config::load(Some("[http]\nmax_unsent_bytes = 65536\n"), &[]).unwrap();
+    assert_eq!(c.http.max_unsent_bytes, 65_536);
+    let c = Config::load(None, &env(&[("LEASEHOLD_MAX_UNSENT_BYTES", "2_097_152")])).unwrap();
+    assert_eq!(c.http.max_unsent_bytes, 2 << 20);
+    for bad in ["0", "1024", "2147483648"] {
+        let problems = Config::load(Some(&format!("[http]\nmax_unsent_bytes = {bad}\n")), &[]).unwrap_err();
+        assert_eq!(problems[0].key(), "http.max_unsent_bytes", "{bad}: {problems:?}");
+    }
+}
+
+#[test]
 fn bad_environment_value_names_the_variable() {
     let problems = Config::load(None, &env(&[("LEASEHOLD_WORKERS", "many")])).unwrap_err();
     assert_eq!(problems[0].key(), "server.workers (from LEASEHOLD_WORKERS)");

@@ -11,8 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::parse::Request;
-use super::response::Response;
+use super::parse::{Method, Request};
+use super::response::{Response, EVENT_STREAM};
 use super::route::{compat_locks, query_param, RouteDef, RouteId};
 use super::status::{error, ErrorCode};
 use crate::config::Role;
@@ -28,6 +28,11 @@ use crate::service::resources::row_id;
 pub const X_TICKET: &str = "X-Ticket";
 /// Default page size of `GET /v1/locks`.
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
+/// Largest `Last-Event-ID` a stream continues from: 2^53 - 1, the largest integer every
+/// JSON and JavaScript client reads exactly, and far enough from `u64::MAX` that the ids
+/// after it never overflow. A larger id, or one that is not a decimal number, is ignored
+/// (the stream starts again at 1), as an unusable `Last-Event-ID` usually is.
+pub const MAX_LAST_EVENT_ID: u64 = (1 << 53) - 1;
 
 /// Settings the API needs from the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,6 +101,8 @@ pub enum Finish {
     Release(LockName),
     /// `GET …/tickets/{ticket}`.
     TicketStatus(LockName),
+    /// `HEAD …/events`: the stream's head if the ticket is known, without a stream.
+    EventsHead(LockName),
     /// `GET /v1/locks/{name}`.
     LockStatus,
     /// `GET /v1/locks`.
@@ -328,8 +335,11 @@ fn plan_inner(
             let lock = lock()?;
             let text = query_param(query, "ticket").ok_or_else(|| bad("events need ?ticket=<your ticket>"))?;
             let ticket = ticket_from(&text)?;
-            let last = req.last_event_id.as_deref().and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
-            Plan::Stream { lock, ticket, first_event_id: last.saturating_add(1) }
+            if req.method == Method::Head {
+                // Checked as GET checks it (a known ticket), answered with the head alone.
+                return Ok(ask(LockOp::Touch { lock: lock.clone(), ticket }, Finish::EventsHead(lock)));
+            }
+            Plan::Stream { lock, ticket, first_event_id: first_event_id(req.last_event_id.as_deref()) }
         }
         RouteId::LockStatus => ask(LockOp::Status { lock: lock()? }, Finish::LockStatus),
         RouteId::LockList => {
@@ -441,6 +451,18 @@ fn plan_inner(
             ask(LockOp::Release { lock: resource, ticket }, Finish::CompatUnlock)
         }
     })
+}
+
+/// The id of a stream's first event: one after `Last-Event-ID` if that is a usable id
+/// (decimal, at most [`MAX_LAST_EVENT_ID`]), else 1.
+pub fn first_event_id(last_event_id: Option<&str>) -> u64 {
+    let last = last_event_id
+        .map(str::trim)
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&id| id <= MAX_LAST_EVENT_ID)
+        .unwrap_or(0);
+    last + 1
 }
 
 fn compat_acquire(resource: LockName, ticket: Option<Ticket>, then: Then, s: &ApiSettings) -> LockOp {
@@ -638,6 +660,7 @@ pub fn finish(f: &Finish, reply: &LockReply) -> Response {
         (Finish::TicketStatus(lock), LockReply::Queued { place, eta_ms }) => {
             Response::json(200, &queued_body("queued", lock.as_str(), place, *eta_ms))
         }
+        (Finish::EventsHead(_), LockReply::Held { .. } | LockReply::Queued { .. }) => stream_head(),
         (Finish::LockStatus, LockReply::Lock(info)) => Response::json(200, info),
         (Finish::LockList, LockReply::Locks { locks, next_after }) => {
             #[derive(Serialize)]
@@ -736,7 +759,7 @@ pub fn finish(f: &Finish, reply: &LockReply) -> Response {
 
 /// The head of an event stream (its body follows, event by event, until it closes).
 pub fn stream_head() -> Response {
-    Response::text(200, "text/event-stream", String::new())
+    Response::text(200, EVENT_STREAM, String::new())
         .with_header("Cache-Control", "no-cache")
         .with_header("X-Accel-Buffering", "no")
 }

@@ -3,6 +3,18 @@
 //!
 //! - Keep-alive and pipelining: up to [`MAX_PIPELINE`] requests may wait for their
 //!   responses; past that the connection stops reading (back-pressure) until some are sent.
+//! - Unsent output is bounded: once the responses queued for the client (written or
+//!   waiting for an earlier one) reach `max_unsent_bytes`, no further request is parsed and
+//!   the socket is not read until the client has drained them below it. With the pipeline
+//!   limit this bounds a connection's memory to about `max_unsent_bytes` plus
+//!   [`MAX_PIPELINE`] responses, however many requests a client that never reads sends.
+//!   An event stream whose client falls that far behind is closed.
+//! - `HEAD` is answered as `GET` would be, without the body (its `Content-Length` is the
+//!   body's; an event-stream head has none, as for `GET`), and the connection stays open.
+//! - End of input (the client shut down its sending side): no request follows, those
+//!   received are still answered, then the connection closes. The shell may probe a
+//!   client that waits for a long answer with an interim `100 Continue` ([`Conn::probe`]):
+//!   a client that closed its socket altogether answers it with a reset.
 //! - Timeouts: a request (head and body) must arrive within `header_timeout_ms` of its first
 //!   byte (for the first request: of the accept), else 408; an idle keep-alive connection
 //!   closes after `keepalive_timeout_ms`; a client that stops reading its responses for
@@ -19,7 +31,7 @@
 
 use std::collections::VecDeque;
 
-use super::parse::{Limits, Parser, Progress, Request};
+use super::parse::{Limits, Method, Parser, Progress, Request};
 use super::response::{Response, CONTINUE};
 use super::status::{error, http_error, ErrorCode};
 
@@ -31,6 +43,12 @@ pub const DRAIN_IDLE_GRACE_MS: u64 = 1_000;
 pub const LINGER_MS: u64 = 2_000;
 /// Most bytes discarded while lingering.
 pub const MAX_LINGER_BYTES: usize = 1 << 20;
+/// Output buffer capacity kept once everything is sent (a larger buffer, grown for a big
+/// response, is given back).
+pub const KEEP_OUTPUT_CAPACITY_BYTES: usize = 64 * 1024;
+/// Written bytes at the front of the output buffer above which they are dropped before
+/// the rest is sent (so a client that always lags a little does not grow the buffer).
+const COMPACT_OUTPUT_BYTES: usize = 64 * 1024;
 
 /// Timeouts and limits of connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,6 +59,8 @@ pub struct ConnConfig {
     pub header_timeout_ms: u64,
     /// Idle (and stalled-reader) timeout.
     pub keepalive_timeout_ms: u64,
+    /// Unsent response bytes above which the connection is not read.
+    pub max_unsent_bytes: usize,
 }
 
 /// Identifies one request of one connection.
@@ -61,6 +81,10 @@ pub enum Status {
 enum Slot {
     Waiting {
         close: bool,
+        /// A `HEAD` request: the response goes without its body.
+        head_only: bool,
+        /// HTTP/1.1: the client accepts interim (1xx) responses.
+        interim: bool,
     },
     Ready {
         bytes: Vec<u8>,
@@ -91,6 +115,8 @@ enum Phase {
 pub struct Conn {
     input: Vec<u8>,
     input_start: usize,
+    /// Input is buffered that was not parsed for want of room (see [`Conn::resume`]).
+    input_parked: bool,
     parser: Parser,
     /// When the request being read started (accept time for the first request).
     request_started_ms: Option<u64>,
@@ -103,6 +129,8 @@ pub struct Conn {
     first_seq: Seq,
     output: Vec<u8>,
     written: usize,
+    /// Bytes of responses encoded but waiting for an earlier one (`Slot::Ready`).
+    ready_bytes: usize,
     phase: Phase,
     draining: bool,
 }
@@ -113,6 +141,7 @@ impl Conn {
         Self {
             input: Vec::new(),
             input_start: 0,
+            input_parked: false,
             parser: Parser::new(),
             request_started_ms: Some(now_ms),
             request_bytes: false,
@@ -122,6 +151,7 @@ impl Conn {
             first_seq: 0,
             output: Vec::new(),
             written: 0,
+            ready_bytes: 0,
             phase: Phase::Open,
             draining: false,
         }
@@ -136,10 +166,11 @@ impl Conn {
         }
     }
 
-    /// Whether the shell should read from the socket.
-    pub fn wants_read(&self) -> bool {
+    /// Whether the shell should read from the socket: not while the pipeline or the unsent
+    /// output is full, nor while input read earlier waits for [`Conn::resume`].
+    pub fn wants_read(&self, cfg: &ConnConfig) -> bool {
         match self.phase {
-            Phase::Open => self.slots.len() < MAX_PIPELINE,
+            Phase::Open => self.has_room(cfg) && !self.input_parked,
             // Read (and discard) to notice when the client goes.
             Phase::Lingering { .. } | Phase::Streaming => true,
             Phase::Closing { .. } | Phase::Done => false,
@@ -154,6 +185,18 @@ impl Conn {
     /// Bytes to write to the socket.
     pub fn output(&self) -> &[u8] {
         &self.output[self.written..]
+    }
+
+    /// Response bytes queued for the client and not sent yet (including responses that
+    /// wait for an earlier one).
+    pub fn unsent_bytes(&self) -> usize {
+        self.output.len() - self.written + self.ready_bytes
+    }
+
+    /// Whether another request may be taken: the pipeline and the unsent output both have
+    /// room.
+    fn has_room(&self, cfg: &ConnConfig) -> bool {
+        self.slots.len() < MAX_PIPELINE && self.unsent_bytes() < cfg.max_unsent_bytes
     }
 
     fn idle(&self) -> bool {
@@ -180,14 +223,15 @@ impl Conn {
         self.parse(now_ms, cfg, requests);
     }
 
-    /// Parses requests still buffered after the pipeline had been full (call after
-    /// responses were sent).
+    /// Parses requests still buffered after the pipeline or the unsent output had been full
+    /// (call after responses were sent, before reading more).
     pub fn resume(&mut self, now_ms: u64, cfg: &ConnConfig, requests: &mut Vec<(Seq, Box<Request>)>) {
         self.parse(now_ms, cfg, requests);
     }
 
     fn parse(&mut self, now_ms: u64, cfg: &ConnConfig, requests: &mut Vec<(Seq, Box<Request>)>) {
-        while self.phase == Phase::Open && self.slots.len() < MAX_PIPELINE && self.input_start < self.input.len() {
+        let mut need_more = false;
+        while self.phase == Phase::Open && self.has_room(cfg) && self.input_start < self.input.len() {
             if self.request_started_ms.is_none() {
                 self.request_started_ms = Some(now_ms);
             }
@@ -199,6 +243,7 @@ impl Conn {
                         self.output.extend_from_slice(CONTINUE);
                         self.write_progress_ms = now_ms;
                     }
+                    need_more = true;
                     break;
                 }
                 Ok(Progress::Done { request, consumed }) => {
@@ -207,7 +252,8 @@ impl Conn {
                     self.request_bytes = false;
                     let close = !request.keep_alive || self.draining;
                     let seq = self.first_seq + self.slots.len() as Seq;
-                    self.slots.push_back(Slot::Waiting { close });
+                    let head_only = request.method == Method::Head;
+                    self.slots.push_back(Slot::Waiting { close, head_only, interim: request.minor_version >= 1 });
                     if close {
                         self.phase = Phase::Closing { linger: false };
                     }
@@ -218,6 +264,9 @@ impl Conn {
                 }
             }
         }
+        // Whole requests left in the buffer for want of room: reading more before they are
+        // parsed would only pile input up.
+        self.input_parked = !need_more && self.input_start < self.input.len();
         if self.input_start > 0 && self.input_start * 2 > self.input.len() {
             self.input.drain(..self.input_start);
             self.input_start = 0;
@@ -228,6 +277,7 @@ impl Conn {
     fn fail(&mut self, response: &Response, now_ms: u64) {
         let mut bytes = Vec::new();
         response.encode(true, &mut bytes);
+        self.ready_bytes += bytes.len();
         self.slots.push_back(Slot::Ready { bytes, close: true });
         self.phase = Phase::Closing { linger: true };
         self.request_started_ms = None;
@@ -245,6 +295,7 @@ impl Conn {
         }
         let mut bytes = Vec::new();
         head.encode_stream_head(&mut bytes);
+        self.ready_bytes += bytes.len();
         *slot = Slot::Stream { head: bytes };
         self.flush_ready(now_ms);
     }
@@ -254,9 +305,15 @@ impl Conn {
         self.phase == Phase::Streaming
     }
 
-    /// Adds bytes to the stream (ignored if the connection is not streaming).
-    pub fn stream_push(&mut self, bytes: &[u8], now_ms: u64) {
+    /// Adds bytes to the stream (ignored if the connection is not streaming). A client
+    /// that has fallen `max_unsent_bytes` behind is dropped (it reconnects with
+    /// `Last-Event-ID`) rather than buffered for without end.
+    pub fn stream_push(&mut self, bytes: &[u8], now_ms: u64, cfg: &ConnConfig) {
         if self.phase == Phase::Streaming {
+            if self.unsent_bytes() + bytes.len() > cfg.max_unsent_bytes {
+                self.phase = Phase::Done;
+                return;
+            }
             if self.output.is_empty() {
                 self.write_progress_ms = now_ms;
             }
@@ -276,9 +333,16 @@ impl Conn {
     pub fn respond(&mut self, seq: Seq, response: &Response, now_ms: u64) {
         let Some(index) = seq.checked_sub(self.first_seq).map(|i| i as usize) else { return };
         let Some(slot) = self.slots.get_mut(index) else { return };
-        let Slot::Waiting { close } = *slot else { return };
+        let Slot::Waiting { close, head_only, .. } = *slot else { return };
+        let encode = |out: &mut Vec<u8>| {
+            if head_only {
+                response.encode_head_only(close, out);
+            } else {
+                response.encode(close, out);
+            }
+        };
         if index == 0 {
-            response.encode(close, &mut self.output);
+            encode(&mut self.output);
             self.slots.pop_front();
             self.first_seq += 1;
             if close {
@@ -288,9 +352,25 @@ impl Conn {
             self.flush_ready(now_ms);
         } else {
             let mut bytes = Vec::new();
-            response.encode(close, &mut bytes);
+            encode(&mut bytes);
+            self.ready_bytes += bytes.len();
             *slot = Slot::Ready { bytes, close };
         }
+    }
+
+    /// Sends an interim `100 Continue` if the client may take one now (the next response
+    /// due is for an HTTP/1.1 request and nothing else is being written). Returns whether
+    /// it was queued. A client that closed its socket altogether answers the bytes with a
+    /// reset, which the shell sees as an error on the socket; one that only shut down its
+    /// sending side skips the interim response, as HTTP/1.1 clients must.
+    pub fn probe(&mut self, now_ms: u64) -> bool {
+        let due = matches!(self.slots.front(), Some(Slot::Waiting { interim: true, .. }));
+        if !due || !self.output.is_empty() || matches!(self.phase, Phase::Lingering { .. } | Phase::Done) {
+            return false;
+        }
+        self.output.extend_from_slice(CONTINUE);
+        self.write_progress_ms = now_ms;
+        true
     }
 
     /// Moves responses that are ready, in order, to the output.
@@ -303,15 +383,17 @@ impl Conn {
             }
             match slot {
                 Slot::Ready { bytes, close } => {
+                    self.ready_bytes -= bytes.len();
                     self.output.extend_from_slice(&bytes);
                     if close {
                         self.close_after_output();
                     }
                 }
                 Slot::Stream { head } => {
+                    self.ready_bytes -= head.len();
                     self.output.extend_from_slice(&head);
                     // Nothing after a stream is answered: the stream is the connection's last.
-                    self.slots.clear();
+                    self.clear_slots();
                     self.request_started_ms = None;
                     self.phase = if self.draining { Phase::Closing { linger: false } } else { Phase::Streaming };
                     break;
@@ -326,7 +408,12 @@ impl Conn {
         let linger = matches!(self.phase, Phase::Closing { linger: true });
         self.phase = Phase::Closing { linger };
         // Nothing after a closing response is answered.
+        self.clear_slots();
+    }
+
+    fn clear_slots(&mut self) {
         self.slots.clear();
+        self.ready_bytes = 0;
     }
 
     /// `n` bytes of the output were written.
@@ -337,10 +424,16 @@ impl Conn {
         }
         if self.written == self.output.len() {
             self.output.clear();
+            if self.output.capacity() > KEEP_OUTPUT_CAPACITY_BYTES {
+                self.output = Vec::new();
+            }
             self.written = 0;
             if self.phase == Phase::Open && self.slots.is_empty() && self.request_started_ms.is_none() {
                 self.idle_since_ms = now_ms;
             }
+        } else if self.written >= COMPACT_OUTPUT_BYTES && self.written * 2 >= self.output.len() {
+            self.output.drain(..self.written);
+            self.written = 0;
         }
         self.maybe_finish(now_ms);
     }
@@ -354,7 +447,8 @@ impl Conn {
         }
     }
 
-    /// The peer closed its side: answer what is pending, then close.
+    /// The peer closed its side: answer what is pending (the last answer says
+    /// `Connection: close`), then close.
     pub fn on_peer_eof(&mut self, now_ms: u64) {
         match self.phase {
             Phase::Lingering { .. } | Phase::Streaming => self.phase = Phase::Done,
@@ -362,6 +456,9 @@ impl Conn {
                 if self.slots.is_empty() && self.output.is_empty() {
                     self.phase = Phase::Done;
                 } else {
+                    if let Some(Slot::Waiting { close, .. }) = self.slots.back_mut() {
+                        *close = true;
+                    }
                     self.phase = Phase::Closing { linger: false };
                     self.maybe_finish(now_ms);
                 }
@@ -384,7 +481,7 @@ impl Conn {
         if self.phase != Phase::Open {
             return;
         }
-        if let Some(Slot::Waiting { close } | Slot::Ready { close, .. }) = self.slots.back_mut() {
+        if let Some(Slot::Waiting { close, .. } | Slot::Ready { close, .. }) = self.slots.back_mut() {
             *close = true;
             self.phase = Phase::Closing { linger: false };
             return;

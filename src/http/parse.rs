@@ -12,7 +12,14 @@
 //!   alone, before any of the body is read);
 //! - two `Content-Length`s, a bad one, `Transfer-Encoding` with `Content-Length`, two
 //!   `Transfer-Encoding`s, two `Host`s, or HTTP/1.1 without `Host` → 400;
+//! - two `x-api-key` fields (which key would decide?) → 400;
 //! - a transfer coding other than `chunked` → 501.
+//!
+//! Request targets (RFC 9112 §3.2): the origin form (`/path?query`) and the absolute form
+//! (`http://host:port/path?query`, which a server must accept; it is reduced to its path
+//! and query, since nothing here is routed by host). `OPTIONS *` and `CONNECT` are valid
+//! HTTP that this server does not implement → 501; the asterisk and authority forms with
+//! any other method, or another scheme → 400.
 //!
 //! Only the header fields the server uses are kept; the rest are checked for syntax and
 //! dropped.
@@ -139,7 +146,8 @@ impl Method {
 pub struct Request {
     /// The method.
     pub method: Method,
-    /// The request target as sent (origin form: path and query).
+    /// The request target in origin form (path and query; an absolute-form target is
+    /// reduced to these).
     pub target: String,
     /// 0 for HTTP/1.0, 1 for HTTP/1.1.
     pub minor_version: u8,
@@ -243,6 +251,38 @@ fn header_text(v: &[u8]) -> Result<String, HttpError> {
         .map_err(|_| HttpError::BadRequest("a header value is not valid UTF-8"))
 }
 
+/// The origin form (path and query) of a request target, or why it is refused.
+fn origin_form(method: &str, target: &str) -> Result<String, HttpError> {
+    if method == "CONNECT" {
+        return Err(HttpError::NotImplemented("CONNECT is not supported: this server is not a proxy"));
+    }
+    if target.starts_with('/') {
+        return Ok(target.to_string());
+    }
+    if target == "*" {
+        return Err(if method == "OPTIONS" {
+            HttpError::NotImplemented("OPTIONS * is not supported")
+        } else {
+            HttpError::BadRequest("the asterisk form (*) is only for OPTIONS")
+        });
+    }
+    let Some((scheme, rest)) = target.split_once("://") else {
+        return Err(HttpError::BadRequest(
+            "the request target must be a path starting with '/' or an absolute http URI",
+        ));
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return Err(HttpError::BadRequest("the request target's scheme must be http or https"));
+    }
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    if authority.is_empty() || authority.contains('@') {
+        return Err(HttpError::BadRequest("the request target's authority must be a host (and port), nothing else"));
+    }
+    // `http://host` and `http://host?q` name the path "/" (RFC 9112 §3.2.1).
+    Ok(if path.starts_with('/') { path.to_string() } else { format!("/{path}") })
+}
+
 impl Parser {
     /// A parser at the start of a request.
     pub fn new() -> Self {
@@ -322,12 +362,10 @@ impl Parser {
         let (Some(method), Some(target), Some(minor_version)) = (parsed.method, parsed.path, parsed.version) else {
             return Err(HttpError::BadRequest("malformed request line"));
         };
-        if !target.starts_with('/') {
-            return Err(HttpError::BadRequest("the request target must be a path starting with '/'"));
-        }
+        let target = origin_form(method, target)?;
         let mut request = Box::new(Request {
             method: Method::from_token(method),
-            target: target.to_string(),
+            target,
             minor_version,
             keep_alive: minor_version == 1,
             api_key: None,
@@ -336,7 +374,7 @@ impl Parser {
             expect_continue: false,
             body: Vec::new(),
         });
-        let (mut hosts, mut lengths, mut codings) = (0, 0, 0);
+        let (mut hosts, mut lengths, mut codings, mut keys) = (0, 0, 0, 0);
         let mut content_length: Option<usize> = None;
         let mut chunked = false;
         for h in parsed.headers.iter() {
@@ -372,6 +410,7 @@ impl Parser {
                 }
                 request.expect_continue = true;
             } else if name.eq_ignore_ascii_case("x-api-key") {
+                keys += 1;
                 request.api_key = Some(header_text(h.value)?);
             } else if name.eq_ignore_ascii_case("x-ticket") {
                 request.ticket = Some(header_text(h.value)?);
@@ -393,6 +432,9 @@ impl Parser {
         }
         if hosts > 1 {
             return Err(HttpError::BadRequest("more than one Host"));
+        }
+        if keys > 1 {
+            return Err(HttpError::BadRequest("more than one x-api-key header"));
         }
         if hosts == 0 && minor_version == 1 {
             return Err(HttpError::BadRequest("missing Host header"));

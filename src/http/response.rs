@@ -5,6 +5,8 @@ use serde::Serialize;
 
 /// The interim response sent when a client asked `Expect: 100-continue`.
 pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+/// The content type of event streams (their heads carry no length).
+pub const EVENT_STREAM: &str = "text/event-stream";
 
 /// One response.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +45,13 @@ impl Response {
         out.reserve(128 + self.body.len());
         self.encode_head(Some(self.body.len()), close, out);
         out.extend_from_slice(&self.body);
+    }
+
+    /// Appends the response to a `HEAD` request: the head `encode` would write (its
+    /// `Content-Length` is the body's, and an event stream's head has none), no body.
+    pub fn encode_head_only(&self, close: bool, out: &mut Vec<u8>) {
+        let length = (self.content_type != EVENT_STREAM).then_some(self.body.len());
+        self.encode_head(length, close, out);
     }
 
     /// Appends the head of a stream that lasts until the connection closes: no length,
@@ -132,6 +141,25 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\nContent-Length: 20\r\nX-Ticket: abc\r\nConnection: close\r\n\r\n{\"unavailable\":true}"
         );
+    }
+
+    #[test]
+    fn r12_head_only_has_the_length_of_the_body_it_leaves_out() {
+        let r = Response::json(200, &serde_json::json!({"status": "ok"}));
+        let mut full = Vec::new();
+        r.encode(false, &mut full);
+        let mut head = Vec::new();
+        r.encode_head_only(false, &mut head);
+        assert_eq!(full, [head.as_slice(), br#"{"status":"ok"}"#].concat());
+        let stream = Response::text(200, EVENT_STREAM, String::new());
+        let mut get = Vec::new();
+        stream.encode_stream_head(&mut get);
+        let mut head = Vec::new();
+        stream.encode_head_only(false, &mut head);
+        let text = String::from_utf8(head).unwrap();
+        assert!(!text.contains("Content-Length"), "{text}");
+        assert!(!text.contains("Connection: close"), "{text}");
+        assert_eq!(text, String::from_utf8(get).unwrap().replace("Connection: close\r\n", ""));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The one route table: method + path pattern → route, with the role it needs. Path
 //! parameters are percent-decoded; the handlers validate them (lock names, tickets).
-//! Unknown paths are 404; a known path with another method is 405 with `Allow`.
+//! Unknown paths are 404; a known path with another method is 405 with `Allow`. `HEAD`
+//! takes every `GET` route (answered as `GET` would be, without the body) and is listed
+//! in `Allow` wherever `GET` is.
 
 use super::parse::Method;
 use crate::config::Role;
@@ -258,6 +260,12 @@ fn match_path<'a>(pattern: &str, path: &'a str, params: &mut Vec<&'a str>) -> bo
     }
 }
 
+/// Whether a row for `row_method` serves a request with `method`: the same method, or
+/// `HEAD` on a `GET` row.
+fn serves(row_method: Method, method: Method) -> bool {
+    row_method == method || (row_method == Method::Get && method == Method::Head)
+}
+
 /// Finds the route for `method` and `target` (path and query).
 pub fn route(method: Method, target: &str) -> Result<Matched<'_>, RouteError> {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -267,9 +275,11 @@ pub fn route(method: Method, target: &str) -> Result<Matched<'_>, RouteError> {
         if !match_path(def.pattern, path, &mut raw) {
             continue;
         }
-        if let Some(only) = def.method.filter(|m| *m != method) {
-            if !allow.contains(&only.as_str()) {
-                allow.push(only.as_str());
+        if let Some(only) = def.method.filter(|m| !serves(*m, method)) {
+            for m in [Some(only), (only == Method::Get).then_some(Method::Head)].into_iter().flatten() {
+                if !allow.contains(&m.as_str()) {
+                    allow.push(m.as_str());
+                }
             }
             continue;
         }
@@ -346,5 +356,30 @@ pub(crate) mod tests {
             Err(RouteError::MethodNotAllowed { allow: "POST".into() })
         );
         assert_eq!(route(Method::Post, "/healthz/"), Err(RouteError::NotFound));
+        assert_eq!(
+            route(Method::Post, "/v1/locks/x/data/k"),
+            Err(RouteError::MethodNotAllowed { allow: "GET, HEAD, PUT, DELETE".into() })
+        );
+    }
+
+    #[test]
+    fn r12_head_takes_every_get_route_and_nothing_else() {
+        for def in ROUTES {
+            let path = example_path(def.pattern);
+            match (def.method, route(Method::Head, &path)) {
+                (Some(Method::Get) | None, Ok(m)) => assert_eq!(m.def.id, def.id, "{}", def.pattern),
+                (Some(Method::Get) | None, Err(e)) => panic!("HEAD {path}: {e:?}"),
+                // Another row of the same path may be a GET row (data keys, tickets).
+                (Some(_), found) => assert!(
+                    found.as_ref().is_ok_and(|m| m.def.method == Some(Method::Get))
+                        || matches!(&found, Err(RouteError::MethodNotAllowed { allow }) if !allow.contains("HEAD")),
+                    "HEAD {path}: {found:?}"
+                ),
+            }
+        }
+        assert_eq!(
+            route(Method::Head, "/v1/locks/x/acquire"),
+            Err(RouteError::MethodNotAllowed { allow: "POST".into() })
+        );
     }
 }

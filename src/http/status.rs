@@ -3,7 +3,7 @@
 //!
 //! | code | status | when |
 //! |---|---|---|
-//! | `bad_request` | 400 | malformed request, body or argument |
+//! | `bad_request` | 400 | malformed request, body or argument; an ambiguous one (two `Host`, `Content-Length` or `x-api-key` fields) |
 //! | `unauthorized` | 401 | no key, or an unknown key, while keys are configured |
 //! | `forbidden` | 403 | the key's role or prefix does not allow this; a non-loopback client with no keys configured |
 //! | `not_found` | 404 | no such route, lock, data key or resource |
@@ -22,7 +22,7 @@
 //! | `queue_full` | 429 | the lock's queue is at `max_waiters_per_lock` (`Retry-After`) |
 //! | `header_too_large` | 431 | header section over `max_header_bytes` |
 //! | `internal` | 500 | a bug; the message says what |
-//! | `not_implemented` | 501 | a transfer coding other than chunked |
+//! | `not_implemented` | 501 | a transfer coding other than chunked; `CONNECT`; `OPTIONS *` |
 //! | `keeper_unavailable` | 503 | the keeper is restarting (`Retry-After`) |
 //! | `overloaded` | 503 | the worker is at `max_connections` (`Retry-After`) |
 //! | `table_full` | 503 | the table holds `max_locks` locks (`Retry-After`) |

@@ -37,8 +37,8 @@ pub struct Boot {
 pub fn boot(name: &str, master_pid: i32, control_token: Token) -> Result<Boot, String> {
     process::set_name(name);
     // The terminal's Ctrl-C and hang-up reach the whole process group; the master decides
-    // what happens to its children. SIGUSR1 would kill by default.
-    for s in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1] {
+    // what happens to its children. SIGUSR1 and SIGUSR2 would kill by default.
+    for s in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2] {
         signals::ignore(s);
     }
     process::check_parent(master_pid).map_err(|e| e.to_string())?;

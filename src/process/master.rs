@@ -15,6 +15,9 @@
 //! - SIGUSR1/SIGHUP: `RELOADING=1`, read and validate the configuration (an invalid one is
 //!   refused with every problem logged, and nothing changes), then replace the workers one
 //!   slot at a time, each new worker ready before the old one drains; `READY=1`.
+//! - SIGUSR2 (kept for binary upgrades), SIGALRM, SIGVTALRM, SIGPROF, SIGXFSZ, SIGIO and
+//!   SIGPWR would end the master (and with it the service) by default: they are logged and
+//!   ignored. SIGPIPE is ignored without a word (a write to a closed socket is an error).
 //! - fd-passing: the master accepts, picks a worker (least-connections fed by the workers'
 //!   close reports, or round-robin) and sends the connection over SCM_RIGHTS; a failed
 //!   hand-off is re-routed, and with no worker ready the connection waits (bounded) for one.
@@ -41,9 +44,20 @@ use crate::sys::clock::{monotonic_usec, Monotonic};
 use crate::sys::fdpass;
 use crate::sys::notify::Notifier;
 use crate::sys::process::{self, Exit};
-use crate::sys::signals::{Signal, SignalSource};
+use crate::sys::signals::{self, Signal, SignalSource};
 
 const SIGNALS: Token = Token(0);
+/// Signals a user may plausibly send whose default action would end the master, and that
+/// mean nothing to it (yet): each is logged and ignored.
+const IGNORED_SIGNALS: &[Signal] = &[
+    Signal::SIGUSR2,
+    Signal::SIGALRM,
+    Signal::SIGVTALRM,
+    Signal::SIGPROF,
+    Signal::SIGXFSZ,
+    Signal::SIGIO,
+    Signal::SIGPWR,
+];
 const LISTENER_BASE: usize = 16;
 const CHILD_BASE: usize = 1 << 20;
 /// Kernel accept queue of each listening socket (capped by `net.core.somaxconn`).
@@ -292,9 +306,10 @@ impl Master {
         let slots = worker_count(&config);
         let (mut listeners, addresses) = bind_all(&config, slots)?;
         let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
-        let mut signals =
-            SignalSource::new(&[Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR1, Signal::SIGHUP, Signal::SIGCHLD])
-                .map_err(|e| format!("cannot catch signals: {e}"))?;
+        signals::ignore(Signal::SIGPIPE);
+        let handled = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR1, Signal::SIGHUP, Signal::SIGCHLD];
+        let mut signals = SignalSource::new(&[&handled[..], IGNORED_SIGNALS].concat())
+            .map_err(|e| format!("cannot catch signals: {e}"))?;
         poll.registry()
             .register(signals.source(), SIGNALS, Interest::READABLE)
             .map_err(|e| format!("cannot watch signals: {e}"))?;
@@ -467,6 +482,9 @@ impl Master {
                     for (pid, exit) in process::reap() {
                         self.on_child_exit(pid, exit);
                     }
+                }
+                other if IGNORED_SIGNALS.contains(&other) => {
+                    log::warn!("{}: ignored (it means nothing to leasehold)", other.as_str());
                 }
                 _ => {}
             }

@@ -92,6 +92,7 @@ impl Settings {
                 },
                 header_timeout_ms: config.http.header_timeout_ms,
                 keepalive_timeout_ms: config.http.keepalive_timeout_ms,
+                max_unsent_bytes: usize::try_from(config.http.max_unsent_bytes).unwrap_or(usize::MAX),
             },
             access: Access::new(config.auth.keys.clone(), config.auth.insecure_anonymous),
             max_connections: config.server.max_connections as usize,
@@ -305,7 +306,9 @@ impl Worker {
                     FDS => self.on_fd_records(),
                     KEEPER => self.on_keeper(),
                     Token(t) if (LISTENER_BASE..CONN_BASE).contains(&t) => self.on_accept(t - LISTENER_BASE),
-                    Token(t) => self.on_client_event(t - CONN_BASE, event.is_readable(), event.is_writable()),
+                    Token(t) => {
+                        self.on_client_event(t - CONN_BASE, event.is_readable(), event.is_writable(), event.is_error())
+                    }
                 }
             }
             let now = self.turn_ms();
@@ -504,11 +507,12 @@ impl Worker {
                 let now = self.turn_ms();
                 let event = api::sse_event(first_event_id, name, &data);
                 self.record(p.label, 200, p.started_us);
+                let cfg = self.settings.conn;
                 let Some(c) = self.client(p.slot, p.client_id) else { return };
                 c.conn.respond_stream(p.seq, &api::stream_head(), now);
-                c.conn.stream_push(&event, now);
-                c.events =
-                    Some(EventStream { lock: lock.clone(), ticket, next_id: first_event_id + 1, last_write_ms: now });
+                c.conn.stream_push(&event, now, &cfg);
+                let next_id = first_event_id.saturating_add(1);
+                c.events = Some(EventStream { lock: lock.clone(), ticket, next_id, last_write_ms: now });
                 self.streams.entry((lock, ticket)).or_default().push((p.slot, p.client_id));
                 self.dirty.push(p.slot);
             }
@@ -520,13 +524,15 @@ impl Worker {
         let Some(watchers) = self.streams.get(&key).cloned() else { return };
         let (name, data, terminal) = api::stream_event(&key.0, event);
         let now = self.turn_ms();
+        let cfg = self.settings.conn;
         for (slot, client_id) in watchers {
             let Some(c) = self.client(slot, client_id) else { continue };
             let Some(s) = c.events.as_mut() else { continue };
             let bytes = api::sse_event(s.next_id, name, &data);
-            s.next_id += 1;
+            // Ids start at most at MAX_LAST_EVENT_ID + 1: no stream lives to see this saturate.
+            s.next_id = s.next_id.saturating_add(1);
             s.last_write_ms = now;
-            c.conn.stream_push(&bytes, now);
+            c.conn.stream_push(&bytes, now, &cfg);
             if terminal {
                 c.conn.stream_end(now);
             }
@@ -678,7 +684,19 @@ impl Worker {
         self.read_client(slot);
     }
 
-    fn on_client_event(&mut self, slot: usize, readable: bool, writable: bool) {
+    fn on_client_event(&mut self, slot: usize, readable: bool, writable: bool, error: bool) {
+        if error {
+            // A reset (for one, the answer of a closed socket to a probe): the client is
+            // gone, and so are its waits. Anything else pending on the socket is left to
+            // the read or write that meets it.
+            if let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) {
+                if matches!(c.stream.take_error(), Ok(Some(_))) {
+                    c.conn.abort();
+                    self.dirty.push(slot);
+                    return;
+                }
+            }
+        }
         if readable {
             if let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) {
                 c.read_pending = true;
@@ -695,15 +713,19 @@ impl Worker {
         let mut requests = Vec::new();
         {
             let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else { return };
-            while c.read_pending && c.conn.wants_read() {
+            while c.read_pending && c.conn.wants_read(&self.settings.conn) {
                 match c.stream.read(&mut self.read_buf) {
                     Ok(0) => {
                         c.read_pending = false;
+                        // No more requests; those received are still answered. A client
+                        // that waits for a lock may have shut down only its sending side
+                        // (it still reads) or closed its socket (it has left): a probe
+                        // tells them apart, since a closed socket answers it with a reset,
+                        // and a client that has left has its waits cancelled rather than
+                        // answered to nobody.
                         c.conn.on_peer_eof(now);
-                        // A client that hangs up while it waits for a lock has left: its
-                        // waits are cancelled rather than answered to nobody.
                         if !c.waits.is_empty() {
-                            c.conn.abort();
+                            c.conn.probe(now);
                         }
                     }
                     Ok(n) => {
@@ -757,19 +779,17 @@ impl Worker {
         };
         match status {
             Status::Open => {
-                // Answers sent may have made room in the pipeline: read or parse what waits.
+                // Answers sent may have made room: parse what is buffered first, then read
+                // more if there is still room.
                 let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else { return };
-                if !c.conn.wants_read() {
-                    return;
+                let mut requests = Vec::new();
+                c.conn.resume(now, &self.settings.conn, &mut requests);
+                let read = c.read_pending && c.conn.wants_read(&self.settings.conn);
+                for (seq, request) in requests {
+                    self.dispatch(slot, seq, &request);
                 }
-                if c.read_pending {
+                if read {
                     self.read_client(slot);
-                } else {
-                    let mut requests = Vec::new();
-                    c.conn.resume(now, &self.settings.conn, &mut requests);
-                    for (seq, request) in requests {
-                        self.dispatch(slot, seq, &request);
-                    }
                 }
             }
             Status::Linger => {
@@ -833,7 +853,7 @@ impl Worker {
             let Some(c) = self.clients[slot].as_mut() else { continue };
             if let Some(s) = c.events.as_mut().filter(|s| now >= s.last_write_ms + SSE_PING_MS) {
                 s.last_write_ms = now;
-                c.conn.stream_push(api::SSE_PING, now);
+                c.conn.stream_push(api::SSE_PING, now, &self.settings.conn);
                 self.dirty.push(slot);
             }
         }
@@ -982,12 +1002,15 @@ impl Worker {
             .map(|(route, h)| RouteLatency { route: route.to_string(), histogram: h.clone() })
             .collect();
         latency.sort_by(|a, b| a.route.cmp(&b.route));
+        let unsent_bytes = self.clients.iter().flatten().map(|c| c.conn.unsent_bytes() as u64).sum();
         WorkerSnapshot {
             slot: self.slot,
             open_connections: self.open as u64,
             connections_total: self.stats.connections_total,
             requests,
             latency,
+            unsent_bytes,
+            max_unsent_bytes: self.settings.conn.max_unsent_bytes as u64,
         }
     }
 }

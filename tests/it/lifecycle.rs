@@ -331,3 +331,30 @@ fn a_second_server_on_a_port_in_use_refuses_to_start_in_either_dispatch_mode() {
         assert_eq!(acquire(&mut other, "only-one-table").unwrap().status, 409);
     }
 }
+
+#[test]
+fn r12_sigusr2_and_other_stray_signals_are_logged_and_ignored() {
+    let mut s = Server::start(&config("workers = 1", ""));
+    let children = s.children();
+    let mut c = Client::connect(s.addr).unwrap();
+    assert_eq!(acquire(&mut c, "before-usr2").unwrap().status, 200);
+    s.signal(Signal::SIGUSR2);
+    s.wait_log("SIGUSR2: ignored");
+    // Each logged line proves the master handled the signal before the next is sent.
+    for signal in [Signal::SIGALRM, Signal::SIGVTALRM, Signal::SIGPROF, Signal::SIGXFSZ, Signal::SIGIO, Signal::SIGPWR]
+    {
+        s.signal(signal);
+        s.wait_log(&format!("{}: ignored", signal.as_str()));
+    }
+    // SIGPIPE is ignored silently; a request after it shows the master (and its children) live on.
+    s.signal(Signal::SIGPIPE);
+    assert_eq!(once(s.addr, "GET", "/healthz", &[], "").status, 200);
+    assert_eq!(acquire(&mut c, "after-usr2").unwrap().status, 200, "the same keep-alive connection still works");
+    assert_eq!(once(s.addr, "GET", "/readyz", &[], "").status, 200);
+    assert!(!s.notes.iter().any(|n| n.contains("STOPPING=1")), "{:?}", s.notes);
+    assert_eq!(s.children(), children, "no child was replaced");
+    // It still stops cleanly afterwards.
+    s.signal(Signal::SIGTERM);
+    let (status, _) = s.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{}", s.log());
+}

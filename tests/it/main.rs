@@ -1,6 +1,6 @@
 //! The one integration test binary: model-based tests of the core, the configuration and
 //! command-line behaviour of the real binary, the layering rule, and end-to-end tests of
-//! the real server (HTTP, dispatch, lifecycle).
+//! the real server (HTTP, dispatch, lifecycle, hostile clients).
 
 mod api;
 mod auth;
@@ -10,6 +10,7 @@ mod client;
 mod compat;
 mod dispatch;
 mod durability;
+mod hostile;
 mod layering;
 mod lifecycle;
 mod lock_props;

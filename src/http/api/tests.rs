@@ -109,6 +109,52 @@ fn events_need_a_ticket_and_resume_after_the_last_id() {
 }
 
 #[test]
+fn r12_a_last_event_id_that_cannot_be_continued_is_ignored() {
+    let first = |last: &str| {
+        let mut req = request(Method::Get, &format!("/v1/locks/a/events?ticket={T}"), "", None);
+        req.last_event_id = Some(last.into());
+        let m = route(Method::Get, &req.target).unwrap();
+        match plan(m.def, &m.params, m.query, &req, &S, "", Role::Write) {
+            Plan::Stream { first_event_id, .. } => first_event_id,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(first(" 41 "), 42);
+    assert_eq!(first(&MAX_LAST_EVENT_ID.to_string()), MAX_LAST_EVENT_ID + 1);
+    // Ids that would leave no room to count on (or overflow at once) start over at 1.
+    for last in [
+        (MAX_LAST_EVENT_ID + 1).to_string(),
+        (u64::MAX - 1).to_string(),
+        u64::MAX.to_string(),
+        "99999999999999999999999".into(),
+        "+5".into(),
+        "-1".into(),
+        "abc".into(),
+        "".into(),
+    ] {
+        assert_eq!(first(&last), 1, "{last:?}");
+    }
+}
+
+#[test]
+fn r12_head_of_events_checks_the_ticket_without_opening_a_stream() {
+    let target = format!("/v1/locks/a/events?ticket={T}");
+    match plan_for(Method::Head, &target, "", None) {
+        Plan::Ask { op: LockOp::Touch { .. }, finish: Finish::EventsHead(_), waits: false } => {}
+        other => panic!("{other:?}"),
+    }
+    let lock = LockName::parse("a").unwrap();
+    let held = finish(&Finish::EventsHead(lock.clone()), &LockReply::Held { lease: lease(), at_ms: 1 });
+    assert_eq!(held, stream_head());
+    let queued = finish(&Finish::EventsHead(lock.clone()), &LockReply::Queued { place: place(), eta_ms: None });
+    assert_eq!(queued, stream_head());
+    // An unknown ticket: the error GET would answer.
+    let gone = finish(&Finish::EventsHead(lock.clone()), &LockReply::TicketUnknown);
+    assert_eq!(gone, finish(&Finish::TicketStatus(lock), &LockReply::TicketUnknown));
+    assert_eq!(gone.status, 410);
+}
+
+#[test]
 fn native_answers_have_their_shapes() {
     let lock = LockName::parse("a").unwrap();
     let r = finish(&Finish::Acquire(lock.clone()), &LockReply::Held { lease: lease(), at_ms: 7 });

@@ -86,7 +86,14 @@ fn malformed_corpus_gets_the_right_status() {
         ("missing version", "GET /\r\nHost: h\r\n\r\n".into(), 400),
         ("bad version", "GET / HTTP/2.0\r\nHost: h\r\n\r\n".into(), 400),
         ("space in target", "GET /a b HTTP/1.1\r\nHost: h\r\n\r\n".into(), 400),
-        ("absolute target", "GET http://x/ HTTP/1.1\r\nHost: h\r\n\r\n".into(), 400),
+        ("absolute target of another scheme", "GET ftp://x/ HTTP/1.1\r\nHost: h\r\n\r\n".into(), 400),
+        ("absolute target with userinfo", "GET http://u@x/ HTTP/1.1\r\nHost: h\r\n\r\n".into(), 400),
+        ("absolute target without host", "GET http:///a HTTP/1.1\r\nHost: h\r\n\r\n".into(), 400),
+        ("relative target", "GET a/b HTTP/1.1\r\nHost: h\r\n\r\n".into(), 400),
+        ("authority form", "GET example.com:80 HTTP/1.1\r\nHost: h\r\n\r\n".into(), 400),
+        ("asterisk form", "GET * HTTP/1.1\r\nHost: h\r\n\r\n".into(), 400),
+        ("options asterisk", "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n".into(), 501),
+        ("connect", "CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n".into(), 501),
         ("missing host", "GET / HTTP/1.1\r\n\r\n".into(), 400),
         ("duplicate host", "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n".into(), 400),
         (
@@ -235,4 +242,31 @@ fn garbage_and_mutations_never_panic() {
         let cut = rng.below(input.len() + 1);
         let _ = drive(&[&input[..cut], &input[cut..]], &LIMITS);
     }
+}
+
+#[test]
+fn r12_duplicate_api_keys_are_refused_naming_the_header() {
+    let e = one("GET / HTTP/1.1\r\nHost: h\r\nx-api-key: a\r\nX-API-KEY: b\r\n\r\n").unwrap_err();
+    assert_eq!(e.status(), 400);
+    assert!(e.to_string().contains("x-api-key"), "{e}");
+    // Even the same key twice: the request is ambiguous in form, whatever its values.
+    assert_eq!(status_of("GET / HTTP/1.1\r\nHost: h\r\nx-api-key: a\r\nx-api-key: a\r\n\r\n"), 400);
+    assert_eq!(one("GET / HTTP/1.1\r\nHost: h\r\nx-api-key: a\r\n\r\n").unwrap()[0].api_key.as_deref(), Some("a"));
+}
+
+#[test]
+fn r12_absolute_form_targets_are_reduced_to_path_and_query() {
+    for (target, origin) in [
+        ("http://example.com:8080/v1/locks?prefix=a", "/v1/locks?prefix=a"),
+        ("HTTP://example.com/healthz", "/healthz"),
+        ("https://[::1]:8443/v1/locks/a%2Fb", "/v1/locks/a%2Fb"),
+        ("http://example.com", "/"),
+        ("http://example.com?x=1", "/?x=1"),
+    ] {
+        let reqs = one(&format!("GET {target} HTTP/1.1\r\nHost: other\r\n\r\n")).unwrap();
+        assert_eq!(reqs[0].target, origin, "{target}");
+    }
+    // Host stays required in HTTP/1.1 (RFC 9112 §3.2), even with an authority in the target.
+    assert_eq!(status_of("GET http://example.com/ HTTP/1.1\r\n\r\n"), 400);
+    assert_eq!(one("GET http://example.com/a HTTP/1.0\r\n\r\n").unwrap()[0].target, "/a");
 }

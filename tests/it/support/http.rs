@@ -122,6 +122,11 @@ impl Client {
         }
     }
 
+    /// Another handle on the same socket (to write on it while this client reads).
+    pub fn stream_clone(&self) -> TcpStream {
+        self.stream.try_clone().expect("clone the socket")
+    }
+
     /// The client's local address.
     pub fn local_addr(&self) -> SocketAddr {
         self.stream.local_addr().expect("local address")
