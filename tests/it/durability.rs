@@ -10,12 +10,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use leasehold::core::rand::SplitMix64;
-use leasehold::journal::codec::{self, Piece};
 use leasehold::sys::process::wait_for_exit;
 use nix::sys::signal::Signal;
 
 use crate::support::http::{Client, Reply};
 use crate::support::{config, signal_pid, Server, DEADLINE};
+
+/// Bytes before each journal record's body (length and checksum).
+const HEADER_BYTES: usize = 8;
 
 fn with_data_dir(dir: &Path, server_extra: &str, rest: &str) -> String {
     config(&format!("data_dir = {dir:?}\n{server_extra}"), rest)
@@ -390,21 +392,31 @@ fn hold_locks(c: &mut Client, prefix: &str, n: usize) -> Vec<(String, String, u6
         .collect()
 }
 
+/// (offset, body length) of each record a healthy segment holds: `length (u32 BE) | crc32 |
+/// body`, up to the zeros after the last one.
+fn records_of(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while at + HEADER_BYTES <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 || at + HEADER_BYTES + len > bytes.len() {
+            break;
+        }
+        records.push((at, len));
+        at += HEADER_BYTES + len;
+    }
+    records
+}
+
 /// Flips a byte in the middle of what the segment holds; returns the offset of the record
 /// it lands in, and that record's body.
 fn flip_middle_byte(segment: &Path) -> (usize, String) {
     let mut bytes = std::fs::read(segment).unwrap();
-    let records: Vec<(usize, usize)> = codec::survey(&bytes)
-        .filter_map(|p| match p {
-            Piece::Record { offset, body } => Some((offset, body.len())),
-            _ => None,
-        })
-        .collect();
+    let records = records_of(&bytes);
     let (last, last_len) = *records.last().expect("records");
-    let middle = (last + codec::HEADER_BYTES + last_len) / 2;
+    let middle = (last + HEADER_BYTES + last_len) / 2;
     let &(hit, hit_len) = records.iter().rev().find(|(offset, _)| *offset <= middle).unwrap();
-    let body =
-        String::from_utf8_lossy(&bytes[hit + codec::HEADER_BYTES..hit + codec::HEADER_BYTES + hit_len]).to_string();
+    let body = String::from_utf8_lossy(&bytes[hit + HEADER_BYTES..hit + HEADER_BYTES + hit_len]).to_string();
     bytes[middle] ^= 0x20;
     std::fs::write(segment, &bytes).unwrap();
     (hit, body)
@@ -509,7 +521,7 @@ fn r12_a_keeper_restarted_on_a_corrupt_journal_stops_the_service_and_says_why() 
 fn a_snapshot_in_the_previous_format_is_read_once_and_replaced_by_a_checked_one() {
     use leasehold::core::lock::TableLimits;
     use leasehold::journal::store::{Found, Store};
-    use leasehold::journal::{self, Snapshot, SNAPSHOT_VERSION};
+    use leasehold::journal::{self, Record, Snapshot, SNAPSHOT_VERSION};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let cfg = with_data_dir(&data, "workers = 1", "");
@@ -527,7 +539,8 @@ fn a_snapshot_in_the_previous_format_is_read_once_and_replaced_by_a_checked_one(
     drop(
         Store::open(&data, |found| {
             if let Found::Record(body) = found {
-                journal::replay(&mut service, journal::decode_record(body)?, &mut fences_reserved);
+                let record: Record = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+                journal::replay(&mut service, record, &mut fences_reserved);
             }
             Ok(())
         })
@@ -546,5 +559,5 @@ fn a_snapshot_in_the_previous_format_is_read_once_and_replaced_by_a_checked_one(
     let snapshots: Vec<(String, Vec<u8>)> =
         contents(&data).into_iter().filter(|(n, _)| n.starts_with("snapshot-")).collect();
     assert_eq!(snapshots.len(), 1, "the old snapshot is replaced");
-    assert!(snapshots[0].1.starts_with(codec::SNAPSHOT_MAGIC), "{} is in the checked format", snapshots[0].0);
+    assert!(snapshots[0].1.starts_with(b"LHSNAP01"), "{} is in the checked format", snapshots[0].0);
 }
