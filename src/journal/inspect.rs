@@ -365,7 +365,7 @@ struct Walked {
 /// Where a walk hands the bytes a salvage copies.
 type Sink<'a> = &'a mut dyn FnMut(&[u8]) -> Result<(), InspectError>;
 
-/// Walks `dir`: the latest snapshot (`snapshot` gets its framed bytes when it is valid),
+/// Walks `dir`: the latest snapshot (`snapshot` gets its body when it is valid),
 /// then every live segment (`record` gets each valid, readable record's body), then the
 /// rest. Reads only.
 fn walk(dir: &Path, snapshot: Sink<'_>, record: Sink<'_>) -> Result<(Report, Walked), InspectError> {
