@@ -1,12 +1,14 @@
 //! The `leasehold` binary: argv → subcommand. Exit codes: 0 success, 1 runtime failure,
 //! 2 bad usage or invalid configuration; `lock` also 75 (not acquired in time), 69 (server
-//! unreachable) or its command's own.
+//! unreachable) or its command's own; `journal verify` 1 when the keeper would refuse the
+//! directory (corruption, or a file it cannot read).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use leasehold::client;
 use leasehold::config::{Config, ConfigError};
+use leasehold::journal::inspect::{self, InspectError};
 
 const USAGE: &str = "\
 leasehold: fast, fair, durable locks over HTTP
@@ -27,6 +29,16 @@ usage:
     cannot be reached.
   leasehold status [NAME] [--json]    locks, holders and queues (a table, or JSON)
   leasehold release NAME TICKET       release a lease (for example one a dead job left)
+  leasehold journal verify DIR        read the journal in DIR (server.data_dir) without changing
+                                      it: every file, its records, every torn or corrupt spot
+                                      with its offset. Exit 0: clean, or only a torn tail (the
+                                      keeper cuts it at start); 1: corrupt (the keeper refuses
+                                      to start) or unreadable; 2: bad usage
+  leasehold journal salvage DIR NEW_DIR
+                                      copy every valid record of DIR (and its snapshot, if
+                                      valid) into NEW_DIR (new or empty), leaving DIR as it is;
+                                      a keeper starts from NEW_DIR. Exit 0 done, 1 failed, 2 bad
+                                      usage
   leasehold --version | --help
 
   Client commands take --server URL (or LEASEHOLD_URL; default http://127.0.0.1:8080)
@@ -46,6 +58,8 @@ fn main() -> ExitCode {
         ["lock", rest @ ..] => client_command(rest, client::args::parse_lock, client::lock),
         ["status", rest @ ..] => client_command(rest, client::args::parse_status, client::status),
         ["release", rest @ ..] => client_command(rest, client::args::parse_release, client::release_command),
+        ["journal", "verify", dir] => journal_verify(Path::new(dir)),
+        ["journal", "salvage", dir, new_dir] => journal_salvage(Path::new(dir), Path::new(new_dir)),
         ["child", "keeper", master_pid] => child("keeper", None, master_pid),
         ["child", "courier", master_pid] => child("courier", None, master_pid),
         ["child", "worker", slot, master_pid] => child("worker", Some(slot), master_pid),
@@ -126,6 +140,44 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
         Err(code) => return code,
     };
     exit_code(leasehold::process::master::run(config, file, text))
+}
+
+/// Exit code of `journal verify` when the keeper would refuse the directory.
+const EXIT_CORRUPT: u8 = 1;
+
+fn inspect_failed(e: &InspectError) -> ExitCode {
+    eprintln!("leasehold: {e}");
+    match e {
+        InspectError::Usage(_) => {
+            eprint!("\n{USAGE}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        InspectError::Store(_) => ExitCode::FAILURE,
+    }
+}
+
+fn journal_verify(dir: &Path) -> ExitCode {
+    match inspect::verify(dir) {
+        Ok(report) => {
+            print!("{report}");
+            if report.is_corrupt() {
+                ExitCode::from(EXIT_CORRUPT)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e) => inspect_failed(&e),
+    }
+}
+
+fn journal_salvage(dir: &Path, new_dir: &Path) -> ExitCode {
+    match inspect::salvage(dir, new_dir) {
+        Ok(salvaged) => {
+            print!("{salvaged}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => inspect_failed(&e),
+    }
 }
 
 /// A child process started by the master (not for people to run).

@@ -1,10 +1,15 @@
 //! The journal: every change to the keeper's state, as the inputs that caused it, so a
 //! replay through the same pure [`Service`] rebuilds exactly the same state.
 //!
-//! - [`codec`] frames records (`length | crc32 | JSON`) and finds where a damaged journal
-//!   stops being trustworthy. Pure.
-//! - [`Record`] lists what is journaled, and [`replay`] applies one record. Pure.
-//! - [`store`] owns the files: segments, snapshots, group commit, recovery. The only I/O.
+//! - [`codec`] frames records (`length | crc32 | JSON`) and snapshots, and tells a torn
+//!   tail (cut at recovery) from corruption (refused). Pure.
+//! - [`Record`] lists what is journaled, [`decode_record`] and [`decode_snapshot`] read
+//!   them, and [`replay`] applies one record. Pure.
+//! - [`store`] owns the files: segments, snapshots, group commit, recovery.
+//! - [`inspect`] reads a journal directory without changing it (`leasehold journal verify`)
+//!   and copies its valid records into a new one (`leasehold journal salvage`).
+//!
+//! `store` and `inspect` are the only parts that touch files.
 //!
 //! What is journaled: every message from a worker that may change state (reads are not),
 //! every expiry run, every channel closing, the limits in force, presence resets after a
@@ -13,6 +18,7 @@
 //! says now.
 
 pub mod codec;
+pub mod inspect;
 pub mod store;
 
 use serde::{Deserialize, Serialize};
@@ -116,6 +122,20 @@ pub struct Snapshot {
 
 /// The snapshot format this build writes and reads.
 pub const SNAPSHOT_VERSION: u32 = 1;
+
+/// Reads one record's body.
+pub fn decode_record(body: &[u8]) -> Result<Record, String> {
+    serde_json::from_slice(body).map_err(|e| e.to_string())
+}
+
+/// Reads a snapshot's body (of this build's version).
+pub fn decode_snapshot(body: &[u8]) -> Result<Snapshot, String> {
+    let snapshot: Snapshot = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+    if snapshot.version != SNAPSHOT_VERSION {
+        return Err(format!("format version {} is not {SNAPSHOT_VERSION}", snapshot.version));
+    }
+    Ok(snapshot)
+}
 
 /// Applies one record to `service` during a replay. `fences_reserved` tracks the highest
 /// reservation seen.

@@ -1,6 +1,7 @@
 //! The journal's files: numbered segments of records (`journal-N.log`) and a snapshot
-//! (`snapshot-N.json`) that stands for every segment up to N. The only file I/O of the
-//! journal.
+//! (`snapshot-N.json`) that stands for every segment up to N. Writing and recovery; the
+//! framing is [`super::codec`]'s, and `leasehold journal verify`/`salvage` live in
+//! [`super::inspect`].
 //!
 //! - Group commit: records of one loop turn are buffered and written with one `write`; with
 //!   `sync`, one `fdatasync` covers them all, before any answer they carry leaves.
@@ -10,11 +11,19 @@
 //!   preallocate, the file simply grows with each write.
 //! - A failed write is cut back (the file is truncated to its last good length), so a
 //!   half-written record never sits between good ones.
-//! - Snapshots: written to a temporary file, synced, renamed, and the directory synced; then
-//!   a new segment starts and the covered segments and older snapshots are removed.
-//! - Recovery: the latest snapshot, then every later segment in order, record by record. At
-//!   the first torn or corrupt record the segment is cut there and later segments are
-//!   removed, with a report of what was dropped.
+//! - Snapshots: framed with a checksum, written to a temporary file, synced, renamed, and
+//!   the directory synced; then a new segment starts and the covered segments and older
+//!   snapshots are removed.
+//! - Recovery: the latest snapshot, then every later segment in order, record by record,
+//!   and only then any change to the directory. A damaged spot with nothing valid after it
+//!   (no valid record later in its segment, no record in a later segment) is a torn tail:
+//!   the segment is cut there, later segments are removed, and what was dropped is
+//!   reported. Anything else (a damaged spot followed by valid records, a snapshot whose
+//!   checksum fails, a record the caller cannot apply) is corruption: the open fails naming
+//!   the file and offset, and nothing in the directory has been changed.
+//!
+//! Must not: decide what a record means (the caller's `on_found` does), or change a
+//! directory before it is known to hold no corruption.
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -23,7 +32,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::codec::{Reader, HEADER_BYTES};
+use super::codec::{self, Next, Piece, SnapshotBody, HEADER_BYTES};
 
 /// How much a segment grows at a time (zeros the writes then fill).
 pub const PREALLOCATE_BYTES: u64 = 4 * 1024 * 1024;
@@ -38,12 +47,22 @@ pub enum StoreError {
         /// The cause.
         source: io::Error,
     },
-    /// The snapshot cannot be loaded (the service refuses to start rather than lose it).
+    /// The snapshot's body cannot be loaded (the service refuses to start rather than lose
+    /// it).
     Snapshot {
         /// Its path.
         path: PathBuf,
         /// Why.
         reason: String,
+    },
+    /// The journal is corrupt: damage that is not a torn tail. Nothing was changed.
+    Corrupt {
+        /// The damaged file.
+        path: PathBuf,
+        /// Where in it the damage starts.
+        offset: u64,
+        /// What is wrong there.
+        what: String,
     },
 }
 
@@ -52,6 +71,9 @@ impl fmt::Display for StoreError {
         match self {
             Self::Io { what, source } => write!(f, "{what}: {source}"),
             Self::Snapshot { path, reason } => write!(f, "the snapshot {} cannot be loaded: {reason}", path.display()),
+            Self::Corrupt { path, offset, what } => {
+                write!(f, "the journal is corrupt: {} at byte {offset}: {what}", path.display())
+            }
         }
     }
 }
@@ -60,12 +82,12 @@ impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Io { source, .. } => Some(source),
-            Self::Snapshot { .. } => None,
+            Self::Snapshot { .. } | Self::Corrupt { .. } => None,
         }
     }
 }
 
-fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
+pub(super) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
     let what = what.into();
     move |source| StoreError::Io { what, source }
 }
@@ -73,7 +95,7 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> StoreError {
 /// What the journal holds, handed over in order during an open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Found<'a> {
-    /// The latest snapshot's bytes.
+    /// The latest snapshot's body (its checksum checked when it has one).
     Snapshot(&'a [u8]),
     /// One record's body.
     Record(&'a [u8]),
@@ -84,28 +106,108 @@ pub enum Found<'a> {
 pub struct Recovery {
     /// The segment number the loaded snapshot covers, if there was one.
     pub snapshot: Option<u64>,
+    /// The snapshot was in the previous format (no checksum): write a new one soon.
+    pub unchecked_snapshot: bool,
     /// Records replayed after it.
     pub records: u64,
     /// Bytes of those records.
     pub bytes: u64,
-    /// What was cut off, if anything was damaged.
+    /// What was cut off, if the journal ended in a torn tail.
     pub dropped: Option<String>,
 }
 
+/// The name of segment `n`.
+pub fn segment_name(n: u64) -> String {
+    format!("journal-{n:016}.log")
+}
+
+/// The name of the snapshot that covers segments up to `n`.
+pub fn snapshot_name(n: u64) -> String {
+    format!("snapshot-{n:016}.json")
+}
+
 fn segment_path(dir: &Path, n: u64) -> PathBuf {
-    dir.join(format!("journal-{n:016}.log"))
+    dir.join(segment_name(n))
 }
 
 fn snapshot_path(dir: &Path, n: u64) -> PathBuf {
-    dir.join(format!("snapshot-{n:016}.json"))
+    dir.join(snapshot_name(n))
 }
 
 fn numbered(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
     name.strip_prefix(prefix)?.strip_suffix(suffix)?.parse().ok()
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// The journal's files in a directory, as found (nothing is changed).
+#[derive(Debug, Default)]
+pub(super) struct Listing {
+    /// Segment numbers, ascending.
+    pub segments: Vec<u64>,
+    /// Snapshot numbers, ascending (the last is the one that counts).
+    pub snapshots: Vec<u64>,
+    /// Snapshots that never finished (`*.tmp`).
+    pub unfinished: Vec<PathBuf>,
+    /// Every other file's name.
+    pub others: Vec<String>,
+}
+
+impl Listing {
+    pub(super) fn read(dir: &Path) -> Result<Listing, StoreError> {
+        let mut listing = Listing::default();
+        for entry in fs::read_dir(dir).map_err(io_err(format!("cannot read {}", dir.display())))? {
+            let entry = entry.map_err(io_err(format!("cannot read {}", dir.display())))?;
+            let name = entry.file_name().to_string_lossy().to_string();
+            if name.ends_with(".tmp") {
+                listing.unfinished.push(entry.path());
+            } else if let Some(n) = numbered(&name, "journal-", ".log") {
+                listing.segments.push(n);
+            } else if let Some(n) = numbered(&name, "snapshot-", ".json") {
+                listing.snapshots.push(n);
+            } else {
+                listing.others.push(name);
+            }
+        }
+        listing.segments.sort_unstable();
+        listing.snapshots.sort_unstable();
+        listing.unfinished.sort();
+        listing.others.sort();
+        Ok(listing)
+    }
+
+    /// The segment number the latest snapshot covers (0: none).
+    pub(super) fn covered(&self) -> u64 {
+        self.snapshots.last().copied().unwrap_or(0)
+    }
+
+    /// The segments after the latest snapshot: the ones a recovery reads.
+    pub(super) fn live_segments(&self) -> Vec<u64> {
+        self.segments.iter().copied().filter(|&n| n > self.covered()).collect()
+    }
+}
+
+pub(super) fn read_file(path: &Path) -> Result<Vec<u8>, StoreError> {
+    // Read in one go into a buffer of the file's size: no regrowth, no copies.
+    fs::read(path).map_err(io_err(format!("cannot read {}", path.display())))
+}
+
+/// Whether any of the segments `later` holds a valid record: where the first one is, said
+/// for a message.
+fn later_records(dir: &Path, later: &[u64]) -> Result<Option<String>, StoreError> {
+    for &n in later {
+        let bytes = read_file(&segment_path(dir, n))?;
+        match codec::find_record(&bytes, 0) {
+            Next::At(at) => return Ok(Some(format!("{} holds one at byte {at}", segment_name(n)))),
+            Next::GaveUp(at) => {
+                return Ok(Some(format!("{} may hold some: the search stopped at byte {at}", segment_name(n))));
+            }
+            Next::Nowhere => {}
+        }
+    }
+    Ok(None)
 }
 
 /// The open journal.
@@ -127,90 +229,127 @@ pub struct Store {
     fail_next_sync: bool,
 }
 
+/// A torn tail found during an open: cut once everything is checked.
+struct Cut {
+    /// Index in the live segments.
+    index: usize,
+    offset: u64,
+    len: u64,
+    what: String,
+}
+
 impl Store {
     /// Opens the journal in `dir` (which must exist), handing `on_found` the latest snapshot
-    /// and then every good record after it, in order. A record `on_found` refuses counts as
-    /// corrupt (a refused snapshot stops the open). A damaged tail is cut off and reported.
+    /// and then every good record after it, in order. A torn tail is cut off and reported.
+    /// Corruption (see the module header), or a record `on_found` refuses, fails the open
+    /// with [`StoreError::Corrupt`]; a snapshot body it refuses, with
+    /// [`StoreError::Snapshot`]. Either way nothing in `dir` has been changed.
     pub fn open(
         dir: &Path,
         mut on_found: impl FnMut(Found<'_>) -> Result<(), String>,
     ) -> Result<(Store, Recovery), StoreError> {
-        let mut segments = Vec::new();
-        let mut snapshots = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io_err(format!("cannot read {}", dir.display())))? {
-            let entry = entry.map_err(io_err(format!("cannot read {}", dir.display())))?;
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.ends_with(".tmp") {
-                // A snapshot that never finished.
-                let _ = fs::remove_file(entry.path());
-            } else if let Some(n) = numbered(&name, "journal-", ".log") {
-                segments.push(n);
-            } else if let Some(n) = numbered(&name, "snapshot-", ".json") {
-                snapshots.push(n);
+        let listing = Listing::read(dir)?;
+        let mut recovery = Recovery { snapshot: listing.snapshots.last().copied(), ..Recovery::default() };
+        if let Some(&n) = listing.snapshots.last() {
+            let path = snapshot_path(dir, n);
+            let bytes = read_file(&path)?;
+            let body = match codec::read_snapshot(&bytes) {
+                Ok(SnapshotBody::Checked(body)) => body,
+                Ok(SnapshotBody::Unchecked(body)) => {
+                    recovery.unchecked_snapshot = true;
+                    body
+                }
+                Err(damage) => {
+                    return Err(StoreError::Corrupt { path, offset: damage.offset(), what: damage.to_string() });
+                }
+            };
+            on_found(Found::Snapshot(body)).map_err(|reason| StoreError::Snapshot { path, reason })?;
+        }
+        let covered = listing.covered();
+        let segments = listing.live_segments();
+        let mut last_good = None;
+        let mut cut = None;
+        for (i, &n) in segments.iter().enumerate() {
+            let path = segment_path(dir, n);
+            let bytes = read_file(&path)?;
+            let mut written = 0;
+            for piece in codec::survey(&bytes) {
+                match piece {
+                    Piece::Record { offset, body } => {
+                        on_found(Found::Record(body)).map_err(|reason| StoreError::Corrupt {
+                            path: path.clone(),
+                            offset: offset as u64,
+                            what: format!("a record that cannot be applied ({reason})"),
+                        })?;
+                        recovery.records += 1;
+                        recovery.bytes += (HEADER_BYTES + body.len()) as u64;
+                        written = offset + HEADER_BYTES + body.len();
+                    }
+                    Piece::Zeros { .. } => {}
+                    Piece::Damaged { offset, end, damage, gave_up } => {
+                        let corrupt =
+                            |what: String| StoreError::Corrupt { path: path.clone(), offset: offset as u64, what };
+                        if let Some(at) = gave_up {
+                            return Err(corrupt(format!(
+                                "{damage}, and whether valid records follow could not be told (the search stopped at byte {at})"
+                            )));
+                        }
+                        if end < bytes.len() {
+                            return Err(corrupt(format!("{damage}, with valid records after it (from byte {end})")));
+                        }
+                        if let Some(later) = later_records(dir, &segments[i + 1..])? {
+                            return Err(corrupt(format!("{damage}, with valid records after it ({later})")));
+                        }
+                        cut = Some(Cut {
+                            index: i,
+                            offset: offset as u64,
+                            len: bytes.len() as u64,
+                            what: damage.to_string(),
+                        });
+                        break;
+                    }
+                }
+            }
+            last_good = Some((n, written as u64));
+            if cut.is_some() {
+                break;
             }
         }
-        segments.sort_unstable();
-        snapshots.sort_unstable();
-        let mut recovery = Recovery { snapshot: snapshots.last().copied(), ..Recovery::default() };
-        if let Some(&n) = snapshots.last() {
-            let path = snapshot_path(dir, n);
-            let bytes = fs::read(&path).map_err(io_err(format!("cannot read {}", path.display())))?;
-            on_found(Found::Snapshot(&bytes)).map_err(|reason| StoreError::Snapshot { path, reason })?;
-            for &old in &snapshots[..snapshots.len() - 1] {
+        // Everything is checked: from here on the directory may change.
+        for path in &listing.unfinished {
+            let _ = fs::remove_file(path);
+        }
+        if let Some((_, older)) = listing.snapshots.split_last() {
+            for &old in older {
                 let _ = fs::remove_file(snapshot_path(dir, old));
             }
         }
-        let covered = recovery.snapshot.unwrap_or(0);
         // Segments the snapshot covers are left over from a crash after it was written.
-        for &n in segments.iter().filter(|&&n| n <= covered) {
+        for &n in listing.segments.iter().filter(|&&n| n <= covered) {
             let _ = fs::remove_file(segment_path(dir, n));
         }
-        segments.retain(|&n| n > covered);
-        let mut last_good = None;
-        for (i, &n) in segments.iter().enumerate() {
-            let path = segment_path(dir, n);
-            // Read in one go into a buffer of the file's size: no regrowth, no copies.
-            let bytes = fs::read(&path).map_err(io_err(format!("cannot read {}", path.display())))?;
-            let mut reader = Reader::new(&bytes);
-            let damage = loop {
-                match reader.next_record() {
-                    Ok(Some(body)) => match on_found(Found::Record(body)) {
-                        Ok(()) => {
-                            recovery.records += 1;
-                            recovery.bytes += (super::codec::HEADER_BYTES + body.len()) as u64;
-                        }
-                        Err(reason) => break Some(format!("a record that cannot be applied ({reason})")),
-                    },
-                    Ok(None) => break None,
-                    Err(damage) => break Some(damage.to_string()),
-                }
-            };
-            last_good = Some((n, reader.offset() as u64));
-            if let Some(damage) = damage {
-                let cut = reader.offset() as u64;
-                let file = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(io_err(format!("cannot open {}", path.display())))?;
-                file.set_len(cut)
-                    .and_then(|()| file.sync_all())
-                    .map_err(io_err(format!("cannot cut {}", path.display())))?;
-                let later = &segments[i + 1..];
-                let mut later_bytes = 0;
-                for &m in later {
-                    let p = segment_path(dir, m);
-                    later_bytes += fs::metadata(&p).map_or(0, |m| m.len());
-                    let _ = fs::remove_file(p);
-                }
-                recovery.dropped = Some(format!(
-                    "{}: {damage} at byte {cut} of {}; dropped {} bytes from there and {} later segment(s) ({later_bytes} bytes)",
-                    path.display(),
-                    bytes.len(),
-                    bytes.len() as u64 - cut,
-                    later.len(),
-                ));
-                break;
+        if let Some(Cut { index, offset, len, what }) = cut {
+            let path = segment_path(dir, segments[index]);
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(io_err(format!("cannot open {}", path.display())))?;
+            file.set_len(offset)
+                .and_then(|()| file.sync_all())
+                .map_err(io_err(format!("cannot cut {}", path.display())))?;
+            let later = &segments[index + 1..];
+            let mut later_bytes = 0;
+            for &m in later {
+                let p = segment_path(dir, m);
+                later_bytes += fs::metadata(&p).map_or(0, |m| m.len());
+                let _ = fs::remove_file(p);
             }
+            recovery.dropped = Some(format!(
+                "{}: a torn write ({what}) at byte {offset} of {len}; dropped {} bytes from there and {} later segment(s) ({later_bytes} bytes)",
+                path.display(),
+                len - offset,
+                later.len(),
+            ));
         }
         let (segment, written) = last_good.unwrap_or((covered + 1, 0));
         let path = segment_path(dir, segment);
@@ -329,14 +468,16 @@ impl Store {
         self.journal_bytes
     }
 
-    /// Writes a snapshot that stands for everything journaled so far (commit first), then
-    /// starts a new segment and removes what the snapshot covers.
+    /// Writes a snapshot of `body` (framed with its checksum) that stands for everything
+    /// journaled so far (commit first), then starts a new segment and removes what the
+    /// snapshot covers.
     pub fn snapshot(&mut self, body: &[u8]) -> io::Result<()> {
         self.commit(true)?;
         let n = self.segment;
         let path = snapshot_path(&self.dir, n);
         let tmp = path.with_extension("json.tmp");
         let written = File::create(&tmp).and_then(|mut f| {
+            f.write_all(&codec::snapshot_header(body))?;
             f.write_all(body)?;
             f.sync_all()
         });
@@ -433,8 +574,121 @@ mod tests {
         assert_eq!(recovery.dropped, None);
     }
 
+    /// Every file of `dir` with its bytes.
+    fn contents(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+        fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.file_name().to_string_lossy().to_string(), fs::read(e.path()).unwrap())
+            })
+            .collect()
+    }
+
+    /// Writes `n` records `{"n": i}` into a fresh journal in `dir`, one commit each.
+    fn write_records(dir: &Path, n: u64) {
+        let (mut store, _, _, _) = collect(dir);
+        for i in 0..n {
+            store.append(&serde_json::json!({ "n": i })).unwrap();
+            store.commit(false).unwrap();
+        }
+        store.sync().unwrap();
+    }
+
+    /// Where each record of a segment starts.
+    fn record_starts(bytes: &[u8]) -> Vec<usize> {
+        codec::survey(bytes)
+            .filter_map(|p| if let Piece::Record { offset, .. } = p { Some(offset) } else { None })
+            .collect()
+    }
+
+    /// Opens `dir` expecting corruption; returns (path, offset, message).
+    fn open_corrupt(dir: &Path) -> (PathBuf, u64, String) {
+        let err = Store::open(dir, |found| {
+            if let Found::Record(r) = found {
+                serde_json::from_slice::<serde_json::Value>(r).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        })
+        .unwrap_err();
+        let message = err.to_string();
+        match err {
+            StoreError::Corrupt { path, offset, .. } => (path, offset, message),
+            other => panic!("expected corruption, got {other}"),
+        }
+    }
+
     #[test]
-    fn a_refused_record_stops_the_replay_and_later_segments_go() {
+    fn r12_open_bad_byte_mid_segment_with_valid_records_after_is_corrupt_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        // A snapshot first, so the directory also holds what an open tidies up: a leftover
+        // unfinished snapshot and a segment the snapshot covers.
+        let (mut store, _, _, _) = collect(dir.path());
+        store.append(&serde_json::json!({ "before": true })).unwrap();
+        store.snapshot(b"{\"state\":1}").unwrap();
+        for i in 0..10 {
+            store.append(&serde_json::json!({ "n": i, "pad": "y".repeat(40) })).unwrap();
+            store.commit(false).unwrap();
+        }
+        store.sync().unwrap();
+        drop(store);
+        fs::write(dir.path().join("snapshot-0000000000000002.json.tmp"), b"{\"unfinished").unwrap();
+        fs::write(segment_path(dir.path(), 1), b"covered").unwrap();
+        let path = segment_path(dir.path(), 2);
+        let mut bytes = fs::read(&path).unwrap();
+        let starts = record_starts(&bytes);
+        assert_eq!(starts.len(), 10);
+        bytes[starts[4] + HEADER_BYTES + 12] ^= 0x01;
+        fs::write(&path, &bytes).unwrap();
+        let before = contents(dir.path());
+        let (damaged, offset, message) = open_corrupt(dir.path());
+        assert_eq!((damaged, offset), (path.clone(), starts[4] as u64));
+        assert!(message.contains(&segment_name(2)) && message.contains(&format!("at byte {}", starts[4])), "{message}");
+        assert!(message.contains("valid records after it"), "{message}");
+        assert!(contents(dir.path()) == before, "the directory changed");
+    }
+
+    #[test]
+    fn r12_open_bad_record_ending_a_segment_with_records_in_a_later_one_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        write_records(dir.path(), 3);
+        let first = segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&first).unwrap();
+        let last = *record_starts(&bytes).last().unwrap();
+        bytes[last + HEADER_BYTES + 2] ^= 0x01;
+        fs::write(&first, &bytes).unwrap();
+        // A later segment holding records (as after a snapshot whose file is gone).
+        let mut later = Vec::new();
+        codec::encode(&serde_json::json!({ "n": 9 }), &mut later).unwrap();
+        fs::write(segment_path(dir.path(), 2), &later).unwrap();
+        let before = contents(dir.path());
+        let (damaged, offset, message) = open_corrupt(dir.path());
+        assert_eq!((damaged, offset), (first, last as u64));
+        assert!(message.contains(&segment_name(2)), "the later records are named: {message}");
+        assert!(contents(dir.path()) == before, "the directory changed");
+    }
+
+    #[test]
+    fn open_damaged_end_of_a_segment_with_nothing_valid_later_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        write_records(dir.path(), 3);
+        let first = segment_path(dir.path(), 1);
+        let mut bytes = fs::read(&first).unwrap();
+        let last = *record_starts(&bytes).last().unwrap();
+        bytes[last + HEADER_BYTES + 2] ^= 0x01;
+        fs::write(&first, &bytes).unwrap();
+        // A later segment with no record in it: nothing after the damage is lost.
+        fs::write(segment_path(dir.path(), 2), vec![0; 64]).unwrap();
+        let (_, recovery, _, records) = collect(dir.path());
+        assert_eq!(records.len(), 2);
+        let dropped = recovery.dropped.unwrap();
+        assert!(dropped.contains("torn") && dropped.contains("1 later segment"), "{dropped}");
+        assert!(!segment_path(dir.path(), 2).exists());
+        assert_eq!(record_starts(&fs::read(&first).unwrap()).len(), 2);
+    }
+
+    #[test]
+    fn open_record_the_caller_cannot_apply_is_corrupt_and_changes_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let (mut store, _, _, _) = collect(dir.path());
         store.append(&serde_json::json!({ "n": 0 })).unwrap();
@@ -442,10 +696,14 @@ mod tests {
         store.append(&serde_json::json!({ "n": 2 })).unwrap();
         store.commit(true).unwrap();
         drop(store);
-        // A later segment that must not be replayed past the damage.
-        fs::write(segment_path(dir.path(), 2), b"").unwrap();
+        let offset = {
+            let mut one = Vec::new();
+            codec::encode(&serde_json::json!({ "n": 0 }), &mut one).unwrap();
+            one.len() as u64
+        };
+        let before = contents(dir.path());
         let mut seen = Vec::new();
-        let (_, recovery) = Store::open(dir.path(), |found| {
+        let err = Store::open(dir.path(), |found| {
             let Found::Record(r) = found else { return Ok(()) };
             let v: serde_json::Value = serde_json::from_slice(r).unwrap();
             if !v.is_object() {
@@ -454,11 +712,12 @@ mod tests {
             seen.push(v);
             Ok(())
         })
-        .unwrap();
+        .unwrap_err();
         assert_eq!(seen.len(), 1);
-        let dropped = recovery.dropped.unwrap();
-        assert!(dropped.contains("cannot be applied") && dropped.contains("1 later segment"), "{dropped}");
-        assert!(!segment_path(dir.path(), 2).exists());
+        let StoreError::Corrupt { offset: at, what, .. } = err else { panic!("expected corruption, got {err}") };
+        assert_eq!(at, offset);
+        assert!(what.contains("cannot be applied (not an object)"), "{what}");
+        assert!(contents(dir.path()) == before, "the directory changed");
     }
 
     #[test]
@@ -486,12 +745,58 @@ mod tests {
     #[test]
     fn an_unreadable_snapshot_refuses_to_open() {
         let dir = tempfile::tempdir().unwrap();
-        fs::write(snapshot_path(dir.path(), 3), b"garbage").unwrap();
+        let (mut store, _, _, _) = collect(dir.path());
+        store.snapshot(b"{\"garbage\":true}").unwrap();
+        drop(store);
         let err = Store::open(dir.path(), |found| match found {
             Found::Snapshot(_) => Err("bad".into()),
             Found::Record(_) => Ok(()),
         })
         .unwrap_err();
         assert!(matches!(err, StoreError::Snapshot { .. }), "{err}");
+        // Neither format at all: corruption.
+        fs::write(snapshot_path(dir.path(), 1), b"garbage").unwrap();
+        let (path, offset, _) = open_corrupt(dir.path());
+        assert_eq!((path, offset), (snapshot_path(dir.path(), 1), 0));
+    }
+
+    #[test]
+    fn r12_open_snapshot_whose_checksum_fails_is_corrupt_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        write_records(dir.path(), 2);
+        let (mut store, _, _, _) = collect(dir.path());
+        store.snapshot(b"{\"state\":\"after two records\"}").unwrap();
+        store.append(&serde_json::json!({ "n": 2 })).unwrap();
+        store.commit(true).unwrap();
+        drop(store);
+        let path = snapshot_path(dir.path(), 1);
+        let mut bytes = fs::read(&path).unwrap();
+        assert!(bytes.starts_with(codec::SNAPSHOT_MAGIC), "written in the checked format");
+        let middle = bytes.len() - 5;
+        bytes[middle] ^= 0x02;
+        fs::write(&path, &bytes).unwrap();
+        let before = contents(dir.path());
+        let (damaged, offset, message) = open_corrupt(dir.path());
+        assert_eq!((damaged, offset), (path, 0));
+        assert!(message.contains("checksum"), "{message}");
+        assert!(contents(dir.path()) == before, "the directory changed");
+    }
+
+    #[test]
+    fn open_snapshot_in_the_previous_format_is_read_and_flagged() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(snapshot_path(dir.path(), 3), b"{\"old\":true}").unwrap();
+        let mut one = Vec::new();
+        codec::encode(&serde_json::json!({ "n": 1 }), &mut one).unwrap();
+        fs::write(segment_path(dir.path(), 4), &one).unwrap();
+        let (mut store, recovery, snapshot, records) = collect(dir.path());
+        assert_eq!(snapshot.as_deref(), Some(&b"{\"old\":true}"[..]));
+        assert_eq!((recovery.unchecked_snapshot, records.len()), (true, 1));
+        // The next snapshot is written in the checked format.
+        store.snapshot(b"{\"new\":true}").unwrap();
+        drop(store);
+        let (_, recovery, snapshot, _) = collect(dir.path());
+        assert_eq!((recovery.unchecked_snapshot, snapshot.as_deref()), (false, Some(&b"{\"new\":true}"[..])));
+        assert!(fs::read(snapshot_path(dir.path(), 4)).unwrap().starts_with(codec::SNAPSHOT_MAGIC));
     }
 }

@@ -1,5 +1,7 @@
 //! Replay determinism: a service driven by random messages, and a second one rebuilt from
-//! the journal records of the first (some through a snapshot), end in the same state.
+//! the journal records of the first (some through a snapshot), end in the same state. And
+//! the journal's damage rules with real records: torn tails recover, corruption is
+//! reported by `verify`, and `salvage` keeps exactly the valid records.
 
 use super::*;
 use crate::core::lock::{QueueMode, TableLimits};
@@ -218,4 +220,208 @@ fn the_borrowed_input_record_encodes_exactly_as_the_owned_one() {
         serde_json::to_string(&Record::Input { link, at_ms, entropy, fresh, message: message.clone() }).unwrap();
     let borrowed = serde_json::to_string(&InputRef::Input { link, at_ms, entropy, fresh, message: &message }).unwrap();
     assert_eq!(owned, borrowed);
+}
+
+/// Opens the journal in `dir` (snapshot included) and replays it into a fresh service;
+/// also returns the highest fence reservation seen.
+fn recover_all(dir: &std::path::Path) -> (Service, store::Recovery, u64) {
+    let mut service = Service::new(LIMITS, 2_000, 9);
+    let mut reserved = 0;
+    let (_, recovery) = store::Store::open(dir, |found| {
+        match found {
+            store::Found::Snapshot(bytes) => {
+                let snapshot = decode_snapshot(bytes)?;
+                service = Service::import(snapshot.service, 9).map_err(|e| e.to_string())?;
+                reserved = snapshot.fences_reserved;
+            }
+            store::Found::Record(bytes) => replay(&mut service, decode_record(bytes)?, &mut reserved),
+        }
+        Ok(())
+    })
+    .unwrap();
+    (service, recovery, reserved)
+}
+
+/// Every file of `dir` with its bytes.
+fn contents(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().to_string_lossy().to_string(), std::fs::read(e.path()).unwrap())
+        })
+        .collect()
+}
+
+/// A journal of 30 acquires of distinct locks: a snapshot of the state after the first 5
+/// (`snapshot-1`), the other 25 in `journal-2`. Returns the records.
+fn journal_with_snapshot(dir: &std::path::Path) -> Vec<Record> {
+    let records: Vec<Record> = (1..=30).map(|i| acquire_record(i, 1_000_000 + u64::from(i))).collect();
+    write_journal(dir, &records[..5]);
+    let (service, _, _) = recover_all(dir);
+    let (mut store, _) = store::Store::open(dir, |_| Ok(())).unwrap();
+    let snapshot = Snapshot { version: SNAPSHOT_VERSION, fences_reserved: 7, service: service.export() };
+    store.snapshot(&serde_json::to_vec(&snapshot).unwrap()).unwrap();
+    for r in &records[5..] {
+        store.append(r).unwrap();
+        store.commit(false).unwrap();
+    }
+    store.sync().unwrap();
+    records
+}
+
+/// Where each record of a segment starts.
+fn record_starts(bytes: &[u8]) -> Vec<usize> {
+    codec::survey(bytes)
+        .filter_map(|p| if let codec::Piece::Record { offset, .. } = p { Some(offset) } else { None })
+        .collect()
+}
+
+/// Damages records `which` (indexes in `journal-2`): a flipped body byte, or for the
+/// second one a length over the maximum. Returns their offsets.
+fn damage(dir: &std::path::Path, which: &[usize]) -> Vec<usize> {
+    let path = dir.join(store::segment_name(2));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let starts = record_starts(&bytes);
+    let offsets: Vec<usize> = which.iter().map(|&i| starts[i]).collect();
+    for (n, &at) in offsets.iter().enumerate() {
+        if n % 2 == 0 {
+            bytes[at + codec::HEADER_BYTES + 20] ^= 0x04;
+        } else {
+            bytes[at] = 0x7f;
+        }
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    offsets
+}
+
+#[test]
+fn r12_salvage_keeps_every_valid_record_and_leaves_the_original_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let records = journal_with_snapshot(dir.path());
+    // Records 10 and 20 of the segment (the 16th and 26th acquires) are damaged.
+    damage(dir.path(), &[10, 20]);
+    let before = contents(dir.path());
+    let out = tempfile::tempdir().unwrap();
+    let new_dir = out.path().join("salvaged");
+    let salvaged = inspect::salvage(dir.path(), &new_dir).unwrap();
+    assert!(contents(dir.path()) == before, "the original changed");
+    assert_eq!((salvaged.records, salvaged.skipped), (23, true));
+    // The state of every valid record: the snapshot, then the segment without the two.
+    let expected = {
+        let mut s = Service::new(LIMITS, 2_000, 1);
+        let mut reserved = 0;
+        for (i, r) in records.iter().enumerate() {
+            if i != 15 && i != 25 {
+                replay(&mut s, r.clone(), &mut reserved);
+            }
+        }
+        s.export()
+    };
+    let (service, recovery, reserved) = recover_all(&new_dir);
+    assert_eq!(service.export(), expected);
+    assert_eq!((recovery.snapshot, recovery.records, recovery.dropped), (Some(1), 24, None));
+    assert_eq!(reserved, 7 + inspect::SALVAGE_FENCE_JUMP, "fences jump past the snapshot's reservation");
+    assert!(!inspect::verify(&new_dir).unwrap().is_corrupt());
+    let text = salvaged.to_string();
+    assert!(text.contains("kept: 23 valid records") && text.contains("skipped: a corrupt spot"), "{text}");
+}
+
+#[test]
+fn r12_salvage_of_a_clean_journal_copies_it_whole_and_adds_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    journal_with_snapshot(dir.path());
+    let (service, _, reserved) = recover_all(dir.path());
+    let out = tempfile::tempdir().unwrap();
+    let salvaged = inspect::salvage(dir.path(), out.path()).unwrap();
+    assert_eq!((salvaged.records, salvaged.skipped, salvaged.fences_from), (25, false, None));
+    let (copy, _, copy_reserved) = recover_all(out.path());
+    assert_eq!((copy.export(), copy_reserved), (service.export(), reserved));
+}
+
+#[test]
+fn salvage_into_a_directory_that_is_not_empty_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    journal_with_snapshot(dir.path());
+    let out = tempfile::tempdir().unwrap();
+    std::fs::write(out.path().join("something"), b"x").unwrap();
+    let err = inspect::salvage(dir.path(), out.path()).unwrap_err();
+    assert!(matches!(err, inspect::InspectError::Usage(_)), "{err}");
+    assert_eq!(contents(out.path()).len(), 1);
+    let err = inspect::salvage(dir.path(), dir.path()).unwrap_err();
+    assert!(matches!(err, inspect::InspectError::Usage(_)), "{err}");
+    let err = inspect::verify(&dir.path().join("missing")).unwrap_err();
+    assert!(matches!(err, inspect::InspectError::Usage(_)), "{err}");
+}
+
+#[test]
+fn r12_verify_reports_every_file_and_every_damaged_spot_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    journal_with_snapshot(dir.path());
+    let clean = inspect::verify(dir.path()).unwrap();
+    assert!(!clean.is_corrupt() && clean.spots().is_empty());
+    assert!(clean.to_string().contains("ok: 25 valid records, no damage"), "{clean}");
+    let offsets = damage(dir.path(), &[10, 20]);
+    let before = contents(dir.path());
+    let report = inspect::verify(dir.path()).unwrap();
+    assert!(contents(dir.path()) == before, "verify changed the directory");
+    let segment = store::segment_name(2);
+    assert_eq!(
+        report.spots(),
+        vec![
+            (segment.as_str(), offsets[0] as u64, inspect::Verdict::Corrupt),
+            (segment.as_str(), offsets[1] as u64, inspect::Verdict::Corrupt)
+        ]
+    );
+    assert!(report.is_corrupt());
+    let text = report.to_string();
+    for needle in [
+        format!("{}: ", store::snapshot_name(1)),
+        "a valid snapshot; its checksum matches".to_string(),
+        format!("{segment}: "),
+        "bytes 0..".to_string(),
+        ": 10 valid records".to_string(),
+        format!("byte {}: CORRUPT: a record whose checksum does not match", offsets[0]),
+        format!("byte {}: CORRUPT: a record length of", offsets[1]),
+        "zeros (not yet written)".to_string(),
+        format!("corrupt: 2 corrupt spots (first: {segment} at byte {})", offsets[0]),
+    ] {
+        assert!(text.contains(&needle), "{needle:?} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn verify_of_a_torn_tail_says_the_keeper_cuts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    journal_with_snapshot(dir.path());
+    let path = dir.path().join(store::segment_name(2));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let starts = record_starts(&bytes);
+    let last = *starts.last().unwrap();
+    // The last record half written: its second half is still zeros.
+    let mut one = Vec::new();
+    codec::encode(&acquire_record(30, 1_000_030), &mut one).unwrap();
+    for b in &mut bytes[last + one.len() / 2..last + one.len()] {
+        *b = 0;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let report = inspect::verify(dir.path()).unwrap();
+    assert_eq!(report.spots(), vec![(store::segment_name(2).as_str(), last as u64, inspect::Verdict::Torn)]);
+    assert!(!report.is_corrupt());
+    let text = report.to_string();
+    assert!(text.contains("TORN") && text.contains("ok: 24 valid records and a torn tail"), "{text}");
+}
+
+#[test]
+fn r12_verify_of_a_snapshot_whose_checksum_fails_reports_corruption() {
+    let dir = tempfile::tempdir().unwrap();
+    journal_with_snapshot(dir.path());
+    let path = dir.path().join(store::snapshot_name(1));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    let report = inspect::verify(dir.path()).unwrap();
+    assert_eq!(report.spots(), vec![(store::snapshot_name(1).as_str(), 0, inspect::Verdict::Corrupt)]);
+    assert!(report.to_string().contains("a snapshot whose checksum does not match"), "{report}");
 }

@@ -14,9 +14,13 @@
 //!   keeper that cannot write serves reads from the recovered state, answers every change
 //!   with 503, and tries again every second.
 //! - **Recovery** at start: the snapshot, then the journal replayed through the same pure
-//!   service, stopping at the first torn or corrupt record. Then channels of the previous
-//!   keeper are closed, waiters get a fresh presence window, fences jump past every
-//!   reservation, and due expiries run, all journaled first.
+//!   service. A torn tail (a write cut short, nothing valid after it) is cut off; corruption
+//!   (a damaged record followed by valid ones, a snapshot whose checksum fails, a record
+//!   that cannot be read) stops the keeper before it changes anything on disk, with an
+//!   error naming the file and offset and the `leasehold journal` commands that help. Then
+//!   channels of the previous keeper are closed, waiters get a fresh presence window,
+//!   fences jump past every reservation, and due expiries run, all journaled first. A
+//!   snapshot in the previous format (no checksum) is read once more and replaced at once.
 //! - **Snapshots** once the journal passes `snapshot_bytes`.
 //!
 //! At start it takes an exclusive lock on its data directory (`keeper.lock`): a second
@@ -42,7 +46,7 @@ use crate::core::lock::{Moment, TableLimits};
 use crate::core::names::Ticket;
 use crate::ipc::frame::FrameError;
 use crate::ipc::message::{FdRecord, FromKeeper, LockReply, ToChild, ToKeeper, ToMaster};
-use crate::journal::store::{Found, Store};
+use crate::journal::store::{Found, Store, StoreError};
 use crate::journal::{self, InputRef, Record, Snapshot, SNAPSHOT_VERSION};
 use crate::metrics::{Histogram, KeeperSnapshot};
 use crate::service::{LinkId, Outbox, OutboxSettings, Service};
@@ -92,7 +96,9 @@ pub const LOCK_FILE: &str = "keeper.lock";
 
 /// Creates the data directory if needed (mode 0700) and takes its exclusive lock, so two
 /// keepers can never share one directory. The lock lives as long as the returned file; the
-/// kernel drops it when the keeper dies, however it dies.
+/// kernel drops it when the keeper dies, however it dies. Who holds it is written into it by
+/// [`note_holder`], once the journal is known to be sound (a keeper that refuses a corrupt
+/// journal changes nothing in the directory).
 fn lock_data_dir(dir: &Path) -> Result<Flock<File>, String> {
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -108,22 +114,40 @@ fn lock_data_dir(dir: &Path) -> Result<Flock<File>, String> {
         .mode(0o600)
         .open(&path)
         .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => lock,
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
         Err((mut file, Errno::EWOULDBLOCK)) => {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
-            return Err(format!(
+            Err(format!(
                 "the data directory {} is in use by another keeper (pid {}); each server needs its own data_dir",
                 dir.display(),
                 holder.trim()
-            ));
+            ))
         }
-        Err((_, e)) => return Err(format!("cannot lock {}: {e}", path.display())),
-    };
-    // Say who holds it, for the message above.
+        Err((_, e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
+/// Writes this process's id into the lock file, for the message of a keeper that finds the
+/// directory in use.
+fn note_holder(lock: &mut Flock<File>) {
     let _ = lock.set_len(0).and_then(|()| lock.write_all(format!("{}\n", std::process::id()).as_bytes()));
-    Ok(lock)
+}
+
+/// The keeper's words for a journal it cannot open: for corruption, what the operator can
+/// do about it.
+fn open_failed(e: StoreError, dir: &Path) -> io::Error {
+    match e {
+        StoreError::Corrupt { .. } => io::Error::other(format!(
+            "{e}; this is not a torn write, so the keeper does not start on it and has changed nothing in {dir}; \
+             `leasehold journal verify {dir}` lists every damaged spot, and `leasehold journal salvage {dir} \
+             NEW_DIR` copies every valid record into NEW_DIR, from which a keeper starts (point server.data_dir \
+             at it)",
+            dir = dir.display()
+        )),
+        other => io::Error::other(other.to_string()),
+    }
 }
 
 struct Keeper {
@@ -171,7 +195,7 @@ impl Keeper {
         let Boot { mut control, fds, start, config, .. } = boot;
         // A write past a file-size limit must fail with EFBIG, not kill the keeper.
         signals::ignore(Signal::SIGXFSZ);
-        let data_dir_lock = lock_data_dir(&config.server.data_dir).map_err(io::Error::other)?;
+        let mut data_dir_lock = lock_data_dir(&config.server.data_dir).map_err(io::Error::other)?;
         let poll = Poll::new()?;
         let mut signals = SignalSource::new(&[Signal::SIGTERM])?;
         poll.registry().register(signals.source(), SIGNALS, Interest::READABLE)?;
@@ -186,21 +210,18 @@ impl Keeper {
         let mut fences_reserved = 0;
         let (store, recovery) = Store::open(&config.server.data_dir, |found| match found {
             Found::Snapshot(bytes) => {
-                let snapshot: Snapshot = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-                if snapshot.version != SNAPSHOT_VERSION {
-                    return Err(format!("format version {} is not {SNAPSHOT_VERSION}", snapshot.version));
-                }
+                let snapshot = journal::decode_snapshot(bytes)?;
                 service = Service::import(snapshot.service, hash_seed).map_err(|e| e.to_string())?;
                 fences_reserved = snapshot.fences_reserved;
                 Ok(())
             }
             Found::Record(bytes) => {
-                let record: Record = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-                journal::replay(&mut service, record, &mut fences_reserved);
+                journal::replay(&mut service, journal::decode_record(bytes)?, &mut fences_reserved);
                 Ok(())
             }
         })
-        .map_err(|e| io::Error::other(e.to_string()))?;
+        .map_err(|e| open_failed(e, &config.server.data_dir))?;
+        note_holder(&mut data_dir_lock);
         crate::sys::memory::release_free_heap();
         let recovery_ms = started.elapsed().as_millis() as u64;
         let stats = service.table().stats();
@@ -215,7 +236,14 @@ impl Keeper {
             recovery.snapshot.map_or(String::new(), |n| format!(", after snapshot {n}")),
         );
         if let Some(dropped) = &recovery.dropped {
-            log::warn!("the journal was damaged and is cut back to its last good record: {dropped}");
+            log::warn!("the journal ended in a torn write and is cut back to its last good record: {dropped}");
+        }
+        if recovery.unchecked_snapshot {
+            log::warn!(
+                "snapshot {} is in the previous format, which has no checksum: it was read as it is, and a snapshot \
+                 in the current format replaces it now",
+                recovery.snapshot.unwrap_or(0)
+            );
         }
         let mut keeper = Self {
             generation: start.generation,
@@ -245,6 +273,9 @@ impl Keeper {
             last_snapshot_ms: 0,
         };
         keeper.write_start_records()?;
+        if recovery.unchecked_snapshot && keeper.not_writable.is_none() {
+            keeper.write_snapshot();
+        }
         Ok(keeper)
     }
 
@@ -425,6 +456,13 @@ impl Keeper {
         if self.not_writable.is_some() || bytes < self.journal.snapshot_bytes || bytes < self.snapshot_retry_at {
             return;
         }
+        self.write_snapshot();
+    }
+
+    /// Writes a snapshot of the whole state (a failed one is tried again once the journal
+    /// has grown by a quarter of `snapshot_bytes`).
+    fn write_snapshot(&mut self) {
+        let bytes = self.store.journal_bytes();
         let started = Instant::now();
         let snapshot = Snapshot {
             version: SNAPSHOT_VERSION,

@@ -1,4 +1,5 @@
-//! The real binary's command line: `check-config` and `serve` exit codes and messages.
+//! The real binary's command line: `check-config`, `serve` and `journal` exit codes and
+//! messages.
 
 use std::process::Command;
 
@@ -116,4 +117,30 @@ fn systemd_unit_has_the_required_directives() {
         stop_s * 1000 > leasehold::config::DEFAULT_DRAIN_TIMEOUT_MS,
         "TimeoutStopSec must exceed the drain timeout"
     );
+}
+
+#[test]
+fn journal_commands_with_bad_arguments_exit_2_and_create_nothing() {
+    let scratch = tempfile::tempdir().unwrap();
+    let missing = scratch.path().join("missing");
+    let new_dir = scratch.path().join("new");
+    let cases: [Vec<&std::ffi::OsStr>; 4] = [
+        vec!["journal".as_ref()],
+        vec!["journal".as_ref(), "verify".as_ref()],
+        vec!["journal".as_ref(), "verify".as_ref(), missing.as_os_str()],
+        vec!["journal".as_ref(), "salvage".as_ref(), missing.as_os_str(), new_dir.as_os_str()],
+    ];
+    for args in cases {
+        let out = leasehold().args(&args).output().expect("run leasehold");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(!new_dir.exists(), "a refused salvage created its target");
+}
+
+#[test]
+fn journal_verify_of_an_empty_directory_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = leasehold().args(["journal", "verify"]).arg(dir.path()).output().expect("run leasehold");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok: 0 valid records, no damage"));
 }

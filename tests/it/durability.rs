@@ -1,8 +1,9 @@
 //! Durability end to end: state across restarts, kill -9 of the keeper under load (twenty
-//! times, checking every acknowledged change after each recovery), snapshots, and a journal
-//! that cannot be written.
+//! times, checking every acknowledged change after each recovery), snapshots, a journal
+//! that cannot be written, and a corrupt journal (refused at start and at a restart, then
+//! salvaged with `leasehold journal salvage`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,6 +15,9 @@ use nix::sys::signal::Signal;
 
 use crate::support::http::{Client, Reply};
 use crate::support::{config, signal_pid, Server, DEADLINE};
+
+/// Bytes before each journal record's body (length and checksum).
+const HEADER_BYTES: usize = 8;
 
 fn with_data_dir(dir: &Path, server_extra: &str, rest: &str) -> String {
     config(&format!("data_dir = {dir:?}\n{server_extra}"), rest)
@@ -362,4 +366,198 @@ fn a_journal_that_cannot_be_written_refuses_changes_loses_nothing_and_recovers()
     assert_eq!(put(&mut c, "4").status, 200);
     assert_eq!(c.get("/v1/locks/disk/data/v").unwrap().json(), serde_json::json!(4));
     assert_eq!(c.get(&format!("/v1/locks/disk/tickets/{ticket}")).unwrap().status, 200, "the lease held throughout");
+}
+
+/// Every file of `dir` with its bytes.
+fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            (e.file_name().to_string_lossy().to_string(), std::fs::read(e.path()).unwrap())
+        })
+        .collect()
+}
+
+/// Acquires `n` locks `{prefix}-NN` with one-hour leases; returns (lock, ticket, fence).
+fn hold_locks(c: &mut Client, prefix: &str, n: usize) -> Vec<(String, String, u64)> {
+    (0..n)
+        .map(|i| {
+            let lock = format!("{prefix}-{i:02}");
+            let r = post(c, &format!("/v1/locks/{lock}/acquire"), serde_json::json!({"ttl_ms": 3_600_000})).unwrap();
+            assert_eq!(r.status, 200, "{lock}");
+            let body = r.json();
+            (lock, body["ticket"].as_str().unwrap().to_string(), body["fence"].as_u64().unwrap())
+        })
+        .collect()
+}
+
+/// (offset, body length) of each record a healthy segment holds: `length (u32 BE) | crc32 |
+/// body`, up to the zeros after the last one.
+fn records_of(bytes: &[u8]) -> Vec<(usize, usize)> {
+    let mut records = Vec::new();
+    let mut at = 0;
+    while at + HEADER_BYTES <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if len == 0 || at + HEADER_BYTES + len > bytes.len() {
+            break;
+        }
+        records.push((at, len));
+        at += HEADER_BYTES + len;
+    }
+    records
+}
+
+/// Flips a byte in the middle of what the segment holds; returns the offset of the record
+/// it lands in, and that record's body.
+fn flip_middle_byte(segment: &Path) -> (usize, String) {
+    let mut bytes = std::fs::read(segment).unwrap();
+    let records = records_of(&bytes);
+    let (last, last_len) = *records.last().expect("records");
+    let middle = (last + HEADER_BYTES + last_len) / 2;
+    let &(hit, hit_len) = records.iter().rev().find(|(offset, _)| *offset <= middle).unwrap();
+    let body = String::from_utf8_lossy(&bytes[hit + HEADER_BYTES..hit + HEADER_BYTES + hit_len]).to_string();
+    bytes[middle] ^= 0x20;
+    std::fs::write(segment, &bytes).unwrap();
+    (hit, body)
+}
+
+fn leasehold_journal(args: &[&Path]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_leasehold"));
+    cmd.arg("journal");
+    cmd.args(args);
+    cmd.output().expect("run leasehold journal")
+}
+
+#[test]
+fn r12_a_flipped_byte_mid_journal_fails_the_start_and_salvage_keeps_every_valid_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = with_data_dir(&data, "workers = 1", "");
+    let held = {
+        let mut s = Server::start(&cfg);
+        let mut c = Client::connect(s.addr).unwrap();
+        let held = hold_locks(&mut c, "r12", 40);
+        s.signal(Signal::SIGTERM);
+        assert_eq!(s.wait_exit(DEADLINE).0.code(), Some(0));
+        held
+    };
+    let segment = segment(&data);
+    let (offset, body) = flip_middle_byte(&segment);
+    // The middle of the journal is one of the forty acquires: that lease is lost.
+    let lost: Vec<&str> =
+        held.iter().map(|(lock, _, _)| lock.as_str()).filter(|lock| body.contains(&format!("\"{lock}\""))).collect();
+    assert_eq!(lost.len(), 1, "the damaged record is one acquire: {body}");
+    let before = contents(&data);
+
+    // The start fails, saying which file and where, and what to run; nothing changed.
+    let mut s = Server::spawn_only(&cfg);
+    let (status, _) = s.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(1), "log:\n{}", s.log());
+    let log = s.log();
+    assert!(log.contains(&format!("{} at byte {offset}", segment.display())), "log:\n{log}");
+    assert!(log.contains("leasehold journal verify") && log.contains("leasehold journal salvage"), "log:\n{log}");
+    assert!(contents(&data) == before, "the refused start changed the data directory");
+
+    let verify = leasehold_journal(&[Path::new("verify"), &data]);
+    let report = String::from_utf8_lossy(&verify.stdout);
+    assert_eq!(verify.status.code(), Some(1), "{report}");
+    assert!(report.contains(&format!("byte {offset}: CORRUPT")), "{report}");
+
+    let salvaged = dir.path().join("salvaged");
+    let salvage = leasehold_journal(&[Path::new("salvage"), &data, &salvaged]);
+    let said = String::from_utf8_lossy(&salvage.stdout);
+    assert_eq!(salvage.status.code(), Some(0), "{said}{}", String::from_utf8_lossy(&salvage.stderr));
+    assert!(said.contains("kept: ") && said.contains(&format!("at byte {offset}")), "{said}");
+    assert!(contents(&data) == before, "the salvage changed the original");
+
+    // Every acknowledged lease whose record is valid is there, with its ticket. Grants
+    // replay in order, so the ones before the damaged record keep their fences exactly; the
+    // ones after it come one lower (the skipped record's grant is not replayed), which keeps
+    // every lock's fences in order, and fences from now on start above all of them.
+    let s = Server::start(&with_data_dir(&salvaged, "workers = 1", ""));
+    let mut c = Client::connect(s.addr).unwrap();
+    let hole = held.iter().position(|(lock, _, _)| lost.contains(&lock.as_str())).unwrap();
+    for (i, (lock, ticket, fence)) in held.iter().enumerate() {
+        let r = c.get(&format!("/v1/locks/{lock}/tickets/{ticket}")).unwrap();
+        if i == hole {
+            assert_ne!(r.status, 200, "{lock}: its record was skipped");
+            continue;
+        }
+        let body = r.json();
+        assert_eq!((r.status, body["status"].as_str()), (200, Some("acquired")), "{lock}: {body}");
+        let replayed = if i < hole { *fence } else { fence - 1 };
+        assert_eq!(body["fence"].as_u64(), Some(replayed), "{lock}: {body}");
+    }
+    let highest = held.iter().map(|h| h.2).max().unwrap();
+    let next = post(&mut c, "/v1/locks/after/acquire", serde_json::json!({})).unwrap().json();
+    assert!(next["fence"].as_u64().unwrap() > highest, "fences only go up: {next}");
+}
+
+#[test]
+fn r12_a_keeper_restarted_on_a_corrupt_journal_stops_the_service_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut s =
+        Server::start(&with_data_dir(&data, "workers = 1\ncrash_storm_exits = 2\nrestart_delay_max_ms = 100", ""));
+    let mut c = Client::connect(s.addr).unwrap();
+    hold_locks(&mut c, "storm", 20);
+    // The bit rots under a running keeper (which never reads its journal back), then the
+    // keeper dies: every keeper the master starts refuses the journal.
+    let segment = segment(&data);
+    let (offset, _) = flip_middle_byte(&segment);
+    let before = contents(&data);
+    signal_pid(s.keeper_pid(), Signal::SIGKILL);
+    let (status, _) = s.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(1), "log:\n{}", s.log());
+    let log = s.log();
+    assert!(log.contains("crash storm"), "log:\n{log}");
+    let refusal = format!("{} at byte {offset}", segment.display());
+    assert!(log.matches(&refusal).count() >= 2, "each restart says why; log:\n{log}");
+    assert!(contents(&data) == before, "a refusing keeper changed the data directory");
+}
+
+#[test]
+fn a_snapshot_in_the_previous_format_is_read_once_and_replaced_by_a_checked_one() {
+    use leasehold::core::lock::TableLimits;
+    use leasehold::journal::store::{Found, Store};
+    use leasehold::journal::{self, Record, Snapshot, SNAPSHOT_VERSION};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let cfg = with_data_dir(&data, "workers = 1", "");
+    let held = {
+        let mut s = Server::start(&cfg);
+        let mut c = Client::connect(s.addr).unwrap();
+        let held = hold_locks(&mut c, "old", 3);
+        s.signal(Signal::SIGTERM);
+        assert_eq!(s.wait_exit(DEADLINE).0.code(), Some(0));
+        held
+    };
+    // The state as a snapshot of the previous format (the JSON alone) covering segment 1.
+    let mut service = leasehold::service::Service::new(TableLimits::DEFAULT, 0, 1);
+    let mut fences_reserved = 0;
+    drop(
+        Store::open(&data, |found| {
+            if let Found::Record(body) = found {
+                let record: Record = serde_json::from_slice(body).map_err(|e| e.to_string())?;
+                journal::replay(&mut service, record, &mut fences_reserved);
+            }
+            Ok(())
+        })
+        .unwrap(),
+    );
+    let old = Snapshot { version: SNAPSHOT_VERSION, fences_reserved, service: service.export() };
+    std::fs::write(data.join("snapshot-0000000000000001.json"), serde_json::to_vec(&old).unwrap()).unwrap();
+    let s = Server::start(&cfg);
+    s.wait_log("is in the previous format, which has no checksum");
+    s.wait_log("snapshot written");
+    let mut c = Client::connect(s.addr).unwrap();
+    for (lock, ticket, fence) in &held {
+        let r = c.get(&format!("/v1/locks/{lock}/tickets/{ticket}")).unwrap();
+        assert_eq!((r.status, r.json()["fence"].as_u64()), (200, Some(*fence)), "{lock}");
+    }
+    let snapshots: Vec<(String, Vec<u8>)> =
+        contents(&data).into_iter().filter(|(n, _)| n.starts_with("snapshot-")).collect();
+    assert_eq!(snapshots.len(), 1, "the old snapshot is replaced");
+    assert!(snapshots[0].1.starts_with(b"LHSNAP01"), "{} is in the checked format", snapshots[0].0);
 }
