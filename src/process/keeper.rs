@@ -63,6 +63,9 @@ const MAX_SLEEP_MS: u64 = 1_000;
 /// The exit code of a keeper whose journal could not be written (the master restarts it
 /// after a second, without counting it as a crash).
 pub const EXIT_JOURNAL_FAILED: i32 = 75;
+/// The exit code of a keeper that refuses a corrupt journal: restarting it cannot help, so
+/// the master stops the service at once.
+pub const EXIT_JOURNAL_CORRUPT: i32 = 65;
 /// Fences reserved at a time (one synced record per this many grants).
 pub const FENCE_BLOCK: u64 = 1 << 16;
 /// How often a keeper that cannot write its journal tries again.
@@ -81,10 +84,27 @@ pub fn run(master_pid: i32) -> i32 {
         Ok(code) => code,
         Err(e) => {
             log::error!("keeper failed: {e}");
-            1
+            let corrupt = e.get_ref().is_some_and(|inner| inner.is::<CorruptJournal>());
+            if corrupt {
+                EXIT_JOURNAL_CORRUPT
+            } else {
+                1
+            }
         }
     }
 }
+
+/// A journal the keeper refuses to start on (its text says what to do).
+#[derive(Debug)]
+struct CorruptJournal(String);
+
+impl std::fmt::Display for CorruptJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for CorruptJournal {}
 
 /// The outbox settings the service journals, from the configuration.
 fn outbox_settings(config: &Config) -> OutboxSettings {
@@ -139,13 +159,13 @@ fn note_holder(lock: &mut Flock<File>) {
 /// do about it.
 fn open_failed(e: StoreError, dir: &Path) -> io::Error {
     match e {
-        StoreError::Corrupt { .. } => io::Error::other(format!(
+        StoreError::Corrupt { .. } => io::Error::other(CorruptJournal(format!(
             "{e}; this is not a torn write, so the keeper does not start on it and has changed nothing in {dir}; \
              `leasehold journal verify {dir}` lists every damaged spot, and `leasehold journal salvage {dir} \
              NEW_DIR` copies every valid record into NEW_DIR, from which a keeper starts (point server.data_dir \
              at it)",
             dir = dir.display()
-        )),
+        ))),
         other => io::Error::other(other.to_string()),
     }
 }

@@ -777,6 +777,12 @@ impl Master {
             self.forget(role, generation);
             self.begin_stop(1, 0);
             return;
+        } else if role == Role::Keeper && exit == Exit::Code(super::keeper::EXIT_JOURNAL_CORRUPT) {
+            // Its journal is corrupt (it said where): a new keeper would refuse it too.
+            log::error!("the keeper (pid {pid}) refused a corrupt journal; stopping");
+            self.forget(role, generation);
+            self.begin_stop(1, 0);
+            return;
         } else if role == Role::Keeper && exit == Exit::Code(super::keeper::EXIT_JOURNAL_FAILED) {
             // Not a crash: its journal could not be written. A new keeper recovers from it
             // and serves reads until it can write again.
