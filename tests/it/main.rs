@@ -9,6 +9,7 @@ mod client;
 mod compat;
 mod dispatch;
 mod durability;
+mod fuzz_seeds;
 mod layering;
 mod lifecycle;
 mod lock_props;
