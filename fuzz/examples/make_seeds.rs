@@ -5,7 +5,8 @@
 //!
 //! Run once by hand when a target's layout or the tests' inputs change
 //! (`cargo run --example make_seeds` in `fuzz/`); the seeds are committed, this is not
-//! part of `make fuzz`. Files named `r12-*` are regression inputs and are left alone.
+//! part of `make fuzz`. It writes files named `NN-*`; others (inputs the fuzzer found,
+//! `r12-*` for those that crashed the server before a fix) are left alone.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -37,7 +38,8 @@ impl Seeds {
         fs::create_dir_all(&dir).expect("create the seed directory");
         for entry in fs::read_dir(&dir).expect("list the seed directory") {
             let path = entry.expect("a directory entry").path();
-            let keep = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("r12-"));
+            let keep =
+                path.file_name().and_then(|n| n.to_str()).is_some_and(|n| !n.starts_with(|c: char| c.is_ascii_digit()));
             if !keep {
                 fs::remove_file(&path).expect("remove an old seed");
             }
