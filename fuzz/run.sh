@@ -27,7 +27,7 @@ if ! command -v cc >/dev/null || ! command -v make >/dev/null; then
 fi
 # cargo-afl must match the afl crate the targets link (its runtime is built per version).
 afl_version=$(awk '$0 == "name = \"afl\"" { getline; gsub(/[^0-9.]/, "", $3); print $3 }' Cargo.lock)
-if [[ "$(cargo afl --version 2>/dev/null || true)" != "cargo-afl $afl_version "* ]]; then
+if ! cargo afl --version 2>/dev/null | grep -q "^cargo-afl $afl_version "; then
     say "installing cargo-afl $afl_version"
     cargo install --quiet --locked --force cargo-afl --version "$afl_version"
 fi
