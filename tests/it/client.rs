@@ -5,6 +5,7 @@
 //! the command; `leasehold status` and `leasehold release`.
 
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -26,19 +27,48 @@ fn leasehold(server: &Server, args: &[&str]) -> Command {
     cmd
 }
 
-/// Waits for `leasehold lock` to end; returns its exit code.
-fn wait_child(child: &mut Child) -> i32 {
-    let status = wait_for("leasehold lock to end", || child.try_wait().unwrap().ok_or("still running"));
-    status.code().expect("leasehold exits, it is not killed")
+/// A running `leasehold lock` in a process group of its own: if the test fails before it
+/// ends, the group (it and its command) is killed, so no command outlives its test.
+struct Run {
+    child: Child,
+    ended: bool,
 }
 
-/// Waits for `leasehold lock` to end; returns its exit code and what it wrote on stderr
-/// (the child must have been started with `stderr(Stdio::piped())`).
-fn wait_child_stderr(child: &mut Child) -> (i32, String) {
-    let code = wait_child(child);
-    let mut stderr = String::new();
-    child.stderr.take().expect("stderr is piped").read_to_string(&mut stderr).unwrap();
-    (code, stderr)
+impl Run {
+    /// Starts `cmd` (a `leasehold lock`).
+    fn start(cmd: &mut Command) -> Run {
+        Run { child: cmd.process_group(0).spawn().expect("start leasehold lock"), ended: false }
+    }
+
+    fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Waits for it to end; returns its exit code.
+    fn wait(&mut self) -> i32 {
+        let child = &mut self.child;
+        let status = wait_for("leasehold lock to end", || child.try_wait().unwrap().ok_or("still running"));
+        self.ended = true;
+        status.code().expect("leasehold exits, it is not killed")
+    }
+
+    /// Waits for it to end; returns its exit code and what it wrote on stderr (it must
+    /// have been started with `stderr(Stdio::piped())`).
+    fn wait_stderr(&mut self) -> (i32, String) {
+        let code = self.wait();
+        let mut stderr = String::new();
+        self.child.stderr.take().expect("stderr is piped").read_to_string(&mut stderr).unwrap();
+        (code, stderr)
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        if !self.ended {
+            let _ = kill(Pid::from_raw(-(self.child.id() as i32)), Signal::SIGKILL);
+            let _ = self.child.wait();
+        }
+    }
 }
 
 /// Waits until the command has written a whole line to `path`; returns it.
@@ -90,11 +120,11 @@ fn two_runs_of_a_racy_increment_started_together_fifty_times_end_exact() {
     // runs started together lose an increment.
     let script = format!("n=$(cat {0}); sleep 0.02; echo $((n + 1)) > {0}", file.display());
     for _ in 0..50 {
-        let mut runs: Vec<Child> = (0..2)
-            .map(|_| leasehold(&s, &["lock", "counter", "--wait", "1m", "--", "sh", "-c", &script]).spawn().unwrap())
+        let mut runs: Vec<Run> = (0..2)
+            .map(|_| Run::start(&mut leasehold(&s, &["lock", "counter", "--wait", "1m", "--", "sh", "-c", &script])))
             .collect();
         for run in &mut runs {
-            assert_eq!(wait_child(run), 0);
+            assert_eq!(run.wait(), 0);
         }
     }
     assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), "100");
@@ -106,13 +136,13 @@ fn with_limit_two_at_most_two_commands_run_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("log");
     let script = format!("echo start >> {0}; sleep 0.1; echo end >> {0}", log.display());
-    let mut runs: Vec<Child> = (0..6)
+    let mut runs: Vec<Run> = (0..6)
         .map(|_| {
-            leasehold(&s, &["lock", "pool", "--limit", "2", "--wait", "1m", "--", "sh", "-c", &script]).spawn().unwrap()
+            Run::start(&mut leasehold(&s, &["lock", "pool", "--limit", "2", "--wait", "1m", "--", "sh", "-c", &script]))
         })
         .collect();
     for run in &mut runs {
-        assert_eq!(wait_child(run), 0);
+        assert_eq!(run.wait(), 0);
     }
     let (mut running, mut most) = (0, 0);
     for line in std::fs::read_to_string(&log).unwrap().lines() {
@@ -134,7 +164,7 @@ fn r22_renewal_keeps_a_command_running_past_several_ttls() {
     );
     // TTL 600 ms: renewed every 200 ms, so each renewal has 400 ms to get through.
     const TTL_MS: u64 = 600;
-    let mut run = leasehold(&s, &["lock", "long-job", "--ttl", "600ms", "--", "sh", "-c", &script]).spawn().unwrap();
+    let mut run = Run::start(&mut leasehold(&s, &["lock", "long-job", "--ttl", "600ms", "--", "sh", "-c", &script]));
     wait_file(&ticket_file);
     let mut c = Client::connect(s.addr).unwrap();
     // The lease was granted before this moment, so unrenewed it would end by
@@ -157,7 +187,7 @@ fn r22_renewal_keeps_a_command_running_past_several_ttls() {
     assert_eq!(still, fence);
     assert!(left_ms <= TTL_MS, "{left_ms} ms left on a {TTL_MS} ms lease");
     std::fs::write(&stop_file, "").unwrap();
-    assert_eq!(wait_child(&mut run), 0);
+    assert_eq!(run.wait(), 0);
     assert_eq!(holder(&mut c, "long-job"), None, "released when the command ended");
 }
 
@@ -167,16 +197,15 @@ fn a_lease_released_by_someone_else_stops_the_command_with_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let (ticket_file, term_file) = (dir.path().join("ticket"), dir.path().join("term"));
     let script = stoppable(&ticket_file, &term_file);
-    let mut run = leasehold(&s, &["lock", "doomed", "--ttl", "1500ms", "--", "sh", "-c", &script])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut run = Run::start(
+        leasehold(&s, &["lock", "doomed", "--ttl", "1500ms", "--", "sh", "-c", &script]).stderr(Stdio::piped()),
+    );
     let ticket = wait_file(&ticket_file);
     // Someone else ends the lease (an operator's release); the next renewal learns it.
     let out = leasehold(&s, &["release", "doomed", &ticket]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(wait_file(&term_file), "got", "the command got SIGTERM");
-    let (code, stderr) = wait_child_stderr(&mut run);
+    let (code, stderr) = run.wait_stderr();
     assert_eq!(code, 7, "leasehold exits with the command's own status");
     // Told by the server, not found out by the lease running out on the client's clock.
     assert!(stderr.contains("the lease on doomed is lost (the server says 410"), "{stderr}");
@@ -188,20 +217,19 @@ fn r22_a_lease_that_expired_on_the_server_stops_the_command() {
     let dir = tempfile::tempdir().unwrap();
     let (ticket_file, term_file) = (dir.path().join("ticket"), dir.path().join("term"));
     let script = stoppable(&ticket_file, &term_file);
-    let mut run = leasehold(&s, &["lock", "lapsed", "--ttl", "300ms", "--", "sh", "-c", &script])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut run = Run::start(
+        leasehold(&s, &["lock", "lapsed", "--ttl", "300ms", "--", "sh", "-c", &script]).stderr(Stdio::piped()),
+    );
     wait_file(&ticket_file);
     // The client is stopped (the command runs on): nothing renews the lease, and the
     // server expires it.
-    let client = Pid::from_raw(run.id() as i32);
+    let client = run.pid();
     kill(client, Signal::SIGSTOP).unwrap();
     let mut c = Client::connect(s.addr).unwrap();
     wait_for("the server to expire the lease", || holder(&mut c, "lapsed").map_or(Ok(()), Err));
     kill(client, Signal::SIGCONT).unwrap();
     assert_eq!(wait_file(&term_file), "got", "the command got SIGTERM");
-    let (code, stderr) = wait_child_stderr(&mut run);
+    let (code, stderr) = run.wait_stderr();
     assert_eq!(code, 7, "{stderr}");
     assert!(stderr.contains("the lease on lapsed is lost"), "{stderr}");
 }
@@ -212,10 +240,9 @@ fn r22_a_lease_that_cannot_be_renewed_before_it_runs_out_stops_the_command() {
     let dir = tempfile::tempdir().unwrap();
     let (ticket_file, term_file) = (dir.path().join("ticket"), dir.path().join("term"));
     let script = stoppable(&ticket_file, &term_file);
-    let mut run = leasehold(&s, &["lock", "unreachable", "--ttl", "600ms", "--", "sh", "-c", &script])
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut run = Run::start(
+        leasehold(&s, &["lock", "unreachable", "--ttl", "600ms", "--", "sh", "-c", &script]).stderr(Stdio::piped()),
+    );
     wait_file(&ticket_file);
     // Every server process stops: connections are accepted by the kernel and never
     // answered, so every renewal times out.
@@ -229,7 +256,7 @@ fn r22_a_lease_that_cannot_be_renewed_before_it_runs_out_stops_the_command() {
         signal_pid(pid, Signal::SIGCONT);
     }
     assert_eq!(term.expect("the command got no SIGTERM"), "got");
-    let (code, stderr) = wait_child_stderr(&mut run);
+    let (code, stderr) = run.wait_stderr();
     assert_eq!(code, 7, "{stderr}");
     assert!(stderr.contains("the lease on unreachable is lost (not renewed in time"), "{stderr}");
 }
@@ -248,14 +275,14 @@ fn r22_a_command_that_ignores_sigterm_is_killed_after_grace() {
         ticket = ticket_file.display(),
         alive = alive_file.display()
     );
-    let mut run = leasehold(&s, &["lock", "stubborn", "--grace", "2s", "--", "sh", "-c", &script]).spawn().unwrap();
+    let mut run = Run::start(&mut leasehold(&s, &["lock", "stubborn", "--grace", "2s", "--", "sh", "-c", &script]));
     let ticket = wait_file(&ticket_file);
     let out = leasehold(&s, &["release", "stubborn", &ticket]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let term_ns: u128 = wait_file(&term_file).parse().unwrap();
     // SIGTERM did not end it, and SIGKILL did not come with it.
     wait_file(&alive_file);
-    assert_eq!(wait_child(&mut run), 128 + 9, "the command was killed by SIGKILL");
+    assert_eq!(run.wait(), 128 + 9, "the command was killed by SIGKILL");
     // SIGKILL came after --grace (2 s), not after the default 10 s: measured from the
     // command's own record of SIGTERM to now, which is after the kill.
     let now_ns = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
@@ -312,13 +339,13 @@ fn signals_reach_the_command_and_the_lease_is_released_when_it_ends() {
     let ready = dir.path().join("ready");
     let script =
         format!("trap 'exit 9' USR1; echo $LEASEHOLD_FENCE > {}; while true; do sleep 0.05; done", ready.display());
-    let mut run = leasehold(&s, &["lock", "signalled", "--", "sh", "-c", &script]).spawn().unwrap();
+    let mut run = Run::start(&mut leasehold(&s, &["lock", "signalled", "--", "sh", "-c", &script]));
     let fence: u64 = wait_file(&ready).parse().unwrap();
     assert!(fence > 0);
     let mut c = Client::connect(s.addr).unwrap();
     assert_eq!(c.get("/v1/locks/signalled").unwrap().status, 200, "held while the command runs");
-    kill(Pid::from_raw(run.id() as i32), Signal::SIGUSR1).unwrap();
-    assert_eq!(wait_child(&mut run), 9);
+    kill(run.pid(), Signal::SIGUSR1).unwrap();
+    assert_eq!(run.wait(), 9);
     assert_eq!(c.get("/v1/locks/signalled").unwrap().status, 404, "released: nobody holds it");
 }
 
