@@ -162,20 +162,21 @@ fn r22_renewal_keeps_a_command_running_past_several_ttls() {
         ticket_file.display(),
         stop_file.display()
     );
-    // TTL 600 ms: renewed every 200 ms, so each renewal has 400 ms to get through.
-    const TTL_MS: u64 = 600;
-    let mut run = Run::start(&mut leasehold(&s, &["lock", "long-job", "--ttl", "600ms", "--", "sh", "-c", &script]));
+    // TTL 3 s: renewed every second, so each renewal has 2 s to get through (a few ms when
+    // idle; hundreds under heavy load).
+    const TTL_MS: u64 = 3_000;
+    let mut run = Run::start(&mut leasehold(&s, &["lock", "long-job", "--ttl", "3s", "--", "sh", "-c", &script]));
     wait_file(&ticket_file);
     let mut c = Client::connect(s.addr).unwrap();
     // The lease was granted before this moment, so unrenewed it would end by
-    // `started + TTL`; it is watched, by the server's clock, until 4 TTLs later.
+    // `started + TTL`; it is watched, by the server's clock, until 3 TTLs later.
     let started_ms = server_now_ms(&mut c);
     let (fence, _) = holder(&mut c, "long-job").expect("held while the command runs");
-    wait_for("the server's clock to pass 4 TTLs", || {
+    wait_for("the server's clock to pass 3 TTLs", || {
         let seen = holder(&mut c, "long-job");
         assert_eq!(seen.map(|(f, _)| f), Some(fence), "the lease ended while the command ran");
         let now_ms = server_now_ms(&mut c);
-        if now_ms >= started_ms + 4 * TTL_MS {
+        if now_ms >= started_ms + 3 * TTL_MS {
             Ok(())
         } else {
             Err(now_ms - started_ms)
@@ -197,9 +198,8 @@ fn a_lease_released_by_someone_else_stops_the_command_with_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let (ticket_file, term_file) = (dir.path().join("ticket"), dir.path().join("term"));
     let script = stoppable(&ticket_file, &term_file);
-    let mut run = Run::start(
-        leasehold(&s, &["lock", "doomed", "--ttl", "1500ms", "--", "sh", "-c", &script]).stderr(Stdio::piped()),
-    );
+    let mut run =
+        Run::start(leasehold(&s, &["lock", "doomed", "--ttl", "3s", "--", "sh", "-c", &script]).stderr(Stdio::piped()));
     let ticket = wait_file(&ticket_file);
     // Someone else ends the lease (an operator's release); the next renewal learns it.
     let out = leasehold(&s, &["release", "doomed", &ticket]).output().unwrap();
@@ -241,7 +241,7 @@ fn r22_a_lease_that_cannot_be_renewed_before_it_runs_out_stops_the_command() {
     let (ticket_file, term_file) = (dir.path().join("ticket"), dir.path().join("term"));
     let script = stoppable(&ticket_file, &term_file);
     let mut run = Run::start(
-        leasehold(&s, &["lock", "unreachable", "--ttl", "600ms", "--", "sh", "-c", &script]).stderr(Stdio::piped()),
+        leasehold(&s, &["lock", "unreachable", "--ttl", "3s", "--", "sh", "-c", &script]).stderr(Stdio::piped()),
     );
     wait_file(&ticket_file);
     // Every server process stops: connections are accepted by the kernel and never
@@ -277,7 +277,7 @@ fn r22_a_command_that_ignores_sigterm_is_killed_after_grace() {
     );
     let mut run = Run::start(&mut leasehold(
         &s,
-        &["lock", "stubborn", "--ttl", "600ms", "--grace", "1s", "--", "sh", "-c", &script],
+        &["lock", "stubborn", "--ttl", "3s", "--grace", "1s", "--", "sh", "-c", &script],
     ));
     let ticket = wait_file(&ticket_file);
     let out = leasehold(&s, &["release", "stubborn", &ticket]).output().unwrap();
