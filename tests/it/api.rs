@@ -5,10 +5,9 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
-use std::time::Duration;
 
 use crate::support::http::{once, Client, Reply};
-use crate::support::{config, wait_for, wait_until, Server};
+use crate::support::{config, wait_for, wait_until, Server, DEADLINE};
 
 fn post(c: &mut Client, path: &str, body: serde_json::Value) -> Reply {
     c.post(path, &body.to_string()).unwrap_or_else(|e| panic!("POST {path}: {e}"))
@@ -235,7 +234,7 @@ impl Events {
     /// Opens the stream, continuing after `last_event_id` when given.
     fn open_after(s: &Server, lock: &str, ticket: &str, last_event_id: Option<u64>) -> Events {
         let mut stream = TcpStream::connect(s.addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.set_read_timeout(Some(DEADLINE)).unwrap();
         let resume = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
         write!(stream, "GET /v1/locks/{lock}/events?ticket={ticket} HTTP/1.1\r\nHost: x\r\n{resume}\r\n").unwrap();
         let mut reader = BufReader::new(stream);
