@@ -208,9 +208,9 @@ fn a_vanished_waiter_never_stalls_the_queue() {
     let granted_at = granted.json()["at_ms"].as_u64().unwrap();
     // A either dropped out as absent or was admitted unclaimed and lapsed: B is in within
     // claim_ms + waiter_ttl_ms, by the server's own clock, plus the keeper's timer firing
-    // late: a few ms when idle, 1 s allowed for a loaded machine. (With the defaults, 5 s
-    // and 10 s, B would wait far longer.)
-    assert!(granted_at - released_at <= 300 + 500 + 1_000, "B waited {} ms", granted_at - released_at);
+    // late: a few ms when idle, 3 s allowed for the stalls a loaded machine shows. (With the
+    // defaults, 5 s and 10 s, B would wait longer still.)
+    assert!(granted_at - released_at <= 300 + 500 + 3_000, "B waited {} ms", granted_at - released_at);
 }
 
 /// The server's clock (ms since the epoch), read from the `at_ms` of a try-lock of a lock
