@@ -3,7 +3,7 @@
 //! targets on this machine, lock callbacks, and kill -9 of the courier and of the keeper
 //! in the middle of deliveries.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU16, Ordering};
@@ -13,20 +13,38 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::support::http::Client;
-use crate::support::{config, signal_pid, Server, DEADLINE};
+use crate::support::{config, signal_pid, wait_for, wait_until, Server};
 
 /// One request the sink received.
 #[derive(Debug, Clone)]
 struct Received {
+    /// When the whole request had arrived.
     at: Instant,
+    /// When the answer was decided, just before it was written.
+    answered: Instant,
     /// What the sink answered.
     status: u16,
     headers: HashMap<String, String>,
     body: String,
 }
 
-/// A local HTTP endpoint answering every request with the status in `status` (settable).
-/// While `hold` is set, it keeps each request waiting for its answer (a slow target).
+/// How the sink answers one request.
+#[derive(Debug, Clone, Copy)]
+struct Answer {
+    status: u16,
+    /// A `Retry-After` header, in seconds.
+    retry_after_s: Option<u32>,
+}
+
+/// `status` with no `Retry-After`.
+const fn answer(status: u16) -> Answer {
+    Answer { status, retry_after_s: None }
+}
+
+/// A local HTTP endpoint. It answers the requests it receives, in the order they arrive,
+/// from its script, and every request past the script with the status in `status`
+/// (settable). While `hold` is set, it keeps each request waiting for its answer (a slow
+/// target), and answers it when released if its client is still there.
 struct Sink {
     addr: SocketAddr,
     status: Arc<AtomicU16>,
@@ -36,16 +54,24 @@ struct Sink {
 
 impl Sink {
     fn new(status: u16) -> Sink {
+        Self::scripted(&[], status)
+    }
+
+    /// Answers the first requests from `script`, in order, then every other with `then`:
+    /// what each attempt gets is decided before it is made, whatever the timing.
+    fn scripted(script: &[Answer], then: u16) -> Sink {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let status = Arc::new(AtomicU16::new(status));
+        let status = Arc::new(AtomicU16::new(then));
         let received = Arc::new(Mutex::new(Vec::new()));
         let hold = Arc::new((Mutex::new(false), Condvar::new()));
+        let script = Arc::new(Mutex::new(script.iter().copied().collect::<VecDeque<Answer>>()));
         let (st, rec, held) = (Arc::clone(&status), Arc::clone(&received), Arc::clone(&hold));
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
-                let (st, rec, held) = (Arc::clone(&st), Arc::clone(&rec), Arc::clone(&held));
+                let (st, rec, held, script) =
+                    (Arc::clone(&st), Arc::clone(&rec), Arc::clone(&held), Arc::clone(&script));
                 std::thread::spawn(move || {
                     let mut got = Vec::new();
                     let mut chunk = [0u8; 4096];
@@ -67,6 +93,7 @@ impl Sink {
                         if got.len() < end + 4 + len {
                             continue;
                         }
+                        let at = Instant::now();
                         let body = String::from_utf8_lossy(&got[end + 4..end + 4 + len]).to_string();
                         let (lock, released) = &*held;
                         let mut holding = lock.lock().unwrap();
@@ -75,12 +102,24 @@ impl Sink {
                             holding = released.wait(holding).unwrap();
                         }
                         drop(holding);
-                        // A held request's client may have gone meanwhile: it was not answered.
-                        let status = if was_held { 0 } else { st.load(Ordering::SeqCst) };
-                        rec.lock().unwrap().push(Received { at: Instant::now(), status, headers, body });
+                        // A held request's client may have gone meanwhile (a killed courier):
+                        // then it is recorded as not answered (status 0).
+                        let planned = if was_held && client_gone(&mut conn) {
+                            answer(0)
+                        } else {
+                            script.lock().unwrap().pop_front().unwrap_or_else(|| answer(st.load(Ordering::SeqCst)))
+                        };
+                        let status = planned.status;
+                        let retry_after =
+                            planned.retry_after_s.map(|s| format!("Retry-After: {s}\r\n")).unwrap_or_default();
+                        // Recorded before it is written, so whatever the server does on
+                        // this answer comes after the test can see it.
+                        rec.lock().unwrap().push(Received { at, answered: Instant::now(), status, headers, body });
                         let _ = conn.write_all(
-                            format!("HTTP/1.1 {status} X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
-                                .as_bytes(),
+                            format!(
+                                "HTTP/1.1 {status} X\r\n{retry_after}Content-Length: 2\r\nConnection: close\r\n\r\nok"
+                            )
+                            .as_bytes(),
                         );
                         return;
                     }
@@ -98,11 +137,8 @@ impl Sink {
 
     /// Waits until `n` requests are being held.
     fn wait_held(&self, n: usize) {
-        let deadline = Instant::now() + DEADLINE;
-        while Arc::strong_count(&self.hold) < 2 + n {
-            assert!(Instant::now() < deadline, "no request is being held");
-            std::thread::yield_now();
-        }
+        // Each connection's thread holds one more handle on `hold` while it runs.
+        wait_until(&format!("{n} requests held by the sink"), || Arc::strong_count(&self.hold) >= 2 + n);
     }
 
     fn url(&self) -> String {
@@ -113,18 +149,26 @@ impl Sink {
         self.received.lock().unwrap().clone()
     }
 
-    /// Waits until `n` requests have arrived.
+    /// Waits until `n` requests have been answered (or are being answered).
     fn wait_for(&self, n: usize) -> Vec<Received> {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
+        wait_for(&format!("{n} requests to reach the sink"), || {
             let got = self.received();
             if got.len() >= n {
-                return got;
+                Ok(got)
+            } else {
+                Err(got.len())
             }
-            assert!(Instant::now() < deadline, "{} of {n} requests reached the sink", got.len());
-            std::thread::yield_now();
-        }
+        })
     }
+}
+
+/// Whether the client of `conn` has closed its end (it sends nothing more after its
+/// request, so any end of input means it is gone).
+fn client_gone(conn: &mut std::net::TcpStream) -> bool {
+    conn.set_nonblocking(true).unwrap();
+    let gone = !matches!(conn.read(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock);
+    conn.set_nonblocking(false).unwrap();
+    gone
 }
 
 /// A server whose outbox may call loopback, with a fast backoff.
@@ -142,33 +186,53 @@ fn put(c: &mut Client, body: serde_json::Value) -> (u16, serde_json::Value) {
 
 /// Waits until `GET path` answers `status`.
 fn wait_status(c: &mut Client, path: &str, status: u16) -> serde_json::Value {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
+    wait_for(&format!("GET {path} to answer {status}"), || {
         let r = c.get(path).unwrap();
         if r.status == status {
-            return r.json();
+            Ok(r.json())
+        } else {
+            Err(format!("{} {}", r.status, String::from_utf8_lossy(&r.body)))
         }
-        assert!(Instant::now() < deadline, "GET {path} stayed {} ({})", r.status, String::from_utf8_lossy(&r.body));
-        std::thread::yield_now();
-    }
+    })
+}
+
+/// Waits until the entry `id` is in `state`; returns it.
+fn wait_state(c: &mut Client, id: &str, state: &str) -> serde_json::Value {
+    wait_for(&format!("outbox entry {id} to be {state}"), || {
+        let entry = c.get(&format!("/v1/outbox/{id}")).unwrap().json();
+        if entry["state"] == state {
+            Ok(entry)
+        } else {
+            Err(entry)
+        }
+    })
+}
+
+/// The server's metrics, as text.
+fn metrics(c: &mut Client) -> String {
+    String::from_utf8(c.get("/metrics").unwrap().body).unwrap()
+}
+
+/// The value of the metric sample `name` (with its labels), if the metrics have it.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 #[test]
 fn a_call_that_fails_twice_is_delivered_once_with_backoff_its_key_and_signature() {
     let s = server("");
-    let sink = Sink::new(503);
+    // Each attempt's answer is set before the call is made: two failures (the first asking
+    // for a second's pause), then success. No switching while retries are under way.
+    let sink = Sink::scripted(&[Answer { status: 503, retry_after_s: Some(1) }, answer(503), answer(200)], 500);
     let mut c = Client::connect(s.addr).unwrap();
     let (status, accepted) = put(&mut c, serde_json::json!({"url": sink.url(), "body": {"n": 1}, "max_attempts": 5}));
     assert_eq!(status, 202, "{accepted}");
     let id = accepted["id"].as_str().unwrap().to_string();
-    let failures = sink.wait_for(2);
-    sink.status.store(200, Ordering::SeqCst);
-    let all = sink.wait_for(3);
     // Gone once delivered: no further attempt can come.
     wait_status(&mut c, &format!("/v1/outbox/{id}"), 404);
-    let all_now = sink.received();
-    assert_eq!(all_now.len(), 3, "exactly one success after two failures");
-    assert_eq!(all_now.iter().filter(|r| r.status == 200).count(), 1);
+    let all = sink.received();
+    let statuses: Vec<u16> = all.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, vec![503, 503, 200], "exactly one success after two failures");
     for r in &all {
         assert_eq!(r.headers.get("idempotency-key"), Some(&id));
         assert_eq!(r.body, r#"{"n":1}"#);
@@ -176,12 +240,22 @@ fn a_call_that_fails_twice_is_delivered_once_with_backoff_its_key_and_signature(
         let expected = leasehold::core::signature::sign(b"s3cret", ts, r.body.as_bytes());
         assert_eq!(r.headers.get("x-leasehold-signature"), Some(&expected));
     }
-    // Full jitter: each retry within its ceiling (100 ms, then 200 ms) plus handling time.
-    let gap = failures[1].at - failures[0].at;
-    assert!(gap <= Duration::from_millis(100 + 500), "second attempt {gap:?} after the first");
-    let metrics = String::from_utf8(c.get("/metrics").unwrap().body).unwrap();
-    assert!(metrics.contains("leasehold_deliveries_total{result=\"delivered\"} 1\n"), "{metrics}");
-    assert!(metrics.contains("leasehold_deliveries_total{result=\"retried\"} 2\n"));
+    // Each attempt after the previous one's answer; the target's Retry-After (1 s, longer
+    // than the 100 ms backoff ceiling) is a floor. A lower bound, so a slow machine cannot
+    // break it: the server's clock counts whole milliseconds, and 10 ms covers that and the
+    // drift between its wall clock and this test's monotonic one.
+    assert!(all.windows(2).all(|w| w[1].at > w[0].answered), "attempts overlap");
+    let paused = all[1].at - all[0].answered;
+    assert!(paused >= Duration::from_millis(1_000 - 10), "the retry came {paused:?} after a Retry-After: 1");
+    let text = metrics(&mut c);
+    for (sample, value) in [
+        ("leasehold_deliveries_total{result=\"delivered\"}", 1.0),
+        ("leasehold_deliveries_total{result=\"retried\"}", 2.0),
+        ("leasehold_deliveries_total{result=\"failed\"}", 0.0),
+        ("leasehold_delivery_seconds_count", 3.0),
+    ] {
+        assert_eq!(metric(&text, sample), Some(value), "{sample} in:\n{text}");
+    }
 }
 
 #[test]
@@ -191,15 +265,10 @@ fn a_call_that_keeps_failing_is_dead_lettered_then_retried_by_hand() {
     let mut c = Client::connect(s.addr).unwrap();
     let (_, accepted) = put(&mut c, serde_json::json!({"url": sink.url(), "max_attempts": 3}));
     let id = accepted["id"].as_str().unwrap().to_string();
-    let deadline = Instant::now() + DEADLINE;
-    let failed = loop {
+    let failed = wait_for("the call to be dead-lettered", || {
         let page = c.get("/v1/outbox?state=failed").unwrap().json();
-        if let Some(entry) = page["entries"].as_array().and_then(|e| e.first()).cloned() {
-            break entry;
-        }
-        assert!(Instant::now() < deadline, "never dead-lettered");
-        std::thread::yield_now();
-    };
+        page["entries"].as_array().and_then(|e| e.first()).cloned().ok_or(page)
+    });
     assert_eq!((failed["id"].as_str(), failed["attempts"].as_u64()), (Some(id.as_str()), Some(3)));
     assert!(failed["last_error"].as_str().unwrap().contains("HTTP 500"), "{failed}");
     assert_eq!(sink.received().len(), 3, "max_attempts attempts, no more");
@@ -207,15 +276,8 @@ fn a_call_that_keeps_failing_is_dead_lettered_then_retried_by_hand() {
     sink.status.store(404, Ordering::SeqCst);
     let (_, other) = put(&mut c, serde_json::json!({"url": sink.url(), "max_attempts": 9}));
     let other_id = other["id"].as_str().unwrap();
-    let entry = loop {
-        let e = c.get(&format!("/v1/outbox/{other_id}")).unwrap().json();
-        if e["state"] == "failed" {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "a 404 was retried: {e}");
-        std::thread::yield_now();
-    };
-    assert_eq!(entry["attempts"], 1);
+    let entry = wait_state(&mut c, other_id, "failed");
+    assert_eq!(entry["attempts"], 1, "a 404 was retried: {entry}");
     // Retried by hand once the target works.
     sink.status.store(200, Ordering::SeqCst);
     let r = c.post(&format!("/v1/outbox/{id}/retry"), "").unwrap();
@@ -300,11 +362,7 @@ fn kill_9_of_the_courier_and_of_the_keeper_loses_no_call() {
     sink.wait_held(1);
     let courier = s.courier_pid().expect("a courier");
     signal_pid(courier, Signal::SIGKILL);
-    let deadline = Instant::now() + DEADLINE;
-    while s.courier_pid().is_none_or(|p| p == courier) {
-        assert!(Instant::now() < deadline, "no new courier");
-        std::thread::yield_now();
-    }
+    wait_until("a new courier", || s.courier_pid().is_some_and(|p| p != courier));
     // The calls the dead courier held are made again by the new one (still held here),
     // and then the keeper dies with calls in flight too.
     sink.wait_held(2);
@@ -385,15 +443,7 @@ fn r12_host_lists_hold_for_every_spelling_and_for_resolved_addresses() {
     // time, so the call fails without reaching the sink.
     let (_, accepted) = put(&mut c, serde_json::json!({"url": format!("http://localhost:{port}/x")}));
     let id = accepted["id"].as_str().expect("a name is accepted").to_string();
-    let deadline = Instant::now() + DEADLINE;
-    let entry = loop {
-        let e = c.get(&format!("/v1/outbox/{id}")).unwrap().json();
-        if e["state"] == "failed" {
-            break e;
-        }
-        assert!(Instant::now() < deadline, "never refused: {e}");
-        std::thread::yield_now();
-    };
+    let entry = wait_state(&mut c, &id, "failed");
     assert!(entry["last_error"].as_str().unwrap().contains("may not call"), "{entry}");
     assert!(sink.received().is_empty(), "the sink was called");
     // allow_hosts: the host that is checked is the host that is called.
@@ -476,21 +526,15 @@ fn r12_headers_count_in_a_calls_size_and_callbacks_cannot_crowd_out_calls() {
     }
     let release = format!(r#"{{"ticket":"{}"}}"#, holder["ticket"].as_str().unwrap());
     assert_eq!(c.post("/v1/locks/cbs/release", &release).unwrap().status, 200);
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let metrics = String::from_utf8(c.get("/metrics").unwrap().body).unwrap();
-        if metrics.contains("leasehold_callbacks_refused_total 1\n") {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the second callback was not refused");
-        std::thread::yield_now();
-    }
+    wait_until("the second callback to be refused", || {
+        metric(&metrics(&mut c), "leasehold_callbacks_refused_total") == Some(1.0)
+    });
     // Calls still have their room.
     for _ in 0..2 {
         assert_eq!(put(&mut c, serde_json::json!({"url": "https://h.example.com/", "not_before_ms": later})).0, 202);
     }
     // Each budget's use and limit are in the metrics.
-    let metrics = String::from_utf8(c.get("/metrics").unwrap().body).unwrap();
+    let text = metrics(&mut c);
     for line in [
         "leasehold_budget_used{budget=\"outbox_calls\"} 2",
         "leasehold_budget_limit{budget=\"outbox_calls\"} 2",
@@ -498,7 +542,128 @@ fn r12_headers_count_in_a_calls_size_and_callbacks_cannot_crowd_out_calls() {
         "leasehold_budget_limit{budget=\"outbox_callbacks\"} 1",
         "leasehold_budget_limit{budget=\"outbox_bytes\"} 268435456",
     ] {
-        assert!(metrics.lines().any(|l| l == line), "no {line:?} in:\n{metrics}");
+        assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
     }
     sink.set_hold(false);
+}
+
+#[test]
+fn r22_a_call_over_max_body_bytes_is_413_and_max_attempts_is_capped() {
+    let s = server("max_body_bytes = 1024\nmax_attempts = 4\ndefault_attempts = 3");
+    let mut c = Client::connect(s.addr).unwrap();
+    let later = 4_000_000_000_000u64;
+    let call = |body: &str, attempts: Option<u32>| {
+        let mut call = serde_json::json!({"url": "https://h.example.com/", "body": body, "not_before_ms": later});
+        if let Some(n) = attempts {
+            call["max_attempts"] = n.into();
+        }
+        call
+    };
+    // A string body is sent as is: 1,024 bytes fit, 1,025 do not.
+    let (status, body) = put(&mut c, call(&"x".repeat(1_025), None));
+    assert_eq!((status, body["error"].as_str()), (413, Some("payload_too_large")), "{body}");
+    let (status, fits) = put(&mut c, call(&"x".repeat(1_024), None));
+    assert_eq!(status, 202, "{fits}");
+    // max_attempts: 1 to outbox.max_attempts; unsaid, outbox.default_attempts.
+    for attempts in [0, 5, 1_000] {
+        let (status, body) = put(&mut c, call("", Some(attempts)));
+        assert_eq!((status, body["error"].as_str()), (400, Some("bad_request")), "max_attempts {attempts}: {body}");
+    }
+    let (status, most) = put(&mut c, call("", Some(4)));
+    assert_eq!(status, 202, "{most}");
+    let attempts_of = |c: &mut Client, id: &serde_json::Value| {
+        c.get(&format!("/v1/outbox/{}", id.as_str().unwrap())).unwrap().json()["max_attempts"].as_u64()
+    };
+    assert_eq!(attempts_of(&mut c, &most["id"]), Some(4));
+    assert_eq!(attempts_of(&mut c, &fits["id"]), Some(3), "the default");
+    // Nothing refused was kept.
+    let page = c.get("/v1/outbox").unwrap().json();
+    assert_eq!(page["entries"].as_array().unwrap().len(), 2, "{page}");
+}
+
+#[test]
+fn r22_outbox_metrics_count_calls_by_state_and_attempts_by_result() {
+    let s = server("");
+    let (refusing, slow) = (Sink::new(404), Sink::new(200));
+    slow.set_hold(true);
+    let mut c = Client::connect(s.addr).unwrap();
+    let later = 4_000_000_000_000u64;
+    // One call waits for its time, one is refused by its target (failed at once), one is
+    // with a target that does not answer yet.
+    put(&mut c, serde_json::json!({"url": "https://h.example.com/", "not_before_ms": later}));
+    let (_, refused) = put(&mut c, serde_json::json!({"url": refusing.url()}));
+    wait_state(&mut c, refused["id"].as_str().unwrap(), "failed");
+    let (_, held) = put(&mut c, serde_json::json!({"url": slow.url()}));
+    let held_id = held["id"].as_str().unwrap().to_string();
+    slow.wait_held(1);
+    let text = metrics(&mut c);
+    for (sample, value) in [
+        ("leasehold_outbox_calls{state=\"pending\"}", 1.0),
+        ("leasehold_outbox_calls{state=\"in_flight\"}", 1.0),
+        ("leasehold_outbox_calls{state=\"failed\"}", 1.0),
+        ("leasehold_deliveries_total{result=\"delivered\"}", 0.0),
+        ("leasehold_deliveries_total{result=\"retried\"}", 0.0),
+        ("leasehold_deliveries_total{result=\"failed\"}", 1.0),
+        ("leasehold_delivery_seconds_count", 1.0),
+    ] {
+        assert_eq!(metric(&text, sample), Some(value), "{sample} in:\n{text}");
+    }
+    // The time an attempt takes is what the histogram measures: let some pass.
+    std::thread::sleep(Duration::from_millis(50));
+    slow.set_hold(false);
+    wait_status(&mut c, &format!("/v1/outbox/{held_id}"), 404);
+    let text = metrics(&mut c);
+    for (sample, value) in [
+        ("leasehold_outbox_calls{state=\"pending\"}", 1.0),
+        ("leasehold_outbox_calls{state=\"in_flight\"}", 0.0),
+        ("leasehold_deliveries_total{result=\"delivered\"}", 1.0),
+        ("leasehold_delivery_seconds_count", 2.0),
+        ("leasehold_delivery_seconds_bucket{le=\"+Inf\"}", 2.0),
+    ] {
+        assert_eq!(metric(&text, sample), Some(value), "{sample} in:\n{text}");
+    }
+    // The held attempt took at least as long as the target held it (the courier counts
+    // whole milliseconds, hence the 2 ms).
+    let answered = slow.received()[0].clone();
+    let held_s = (answered.answered - answered.at).as_secs_f64();
+    let sum = metric(&text, "leasehold_delivery_seconds_sum").unwrap();
+    assert!(sum >= held_s - 0.002, "delivery_seconds_sum {sum} s, yet one attempt was held {held_s} s");
+}
+
+#[test]
+fn r22_host_lists_decide_end_to_end_which_calls_are_made() {
+    let sink = Sink::new(200);
+    let port = sink.addr.port();
+    // allow_hosts: names and suffixes; deny_hosts wins over them.
+    let s = server("allow_hosts = [\"localhost\", \"*.example.com\"]\ndeny_hosts = [\"bad.example.com\"]");
+    let mut c = Client::connect(s.addr).unwrap();
+    for url in [
+        format!("http://127.0.0.1:{port}/x"),
+        "https://bad.example.com/x".to_string(),
+        "https://BAD.example.com./x".to_string(),
+        "https://example.org/x".to_string(),
+        "https://example.com.evil.org/x".to_string(),
+    ] {
+        assert_eq!(submit(&mut c, &url), (400, "bad_request".to_string()), "{url}");
+    }
+    for url in ["https://good.example.com/x", "https://a.b.example.com/x"] {
+        assert_eq!(submit(&mut c, url).0, 202, "{url}");
+    }
+    let refused = serde_json::json!({ "callback": format!("http://127.0.0.1:{port}/cb") }).to_string();
+    assert_eq!(c.post("/v1/locks/listed/acquire", &refused).unwrap().status, 400, "a callback follows the lists");
+    // An allowed name is called.
+    let (status, accepted) = put(&mut c, serde_json::json!({"url": format!("http://localhost:{port}/x")}));
+    assert_eq!(status, 202, "{accepted}");
+    wait_status(&mut c, &format!("/v1/outbox/{}", accepted["id"].as_str().unwrap()), 404);
+    assert_eq!(sink.received().iter().filter(|r| r.status == 200).count(), 1, "the allowed call arrived");
+    // deny_hosts blocks: a literal in the block at submission, a name resolving into it at
+    // connect time.
+    let blocked = server("deny_hosts = [\"127.0.0.0/8\", \"::1/128\"]");
+    let mut c = Client::connect(blocked.addr).unwrap();
+    assert_eq!(submit(&mut c, &format!("http://127.0.0.5:{port}/x")).0, 400);
+    let (_, accepted) = put(&mut c, serde_json::json!({"url": format!("http://localhost:{port}/x")}));
+    let entry = wait_state(&mut c, accepted["id"].as_str().unwrap(), "failed");
+    assert!(entry["last_error"].as_str().unwrap().contains("may not call"), "{entry}");
+    assert_eq!(entry["attempts"], 1, "a refused address is not retried: {entry}");
+    assert_eq!(sink.received().len(), 1, "the blocked call never reached the sink");
 }

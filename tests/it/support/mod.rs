@@ -1,5 +1,7 @@
 //! Test support: start the real binary with a test-owned `NOTIFY_SOCKET`, wait for its
-//! notifications (never by sleeping), find its children, and talk HTTP to it.
+//! notifications (never by sleeping), find its children, and talk HTTP to it. Every wait
+//! for a condition goes through [`wait_for`]/[`wait_until`]: a deadline of [`DEADLINE`] and
+//! a short backoff between looks, never a busy loop and never a fixed sleep.
 
 pub mod http;
 pub mod load;
@@ -17,6 +19,36 @@ use nix::sys::signal::Signal;
 
 /// Generous deadline for anything a healthy server does (CI machines can be slow).
 pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// First pause between two looks at a condition that does not hold yet.
+const FIRST_PAUSE: Duration = Duration::from_millis(1);
+/// Longest pause between two looks: short against every wait a test makes, long enough
+/// that a waiting test leaves the two cores to the server it waits for.
+const MAX_PAUSE: Duration = Duration::from_millis(50);
+
+/// Looks at `probe` until it returns `Ok`, with a pause doubling from 1 ms to 50 ms between
+/// looks; returns the value. After [`DEADLINE`], panics naming `what` and the last `Err`
+/// (what was seen instead).
+pub fn wait_for<T, E: std::fmt::Debug>(what: &str, mut probe: impl FnMut() -> Result<T, E>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    let mut pause = FIRST_PAUSE;
+    loop {
+        let seen = match probe() {
+            Ok(value) => return value,
+            Err(seen) => seen,
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "{what}: not within {DEADLINE:?}; last seen: {seen:?}");
+        std::thread::sleep(pause.min(left));
+        pause = (pause * 2).min(MAX_PAUSE);
+    }
+}
+
+/// Waits until `condition` holds, as [`wait_for`] does; panics naming `what` after
+/// [`DEADLINE`].
+pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    wait_for(what, || if condition() { Ok(()) } else { Err("the condition was false") })
+}
 
 /// A running `leasehold serve`.
 pub struct Server {
@@ -134,10 +166,14 @@ impl Server {
     pub fn wait_waiting_requests(&self, n: usize, key: Option<&str>) {
         let headers: Vec<(&str, &str)> = key.map(|k| vec![("x-api-key", k)]).unwrap_or_default();
         let needle = format!("leasehold_waiting_requests {n}\n");
-        let deadline = Instant::now() + DEADLINE;
-        while !String::from_utf8_lossy(&http::once(self.addr, "GET", "/metrics", &headers, "").body).contains(&needle) {
-            assert!(Instant::now() < deadline, "never {n} waiting requests");
-        }
+        wait_for(&format!("{n} waiting requests"), || {
+            let metrics =
+                String::from_utf8_lossy(&http::once(self.addr, "GET", "/metrics", &headers, "").body).to_string();
+            if metrics.contains(&needle) {
+                return Ok(());
+            }
+            Err(metrics.lines().find(|l| l.starts_with("leasehold_waiting_requests ")).map(str::to_string))
+        });
     }
 
     /// The data directory the harness chose (inside the test's temporary directory).
