@@ -190,11 +190,14 @@ fn sigterm_kills_a_worker_that_does_not_drain() {
     load.wait_progress(200);
     let stuck = s.worker_pids()[1];
     signal_pid(stuck, Signal::SIGSTOP);
+    // Timed from before the signal, so that the drain cannot have started earlier: a lower
+    // bound only, which a slow machine makes longer, never shorter.
+    let signalled = Instant::now();
     s.signal(Signal::SIGTERM);
-    let (status, took) = s.wait_exit(DEADLINE);
+    let (status, _) = s.wait_exit(DEADLINE);
+    let took = signalled.elapsed();
     let tally = load.stop();
     assert_eq!(status.code(), Some(0), "{}", s.log());
-    // A lower bound only: a slow machine makes it longer, never shorter.
     assert!(took >= Duration::from_millis(1500), "the drain timeout was not waited for: {took:?}");
     assert!(wait_for_exit(stuck, DEADLINE).unwrap(), "the stuck worker was killed");
     s.wait_log("did not finish in time: killing it");
@@ -216,6 +219,10 @@ fn reload_under_load(dispatch: &str) {
         assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
         s.wait_note("READY=1");
         load.wait_progress(300);
+        // The workers of before drain and leave (a slow machine may still see them).
+        for pid in &before {
+            assert!(wait_for_exit(*pid, DEADLINE).unwrap(), "reload {i}: worker {pid} never left");
+        }
         let after = s.worker_pids();
         assert_eq!(after.len(), 2, "reload {i}");
         assert!(after.iter().all(|p| !before.contains(p)), "reload {i} replaced every worker: {before:?} -> {after:?}");
