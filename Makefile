@@ -3,7 +3,7 @@ CARGO  ?= cargo
 CONFIG ?= config/leasehold.toml
 BIN    := target/release/leasehold
 
-.PHONY: run build test test-stress lint fmt bench bench-compare bench-table bench-handoff bench-http bench-durability bench-recovery check-config
+.PHONY: run build test test-stress lint fmt bench bench-compare bench-table bench-handoff bench-http bench-durability bench-recovery check-config fuzz
 
 ## run: build the release binary and serve with config/leasehold.toml
 run: build
@@ -56,6 +56,10 @@ bench-durability:
 ## bench-recovery: recovery time and keeper memory with 1M leases (journal replay and snapshot)
 bench-recovery:
 	$(CARGO) bench --locked --bench recovery
+
+## fuzz: each parser under AFL++ for FUZZ_SECONDS (150 s a target, 12.5 min in all), seeded from fuzz/seeds; installs cargo-afl; not part of test
+fuzz:
+	bash fuzz/run.sh
 
 ## check-config: validate $(CONFIG)
 check-config: build

@@ -45,7 +45,7 @@ pub const DEFAULT_CRASH_STORM_WINDOW_MS: u64 = 60_000;
 pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Default header section limit (431 above it).
 pub const DEFAULT_MAX_HEADER_BYTES: u64 = 16 * 1024;
-/// Request line limit (414 above it); fixed, as in DESIGN.md.
+/// Request line limit (414 above it); fixed, as the README's HTTP limits say.
 pub const MAX_REQUEST_LINE_BYTES: usize = 8 * 1024;
 /// Default request body limit (413 above it).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;

@@ -7,10 +7,11 @@
 //! `released`, `left`, …); errors come from the one table in [`super::status`]. The Small
 //! Resource Server routes answer exactly as its PHP client expects (`X-Ticket`, `data` as a
 //! JSON string, 202 `{"unavailable":true}`, `{"locked":bool}`, `{"unlocked":true}`), with
-//! the fixes DESIGN.md lists.
+//! the deliberate fixes the README lists under "Small Resource Server compatibility".
 
 use serde::{Deserialize, Serialize};
 
+use super::auth::Grant;
 use super::parse::{Method, Request};
 use super::response::{Response, EVENT_STREAM};
 use super::route::{compat_locks, query_param, RouteDef, RouteId};
@@ -245,18 +246,10 @@ fn ask(op: LockOp, finish: Finish) -> Plan {
 }
 
 /// Decides what a routed, authorised request needs. `params` are the route's decoded path
-/// parameters, `query` its query string, `scope` the name prefix the caller's key is
-/// limited to ("" for any), `role` the caller's role.
-pub fn plan(
-    def: &RouteDef,
-    params: &[String],
-    query: &str,
-    req: &Request,
-    s: &ApiSettings,
-    scope: &str,
-    role: Role,
-) -> Plan {
-    match plan_inner(def, params, query, req, s, scope, role) {
+/// parameters, `query` its query string, `grant` what the caller may do (the name prefix
+/// its key is limited to, "" for any, and its role).
+pub fn plan(def: &RouteDef, params: &[String], query: &str, req: &Request, s: &ApiSettings, grant: Grant<'_>) -> Plan {
+    match plan_inner(def, params, query, req, s, grant) {
         Ok(plan) => plan,
         Err(response) => Plan::Now(response),
     }
@@ -272,12 +265,12 @@ fn plan_inner(
     query: &str,
     req: &Request,
     s: &ApiSettings,
-    scope: &str,
-    role: Role,
+    grant: Grant<'_>,
 ) -> Result<Plan, Response> {
+    let scope = grant.prefix;
     // Outbox headers, bodies and queries may carry credentials or a lease's ticket: only
     // the write role sees them.
-    let redact = role < Role::Write;
+    let redact = grant.role < Role::Write;
     let lock = || LockName::parse(param(params, 0)).map_err(bad);
     let key = || DataKey::parse(param(params, 1)).map_err(bad);
     Ok(match def.id {

@@ -333,7 +333,11 @@ impl Parser {
         }
         let Some(head_end) = find_head_end(input, self.scanned.saturating_sub(2)) else {
             if let Some(n) = first_line {
-                if input.len() - n > limits.max_header_bytes {
+                // A whole head may take `max_header_bytes + 2` (the empty line's CRLF, checked
+                // below); one not ended yet needs at least one more byte, so only past
+                // `max + 1` can no ending fit. A stricter bound here made the answer depend
+                // on where a read happened to stop.
+                if input.len() - n > limits.max_header_bytes + 1 {
                     return Err(HttpError::HeaderTooLarge);
                 }
             }

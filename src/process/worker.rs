@@ -27,7 +27,7 @@ use super::delivery::with_own_addresses;
 use crate::config::{Config, MAX_REQUEST_LINE_BYTES};
 use crate::core::names::{LockName, Ticket};
 use crate::http::api::{self, ApiSettings, Finish, Plan};
-use crate::http::auth::{Access, Denied};
+use crate::http::auth::{Access, Denied, Grant};
 use crate::http::conn::{Conn, ConnConfig, Seq, Status};
 use crate::http::parse::{Limits, Request};
 use crate::http::response::Response;
@@ -922,43 +922,47 @@ impl Worker {
                 return;
             }
         };
-        let (op, purpose, waits) =
-            match api::plan(def, &matched.params, matched.query, request, &self.settings.api, &scope, role) {
-                Plan::Now(response) => {
-                    self.finish(slot, client_id, seq, def.label, started_us, &response);
-                    return;
-                }
-                Plan::Ready => {
-                    let response = if self.draining {
-                        error(ErrorCode::Overloaded, "this worker is draining")
-                    } else if self.keeper.is_some() {
-                        Response::json(200, &serde_json::json!({"status": "ready"}))
-                    } else {
-                        error(ErrorCode::KeeperUnavailable, "the keeper is not reachable")
-                    };
-                    self.finish(slot, client_id, seq, def.label, started_us, &response);
-                    return;
-                }
-                Plan::Metrics => {
-                    let id = self.next_request_id;
-                    self.next_request_id += 1;
-                    self.metrics_pending.insert(id, PendingMetrics { slot, client_id, seq, started_us });
-                    let _ = self.control.send(&ToMaster::MetricsRequest { id });
-                    return;
-                }
-                Plan::Ask { op, finish, waits } => {
-                    let wait_lock = match &op {
-                        LockOp::Acquire { lock, .. } if waits => Some(lock.clone()),
-                        _ => None,
-                    };
-                    (op, Purpose::Answer { finish, waits: wait_lock }, waits)
-                }
-                Plan::Stream { lock, ticket, first_event_id } => (
-                    LockOp::Watch { lock: lock.clone(), ticket },
-                    Purpose::Stream { lock, ticket, first_event_id },
-                    false,
-                ),
-            };
+        let (op, purpose, waits) = match api::plan(
+            def,
+            &matched.params,
+            matched.query,
+            request,
+            &self.settings.api,
+            Grant { prefix: &scope, role },
+        ) {
+            Plan::Now(response) => {
+                self.finish(slot, client_id, seq, def.label, started_us, &response);
+                return;
+            }
+            Plan::Ready => {
+                let response = if self.draining {
+                    error(ErrorCode::Overloaded, "this worker is draining")
+                } else if self.keeper.is_some() {
+                    Response::json(200, &serde_json::json!({"status": "ready"}))
+                } else {
+                    error(ErrorCode::KeeperUnavailable, "the keeper is not reachable")
+                };
+                self.finish(slot, client_id, seq, def.label, started_us, &response);
+                return;
+            }
+            Plan::Metrics => {
+                let id = self.next_request_id;
+                self.next_request_id += 1;
+                self.metrics_pending.insert(id, PendingMetrics { slot, client_id, seq, started_us });
+                let _ = self.control.send(&ToMaster::MetricsRequest { id });
+                return;
+            }
+            Plan::Ask { op, finish, waits } => {
+                let wait_lock = match &op {
+                    LockOp::Acquire { lock, .. } if waits => Some(lock.clone()),
+                    _ => None,
+                };
+                (op, Purpose::Answer { finish, waits: wait_lock }, waits)
+            }
+            Plan::Stream { lock, ticket, first_event_id } => {
+                (LockOp::Watch { lock: lock.clone(), ticket }, Purpose::Stream { lock, ticket, first_event_id }, false)
+            }
+        };
         let Some(k) = self.keeper.as_mut() else {
             let response = error(ErrorCode::KeeperUnavailable, "the keeper is restarting; retry");
             self.finish(slot, client_id, seq, def.label, started_us, &response);

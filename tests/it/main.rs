@@ -10,6 +10,7 @@ mod client;
 mod compat;
 mod dispatch;
 mod durability;
+mod fuzz_seeds;
 mod hostile;
 mod layering;
 mod lifecycle;

@@ -6,7 +6,7 @@
 //! into a buffer the shell drains. Nothing in here reads a clock, a random source, a file or
 //! a socket, so any history can be replayed exactly.
 //!
-//! Rules (DESIGN.md "The lease table"):
+//! Rules (the README documents them for users, under "API tour" and "Configuration"):
 //! - A lock has `limit` permits; holders' weights never sum above it.
 //! - Admission runs whenever permits may have freed up. FIFO admits the head while it fits
 //!   and never lets anyone pass a waiting head; lottery draws a uniformly random waiter and,

@@ -4,6 +4,7 @@ use super::*;
 use crate::config::Role;
 use crate::core::lock::{QueueKind, QueueView};
 use crate::core::target::TargetPolicy;
+use crate::http::auth::Grant;
 use crate::http::parse::Method;
 use crate::http::route::{route, ROUTES};
 
@@ -37,7 +38,7 @@ fn request(method: Method, target: &str, body: &str, ticket: Option<&str>) -> Re
 fn plan_for(method: Method, target: &str, body: &str, ticket: Option<&str>) -> Plan {
     let req = request(method, target, body, ticket);
     let m = route(method, target).unwrap();
-    plan(m.def, &m.params, m.query, &req, &S, "", Role::Write)
+    plan(m.def, &m.params, m.query, &req, &S, Grant { prefix: "", role: Role::Write })
 }
 
 fn status(p: &Plan) -> u16 {
@@ -103,7 +104,7 @@ fn events_need_a_ticket_and_resume_after_the_last_id() {
     req.last_event_id = Some("41".into());
     let m = route(Method::Get, &req.target).unwrap();
     assert!(matches!(
-        plan(m.def, &m.params, m.query, &req, &S, "", Role::Write),
+        plan(m.def, &m.params, m.query, &req, &S, Grant { prefix: "", role: Role::Write }),
         Plan::Stream { first_event_id: 42, .. }
     ));
 }
@@ -114,7 +115,7 @@ fn r12_a_last_event_id_that_cannot_be_continued_is_ignored() {
         let mut req = request(Method::Get, &format!("/v1/locks/a/events?ticket={T}"), "", None);
         req.last_event_id = Some(last.into());
         let m = route(Method::Get, &req.target).unwrap();
-        match plan(m.def, &m.params, m.query, &req, &S, "", Role::Write) {
+        match plan(m.def, &m.params, m.query, &req, &S, Grant { prefix: "", role: Role::Write }) {
             Plan::Stream { first_event_id, .. } => first_event_id,
             other => panic!("{other:?}"),
         }
@@ -286,15 +287,15 @@ fn a_key_limited_to_a_prefix_lists_only_under_it() {
     let req = request(Method::Get, "/v1/locks", "", None);
     let m = route(Method::Get, "/v1/locks?prefix=jo").unwrap();
     assert!(
-        matches!(plan(m.def, &m.params, m.query, &req, &S, "jobs:", Role::Write), Plan::Ask { op: LockOp::List { ref prefix, .. }, .. } if prefix == "jobs:")
+        matches!(plan(m.def, &m.params, m.query, &req, &S, Grant { prefix: "jobs:", role: Role::Write }), Plan::Ask { op: LockOp::List { ref prefix, .. }, .. } if prefix == "jobs:")
     );
     let m = route(Method::Get, "/v1/locks?prefix=jobs:x").unwrap();
     assert!(
-        matches!(plan(m.def, &m.params, m.query, &req, &S, "jobs:", Role::Write), Plan::Ask { op: LockOp::List { ref prefix, .. }, .. } if prefix == "jobs:x")
+        matches!(plan(m.def, &m.params, m.query, &req, &S, Grant { prefix: "jobs:", role: Role::Write }), Plan::Ask { op: LockOp::List { ref prefix, .. }, .. } if prefix == "jobs:x")
     );
     let m = route(Method::Get, "/v1/locks?prefix=other").unwrap();
     assert!(
-        matches!(plan(m.def, &m.params, m.query, &req, &S, "jobs:", Role::Write), Plan::Now(ref r) if r.status == 403)
+        matches!(plan(m.def, &m.params, m.query, &req, &S, Grant { prefix: "jobs:", role: Role::Write }), Plan::Now(ref r) if r.status == 403)
     );
 }
 

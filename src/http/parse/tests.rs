@@ -270,3 +270,34 @@ fn r12_absolute_form_targets_are_reduced_to_path_and_query() {
     assert_eq!(status_of("GET http://example.com/ HTTP/1.1\r\n\r\n"), 400);
     assert_eq!(one("GET http://example.com/a HTTP/1.0\r\n\r\n").unwrap()[0].target, "/a");
 }
+
+/// Every way of cutting `input` in two, parsed as two reads.
+fn every_split(input: &[u8]) -> Vec<Result<Vec<Request>, HttpError>> {
+    (0..=input.len()).map(|cut| drive(&[&input[..cut], &input[cut..]], &LIMITS)).collect()
+}
+
+#[test]
+fn r12_a_head_at_the_header_limit_parses_the_same_whatever_the_split() {
+    // Found by the fuzzer: header fields of exactly `max_header_bytes` plus the empty line
+    // were accepted when the head arrived whole but refused with 431 when a read ended
+    // just before the empty line's last byte.
+    let request_line = "GET / HTTP/1.1\r\n";
+    let field = |len: usize| format!("Host: h\r\nX: {}\r\n", "a".repeat(len - "Host: h\r\nX: \r\n".len()));
+    for ending in ["\r\n", "\n"] {
+        let at_limit = format!("{request_line}{}{ending}", field(LIMITS.max_header_bytes));
+        let whole = one(&at_limit).expect("fields of exactly the limit are accepted");
+        assert_eq!(whole.len(), 1);
+        for (cut, got) in every_split(at_limit.as_bytes()).into_iter().enumerate() {
+            assert_eq!(got.as_ref(), Ok(&whole), "cut at {cut} of {ending:?}");
+        }
+        for extra in 1..=2 {
+            let over = format!("{request_line}{}{ending}", field(LIMITS.max_header_bytes + extra));
+            let whole = one(&over);
+            for (cut, got) in every_split(over.as_bytes()).into_iter().enumerate() {
+                assert_eq!(got, whole, "cut at {cut} of {extra} over, {ending:?}");
+            }
+        }
+    }
+    let crlf_over = format!("{request_line}{}\r\n", field(LIMITS.max_header_bytes + 1));
+    assert_eq!(one(&crlf_over), Err(HttpError::HeaderTooLarge));
+}
