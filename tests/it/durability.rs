@@ -13,7 +13,7 @@ use leasehold::core::rand::SplitMix64;
 use leasehold::sys::process::wait_for_exit;
 use nix::sys::signal::Signal;
 
-use crate::lifecycle::wait_until;
+use crate::lifecycle::{wait_until, whole_log};
 use crate::support::http::{Client, Reply};
 use crate::support::{config, signal_pid, Server, DEADLINE};
 
@@ -470,7 +470,7 @@ fn r12_a_flipped_byte_mid_journal_fails_the_start_and_salvage_keeps_every_valid_
     let mut s = Server::spawn_only(&cfg);
     let (status, _) = s.wait_exit(DEADLINE);
     assert_eq!(status.code(), Some(1), "log:\n{}", s.log());
-    let log = s.log();
+    let log = whole_log(&s);
     assert!(log.contains(&format!("{} at byte {offset}", segment.display())), "log:\n{log}");
     assert!(log.contains("leasehold journal verify") && log.contains("leasehold journal salvage"), "log:\n{log}");
     assert!(contents(&data) == before, "the refused start changed the data directory");
@@ -526,7 +526,7 @@ fn r12_a_keeper_restarted_on_a_corrupt_journal_stops_the_service_at_once_and_say
     signal_pid(s.keeper_pid(), Signal::SIGKILL);
     let (status, _) = s.wait_exit(DEADLINE);
     assert_eq!(status.code(), Some(1), "log:\n{}", s.log());
-    let log = s.log();
+    let log = whole_log(&s);
     assert!(log.contains("refused a corrupt journal; stopping"), "log:\n{log}");
     let refusal = format!("{} at byte {offset}", segment.display());
     assert_eq!(log.matches(&refusal).count(), 1, "one refusal, no restart loop; log:\n{log}");

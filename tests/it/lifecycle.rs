@@ -30,6 +30,14 @@ pub(crate) fn wait_until(deadline: Duration, what: &str, mut condition: impl FnM
     }
 }
 
+/// The whole log of a server whose master has exited: its children's lines are read from
+/// the pipe they share asynchronously, so this waits for the master's last line, which it
+/// writes once every child is gone (and so after every line of theirs).
+pub(crate) fn whole_log(s: &Server) -> String {
+    s.wait_log(&format!("lh-master[{}]: stopped", s.pid()));
+    s.log()
+}
+
 #[test]
 fn a_killed_worker_is_replaced_while_the_others_keep_serving() {
     let mut s = Server::start(&config("workers = 2", ""));
@@ -151,7 +159,8 @@ fn sigterm_finishes_requests_in_flight_and_exits_0() {
     assert!(r.closes(), "the last answer closes the connection");
     let (status, _) = s.wait_exit(DEADLINE);
     assert_eq!(status.code(), Some(0), "{}", s.log());
-    assert!(!s.log().contains("did not finish in time"), "{}", s.log());
+    let log = whole_log(&s);
+    assert!(!log.contains("did not finish in time"), "{log}");
 }
 
 fn sigterm_under_load(dispatch: &str) {
@@ -165,7 +174,8 @@ fn sigterm_under_load(dispatch: &str) {
     let (status, _) = s.wait_exit(DEADLINE);
     let tally = load.stop();
     assert_eq!(status.code(), Some(0), "{}", s.log());
-    assert!(!s.log().contains("did not finish in time"), "{}", s.log());
+    let log = whole_log(&s);
+    assert!(!log.contains("did not finish in time"), "{log}");
     // Every request on a connection a worker had taken was answered; new connections are
     // refused from the moment the drain starts.
     let broken = tally.broken_requests.lock().unwrap().clone();
@@ -200,8 +210,8 @@ fn sigterm_kills_a_worker_that_does_not_drain() {
     assert_eq!(status.code(), Some(0), "{}", s.log());
     assert!(took >= Duration::from_millis(1500), "the drain timeout was not waited for: {took:?}");
     assert!(wait_for_exit(stuck, DEADLINE).unwrap(), "the stuck worker was killed");
-    s.wait_log("did not finish in time: killing it");
-    assert_eq!(s.log().matches("did not finish in time").count(), 1, "killed once, not in a loop");
+    let log = whole_log(&s);
+    assert_eq!(log.matches("did not finish in time: killing it").count(), 1, "killed once, not in a loop: {log}");
     // Only requests the frozen worker had taken can break: at most one per client.
     let broken = tally.broken_requests.lock().unwrap().clone();
     assert!(broken.len() <= 6, "{broken:?}");
