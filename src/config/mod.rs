@@ -55,6 +55,8 @@ pub const DEFAULT_HEADER_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_KEEPALIVE_TIMEOUT_MS: u64 = 60_000;
 /// Default bytes of responses one connection may have queued before it stops being read.
 pub const DEFAULT_MAX_UNSENT_BYTES: u64 = 1024 * 1024;
+/// Default idle time of an event stream before it gets a `: ping` comment.
+pub const DEFAULT_EVENT_PING_MS: u64 = 15_000;
 /// Default lease TTL when an acquire gives none.
 pub const DEFAULT_TTL_MS: u64 = 30_000;
 /// Default longest server-side wait of one acquire.
@@ -155,6 +157,8 @@ pub struct HttpConfig {
     pub keepalive_timeout_ms: u64,
     /// Unsent response bytes of one connection above which it is not read.
     pub max_unsent_bytes: u64,
+    /// Idle time of an event stream before it gets a `: ping` comment.
+    pub event_ping_ms: u64,
 }
 
 /// `[locks]`: lease and queue rules.
@@ -331,6 +335,7 @@ fn validate(r: &mut Reader<'_>, env: &BTreeMap<String, String>) -> Config {
             16 * 1024,
             1 << 30,
         ),
+        event_ping_ms: r.int("http", "event_ping_ms", "LEASEHOLD_EVENT_PING_MS", DEFAULT_EVENT_PING_MS, 100, 3_600_000),
     };
     let locks = validate_locks(r);
     let journal = JournalConfig {

@@ -14,6 +14,7 @@ fn no_file_gives_the_documented_defaults() {
     assert_eq!(c.server.dispatch, Dispatch::Reuseport);
     assert_eq!(c.journal.fsync, Fsync::Always);
     assert_eq!(c.locks.table, TableLimits::DEFAULT);
+    assert_eq!(c.http.event_ping_ms, 15_000, "an idle event stream is pinged every 15 s");
     assert!(c.auth.keys.is_empty());
 }
 

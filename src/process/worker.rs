@@ -49,8 +49,6 @@ const CONN_BASE: usize = 1 << 16;
 const TICK_MS: u64 = 100;
 /// Least time between two rate-limited warnings.
 const WARN_INTERVAL_MS: u64 = 10_000;
-/// An event stream idle this long gets a `: ping` comment.
-const SSE_PING_MS: u64 = 15_000;
 /// Bytes read from a client per `read` call.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
@@ -79,6 +77,8 @@ struct Settings {
     access: Access,
     max_connections: usize,
     api: ApiSettings,
+    /// An event stream idle this long gets a `: ping` comment (`http.event_ping_ms`).
+    event_ping_ms: u64,
 }
 
 impl Settings {
@@ -96,6 +96,7 @@ impl Settings {
             },
             access: Access::new(config.auth.keys.clone(), config.auth.insecure_anonymous),
             max_connections: config.server.max_connections as usize,
+            event_ping_ms: config.http.event_ping_ms,
             api: ApiSettings {
                 default_ttl_ms: config.locks.default_ttl_ms,
                 compat_lease_ttl_ms: config.locks.compat_lease_ttl_ms,
@@ -849,9 +850,10 @@ impl Worker {
                 self.on_accept(i);
             }
         }
+        let ping_ms = self.settings.event_ping_ms;
         for slot in 0..self.clients.len() {
             let Some(c) = self.clients[slot].as_mut() else { continue };
-            if let Some(s) = c.events.as_mut().filter(|s| now >= s.last_write_ms + SSE_PING_MS) {
+            if let Some(s) = c.events.as_mut().filter(|s| now >= s.last_write_ms + ping_ms) {
                 s.last_write_ms = now;
                 c.conn.stream_push(api::SSE_PING, now, &self.settings.conn);
                 self.dirty.push(slot);

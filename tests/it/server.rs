@@ -1,8 +1,11 @@
 //! The real server over HTTP: routes, statuses, process names, access rules, the malformed
-//! request corpus and the connection limit.
+//! request corpus, the connection limit and the pings of an idle event stream.
 
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use crate::lifecycle::wait_until;
 use crate::support::http::{acquire, once, Client};
 use crate::support::{config, Server};
 
@@ -162,14 +165,9 @@ fn a_worker_at_max_connections_answers_503() {
     assert_eq!((r.status, r.header("Retry-After"), r.json()["error"].as_str()), (503, Some("1"), Some("overloaded")));
     drop(held.pop());
     // Room again once one closes (the worker notices the close first).
-    let deadline = Instant::now() + crate::support::DEADLINE;
-    loop {
-        let mut c = Client::connect(s.addr).unwrap();
-        if c.get("/healthz").is_ok_and(|r| r.status == 200) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no room after a close");
-    }
+    wait_until(crate::support::DEADLINE, "room after a close", || {
+        Client::connect(s.addr).unwrap().get("/healthz").is_ok_and(|r| r.status == 200)
+    });
 }
 
 /// Sets a process's soft open-file limit with `prlimit` (the hard limit stays).
@@ -209,4 +207,47 @@ fn a_worker_out_of_descriptors_keeps_the_connection_queued_and_takes_it_later() 
     assert_eq!(old.get("/healthz").unwrap().status, 200);
     set_nofile(worker, soft);
     assert_eq!(waiting.read_reply().expect("the queued connection is taken later").status, 200);
+}
+
+#[test]
+fn r22_an_idle_event_stream_gets_a_ping_every_event_ping_ms() {
+    const PING_MS: u64 = 300;
+    let s = Server::start(&config("workers = 1", &format!("[http]\nevent_ping_ms = {PING_MS}\n")));
+    let mut c = Client::connect(s.addr).unwrap();
+    let held = c.post("/v1/locks/quiet/acquire", r#"{"ttl_ms":600000}"#).unwrap().json();
+    let ticket = held["ticket"].as_str().unwrap();
+    let mut stream = TcpStream::connect(s.addr).unwrap();
+    // No ping within 10 s (33 intervals) is a failure: a stream pinged at the 15 s default
+    // instead of the configured interval would fail here.
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let opened = Instant::now();
+    write!(stream, "GET /v1/locks/quiet/events?ticket={ticket} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut reader = BufReader::new(stream);
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        assert!(reader.read_line(&mut head).unwrap() > 0, "the stream ended: {head}");
+    }
+    assert!(head.starts_with("HTTP/1.1 200") && head.contains("text/event-stream"), "{head}");
+    // Nothing happens on the lock: after its first event the stream only pings.
+    let mut before_first_ping = String::new();
+    for k in 1..=3u32 {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(reader.read_line(&mut line).unwrap() > 0, "the stream ended");
+            if line == ": ping\n" {
+                break;
+            }
+            assert_eq!(k, 1, "only pings after the first one, got {line:?}");
+            before_first_ping.push_str(&line);
+        }
+        // A lower bound only: the k-th ping cannot be written before k intervals after the
+        // stream opened (the worker's clock counts whole milliseconds).
+        let at_least = Duration::from_millis(u64::from(k) * (PING_MS - 1));
+        assert!(opened.elapsed() >= at_least, "ping {k} after {:?}", opened.elapsed());
+        let mut blank = String::new();
+        reader.read_line(&mut blank).unwrap();
+        assert_eq!(blank, "\n", "a ping is a comment line and a blank line");
+    }
+    assert!(before_first_ping.contains("event: acquired"), "{before_first_ping}");
 }
