@@ -250,14 +250,17 @@ pub fn parse_status(args: &[&str], env_url: Option<&str>, env_key: Option<&str>)
 /// Parses the arguments after `release`.
 pub fn parse_release(args: &[&str], env_url: Option<&str>, env_key: Option<&str>) -> Result<ReleaseArgs, ArgsError> {
     let (target, rest) = take_target(args, env_url, env_key)?;
+    let release =
+        |name: &str, ticket: &str| ReleaseArgs { target: target.clone(), name: name.into(), ticket: ticket.into() };
     match rest.as_slice() {
-        [name, ticket] if !name.starts_with('-') && !ticket.starts_with('-') => {
-            Ok(ReleaseArgs { target, name: name.to_string(), ticket: ticket.to_string() })
-        }
+        // After `--`, both words are taken as they are.
+        ["--", name, ticket] => Ok(release(name, ticket)),
         [o, ..] if o.starts_with('-') => Err(ArgsError::UnknownOption(o.to_string())),
         [] | [_] => Err(ArgsError::Missing("the lock name and the ticket")),
+        // The ticket is the second word whatever it starts with: tickets are base64url, so
+        // one in 64 starts with '-'.
+        [name, ticket] => Ok(release(name, ticket)),
         [_, _, extra, ..] => Err(ArgsError::Unexpected(extra.to_string())),
-        [_, o] => Err(ArgsError::UnknownOption(o.to_string())),
     }
 }
 
@@ -331,5 +334,9 @@ mod tests {
         assert_eq!((r.name.as_str(), r.ticket.as_str(), r.target.key.as_deref()), ("a", "T", Some("k")));
         assert!(parse_release(&["a"], None, None).is_err());
         assert!(parse_release(&["a", "T", "x"], None, None).is_err());
+        // A ticket may start with '-'; after `--`, so may the lock's name.
+        assert_eq!(parse_release(&["a", "-Tx"], None, None).unwrap().ticket, "-Tx");
+        let r = parse_release(&["--", "-n", "-T"], None, None).unwrap();
+        assert_eq!((r.name.as_str(), r.ticket.as_str()), ("-n", "-T"));
     }
 }
