@@ -24,6 +24,9 @@ const README: &str = include_str!("../../README.md");
 /// The heading row of the API table.
 const TABLE_HEAD: &str = "| route | role | what |";
 
+/// A query that changes a route's role (`lock=0`), with the role it needs then.
+pub type Variant = Option<(String, Option<Role>)>;
+
 /// One documented route: a method (`None`: any) and a path pattern, with its role.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Documented {
@@ -34,7 +37,7 @@ pub struct Documented {
     /// The role the README gives (`None`: open, written `—`).
     pub role: Option<Role>,
     /// A query that changes the role, with the role it needs then (`lock=0`).
-    pub variant: Option<(String, Option<Role>)>,
+    pub variant: Variant,
     /// A Small Resource Server route (its row's description says so).
     pub compat: bool,
     /// The README line, for messages.
@@ -122,7 +125,7 @@ fn items(cell: &str) -> Result<Vec<Vec<String>>, String> {
 }
 
 /// A role cell token: `—`, a role name, or a role name with `(read with `q`)`.
-fn role_token(token: &str) -> Result<(Option<Role>, Option<(String, Option<Role>)>), String> {
+fn role_token(token: &str) -> Result<(Option<Role>, Variant), String> {
     let role = |word: &str| match word {
         "—" => Ok(None),
         "read" => Ok(Some(Role::Read)),

@@ -133,7 +133,8 @@ impl Drop for Load {
     /// still fails if a client panicked.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let panicked = self.threads.drain(..).fold(false, |any, t| t.join().is_err() || any);
+        // Every thread is joined (no short circuit).
+        let panicked = self.threads.drain(..).map(JoinHandle::join).filter(Result::is_err).count() > 0;
         if panicked && !std::thread::panicking() {
             self.tally.check_clients();
         }
