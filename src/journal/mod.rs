@@ -4,7 +4,8 @@
 //! - [`codec`] frames records (`length | crc32 | JSON`) and snapshots, and tells a torn
 //!   tail (cut at recovery) from corruption (refused). Pure.
 //! - [`Record`] lists what is journaled, [`decode_record`] and [`decode_snapshot`] read
-//!   them, and [`replay`] applies one record. Pure.
+//!   them, and [`replay`] applies one record ([`replay_answering`] also keeps what the
+//!   service sends meanwhile, for tests). Pure.
 //! - [`store`] owns the files: segments, snapshots, group commit, recovery.
 //! - [`inspect`] reads a journal directory without changing it (`leasehold journal verify`)
 //!   and copies its valid records into a new one (`leasehold journal salvage`).
@@ -141,17 +142,23 @@ pub fn decode_snapshot(body: &[u8]) -> Result<Snapshot, String> {
 /// reservation seen.
 pub fn replay(service: &mut Service, record: Record, fences_reserved: &mut u64) {
     let mut discard: Outbox = Vec::new();
+    replay_answering(service, record, fences_reserved, &mut discard);
+}
+
+/// [`replay`], keeping the messages the service sends while it applies the record. A
+/// recovery has nobody to send them to; a test compares them with the live run's.
+pub fn replay_answering(service: &mut Service, record: Record, fences_reserved: &mut u64, out: &mut Outbox) {
     match record {
         Record::Configure { limits, max_wait_ms, outbox } => {
             service.reconfigure(limits, max_wait_ms);
             service.configure_outbox(outbox);
         }
         Record::Input { link, at_ms, entropy, fresh, message } => {
-            service.handle(link, message, Moment::new(at_ms, entropy), *fresh.as_bytes(), &mut discard);
+            service.handle(link, message, Moment::new(at_ms, entropy), *fresh.as_bytes(), out);
         }
-        Record::Expire { at_ms, entropy } => service.expire(Moment::new(at_ms, entropy), &mut discard),
+        Record::Expire { at_ms, entropy } => service.expire(Moment::new(at_ms, entropy), out),
         Record::LinkClosed { link, at_ms, entropy } => {
-            service.link_closed(link, Moment::new(at_ms, entropy), &mut discard);
+            service.link_closed(link, Moment::new(at_ms, entropy), out);
         }
         Record::ResetPresence { at_ms } => service.reset_presence(at_ms),
         Record::ReserveFences { up_to } => *fences_reserved = (*fences_reserved).max(up_to),

@@ -22,8 +22,8 @@
 //! - **The outbox** ([`crate::core::outbox`]): calls accepted through the API and lock
 //!   callbacks. The courier announces itself on its channel with its capacity; due calls
 //!   are handed to it in the same steps as everything else (so a replay hands out the same
-//!   ones), its reports reschedule or retire them, and if its channel closes everything it
-//!   held is due again.
+//!   ones; never while handling a read, which is not journaled), its reports reschedule or
+//!   retire them, and if its channel closes everything it held is due again.
 
 mod eta;
 pub mod resources;
@@ -417,6 +417,9 @@ impl Service {
     /// Handles one message from channel `link`. `fresh` is 16 random bytes for a new
     /// ticket or id (drawn per message whether used or not).
     pub fn handle(&mut self, link: LinkId, message: ToKeeper, at: Moment, fresh: [u8; 16], out: &mut Outbox) {
+        // A read is not journaled, so it must change nothing a replay rebuilds: it hands the
+        // courier no call that fell due meanwhile (the next expiry run does, journaled).
+        let journaled = !Self::reads_only(&message);
         match message {
             ToKeeper::Request { id, op } => {
                 if let Some(reply) = self.request(link, id, op, at, fresh) {
@@ -462,7 +465,11 @@ impl Service {
                 }
             }
         }
-        self.settle(at, out);
+        if journaled {
+            self.settle(at, out);
+        } else {
+            self.deliver_outputs(at, out);
+        }
     }
 
     /// Ends every lease, absent waiter and wait due at `at`.
@@ -861,8 +868,15 @@ impl Service {
         Some(reply)
     }
 
-    /// Delivers what the table's outputs mean to waiting requests and event streams.
+    /// Delivers what the table's outputs mean to waiting requests and event streams, then
+    /// hands due calls to the courier.
     fn settle(&mut self, at: Moment, out: &mut Outbox) {
+        self.deliver_outputs(at, out);
+        self.dispatch(at, out);
+    }
+
+    /// Delivers what the table's outputs mean to waiting requests and event streams.
+    fn deliver_outputs(&mut self, at: Moment, out: &mut Outbox) {
         out.append(&mut self.pending_replies);
         while let Some(output) = self.outputs.pop_front() {
             match output {
@@ -925,7 +939,6 @@ impl Service {
                 }
             }
         }
-        self.dispatch(at, out);
     }
 
     /// Hands due calls to the courier while it has room.

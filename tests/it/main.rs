@@ -17,6 +17,7 @@ mod lifecycle;
 mod lock_props;
 mod model;
 mod outbox;
+mod roles;
 mod server;
 mod support;
 mod tenancy;

@@ -1,8 +1,8 @@
 //! A deliberately naive reference model of the lease table: vectors and linear scans, no
-//! indexes, deadlines found by scanning every lease and waiter. It implements the rules of
-//! DESIGN.md "The lease table" as plainly as possible so the real table can be compared
-//! against it step by step. It shares only the vocabulary (ops, replies, outputs) and the
-//! definition of a lottery draw with the real table.
+//! indexes, deadlines found by scanning every lease and waiter. It implements the lease
+//! table's rules (listed in `src/core/lock/mod.rs`) as plainly as possible so the real
+//! table can be compared against it step by step. It shares only the vocabulary (ops,
+//! replies, outputs) and the definition of a lottery draw with the real table.
 
 use leasehold::core::lock::{
     Acquire, CallbackEvent, DropReason, LeaseState, LeaseView, LockState, Op, Output, QueueKind, QueueMode, QueueView,
