@@ -81,7 +81,14 @@ impl Client {
 
     fn fill(&mut self) -> io::Result<()> {
         let mut chunk = [0u8; 16 * 1024];
-        let n = self.stream.read(&mut chunk)?;
+        // A read with a timeout fails with EINTR when the process was stopped and continued
+        // meanwhile (signal(7)), as on a machine under load: that is no answer, so read again.
+        let n = loop {
+            match self.stream.read(&mut chunk) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => break other?,
+            }
+        };
         if n == 0 {
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a whole response"));
         }
