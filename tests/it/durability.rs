@@ -445,19 +445,22 @@ fn leasehold_journal(args: &[&Path]) -> std::process::Output {
     cmd.output().expect("run leasehold journal")
 }
 
+/// Starts a server on `cfg`, takes `n` leases (as [`hold_locks`]) and stops it cleanly.
+fn hold_locks_and_stop(cfg: &str, prefix: &str, n: usize) -> Vec<(String, String, u64)> {
+    let mut s = Server::start(cfg);
+    let mut c = Client::connect(s.addr).unwrap();
+    let held = hold_locks(&mut c, prefix, n);
+    s.signal(Signal::SIGTERM);
+    assert_eq!(s.wait_exit(DEADLINE).0.code(), Some(0));
+    held
+}
+
 #[test]
 fn r12_a_flipped_byte_mid_journal_fails_the_start_and_salvage_keeps_every_valid_change() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let cfg = with_data_dir(&data, "workers = 1", "");
-    let held = {
-        let mut s = Server::start(&cfg);
-        let mut c = Client::connect(s.addr).unwrap();
-        let held = hold_locks(&mut c, "r12", 40);
-        s.signal(Signal::SIGTERM);
-        assert_eq!(s.wait_exit(DEADLINE).0.code(), Some(0));
-        held
-    };
+    let held = hold_locks_and_stop(&cfg, "r12", 40);
     let segment = segment(&data);
     let (offset, body) = flip_middle_byte(&segment);
     // The middle of the journal is one of the forty acquires: that lease is lost.
@@ -541,14 +544,7 @@ fn a_snapshot_in_the_previous_format_is_read_once_and_replaced_by_a_checked_one(
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let cfg = with_data_dir(&data, "workers = 1", "");
-    let held = {
-        let mut s = Server::start(&cfg);
-        let mut c = Client::connect(s.addr).unwrap();
-        let held = hold_locks(&mut c, "old", 3);
-        s.signal(Signal::SIGTERM);
-        assert_eq!(s.wait_exit(DEADLINE).0.code(), Some(0));
-        held
-    };
+    let held = hold_locks_and_stop(&cfg, "old", 3);
     // The state as a snapshot of the previous format (the JSON alone) covering segment 1.
     let mut service = leasehold::service::Service::new(TableLimits::DEFAULT, 0, 1);
     let mut fences_reserved = 0;
