@@ -3,9 +3,9 @@
 
 use nix::sys::signal::Signal;
 
-use crate::lifecycle::wait_until;
 use crate::support::http::Client;
-use crate::support::{config, holder_of, signal_pid, Server, DEADLINE};
+use crate::support::wait_until;
+use crate::support::{config, holder_of, signal_pid, Server};
 
 fn open_connections(metrics: &str) -> Vec<u64> {
     metrics
@@ -60,7 +60,7 @@ fn least_connections_follows_closes_reported_by_workers() {
     drop(theirs);
     // Once the emptied worker reports 0 through the master, the master has read its close
     // reports too (they travel on the same channel, before the metrics).
-    wait_until(DEADLINE, "the closes seen", || {
+    wait_until("the closes seen", || {
         String::from_utf8(watcher.get("/metrics").unwrap().body).unwrap().contains(&emptied)
     });
     let mut fresh: Vec<Client> = (0..10).map(|_| Client::connect(s.addr).unwrap()).collect();

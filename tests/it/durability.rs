@@ -13,8 +13,9 @@ use leasehold::core::rand::SplitMix64;
 use leasehold::sys::process::wait_for_exit;
 use nix::sys::signal::Signal;
 
-use crate::lifecycle::{wait_until, whole_log};
+use crate::lifecycle::whole_log;
 use crate::support::http::{Client, Reply};
+use crate::support::wait_until;
 use crate::support::{config, signal_pid, Server, DEADLINE};
 
 /// Bytes before each journal record's body (length and checksum).
@@ -176,7 +177,7 @@ fn client(
 }
 
 fn wait_acked(acked: &AtomicU64, target: u64) {
-    wait_until(DEADLINE, "progress of the load", || acked.load(Ordering::Relaxed) >= target);
+    wait_until("progress of the load", || acked.load(Ordering::Relaxed) >= target);
 }
 
 #[test]
@@ -366,7 +367,7 @@ fn a_journal_that_cannot_be_written_refuses_changes_loses_nothing_and_recovers()
     s.wait_log("serving reads only");
     s.wait_all_ready(1);
     let mut value = serde_json::Value::Null;
-    wait_until(DEADLINE, "reads coming back", || {
+    wait_until("reads coming back", || {
         let r = c.get("/v1/locks/disk/data/v").unwrap();
         value = r.json();
         r.status == 200

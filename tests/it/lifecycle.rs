@@ -16,19 +16,7 @@ use nix::sys::signal::Signal;
 
 use crate::support::http::{acquire, once, Client, Reply};
 use crate::support::load::Load;
-use crate::support::{config, signal_pid, Server, DEADLINE};
-
-/// Waits until `condition` holds, trying again after a short pause that doubles from 1 ms
-/// to 50 ms; fails naming `what` once `deadline` has passed.
-pub(crate) fn wait_until(deadline: Duration, what: &str, mut condition: impl FnMut() -> bool) {
-    let end = Instant::now() + deadline;
-    let mut pause = Duration::from_millis(1);
-    while !condition() {
-        assert!(Instant::now() < end, "{what}: not within {deadline:?}");
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
-    }
-}
+use crate::support::{config, signal_pid, wait_until, Server, DEADLINE};
 
 /// The whole log of a server whose master has exited: its children's lines are read from
 /// the pipe they share asynchronously, so this waits for the master's last line, which it
@@ -110,7 +98,7 @@ fn a_killed_keeper_means_503_with_retry_after_then_recovery_without_worker_resta
     s.wait_all_ready(2);
     // Every worker gets its new channel by itself; a few requests may still see 503.
     let mut served = 0;
-    wait_until(DEADLINE, "the keeper coming back for 20 acquires", || {
+    wait_until("the keeper coming back for 20 acquires", || {
         let mut fresh = Client::connect(s.addr).unwrap();
         match acquire(&mut fresh, &format!("after-{served}")).unwrap().status {
             200 => served += 1,
@@ -439,7 +427,7 @@ fn reload(s: &mut Server, signal: Signal, changes: &[(&str, &str)]) {
 /// (a keeper is restarting and the workers get their channels to it).
 fn once_served(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> Reply {
     let mut reply = None;
-    wait_until(DEADLINE, &format!("{method} {path} answered by a keeper"), || {
+    wait_until(&format!("{method} {path} answered by a keeper"), || {
         let r = once(addr, method, path, &[], body);
         let unavailable = r.status == 503 && r.json()["error"] == "keeper_unavailable";
         reply = Some(r);
@@ -543,7 +531,7 @@ fn r22_a_reload_applies_new_outbox_limits_and_its_new_courier_enforces_the_new_t
     assert_eq!(first.status, 202, "{}", first.json());
     let id = first.json()["id"].as_str().unwrap().to_string();
     // The courier of before has the call in flight: the target holds it unanswered.
-    wait_until(DEADLINE, "the first attempt reaching the target", || connections.load(Ordering::SeqCst) == 1);
+    wait_until("the first attempt reaching the target", || connections.load(Ordering::SeqCst) == 1);
     // Other calls are due in an hour: the courier never makes them during the test.
     let later = |host: &str, body: &str| {
         let due = wall_ms() + 3_600_000;
@@ -580,7 +568,7 @@ fn r22_a_reload_applies_new_outbox_limits_and_its_new_courier_enforces_the_new_t
     // The call that was in flight goes to the new courier, which refuses its target under
     // the new rules without connecting: a dead letter at once, long before 25 attempts.
     let mut entry = serde_json::Value::Null;
-    wait_until(DEADLINE, "the call refused by the new courier", || {
+    wait_until("the call refused by the new courier", || {
         entry = c.get(&format!("/v1/outbox/{id}")).unwrap().json();
         entry["state"] == "failed"
     });
@@ -653,7 +641,7 @@ fn r22_a_request_waiting_when_the_keeper_dies_gets_503_and_its_ticket_keeps_its_
     assert_eq!(r.header("Retry-After"), Some("1"));
     assert!(wait_for_exit(keeper, DEADLINE).unwrap());
     let last_seen_ms = wall_ms();
-    wait_until(DEADLINE, "the waiters' presence running out", || wall_ms() > last_seen_ms + 3_000);
+    wait_until("the waiters' presence running out", || wall_ms() > last_seen_ms + 3_000);
     s.signal(Signal::SIGCONT);
     s.wait_note("keeper down");
     s.wait_note("keeper up");
@@ -695,7 +683,7 @@ fn r22_a_lease_whose_ttl_ends_while_no_keeper_runs_expires_at_recovery_and_its_q
     signal_pid(keeper, Signal::SIGKILL);
     assert!(wait_for_exit(keeper, DEADLINE).unwrap());
     // The lease's end passes on the clock the server uses (the same wall clock).
-    wait_until(DEADLINE, "the lease's TTL running out", || wall_ms() > expires_at_ms);
+    wait_until("the lease's TTL running out", || wall_ms() > expires_at_ms);
     let renew = format!(r#"{{"ticket":"{holder}"}}"#);
     assert_eq!(error_of(&c.post("/v1/locks/lapse/renew", &renew).unwrap()), (503, "keeper_unavailable".into()));
     s.signal(Signal::SIGCONT);

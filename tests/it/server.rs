@@ -5,8 +5,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::lifecycle::wait_until;
 use crate::support::http::{acquire, once, Client};
+use crate::support::wait_until;
 use crate::support::{config, Server};
 
 #[test]
@@ -165,7 +165,7 @@ fn a_worker_at_max_connections_answers_503() {
     assert_eq!((r.status, r.header("Retry-After"), r.json()["error"].as_str()), (503, Some("1"), Some("overloaded")));
     drop(held.pop());
     // Room again once one closes (the worker notices the close first).
-    wait_until(crate::support::DEADLINE, "room after a close", || {
+    wait_until("room after a close", || {
         Client::connect(s.addr).unwrap().get("/healthz").is_ok_and(|r| r.status == 200)
     });
 }
