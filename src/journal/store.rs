@@ -648,15 +648,22 @@ mod tests {
         assert!(contents(dir.path()) == before, "the directory changed");
     }
 
-    #[test]
-    fn r12_open_bad_record_ending_a_segment_with_records_in_a_later_one_is_corrupt() {
-        let dir = tempfile::tempdir().unwrap();
-        write_records(dir.path(), 3);
-        let first = segment_path(dir.path(), 1);
+    /// Writes three records to segment 1 and flips a bit in the last one's body; returns the
+    /// segment and that record's offset.
+    fn three_records_with_the_last_damaged(dir: &Path) -> (PathBuf, usize) {
+        write_records(dir, 3);
+        let first = segment_path(dir, 1);
         let mut bytes = fs::read(&first).unwrap();
         let last = *record_starts(&bytes).last().unwrap();
         bytes[last + HEADER_BYTES + 2] ^= 0x01;
         fs::write(&first, &bytes).unwrap();
+        (first, last)
+    }
+
+    #[test]
+    fn r12_open_bad_record_ending_a_segment_with_records_in_a_later_one_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, last) = three_records_with_the_last_damaged(dir.path());
         // A later segment holding records (as after a snapshot whose file is gone).
         let mut later = Vec::new();
         codec::encode(&serde_json::json!({ "n": 9 }), &mut later).unwrap();
@@ -671,12 +678,7 @@ mod tests {
     #[test]
     fn open_damaged_end_of_a_segment_with_nothing_valid_later_is_cut() {
         let dir = tempfile::tempdir().unwrap();
-        write_records(dir.path(), 3);
-        let first = segment_path(dir.path(), 1);
-        let mut bytes = fs::read(&first).unwrap();
-        let last = *record_starts(&bytes).last().unwrap();
-        bytes[last + HEADER_BYTES + 2] ^= 0x01;
-        fs::write(&first, &bytes).unwrap();
+        let (first, _) = three_records_with_the_last_damaged(dir.path());
         // A later segment with no record in it: nothing after the damage is lost.
         fs::write(segment_path(dir.path(), 2), vec![0; 64]).unwrap();
         let (_, recovery, _, records) = collect(dir.path());
