@@ -16,7 +16,7 @@ use nix::sys::signal::Signal;
 use crate::lifecycle::whole_log;
 use crate::support::http::{Client, Reply};
 use crate::support::wait_until;
-use crate::support::{config, signal_pid, Server, DEADLINE};
+use crate::support::{config, scratch, signal_pid, Server, DEADLINE};
 
 /// Bytes before each journal record's body (length and checksum).
 const HEADER_BYTES: usize = 8;
@@ -31,7 +31,7 @@ fn post(c: &mut Client, path: &str, body: serde_json::Value) -> std::io::Result<
 
 #[test]
 fn state_survives_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let cfg = with_data_dir(dir.path(), "workers = 1", "");
     let (ticket, fence, waiter) = {
         let mut s = Server::start(&cfg);
@@ -203,7 +203,7 @@ fn r22_keeper_kills_under_load_with_fsync_never_lose_nothing_acknowledged() {
 /// Kills the keeper `rounds` times under load, with `journal` as the configuration's
 /// `[journal]` section, and checks every acknowledged change after each recovery.
 fn keeper_kills_under_load_lose_nothing_acknowledged(journal: &str, rounds: u64) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     // Twenty deaths in a minute would trip the crash-storm breaker, and back the restarts
     // off to seconds, at their defaults.
     let mut s = Server::start(&with_data_dir(
@@ -276,7 +276,7 @@ fn keeper_kills_under_load_lose_nothing_acknowledged(journal: &str, rounds: u64)
 
 #[test]
 fn snapshots_replace_the_journal_and_recovery_starts_from_them() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let cfg = with_data_dir(dir.path(), "workers = 1", "[journal]\nsnapshot_bytes = 1048576\nfsync = \"never\"\n");
     let files = |dir: &Path| -> Vec<String> {
         let mut names: Vec<String> =
@@ -341,7 +341,7 @@ fn segment(dir: &Path) -> PathBuf {
 
 #[test]
 fn a_journal_that_cannot_be_written_refuses_changes_loses_nothing_and_recovers() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let mut s = Server::start(&with_data_dir(dir.path(), "workers = 1", ""));
     let mut c = Client::connect(s.addr).unwrap();
     let held = post(&mut c, "/v1/locks/disk/acquire", serde_json::json!({"ttl_ms": 600_000})).unwrap().json();
@@ -458,7 +458,7 @@ fn hold_locks_and_stop(cfg: &str, prefix: &str, n: usize) -> Vec<(String, String
 
 #[test]
 fn r12_a_flipped_byte_mid_journal_fails_the_start_and_salvage_keeps_every_valid_change() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let data = dir.path().join("data");
     let cfg = with_data_dir(&data, "workers = 1", "");
     let held = hold_locks_and_stop(&cfg, "r12", 40);
@@ -516,7 +516,7 @@ fn r12_a_flipped_byte_mid_journal_fails_the_start_and_salvage_keeps_every_valid_
 
 #[test]
 fn r12_a_keeper_restarted_on_a_corrupt_journal_stops_the_service_at_once_and_says_why() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let data = dir.path().join("data");
     let mut s = Server::start(&with_data_dir(&data, "workers = 1", ""));
     let mut c = Client::connect(s.addr).unwrap();
@@ -542,7 +542,7 @@ fn a_snapshot_in_the_previous_format_is_read_once_and_replaced_by_a_checked_one(
     use leasehold::core::lock::TableLimits;
     use leasehold::journal::store::{Found, Store};
     use leasehold::journal::{self, Record, Snapshot, SNAPSHOT_VERSION};
-    let dir = tempfile::tempdir().unwrap();
+    let dir = scratch();
     let data = dir.path().join("data");
     let cfg = with_data_dir(&data, "workers = 1", "");
     let held = hold_locks_and_stop(&cfg, "old", 3);

@@ -72,7 +72,7 @@ fn reuseport_connections_queued_in_the_kernel_survive_a_worker_kill() {
     s.wait_all_ready(1);
     for (i, c) in queued.iter_mut().enumerate() {
         let r = c.read_reply().unwrap_or_else(|e| panic!("queued connection {i} lost: {e}"));
-        assert_eq!(r.status, 200, "queued connection {i}");
+        assert_eq!(r.status, 200, "queued connection {i}: {}\nlog:\n{}", String::from_utf8_lossy(&r.body), s.log());
     }
 }
 

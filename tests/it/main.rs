@@ -10,6 +10,7 @@ mod client;
 mod compat;
 mod dispatch;
 mod durability;
+mod formats;
 mod fuzz_seeds;
 mod hostile;
 mod layering;

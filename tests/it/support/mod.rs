@@ -9,7 +9,7 @@ pub mod load;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -19,6 +19,41 @@ use nix::sys::signal::Signal;
 
 /// Generous deadline for anything a healthy server does (CI machines can be slow).
 pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A temporary directory for a server's data: in memory (`/dev/shm`) when that is a tmpfs
+/// with a gigabyte free, else the system's temporary directory. A keeper syncs its journal
+/// before it answers; on a disk shared with builds, one sync can wait tens of seconds for
+/// other files' writeback (ext4 commits them together), past every deadline here, and
+/// every server of the run stalls at once. What these tests check of durability (nothing
+/// acknowledged is lost when a process dies) rests on the page cache, not on the disk.
+pub fn scratch() -> tempfile::TempDir {
+    const ROOM_BYTES: u64 = 1 << 30;
+    let shm = Path::new("/dev/shm");
+    let roomy = nix::sys::statvfs::statvfs(shm)
+        .is_ok_and(|s| s.blocks_available().saturating_mul(s.fragment_size()) >= ROOM_BYTES);
+    if roomy {
+        if let Ok(dir) = tempfile::tempdir_in(shm) {
+            return dir;
+        }
+    }
+    tempfile::tempdir().expect("temp dir")
+}
+
+/// `pid name state wchan` of `pids`, one per line: what each process was doing when a wait
+/// ran out (`T` stopped, `D` in the kernel, `wchan` where).
+pub fn processes(pids: &[i32]) -> String {
+    let mut out = String::new();
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let (name, state) = stat
+            .split_once(" (")
+            .and_then(|(_, rest)| rest.rsplit_once(") "))
+            .map_or(("?", "gone"), |(name, after)| (name, after.split(' ').next().unwrap_or("?")));
+        let wchan = std::fs::read_to_string(format!("/proc/{pid}/wchan")).unwrap_or_default();
+        out.push_str(&format!("{pid} {name} {state} {wchan}\n"));
+    }
+    out
+}
 
 /// First pause between two looks at a condition that does not hold yet.
 const FIRST_PAUSE: Duration = Duration::from_millis(1);
@@ -99,7 +134,7 @@ impl Server {
     }
 
     fn spawn(config_text: &str, env: &[(&str, &str)], systemd: bool) -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = scratch();
         let config_path = dir.path().join("leasehold.toml");
         let text = format!("{config_text}\n");
         let text = if text.contains("data_dir") {
@@ -189,8 +224,9 @@ impl Server {
             let left = deadline.saturating_duration_since(Instant::now());
             assert!(
                 !left.is_zero(),
-                "no notification {want:?} within {DEADLINE:?}; got {:?}\nlog:\n{}",
+                "no notification {want:?} within {DEADLINE:?}; got {:?}\nprocesses:\n{}log:\n{}",
                 self.notes,
+                self.processes(),
                 self.log()
             );
             self.notify.set_read_timeout(Some(left)).unwrap();
@@ -211,6 +247,13 @@ impl Server {
             return;
         }
         self.wait_note(&want);
+    }
+
+    /// [`processes`] of the master and its children.
+    pub fn processes(&self) -> String {
+        let mut pids = vec![self.pid()];
+        pids.extend(self.children().into_iter().map(|(pid, _)| pid));
+        processes(&pids)
     }
 
     /// The master's pid.
@@ -263,7 +306,7 @@ impl Server {
         let mut text = text.lock().unwrap();
         while text.matches(needle).count() < times {
             let left = deadline.saturating_duration_since(Instant::now());
-            assert!(!left.is_zero(), "{needle:?} never logged; log:\n{text}");
+            assert!(!left.is_zero(), "{needle:?} never logged; processes:\n{}log:\n{text}", self.processes());
             text = grew.wait_timeout(text, left).unwrap().0;
         }
     }
