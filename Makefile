@@ -3,7 +3,7 @@ CARGO  ?= cargo
 CONFIG ?= config/leasehold.toml
 BIN    := target/release/leasehold
 
-.PHONY: run build test test-stress lint fmt bench bench-compare bench-table bench-handoff bench-http bench-durability bench-recovery check-config fuzz
+.PHONY: run build test fixtures test-stress lint fmt bench bench-compare bench-table bench-handoff bench-http bench-durability bench-recovery check-config fuzz
 
 ## run: build the release binary and serve with config/leasehold.toml
 run: build
@@ -17,6 +17,10 @@ test:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	$(CARGO) test --locked
+
+## fixtures: writes tests/fixtures/journal/format-N for the journal format this build writes (once per format; docs/journal-format.md)
+fixtures:
+	$(CARGO) test --locked --test it formats::write_the_fixtures_of_this_build -- --ignored --exact
 
 ## test-stress: the end-to-end suite 5 times with CPU load beside it (stress-ng, installed if missing); names flaky tests. Not part of `make test`
 test-stress:

@@ -15,7 +15,7 @@ use leasehold::http::response::Response;
 use leasehold::ipc::frame::{self, FrameDecoder, FrameError, DEFAULT_MAX_FRAME_BYTES};
 use leasehold::ipc::message::{FromKeeper, ToChild, ToKeeper, ToMaster};
 use leasehold::journal::codec::{self, Reader, HEADER_BYTES};
-use leasehold::journal::Record;
+use leasehold::journal::{Record, SegmentReader};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -271,7 +271,8 @@ fn round_trip_record(record: &Record) {
 /// damage that stops it. Odd `mode`: `bytes` is one record body, framed here with its
 /// right length and checksum and followed by preallocated zeros, so the fuzzer gets past
 /// the checksum; it must read back as exactly that body, then a clean end. Every body read
-/// is decoded as a [`Record`], and what decodes must round-trip.
+/// goes through a [`SegmentReader`] as recovery reads it (a format record first, or
+/// format 1), and every [`Record`] that decodes must round-trip.
 pub fn journal_record(data: &[u8]) {
     let [mode, ref bytes @ ..] = *data else { return };
     let framed;
@@ -291,6 +292,7 @@ pub fn journal_record(data: &[u8]) {
         &framed[..]
     };
     let mut reader = Reader::new(segment);
+    let mut records = SegmentReader::new();
     let mut bodies = 0;
     loop {
         let at = reader.offset();
@@ -298,7 +300,7 @@ pub fn journal_record(data: &[u8]) {
             Ok(Some(body)) => {
                 assert!(reader.offset() == at + HEADER_BYTES + body.len(), "the reader skipped bytes");
                 bodies += 1;
-                if let Ok(record) = serde_json::from_slice::<Record>(body) {
+                if let Ok(Some(record)) = records.read(body) {
                     round_trip_record(&record);
                 }
             }

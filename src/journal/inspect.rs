@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use super::codec::{self, Piece, SnapshotBody, HEADER_BYTES};
 use super::store::{io_err, read_file, segment_name, snapshot_name, sync_dir, Listing, StoreError};
-use super::{decode_record, decode_snapshot, Record};
+use super::{decode_snapshot, segment_header, Record, SegmentReader};
 
 /// How far past the highest fence reservation it knows a salvage reserves fences when it
 /// skipped anything: 65,536 reservations of the keeper's size, so a fence handed out by a
@@ -133,6 +133,8 @@ pub struct FileReport {
     pub parts: Vec<Part>,
     /// Records whose framing and checksum are valid, readable or not.
     valid_frames: u64,
+    /// The journal format it is in, once known (docs/journal-format.md).
+    pub format: Option<u32>,
 }
 
 impl FileReport {
@@ -185,7 +187,8 @@ impl fmt::Display for Report {
                 Role::Leftover => "left over; the keeper removes it at start without reading it",
                 Role::Other => "not part of the journal",
             };
-            writeln!(f, "  {}: {} bytes, {role}", file.name, file.len)?;
+            let format = file.format.map_or(String::new(), |n| format!(" (journal format {n})"));
+            writeln!(f, "  {}: {} bytes, {role}{format}", file.name, file.len)?;
             for part in &file.parts {
                 match part {
                     Part::Records { from, to, count } => {
@@ -242,23 +245,28 @@ fn plural(n: u64) -> &'static str {
     }
 }
 
-/// Examines a segment's bytes, handing `keep` every record that is valid and readable.
-fn examine_segment(name: &str, bytes: &[u8], keep: &mut dyn FnMut(&[u8], Record)) -> FileReport {
+/// Examines a segment's bytes, handing `keep` every record that is valid and readable (in
+/// the segment's format; its format record is valid but not handed over).
+fn examine_segment(name: &str, bytes: &[u8], keep: &mut dyn FnMut(Record)) -> FileReport {
+    let mut reader = SegmentReader::new();
     let mut report = FileReport {
         name: name.to_string(),
         len: bytes.len() as u64,
         role: Role::Segment,
         parts: Vec::new(),
         valid_frames: 0,
+        format: None,
     };
     for piece in codec::survey(bytes) {
         match piece {
             Piece::Record { offset, body } => {
                 report.valid_frames += 1;
                 let (from, to) = (offset as u64, (offset + HEADER_BYTES + body.len()) as u64);
-                match decode_record(body) {
+                let read = reader.read(body);
+                report.format = report.format.or(reader.format());
+                match read {
                     Ok(record) => {
-                        keep(body, record);
+                        record.into_iter().for_each(&mut *keep);
                         match report.parts.last_mut() {
                             Some(Part::Records { to: last, count, .. }) if *last == from => {
                                 *last = to;
@@ -297,6 +305,7 @@ fn examine_snapshot<'a>(name: &str, bytes: &'a [u8]) -> (FileReport, Option<(sup
         role: Role::Snapshot,
         parts: Vec::new(),
         valid_frames: 0,
+        format: None,
     };
     let spot =
         |offset: u64, what: String| Part::Spot { offset, end: bytes.len() as u64, what, verdict: Verdict::Corrupt };
@@ -310,6 +319,7 @@ fn examine_snapshot<'a>(name: &str, bytes: &'a [u8]) -> (FileReport, Option<(sup
     };
     match decode_snapshot(body) {
         Ok(snapshot) => {
+            report.format = Some(snapshot.version);
             report.parts.push(Part::Snapshot { checked });
             (report, Some((snapshot, body)))
         }
@@ -343,7 +353,7 @@ fn require_dir(dir: &Path) -> Result<(), InspectError> {
 }
 
 fn plain_report(name: String, len: u64, role: Role) -> FileReport {
-    FileReport { name, len, role, parts: Vec::new(), valid_frames: 0 }
+    FileReport { name, len, role, parts: Vec::new(), valid_frames: 0, format: None }
 }
 
 fn file_len(path: &Path) -> u64 {
@@ -364,11 +374,12 @@ struct Walked {
 
 /// Where a walk hands the bytes a salvage copies.
 type Sink<'a> = &'a mut dyn FnMut(&[u8]) -> Result<(), InspectError>;
+type RecordSink<'a> = &'a mut dyn FnMut(&Record) -> Result<(), InspectError>;
 
 /// Walks `dir`: the latest snapshot (`snapshot` gets its body when it is valid),
 /// then every live segment (`record` gets each valid, readable record's body), then the
 /// rest. Reads only.
-fn walk(dir: &Path, snapshot: Sink<'_>, record: Sink<'_>) -> Result<(Report, Walked), InspectError> {
+fn walk(dir: &Path, snapshot: Sink<'_>, record: RecordSink<'_>) -> Result<(Report, Walked), InspectError> {
     require_dir(dir)?;
     let listing = Listing::read(dir)?;
     let mut walked = Walked::default();
@@ -388,12 +399,12 @@ fn walk(dir: &Path, snapshot: Sink<'_>, record: Sink<'_>) -> Result<(Report, Wal
         let name = segment_name(n);
         let bytes = read_file(&dir.join(&name))?;
         let mut failed = None;
-        let report = examine_segment(&name, &bytes, &mut |body, decoded| {
+        let report = examine_segment(&name, &bytes, &mut |decoded| {
             if let Record::ReserveFences { up_to: fence } | Record::RaiseFences { floor: fence } = decoded {
                 walked.fences_reserved = walked.fences_reserved.max(fence);
             }
             if failed.is_none() {
-                failed = record(body).err();
+                failed = record(&decoded).err();
             }
         });
         if let Some(e) = failed {
@@ -512,7 +523,10 @@ pub fn salvage(dir: &Path, new_dir: &Path) -> Result<Salvaged, InspectError> {
     let mut out = create_file(&segment_path)?;
     let mut snapshot = None;
     let mut records = 0;
+    // The new segment is in this build's format: its format record, then every record
+    // read (in whichever format it was written) as this build writes it.
     let mut buffer = Vec::new();
+    codec::frame(&segment_header(), &mut buffer);
     let (report, walked) = walk(
         dir,
         &mut |body| {
@@ -526,8 +540,10 @@ pub fn salvage(dir: &Path, new_dir: &Path) -> Result<Salvaged, InspectError> {
             snapshot = Some(name);
             Ok(())
         },
-        &mut |body| {
-            codec::frame(body, &mut buffer);
+        &mut |record| {
+            codec::encode(record, &mut buffer).map_err(|e| {
+                InspectError::Store(StoreError::Io { what: "cannot encode a record".to_string(), source: e.into() })
+            })?;
             records += 1;
             if buffer.len() >= 1 << 20 {
                 out.write_all(&buffer).map_err(io_err(format!("cannot write {}", segment_path.display())))?;

@@ -3,8 +3,9 @@
 //!
 //! - [`codec`] frames records (`length | crc32 | JSON`) and snapshots, and tells a torn
 //!   tail (cut at recovery) from corruption (refused). Pure.
-//! - [`Record`] lists what is journaled, [`decode_record`] and [`decode_snapshot`] read
-//!   them, and [`replay`] applies one record ([`replay_answering`] also keeps what the
+//! - [`Record`] lists what is journaled, [`SegmentReader`] and [`decode_snapshot`] read
+//!   them in the format they were written in, [`Rebuild`] turns what a recovery finds into
+//!   a service, and [`replay`] applies one record ([`replay_answering`] also keeps what the
 //!   service sends meanwhile, for tests). Pure.
 //! - [`store`] owns the files: segments, snapshots, group commit, recovery.
 //! - [`inspect`] reads a journal directory without changing it (`leasehold journal verify`)
@@ -17,6 +18,22 @@
 //! restart, and fence reservations. Each input carries the time and entropy it was handled
 //! with, so a replay takes the same decisions (lottery draws included) whatever the clock
 //! says now.
+//!
+//! **A format that lasts** (docs/journal-format.md, "Formats and evolution"). Records and
+//! snapshots are a storage format with a number, [`FORMAT`]: every segment starts with a
+//! format record naming it (format 1, the first, had none), and every snapshot carries it.
+//! A record holds the IPC message that caused it ([`ToKeeper`]) as that message serialises,
+//! so a change to a journaled message, operation or any type inside them is a change of
+//! the journal format. The rules:
+//! - a build reads every format from [`OLDEST_FORMAT`] to [`FORMAT`]; fields added since
+//!   carry `#[serde(default)]` meaning what older records meant; nothing is renamed,
+//!   removed or given a new meaning without a conversion for the older formats here;
+//! - any change to what a record or snapshot holds raises [`FORMAT`] by one, so a build
+//!   that does not know it refuses the journal ("written by a newer leasehold", naming the
+//!   format) instead of misreading it, and changes nothing on disk;
+//! - each format has fixtures under `tests/fixtures/journal/format-N` (`make fixtures`),
+//!   replayed by every later build, and `tests/it/formats.rs` pins how every kind of
+//!   record of the current format is written, so a change cannot slip in unnumbered.
 
 pub mod codec;
 pub mod inspect;
@@ -28,6 +45,227 @@ use crate::core::lock::{Moment, TableLimits};
 use crate::core::names::Ticket;
 use crate::ipc::message::ToKeeper;
 use crate::service::{LinkId, Outbox, OutboxSettings, Service, ServiceState};
+
+/// The journal format this build writes (docs/journal-format.md, "Formats and evolution").
+/// - 1: records without a format record; snapshots `{"version":1,…}`.
+/// - 2: each segment starts with a format record; snapshots say who wrote them. Records
+///   are as in format 1.
+pub const FORMAT: u32 = 2;
+
+/// The oldest journal format this build reads.
+pub const OLDEST_FORMAT: u32 = 1;
+
+/// Who wrote a segment or snapshot: this build.
+pub const WRITTEN_BY: &str = concat!("leasehold ", env!("CARGO_PKG_VERSION"));
+
+/// Why a record or snapshot cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FormatError {
+    /// It is in a format newer than this build reads.
+    Newer {
+        /// Its format.
+        format: u32,
+        /// The build that wrote it, when it says.
+        written_by: Option<String>,
+    },
+    /// It is in a format older than this build reads.
+    Older {
+        /// Its format.
+        format: u32,
+    },
+    /// It is not a valid record (or snapshot) of its format.
+    Unreadable(String),
+}
+
+impl std::fmt::Display for FormatError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Newer { format, written_by } => {
+                write!(f, "it is in journal format {format}")?;
+                if let Some(by) = written_by {
+                    write!(f, ", written by {by}")?;
+                }
+                write!(
+                    f,
+                    "; this build ({WRITTEN_BY}) reads formats {OLDEST_FORMAT} to {FORMAT}: it was written by a \
+                     newer leasehold, so run a build that reads format {format}"
+                )
+            }
+            Self::Older { format } => write!(
+                f,
+                "it is in journal format {format}, older than this build ({WRITTEN_BY}) reads (formats \
+                 {OLDEST_FORMAT} to {FORMAT}): start an older build on it once, which rewrites it"
+            ),
+            Self::Unreadable(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl std::error::Error for FormatError {}
+
+impl From<String> for FormatError {
+    fn from(reason: String) -> Self {
+        Self::Unreadable(reason)
+    }
+}
+
+impl From<&str> for FormatError {
+    fn from(reason: &str) -> Self {
+        Self::Unreadable(reason.to_string())
+    }
+}
+
+/// Whether this build reads `format`.
+fn check_format(format: u32, written_by: Option<String>) -> Result<(), FormatError> {
+    if format > FORMAT {
+        Err(FormatError::Newer { format, written_by })
+    } else if format < OLDEST_FORMAT {
+        Err(FormatError::Older { format })
+    } else {
+        Ok(())
+    }
+}
+
+/// The first record of every segment from format 2 on, `{"format":{"format":N,
+/// "written_by":"leasehold X"}}`. Its shape never changes, and fields added to it are
+/// ignored by older builds, so any build can read the number before anything else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FormatRecord {
+    /// The format.
+    pub format: FormatHeader,
+}
+
+/// What a [`FormatRecord`] says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FormatHeader {
+    /// The format of the records after it.
+    pub format: u32,
+    /// The build that wrote the segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_by: Option<String>,
+}
+
+/// The body of the format record this build starts every segment with.
+pub fn segment_header() -> Vec<u8> {
+    let record = FormatRecord { format: FormatHeader { format: FORMAT, written_by: Some(WRITTEN_BY.to_string()) } };
+    serde_json::to_vec(&record).unwrap_or_default()
+}
+
+/// Reads one segment's records, in order, in the format its first record names (a segment
+/// that does not start with a format record is in format 1).
+#[derive(Debug, Clone, Default)]
+pub struct SegmentReader {
+    format: Option<u32>,
+    /// Why the segment's format record was refused: then so is every record after it.
+    refused: Option<FormatError>,
+}
+
+impl SegmentReader {
+    /// A reader for a segment's first record.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The segment's format, once its first record was read.
+    pub fn format(&self) -> Option<u32> {
+        self.format
+    }
+
+    /// Reads the next record: `None` for the format record itself, which applies nothing.
+    pub fn read(&mut self, body: &[u8]) -> Result<Option<Record>, FormatError> {
+        if let Some(refused) = &self.refused {
+            return Err(refused.clone());
+        }
+        if body.starts_with(b"{\"format\":") {
+            if self.format.is_some() {
+                return Err(FormatError::Unreadable("a format record after the start of its segment".into()));
+            }
+            let checked = serde_json::from_slice::<FormatRecord>(body)
+                .map_err(|e| FormatError::Unreadable(format!("a format record that cannot be read ({e})")))
+                .and_then(|FormatRecord { format: header }| {
+                    check_format(header.format, header.written_by).map(|()| header.format)
+                });
+            return match checked {
+                Ok(format) => {
+                    self.format = Some(format);
+                    Ok(None)
+                }
+                Err(error) => {
+                    self.refused = Some(error.clone());
+                    Err(error)
+                }
+            };
+        }
+        let format = *self.format.get_or_insert(1);
+        // Formats 1 and 2 write records alike; a later format converts older ones here.
+        serde_json::from_slice(body)
+            .map(Some)
+            .map_err(|e| FormatError::Unreadable(format!("{e} (in a record of journal format {format})")))
+    }
+}
+
+/// What a recovery hands over, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found<'a> {
+    /// The latest snapshot's body (its checksum checked when it has one).
+    Snapshot(&'a [u8]),
+    /// A segment starts: its records follow.
+    Segment(u64),
+    /// One record's body.
+    Record(&'a [u8]),
+}
+
+/// Rebuilds the service from what a recovery finds, as the keeper does at its start.
+#[derive(Debug)]
+pub struct Rebuild {
+    /// The service so far.
+    pub service: Service,
+    /// The highest fence reservation so far.
+    pub fences_reserved: u64,
+    hash_seed: u64,
+    segment: SegmentReader,
+    /// The formats of the snapshot and segments read, oldest first (a segment with no
+    /// record yet has none).
+    pub formats: Vec<u32>,
+}
+
+impl Rebuild {
+    /// Starts from `service` (empty, with the configured limits).
+    pub fn new(service: Service, hash_seed: u64) -> Self {
+        Self { service, fences_reserved: 0, hash_seed, segment: SegmentReader::new(), formats: Vec::new() }
+    }
+
+    /// Takes the next thing found.
+    pub fn take(&mut self, found: Found<'_>) -> Result<(), FormatError> {
+        match found {
+            Found::Snapshot(body) => {
+                let snapshot = decode_snapshot(body)?;
+                self.service = Service::import(snapshot.service, self.hash_seed)
+                    .map_err(|e| FormatError::Unreadable(e.to_string()))?;
+                self.fences_reserved = snapshot.fences_reserved;
+                self.formats.push(snapshot.version);
+            }
+            Found::Segment(_) => self.segment = SegmentReader::new(),
+            Found::Record(body) => {
+                let first = self.segment.format().is_none();
+                let record = self.segment.read(body)?;
+                if first {
+                    self.formats.extend(self.segment.format());
+                }
+                if let Some(record) = record {
+                    replay(&mut self.service, record, &mut self.fences_reserved);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether anything read was written in a format older than this build writes (then
+    /// the keeper writes a snapshot at once, so it appends only to a segment of its own).
+    pub fn found_older(&self) -> bool {
+        self.formats.iter().any(|&f| f < FORMAT)
+    }
+}
 
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -113,29 +351,45 @@ pub enum InputRef<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
-    /// Format version.
+    /// Its journal format ([`FORMAT`] when written by this build).
     pub version: u32,
+    /// The build that wrote it (from format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_by: Option<String>,
     /// The highest fence reservation so far.
     pub fences_reserved: u64,
     /// The service.
     pub service: ServiceState,
 }
 
-/// The snapshot format this build writes and reads.
-pub const SNAPSHOT_VERSION: u32 = 1;
+impl Snapshot {
+    /// A snapshot of `service` in this build's format.
+    pub fn new(fences_reserved: u64, service: ServiceState) -> Self {
+        Self { version: FORMAT, written_by: Some(WRITTEN_BY.to_string()), fences_reserved, service }
+    }
+}
 
-/// Reads one record's body.
+/// Reads one record's body as a record of the current format (tests and tools; recovery
+/// reads through a [`SegmentReader`]).
 pub fn decode_record(body: &[u8]) -> Result<Record, String> {
     serde_json::from_slice(body).map_err(|e| e.to_string())
 }
 
-/// Reads a snapshot's body (of this build's version).
-pub fn decode_snapshot(body: &[u8]) -> Result<Snapshot, String> {
-    let snapshot: Snapshot = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-    if snapshot.version != SNAPSHOT_VERSION {
-        return Err(format!("format version {} is not {SNAPSHOT_VERSION}", snapshot.version));
+/// Reads a snapshot's body, in any format this build reads.
+pub fn decode_snapshot(body: &[u8]) -> Result<Snapshot, FormatError> {
+    /// Just the number (and the writer), whatever else a newer format holds.
+    #[derive(Deserialize)]
+    struct Version {
+        version: u32,
+        #[serde(default)]
+        written_by: Option<String>,
     }
-    Ok(snapshot)
+    let Version { version, written_by } = serde_json::from_slice(body)
+        .map_err(|e| FormatError::Unreadable(format!("no format version can be read ({e})")))?;
+    check_format(version, written_by)?;
+    // Formats 1 and 2 hold the same state; a later format converts older ones here.
+    serde_json::from_slice(body)
+        .map_err(|e| FormatError::Unreadable(format!("{e} (in a snapshot of journal format {version})")))
 }
 
 /// Applies one record to `service` during a replay. `fences_reserved` tracks the highest

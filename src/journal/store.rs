@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::codec::{self, Next, Piece, SnapshotBody, HEADER_BYTES};
+use super::FormatError;
 
 /// How much a segment grows at a time (zeros the writes then fill).
 pub const PREALLOCATE_BYTES: u64 = 4 * 1024 * 1024;
@@ -55,6 +56,14 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// A snapshot or segment is in a journal format this build does not read (written by a
+    /// newer leasehold, or too old). Nothing was changed.
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// Which format, and what this build reads.
+        error: FormatError,
+    },
     /// The journal is corrupt: damage that is not a torn tail. Nothing was changed.
     Corrupt {
         /// The damaged file.
@@ -71,6 +80,7 @@ impl fmt::Display for StoreError {
         match self {
             Self::Io { what, source } => write!(f, "{what}: {source}"),
             Self::Snapshot { path, reason } => write!(f, "the snapshot {} cannot be loaded: {reason}", path.display()),
+            Self::Format { path, error } => write!(f, "{} cannot be read: {error}", path.display()),
             Self::Corrupt { path, offset, what } => {
                 write!(f, "the journal is corrupt: {} at byte {offset}: {what}", path.display())
             }
@@ -82,6 +92,7 @@ impl std::error::Error for StoreError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Io { source, .. } => Some(source),
+            Self::Format { error, .. } => Some(error),
             Self::Snapshot { .. } | Self::Corrupt { .. } => None,
         }
     }
@@ -92,14 +103,7 @@ pub(super) fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Store
     move |source| StoreError::Io { what, source }
 }
 
-/// What the journal holds, handed over in order during an open.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Found<'a> {
-    /// The latest snapshot's body (its checksum checked when it has one).
-    Snapshot(&'a [u8]),
-    /// One record's body.
-    Record(&'a [u8]),
-}
+pub use super::Found;
 
 /// What a recovery found.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -224,6 +228,8 @@ pub struct Store {
     journal_bytes: u64,
     pending: Vec<u8>,
     unsynced: bool,
+    /// The record every segment starts with (empty: none).
+    header: Vec<u8>,
     /// Tests: the next sync fails as a failing disk's would.
     #[cfg(test)]
     fail_next_sync: bool,
@@ -246,7 +252,7 @@ impl Store {
     /// [`StoreError::Snapshot`]. Either way nothing in `dir` has been changed.
     pub fn open(
         dir: &Path,
-        mut on_found: impl FnMut(Found<'_>) -> Result<(), String>,
+        mut on_found: impl FnMut(Found<'_>) -> Result<(), FormatError>,
     ) -> Result<(Store, Recovery), StoreError> {
         let listing = Listing::read(dir)?;
         let mut recovery = Recovery { snapshot: listing.snapshots.last().copied(), ..Recovery::default() };
@@ -263,7 +269,10 @@ impl Store {
                     return Err(StoreError::Corrupt { path, offset: damage.offset(), what: damage.to_string() });
                 }
             };
-            on_found(Found::Snapshot(body)).map_err(|reason| StoreError::Snapshot { path, reason })?;
+            on_found(Found::Snapshot(body)).map_err(|error| match error {
+                FormatError::Unreadable(reason) => StoreError::Snapshot { path, reason },
+                error => StoreError::Format { path, error },
+            })?;
         }
         let covered = listing.covered();
         let segments = listing.live_segments();
@@ -273,13 +282,17 @@ impl Store {
             let path = segment_path(dir, n);
             let bytes = read_file(&path)?;
             let mut written = 0;
+            on_found(Found::Segment(n)).map_err(|error| StoreError::Format { path: path.clone(), error })?;
             for piece in codec::survey(&bytes) {
                 match piece {
                     Piece::Record { offset, body } => {
-                        on_found(Found::Record(body)).map_err(|reason| StoreError::Corrupt {
-                            path: path.clone(),
-                            offset: offset as u64,
-                            what: format!("a record that cannot be applied ({reason})"),
+                        on_found(Found::Record(body)).map_err(|error| match error {
+                            FormatError::Unreadable(reason) => StoreError::Corrupt {
+                                path: path.clone(),
+                                offset: offset as u64,
+                                what: format!("a record that cannot be applied ({reason})"),
+                            },
+                            error => StoreError::Format { path: path.clone(), error },
                         })?;
                         recovery.records += 1;
                         recovery.bytes += (HEADER_BYTES + body.len()) as u64;
@@ -371,6 +384,7 @@ impl Store {
             journal_bytes,
             pending: Vec::new(),
             unsynced: false,
+            header: Vec::new(),
             #[cfg(test)]
             fail_next_sync: false,
         };
@@ -378,8 +392,18 @@ impl Store {
         Ok((store, recovery))
     }
 
-    /// Buffers a record for the next commit.
+    /// Sets the record every segment starts with: written before the first record of a
+    /// segment that is still empty (the journal format's record, docs/journal-format.md).
+    pub fn set_segment_header(&mut self, body: Vec<u8>) {
+        self.header = body;
+    }
+
+    /// Buffers a record for the next commit (after the segment header, when the segment is
+    /// still empty).
     pub fn append<T: serde::Serialize>(&mut self, record: &T) -> Result<(), serde_json::Error> {
+        if self.written == 0 && self.pending.is_empty() && !self.header.is_empty() {
+            codec::frame(&self.header, &mut self.pending);
+        }
         super::codec::encode(record, &mut self.pending)
     }
 
@@ -517,6 +541,7 @@ mod tests {
             match found {
                 Found::Snapshot(s) => snapshot = Some(s.to_vec()),
                 Found::Record(r) => records.push(serde_json::from_slice(r).map_err(|e| e.to_string())?),
+                Found::Segment(_) => {}
             }
             Ok(())
         })
@@ -752,7 +777,7 @@ mod tests {
         drop(store);
         let err = Store::open(dir.path(), |found| match found {
             Found::Snapshot(_) => Err("bad".into()),
-            Found::Record(_) => Ok(()),
+            Found::Record(_) | Found::Segment(_) => Ok(()),
         })
         .unwrap_err();
         assert!(matches!(err, StoreError::Snapshot { .. }), "{err}");

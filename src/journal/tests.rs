@@ -347,11 +347,7 @@ fn r22_live_handling_and_a_replay_of_its_journal_end_in_the_same_state_with_the_
             }
             live.end_turn();
             if step == 200 {
-                let snapshot = Snapshot {
-                    version: SNAPSHOT_VERSION,
-                    fences_reserved: live.fences_reserved,
-                    service: live.service.export(),
-                };
+                let snapshot = Snapshot::new(live.fences_reserved, live.service.export());
                 snapshot_at = Some((live.sent.len(), serde_json::to_vec(&snapshot).unwrap()));
             }
         }
@@ -532,21 +528,9 @@ fn the_borrowed_input_record_encodes_exactly_as_the_owned_one() {
 /// Opens the journal in `dir` (snapshot included) and replays it into a fresh service;
 /// also returns the highest fence reservation seen.
 fn recover_all(dir: &std::path::Path) -> (Service, store::Recovery, u64) {
-    let mut service = Service::new(LIMITS, 2_000, 9);
-    let mut reserved = 0;
-    let (_, recovery) = store::Store::open(dir, |found| {
-        match found {
-            store::Found::Snapshot(bytes) => {
-                let snapshot = decode_snapshot(bytes)?;
-                service = Service::import(snapshot.service, 9).map_err(|e| e.to_string())?;
-                reserved = snapshot.fences_reserved;
-            }
-            store::Found::Record(bytes) => replay(&mut service, decode_record(bytes)?, &mut reserved),
-        }
-        Ok(())
-    })
-    .unwrap();
-    (service, recovery, reserved)
+    let mut rebuild = Rebuild::new(Service::new(LIMITS, 2_000, 9), 9);
+    let (_, recovery) = store::Store::open(dir, |found| rebuild.take(found)).unwrap();
+    (rebuild.service, recovery, rebuild.fences_reserved)
 }
 
 /// Every file of `dir` with its bytes.
@@ -567,7 +551,7 @@ fn journal_with_snapshot(dir: &std::path::Path) -> Vec<Record> {
     write_journal(dir, &records[..5]);
     let (service, _, _) = recover_all(dir);
     let (mut store, _) = store::Store::open(dir, |_| Ok(())).unwrap();
-    let snapshot = Snapshot { version: SNAPSHOT_VERSION, fences_reserved: 7, service: service.export() };
+    let snapshot = Snapshot::new(7, service.export());
     store.snapshot(&serde_json::to_vec(&snapshot).unwrap()).unwrap();
     for r in &records[5..] {
         store.append(r).unwrap();
@@ -627,7 +611,8 @@ fn r12_salvage_keeps_every_valid_record_and_leaves_the_original_untouched() {
     };
     let (service, recovery, reserved) = recover_all(&new_dir);
     assert_eq!(service.export(), expected);
-    assert_eq!((recovery.snapshot, recovery.records, recovery.dropped), (Some(1), 24, None));
+    // The 23, the fence reservation, and the segment's format record.
+    assert_eq!((recovery.snapshot, recovery.records, recovery.dropped), (Some(1), 25, None));
     assert_eq!(reserved, 7 + inspect::SALVAGE_FENCE_JUMP, "fences jump past the snapshot's reservation");
     assert!(!inspect::verify(&new_dir).unwrap().is_corrupt());
     let text = salvaged.to_string();

@@ -46,8 +46,8 @@ use crate::core::lock::{Moment, TableLimits};
 use crate::core::names::Ticket;
 use crate::ipc::frame::FrameError;
 use crate::ipc::message::{FdRecord, FromKeeper, LockReply, ToChild, ToKeeper, ToMaster};
-use crate::journal::store::{Found, Store, StoreError};
-use crate::journal::{self, InputRef, Record, Snapshot, SNAPSHOT_VERSION};
+use crate::journal::store::{Store, StoreError};
+use crate::journal::{self, InputRef, Rebuild, Record, Snapshot};
 use crate::metrics::{Histogram, KeeperSnapshot};
 use crate::service::{LinkId, Outbox, OutboxSettings, Service};
 use crate::sys::clock::wall_ms;
@@ -63,8 +63,8 @@ const MAX_SLEEP_MS: u64 = 1_000;
 /// The exit code of a keeper whose journal could not be written (the master restarts it
 /// after a second, without counting it as a crash).
 pub const EXIT_JOURNAL_FAILED: i32 = 75;
-/// The exit code of a keeper that refuses a corrupt journal: restarting it cannot help, so
-/// the master stops the service at once.
+/// The exit code of a keeper that refuses its journal (corrupt, or in a format this build
+/// does not read): restarting it cannot help, so the master stops the service at once.
 pub const EXIT_JOURNAL_CORRUPT: i32 = 65;
 /// Fences reserved at a time (one synced record per this many grants).
 pub const FENCE_BLOCK: u64 = 1 << 16;
@@ -94,7 +94,8 @@ pub fn run(master_pid: i32) -> i32 {
     }
 }
 
-/// A journal the keeper refuses to start on (its text says what to do).
+/// A journal the keeper refuses to start on, corrupt or in a format it does not read (its
+/// text says what to do).
 #[derive(Debug)]
 struct CorruptJournal(String);
 
@@ -159,6 +160,10 @@ fn note_holder(lock: &mut Flock<File>) {
 /// do about it.
 fn open_failed(e: StoreError, dir: &Path) -> io::Error {
     match e {
+        StoreError::Format { .. } => io::Error::other(CorruptJournal(format!(
+            "{e}; the keeper does not start on it and has changed nothing in {dir}",
+            dir = dir.display()
+        ))),
         StoreError::Corrupt { .. } => io::Error::other(CorruptJournal(format!(
             "{e}; this is not a torn write, so the keeper does not start on it and has changed nothing in {dir}; \
              `leasehold journal verify {dir}` lists every damaged spot, and `leasehold journal salvage {dir} \
@@ -226,21 +231,12 @@ impl Keeper {
         let limits = config.locks.table.clone();
         let max_wait_ms = config.locks.max_wait_ms;
         let started = Instant::now();
-        let mut service = Service::new(limits.clone(), max_wait_ms, hash_seed);
-        let mut fences_reserved = 0;
-        let (store, recovery) = Store::open(&config.server.data_dir, |found| match found {
-            Found::Snapshot(bytes) => {
-                let snapshot = journal::decode_snapshot(bytes)?;
-                service = Service::import(snapshot.service, hash_seed).map_err(|e| e.to_string())?;
-                fences_reserved = snapshot.fences_reserved;
-                Ok(())
-            }
-            Found::Record(bytes) => {
-                journal::replay(&mut service, journal::decode_record(bytes)?, &mut fences_reserved);
-                Ok(())
-            }
-        })
-        .map_err(|e| open_failed(e, &config.server.data_dir))?;
+        let mut rebuild = Rebuild::new(Service::new(limits.clone(), max_wait_ms, hash_seed), hash_seed);
+        let (mut store, recovery) = Store::open(&config.server.data_dir, |found| rebuild.take(found))
+            .map_err(|e| open_failed(e, &config.server.data_dir))?;
+        store.set_segment_header(journal::segment_header());
+        let older_format = rebuild.found_older().then(|| rebuild.formats.clone());
+        let Rebuild { service, fences_reserved, .. } = rebuild;
         note_holder(&mut data_dir_lock);
         crate::sys::memory::release_free_heap();
         let recovery_ms = started.elapsed().as_millis() as u64;
@@ -293,7 +289,15 @@ impl Keeper {
             last_snapshot_ms: 0,
         };
         keeper.write_start_records()?;
-        if recovery.unchecked_snapshot && keeper.not_writable.is_none() {
+        if let Some(formats) = &older_format {
+            log::info!(
+                "the journal is in format {} (this build writes format {}): a snapshot in format {} replaces it now",
+                formats.iter().map(u32::to_string).collect::<Vec<_>>().join(", "),
+                journal::FORMAT,
+                journal::FORMAT
+            );
+        }
+        if (recovery.unchecked_snapshot || older_format.is_some()) && keeper.not_writable.is_none() {
             keeper.write_snapshot();
         }
         Ok(keeper)
@@ -484,11 +488,7 @@ impl Keeper {
     fn write_snapshot(&mut self) {
         let bytes = self.store.journal_bytes();
         let started = Instant::now();
-        let snapshot = Snapshot {
-            version: SNAPSHOT_VERSION,
-            fences_reserved: self.fences_reserved,
-            service: self.service.export(),
-        };
+        let snapshot = Snapshot::new(self.fences_reserved, self.service.export());
         let written =
             serde_json::to_vec(&snapshot).map_err(io::Error::other).and_then(|body| self.store.snapshot(&body));
         match written {

@@ -778,8 +778,9 @@ impl Master {
             self.begin_stop(1, 0);
             return;
         } else if role == Role::Keeper && exit == Exit::Code(super::keeper::EXIT_JOURNAL_CORRUPT) {
-            // Its journal is corrupt (it said where): a new keeper would refuse it too.
-            log::error!("the keeper (pid {pid}) refused a corrupt journal; stopping");
+            // Its journal is corrupt, or in a format this build does not read (it said which
+            // and where): a new keeper would refuse it too.
+            log::error!("the keeper (pid {pid}) refused its journal (corrupt, or in a newer format); stopping");
             self.forget(role, generation);
             self.begin_stop(1, 0);
             return;

@@ -531,7 +531,7 @@ fn r12_a_keeper_restarted_on_a_corrupt_journal_stops_the_service_at_once_and_say
     let (status, _) = s.wait_exit(DEADLINE);
     assert_eq!(status.code(), Some(1), "log:\n{}", s.log());
     let log = whole_log(&s);
-    assert!(log.contains("refused a corrupt journal; stopping"), "log:\n{log}");
+    assert!(log.contains("refused its journal (corrupt, or in a newer format); stopping"), "log:\n{log}");
     let refusal = format!("{} at byte {offset}", segment.display());
     assert_eq!(log.matches(&refusal).count(), 1, "one refusal, no restart loop; log:\n{log}");
     assert!(contents(&data) == before, "a refusing keeper changed the data directory");
@@ -540,26 +540,22 @@ fn r12_a_keeper_restarted_on_a_corrupt_journal_stops_the_service_at_once_and_say
 #[test]
 fn a_snapshot_in_the_previous_format_is_read_once_and_replaced_by_a_checked_one() {
     use leasehold::core::lock::TableLimits;
-    use leasehold::journal::store::{Found, Store};
-    use leasehold::journal::{self, Record, Snapshot, SNAPSHOT_VERSION};
+    use leasehold::journal::store::Store;
+    use leasehold::journal::{Rebuild, Snapshot};
     let dir = scratch();
     let data = dir.path().join("data");
     let cfg = with_data_dir(&data, "workers = 1", "");
     let held = hold_locks_and_stop(&cfg, "old", 3);
-    // The state as a snapshot of the previous format (the JSON alone) covering segment 1.
-    let mut service = leasehold::service::Service::new(TableLimits::DEFAULT, 0, 1);
-    let mut fences_reserved = 0;
-    drop(
-        Store::open(&data, |found| {
-            if let Found::Record(body) = found {
-                let record: Record = serde_json::from_slice(body).map_err(|e| e.to_string())?;
-                journal::replay(&mut service, record, &mut fences_reserved);
-            }
-            Ok(())
-        })
-        .unwrap(),
-    );
-    let old = Snapshot { version: SNAPSHOT_VERSION, fences_reserved, service: service.export() };
+    // The state as a snapshot of the previous format (the JSON alone, of journal format 1)
+    // covering segment 1.
+    let mut rebuild = Rebuild::new(leasehold::service::Service::new(TableLimits::DEFAULT, 0, 1), 1);
+    drop(Store::open(&data, |found| rebuild.take(found)).unwrap());
+    let old = Snapshot {
+        version: 1,
+        written_by: None,
+        fences_reserved: rebuild.fences_reserved,
+        service: rebuild.service.export(),
+    };
     std::fs::write(data.join("snapshot-0000000000000001.json"), serde_json::to_vec(&old).unwrap()).unwrap();
     let s = Server::start(&cfg);
     s.wait_log("is in the previous format, which has no checksum");
