@@ -85,9 +85,9 @@ pub enum Plan {
         /// The id of the first event (after `Last-Event-ID`).
         first_event_id: u64,
     },
-    /// Gather the metrics.
+    /// Gather the metrics (from the master; answered with [`metrics_page`]).
     Metrics,
-    /// Say whether this worker is ready.
+    /// Say whether this worker is ready (only the worker knows: answered with [`readiness`]).
     Ready,
 }
 
@@ -532,10 +532,40 @@ struct CompatRow<'a> {
     data: &'a str,
 }
 
-/// Errors every route shares.
-fn common_error(reply: &LockReply) -> Response {
-    match reply {
-        LockReply::Unavailable { used, limit, queue_length } => {
+/// A keeper reply of a kind its route never gets: a bug on one side of the channel or the
+/// other. It is answered 500 `internal` ([`Unexpected::response`]), and the worker logs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unexpected {
+    /// How the answer was to be shaped (which route asked).
+    pub finish: Finish,
+    /// The kind of reply that came, as the keeper names it on the wire (`held`, `locks`, …).
+    pub reply: &'static str,
+}
+
+impl std::fmt::Display for Unexpected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "unexpected answer from the keeper: {} for {:?}", self.reply, self.finish)
+    }
+}
+
+impl std::error::Error for Unexpected {}
+
+impl Unexpected {
+    /// The response: 500 `internal`, saying what came (the kind only: a reply may carry a
+    /// ticket).
+    pub fn response(&self) -> Response {
+        error(ErrorCode::Internal, &self.to_string())
+    }
+}
+
+/// The answer to a reply its route does not shape itself: a refusal every route answers
+/// alike, or [`Unexpected`] for a reply meant for other routes. No wildcard: a kind added
+/// to `LockReply` does not compile until it is sorted here.
+fn refusal(f: &Finish, reply: &LockReply) -> Result<Response, Unexpected> {
+    use LockReply as R;
+    let unexpected = |kind: &'static str| Err(Unexpected { finish: f.clone(), reply: kind });
+    Ok(match reply {
+        R::Unavailable { used, limit, queue_length } => {
             #[derive(Serialize)]
             struct Busy {
                 used: u32,
@@ -544,7 +574,7 @@ fn common_error(reply: &LockReply) -> Response {
             }
             error_with(ErrorCode::Unavailable, "the lock is taken", Busy { used: *used, limit: *limit, queue_length: *queue_length })
         }
-        LockReply::LimitMismatch { limit } => {
+        R::LimitMismatch { limit } => {
             #[derive(Serialize)]
             struct Limit {
                 limit: u32,
@@ -555,17 +585,17 @@ fn common_error(reply: &LockReply) -> Response {
                 Limit { limit: *limit },
             )
         }
-        LockReply::QueueMismatch { queue } => {
+        R::QueueMismatch { queue } => {
             let kind = serde_json::to_string(queue).unwrap_or_default();
             error(ErrorCode::QueueMismatch, &format!("the lock's queue is {kind}; ask with the same queue"))
         }
-        LockReply::QueueFull { max_waiters } => {
+        R::QueueFull { max_waiters } => {
             error(ErrorCode::QueueFull, &format!("the lock's queue is full ({max_waiters} waiters)"))
         }
-        LockReply::TableFull { max_locks } => {
+        R::TableFull { max_locks } => {
             error(ErrorCode::TableFull, &format!("the server holds its maximum of {max_locks} locks"))
         }
-        LockReply::OverBudget { budget, message, .. } => error(
+        R::OverBudget { budget, message, .. } => error(
             match budget {
                 Budget::Tickets => ErrorCode::TicketsFull,
                 Budget::DataBytes => ErrorCode::DataFull,
@@ -574,7 +604,7 @@ fn common_error(reply: &LockReply) -> Response {
             },
             message,
         ),
-        LockReply::NotHolder(place) => {
+        R::NotHolder(place) => {
             #[derive(Serialize)]
             struct Place {
                 #[serde(skip_serializing_if = "Option::is_none")]
@@ -587,21 +617,21 @@ fn common_error(reply: &LockReply) -> Response {
                 Place { position: place.position, queue_length: place.queue_length },
             )
         }
-        LockReply::TicketUnknown => error(
+        R::TicketUnknown => error(
             ErrorCode::LeaseLost,
             "no lease or place in the queue for this ticket: it expired, was released, or was never issued for this lock",
         ),
-        LockReply::Dropped => error(
+        R::Dropped => error(
             ErrorCode::LimitMismatch,
             "the lock's limit was lowered below this waiter's weight: it left the queue",
         ),
-        LockReply::LockUnknown => error(ErrorCode::NotFound, "no such lock"),
-        LockReply::ResourceUnknown => error(ErrorCode::NotFound, "Resource not found"),
-        LockReply::Rejected { message, kind: RejectKind::TooLarge } => error(ErrorCode::PayloadTooLarge, message),
-        LockReply::Rejected { message, kind: RejectKind::Invalid } => error(ErrorCode::BadRequest, message),
-        LockReply::Failed { message } => error(ErrorCode::Internal, message),
-        LockReply::JournalFailed { message } => error(ErrorCode::JournalUnavailable, message),
-        LockReply::OutboxRefused { message, kind } => error(
+        R::LockUnknown => error(ErrorCode::NotFound, "no such lock"),
+        R::ResourceUnknown => error(ErrorCode::NotFound, "Resource not found"),
+        R::Rejected { message, kind: RejectKind::TooLarge } => error(ErrorCode::PayloadTooLarge, message),
+        R::Rejected { message, kind: RejectKind::Invalid } => error(ErrorCode::BadRequest, message),
+        R::Failed { message } => error(ErrorCode::Internal, message),
+        R::JournalFailed { message } => error(ErrorCode::JournalUnavailable, message),
+        R::OutboxRefused { message, kind } => error(
             match kind {
                 OutboxRefusal::Full => ErrorCode::OutboxFull,
                 OutboxRefusal::TooLarge => ErrorCode::PayloadTooLarge,
@@ -611,8 +641,29 @@ fn common_error(reply: &LockReply) -> Response {
             },
             message,
         ),
-        other => error(ErrorCode::Internal, &format!("unexpected answer from the keeper: {other:?}")),
-    }
+        // Answers only some routes get (each route's arm in `finish` shapes its own).
+        R::Held { .. } => return unexpected("held"),
+        R::Queued { .. } => return unexpected("queued"),
+        R::Released { .. } => return unexpected("released"),
+        R::Left => return unexpected("left"),
+        R::Lock(_) => return unexpected("lock"),
+        R::Locks { .. } => return unexpected("locks"),
+        R::Data(_) => return unexpected("data"),
+        R::DataWritten { .. } => return unexpected("data_written"),
+        R::DataDeleted { .. } => return unexpected("data_deleted"),
+        R::ResourceCreated { .. } => return unexpected("resource_created"),
+        R::ResourceExists => return unexpected("resource_exists"),
+        R::ResourceDeleted => return unexpected("resource_deleted"),
+        R::ResourceBusy => return unexpected("resource_busy"),
+        R::CompatData { .. } => return unexpected("compat_data"),
+        R::Written { .. } => return unexpected("written"),
+        R::OutboxAccepted { .. } => return unexpected("outbox_accepted"),
+        R::OutboxEntry { .. } => return unexpected("outbox_entry"),
+        R::OutboxPage { .. } => return unexpected("outbox_page"),
+        R::OutboxDone => return unexpected("outbox_done"),
+        // The worker cancels a wait only for a client that has gone: nobody is answered.
+        R::Cancelled => return unexpected("cancelled"),
+    })
 }
 
 fn error_with<X: Serialize>(code: ErrorCode, message: &str, extra: X) -> Response {
@@ -628,126 +679,185 @@ fn queued_body<'a>(
     Queued { status, lock, ticket: place.ticket, position: place.position, queue_length: place.queue_length, eta_ms }
 }
 
-/// The response to the keeper's `reply`.
-pub fn finish(f: &Finish, reply: &LockReply) -> Response {
-    match (f, reply) {
-        (Finish::Acquire(lock), LockReply::Held { lease, at_ms }) => {
-            Response::json(200, &Acquired::new("acquired", lock.as_str(), lease, *at_ms))
-        }
-        (Finish::Acquire(lock), LockReply::Queued { place, eta_ms }) => {
-            Response::json(202, &queued_body("queued", lock.as_str(), place, *eta_ms))
-        }
-        (Finish::Renew(lock), LockReply::Held { lease, at_ms }) => {
-            Response::json(200, &Acquired::new("renewed", lock.as_str(), lease, *at_ms))
-        }
-        (Finish::Release(lock), LockReply::Released { fence, at_ms }) => Response::json(
-            200,
-            &Released { status: "released", lock: lock.as_str(), fence: Some(*fence), at_ms: Some(*at_ms) },
-        ),
-        (Finish::Release(lock), LockReply::Left) => {
-            Response::json(200, &Released { status: "left", lock: lock.as_str(), fence: None, at_ms: None })
-        }
-        (Finish::TicketStatus(lock), LockReply::Held { lease, at_ms }) => {
-            Response::json(200, &Acquired::new("acquired", lock.as_str(), lease, *at_ms))
-        }
-        (Finish::TicketStatus(lock), LockReply::Queued { place, eta_ms }) => {
-            Response::json(200, &queued_body("queued", lock.as_str(), place, *eta_ms))
-        }
-        (Finish::EventsHead(_), LockReply::Held { .. } | LockReply::Queued { .. }) => stream_head(),
-        (Finish::LockStatus, LockReply::Lock(info)) => Response::json(200, info),
-        (Finish::LockList, LockReply::Locks { locks, next_after }) => {
-            #[derive(Serialize)]
-            struct Page<'a> {
-                locks: &'a [LockInfo],
-                next_after: &'a Option<String>,
-            }
-            Response::json(200, &Page { locks, next_after })
-        }
-        (Finish::DataGet, LockReply::Data(Some(value))) => Response {
-            status: 200,
-            content_type: "application/json",
-            headers: Vec::new(),
-            body: value.clone().into_bytes(),
+/// A 204 with no body.
+fn no_content() -> Response {
+    Response { status: 204, content_type: "application/json", headers: Vec::new(), body: Vec::new() }
+}
+
+/// The response to the keeper's `reply` to the operation `f` was planned with. Each route
+/// shapes the answers it gets; every other reply is a refusal all routes share, or
+/// [`Unexpected`] (sorted in `refusal`). One arm per [`Finish`]: a route added there does not
+/// compile until its answers are shaped here.
+pub fn finish(f: &Finish, reply: &LockReply) -> Result<Response, Unexpected> {
+    use LockReply as R;
+    Ok(match f {
+        Finish::Acquire(lock) => match reply {
+            R::Held { lease, at_ms } => Response::json(200, &Acquired::new("acquired", lock.as_str(), lease, *at_ms)),
+            R::Queued { place, eta_ms } => Response::json(202, &queued_body("queued", lock.as_str(), place, *eta_ms)),
+            other => return refusal(f, other),
         },
-        (Finish::DataGet, LockReply::Data(None)) => error(ErrorCode::NotFound, "no such data key"),
-        (Finish::DataPut, LockReply::DataWritten { created }) => {
-            let (status, word) = if *created { (201, "created") } else { (200, "updated") };
-            Response::json(status, &serde_json::json!({ "status": word }))
-        }
-        (Finish::DataDelete, LockReply::DataDeleted { existed: true }) => {
-            Response::json(200, &serde_json::json!({ "status": "deleted" }))
-        }
-        (Finish::DataDelete, LockReply::DataDeleted { existed: false }) => {
-            error(ErrorCode::NotFound, "no such data key")
-        }
-        (Finish::CompatCreate, LockReply::ResourceCreated { id, name, timeout_s }) => {
-            Response::json(201, &serde_json::json!({ "id": id, "name": name, "timeout": timeout_s }))
-        }
-        (Finish::CompatCreate, LockReply::ResourceExists) => error(ErrorCode::AlreadyExists, "Resource already exists"),
-        (Finish::ResourceDelete, LockReply::ResourceDeleted) => {
-            Response { status: 204, content_type: "application/json", headers: Vec::new(), body: Vec::new() }
-        }
-        (Finish::ResourceDelete, LockReply::ResourceBusy) => error(
-            ErrorCode::WrongState,
-            "the resource's lock has holders or waiters; release it first (nothing was deleted)",
-        ),
-        (Finish::CompatGet(selector), LockReply::CompatData { lease, resource_id, data }) => {
-            let ticket_header = |r: Response| match lease {
-                Some(lease) => r.with_header(X_TICKET, lease.ticket.to_string()),
-                None => r,
-            };
-            match data {
-                Some(data) => ticket_header(Response::json(
-                    200,
-                    &CompatRow {
-                        id: row_id(resource_id, selector.as_str()),
-                        id_resource: resource_id,
-                        selector: selector.as_str(),
-                        data,
-                    },
-                )),
-                // Locked but empty: the caller holds the lock now (as in the original).
-                None if lease.is_some() => {
-                    ticket_header(Response::json(202, &serde_json::json!({ "unavailable": true })))
+        Finish::Renew(lock) => match reply {
+            R::Held { lease, at_ms } => Response::json(200, &Acquired::new("renewed", lock.as_str(), lease, *at_ms)),
+            other => return refusal(f, other),
+        },
+        Finish::Release(lock) => match reply {
+            R::Released { fence, at_ms } => Response::json(
+                200,
+                &Released { status: "released", lock: lock.as_str(), fence: Some(*fence), at_ms: Some(*at_ms) },
+            ),
+            R::Left => Response::json(200, &Released { status: "left", lock: lock.as_str(), fence: None, at_ms: None }),
+            other => return refusal(f, other),
+        },
+        Finish::TicketStatus(lock) => match reply {
+            R::Held { lease, at_ms } => Response::json(200, &Acquired::new("acquired", lock.as_str(), lease, *at_ms)),
+            R::Queued { place, eta_ms } => Response::json(200, &queued_body("queued", lock.as_str(), place, *eta_ms)),
+            other => return refusal(f, other),
+        },
+        Finish::EventsHead(_) => match reply {
+            R::Held { .. } | R::Queued { .. } => stream_head(),
+            other => return refusal(f, other),
+        },
+        Finish::LockStatus => match reply {
+            R::Lock(info) => Response::json(200, info),
+            other => return refusal(f, other),
+        },
+        Finish::LockList => match reply {
+            R::Locks { locks, next_after } => {
+                #[derive(Serialize)]
+                struct Page<'a> {
+                    locks: &'a [LockInfo],
+                    next_after: &'a Option<String>,
                 }
-                None => error(ErrorCode::NotFound, "no data for this selector"),
+                Response::json(200, &Page { locks, next_after })
             }
-        }
-        (Finish::CompatGet(_), LockReply::Queued { place, .. }) => {
-            Response::json(202, &serde_json::json!({ "unavailable": true }))
-                .with_header(X_TICKET, place.ticket.to_string())
-        }
-        (Finish::CompatLock, LockReply::Held { lease, .. }) => {
-            Response::json(200, &serde_json::json!({ "locked": true })).with_header(X_TICKET, lease.ticket.to_string())
-        }
-        (Finish::CompatLock, LockReply::Queued { place, .. }) => {
-            Response::json(200, &serde_json::json!({ "locked": false })).with_header(X_TICKET, place.ticket.to_string())
-        }
-        (Finish::CompatPut, LockReply::Written { .. }) => {
-            Response { status: 204, content_type: "application/json", headers: Vec::new(), body: Vec::new() }
-        }
-        (Finish::CompatPut, LockReply::Queued { .. }) => {
-            error(ErrorCode::Unavailable, "the resource stayed locked for its whole timeout; nothing was written")
-        }
-        // The original unlocks whatever it is given and always says so.
-        (Finish::CompatUnlock, LockReply::Released { .. } | LockReply::Left | LockReply::TicketUnknown) => {
-            Response::json(200, &serde_json::json!({ "unlocked": true }))
-        }
-        (Finish::OutboxPut, LockReply::OutboxAccepted { id }) => {
-            Response::json(202, &serde_json::json!({ "status": "accepted", "id": id }))
-        }
-        (Finish::OutboxRead, LockReply::OutboxEntry { entry }) => Response::json(200, entry),
-        (Finish::OutboxRead, LockReply::OutboxPage { entries, next_after }) => {
-            Response::json(200, &serde_json::json!({ "entries": entries, "next_after": next_after }))
-        }
-        (Finish::OutboxRetry, LockReply::OutboxDone) => {
-            Response::json(200, &serde_json::json!({ "status": "retrying" }))
-        }
-        (Finish::OutboxDelete, LockReply::OutboxDone) => {
-            Response::json(200, &serde_json::json!({ "status": "deleted" }))
-        }
-        (_, other) => common_error(other),
+            other => return refusal(f, other),
+        },
+        Finish::DataGet => match reply {
+            R::Data(Some(value)) => Response {
+                status: 200,
+                content_type: "application/json",
+                headers: Vec::new(),
+                body: value.clone().into_bytes(),
+            },
+            R::Data(None) => error(ErrorCode::NotFound, "no such data key"),
+            other => return refusal(f, other),
+        },
+        Finish::DataPut => match reply {
+            R::DataWritten { created } => {
+                let (status, word) = if *created { (201, "created") } else { (200, "updated") };
+                Response::json(status, &serde_json::json!({ "status": word }))
+            }
+            other => return refusal(f, other),
+        },
+        Finish::DataDelete => match reply {
+            R::DataDeleted { existed: true } => Response::json(200, &serde_json::json!({ "status": "deleted" })),
+            R::DataDeleted { existed: false } => error(ErrorCode::NotFound, "no such data key"),
+            other => return refusal(f, other),
+        },
+        Finish::CompatCreate => match reply {
+            R::ResourceCreated { id, name, timeout_s } => {
+                Response::json(201, &serde_json::json!({ "id": id, "name": name, "timeout": timeout_s }))
+            }
+            R::ResourceExists => error(ErrorCode::AlreadyExists, "Resource already exists"),
+            other => return refusal(f, other),
+        },
+        Finish::ResourceDelete => match reply {
+            R::ResourceDeleted => no_content(),
+            R::ResourceBusy => error(
+                ErrorCode::WrongState,
+                "the resource's lock has holders or waiters; release it first (nothing was deleted)",
+            ),
+            other => return refusal(f, other),
+        },
+        Finish::CompatGet(selector) => match reply {
+            R::CompatData { lease, resource_id, data } => {
+                let ticket_header = |r: Response| match lease {
+                    Some(lease) => r.with_header(X_TICKET, lease.ticket.to_string()),
+                    None => r,
+                };
+                match data {
+                    Some(data) => ticket_header(Response::json(
+                        200,
+                        &CompatRow {
+                            id: row_id(resource_id, selector.as_str()),
+                            id_resource: resource_id,
+                            selector: selector.as_str(),
+                            data,
+                        },
+                    )),
+                    // Locked but empty: the caller holds the lock now (as in the original).
+                    None if lease.is_some() => {
+                        ticket_header(Response::json(202, &serde_json::json!({ "unavailable": true })))
+                    }
+                    None => error(ErrorCode::NotFound, "no data for this selector"),
+                }
+            }
+            R::Queued { place, .. } => Response::json(202, &serde_json::json!({ "unavailable": true }))
+                .with_header(X_TICKET, place.ticket.to_string()),
+            other => return refusal(f, other),
+        },
+        Finish::CompatLock => match reply {
+            R::Held { lease, .. } => Response::json(200, &serde_json::json!({ "locked": true }))
+                .with_header(X_TICKET, lease.ticket.to_string()),
+            R::Queued { place, .. } => Response::json(200, &serde_json::json!({ "locked": false }))
+                .with_header(X_TICKET, place.ticket.to_string()),
+            other => return refusal(f, other),
+        },
+        Finish::CompatPut => match reply {
+            R::Written { .. } => no_content(),
+            R::Queued { .. } => {
+                error(ErrorCode::Unavailable, "the resource stayed locked for its whole timeout; nothing was written")
+            }
+            other => return refusal(f, other),
+        },
+        Finish::CompatUnlock => match reply {
+            // The original unlocks whatever it is given and always says so.
+            R::Released { .. } | R::Left | R::TicketUnknown => {
+                Response::json(200, &serde_json::json!({ "unlocked": true }))
+            }
+            other => return refusal(f, other),
+        },
+        Finish::OutboxPut => match reply {
+            R::OutboxAccepted { id } => Response::json(202, &serde_json::json!({ "status": "accepted", "id": id })),
+            other => return refusal(f, other),
+        },
+        Finish::OutboxRead => match reply {
+            R::OutboxEntry { entry } => Response::json(200, entry),
+            R::OutboxPage { entries, next_after } => {
+                Response::json(200, &serde_json::json!({ "entries": entries, "next_after": next_after }))
+            }
+            other => return refusal(f, other),
+        },
+        Finish::OutboxRetry => match reply {
+            R::OutboxDone => Response::json(200, &serde_json::json!({ "status": "retrying" })),
+            other => return refusal(f, other),
+        },
+        Finish::OutboxDelete => match reply {
+            R::OutboxDone => Response::json(200, &serde_json::json!({ "status": "deleted" })),
+            other => return refusal(f, other),
+        },
+    })
+}
+
+/// The answer of `GET /readyz`: 200 while this worker takes requests and reaches the keeper
+/// (README.md: "readiness (keeper reachable)"); 503 `overloaded` while it drains (a load
+/// balancer should stop sending here), 503 `keeper_unavailable` while it has no keeper.
+pub fn readiness(draining: bool, keeper_connected: bool) -> Response {
+    if draining {
+        error(ErrorCode::Overloaded, "this worker is draining")
+    } else if keeper_connected {
+        Response::json(200, &serde_json::json!({"status": "ready"}))
+    } else {
+        error(ErrorCode::KeeperUnavailable, "the keeper is not reachable")
     }
+}
+
+/// The content type of `GET /metrics` (the Prometheus text format).
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The answer of `GET /metrics`, from the text the master gathered.
+pub fn metrics_page(text: String) -> Response {
+    Response::text(200, METRICS_CONTENT_TYPE, text)
 }
 
 /// The head of an event stream (its body follows, event by event, until it closes).

@@ -7,14 +7,14 @@
 
 use crate::config::{ApiKey, Role};
 
-/// Why a request is refused.
+/// Why a request is refused. Its status is [`super::admit`]'s to decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {
     /// No `x-api-key` header while keys are configured (401).
     MissingKey,
     /// The key matches no configured key (401).
     UnknownKey,
-    /// The key's role is below the route's (403).
+    /// The key's role is below the route's (403; 401 on the Small Resource Server routes).
     Role {
         /// The role needed.
         needed: Role,
@@ -26,14 +26,6 @@ pub enum Denied {
 }
 
 impl Denied {
-    /// The status code.
-    pub fn status(&self) -> u16 {
-        match self {
-            Self::MissingKey | Self::UnknownKey => 401,
-            Self::Role { .. } | Self::Prefix | Self::NotLoopback => 403,
-        }
-    }
-
     /// A message for the client.
     pub fn message(&self) -> String {
         match self {

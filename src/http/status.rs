@@ -231,6 +231,38 @@ pub fn canned(code: ErrorCode, message: &str) -> Vec<u8> {
     out
 }
 
+/// The whole answer to a connection a worker refuses at `server.max_connections`.
+pub fn at_connection_limit() -> Vec<u8> {
+    canned(ErrorCode::Overloaded, "this worker is at its connection limit")
+}
+
+/// A request for the keeper while the worker has no keeper channel (the keeper is
+/// restarting; the worker has asked the master for a new channel).
+pub fn keeper_restarting() -> Response {
+    error(ErrorCode::KeeperUnavailable, "the keeper is restarting; retry")
+}
+
+/// A request whose sending to the keeper failed: the channel is lost, and nothing was sent.
+pub fn keeper_unreachable() -> Response {
+    error(ErrorCode::KeeperUnavailable, "the keeper is not reachable; retry")
+}
+
+/// A request in flight when its keeper channel was replaced by a newer one.
+pub fn keeper_replaced_in_flight() -> Response {
+    error(ErrorCode::KeeperUnavailable, "the keeper channel was replaced while this request was in flight")
+}
+
+/// A request in flight when the keeper channel was lost: whether it took effect is unknown.
+pub fn keeper_lost_in_flight() -> Response {
+    error(ErrorCode::KeeperUnavailable, "the keeper restarted while this request was in flight; its effect is unknown")
+}
+
+/// A request whose operation does not fit in one frame to the keeper. Nothing was sent, so
+/// the channel stays good for every other request.
+pub fn too_large_for_keeper() -> Response {
+    error(ErrorCode::PayloadTooLarge, "the request is too large to pass to the keeper")
+}
+
 /// The response to a request the parser refused.
 pub fn http_error(e: &HttpError) -> Response {
     let code = match e {
@@ -261,6 +293,27 @@ mod tests {
             assert_eq!(body(&r), serde_json::json!({"error": wire, "message": "why"}));
             assert_eq!(r.headers.iter().any(|(h, _)| *h == "Retry-After"), code.retry_after());
         }
+    }
+
+    #[test]
+    fn keeper_troubles_are_503_keeper_unavailable_with_retry_after_except_a_request_too_large() {
+        for r in [keeper_restarting(), keeper_unreachable(), keeper_replaced_in_flight(), keeper_lost_in_flight()] {
+            assert_eq!((r.status, body(&r)["error"].as_str()), (503, Some("keeper_unavailable")), "{r:?}");
+            assert!(r.headers.contains(&("Retry-After", "1".into())), "{r:?}");
+        }
+        // The client's to fix, and nothing to wait for: no Retry-After.
+        let r = too_large_for_keeper();
+        assert_eq!((r.status, body(&r)["error"].as_str()), (413, Some("payload_too_large")));
+        assert!(r.headers.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn at_connection_limit_is_a_whole_503_overloaded_that_closes() {
+        let bytes = at_connection_limit();
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+        assert!(text.contains("\r\nConnection: close\r\n") && text.contains("\r\nRetry-After: 1\r\n"), "{text}");
+        assert!(text.ends_with("}") && text.contains("\"error\":\"overloaded\""), "{text}");
     }
 
     #[test]

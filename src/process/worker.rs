@@ -7,8 +7,12 @@
 //! request id (many in flight on one channel). Writes to the keeper and to clients are
 //! batched: everything a loop turn produced leaves in one write per socket.
 //!
-//! Without a keeper channel (the keeper is restarting) lock routes answer 503 with
-//! `Retry-After`, and the worker asks the master for a new channel by itself.
+//! The worker decides no status itself: [`admit`] refuses what the route table and the
+//! access rules refuse, [`api`] plans and shapes the rest, and the few situations only the
+//! worker sees (no keeper channel, a request too large for a frame, a keeper lost with
+//! requests in flight) are named answers in [`crate::http::status`]. Without a keeper
+//! channel (the keeper is restarting) lock routes answer `keeper_unavailable`, and the
+//! worker asks the master for a new channel by itself.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -26,13 +30,13 @@ use super::child::{self, Boot};
 use super::delivery::with_own_addresses;
 use crate::config::{Config, MAX_REQUEST_LINE_BYTES};
 use crate::core::names::{LockName, Ticket};
+use crate::http::admit::admit;
 use crate::http::api::{self, ApiSettings, Finish, Plan};
-use crate::http::auth::{Access, Denied, Grant};
+use crate::http::auth::Access;
 use crate::http::conn::{Conn, ConnConfig, Seq, Status};
 use crate::http::parse::{Limits, Request};
 use crate::http::response::Response;
-use crate::http::route::{needed_role, route, RouteError, LABEL_UNROUTED};
-use crate::http::status::{self, error, ErrorCode};
+use crate::http::status;
 use crate::ipc::frame::FrameError;
 use crate::ipc::message::{FdRecord, FromKeeper, LockOp, LockReply, TicketEvent, ToChild, ToKeeper, ToMaster};
 use crate::metrics::{Histogram, RequestCount, RouteLatency, WorkerSnapshot};
@@ -259,7 +263,7 @@ impl Worker {
             draining: false,
             dirty: Vec::new(),
             read_buf: vec![0; READ_CHUNK_BYTES],
-            overloaded: status::canned(ErrorCode::Overloaded, "this worker is at its connection limit"),
+            overloaded: status::at_connection_limit(),
             accept_retry: false,
             last_warning_ms: None,
             turn_us: 0,
@@ -269,7 +273,7 @@ impl Worker {
     fn serve(&mut self) -> io::Result<i32> {
         self.turn_us = self.clock.now_us();
         // The master queues our keeper channel before our start frame: take it now, so we
-        // are ready with a keeper (no 503 right after READY).
+        // are ready with a keeper (no `keeper_unavailable` right after READY).
         self.on_fd_records();
         self.control.send(&ToMaster::Ready).map_err(io::Error::other)?;
         self.flush_control();
@@ -389,7 +393,7 @@ impl Worker {
                 }
                 ToChild::MetricsText { id, text } => {
                     if let Some(p) = self.metrics_pending.remove(&id) {
-                        let response = Response::text(200, "text/plain; version=0.0.4; charset=utf-8", text);
+                        let response = api::metrics_page(text);
                         self.finish(p.slot, p.client_id, p.seq, "metrics", p.started_us, &response);
                     }
                 }
@@ -420,7 +424,7 @@ impl Worker {
             FdRecord::Keeper { generation } => {
                 if let Some(mut old) = self.keeper.take() {
                     old.deregister(self.poll.registry());
-                    self.fail_pending("the keeper channel was replaced while this request was in flight");
+                    self.fail_pending(&status::keeper_replaced_in_flight());
                 }
                 match Channel::new(StdUnixStream::from(fd), KEEPER).and_then(|mut c| {
                     c.register(self.poll.registry())?;
@@ -478,7 +482,7 @@ impl Worker {
             Purpose::Nothing => {}
             Purpose::Answer { finish, waits } => {
                 if alive {
-                    let response = api::finish(&finish, reply);
+                    let response = shape(&finish, reply);
                     self.finish(p.slot, p.client_id, p.seq, p.label, p.started_us, &response);
                 } else if let Some(lock) = waits {
                     // Granted while its client was leaving: it was never told, so it gives
@@ -501,16 +505,17 @@ impl Worker {
                     return;
                 }
                 let Some((name, data)) = first else {
-                    let response = api::finish(&Finish::TicketStatus(lock), reply);
+                    let response = shape(&Finish::TicketStatus(lock), reply);
                     self.finish(p.slot, p.client_id, p.seq, p.label, p.started_us, &response);
                     return;
                 };
                 let now = self.turn_ms();
                 let event = api::sse_event(first_event_id, name, &data);
-                self.record(p.label, 200, p.started_us);
+                let head = api::stream_head();
+                self.record(p.label, head.status, p.started_us);
                 let cfg = self.settings.conn;
                 let Some(c) = self.client(p.slot, p.client_id) else { return };
-                c.conn.respond_stream(p.seq, &api::stream_head(), now);
+                c.conn.respond_stream(p.seq, &head, now);
                 c.conn.stream_push(&event, now, &cfg);
                 let next_id = first_event_id.saturating_add(1);
                 c.events = Some(EventStream { lock: lock.clone(), ticket, next_id, last_write_ms: now });
@@ -563,15 +568,14 @@ impl Worker {
     fn keeper_lost(&mut self, why: &ChannelError) {
         let Some(mut k) = self.keeper.take() else { return };
         k.deregister(self.poll.registry());
-        log::warn!("keeper channel lost ({why}); answering 503 until the master sends a new one");
-        self.fail_pending("the keeper restarted while this request was in flight; its effect is unknown");
+        log::warn!("keeper channel lost ({why}); refusing keeper requests until the master sends a new one");
+        self.fail_pending(&status::keeper_lost_in_flight());
         let _ = self.control.send(&ToMaster::NeedKeeper { lost_generation: self.keeper_generation });
     }
 
-    /// Answers every request in flight with 503 and ends every event stream (they were the
-    /// lost keeper's; their clients reconnect with `Last-Event-ID`).
-    fn fail_pending(&mut self, message: &str) {
-        let response = error(ErrorCode::KeeperUnavailable, message);
+    /// Answers every request in flight with `response` and ends every event stream (they
+    /// were the lost keeper's; their clients reconnect with `Last-Event-ID`).
+    fn fail_pending(&mut self, response: &Response) {
         for (_, p) in std::mem::take(&mut self.pending) {
             if matches!(p.purpose, Purpose::Nothing) {
                 continue;
@@ -579,7 +583,7 @@ impl Worker {
             if let Some(c) = self.client(p.slot, p.client_id) {
                 c.waits.clear();
             }
-            self.finish(p.slot, p.client_id, p.seq, p.label, p.started_us, &response);
+            self.finish(p.slot, p.client_id, p.seq, p.label, p.started_us, response);
         }
         let now = self.turn_ms();
         for (_, watchers) in std::mem::take(&mut self.streams) {
@@ -645,7 +649,7 @@ impl Worker {
                 self.closed_passed += 1;
             }
             let max = self.settings.max_connections;
-            self.warn_limited(&format!("at max_connections ({max}): refusing new connections with 503"));
+            self.warn_limited(&format!("at max_connections ({max}): refusing new connections as overloaded"));
             return;
         }
         let _ = stream.set_nodelay(true);
@@ -887,61 +891,23 @@ impl Worker {
         let started_us = self.turn_us;
         let Some(c) = self.clients.get(slot).and_then(Option::as_ref) else { return };
         let (client_id, peer_loopback) = (c.id, c.peer_loopback);
-        let matched = match route(request.method, &request.target) {
-            Ok(m) => m,
-            Err(e) => {
-                let response = match e {
-                    RouteError::NotFound => error(ErrorCode::NotFound, "no such route"),
-                    RouteError::MethodNotAllowed { allow } => {
-                        error(ErrorCode::MethodNotAllowed, "this route does not take this method")
-                            .with_header("Allow", allow)
-                    }
-                    RouteError::BadPath => error(ErrorCode::BadRequest, "the path has an invalid %-escape"),
-                };
-                self.finish(slot, client_id, seq, LABEL_UNROUTED, started_us, &response);
+        let access = &self.settings.access;
+        let admitted = match admit(request.method, &request.target, request.api_key.as_deref(), peer_loopback, access) {
+            Ok(admitted) => admitted,
+            Err(refused) => {
+                self.finish(slot, client_id, seq, refused.label, started_us, &refused.response);
                 return;
             }
         };
-        let def = matched.def;
-        let name = if def.id.names_lock() { matched.params.first().map(String::as_str) } else { None };
-        let needed = needed_role(def, matched.query);
-        let (scope, role) = match self.settings.access.check(request.api_key.as_deref(), peer_loopback, needed, name) {
-            // Almost every key has no prefix: an empty String does not allocate.
-            Ok(grant) => (grant.prefix.to_string(), grant.role),
-            Err(denied) => {
-                // The Small Resource Server answers a missing role with 401, and its client
-                // relies on it.
-                let unauthorized =
-                    denied.status() == 401 || (def.id.is_compat() && matches!(denied, Denied::Role { .. }));
-                let code = if unauthorized { ErrorCode::Unauthorized } else { ErrorCode::Forbidden };
-                let mut response = error(code, &denied.message());
-                if unauthorized {
-                    response = response.with_header("WWW-Authenticate", "ApiKey header=\"x-api-key\"");
-                }
-                self.finish(slot, client_id, seq, def.label, started_us, &response);
-                return;
-            }
-        };
-        let (op, purpose, waits) = match api::plan(
-            def,
-            &matched.params,
-            matched.query,
-            request,
-            &self.settings.api,
-            Grant { prefix: &scope, role },
-        ) {
+        let def = admitted.def;
+        let planned = api::plan(def, &admitted.params, admitted.query, request, &self.settings.api, admitted.grant);
+        let (op, purpose, waits) = match planned {
             Plan::Now(response) => {
                 self.finish(slot, client_id, seq, def.label, started_us, &response);
                 return;
             }
             Plan::Ready => {
-                let response = if self.draining {
-                    error(ErrorCode::Overloaded, "this worker is draining")
-                } else if self.keeper.is_some() {
-                    Response::json(200, &serde_json::json!({"status": "ready"}))
-                } else {
-                    error(ErrorCode::KeeperUnavailable, "the keeper is not reachable")
-                };
+                let response = api::readiness(self.draining, self.keeper.is_some());
                 self.finish(slot, client_id, seq, def.label, started_us, &response);
                 return;
             }
@@ -964,7 +930,7 @@ impl Worker {
             }
         };
         let Some(k) = self.keeper.as_mut() else {
-            let response = error(ErrorCode::KeeperUnavailable, "the keeper is restarting; retry");
+            let response = status::keeper_restarting();
             self.finish(slot, client_id, seq, def.label, started_us, &response);
             return;
         };
@@ -974,13 +940,13 @@ impl Worker {
             Ok(()) => {}
             Err(ChannelError::Frame(FrameError::TooLarge { .. })) => {
                 // Nothing was queued: the channel stays good for every other request.
-                let response = error(ErrorCode::PayloadTooLarge, "the request is too large to pass to the keeper");
+                let response = status::too_large_for_keeper();
                 self.finish(slot, client_id, seq, def.label, started_us, &response);
                 return;
             }
             Err(e) => {
                 self.keeper_lost(&e);
-                let response = error(ErrorCode::KeeperUnavailable, "the keeper is not reachable; retry");
+                let response = status::keeper_unreachable();
                 self.finish(slot, client_id, seq, def.label, started_us, &response);
                 return;
             }
@@ -1019,4 +985,13 @@ impl Worker {
             max_unsent_bytes: self.settings.conn.max_unsent_bytes as u64,
         }
     }
+}
+
+/// Shapes the keeper's reply to a request. A reply of a kind its route never gets is a bug
+/// on one side of the channel: it is logged, and answered as [`api::Unexpected`] says.
+fn shape(finish: &Finish, reply: &LockReply) -> Response {
+    api::finish(finish, reply).unwrap_or_else(|bug| {
+        log::error!("{bug}");
+        bug.response()
+    })
 }

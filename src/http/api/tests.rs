@@ -60,6 +60,11 @@ fn json(r: &Response) -> serde_json::Value {
     serde_json::from_slice(&r.body).unwrap()
 }
 
+/// The response to a reply its route expects.
+fn shaped(f: &Finish, reply: &LockReply) -> Response {
+    finish(f, reply).unwrap_or_else(|bug| panic!("{bug}"))
+}
+
 #[test]
 fn every_route_plans_something_without_panicking() {
     for def in ROUTES {
@@ -145,37 +150,37 @@ fn r12_head_of_events_checks_the_ticket_without_opening_a_stream() {
         other => panic!("{other:?}"),
     }
     let lock = LockName::parse("a").unwrap();
-    let held = finish(&Finish::EventsHead(lock.clone()), &LockReply::Held { lease: lease(), at_ms: 1 });
+    let held = shaped(&Finish::EventsHead(lock.clone()), &LockReply::Held { lease: lease(), at_ms: 1 });
     assert_eq!(held, stream_head());
-    let queued = finish(&Finish::EventsHead(lock.clone()), &LockReply::Queued { place: place(), eta_ms: None });
+    let queued = shaped(&Finish::EventsHead(lock.clone()), &LockReply::Queued { place: place(), eta_ms: None });
     assert_eq!(queued, stream_head());
     // An unknown ticket: the error GET would answer.
-    let gone = finish(&Finish::EventsHead(lock.clone()), &LockReply::TicketUnknown);
-    assert_eq!(gone, finish(&Finish::TicketStatus(lock), &LockReply::TicketUnknown));
+    let gone = shaped(&Finish::EventsHead(lock.clone()), &LockReply::TicketUnknown);
+    assert_eq!(gone, shaped(&Finish::TicketStatus(lock), &LockReply::TicketUnknown));
     assert_eq!(gone.status, 410);
 }
 
 #[test]
 fn native_answers_have_their_shapes() {
     let lock = LockName::parse("a").unwrap();
-    let r = finish(&Finish::Acquire(lock.clone()), &LockReply::Held { lease: lease(), at_ms: 7 });
+    let r = shaped(&Finish::Acquire(lock.clone()), &LockReply::Held { lease: lease(), at_ms: 7 });
     assert_eq!(r.status, 200);
     assert_eq!(json(&r)["status"], "acquired");
     assert_eq!(json(&r)["at_ms"], 7);
-    let r = finish(&Finish::Acquire(lock.clone()), &LockReply::Queued { place: place(), eta_ms: Some(300) });
+    let r = shaped(&Finish::Acquire(lock.clone()), &LockReply::Queued { place: place(), eta_ms: Some(300) });
     assert_eq!((r.status, json(&r)["position"].as_u64(), json(&r)["eta_ms"].as_u64()), (202, Some(2), Some(300)));
-    let r = finish(&Finish::TicketStatus(lock.clone()), &LockReply::Queued { place: place(), eta_ms: None });
+    let r = shaped(&Finish::TicketStatus(lock.clone()), &LockReply::Queued { place: place(), eta_ms: None });
     assert_eq!((r.status, json(&r)["status"].as_str()), (200, Some("queued")));
     assert!(json(&r).get("eta_ms").is_none());
-    assert_eq!(finish(&Finish::Renew(lock.clone()), &LockReply::NotHolder(place())).status, 409);
-    assert_eq!(finish(&Finish::Release(lock.clone()), &LockReply::TicketUnknown).status, 410);
-    assert_eq!(json(&finish(&Finish::Release(lock), &LockReply::Left))["status"], "left");
-    assert_eq!(finish(&Finish::DataGet, &LockReply::Data(Some("[1]".into()))).body, b"[1]");
-    assert_eq!(finish(&Finish::DataGet, &LockReply::Data(None)).status, 404);
-    assert_eq!(finish(&Finish::DataPut, &LockReply::DataWritten { created: true }).status, 201);
+    assert_eq!(shaped(&Finish::Renew(lock.clone()), &LockReply::NotHolder(place())).status, 409);
+    assert_eq!(shaped(&Finish::Release(lock.clone()), &LockReply::TicketUnknown).status, 410);
+    assert_eq!(json(&shaped(&Finish::Release(lock), &LockReply::Left))["status"], "left");
+    assert_eq!(shaped(&Finish::DataGet, &LockReply::Data(Some("[1]".into()))).body, b"[1]");
+    assert_eq!(shaped(&Finish::DataGet, &LockReply::Data(None)).status, 404);
+    assert_eq!(shaped(&Finish::DataPut, &LockReply::DataWritten { created: true }).status, 201);
     let big = LockReply::Rejected { message: "too big".into(), kind: RejectKind::TooLarge };
-    assert_eq!(finish(&Finish::DataPut, &big).status, 413);
-    assert_eq!(finish(&Finish::LockStatus, &LockReply::LockUnknown).status, 404);
+    assert_eq!(shaped(&Finish::DataPut, &big).status, 413);
+    assert_eq!(shaped(&Finish::LockStatus, &LockReply::LockUnknown).status, 404);
     let info = LockInfo {
         name: LockName::parse("a").unwrap(),
         limit: 1,
@@ -185,7 +190,7 @@ fn native_answers_have_their_shapes() {
         queue_length: 0,
         data_keys: 0,
     };
-    let r = finish(&Finish::LockList, &LockReply::Locks { locks: vec![info], next_after: None });
+    let r = shaped(&Finish::LockList, &LockReply::Locks { locks: vec![info], next_after: None });
     assert_eq!(json(&r)["locks"][0]["name"], "a");
 }
 
@@ -198,7 +203,7 @@ fn compat_answers_are_what_the_php_client_reads() {
     let sel = DataKey::parse("queue").unwrap();
     let data =
         LockReply::CompatData { lease: Some(lease()), resource_id: "R".repeat(26), data: Some("{\"a\":1}".into()) };
-    let r = finish(&Finish::CompatGet(sel.clone()), &data);
+    let r = shaped(&Finish::CompatGet(sel.clone()), &data);
     assert_eq!(r.status, 200);
     assert_eq!(header(&r, "X-Ticket"), Some(T), "spelled exactly X-Ticket");
     let body = json(&r);
@@ -207,26 +212,26 @@ fn compat_answers_are_what_the_php_client_reads() {
     assert_eq!(body["selector"], "queue");
     assert_eq!(body["id"].as_str().unwrap().len(), 26);
     let empty = LockReply::CompatData { lease: Some(lease()), resource_id: "R".into(), data: None };
-    let r = finish(&Finish::CompatGet(sel.clone()), &empty);
+    let r = shaped(&Finish::CompatGet(sel.clone()), &empty);
     assert_eq!((r.status, json(&r)), (202, serde_json::json!({"unavailable": true})));
     assert_eq!(header(&r, "X-Ticket"), Some(T));
-    let r = finish(&Finish::CompatGet(sel.clone()), &LockReply::Queued { place: place(), eta_ms: None });
+    let r = shaped(&Finish::CompatGet(sel.clone()), &LockReply::Queued { place: place(), eta_ms: None });
     assert_eq!((r.status, header(&r, "X-Ticket")), (202, Some(T)));
     let unlocked_missing = LockReply::CompatData { lease: None, resource_id: "R".into(), data: None };
-    assert_eq!(finish(&Finish::CompatGet(sel), &unlocked_missing).status, 404);
-    let r = finish(&Finish::CompatLock, &LockReply::Queued { place: place(), eta_ms: None });
+    assert_eq!(shaped(&Finish::CompatGet(sel), &unlocked_missing).status, 404);
+    let r = shaped(&Finish::CompatLock, &LockReply::Queued { place: place(), eta_ms: None });
     assert_eq!((r.status, json(&r)), (200, serde_json::json!({"locked": false})));
-    let r = finish(&Finish::CompatLock, &LockReply::Held { lease: lease(), at_ms: 1 });
+    let r = shaped(&Finish::CompatLock, &LockReply::Held { lease: lease(), at_ms: 1 });
     assert_eq!((json(&r), header(&r, "X-Ticket")), (serde_json::json!({"locked": true}), Some(T)));
-    let r = finish(&Finish::CompatPut, &LockReply::Written { ticket: lease().ticket });
+    let r = shaped(&Finish::CompatPut, &LockReply::Written { ticket: lease().ticket });
     assert_eq!((r.status, r.body.len()), (204, 0));
-    assert_eq!(finish(&Finish::CompatPut, &LockReply::Queued { place: place(), eta_ms: None }).status, 409);
-    assert_eq!(finish(&Finish::CompatPut, &LockReply::ResourceUnknown).status, 404);
+    assert_eq!(shaped(&Finish::CompatPut, &LockReply::Queued { place: place(), eta_ms: None }).status, 409);
+    assert_eq!(shaped(&Finish::CompatPut, &LockReply::ResourceUnknown).status, 404);
     for reply in [LockReply::Left, LockReply::TicketUnknown, LockReply::Released { fence: 1, at_ms: 2 }] {
-        let r = finish(&Finish::CompatUnlock, &reply);
+        let r = shaped(&Finish::CompatUnlock, &reply);
         assert_eq!((r.status, json(&r)), (200, serde_json::json!({"unlocked": true})));
     }
-    let r = finish(&Finish::CompatCreate, &LockReply::ResourceExists);
+    let r = shaped(&Finish::CompatCreate, &LockReply::ResourceExists);
     assert_eq!((r.status, json(&r)["message"].as_str()), (409, Some("Resource already exists")));
 }
 
@@ -328,10 +333,10 @@ fn resource_delete_plans_a_keeper_delete_and_answers_204_404_or_409() {
     assert_eq!(p, Plan::Ask { op: LockOp::DeleteResource { name }, finish: Finish::ResourceDelete, waits: false });
     assert_eq!(status(&plan_for(Method::Delete, "/resource/a%2Fb", "", None)), 400, "an invalid name");
     let f = Finish::ResourceDelete;
-    let deleted = finish(&f, &LockReply::ResourceDeleted);
+    let deleted = shaped(&f, &LockReply::ResourceDeleted);
     assert_eq!((deleted.status, deleted.body.len()), (204, 0));
-    assert_eq!(finish(&f, &LockReply::ResourceUnknown).status, 404);
-    let busy = finish(&f, &LockReply::ResourceBusy);
+    assert_eq!(shaped(&f, &LockReply::ResourceUnknown).status, 404);
+    let busy = shaped(&f, &LockReply::ResourceBusy);
     assert_eq!((busy.status, json(&busy)["error"].as_str()), (409, Some("wrong_state")));
 }
 
@@ -345,9 +350,239 @@ fn every_budget_refusal_is_a_503_with_its_own_code_and_retry_after() {
     ] {
         let reply = LockReply::OverBudget { budget, limit: 3, message: "why".into() };
         for f in [Finish::Acquire(LockName::parse("x").unwrap()), Finish::DataPut, Finish::CompatCreate] {
-            let r = finish(&f, &reply);
+            let r = shaped(&f, &reply);
             assert_eq!((r.status, json(&r)), (503, serde_json::json!({"error": code, "message": "why"})));
             assert_eq!(header(&r, "Retry-After"), Some("1"));
         }
     }
+}
+
+/// One reply of every kind, in declaration order: each kind names the next, so a kind
+/// added to `LockReply` does not compile here until it has a sample (and with it a place
+/// in `every_reply_kind_is_shaped_by_its_routes_and_only_there`).
+fn every_reply() -> Vec<LockReply> {
+    use LockReply as R;
+    fn after(r: &LockReply) -> Option<LockReply> {
+        let info = || LockInfo {
+            name: LockName::parse("a").unwrap(),
+            limit: 1,
+            queue: QueueKind::Fifo,
+            used: 0,
+            holders: vec![],
+            queue_length: 0,
+            data_keys: 0,
+        };
+        let entry = || crate::core::outbox::Entry {
+            id: "e1".into(),
+            call: Call {
+                method: "POST".into(),
+                url: "http://example.com/".into(),
+                headers: vec![],
+                body: String::new(),
+            },
+            max_attempts: 3,
+            attempts: 0,
+            state: crate::core::outbox::EntryState::Pending { due_ms: 1 },
+            created_ms: 1,
+            last_error: None,
+            scope: String::new(),
+            callback: false,
+        };
+        Some(match r {
+            R::Held { .. } => R::Queued { place: place(), eta_ms: Some(5) },
+            R::Queued { .. } => R::Unavailable { used: 1, limit: 1, queue_length: 0 },
+            R::Unavailable { .. } => R::LimitMismatch { limit: 2 },
+            R::LimitMismatch { .. } => R::QueueMismatch { queue: QueueKind::Fifo },
+            R::QueueMismatch { .. } => R::QueueFull { max_waiters: 4 },
+            R::QueueFull { .. } => R::TableFull { max_locks: 5 },
+            R::TableFull { .. } => R::Released { fence: 3, at_ms: 6 },
+            R::Released { .. } => R::Left,
+            R::Left => R::NotHolder(place()),
+            R::NotHolder(_) => R::TicketUnknown,
+            R::TicketUnknown => R::LockUnknown,
+            R::LockUnknown => R::Dropped,
+            R::Dropped => R::Lock(info()),
+            R::Lock(_) => R::Locks { locks: vec![info()], next_after: Some("a".into()) },
+            R::Locks { .. } => R::Data(Some("1".into())),
+            R::Data(_) => R::DataWritten { created: false },
+            R::DataWritten { .. } => R::DataDeleted { existed: true },
+            R::DataDeleted { .. } => {
+                R::ResourceCreated { id: "R".repeat(26), name: LockName::parse("a").unwrap(), timeout_s: 0 }
+            }
+            R::ResourceCreated { .. } => R::ResourceExists,
+            R::ResourceExists => R::ResourceDeleted,
+            R::ResourceDeleted => R::ResourceBusy,
+            R::ResourceBusy => R::OverBudget { budget: Budget::Tickets, limit: 1, message: "full".into() },
+            R::OverBudget { .. } => R::ResourceUnknown,
+            R::ResourceUnknown => R::CompatData { lease: None, resource_id: "R".repeat(26), data: Some("1".into()) },
+            R::CompatData { .. } => R::Written { ticket: lease().ticket },
+            R::Written { .. } => R::Rejected { message: "no".into(), kind: RejectKind::Invalid },
+            R::Rejected { .. } => R::Failed { message: "broken".into() },
+            R::Failed { .. } => R::Cancelled,
+            R::Cancelled => R::JournalFailed { message: "disk full".into() },
+            R::JournalFailed { .. } => R::OutboxAccepted { id: "e1".into() },
+            R::OutboxAccepted { .. } => R::OutboxEntry { entry: entry() },
+            R::OutboxEntry { .. } => R::OutboxPage { entries: vec![entry()], next_after: None },
+            R::OutboxPage { .. } => R::OutboxRefused { message: "full".into(), kind: OutboxRefusal::Full },
+            R::OutboxRefused { .. } => R::OutboxDone,
+            R::OutboxDone => return None,
+        })
+    }
+    let mut all = vec![R::Held { lease: lease(), at_ms: 1 }];
+    while let Some(next) = after(all.last().unwrap()) {
+        all.push(next);
+    }
+    all
+}
+
+/// One way of shaping of every kind, as `every_reply` has one reply of every kind.
+fn every_finish() -> Vec<Finish> {
+    fn after(f: &Finish) -> Option<Finish> {
+        let lock = || LockName::parse("a").unwrap();
+        Some(match f {
+            Finish::Acquire(_) => Finish::Renew(lock()),
+            Finish::Renew(_) => Finish::Release(lock()),
+            Finish::Release(_) => Finish::TicketStatus(lock()),
+            Finish::TicketStatus(_) => Finish::EventsHead(lock()),
+            Finish::EventsHead(_) => Finish::LockStatus,
+            Finish::LockStatus => Finish::LockList,
+            Finish::LockList => Finish::DataGet,
+            Finish::DataGet => Finish::DataPut,
+            Finish::DataPut => Finish::DataDelete,
+            Finish::DataDelete => Finish::CompatCreate,
+            Finish::CompatCreate => Finish::CompatGet(DataKey::parse("sel").unwrap()),
+            Finish::CompatGet(_) => Finish::CompatLock,
+            Finish::CompatLock => Finish::CompatPut,
+            Finish::CompatPut => Finish::CompatUnlock,
+            Finish::CompatUnlock => Finish::ResourceDelete,
+            Finish::ResourceDelete => Finish::OutboxPut,
+            Finish::OutboxPut => Finish::OutboxRead,
+            Finish::OutboxRead => Finish::OutboxRetry,
+            Finish::OutboxRetry => Finish::OutboxDelete,
+            Finish::OutboxDelete => return None,
+        })
+    }
+    let mut all = vec![Finish::Acquire(LockName::parse("a").unwrap())];
+    while let Some(next) = after(all.last().unwrap()) {
+        all.push(next);
+    }
+    all
+}
+
+/// The kinds of answer each route gets from the keeper besides the refusals all routes
+/// share (README.md's API table and its Small Resource Server notes).
+fn answers(f: &Finish) -> &'static [&'static str] {
+    match f {
+        Finish::Acquire(_) | Finish::TicketStatus(_) | Finish::EventsHead(_) | Finish::CompatLock => {
+            &["held", "queued"]
+        }
+        Finish::Renew(_) => &["held"],
+        Finish::Release(_) => &["released", "left"],
+        Finish::LockStatus => &["lock"],
+        Finish::LockList => &["locks"],
+        Finish::DataGet => &["data"],
+        Finish::DataPut => &["data_written"],
+        Finish::DataDelete => &["data_deleted"],
+        Finish::CompatCreate => &["resource_created", "resource_exists"],
+        Finish::CompatGet(_) => &["compat_data", "queued"],
+        Finish::CompatPut => &["written", "queued"],
+        // The original unlocks whatever it is given and always says so.
+        Finish::CompatUnlock => &["released", "left", "ticket_unknown"],
+        Finish::ResourceDelete => &["resource_deleted", "resource_busy"],
+        Finish::OutboxPut => &["outbox_accepted"],
+        Finish::OutboxRead => &["outbox_entry", "outbox_page"],
+        Finish::OutboxRetry | Finish::OutboxDelete => &["outbox_done"],
+    }
+}
+
+/// The refusals every route answers alike, each with its status (src/http/status.rs).
+const SHARED_REFUSALS: &[(&str, u16)] = &[
+    ("unavailable", 409),
+    ("limit_mismatch", 409),
+    ("queue_mismatch", 409),
+    ("queue_full", 429),
+    ("table_full", 503),
+    ("not_holder", 409),
+    ("ticket_unknown", 410),
+    ("lock_unknown", 404),
+    ("dropped", 409),
+    ("over_budget", 503),
+    ("resource_unknown", 404),
+    ("rejected", 400),
+    ("failed", 500),
+    ("journal_failed", 503),
+    ("outbox_refused", 503),
+];
+
+/// A reply's kind as the keeper names it on the wire.
+fn kind(reply: &LockReply) -> String {
+    match serde_json::to_value(reply).unwrap() {
+        serde_json::Value::String(unit) => unit,
+        serde_json::Value::Object(tagged) => tagged.keys().next().unwrap().clone(),
+        other => panic!("{other}"),
+    }
+}
+
+#[test]
+fn every_reply_kind_is_shaped_by_its_routes_and_only_there() {
+    let (replies, finishes) = (every_reply(), every_finish());
+    let kinds: std::collections::BTreeSet<String> = replies.iter().map(kind).collect();
+    assert_eq!(kinds.len(), replies.len(), "one sample of each kind");
+    let mut shaped_somewhere = std::collections::BTreeSet::new();
+    for reply in &replies {
+        let kind = kind(reply);
+        let shared = SHARED_REFUSALS.iter().find(|(k, _)| *k == kind).map(|&(_, status)| status);
+        let mut refusals = Vec::new();
+        let mut answered = Vec::new();
+        for f in &finishes {
+            match (finish(f, reply), answers(f).contains(&kind.as_str())) {
+                (Ok(r), true) => {
+                    assert_ne!(r.status, 500, "{kind} for {f:?}");
+                    shaped_somewhere.insert(kind.clone());
+                    answered.push((f, r));
+                }
+                (Ok(r), false) => {
+                    assert_eq!(Some(r.status), shared, "{kind} for {f:?} is not an answer of this route");
+                    refusals.push(r);
+                }
+                (Err(bug), expected) => {
+                    assert!(!expected, "{kind} for {f:?} is this route's answer: {bug}");
+                    assert_eq!(shared, None, "{kind} is a refusal every route shares: {bug}");
+                    assert_eq!((&bug.finish, bug.reply), (f, kind.as_str()));
+                    let r = bug.response();
+                    assert_eq!((r.status, json(&r)["error"].as_str()), (500, Some("internal")));
+                }
+            }
+        }
+        assert!(refusals.windows(2).all(|w| w[0] == w[1]), "{kind} is refused alike on every route");
+        // A route that answers a kind others refuse answers it its own way.
+        for (f, r) in answered {
+            assert!(refusals.first().is_none_or(|refused| *refused != r), "{kind} for {f:?} is refused, not shaped");
+        }
+    }
+    let never: Vec<&String> = kinds.iter().filter(|k| !shaped_somewhere.contains(*k)).collect();
+    let shared: Vec<&str> = SHARED_REFUSALS.iter().map(|(k, _)| *k).filter(|k| *k != "ticket_unknown").collect();
+    let mut expected_never: Vec<&str> = shared.into_iter().chain(["cancelled"]).collect();
+    expected_never.sort_unstable();
+    assert_eq!(never, expected_never, "every answer kind is shaped by some route");
+}
+
+#[test]
+fn readiness_needs_a_keeper_and_a_worker_not_draining() {
+    let ready = readiness(false, true);
+    assert_eq!((ready.status, json(&ready)), (200, serde_json::json!({"status": "ready"})));
+    for (draining, keeper, code) in
+        [(false, false, "keeper_unavailable"), (true, true, "overloaded"), (true, false, "overloaded")]
+    {
+        let r = readiness(draining, keeper);
+        assert_eq!((r.status, json(&r)["error"].as_str()), (503, Some(code)), "draining {draining}, keeper {keeper}");
+        assert_eq!(header(&r, "Retry-After"), Some("1"));
+    }
+}
+
+#[test]
+fn metrics_page_is_prometheus_text() {
+    let r = metrics_page("leasehold_up 1\n".into());
+    assert_eq!((r.status, r.content_type, r.body.as_slice()), (200, METRICS_CONTENT_TYPE, &b"leasehold_up 1\n"[..]));
+    assert!(METRICS_CONTENT_TYPE.starts_with("text/plain; version=0.0.4"));
 }
