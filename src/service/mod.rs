@@ -25,6 +25,7 @@
 //!   ones; never while handling a read, which is not journaled), its reports reschedule or
 //!   retire them, and if its channel closes everything it held is due again.
 
+pub mod cluster;
 mod eta;
 pub mod resources;
 

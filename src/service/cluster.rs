@@ -1,0 +1,552 @@
+//! The cluster's leader/follower rules, pure (docs/cluster.md): which node applies inputs,
+//! when the answers of a leader's turn may leave, how a follower stays an exact replica,
+//! and what a new leader does before it serves. The etcd link (a shell in `process/`)
+//! carries out the [`Effect`]s and reports what etcd said as [`Event`]s; the keeper applies
+//! and journals turns as it does on one node. Time is an argument.
+//!
+//! The log in etcd is a sequence of **batches**, `{prefix}/log/{seq}` for `seq` = 1, 2, …
+//! without gaps; a batch is the journal records of one or more keeper turns. Leadership is
+//! the key `{prefix}/leader`, held under the node's etcd lease; its create revision is the
+//! leader's **epoch**. A batch is put by one txn that requires the leader key to still have
+//! the leader's epoch and `log/{seq}` to be absent: a deposed leader's put fails, and two
+//! batches never share a `seq`.
+//!
+//! - **Leading.** Each turn the keeper applied is [`Event::Turn`]; its answers wait. One put
+//!   is in flight at a time; turns that arrive meanwhile go together in the next batch
+//!   (group commit across turns, up to [`Settings::max_batch_bytes`]). A committed batch's
+//!   turns are [`Effect::Acknowledge`]d. A put with no known outcome (a timeout, etcd
+//!   without quorum) is put again, same `seq`, same bytes: the link reports
+//!   [`Event::Committed`] when the failed compare found this very batch at `seq`. A put
+//!   refused for any other reason means another node leads: every waiting turn is
+//!   [`Effect::Resign`]ed (never acknowledged), and the keeper rebuilds its replica from
+//!   the log, since it holds changes that never happened.
+//! - **Following.** Batches from the watch are applied in `seq` order; a gap is read
+//!   again from etcd ([`Effect::CatchUp`]).
+//! - **Taking over.** A node that wins the election first reads the log to its end
+//!   (linearizably), applies it, then journals a takeover ([`Effect::TakeOver`]) before
+//!   anything else: the old leader's channels close, waiters get a fresh presence window,
+//!   fences go past every reservation, and every lease is extended by the time without a
+//!   leader (`gap_ms`: the takeover's time minus the last batch's time).
+//! - **Time never goes backwards** in the log: a leader stamps its turns with
+//!   [`Cluster::time`], the later of its clock and the last committed time. An idle leader
+//!   asks for an empty turn every [`Settings::heartbeat_ms`] ([`Effect::Heartbeat`]), so the
+//!   last batch's time is never far behind the moment a leader was last alive, and the
+//!   grace a takeover gives stays close to the real gap.
+
+use std::collections::VecDeque;
+
+/// A batch's position in the log (from 1).
+pub type Seq = u64;
+
+/// A leader's epoch: the create revision of its leader key.
+pub type Epoch = u64;
+
+/// The rules' settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// Largest batch, in bytes of records (one turn may pass it alone).
+    pub max_batch_bytes: usize,
+    /// An idle leader journals an empty turn this often.
+    pub heartbeat_ms: u64,
+}
+
+/// Who leads, as the leader key says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leader {
+    /// Its node name.
+    pub node: String,
+    /// The URL clients reach it at.
+    pub url: String,
+    /// Its epoch.
+    pub epoch: Epoch,
+}
+
+/// A turn the keeper applied as leader: its records, its time, and a token that names its
+/// answers (held until the turn is in the log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Turn {
+    /// Names the turn's answers.
+    pub token: u64,
+    /// Its journal records (framed).
+    pub records: Vec<u8>,
+    /// The time it was stamped with.
+    pub at_ms: u64,
+}
+
+/// What a node is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Replicates the log; `leader` when the leader key names one.
+    Follower {
+        /// The leader, when known.
+        leader: Option<Leader>,
+    },
+    /// Won `epoch`; reads the log to its end before it takes over.
+    CatchingUp {
+        /// Its epoch.
+        epoch: Epoch,
+    },
+    /// Leads `epoch`: applies inputs and puts batches.
+    Leading {
+        /// Its epoch.
+        epoch: Epoch,
+    },
+}
+
+/// What the etcd link and the keeper report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// The node holds its etcd lease (it may campaign).
+    LeaseHeld,
+    /// The node's lease lapsed or could not be renewed: it leads no more.
+    LeaseLost,
+    /// The campaign won: this node holds the leader key since revision `epoch`.
+    Won {
+        /// The leader key's create revision.
+        epoch: Epoch,
+    },
+    /// The leader key names `Some` leader, or is gone (`None`).
+    LeaderIs(Option<Leader>),
+    /// A batch of the log (from the watch, or from a read).
+    Logged {
+        /// Its position.
+        seq: Seq,
+        /// Its records.
+        batch: Vec<u8>,
+        /// The time of its last turn.
+        at_ms: u64,
+    },
+    /// The linearizable read `read` found the log's last batch at `seq` (0: empty), after
+    /// reporting every batch up to it.
+    LogEnd {
+        /// The last batch.
+        seq: Seq,
+        /// The read ([`Effect::CatchUp`]).
+        read: u64,
+    },
+    /// The keeper applied a turn as leader.
+    Turn(Turn),
+    /// The put of batch `seq` succeeded (or its failed compare found this batch there).
+    Committed {
+        /// The batch.
+        seq: Seq,
+    },
+    /// The put of batch `seq` was refused: another node leads, or `seq` holds another batch.
+    Refused {
+        /// The batch.
+        seq: Seq,
+    },
+    /// The put of batch `seq` has no known outcome: it is put again.
+    Unknown {
+        /// The batch.
+        seq: Seq,
+    },
+    /// Time passed.
+    Tick,
+}
+
+/// What the link and the keeper carry out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Campaign for the leader key under the node's lease.
+    Campaign,
+    /// Read the log from `from` to its end linearizably: [`Event::Logged`] for each batch,
+    /// then [`Event::LogEnd`] with the same `read`.
+    CatchUp {
+        /// The first batch wanted.
+        from: Seq,
+        /// Names this read.
+        read: u64,
+    },
+    /// Apply batch `seq` to the replica (replay its records).
+    Apply {
+        /// The batch.
+        seq: Seq,
+        /// Its records.
+        batch: Vec<u8>,
+    },
+    /// Journal the takeover at `at_ms`, as the first turn of this leader: the old
+    /// channels closed, presence windows reset, fences raised, leases extended by `gap_ms`.
+    TakeOver {
+        /// Its time.
+        at_ms: u64,
+        /// The time without a leader.
+        gap_ms: u64,
+    },
+    /// Put batch `seq` under `epoch`.
+    Put {
+        /// The batch's position.
+        seq: Seq,
+        /// The leader's epoch.
+        epoch: Epoch,
+        /// Its records.
+        batch: Vec<u8>,
+    },
+    /// Batch `seq`, this leader's, is in the log: keep it in the node's replica store (the
+    /// local journal holds committed batches only), and its turns' answers may leave.
+    Acknowledge {
+        /// The batch.
+        seq: Seq,
+        /// Its turns.
+        tokens: Vec<u64>,
+    },
+    /// These turns will never be in the log: their clients get 503.
+    Resign {
+        /// The turns.
+        tokens: Vec<u64>,
+    },
+    /// The replica holds turns that never reached the log: rebuild it from the log (the
+    /// keeper starts again from what was committed). Comes after every turn this node
+    /// applied was acknowledged or resigned.
+    Rebuild,
+    /// This node stopped leading while its put of batch `seq` had no known outcome: end
+    /// `epoch` for sure (revoke the node's lease, so no put of it can land later), then read
+    /// `log/{seq}` and report [`Event::Committed`] if it holds this batch, else
+    /// [`Event::Refused`].
+    Settle {
+        /// The batch's position.
+        seq: Seq,
+        /// The epoch it was put under.
+        epoch: Epoch,
+        /// Its records.
+        batch: Vec<u8>,
+    },
+    /// Journal an empty turn (an idle leader keeps the log's time current).
+    Heartbeat,
+    /// The leader key names this node under an `epoch` it does not lead: a leader key left
+    /// by this node's previous keeper (which died with it). Delete the key if it still has
+    /// `epoch`, rather than wait for the old lease to lapse.
+    Abdicate {
+        /// The stale epoch.
+        epoch: Epoch,
+    },
+}
+
+/// A batch being put.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct InFlight {
+    seq: Seq,
+    batch: Vec<u8>,
+    tokens: Vec<u64>,
+    at_ms: u64,
+}
+
+/// One node's view of the cluster.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    settings: Settings,
+    /// This node's name (as the leader key names its holder).
+    name: String,
+    role: Role,
+    lease: bool,
+    /// The last batch applied to the replica (or committed by this leader).
+    applied: Seq,
+    /// The time of that batch.
+    last_at_ms: u64,
+    /// The highest batch seen in the log (for the lag).
+    seen: Seq,
+    /// The catch-up read in progress, if any (reads are numbered from 1).
+    reading: Option<u64>,
+    reads: u64,
+    in_flight: Option<InFlight>,
+    queued: VecDeque<Turn>,
+    /// A batch put when this node stopped leading, with no known outcome: its turns wait
+    /// for [`Effect::Settle`]'s answer.
+    settling: Option<(Epoch, InFlight)>,
+    /// Whether a turn was resigned while the replica still holds it.
+    dirty: bool,
+    /// When the last batch was put by this leader (or it took over).
+    last_put_ms: u64,
+}
+
+impl Cluster {
+    /// Node `name`, whose replica holds the log up to `applied`, whose last batch was at
+    /// `last_at_ms` (both 0 for a new node); it follows until it knows better.
+    pub fn new(settings: Settings, name: &str, applied: Seq, last_at_ms: u64) -> Self {
+        Self {
+            settings,
+            name: name.to_string(),
+            role: Role::Follower { leader: None },
+            lease: false,
+            applied,
+            last_at_ms,
+            seen: applied,
+            reading: None,
+            reads: 0,
+            in_flight: None,
+            queued: VecDeque::new(),
+            settling: None,
+            dirty: false,
+            last_put_ms: 0,
+        }
+    }
+
+    /// What this node is.
+    pub fn role(&self) -> &Role {
+        &self.role
+    }
+
+    /// Whether this node leads and serves changes.
+    pub fn leads(&self) -> bool {
+        matches!(self.role, Role::Leading { .. })
+    }
+
+    /// The last batch applied.
+    pub fn applied(&self) -> Seq {
+        self.applied
+    }
+
+    /// Batches seen in the log but not applied yet.
+    pub fn lag(&self) -> u64 {
+        self.seen.saturating_sub(self.applied)
+    }
+
+    /// The time a leader stamps its next turn with: never before the last committed one.
+    pub fn time(&self, now_ms: u64) -> u64 {
+        now_ms.max(self.last_at_ms)
+    }
+
+    /// When [`Cluster::step`] wants a [`Event::Tick`] next (a leader's heartbeat).
+    pub fn next_tick_ms(&self) -> Option<u64> {
+        self.leads().then_some(self.last_put_ms + self.settings.heartbeat_ms)
+    }
+
+    /// Takes one event; returns what to carry out, in order.
+    pub fn step(&mut self, event: Event, now_ms: u64) -> Vec<Effect> {
+        let mut out = Vec::new();
+        match event {
+            Event::LeaseHeld => {
+                self.lease = true;
+                if matches!(self.role, Role::Follower { leader: None }) && self.may_lead() {
+                    out.push(Effect::Campaign);
+                }
+            }
+            Event::LeaseLost => {
+                self.lease = false;
+                self.resign(&mut out);
+            }
+            Event::Won { epoch } if !self.may_lead() => {
+                // Won by a campaign begun before this node stopped leading: it cannot lead
+                // until its replica is rebuilt.
+                out.push(Effect::Abdicate { epoch });
+            }
+            Event::Won { epoch } => {
+                if self.lease && matches!(self.role, Role::Follower { .. }) {
+                    self.role = Role::CatchingUp { epoch };
+                    // A read begun before the win may miss the old leader's last batches:
+                    // only a read begun now may end the catching up.
+                    self.reading = None;
+                    self.catch_up(&mut out);
+                }
+            }
+            Event::LeaderIs(leader) => self.leader_is(leader, &mut out),
+            Event::Logged { seq, batch, at_ms } => self.logged(seq, batch, at_ms, now_ms, &mut out),
+            Event::LogEnd { seq, read } => {
+                if self.reading != Some(read) {
+                    return out;
+                }
+                self.reading = None;
+                self.seen = self.seen.max(seq);
+                if self.applied < seq {
+                    self.catch_up(&mut out);
+                } else if let Role::CatchingUp { epoch } = self.role {
+                    let at_ms = self.time(now_ms);
+                    let gap_ms = at_ms - self.last_at_ms;
+                    self.role = Role::Leading { epoch };
+                    self.last_put_ms = now_ms;
+                    out.push(Effect::TakeOver { at_ms, gap_ms });
+                }
+            }
+            Event::Turn(turn) => {
+                if self.leads() {
+                    self.queued.push_back(turn);
+                    self.put_next(now_ms, &mut out);
+                } else {
+                    // Not leading (any more): the turn can never be committed.
+                    self.resign_tokens(vec![turn.token], &mut out);
+                    if self.settling.is_none() {
+                        self.rebuild_if_dirty(&mut out);
+                    }
+                }
+            }
+            Event::Committed { seq } => self.committed(seq, now_ms, &mut out),
+            Event::Refused { seq } => {
+                if let Some((_, f)) = self.settling.take_if(|(_, f)| f.seq == seq) {
+                    self.resign_tokens(f.tokens, &mut out);
+                    self.rebuild_if_dirty(&mut out);
+                } else if self.in_flight.as_ref().is_some_and(|f| f.seq == seq) {
+                    // Refused for sure: not in the log, and never will be.
+                    let f = self.in_flight.take().expect("the batch in flight");
+                    self.resign_tokens(f.tokens, &mut out);
+                    self.resign(&mut out);
+                }
+            }
+            Event::Unknown { seq } => {
+                if let Some((epoch, f)) = self.settling.as_ref().filter(|(_, f)| f.seq == seq) {
+                    out.push(Effect::Settle { seq, epoch: *epoch, batch: f.batch.clone() });
+                } else if let (Some(f), Role::Leading { epoch }) = (&self.in_flight, &self.role) {
+                    if f.seq == seq {
+                        out.push(Effect::Put { seq, epoch: *epoch, batch: f.batch.clone() });
+                    }
+                }
+            }
+            Event::Tick => {
+                let idle = self.in_flight.is_none() && self.queued.is_empty();
+                if self.leads() && idle && self.next_tick_ms().is_some_and(|t| t <= now_ms) {
+                    // Counted as a put, so one heartbeat is asked for at a time.
+                    self.last_put_ms = now_ms;
+                    out.push(Effect::Heartbeat);
+                }
+            }
+        }
+        out
+    }
+
+    fn leader_is(&mut self, leader: Option<Leader>, out: &mut Vec<Effect>) {
+        match (&self.role, leader) {
+            // The key names this node's own epoch: nothing changed.
+            (Role::Leading { epoch } | Role::CatchingUp { epoch }, Some(l)) if l.epoch == *epoch => {}
+            // Another epoch, or no key at all: this node was deposed.
+            (Role::Leading { .. } | Role::CatchingUp { .. }, leader) => {
+                self.resign(out);
+                self.role = Role::Follower { leader };
+                if self.role == (Role::Follower { leader: None }) && self.lease && self.may_lead() {
+                    out.push(Effect::Campaign);
+                }
+            }
+            (Role::Follower { .. }, None) => {
+                self.role = Role::Follower { leader: None };
+                if self.lease && self.may_lead() {
+                    out.push(Effect::Campaign);
+                }
+            }
+            (Role::Follower { .. }, Some(l)) if l.node == self.name => out.push(Effect::Abdicate { epoch: l.epoch }),
+            (Role::Follower { .. }, Some(l)) => self.role = Role::Follower { leader: Some(l) },
+        }
+    }
+
+    fn logged(&mut self, seq: Seq, batch: Vec<u8>, at_ms: u64, now_ms: u64, out: &mut Vec<Effect>) {
+        self.seen = self.seen.max(seq);
+        if seq <= self.applied {
+            return;
+        }
+        // The watch may show a batch of this node's before its put's answer comes.
+        let mine = |f: &InFlight| f.seq == seq && f.batch == batch;
+        if self.in_flight.as_ref().is_some_and(mine) || self.settling.as_ref().is_some_and(|(_, f)| mine(f)) {
+            self.committed(seq, now_ms, out);
+            return;
+        }
+        if let Some((_, f)) = self.settling.take_if(|(_, f)| f.seq == seq) {
+            // Another batch holds its place: it never will be in the log.
+            self.resign_tokens(f.tokens, out);
+            self.rebuild_if_dirty(out);
+            return;
+        }
+        if self.leads() {
+            // A batch this leader did not put: someone else leads. If it took the place of
+            // the batch in flight, that one is refused for sure.
+            if let Some(f) = self.in_flight.take_if(|f| f.seq == seq) {
+                self.resign_tokens(f.tokens, out);
+            }
+            self.resign(out);
+            return;
+        }
+        if seq == self.applied + 1 {
+            self.applied = seq;
+            self.last_at_ms = self.last_at_ms.max(at_ms);
+            out.push(Effect::Apply { seq, batch });
+        } else {
+            self.catch_up(out);
+        }
+    }
+
+    /// Whether this node may campaign: not while a batch of its last leadership is being
+    /// settled, nor while its replica holds a resigned turn (until it is rebuilt).
+    fn may_lead(&self) -> bool {
+        self.settling.is_none() && !self.dirty
+    }
+
+    fn committed(&mut self, seq: Seq, now_ms: u64, out: &mut Vec<Effect>) {
+        if let Some((_, done)) = self.settling.take_if(|(_, f)| f.seq == seq) {
+            self.applied = self.applied.max(seq);
+            self.last_at_ms = self.last_at_ms.max(done.at_ms);
+            out.push(Effect::Acknowledge { seq, tokens: done.tokens });
+            self.rebuild_if_dirty(out);
+            return;
+        }
+        if let Some(done) = self.in_flight.take_if(|f| f.seq == seq) {
+            self.applied = seq;
+            self.seen = self.seen.max(seq);
+            self.last_at_ms = self.last_at_ms.max(done.at_ms);
+            out.push(Effect::Acknowledge { seq, tokens: done.tokens });
+            self.put_next(now_ms, out);
+        }
+    }
+
+    fn catch_up(&mut self, out: &mut Vec<Effect>) {
+        if self.reading.is_none() {
+            self.reads += 1;
+            self.reading = Some(self.reads);
+            out.push(Effect::CatchUp { from: self.applied + 1, read: self.reads });
+        }
+    }
+
+    /// Puts the queued turns as the next batch, unless a put is in flight.
+    fn put_next(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
+        let Role::Leading { epoch } = self.role else { return };
+        if self.in_flight.is_some() || self.queued.is_empty() {
+            return;
+        }
+        let mut batch = Vec::new();
+        let mut tokens = Vec::new();
+        let mut at_ms = self.last_at_ms;
+        while let Some(turn) = self.queued.front() {
+            if !batch.is_empty() && batch.len() + turn.records.len() > self.settings.max_batch_bytes {
+                break;
+            }
+            let turn = self.queued.pop_front().expect("a queued turn");
+            batch.extend_from_slice(&turn.records);
+            tokens.push(turn.token);
+            at_ms = at_ms.max(turn.at_ms);
+        }
+        let seq = self.applied + 1;
+        self.last_put_ms = now_ms;
+        out.push(Effect::Put { seq, epoch, batch: batch.clone() });
+        self.in_flight = Some(InFlight { seq, batch, tokens, at_ms });
+    }
+
+    /// Stops leading. Turns not yet put are resigned; a batch in flight is settled first
+    /// ([`Effect::Settle`]); then the replica is rebuilt if it holds a resigned turn.
+    fn resign(&mut self, out: &mut Vec<Effect>) {
+        let epoch = match self.role {
+            Role::Leading { epoch } | Role::CatchingUp { epoch } => epoch,
+            Role::Follower { .. } => return,
+        };
+        self.role = Role::Follower { leader: None };
+        let queued: Vec<u64> = self.queued.drain(..).map(|t| t.token).collect();
+        self.resign_tokens(queued, out);
+        match self.in_flight.take() {
+            Some(f) => {
+                out.push(Effect::Settle { seq: f.seq, epoch, batch: f.batch.clone() });
+                self.settling = Some((epoch, f));
+            }
+            None => self.rebuild_if_dirty(out),
+        }
+    }
+
+    fn resign_tokens(&mut self, tokens: Vec<u64>, out: &mut Vec<Effect>) {
+        if !tokens.is_empty() {
+            self.dirty = true;
+            out.push(Effect::Resign { tokens });
+        }
+    }
+
+    fn rebuild_if_dirty(&mut self, out: &mut Vec<Effect>) {
+        if std::mem::take(&mut self.dirty) {
+            out.push(Effect::Rebuild);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,501 @@
+//! The cluster's rules against a model of etcd: nodes that step [`Cluster`]s, a link that
+//! carries out their effects on an in-memory etcd (a leader key under leases, a log put by
+//! compare-and-put, linearizable reads, a watch whose events arrive late), and faults drawn
+//! at random: puts whose outcome is lost (applied or not), leases that lapse, nodes that
+//! crash and come back, events delivered late. After every step the safety rules are
+//! checked against the model; at the end the faults stop and the cluster must settle.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use super::*;
+use crate::core::rand::SplitMix64;
+
+const NODES: usize = 3;
+const SETTINGS: Settings = Settings { max_batch_bytes: 64, heartbeat_ms: 500 };
+
+/// The etcd of the model.
+#[derive(Debug, Default)]
+struct Etcd {
+    revision: u64,
+    /// The leader key: its holder and create revision (the epoch).
+    leader: Option<(usize, Epoch)>,
+    /// The log: batch and time, at `seq - 1`.
+    log: Vec<(Vec<u8>, u64)>,
+    /// Which nodes' leases are alive.
+    leases: [bool; NODES],
+}
+
+/// A node: its rules, its replica (the batches it applied or committed), the turns it
+/// applied as leader and not yet committed, and its link's queue of events to deliver.
+struct Node {
+    cluster: Cluster,
+    up: bool,
+    replica: Vec<Vec<u8>>,
+    /// Effects waiting for the link.
+    effects: VecDeque<Effect>,
+    /// Events waiting to be delivered (the watch, the answers of puts).
+    events: VecDeque<Event>,
+}
+
+impl Node {
+    fn new(i: usize, applied: Vec<Vec<u8>>, last_at_ms: u64) -> Self {
+        Self {
+            cluster: Cluster::new(SETTINGS, &format!("n{i}"), applied.len() as Seq, last_at_ms),
+            up: true,
+            replica: applied,
+            effects: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+}
+
+struct World {
+    rng: SplitMix64,
+    now_ms: u64,
+    etcd: Etcd,
+    nodes: Vec<Node>,
+    next_token: u64,
+    acknowledged: BTreeSet<u64>,
+    resigned: BTreeSet<u64>,
+    epochs_won: Vec<Epoch>,
+    /// Faults may happen (false: the cluster settles).
+    faults: bool,
+}
+
+fn tokens_in(batch: &[u8]) -> Vec<u64> {
+    String::from_utf8_lossy(batch).split(';').filter_map(|t| t.strip_prefix('t').and_then(|n| n.parse().ok())).collect()
+}
+
+impl World {
+    fn new(seed: u64) -> Self {
+        let mut world = World {
+            rng: SplitMix64::new(seed),
+            now_ms: 1_000_000,
+            etcd: Etcd::default(),
+            nodes: (0..NODES).map(|i| Node::new(i, Vec::new(), 0)).collect(),
+            next_token: 1,
+            acknowledged: BTreeSet::new(),
+            resigned: BTreeSet::new(),
+            epochs_won: Vec::new(),
+            faults: true,
+        };
+        for i in 0..NODES {
+            world.etcd.leases[i] = true;
+            world.step(i, Event::LeaseHeld);
+        }
+        world
+    }
+
+    fn chance(&mut self, percent: usize) -> bool {
+        self.rng.below(100) < percent
+    }
+
+    /// Steps node `i`'s rules and queues their effects for its link.
+    fn step(&mut self, i: usize, event: Event) {
+        let effects = self.nodes[i].cluster.step(event, self.now_ms);
+        self.nodes[i].effects.extend(effects);
+    }
+
+    fn leader_key(&self) -> Option<Leader> {
+        self.etcd.leader.map(|(node, epoch)| Leader { node: format!("n{node}"), url: format!("http://n{node}"), epoch })
+    }
+
+    /// Every up node's watch on the leader key hears of a change (later).
+    fn announce_leader(&mut self) {
+        let leader = self.leader_key();
+        for node in self.nodes.iter_mut().filter(|n| n.up) {
+            node.events.push_back(Event::LeaderIs(leader.clone()));
+        }
+    }
+
+    /// The keeper of node `i`, leading, applies a turn.
+    fn turn(&mut self, i: usize, records: String) {
+        let token = self.next_token;
+        self.next_token += 1;
+        let at_ms = self.nodes[i].cluster.time(self.now_ms);
+        let records = format!("t{token};{records}").into_bytes();
+        self.step(i, Event::Turn(Turn { token, records, at_ms }));
+    }
+
+    /// The link of node `i` carries out its next effect.
+    fn carry_out(&mut self, i: usize) {
+        let Some(effect) = self.nodes[i].effects.pop_front() else { return };
+        match effect {
+            Effect::Campaign => {
+                if self.etcd.leader.is_none() && self.etcd.leases[i] {
+                    self.etcd.revision += 1;
+                    let epoch = self.etcd.revision;
+                    assert!(self.epochs_won.iter().all(|&e| e < epoch), "epochs only grow");
+                    self.epochs_won.push(epoch);
+                    self.etcd.leader = Some((i, epoch));
+                    self.step(i, Event::Won { epoch });
+                    self.announce_leader();
+                } else {
+                    let leader = self.leader_key();
+                    self.step(i, Event::LeaderIs(leader));
+                }
+            }
+            Effect::CatchUp { from, read } => {
+                let end = self.etcd.log.len() as Seq;
+                for seq in from..=end {
+                    let (batch, at_ms) = self.etcd.log[seq as usize - 1].clone();
+                    self.step(i, Event::Logged { seq, batch, at_ms });
+                }
+                self.step(i, Event::LogEnd { seq: end, read });
+            }
+            Effect::Apply { seq, batch } => {
+                let node = &mut self.nodes[i];
+                assert_eq!(seq, node.replica.len() as Seq + 1, "node {i} applies batch {seq} in order");
+                node.replica.push(batch);
+            }
+            Effect::TakeOver { at_ms, gap_ms } => {
+                assert!(at_ms >= self.etcd.log.last().map_or(0, |l| l.1), "a takeover never goes back in time");
+                self.turn(i, format!("takeover+{gap_ms}@{at_ms};"));
+            }
+            Effect::Heartbeat => self.turn(i, String::new()),
+            Effect::Abdicate { epoch } => {
+                if self.etcd.leader.is_some_and(|(_, e)| e == epoch) {
+                    self.etcd.leader = None;
+                    self.announce_leader();
+                }
+            }
+            Effect::Put { seq, epoch, batch } => self.put(i, seq, epoch, batch),
+            Effect::Acknowledge { seq, tokens } => {
+                let node = &mut self.nodes[i];
+                assert_eq!(seq, node.replica.len() as Seq + 1, "node {i} keeps its batch {seq} in order");
+                node.replica.push(self.etcd.log[seq as usize - 1].0.clone());
+                for token in tokens {
+                    assert!(!self.resigned.contains(&token), "turn {token} resigned, then acknowledged");
+                    assert!(self.acknowledged.insert(token), "turn {token} acknowledged twice");
+                }
+            }
+            Effect::Resign { tokens } => {
+                for &token in &tokens {
+                    assert!(!self.acknowledged.contains(&token), "turn {token} acknowledged, then resigned");
+                }
+                self.resigned.extend(tokens);
+            }
+            // The keeper rebuilds its replica from the log: it restarts with what was
+            // committed, and learns the lease and the leader again.
+            Effect::Rebuild => self.restart(i),
+            Effect::Settle { seq, epoch, batch } => {
+                // The link revokes the node's lease if the key still has the epoch, then
+                // reads the batch's place.
+                if self.etcd.leader == Some((i, epoch)) {
+                    self.etcd.leases[i] = false;
+                    self.etcd.leader = None;
+                    self.announce_leader();
+                    self.nodes[i].events.push_back(Event::LeaseLost);
+                }
+                let there = self.etcd.log.get(seq as usize - 1).is_some_and(|(b, _)| *b == batch);
+                let answer = if there { Event::Committed { seq } } else { Event::Refused { seq } };
+                self.nodes[i].events.push_back(answer);
+            }
+        }
+    }
+
+    /// A put through the link: its compare against the model, and an outcome that may be
+    /// lost on the way back.
+    fn put(&mut self, i: usize, seq: Seq, epoch: Epoch, batch: Vec<u8>) {
+        let lost_before = self.faults && self.chance(5);
+        if lost_before {
+            self.nodes[i].events.push_back(Event::Unknown { seq });
+            return;
+        }
+        let mine = self.etcd.leader == Some((i, epoch));
+        let at_ms = self.nodes[i].cluster.time(0).max(self.etcd.log.last().map_or(0, |l| l.1));
+        let outcome = if mine && self.etcd.log.len() as Seq + 1 == seq {
+            self.etcd.revision += 1;
+            self.etcd.log.push((batch.clone(), at_ms));
+            for node in self.nodes.iter_mut().filter(|n| n.up) {
+                node.events.push_back(Event::Logged { seq, batch: batch.clone(), at_ms });
+            }
+            Event::Committed { seq }
+        } else if self.etcd.log.get(seq as usize - 1).is_some_and(|(b, _)| *b == batch) {
+            // The failed compare found this very batch: an earlier try went through.
+            Event::Committed { seq }
+        } else {
+            Event::Refused { seq }
+        };
+        let lost_after = self.faults && self.chance(5);
+        self.nodes[i].events.push_back(if lost_after { Event::Unknown { seq } } else { outcome });
+    }
+
+    /// Node `i`'s keeper starts again: its rules from its committed replica.
+    fn restart(&mut self, i: usize) {
+        let last_at = self.etcd.log.get(self.nodes[i].replica.len().wrapping_sub(1)).map_or(0, |l| l.1);
+        let replica = std::mem::take(&mut self.nodes[i].replica);
+        self.nodes[i] = Node::new(i, replica, last_at);
+        if self.etcd.leases[i] {
+            self.step(i, Event::LeaseHeld);
+        }
+        let leader = self.leader_key();
+        self.step(i, Event::LeaderIs(leader));
+        self.step(i, Event::Tick);
+        // It catches up with what it missed while it was away.
+        let end = self.etcd.log.len() as Seq;
+        if end > self.nodes[i].cluster.applied() {
+            let batch = self.etcd.log[end as usize - 1].clone();
+            self.nodes[i].events.push_back(Event::Logged { seq: end, batch: batch.0, at_ms: batch.1 });
+        }
+    }
+
+    /// Node `i`'s lease lapses: etcd deletes the leader key if it held it.
+    fn lapse(&mut self, i: usize) {
+        self.etcd.leases[i] = false;
+        if self.etcd.leader.is_some_and(|(holder, _)| holder == i) {
+            self.etcd.leader = None;
+            self.announce_leader();
+        }
+        if self.nodes[i].up {
+            self.nodes[i].events.push_back(Event::LeaseLost);
+        }
+    }
+
+    fn one_random_step(&mut self) {
+        let i = self.rng.below(NODES);
+        match self.rng.below(100) {
+            0..=29 => {
+                // (A keeper journals its takeover before any other turn.)
+                let taking_over = self.nodes[i].effects.iter().any(|e| matches!(e, Effect::TakeOver { .. }));
+                if self.nodes[i].up && self.nodes[i].cluster.leads() && !taking_over {
+                    self.turn(i, String::new());
+                }
+            }
+            30..=59 => {
+                if self.nodes[i].up {
+                    self.carry_out(i);
+                }
+            }
+            60..=84 => {
+                if self.nodes[i].up {
+                    if let Some(event) = self.nodes[i].events.pop_front() {
+                        self.step(i, event);
+                    }
+                }
+            }
+            85..=89 => {
+                self.now_ms += self.rng.below(300) as u64;
+                for j in 0..NODES {
+                    if self.nodes[j].up {
+                        self.step(j, Event::Tick);
+                    }
+                }
+            }
+            90..=93 if self.faults => {
+                if self.etcd.leases[i] {
+                    self.lapse(i);
+                } else if self.nodes[i].up {
+                    // A new lease.
+                    self.etcd.leases[i] = true;
+                    self.nodes[i].events.push_back(Event::LeaseHeld);
+                }
+            }
+            94..=96 if self.faults => {
+                if self.nodes[i].up {
+                    // A crash: effects and events in flight are gone; its lease lives on
+                    // until it lapses.
+                    self.nodes[i].up = false;
+                    self.nodes[i].effects.clear();
+                    self.nodes[i].events.clear();
+                } else {
+                    self.nodes[i].up = true;
+                    self.restart(i);
+                }
+            }
+            _ => {
+                // A crashed node's lease lapses in time.
+                if !self.nodes[i].up && self.etcd.leases[i] {
+                    self.lapse(i);
+                }
+            }
+        }
+        self.check();
+    }
+
+    /// The safety rules.
+    fn check(&self) {
+        let log = &self.etcd.log;
+        for pair in log.windows(2) {
+            assert!(pair[0].1 <= pair[1].1, "time in the log went back: {} then {}", pair[0].1, pair[1].1);
+        }
+        let mut in_log = BTreeSet::new();
+        for (batch, _) in log {
+            for token in tokens_in(batch) {
+                assert!(in_log.insert(token), "turn {token} is in the log twice");
+                assert!(!self.resigned.contains(&token), "resigned turn {token} is in the log");
+            }
+        }
+        for token in &self.acknowledged {
+            assert!(in_log.contains(token), "acknowledged turn {token} is not in the log");
+        }
+        for (i, node) in self.nodes.iter().enumerate() {
+            assert!(node.replica.len() <= log.len(), "node {i} applied more than the log holds");
+            for (seq, batch) in node.replica.iter().enumerate() {
+                assert_eq!(batch, &log[seq].0, "node {i}'s replica differs from the log at batch {}", seq + 1);
+            }
+            if let Role::Leading { epoch } = node.cluster.role() {
+                let holder = self.etcd.leader.filter(|&(_, e)| e == *epoch).map(|(h, _)| h);
+                assert!(holder.is_none() || holder == Some(i), "two nodes lead epoch {epoch}");
+            }
+        }
+    }
+
+    /// Without faults, runs until every node is up, one leads, every follower has applied
+    /// the whole log, and a new turn is acknowledged.
+    fn settle(&mut self) {
+        self.faults = false;
+        for i in 0..NODES {
+            if !self.nodes[i].up {
+                self.nodes[i].up = true;
+                self.restart(i);
+            }
+            if !self.etcd.leases[i] {
+                self.etcd.leases[i] = true;
+                self.nodes[i].events.push_back(Event::LeaseHeld);
+            }
+        }
+        let mut probe: Option<u64> = None;
+        for round in 0..20_000 {
+            // Everything in flight is carried out and delivered, in turn.
+            for i in 0..NODES {
+                self.carry_out(i);
+                if let Some(event) = self.nodes[i].events.pop_front() {
+                    self.step(i, event);
+                }
+            }
+            self.check();
+            if round % 50 == 0 {
+                self.now_ms += 100;
+                for i in 0..NODES {
+                    self.step(i, Event::Tick);
+                }
+            }
+            let leaders: Vec<usize> = (0..NODES).filter(|&i| self.nodes[i].cluster.leads()).collect();
+            if let [leader] = leaders[..] {
+                // A turn that must come through (again, if a change of leader resigned it).
+                if probe.is_none_or(|p| self.resigned.contains(&p)) {
+                    probe = Some(self.next_token);
+                    self.turn(leader, "probe;".into());
+                }
+            }
+            let quiet = self.nodes.iter().all(|n| n.effects.is_empty() && n.events.is_empty());
+            let replicated = self.nodes.iter().all(|n| n.replica.len() == self.etcd.log.len());
+            if quiet && replicated && probe.is_some_and(|p| self.acknowledged.contains(&p)) {
+                return;
+            }
+        }
+        panic!(
+            "the cluster did not settle: roles {:?}, applied {:?}, log {}",
+            self.nodes.iter().map(|n| n.cluster.role().clone()).collect::<Vec<_>>(),
+            self.nodes.iter().map(|n| n.replica.len()).collect::<Vec<_>>(),
+            self.etcd.log.len()
+        );
+    }
+}
+
+fn run(seed: u64, steps: usize) {
+    let mut world = World::new(seed);
+    for _ in 0..steps {
+        world.one_random_step();
+    }
+    world.settle();
+    assert!(!world.etcd.log.is_empty(), "seed {seed}: nothing was committed");
+}
+
+#[test]
+fn cluster_rules_keep_the_log_safe_under_faults_and_settle_after_them() {
+    for seed in 0..200 {
+        run(seed, 3_000);
+    }
+}
+
+#[test]
+fn a_leader_acknowledges_only_what_the_log_holds_and_batches_turns_behind_a_put() {
+    let mut c = Cluster::new(SETTINGS, "n0", 0, 0);
+    assert_eq!(c.step(Event::LeaseHeld, 10), [Effect::Campaign]);
+    assert_eq!(c.step(Event::Won { epoch: 7 }, 10), [Effect::CatchUp { from: 1, read: 1 }]);
+    assert_eq!(c.step(Event::LogEnd { seq: 0, read: 1 }, 20), [Effect::TakeOver { at_ms: 20, gap_ms: 20 }]);
+    let turn = |token: u64, bytes: &[u8]| Event::Turn(Turn { token, records: bytes.to_vec(), at_ms: 30 });
+    assert_eq!(c.step(turn(1, b"a"), 30), [Effect::Put { seq: 1, epoch: 7, batch: b"a".to_vec() }]);
+    // Turns behind the put wait, then go together.
+    assert!(c.step(turn(2, b"b"), 31).is_empty());
+    assert!(c.step(turn(3, b"c"), 32).is_empty());
+    assert_eq!(
+        c.step(Event::Committed { seq: 1 }, 33),
+        [Effect::Acknowledge { seq: 1, tokens: vec![1] }, Effect::Put { seq: 2, epoch: 7, batch: b"bc".to_vec() }]
+    );
+    // No known outcome: the same batch again.
+    assert_eq!(c.step(Event::Unknown { seq: 2 }, 34), [Effect::Put { seq: 2, epoch: 7, batch: b"bc".to_vec() }]);
+    // Refused: nothing of it is acknowledged, ever, and the replica that holds it is
+    // rebuilt from the log.
+    assert_eq!(c.step(Event::Refused { seq: 2 }, 35), [Effect::Resign { tokens: vec![2, 3] }, Effect::Rebuild]);
+    assert!(!c.leads());
+    assert_eq!(c.step(turn(4, b"d"), 36), [Effect::Resign { tokens: vec![4] }, Effect::Rebuild]);
+}
+
+#[test]
+fn a_new_leader_takes_over_only_after_a_read_begun_after_its_win() {
+    let mut c = Cluster::new(SETTINGS, "n0", 2, 500);
+    c.step(Event::LeaseHeld, 0);
+    // A follower's read in progress when it wins does not end its catching up.
+    c.step(Event::Logged { seq: 4, batch: b"x".to_vec(), at_ms: 700 }, 0);
+    assert_eq!(c.step(Event::Won { epoch: 9 }, 1_000), [Effect::CatchUp { from: 3, read: 2 }]);
+    assert!(c.step(Event::LogEnd { seq: 2, read: 1 }, 1_000).is_empty(), "an older read ends nothing");
+    let apply = c.step(Event::Logged { seq: 3, batch: b"y".to_vec(), at_ms: 800 }, 1_000);
+    assert_eq!(apply, [Effect::Apply { seq: 3, batch: b"y".to_vec() }]);
+    // The log's time is ahead of this node's clock: time does not go back, and the grace
+    // is what passed since the last batch.
+    assert_eq!(c.step(Event::LogEnd { seq: 3, read: 2 }, 600), [Effect::TakeOver { at_ms: 800, gap_ms: 0 }]);
+    assert!(c.leads());
+    assert_eq!(c.time(600), 800);
+}
+
+#[test]
+fn a_leader_that_sees_another_epoch_or_a_foreign_batch_resigns() {
+    let leading = || {
+        let mut c = Cluster::new(SETTINGS, "n0", 0, 0);
+        c.step(Event::LeaseHeld, 0);
+        c.step(Event::Won { epoch: 3 }, 0);
+        c.step(Event::LogEnd { seq: 0, read: 1 }, 0);
+        c.step(Event::Turn(Turn { token: 1, records: b"a".to_vec(), at_ms: 0 }), 0);
+        c
+    };
+    let settle = Effect::Settle { seq: 1, epoch: 3, batch: b"a".to_vec() };
+    let mut c = leading();
+    let other = Leader { node: "n2".into(), url: "http://n2".into(), epoch: 5 };
+    // Its batch in flight may have landed: settled before anything is said of it.
+    assert_eq!(c.step(Event::LeaderIs(Some(other.clone())), 1), std::slice::from_ref(&settle));
+    assert_eq!(c.role(), &Role::Follower { leader: Some(other) });
+    assert_eq!(c.step(Event::Refused { seq: 1 }, 2), [Effect::Resign { tokens: vec![1] }, Effect::Rebuild]);
+    let mut c = leading();
+    c.step(Event::LeaseLost, 1);
+    assert_eq!(c.step(Event::Committed { seq: 1 }, 2), [Effect::Acknowledge { seq: 1, tokens: vec![1] }]);
+    assert_eq!(c.applied(), 1);
+    // Its own batch through the watch before the put's answer: committed.
+    let mut c = leading();
+    let seen = c.step(Event::Logged { seq: 1, batch: b"a".to_vec(), at_ms: 0 }, 1);
+    assert_eq!(seen, [Effect::Acknowledge { seq: 1, tokens: vec![1] }]);
+    // Another batch at its seq: someone else leads.
+    let mut c = leading();
+    let foreign = c.step(Event::Logged { seq: 1, batch: b"z".to_vec(), at_ms: 0 }, 1);
+    assert_eq!(foreign, [Effect::Resign { tokens: vec![1] }, Effect::Rebuild]);
+    // A lapsed lease, with a turn queued behind the put: the queued one is resigned at
+    // once, the one in flight settled.
+    let mut c = leading();
+    c.step(Event::Turn(Turn { token: 2, records: b"b".to_vec(), at_ms: 0 }), 0);
+    assert_eq!(c.step(Event::LeaseLost, 1), [Effect::Resign { tokens: vec![2] }, settle]);
+    assert_eq!(c.step(Event::Refused { seq: 1 }, 2), [Effect::Resign { tokens: vec![1] }, Effect::Rebuild]);
+}
+
+#[test]
+fn an_idle_leader_asks_for_a_heartbeat_once_per_interval() {
+    let mut c = Cluster::new(SETTINGS, "n0", 0, 0);
+    c.step(Event::LeaseHeld, 0);
+    c.step(Event::Won { epoch: 1 }, 0);
+    c.step(Event::LogEnd { seq: 0, read: 1 }, 100);
+    assert_eq!(c.next_tick_ms(), Some(600));
+    assert!(c.step(Event::Tick, 599).is_empty());
+    assert_eq!(c.step(Event::Tick, 600), [Effect::Heartbeat]);
+    assert!(c.step(Event::Tick, 601).is_empty(), "one heartbeat at a time");
+}
