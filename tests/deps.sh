@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# What the tests need beyond Rust, installed from Debian's packages when missing. `.ci/run`
+# calls it first; by hand: `sudo bash tests/deps.sh`.
+#
+#   make, gcc      build scripts and the C toolchain cargo links with
+#   util-linux     prlimit: the end-to-end tests lower a worker's descriptor limit
+#   etcd-server    etcd: the cluster tests run a 3-member etcd on loopback (tests/cluster/etcd.sh)
+#   etcd-client    etcdctl: the cluster rig waits on `etcdctl endpoint health`
+#
+# Idempotent: when every command is present it does nothing and touches no network. Missing
+# ones are installed as root (`apt-get update` first, quietly; apt's output is shown only if it
+# fails). Not root and something missing: exits 1 at once, naming the command to run.
+set -euo pipefail
+
+# command the tests run -> Debian package that provides it
+needs=(
+  "make make"
+  "cc gcc"
+  "prlimit util-linux"
+  "etcd etcd-server"
+  "etcdctl etcd-client"
+)
+
+missing=()
+for need in "${needs[@]}"; do
+  read -r cmd pkg <<<"$need"
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+done
+((${#missing[@]})) || exit 0
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "tests/deps.sh: missing ${missing[*]}; run: sudo bash tests/deps.sh" >&2
+  exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "tests/deps.sh: missing ${missing[*]} and no apt-get here; install them by hand" >&2
+  exit 1
+fi
+
+echo "tests/deps.sh: installing ${missing[*]} from Debian's packages" >&2
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >"$log" 2>&1; then
+  cat "$log" >&2
+  echo "tests/deps.sh: apt-get failed installing ${missing[*]}" >&2
+  exit 1
+fi
+
+# On a machine with systemd, installing etcd-server also enables and starts a system etcd on
+# the default ports (2379/2380). The tests start their own members on other ports; a system
+# etcd nobody asked for would only take memory and CPU, so the one just installed is stopped.
+if [[ " ${missing[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/null 2>&1 &&
+  systemctl is-active --quiet etcd.service 2>/dev/null; then
+  systemctl disable --now etcd.service >/dev/null 2>&1 || true
+  echo "tests/deps.sh: stopped and disabled the system etcd.service the package started" >&2
+fi
+
+for need in "${needs[@]}"; do
+  read -r cmd pkg <<<"$need"
+  command -v "$cmd" >/dev/null 2>&1 || { echo "tests/deps.sh: $pkg installed but $cmd is still missing" >&2; exit 1; }
+done
