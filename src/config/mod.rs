@@ -6,6 +6,7 @@
 //! (`LEASEHOLD_*`), and the Small Resource Server key variables (`RESOURCE_READ`,
 //! `RESOURCE_READ_LOCK`, `RESOURCE_WRITE`) add API keys. All problems are reported at once.
 
+mod cluster;
 mod error;
 mod read;
 
@@ -13,6 +14,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub use cluster::{
+    ClusterConfig, DEFAULT_CLUSTER_PREFIX, DEFAULT_ELECTION_TTL_MS, DEFAULT_ETCD_TIMEOUT_MS, MAX_CLUSTER_PREFIX_BYTES,
+    MAX_ETCD_ENDPOINTS, MAX_NODE_NAME_CHARS,
+};
 pub use error::ConfigError;
 pub use read::KeyDoc;
 
@@ -228,6 +233,8 @@ pub struct Config {
     pub outbox: OutboxConfig,
     /// `[auth]`.
     pub auth: AuthConfig,
+    /// `[cluster]`: `None` (single node) unless `cluster.etcd_endpoints` is set.
+    pub cluster: Option<ClusterConfig>,
     /// Things worth telling the operator that do not stop the start (unknown variables…).
     pub warnings: Vec<String>,
 }
@@ -360,6 +367,7 @@ fn validate(r: &mut Reader<'_>, env: &BTreeMap<String, String>) -> Config {
     };
     let outbox = validate_outbox(r);
     let auth = validate_auth(r, env, &server);
+    let cluster = cluster::validate_cluster(r);
     let mut warnings = Vec::new();
     let known: BTreeSet<&str> = r.keys.iter().map(|k| k.env).collect();
     for name in env.keys().filter(|n| n.starts_with("LEASEHOLD_")) {
@@ -367,7 +375,7 @@ fn validate(r: &mut Reader<'_>, env: &BTreeMap<String, String>) -> Config {
             warnings.push(format!("environment variable {name} is not a leasehold setting; it is ignored"));
         }
     }
-    Config { server, http, locks, journal, outbox, auth, warnings }
+    Config { server, http, locks, journal, outbox, auth, cluster, warnings }
 }
 
 fn validate_outbox(r: &mut Reader<'_>) -> OutboxConfig {

@@ -46,6 +46,16 @@ impl<'a> Reader<'a> {
         Some((path, Raw::File(value)))
     }
 
+    /// Whether a key is given (by its variable or in the file), whatever its type; returns
+    /// its name as problems show it. Does not record the key as known: the typed readers do.
+    pub(super) fn given(&self, section: &str, key: &str, env: &'static str) -> Option<String> {
+        let path = format!("{section}.{key}");
+        if self.env.contains_key(env) {
+            return Some(format!("{path} (from {env})"));
+        }
+        self.root.get(section)?.as_table()?.get(key).map(|_| path)
+    }
+
     fn wrong_type(&mut self, key: String, expected: &'static str) {
         self.problems.push(ConfigError::WrongType { key, expected });
     }

@@ -207,3 +207,250 @@ max_event_streams = -1
     let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
     assert!(text.iter().any(|p| p.contains("must not exceed locks.max_data_bytes_total (1000)")), "{text:?}");
 }
+
+/// A valid `[cluster]` section, with `extra` lines appended to it.
+fn cluster_text(extra: &str) -> String {
+    format!(
+        "[cluster]\netcd_endpoints = [\"http://10.0.0.1:2379\", \"https://etcd-2.example:2379\"]\n\
+         node_name = \"node-a\"\nadvertise_url = \"http://10.0.0.11:8080\"\n{extra}"
+    )
+}
+
+/// The keys of the problems of a configuration that must be refused.
+fn problem_keys(text: &str, vars: &[(&str, &str)]) -> Vec<String> {
+    match Config::load(Some(text), &env(vars)) {
+        Ok(c) => panic!("accepted {text:?} with {vars:?}: {:?}", c.cluster),
+        Err(problems) => problems.iter().map(|p| p.key().to_string()).collect(),
+    }
+}
+
+#[test]
+fn cluster_defaults_to_single_node() {
+    assert_eq!(Config::defaults().cluster, None);
+    // An empty [cluster] section is no cluster either.
+    assert_eq!(Config::load(Some("[cluster]\n"), &[]).unwrap().cluster, None);
+}
+
+#[test]
+fn cluster_full_section_parses_to_the_expected_values() {
+    let text = "
+[cluster]
+etcd_endpoints = [\"http://10.0.0.1:2379\", \"https://ETCD-2.example:2379/\", \"http://[::1]:2379\"]
+prefix = \"/shop/locks\"
+node_name = \"node_A.1\"
+advertise_url = \"https://node-a.example:8443\"
+election_ttl_ms = 5000
+etcd_timeout_ms = 4999
+";
+    let c = Config::load(Some(text), &[]).unwrap().cluster.expect("cluster mode is on");
+    assert_eq!(
+        c,
+        ClusterConfig {
+            etcd_endpoints: vec![
+                "http://10.0.0.1:2379".into(),
+                "https://etcd-2.example:2379".into(),
+                "http://[::1]:2379".into()
+            ],
+            prefix: "/shop/locks".into(),
+            node_name: "node_A.1".into(),
+            advertise_url: "https://node-a.example:8443".into(),
+            election_ttl_ms: 5_000,
+            etcd_timeout_ms: 4_999,
+        }
+    );
+}
+
+#[test]
+fn cluster_minimal_section_takes_the_documented_defaults() {
+    let c = Config::load(Some(&cluster_text("")), &[]).unwrap().cluster.unwrap();
+    assert_eq!((c.prefix.as_str(), c.election_ttl_ms, c.etcd_timeout_ms), ("/leasehold", 3_000, 1_000));
+}
+
+#[test]
+fn cluster_environment_overrides_the_file() {
+    let vars = [
+        ("LEASEHOLD_ETCD_ENDPOINTS", "http://a:2379, http://b:2379,http://c:2379"),
+        ("LEASEHOLD_CLUSTER_PREFIX", "/other"),
+        ("LEASEHOLD_NODE_NAME", "node-b"),
+        ("LEASEHOLD_ADVERTISE_URL", "http://b:8080"),
+        ("LEASEHOLD_ELECTION_TTL_MS", "10000"),
+        ("LEASEHOLD_ETCD_TIMEOUT_MS", "2000"),
+    ];
+    let c = Config::load(Some(&cluster_text("prefix = \"/mine\"\n")), &env(&vars)).unwrap();
+    assert!(c.warnings.is_empty(), "every variable is a setting: {:?}", c.warnings);
+    let c = c.cluster.unwrap();
+    assert_eq!(c.etcd_endpoints, ["http://a:2379", "http://b:2379", "http://c:2379"]);
+    assert_eq!(
+        (c.prefix.as_str(), c.node_name.as_str(), c.advertise_url.as_str()),
+        ("/other", "node-b", "http://b:8080")
+    );
+    assert_eq!((c.election_ttl_ms, c.etcd_timeout_ms), (10_000, 2_000));
+    // The variables alone turn cluster mode on.
+    let only_env = Config::load(None, &env(&vars)).unwrap();
+    assert_eq!(only_env.cluster.unwrap().node_name, "node-b");
+}
+
+#[test]
+fn cluster_bad_endpoints_are_each_named() {
+    let bad = [
+        "[\"ftp://10.0.0.1:2379\"]",
+        "[\"10.0.0.1:2379\"]",
+        "[\"http://10.0.0.1:2379/v3\"]",
+        "[\"http://10.0.0.1:2379/?x=1\"]",
+        "[\"http://user:pw@10.0.0.1:2379\"]",
+        "[\"http://10.0.0.1\"]",
+        "[\"http://10.0.0.1:80\", \"http://10.0.0.1\"]",
+        "[\"https://10.0.0.1\"]",
+        "[\"http://10.0.0.1:\"]",
+        "[\"http://[::1]\"]",
+        "[\"http://10.0.0.1:2379\", \"http://10.0.0.1:2379/\"]",
+        "[\"http://a:2379\", \"http://A:2379\"]",
+        "[]",
+        "[\"http://a b:2379\"]",
+        "[\"not a url\"]",
+        "42",
+    ];
+    for value in bad {
+        let text =
+            format!("[cluster]\netcd_endpoints = {value}\nnode_name = \"n\"\nadvertise_url = \"http://n:8080\"\n");
+        assert_eq!(problem_keys(&text, &[]), ["cluster.etcd_endpoints"], "{value}");
+    }
+}
+
+#[test]
+fn cluster_at_most_16_endpoints() {
+    let list = |n: usize| (0..n).map(|i| format!("http://10.0.0.{i}:2379")).collect::<Vec<_>>().join(",");
+    let ok = Config::load(Some(&cluster_text("")), &env(&[("LEASEHOLD_ETCD_ENDPOINTS", &list(16))])).unwrap();
+    assert_eq!(ok.cluster.unwrap().etcd_endpoints.len(), 16);
+    let problems = Config::load(Some(&cluster_text("")), &env(&[("LEASEHOLD_ETCD_ENDPOINTS", &list(17))])).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key(), "cluster.etcd_endpoints (from LEASEHOLD_ETCD_ENDPOINTS)");
+    assert!(problems[0].to_string().contains("17"), "{}", problems[0]);
+}
+
+#[test]
+fn cluster_empty_endpoint_variable_is_refused() {
+    let keys = problem_keys(&cluster_text(""), &[("LEASEHOLD_ETCD_ENDPOINTS", " , ")]);
+    assert_eq!(keys, ["cluster.etcd_endpoints (from LEASEHOLD_ETCD_ENDPOINTS)"]);
+}
+
+#[test]
+fn cluster_bad_prefixes_are_refused() {
+    let long = format!("/{}", "p".repeat(128));
+    for bad in ["leasehold", "/leasehold/", "/", "", "/lease hold", "/lé", "/tab\tbed", long.as_str()] {
+        let keys = problem_keys(&cluster_text(&format!("prefix = {bad:?}\n")), &[]);
+        assert_eq!(keys, ["cluster.prefix"], "{bad:?}");
+    }
+    let longest = format!("/{}", "p".repeat(127));
+    for good in ["/a", "/shop/locks-2", "/x_y.z", longest.as_str()] {
+        let c = Config::load(Some(&cluster_text(&format!("prefix = {good:?}\n"))), &[]).unwrap();
+        assert_eq!(c.cluster.unwrap().prefix, good);
+    }
+}
+
+#[test]
+fn cluster_bad_node_names_are_refused() {
+    let long = "n".repeat(64);
+    for bad in ["", "node a", "node/a", "nöde", "node:a", long.as_str()] {
+        let keys = problem_keys(&cluster_text("").replace("\"node-a\"", &format!("{bad:?}")), &[]);
+        assert_eq!(keys, ["cluster.node_name"], "{bad:?}");
+    }
+    let longest = "n".repeat(63);
+    let c = Config::load(Some(&cluster_text("").replace("node-a", &longest)), &[]).unwrap();
+    assert_eq!(c.cluster.unwrap().node_name, longest);
+}
+
+#[test]
+fn cluster_bad_advertise_urls_are_refused() {
+    for bad in [
+        "10.0.0.11:8080",
+        "unix:///run/leasehold.sock",
+        "http://10.0.0.11",
+        "http://10.0.0.11:8080/api",
+        "http://10.0.0.11:8080?x",
+        "http://u@10.0.0.11:8080",
+        "http://0.0.0.0:8080",
+        "http://[::]:8080",
+        "",
+    ] {
+        let keys = problem_keys(&cluster_text("").replace("http://10.0.0.11:8080", bad), &[]);
+        assert_eq!(keys, ["cluster.advertise_url"], "{bad:?}");
+    }
+}
+
+#[test]
+fn cluster_election_ttl_is_whole_seconds_in_range() {
+    for bad in [2_500, 1_000, 61_000, 0] {
+        let keys = problem_keys(&cluster_text(&format!("election_ttl_ms = {bad}\n")), &[]);
+        assert!(keys.contains(&"cluster.election_ttl_ms".to_string()), "{bad}: {keys:?}");
+    }
+    let problems = Config::load(Some(&cluster_text("election_ttl_ms = 2500\n")), &[]).unwrap_err();
+    let text = problems[0].to_string();
+    assert!(text.contains("multiple of 1000") && text.contains("whole seconds"), "{text}");
+    for good in [2_000, 60_000] {
+        let c = Config::load(Some(&cluster_text(&format!("election_ttl_ms = {good}\n"))), &[]).unwrap();
+        assert_eq!(c.cluster.unwrap().election_ttl_ms, good);
+    }
+}
+
+#[test]
+fn cluster_etcd_timeout_must_be_in_range_and_below_the_ttl() {
+    for bad in [99, 60_001] {
+        let keys = problem_keys(&cluster_text(&format!("etcd_timeout_ms = {bad}\n")), &[]);
+        assert!(keys.contains(&"cluster.etcd_timeout_ms".to_string()), "{bad}: {keys:?}");
+    }
+    let problems = Config::load(Some(&cluster_text("etcd_timeout_ms = 3000\n")), &[]).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key(), "cluster.etcd_timeout_ms");
+    assert!(problems[0].to_string().contains("cluster.election_ttl_ms (3000)"), "{}", problems[0]);
+    let c = Config::load(Some(&cluster_text("etcd_timeout_ms = 2999\n")), &[]).unwrap();
+    assert_eq!(c.cluster.unwrap().etcd_timeout_ms, 2_999);
+}
+
+#[test]
+fn cluster_on_requires_node_name_and_advertise_url() {
+    let keys = problem_keys("[cluster]\netcd_endpoints = [\"http://10.0.0.1:2379\"]\n", &[]);
+    assert_eq!(keys, ["cluster.node_name", "cluster.advertise_url"]);
+}
+
+#[test]
+fn cluster_keys_without_endpoints_are_refused_not_ignored() {
+    let problems = Config::load(Some("[cluster]\nnode_name = \"node-a\"\nelection_ttl_ms = 5000\n"), &[]).unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(ConfigError::key).collect();
+    assert_eq!(keys, ["cluster.node_name", "cluster.election_ttl_ms"], "{problems:?}");
+    assert!(problems[0].to_string().contains("cluster.etcd_endpoints is not"), "{}", problems[0]);
+    let keys = problem_keys("", &[("LEASEHOLD_ADVERTISE_URL", "http://a:8080"), ("LEASEHOLD_CLUSTER_PREFIX", "/x")]);
+    assert_eq!(
+        keys,
+        ["cluster.prefix (from LEASEHOLD_CLUSTER_PREFIX)", "cluster.advertise_url (from LEASEHOLD_ADVERTISE_URL)"]
+    );
+}
+
+#[test]
+fn cluster_unknown_key_is_reported() {
+    let keys = problem_keys(&cluster_text("secret_token = \"x\"\n"), &[]);
+    assert_eq!(keys, ["cluster.secret_token"]);
+}
+
+#[test]
+fn cluster_all_mistakes_are_reported_together() {
+    let text = "
+[cluster]
+etcd_endpoints = [\"ftp://a:1\"]
+prefix = \"x\"
+node_name = \"a b\"
+advertise_url = \"http://a\"
+election_ttl_ms = 2500
+";
+    let keys = problem_keys(text, &[]);
+    assert_eq!(
+        keys,
+        [
+            "cluster.etcd_endpoints",
+            "cluster.prefix",
+            "cluster.node_name",
+            "cluster.advertise_url",
+            "cluster.election_ttl_ms"
+        ]
+    );
+}

@@ -1062,6 +1062,9 @@ impl Master {
         if worker_count(&config) != self.slots {
             needs_restart.push("server.workers");
         }
+        if self.config.cluster != config.cluster {
+            needs_restart.push("[cluster]");
+        }
         if !needs_restart.is_empty() {
             return Err(format!("{} changed; these take effect only on a restart", needs_restart.join(", ")));
         }

@@ -3,6 +3,8 @@
 
 use std::process::Command;
 
+use crate::support::{Server, DEADLINE};
+
 fn leasehold() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_leasehold"));
     // The tests decide the environment: no stray LEASEHOLD_* or RESOURCE_* from the caller.
@@ -143,4 +145,50 @@ fn journal_verify_of_an_empty_directory_exits_0() {
     let out = leasehold().args(["journal", "verify"]).arg(dir.path()).output().expect("run leasehold");
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok: 0 valid records, no damage"));
+}
+
+/// A valid `[cluster]` section (README, "Configuration").
+const CLUSTER: &str = "
+[cluster]
+etcd_endpoints = [\"http://127.0.0.1:2379\", \"http://127.0.0.1:22379\"]
+node_name = \"node-a\"
+advertise_url = \"http://127.0.0.1:8080\"
+";
+
+#[test]
+fn check_config_accepts_a_valid_cluster_section() {
+    let file = write_config(CLUSTER);
+    let out = leasehold().arg("check-config").arg(file.path()).output().expect("run leasehold");
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn check_config_lists_cluster_problems_with_their_keys() {
+    let file = write_config("[cluster]\nnode_name = \"node a\"\nelection_ttl_ms = 2500\n");
+    let out = leasehold()
+        .arg("check-config")
+        .arg(file.path())
+        .env("LEASEHOLD_ETCD_ENDPOINTS", "http://127.0.0.1:2379/v3")
+        .output()
+        .expect("run leasehold");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("4 problems"), "{stderr}");
+    for key in [
+        "cluster.etcd_endpoints (from LEASEHOLD_ETCD_ENDPOINTS)",
+        "cluster.node_name",
+        "cluster.advertise_url",
+        "cluster.election_ttl_ms",
+    ] {
+        assert!(stderr.contains(key), "{key} missing from: {stderr}");
+    }
+}
+
+#[test]
+fn serve_with_a_cluster_section_refuses_to_start_with_exit_2() {
+    let mut s = Server::spawn_only(&format!("[server]\nlisten = [\"127.0.0.1:0\"]\n{CLUSTER}"));
+    let (status, _) = s.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(2), "log:\n{}", s.log());
+    s.wait_log("cluster mode is not available in this build yet (cluster.etcd_endpoints is set)");
+    assert!(!s.data_dir().exists(), "a refused start created its data directory");
 }

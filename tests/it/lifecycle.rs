@@ -267,10 +267,17 @@ fn an_invalid_reload_changes_nothing_and_logs_why() {
     s.wait_note("RELOADING=1");
     s.wait_note("READY=1");
     s.wait_log("server.workers changed");
+    // So is a [cluster] section (README, "Signals"): cluster mode starts only with a start.
+    let cluster = "[cluster]\netcd_endpoints = \"http://127.0.0.1:2379\"\nnode_name = \"a\"\nadvertise_url = \"http://127.0.0.1:8080\"\n";
+    std::fs::write(&s.config_path, format!("{good}\n{cluster}")).unwrap();
+    s.signal(Signal::SIGUSR1);
+    s.wait_note("RELOADING=1");
+    s.wait_note("READY=1");
+    s.wait_log("[cluster] changed");
     assert_eq!(s.worker_pids(), workers, "nothing was restarted");
     assert_eq!(once(s.addr, "GET", "/healthz", &[], "").status, 200);
     let metrics = String::from_utf8(once(s.addr, "GET", "/metrics", &[], "").body).unwrap();
-    assert!(metrics.contains("leasehold_reloads_total{result=\"refused\"} 2"), "{metrics}");
+    assert!(metrics.contains("leasehold_reloads_total{result=\"refused\"} 3"), "{metrics}");
 }
 
 #[test]

@@ -1,0 +1,228 @@
+//! `[cluster]`: the keys of cluster mode (README, "Configuration"): the etcd endpoints, the
+//! key prefix, this node's name and advertised URL, and the election timings. Pure like the
+//! rest of `config/`: it reads through the [`Reader`] and checks values, it never talks to
+//! etcd or resolves a name.
+//!
+//! Cluster mode is on exactly when `cluster.etcd_endpoints` is given; any other `[cluster]`
+//! key without it is a mistake, reported rather than ignored.
+
+use super::read::Reader;
+
+/// Default prefix of every key leasehold writes in etcd.
+pub const DEFAULT_CLUSTER_PREFIX: &str = "/leasehold";
+/// Default TTL of the leader's etcd lease.
+pub const DEFAULT_ELECTION_TTL_MS: u64 = 3_000;
+/// Default time one etcd request may take.
+pub const DEFAULT_ETCD_TIMEOUT_MS: u64 = 1_000;
+/// Most etcd endpoints.
+pub const MAX_ETCD_ENDPOINTS: usize = 16;
+/// Longest cluster prefix.
+pub const MAX_CLUSTER_PREFIX_BYTES: usize = 128;
+/// Longest node name.
+pub const MAX_NODE_NAME_CHARS: usize = 63;
+
+/// `[cluster]`: present only in cluster mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterConfig {
+    /// etcd's client URLs, each as `scheme://host:port` (lower-case scheme and host).
+    pub etcd_endpoints: Vec<String>,
+    /// Prefix of every key leasehold writes in etcd (so clusters can share one etcd).
+    pub prefix: String,
+    /// This node's name, unique within the cluster.
+    pub node_name: String,
+    /// Where clients reach this node's API, as `scheme://host:port`.
+    pub advertise_url: String,
+    /// TTL of the leader's etcd lease: a whole number of seconds, in ms.
+    pub election_ttl_ms: u64,
+    /// How long one etcd request may take; below `election_ttl_ms`.
+    pub etcd_timeout_ms: u64,
+}
+
+const SECTION: &str = "cluster";
+const ENDPOINTS_ENV: &str = "LEASEHOLD_ETCD_ENDPOINTS";
+
+/// Reads `[cluster]`; `None` unless `cluster.etcd_endpoints` is given.
+pub(super) fn validate_cluster(r: &mut Reader<'_>) -> Option<ClusterConfig> {
+    let on = r.given(SECTION, "etcd_endpoints", ENDPOINTS_ENV).is_some();
+    let mut given = Vec::new();
+    let mut note = |r: &Reader<'_>, key: &str, env: &'static str| {
+        if let Some(path) = r.given(SECTION, key, env) {
+            given.push(path);
+        }
+    };
+    note(r, "prefix", "LEASEHOLD_CLUSTER_PREFIX");
+    note(r, "node_name", "LEASEHOLD_NODE_NAME");
+    note(r, "advertise_url", "LEASEHOLD_ADVERTISE_URL");
+    note(r, "election_ttl_ms", "LEASEHOLD_ELECTION_TTL_MS");
+    note(r, "etcd_timeout_ms", "LEASEHOLD_ETCD_TIMEOUT_MS");
+
+    let etcd_endpoints = endpoints(r);
+    let prefix = match r.string(SECTION, "prefix", "LEASEHOLD_CLUSTER_PREFIX") {
+        None => DEFAULT_CLUSTER_PREFIX.to_string(),
+        Some((path, prefix)) => {
+            if let Err(why) = check_prefix(&prefix) {
+                r.invalid(path, why);
+            }
+            prefix
+        }
+    };
+    let node_name = match r.string(SECTION, "node_name", "LEASEHOLD_NODE_NAME") {
+        None => {
+            if on {
+                r.invalid("cluster.node_name", "is required in cluster mode (when cluster.etcd_endpoints is set)");
+            }
+            String::new()
+        }
+        Some((path, name)) => {
+            if let Err(why) = check_node_name(&name) {
+                r.invalid(path, why);
+            }
+            name
+        }
+    };
+    let advertise_url = match r.string(SECTION, "advertise_url", "LEASEHOLD_ADVERTISE_URL") {
+        None => {
+            if on {
+                r.invalid(
+                    "cluster.advertise_url",
+                    "is required in cluster mode (when cluster.etcd_endpoints is set): the URL clients reach this node's API at",
+                );
+            }
+            String::new()
+        }
+        Some((path, text)) => match origin(&text, "http://10.0.0.1:8080") {
+            Ok(url) if url_host_is_unspecified(&url) => {
+                r.invalid(path, format!("{text:?} is an unspecified address; clients cannot reach it"));
+                url
+            }
+            Ok(url) => url,
+            Err(why) => {
+                r.invalid(path, why);
+                String::new()
+            }
+        },
+    };
+    let election_ttl_ms =
+        r.int(SECTION, "election_ttl_ms", "LEASEHOLD_ELECTION_TTL_MS", DEFAULT_ELECTION_TTL_MS, 2_000, 60_000);
+    if election_ttl_ms % 1_000 != 0 {
+        r.invalid(
+            "cluster.election_ttl_ms",
+            format!("({election_ttl_ms}) must be a multiple of 1000: etcd grants leases in whole seconds"),
+        );
+    }
+    let etcd_timeout_ms =
+        r.int(SECTION, "etcd_timeout_ms", "LEASEHOLD_ETCD_TIMEOUT_MS", DEFAULT_ETCD_TIMEOUT_MS, 100, 60_000);
+    if etcd_timeout_ms >= election_ttl_ms {
+        r.invalid(
+            "cluster.etcd_timeout_ms",
+            format!(
+                "({etcd_timeout_ms}) must be below cluster.election_ttl_ms ({election_ttl_ms}): a leader must hear from etcd well within its lease"
+            ),
+        );
+    }
+
+    if !on {
+        for path in given {
+            r.invalid(
+                path,
+                "is set but cluster.etcd_endpoints is not: [cluster] keys apply only in cluster mode; set cluster.etcd_endpoints as well, or remove this one",
+            );
+        }
+        return None;
+    }
+    Some(ClusterConfig { etcd_endpoints, prefix, node_name, advertise_url, election_ttl_ms, etcd_timeout_ms })
+}
+
+/// `cluster.etcd_endpoints`: 1 to 16 distinct origins.
+fn endpoints(r: &mut Reader<'_>) -> Vec<String> {
+    let Some((path, items)) = r.strings(SECTION, "etcd_endpoints", ENDPOINTS_ENV) else { return Vec::new() };
+    if items.is_empty() {
+        r.invalid(path.clone(), "must list at least one etcd endpoint, like http://10.0.0.1:2379");
+    }
+    if items.len() > MAX_ETCD_ENDPOINTS {
+        r.invalid(path.clone(), format!("lists {} endpoints; at most {MAX_ETCD_ENDPOINTS} are allowed", items.len()));
+    }
+    let mut list: Vec<String> = Vec::with_capacity(items.len());
+    for item in items {
+        match origin(&item, "http://10.0.0.1:2379") {
+            Ok(url) if list.contains(&url) => r.invalid(path.clone(), format!("lists {url} twice")),
+            Ok(url) => list.push(url),
+            Err(why) => r.invalid(path.clone(), why),
+        }
+    }
+    list
+}
+
+/// An `http://host:port` or `https://host:port` URL, with nothing else (a lone `/` path is
+/// allowed), normalised to `scheme://host:port`. The port must be written out: etcd has no
+/// usual port in the URLs people write, and a default port taken silently hides a mistake.
+fn origin(text: &str, example: &str) -> Result<String, String> {
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{text:?} must not contain spaces or control characters"));
+    }
+    let Some((_, rest)) = text.split_once("://") else {
+        return Err(format!("{text:?} is not a URL like {example}"));
+    };
+    let url = url::Url::parse(text).map_err(|_| format!("{text:?} is not a URL like {example}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("{text:?} must start with http:// or https://"));
+    }
+    let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
+        return Err(format!("{text:?} has no host; write it like {example}"));
+    };
+    // The part between `://` and the path, as written (the parser treats `\` as `/`).
+    let authority = rest.split(['/', '\\', '?', '#']).next().unwrap_or("");
+    if !url.username().is_empty() || url.password().is_some() || authority.contains('@') {
+        return Err(format!("{text:?} must not carry a user name or password"));
+    }
+    // The parser forgets a port equal to the scheme's default, so look at the text too.
+    let port_written = authority.rsplit_once(':').is_some_and(|(before, port)| {
+        !before.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+    });
+    let Some(port) = url.port_or_known_default().filter(|_| port_written) else {
+        return Err(format!("{text:?} must give a port, like {example}"));
+    };
+    if url.path() != "/" {
+        return Err(format!("{text:?} must not have a path (only scheme, host and port)"));
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(format!("{text:?} must not have a query or a fragment"));
+    }
+    Ok(format!("{}://{host}:{port}", url.scheme()))
+}
+
+/// Whether a normalised origin's host is `0.0.0.0` or `[::]`, which no client can reach.
+fn url_host_is_unspecified(origin: &str) -> bool {
+    match url::Url::parse(origin).ok().as_ref().and_then(url::Url::host) {
+        Some(url::Host::Ipv4(ip)) => ip.is_unspecified(),
+        Some(url::Host::Ipv6(ip)) => ip.is_unspecified(),
+        _ => false,
+    }
+}
+
+fn check_prefix(prefix: &str) -> Result<(), String> {
+    if !prefix.starts_with('/') {
+        Err(format!("{prefix:?} must start with /"))
+    } else if prefix.ends_with('/') {
+        Err(format!("{prefix:?} must not end with / (leasehold adds its own)"))
+    } else if !prefix.bytes().all(|b| b.is_ascii_graphic()) {
+        Err(format!("{prefix:?} must be printable ASCII without spaces"))
+    } else if prefix.len() > MAX_CLUSTER_PREFIX_BYTES {
+        Err(format!("is {} bytes long; at most {MAX_CLUSTER_PREFIX_BYTES} are allowed", prefix.len()))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_node_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NODE_NAME_CHARS
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} must be 1 to {MAX_NODE_NAME_CHARS} letters, digits, '.', '_' or '-' (and unique in the cluster)"
+        ))
+    }
+}
