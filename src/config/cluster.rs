@@ -12,6 +12,8 @@ use super::read::Reader;
 pub const DEFAULT_CLUSTER_PREFIX: &str = "/leasehold";
 /// Default TTL of the leader's etcd lease.
 pub const DEFAULT_ELECTION_TTL_MS: u64 = 3_000;
+/// Shortest `cluster.election_ttl_ms`: etcd grants no lease shorter than 3 s (docs/cluster.md).
+pub const MIN_ELECTION_TTL_MS: u64 = 3_000;
 /// Default time one etcd request may take.
 pub const DEFAULT_ETCD_TIMEOUT_MS: u64 = 1_000;
 /// Most etcd endpoints.
@@ -103,7 +105,7 @@ pub(super) fn validate_cluster(r: &mut Reader<'_>) -> Option<ClusterConfig> {
         },
     };
     let election_ttl_ms =
-        r.int(SECTION, "election_ttl_ms", "LEASEHOLD_ELECTION_TTL_MS", DEFAULT_ELECTION_TTL_MS, 2_000, 60_000);
+        r.int(SECTION, "election_ttl_ms", "LEASEHOLD_ELECTION_TTL_MS", DEFAULT_ELECTION_TTL_MS, MIN_ELECTION_TTL_MS, 60_000);
     if election_ttl_ms % 1_000 != 0 {
         r.invalid(
             "cluster.election_ttl_ms",
