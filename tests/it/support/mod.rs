@@ -165,13 +165,28 @@ impl Server {
         let stderr = child.stderr.take().expect("stderr");
         let sink = Arc::clone(&log);
         std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            // Read to the end whatever comes: a line that is not UTF-8 (lines of several
+            // processes can interleave inside one pipe) is kept lossily, never a reason to
+            // stop reading, which would leave the server blocked on a full pipe.
+            let mut reader = BufReader::new(stderr);
+            let mut bytes = Vec::new();
+            loop {
+                bytes.clear();
+                match reader.read_until(b'\n', &mut bytes) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                }
+                let line = String::from_utf8_lossy(&bytes);
+                let line = line.trim_end_matches('\n');
                 if std::env::var_os("LEASEHOLD_TEST_LOG").is_some() {
                     eprintln!("{line}");
                 }
                 let (text, grew) = &*sink;
-                let mut text = text.lock().unwrap();
-                text.push_str(&line);
+                // A test that panicked while it looked at the log does not stop the reading.
+                let mut text = text.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                text.push_str(line);
                 text.push('\n');
                 grew.notify_all();
             }
