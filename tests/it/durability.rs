@@ -330,13 +330,7 @@ fn set_fsize(pid: i32, limit: &str) {
 }
 
 fn segment(dir: &Path) -> PathBuf {
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("journal-"))
-        .collect();
-    segments.sort();
-    segments.pop().expect("a journal segment")
+    crate::support::segments(dir).pop().expect("a journal segment")
 }
 
 #[test]

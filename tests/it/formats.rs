@@ -28,7 +28,7 @@ use leasehold::service::{OutboxSettings, Service};
 use nix::sys::signal::Signal;
 
 use crate::support::http::{Client, Reply};
-use crate::support::{config, scratch, signal_pid, wait_for, Server, DEADLINE};
+use crate::support::{config, scratch, segments, signal_pid, wait_for, Server, DEADLINE};
 
 const ADMIN: (&str, &str) = ("x-api-key", "fixture-admin");
 const TEAM: (&str, &str) = ("x-api-key", "fixture-team");
@@ -59,21 +59,7 @@ fn replay_dir(dir: &Path, hash_seed: u64) -> serde_json::Value {
 
 /// The records of `dir`'s segments, in order.
 fn records_of(dir: &Path) -> Vec<Vec<u8>> {
-    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("journal-"))
-        .collect();
-    segments.sort();
-    let mut out = Vec::new();
-    for path in segments {
-        let bytes = std::fs::read(&path).unwrap();
-        let mut reader = Reader::new(&bytes);
-        while let Some(body) = reader.next_record().unwrap() {
-            out.push(body.to_vec());
-        }
-    }
-    out
+    segments(dir).iter().flat_map(|path| bodies(path)).collect()
 }
 
 /// Copies the journal of a stopped server's data directory into `to`, each segment cut to

@@ -39,6 +39,17 @@ pub fn scratch() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
 
+/// The journal segments (`journal-N.log`) of the data directory `dir`, oldest first.
+pub fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("journal-"))
+        .collect();
+    segments.sort();
+    segments
+}
+
 /// `pid name state wchan` of `pids`, one per line: what each process was doing when a wait
 /// ran out (`T` stopped, `D` in the kernel, `wchan` where).
 pub fn processes(pids: &[i32]) -> String {
