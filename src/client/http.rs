@@ -1,7 +1,16 @@
 //! A small blocking HTTP/1.1 client for the command line: one request per connection
 //! (`Connection: close`), `http://` only (leasehold serves plain HTTP), a deadline on the
 //! whole exchange. Nothing here knows about locks.
+//!
+//! The server may be a comma-separated list (the nodes of a cluster, docs/cluster.md).
+//! A request goes to the server that answered last. If that one cannot be reached, the next
+//! one not yet asked is tried, and so on: a request that was never sent cannot have done
+//! anything. A node that is not the leader answers 503 `not_leader` with the leader's URL in
+//! `leader`: the same request goes there (nothing was done on the follower), at most
+//! [`MAX_LEADER_HOPS`] times a request, and later requests start there. A node that names
+//! itself, or a leader that could not be reached, ends the request with that 503.
 
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -11,6 +20,13 @@ use super::args::Target;
 
 /// Largest answer read (a page of locks is far smaller).
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Most times one request follows a `not_leader` answer to the leader it names (a leader
+/// that changes while the request travels moves it on; a loop of stale answers ends).
+pub const MAX_LEADER_HOPS: usize = 3;
+
+/// Most servers a client knows: those listed, and leaders named to it.
+const MAX_SERVERS: usize = 32;
 
 /// Why a call got no answer.
 #[derive(Debug)]
@@ -85,13 +101,20 @@ impl Response {
     }
 }
 
-/// One server.
-#[derive(Debug, Clone)]
-pub struct Http {
+/// One server of the list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Endpoint {
     server: String,
     host: String,
     port: u16,
     base_path: String,
+}
+
+/// The servers, and which one answers now.
+#[derive(Debug, Clone)]
+pub struct Http {
+    endpoints: RefCell<Vec<Endpoint>>,
+    current: Cell<usize>,
     key: Option<String>,
 }
 
@@ -108,10 +131,10 @@ pub fn segment(text: &str) -> String {
     out
 }
 
-impl Http {
-    /// A client for `target.server` (`http://host[:port][/base]`).
-    pub fn new(target: &Target) -> Result<Self, ClientError> {
-        let server = target.server.clone();
+impl Endpoint {
+    /// `http://host[:port][/base]`.
+    fn parse(server: &str) -> Result<Self, ClientError> {
+        let server = server.trim().trim_end_matches('/').to_string();
         let rest = match server.split_once("://") {
             Some(("http", rest)) => rest,
             Some((scheme, _)) => {
@@ -135,15 +158,33 @@ impl Http {
         if host.is_empty() {
             return Err(ClientError::BadUrl(format!("{server}: no host")));
         }
-        Ok(Self { server, host, port, base_path, key: target.key.clone() })
+        Ok(Self { server, host, port, base_path })
+    }
+}
+
+impl Http {
+    /// A client for `target.server`: `http://host[:port][/base]`, or several of them
+    /// separated by commas.
+    pub fn new(target: &Target) -> Result<Self, ClientError> {
+        let endpoints: Vec<Endpoint> =
+            target.server.split(',').filter(|s| !s.trim().is_empty()).map(Endpoint::parse).collect::<Result<_, _>>()?;
+        if endpoints.is_empty() {
+            return Err(ClientError::BadUrl(format!("{:?}: no server", target.server)));
+        }
+        if endpoints.len() > MAX_SERVERS {
+            return Err(ClientError::BadUrl(format!("{} servers; at most {MAX_SERVERS}", endpoints.len())));
+        }
+        Ok(Self { endpoints: RefCell::new(endpoints), current: Cell::new(0), key: target.key.clone() })
     }
 
-    /// The server's URL, for messages.
-    pub fn server(&self) -> &str {
-        &self.server
+    /// The server that answers now, for messages.
+    pub fn server(&self) -> String {
+        self.endpoints.borrow()[self.current.get()].server.clone()
     }
 
-    /// Sends one request and reads the whole answer within `timeout`.
+    /// Sends one request and reads the whole answer within `timeout`: to the server that
+    /// answered last, then the next ones if it cannot be reached, and on to the leader a
+    /// `not_leader` answer names.
     pub fn call(
         &self,
         method: &str,
@@ -152,13 +193,73 @@ impl Http {
         timeout: Duration,
     ) -> Result<Response, ClientError> {
         let deadline = Instant::now() + timeout;
-        let mut stream = self.connect(timeout)?;
-        let broken = |source: io::Error| ClientError::Broken { server: self.server.clone(), source };
+        // The servers asked during this call, and those that could not be reached.
+        let (mut asked, mut unreachable) = (vec![false; MAX_SERVERS], vec![false; MAX_SERVERS]);
+        let mut hops = 0;
+        loop {
+            let at = self.current.get();
+            let endpoint = self.endpoints.borrow()[at].clone();
+            asked[at] = true;
+            let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            match self.call_one(&endpoint, method, path, body, left) {
+                Err(e @ ClientError::Unreachable { .. }) => {
+                    unreachable[at] = true;
+                    // On to the next server not asked yet; when every one was, that is it.
+                    let n = self.endpoints.borrow().len();
+                    match (1..n).map(|k| (at + k) % n).find(|&i| !asked[i]) {
+                        Some(next) => self.current.set(next),
+                        None => return Err(e),
+                    }
+                }
+                Ok(r) if hops < MAX_LEADER_HOPS && r.status == 503 && r.json()["error"] == "not_leader" => {
+                    let Some(leader) = r.json()["leader"].as_str().and_then(|url| Endpoint::parse(url).ok()) else {
+                        // No leader now: the 503 (with its Retry-After) is the answer.
+                        return Ok(r);
+                    };
+                    let known = self.endpoints.borrow().iter().position(|e| *e == leader);
+                    if leader == endpoint || known.is_some_and(|i| unreachable[i]) || !self.go_to(leader) {
+                        // A node naming itself, or a leader already found unreachable.
+                        return Ok(r);
+                    }
+                    hops += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Makes `leader` the server that answers from now on; false if it cannot be added.
+    fn go_to(&self, leader: Endpoint) -> bool {
+        let mut endpoints = self.endpoints.borrow_mut();
+        let at = match endpoints.iter().position(|e| *e == leader) {
+            Some(at) => at,
+            None if endpoints.len() < MAX_SERVERS => {
+                endpoints.push(leader);
+                endpoints.len() - 1
+            }
+            None => return false,
+        };
+        self.current.set(at);
+        true
+    }
+
+    /// One request to one server.
+    fn call_one(
+        &self,
+        endpoint: &Endpoint,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Response, ClientError> {
+        let deadline = Instant::now() + timeout;
+        let mut stream = endpoint.connect(timeout)?;
+        let broken = |source: io::Error| ClientError::Broken { server: endpoint.server.clone(), source };
         let mut request = format!(
             "{method} {}{path} HTTP/1.1\r\nHost: {}:{}\r\nConnection: close\r\nUser-Agent: leasehold/{}\r\n",
-            self.base_path,
-            self.host,
-            self.port,
+            endpoint.base_path,
+            endpoint.host,
+            endpoint.port,
             env!("CARGO_PKG_VERSION")
         );
         if let Some(key) = &self.key {
@@ -187,15 +288,17 @@ impl Http {
                 Err(e) => return Err(broken(e)),
             }
             if answer.len() > MAX_RESPONSE_BYTES {
-                return Err(self.protocol("the answer is too large"));
+                return Err(endpoint.protocol("the answer is too large"));
             }
-            if let Some(response) = self.complete(&answer)? {
+            if let Some(response) = endpoint.complete(&answer)? {
                 return Ok(response);
             }
         }
-        self.complete(&answer)?.ok_or_else(|| broken(io::Error::new(io::ErrorKind::UnexpectedEof, "cut short")))
+        endpoint.complete(&answer)?.ok_or_else(|| broken(io::Error::new(io::ErrorKind::UnexpectedEof, "cut short")))
     }
+}
 
+impl Endpoint {
     fn protocol(&self, reason: &str) -> ClientError {
         ClientError::Protocol { server: self.server.clone(), reason: reason.to_string() }
     }
@@ -243,8 +346,21 @@ impl Http {
 mod tests {
     use super::*;
 
-    fn http(url: &str) -> Result<Http, ClientError> {
-        Http::new(&Target { server: url.into(), key: None })
+    fn http(url: &str) -> Result<Endpoint, ClientError> {
+        Endpoint::parse(url)
+    }
+
+    #[test]
+    fn a_server_list_is_comma_separated_and_every_url_must_be_good() {
+        let list = |servers: &str| Http::new(&Target { server: servers.into(), key: None });
+        let h = list("http://a:1, http://b:2/,http://c:3").unwrap();
+        let names: Vec<String> = h.endpoints.borrow().iter().map(|e| e.server.clone()).collect();
+        assert_eq!(names, ["http://a:1", "http://b:2", "http://c:3"]);
+        assert_eq!(h.server(), "http://a:1");
+        assert!(matches!(list("http://a:1,https://b:2"), Err(ClientError::BadUrl(_))));
+        assert!(matches!(list(","), Err(ClientError::BadUrl(_))));
+        let many = vec!["http://a:1"; MAX_SERVERS + 1].join(",");
+        assert!(matches!(list(&many), Err(ClientError::BadUrl(_))));
     }
 
     #[test]

@@ -417,3 +417,124 @@ fn a_bad_command_line_exits_2_and_says_why() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
     }
 }
+
+/// Whom a [`Follower`] names as the leader.
+enum Names {
+    /// No one: there is no leader now.
+    Nobody,
+    /// This URL.
+    Url(String),
+    /// Itself (a stale node).
+    Itself,
+}
+
+/// A node that is not the leader, as the command line sees one: it answers every request
+/// 503 `not_leader`, naming a leader or no one, and counts what it was asked.
+struct Follower {
+    addr: std::net::SocketAddr,
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Follower {
+    fn start(names: Names) -> Follower {
+        use std::io::Write;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = std::sync::Arc::clone(&asked);
+        let mut body = serde_json::json!({"error": "not_leader", "message": "this node does not lead"});
+        match names {
+            Names::Nobody => {}
+            Names::Url(url) => body["leader"] = url.into(),
+            Names::Itself => body["leader"] = format!("http://{addr}").into(),
+        }
+        let body = body.to_string();
+        std::thread::spawn(move || {
+            for mut conn in listener.incoming().map_while(Result::ok) {
+                // The request head (the client sends small requests at once).
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n\
+                     Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Follower { addr, asked }
+    }
+
+    fn asked(&self) -> usize {
+        self.asked.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A loopback address where nothing listens.
+fn nobody() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+#[test]
+fn r13_the_client_skips_a_server_it_cannot_reach_and_follows_not_leader_to_the_leader() {
+    let s = Server::start(&config("workers = 1", ""));
+    let follower = Follower::start(Names::Url(format!("http://{}", s.addr)));
+    // A server list (docs/cluster.md): a node that is down, then a follower.
+    let servers = format!("http://{},http://{}", nobody(), follower.addr);
+    let out = leasehold(&s, &["status", "anything", "--json"]).env("LEASEHOLD_URL", &servers).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["free"], true, "the leader answered: {json}");
+    assert_eq!(follower.asked(), 1);
+    // A whole `lock` run: its first request finds the leader through the follower; every
+    // later one (renewals, the release) goes straight to the leader.
+    let out = leasehold(&s, &["lock", "followed", "--ttl", "2s", "--", "true"])
+        .env("LEASEHOLD_URL", &servers)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(follower.asked(), 2, "only the first request of the run went to the follower");
+    let mut c = Client::connect(s.addr).unwrap();
+    let view = c.get("/v1/locks/followed").unwrap();
+    assert!(view.status == 404 || view.json()["used"] == 0, "the lock was released on the leader");
+}
+
+#[test]
+fn r13_with_no_leader_or_a_follower_naming_itself_the_client_reports_the_503() {
+    let s = Server::start(&config("workers = 1", ""));
+    let leaderless = Follower::start(Names::Nobody);
+    let out = leasehold(&s, &["status", "x"]).env("LEASEHOLD_URL", format!("http://{}", leaderless.addr)).output();
+    let out = out.unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("503 not_leader"), "{stderr}");
+    assert_eq!(leaderless.asked(), 1);
+    // A stale node that names itself: asked once, not in a loop.
+    let stale = Follower::start(Names::Itself);
+    let out = leasehold(&s, &["status", "x"]).env("LEASEHOLD_URL", format!("http://{}", stale.addr)).output();
+    assert_eq!(out.unwrap().status.code(), Some(1));
+    assert_eq!(stale.asked(), 1);
+    // A leader named that cannot be reached: the next server not asked yet is tried (it
+    // knows no leader), and its 503 is the answer. Each server was asked once.
+    let gone = format!("http://{}", nobody());
+    let (a, b) = (Follower::start(Names::Url(gone)), Follower::start(Names::Nobody));
+    let out = leasehold(&s, &["status", "x"])
+        .env("LEASEHOLD_URL", format!("http://{},http://{}", a.addr, b.addr))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!((a.asked(), b.asked()), (1, 1));
+    // Every server down: 69, "cannot be reached" (README).
+    let out = leasehold(&s, &["status", "x"])
+        .env("LEASEHOLD_URL", format!("http://{},http://{}", nobody(), nobody()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(69), "{}", String::from_utf8_lossy(&out.stderr));
+}
