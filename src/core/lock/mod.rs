@@ -1029,6 +1029,24 @@ impl LockTable {
         self.debug_check();
     }
 
+    /// Moves every holder's expiry `by_ms` later: the grace a new cluster leader gives
+    /// after a time without a leader, in which no holder could renew (docs/cluster.md,
+    /// "Takeover"). Unclaimed grants get the same grace to claim. Fences and TTLs stay.
+    pub fn extend_leases(&mut self, by_ms: u64) {
+        if by_ms == 0 {
+            return;
+        }
+        for (id, slot) in self.slots.iter_mut().enumerate() {
+            let Some(lock) = slot.as_mut() else { continue };
+            for lease in lock.holders.iter_mut() {
+                self.deadlines.remove(&(lease.expires_at_ms, lease.ticket, id as LockId));
+                lease.expires_at_ms = lease.expires_at_ms.saturating_add(by_ms);
+                self.deadlines.insert((lease.expires_at_ms, lease.ticket, id as LockId));
+            }
+        }
+        self.debug_check();
+    }
+
     /// Where `ticket` stands on lock `name`, without counting as presence.
     pub fn ticket_view(&self, name: &str, ticket: Ticket) -> Option<TicketView> {
         let lock = self.lock(self.find(name)?);

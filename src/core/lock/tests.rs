@@ -630,6 +630,41 @@ fn reset_presence_gives_every_waiter_a_fresh_window() {
 }
 
 #[test]
+fn extend_leases_moves_every_holders_expiry_and_nothing_else() {
+    let mut h = Harness::new();
+    h.acquire("a", 1, 0, |a| a.ttl_ms = 1_000);
+    h.acquire("b", 2, 0, |a| {
+        a.ttl_ms = 3_000;
+        a.limit = 2;
+    });
+    h.acquire("b", 3, 500, |a| {
+        a.ttl_ms = 3_000;
+        a.limit = 2;
+    });
+    // A waiter keeps its own presence window.
+    h.acquire("a", 4, 0, |a| a.ttl_ms = 100_000);
+    let fences: Vec<u64> =
+        ["a", "b"].iter().flat_map(|n| h.table.lock_view(n).unwrap().holders).map(|v| v.fence).collect();
+    h.table.extend_leases(2_000);
+    h.table.check_invariants().unwrap();
+    let after: Vec<u64> =
+        ["a", "b"].iter().flat_map(|n| h.table.lock_view(n).unwrap().holders).map(|v| v.fence).collect();
+    assert_eq!(fences, after, "fences are unchanged");
+    // Lock a's holder ran to 1 000 ms and now to 3 000 ms.
+    h.expire(2_999);
+    assert_eq!(h.table.ticket_view("a", t(1)).map(|v| matches!(v, TicketView::Holding(_))), Some(true));
+    h.expire(3_000);
+    assert!(!matches!(h.table.ticket_view("a", t(1)), Some(TicketView::Holding(_))), "expired at 1 000 + 2 000");
+    // The semaphore's holders: 3 000 + 2 000 and 3 500 + 2 000.
+    h.expire(4_999);
+    assert_eq!(h.table.lock_view("b").unwrap().used, 2);
+    h.expire(5_000);
+    assert_eq!(h.table.lock_view("b").unwrap().used, 1);
+    h.expire(5_500);
+    assert!(h.table.lock_view("b").is_none_or(|v| v.used == 0));
+}
+
+#[test]
 fn views_hide_tickets_and_list_pages_by_name() {
     let mut h = Harness::new();
     for (i, n) in ["b", "a", "c", "ab"].iter().enumerate() {
