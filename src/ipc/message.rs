@@ -28,6 +28,14 @@
 //! Descriptors a child inherits at exec: 3 = control channel, 4 = fd channel, 5… = its
 //! listening sockets (reuseport mode). Unknown messages and malformed frames close the
 //! channel that carried them, with a log line; they never crash the reader.
+//!
+//! **Part of a storage format.** The journal keeps each change as the [`ToKeeper`] message
+//! that caused it, serialised as here (docs/journal-format.md, "Formats and evolution").
+//! So [`ToKeeper`], the changing [`LockOp`]s and every type inside them (`Then`, `Call`,
+//! `Outcome`, queue modes, names) are a journal format too: a field or kind added, renamed
+//! or given a new meaning raises `journal::FORMAT` and gets fixtures, and fields added
+//! carry `#[serde(default)]` meaning what older records meant. `tests/it/formats.rs` pins
+//! how each is written and fails on a change made without that.
 
 use serde::{Deserialize, Serialize};
 
