@@ -104,8 +104,14 @@ pub(super) fn validate_cluster(r: &mut Reader<'_>) -> Option<ClusterConfig> {
             }
         },
     };
-    let election_ttl_ms =
-        r.int(SECTION, "election_ttl_ms", "LEASEHOLD_ELECTION_TTL_MS", DEFAULT_ELECTION_TTL_MS, MIN_ELECTION_TTL_MS, 60_000);
+    let election_ttl_ms = r.int(
+        SECTION,
+        "election_ttl_ms",
+        "LEASEHOLD_ELECTION_TTL_MS",
+        DEFAULT_ELECTION_TTL_MS,
+        MIN_ELECTION_TTL_MS,
+        60_000,
+    );
     if election_ttl_ms % 1_000 != 0 {
         r.invalid(
             "cluster.election_ttl_ms",
