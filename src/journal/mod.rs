@@ -8,10 +8,14 @@
 //!   a service, and [`replay`] applies one record ([`replay_answering`] also keeps what the
 //!   service sends meanwhile, for tests). Pure.
 //! - [`store`] owns the files: segments, snapshots, group commit, recovery.
+//! - [`etcd`] is the log store of cluster mode (docs/cluster.md): a blocking client of
+//!   etcd's JSON gateway, with its keys, request bodies and answer parsing pure in
+//!   [`etcd::wire`].
 //! - [`inspect`] reads a journal directory without changing it (`leasehold journal verify`)
 //!   and copies its valid records into a new one (`leasehold journal salvage`).
 //!
-//! `store` and `inspect` are the only parts that touch files.
+//! `store` and `inspect` are the only parts that touch files, `etcd` the only one that
+//! touches the network.
 //!
 //! What is journaled: every message from a worker that may change state (reads are not),
 //! every expiry run, every channel closing, the limits in force, presence resets after a
@@ -36,6 +40,7 @@
 //!   record of the current format is written, so a change cannot slip in unnumbered.
 
 pub mod codec;
+pub mod etcd;
 pub mod inspect;
 pub mod store;
 

@@ -1,6 +1,7 @@
 //! The one integration test binary: model-based tests of the core, the configuration and
-//! command-line behaviour of the real binary, the layering rule, and end-to-end tests of
-//! the real server (HTTP, dispatch, lifecycle, hostile clients).
+//! command-line behaviour of the real binary, the layering rule, end-to-end tests of the
+//! real server (HTTP, dispatch, lifecycle, hostile clients), and the etcd link against a
+//! real etcd.
 
 mod api;
 mod auth;
@@ -10,6 +11,7 @@ mod client;
 mod compat;
 mod dispatch;
 mod durability;
+mod etcd;
 mod formats;
 mod fuzz_seeds;
 mod hostile;

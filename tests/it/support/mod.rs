@@ -3,6 +3,7 @@
 //! for a condition goes through [`wait_for`]/[`wait_until`]: a deadline of [`DEADLINE`] and
 //! a short backoff between looks, never a busy loop and never a fixed sleep.
 
+pub mod etcd;
 pub mod http;
 pub mod load;
 

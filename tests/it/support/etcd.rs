@@ -1,0 +1,97 @@
+//! A 3-member etcd cluster on loopback for the cluster tests: `tests/cluster/etcd.sh` run
+//! in a scratch directory (in memory when it can be, so etcd's syncs are cheap), stopped
+//! when the [`EtcdCluster`] is dropped. Members can be killed and restarted by number.
+
+use std::path::Path;
+use std::process::Command;
+
+/// The rig's script.
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/cluster/etcd.sh");
+
+/// A running 3-member etcd cluster.
+pub struct EtcdCluster {
+    dir: tempfile::TempDir,
+    /// The members' client URLs, in member order (member 1 first).
+    pub endpoints: Vec<String>,
+}
+
+/// Runs the rig's script with `args`; panics with its output when it fails.
+fn script(dir: &Path, action: &str, members: &[usize]) {
+    let mut cmd = Command::new("bash");
+    cmd.arg(SCRIPT).arg(action).arg(dir);
+    cmd.args(members.iter().map(ToString::to_string));
+    let out = cmd.output().expect("run tests/cluster/etcd.sh");
+    assert!(
+        out.status.success(),
+        "tests/cluster/etcd.sh {action} {members:?} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Panics with the way out when etcd or etcdctl is missing.
+fn require_etcd() {
+    for (tool, arg) in [("etcd", "--version"), ("etcdctl", "version")] {
+        if Command::new(tool).arg(arg).output().is_err() {
+            panic!(
+                "{tool} is not installed: the cluster tests run a real etcd; install it with `sudo bash tests/deps.sh`"
+            );
+        }
+    }
+}
+
+impl EtcdCluster {
+    /// Starts 3 fresh members and waits until all are healthy.
+    pub fn start() -> Self {
+        require_etcd();
+        let dir = super::scratch();
+        script(dir.path(), "start", &[]);
+        let text = std::fs::read_to_string(dir.path().join("endpoints")).expect("read the endpoints file");
+        let endpoints: Vec<String> = text.trim().split(',').map(str::to_string).collect();
+        assert_eq!(endpoints.len(), 3, "endpoints: {text:?}");
+        EtcdCluster { dir, endpoints }
+    }
+
+    /// SIGKILLs members `members` (1 to 3) and waits until they are gone.
+    pub fn kill(&self, members: &[usize]) {
+        script(self.dir.path(), "kill", members);
+    }
+
+    /// Starts members `members` again on their ports and data; waits until healthy.
+    pub fn restart(&self, members: &[usize]) {
+        script(self.dir.path(), "restart", members);
+    }
+
+    /// Runs `etcdctl` against every member; its standard output.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.endpoints.join(",")))
+            .args(args)
+            .output()
+            .expect("run etcdctl");
+        assert!(out.status.success(), "etcdctl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The member (1 to 3) that is etcd's raft leader now.
+    pub fn leader_member(&self) -> usize {
+        let text = self.etcdctl(&["endpoint", "status", "--write-out=json"]);
+        let status: serde_json::Value = serde_json::from_str(&text).expect("etcdctl's JSON");
+        let members = status.as_array().expect("one status per endpoint");
+        let found = members.iter().position(|m| {
+            let s = &m["Status"];
+            s["leader"].as_u64().is_some_and(|leader| Some(leader) == s["header"]["member_id"].as_u64())
+        });
+        let at = found.unwrap_or_else(|| panic!("no member leads: {text}"));
+        let endpoint = members[at]["Endpoint"].as_str().expect("an endpoint");
+        1 + self.endpoints.iter().position(|e| e == endpoint).expect("a known endpoint")
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(SCRIPT).arg("stop").arg(self.dir.path()).output();
+    }
+}
