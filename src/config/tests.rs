@@ -211,7 +211,7 @@ max_event_streams = -1
 /// A valid `[cluster]` section, with `extra` lines appended to it.
 fn cluster_text(extra: &str) -> String {
     format!(
-        "[cluster]\netcd_endpoints = [\"http://10.0.0.1:2379\", \"https://etcd-2.example:2379\"]\n\
+        "[cluster]\netcd_endpoints = [\"http://10.0.0.1:2379\", \"http://etcd-2.example:2379\"]\n\
          node_name = \"node-a\"\nadvertise_url = \"http://10.0.0.11:8080\"\n{extra}"
     )
 }
@@ -235,7 +235,7 @@ fn cluster_defaults_to_single_node() {
 fn cluster_full_section_parses_to_the_expected_values() {
     let text = "
 [cluster]
-etcd_endpoints = [\"http://10.0.0.1:2379\", \"https://ETCD-2.example:2379/\", \"http://[::1]:2379\"]
+etcd_endpoints = [\"http://10.0.0.1:2379\", \"http://ETCD-2.example:2379/\", \"http://[::1]:2379\"]
 prefix = \"/shop/locks\"
 node_name = \"node_A.1\"
 advertise_url = \"https://node-a.example:8443\"
@@ -248,7 +248,7 @@ etcd_timeout_ms = 4999
         ClusterConfig {
             etcd_endpoints: vec![
                 "http://10.0.0.1:2379".into(),
-                "https://etcd-2.example:2379".into(),
+                "http://etcd-2.example:2379".into(),
                 "http://[::1]:2379".into()
             ],
             prefix: "/shop/locks".into(),
@@ -301,6 +301,7 @@ fn cluster_bad_endpoints_are_each_named() {
         "[\"http://10.0.0.1\"]",
         "[\"http://10.0.0.1:80\", \"http://10.0.0.1\"]",
         "[\"https://10.0.0.1\"]",
+        "[\"https://10.0.0.1:2379\"]",
         "[\"http://10.0.0.1:\"]",
         "[\"http://[::1]\"]",
         "[\"http://10.0.0.1:2379\", \"http://10.0.0.1:2379/\"]",
