@@ -21,10 +21,21 @@ fn client(etcd: &EtcdCluster) -> Etcd {
     Etcd::new(&etcd.endpoints, 1_000).expect("a client")
 }
 
+/// `call`'s result, sent again while etcd answers "unavailable" (outcome unknown; every
+/// operation of the client may be sent again, docs/cluster.md). On a loaded machine etcd
+/// may time a request out or hold an election of its own: not what these tests are about.
+fn sure<T>(mut call: impl FnMut() -> Result<T, EtcdError>) -> T {
+    wait_for("etcd to answer", || match call() {
+        Ok(value) => Ok(value),
+        Err(e) if e.outcome_unknown() => Err(e),
+        Err(e) => panic!("etcd refused: {e:?}"),
+    })
+}
+
 /// A client that holds the leader key: its lease and epoch.
 fn leading(etcd: &mut Etcd, name: &str) -> (LeaseId, u64) {
-    let lease = etcd.lease_grant(LONG_TTL_S).expect("a lease");
-    match etcd.campaign(&leader_key(PREFIX), name.as_bytes(), lease).expect("a campaign") {
+    let lease = sure(|| etcd.lease_grant(LONG_TTL_S));
+    match sure(|| etcd.campaign(&leader_key(PREFIX), name.as_bytes(), lease)) {
         Campaign::Won { epoch } => (lease, epoch),
         held => panic!("{name} did not win: {held:?}"),
     }
@@ -43,29 +54,29 @@ fn r13_a_campaign_is_won_once_and_held_against_others() {
     let etcd = EtcdCluster::start();
     let (mut a, mut b) = (client(&etcd), client(&etcd));
     let key = leader_key(PREFIX);
-    assert_eq!(a.leader(&key).unwrap(), None);
+    assert_eq!(sure(|| a.leader(&key)), None);
     let (lease_a, epoch) = leading(&mut a, "node-a");
     assert!(epoch > 0);
-    let lease_b = b.lease_grant(LONG_TTL_S).unwrap();
-    assert_eq!(b.campaign(&key, b"node-b", lease_b).unwrap(), Campaign::Held { value: b"node-a".to_vec(), epoch });
+    let lease_b = sure(|| b.lease_grant(LONG_TTL_S));
+    assert_eq!(sure(|| b.campaign(&key, b"node-b", lease_b)), Campaign::Held { value: b"node-a".to_vec(), epoch });
     // The same campaign sent again (its answer lost) is still won, at the same epoch.
-    assert_eq!(a.campaign(&key, b"node-a", lease_a).unwrap(), Campaign::Won { epoch });
-    assert_eq!(b.leader(&key).unwrap(), Some(Holder { value: b"node-a".to_vec(), epoch, lease: Some(lease_a) }));
+    assert_eq!(sure(|| a.campaign(&key, b"node-a", lease_a)), Campaign::Won { epoch });
+    assert_eq!(sure(|| b.leader(&key)), Some(Holder { value: b"node-a".to_vec(), epoch, lease: Some(lease_a) }));
 
     // A stale leader key goes only with its own epoch.
-    assert!(!b.delete_if_epoch(&key, epoch + 1).unwrap());
-    assert!(a.delete_if_epoch(&key, epoch).unwrap());
-    assert_eq!(b.leader(&key).unwrap(), None);
-    let Campaign::Won { epoch: epoch_b } = b.campaign(&key, b"node-b", lease_b).unwrap() else {
+    assert!(!sure(|| b.delete_if_epoch(&key, epoch + 1)));
+    assert!(sure(|| a.delete_if_epoch(&key, epoch)));
+    assert_eq!(sure(|| b.leader(&key)), None);
+    let Campaign::Won { epoch: epoch_b } = sure(|| b.campaign(&key, b"node-b", lease_b)) else {
         panic!("node-b should win a free leader key")
     };
     assert!(epoch_b > epoch);
 
     // Revoking the holder's lease frees the key at once; revoking it again is no error.
-    b.lease_revoke(lease_b).unwrap();
-    assert_eq!(a.leader(&key).unwrap(), None);
-    b.lease_revoke(lease_b).unwrap();
-    assert_eq!(b.lease_keepalive(lease_b).unwrap(), None);
+    sure(|| b.lease_revoke(lease_b));
+    assert_eq!(sure(|| a.leader(&key)), None);
+    sure(|| b.lease_revoke(lease_b));
+    assert_eq!(sure(|| b.lease_keepalive(lease_b)), None);
 }
 
 #[test]
@@ -74,11 +85,11 @@ fn r13_a_lapsed_lease_frees_the_leader_key() {
     let (mut a, mut b) = (client(&etcd), client(&etcd));
     let key = leader_key(PREFIX);
     // etcd's shortest lease (docs/cluster.md): 3 s.
-    let lease = a.lease_grant(3).unwrap();
-    let Campaign::Won { epoch } = a.campaign(&key, b"node-a", lease).unwrap() else { panic!("a free key") };
-    let ttl_s = a.lease_keepalive(lease).unwrap().expect("a live lease");
+    let lease = sure(|| a.lease_grant(3));
+    let Campaign::Won { epoch } = sure(|| a.campaign(&key, b"node-a", lease)) else { panic!("a free key") };
+    let ttl_s = sure(|| a.lease_keepalive(lease)).expect("a live lease");
     assert!((1..=3).contains(&ttl_s), "ttl {ttl_s}");
-    let mut watch = b.watch(&key, 0).unwrap();
+    let mut watch = sure(|| b.watch(&key, 0));
 
     // No more renewals: the key goes with the lease.
     wait_for("the leader key to go with its lease", || match b.leader(&key) {
@@ -92,9 +103,9 @@ fn r13_a_lapsed_lease_frees_the_leader_key() {
         }
         other => panic!("expected the leader key's delete, got {other:?}"),
     }
-    assert_eq!(a.lease_keepalive(lease).unwrap(), None);
-    let lease_b = b.lease_grant(LONG_TTL_S).unwrap();
-    assert!(matches!(b.campaign(&key, b"node-b", lease_b).unwrap(), Campaign::Won { epoch: e } if e > epoch));
+    assert_eq!(sure(|| a.lease_keepalive(lease)), None);
+    let lease_b = sure(|| b.lease_grant(LONG_TTL_S));
+    assert!(matches!(sure(|| b.campaign(&key, b"node-b", lease_b)), Campaign::Won { epoch: e } if e > epoch));
 }
 
 #[test]
@@ -103,26 +114,26 @@ fn r13_a_put_commits_is_refused_under_a_stale_epoch_and_knows_its_own_batch() {
     let (mut a, mut b) = (client(&etcd), client(&etcd));
     let key = leader_key(PREFIX);
     let (lease_a, epoch_a) = leading(&mut a, "node-a");
-    assert_eq!(a.put_batch(&log_key(PREFIX, 1), &key, epoch_a, b"batch-1").unwrap(), Put::Committed);
+    assert_eq!(sure(|| a.put_batch(&log_key(PREFIX, 1), &key, epoch_a, b"batch-1")), Put::Committed);
     // The same put again (a retry after a lost answer): that batch is there, so committed.
-    assert_eq!(a.put_batch(&log_key(PREFIX, 1), &key, epoch_a, b"batch-1").unwrap(), Put::Committed);
+    assert_eq!(sure(|| a.put_batch(&log_key(PREFIX, 1), &key, epoch_a, b"batch-1")), Put::Committed);
     // Another batch at a taken seq: refused, with what holds the place.
     let holder_a = Holder { value: b"node-a".to_vec(), epoch: epoch_a, lease: Some(lease_a) };
     assert_eq!(
-        a.put_batch(&log_key(PREFIX, 1), &key, epoch_a, b"batch-1b").unwrap(),
+        sure(|| a.put_batch(&log_key(PREFIX, 1), &key, epoch_a, b"batch-1b")),
         Put::Refused { at_seq: Some(b"batch-1".to_vec()), leader: Some(holder_a) }
     );
 
     // node-a is deposed (its lease revoked); node-b leads a new epoch.
-    a.lease_revoke(lease_a).unwrap();
+    sure(|| a.lease_revoke(lease_a));
     let (lease_b, epoch_b) = leading(&mut b, "node-b");
     let holder_b = Holder { value: b"node-b".to_vec(), epoch: epoch_b, lease: Some(lease_b) };
     assert_eq!(
-        a.put_batch(&log_key(PREFIX, 2), &key, epoch_a, b"batch-2a").unwrap(),
+        sure(|| a.put_batch(&log_key(PREFIX, 2), &key, epoch_a, b"batch-2a")),
         Put::Refused { at_seq: None, leader: Some(holder_b) }
     );
-    assert_eq!(b.put_batch(&log_key(PREFIX, 2), &key, epoch_b, b"batch-2b").unwrap(), Put::Committed);
-    let read = a.read_log(PREFIX, 1).unwrap();
+    assert_eq!(sure(|| b.put_batch(&log_key(PREFIX, 2), &key, epoch_b, b"batch-2b")), Put::Committed);
+    let read = sure(|| a.read_log(PREFIX, 1));
     assert_eq!(read.batches, vec![(1, b"batch-1".to_vec()), (2, b"batch-2b".to_vec())]);
     assert!(!read.more);
 }
@@ -136,22 +147,22 @@ fn r13_a_log_read_pages_through_600_batches_at_one_revision() {
     let batch = |seq: u64| format!("batch {seq} {}", "x".repeat(seq as usize % 97)).into_bytes();
     const { assert!(LOG_PAGE_KEYS < 600, "the test must span several pages") };
     for seq in 1..=600 {
-        assert_eq!(a.put_batch(&log_key(PREFIX, seq), &key, epoch, &batch(seq)).unwrap(), Put::Committed);
+        assert_eq!(sure(|| a.put_batch(&log_key(PREFIX, seq), &key, epoch, &batch(seq))), Put::Committed);
     }
     // A key beside the log, which a read of the log must not return.
-    let lease = a.lease_grant(LONG_TTL_S).unwrap();
-    a.campaign(&format!("{PREFIX}/logx"), b"not a batch", lease).unwrap();
-    let read = a.read_log(PREFIX, 1).unwrap();
+    let lease = sure(|| a.lease_grant(LONG_TTL_S));
+    sure(|| a.campaign(&format!("{PREFIX}/logx"), b"not a batch", lease));
+    let read = sure(|| a.read_log(PREFIX, 1));
     assert!(!read.more);
     assert_eq!(read.batches.len(), 600);
     for (i, (seq, bytes)) in read.batches.iter().enumerate() {
         assert_eq!(*seq, i as u64 + 1);
         assert_eq!(*bytes, batch(*seq), "batch {seq}");
     }
-    let tail = a.read_log(PREFIX, 590).unwrap();
+    let tail = sure(|| a.read_log(PREFIX, 590));
     assert_eq!(tail.batches.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (590..=600).collect::<Vec<_>>());
     assert!(tail.revision >= read.revision);
-    assert!(a.read_log(PREFIX, 601).unwrap().batches.is_empty());
+    assert!(sure(|| a.read_log(PREFIX, 601)).batches.is_empty());
 }
 
 #[test]
@@ -162,17 +173,17 @@ fn r13_a_watch_sees_puts_in_order_from_a_revision_and_reports_a_compaction() {
     let (_, epoch) = leading(&mut a, "node-a");
     let put = |a: &mut Etcd, seq: u64| {
         let bytes = format!("batch-{seq}").into_bytes();
-        assert_eq!(a.put_batch(&log_key(PREFIX, seq), &key, epoch, &bytes).unwrap(), Put::Committed);
+        assert_eq!(sure(|| a.put_batch(&log_key(PREFIX, seq), &key, epoch, &bytes)), Put::Committed);
     };
     for seq in 1..=3 {
         put(&mut a, seq);
     }
-    let after = a.read_log(PREFIX, 1).unwrap().revision;
+    let after = sure(|| a.read_log(PREFIX, 1)).revision;
     for seq in 4..=6 {
         put(&mut a, seq);
     }
     // From a revision in the past: the puts since, then the ones to come, in order.
-    let mut watch = a.watch(&log_prefix(PREFIX), after + 1).unwrap();
+    let mut watch = sure(|| a.watch(&log_prefix(PREFIX), after + 1));
     for seq in 7..=9 {
         put(&mut a, seq);
     }
@@ -192,7 +203,7 @@ fn r13_a_watch_sees_puts_in_order_from_a_revision_and_reports_a_compaction() {
 
     // History compacted past the start of a new watch: it is told where history starts.
     etcd.etcdctl(&["compact", &last_revision.to_string()]);
-    let mut late = a.watch(&log_prefix(PREFIX), after + 1).unwrap();
+    let mut late = sure(|| a.watch(&log_prefix(PREFIX), after + 1));
     assert_eq!(next_event(&mut late), WatchEvent::Compacted { revision: last_revision });
     assert!(late.next_within(Duration::from_millis(10)).is_err());
     assert!(late.next().is_none());
@@ -215,14 +226,14 @@ fn r13_one_etcd_member_down_is_survived_and_two_make_puts_unavailable_until_they
     let key = leader_key(PREFIX);
     let (lease, epoch) = leading(&mut a, "node-a");
     assert_eq!(a.endpoint(), etcd.endpoints[follower - 1]);
-    assert_eq!(a.put_batch(&log_key(PREFIX, 1), &key, epoch, b"batch-1").unwrap(), Put::Committed);
+    assert_eq!(sure(|| a.put_batch(&log_key(PREFIX, 1), &key, epoch, b"batch-1")), Put::Committed);
 
     // The member this client is connected to dies: the next request goes elsewhere.
     etcd.kill(&[follower]);
-    assert_eq!(a.put_batch(&log_key(PREFIX, 2), &key, epoch, b"batch-2").unwrap(), Put::Committed);
+    assert_eq!(sure(|| a.put_batch(&log_key(PREFIX, 2), &key, epoch, b"batch-2")), Put::Committed);
     assert_ne!(a.endpoint(), etcd.endpoints[follower - 1]);
-    assert!(a.lease_keepalive(lease).unwrap().is_some());
-    assert_eq!(a.read_log(PREFIX, 1).unwrap().batches.len(), 2);
+    assert!(sure(|| a.lease_keepalive(lease)).is_some());
+    assert_eq!(sure(|| a.read_log(PREFIX, 1)).batches.len(), 2);
 
     // A second member dies: no quorum. A put fails as unavailable (outcome unknown), in
     // bounded time, whichever member it reaches.
@@ -236,7 +247,7 @@ fn r13_one_etcd_member_down_is_survived_and_two_make_puts_unavailable_until_they
     let put =
         wait_for("a put once etcd has a quorum again", || a.put_batch(&log_key(PREFIX, 3), &key, epoch, b"batch-3"));
     assert_eq!(put, Put::Committed);
-    let read = a.read_log(PREFIX, 1).unwrap();
+    let read = sure(|| a.read_log(PREFIX, 1));
     assert_eq!(read.batches.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert_eq!(read.batches[2].1, b"batch-3");
 }
