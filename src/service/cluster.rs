@@ -124,6 +124,11 @@ pub enum Event {
         /// The read ([`Effect::CatchUp`]).
         read: u64,
     },
+    /// The catch-up read `read` failed (etcd unavailable): it is asked for again.
+    ReadFailed {
+        /// The read ([`Effect::CatchUp`]).
+        read: u64,
+    },
     /// The keeper applied a turn as leader.
     Turn(Turn),
     /// The put of batch `seq` succeeded (or its failed compare found this batch there).
@@ -257,6 +262,8 @@ pub struct Cluster {
     dirty: bool,
     /// When the last batch was put by this leader (or it took over).
     last_put_ms: u64,
+    /// When this node last asked to campaign.
+    last_campaign_ms: u64,
 }
 
 impl Cluster {
@@ -278,6 +285,7 @@ impl Cluster {
             settling: None,
             dirty: false,
             last_put_ms: 0,
+            last_campaign_ms: 0,
         }
     }
 
@@ -308,7 +316,11 @@ impl Cluster {
 
     /// When [`Cluster::step`] wants a [`Event::Tick`] next (a leader's heartbeat).
     pub fn next_tick_ms(&self) -> Option<u64> {
-        self.leads().then_some(self.last_put_ms + self.settings.heartbeat_ms)
+        if self.leads() {
+            Some(self.last_put_ms + self.settings.heartbeat_ms)
+        } else {
+            self.may_campaign().then_some(self.last_campaign_ms + self.settings.heartbeat_ms)
+        }
     }
 
     /// Takes one event; returns what to carry out, in order.
@@ -317,8 +329,8 @@ impl Cluster {
         match event {
             Event::LeaseHeld => {
                 self.lease = true;
-                if matches!(self.role, Role::Follower { leader: None }) && self.may_lead() {
-                    out.push(Effect::Campaign);
+                if self.may_campaign() {
+                    self.campaign(now_ms, &mut out);
                 }
             }
             Event::LeaseLost => {
@@ -339,7 +351,7 @@ impl Cluster {
                     self.catch_up(&mut out);
                 }
             }
-            Event::LeaderIs(leader) => self.leader_is(leader, &mut out),
+            Event::LeaderIs(leader) => self.leader_is(leader, now_ms, &mut out),
             Event::Logged { seq, batch, at_ms } => self.logged(seq, batch, at_ms, now_ms, &mut out),
             Event::LogEnd { seq, read } => {
                 if self.reading != Some(read) {
@@ -355,6 +367,12 @@ impl Cluster {
                     self.role = Role::Leading { epoch };
                     self.last_put_ms = now_ms;
                     out.push(Effect::TakeOver { at_ms, gap_ms });
+                }
+            }
+            Event::ReadFailed { read } => {
+                if self.reading == Some(read) {
+                    self.reading = None;
+                    self.catch_up(&mut out);
                 }
             }
             Event::Turn(turn) => {
@@ -392,17 +410,22 @@ impl Cluster {
             }
             Event::Tick => {
                 let idle = self.in_flight.is_none() && self.queued.is_empty();
-                if self.leads() && idle && self.next_tick_ms().is_some_and(|t| t <= now_ms) {
+                let due = self.next_tick_ms().is_some_and(|t| t <= now_ms);
+                if self.leads() && idle && due {
                     // Counted as a put, so one heartbeat is asked for at a time.
                     self.last_put_ms = now_ms;
                     out.push(Effect::Heartbeat);
+                } else if self.may_campaign() && due {
+                    // No leader, and the last campaign did not end it (its request failed,
+                    // or its outcome was lost): campaign again.
+                    self.campaign(now_ms, &mut out);
                 }
             }
         }
         out
     }
 
-    fn leader_is(&mut self, leader: Option<Leader>, out: &mut Vec<Effect>) {
+    fn leader_is(&mut self, leader: Option<Leader>, now_ms: u64, out: &mut Vec<Effect>) {
         match (&self.role, leader) {
             // The key names this node's own epoch: nothing changed.
             (Role::Leading { epoch } | Role::CatchingUp { epoch }, Some(l)) if l.epoch == *epoch => {}
@@ -410,14 +433,14 @@ impl Cluster {
             (Role::Leading { .. } | Role::CatchingUp { .. }, leader) => {
                 self.resign(out);
                 self.role = Role::Follower { leader };
-                if self.role == (Role::Follower { leader: None }) && self.lease && self.may_lead() {
-                    out.push(Effect::Campaign);
+                if self.may_campaign() {
+                    self.campaign(now_ms, out);
                 }
             }
             (Role::Follower { .. }, None) => {
                 self.role = Role::Follower { leader: None };
-                if self.lease && self.may_lead() {
-                    out.push(Effect::Campaign);
+                if self.may_campaign() {
+                    self.campaign(now_ms, out);
                 }
             }
             (Role::Follower { .. }, Some(l)) if l.node == self.name => out.push(Effect::Abdicate { epoch: l.epoch }),
@@ -464,6 +487,16 @@ impl Cluster {
     /// settled, nor while its replica holds a resigned turn (until it is rebuilt).
     fn may_lead(&self) -> bool {
         self.settling.is_none() && !self.dirty
+    }
+
+    /// Whether this node should campaign now: it holds a lease, nobody leads, and it may.
+    fn may_campaign(&self) -> bool {
+        self.lease && self.role == (Role::Follower { leader: None }) && self.may_lead()
+    }
+
+    fn campaign(&mut self, now_ms: u64, out: &mut Vec<Effect>) {
+        self.last_campaign_ms = now_ms;
+        out.push(Effect::Campaign);
     }
 
     fn committed(&mut self, seq: Seq, now_ms: u64, out: &mut Vec<Effect>) {

@@ -1,8 +1,8 @@
 //! The cluster's rules against a model of etcd: nodes that step [`Cluster`]s, a link that
 //! carries out their effects on an in-memory etcd (a leader key under leases, a log put by
 //! compare-and-put, linearizable reads, a watch whose events arrive late), and faults drawn
-//! at random: puts whose outcome is lost (applied or not), leases that lapse, nodes that
-//! crash and come back, events delivered late. After every step the safety rules are
+//! at random: puts whose outcome is lost (applied or not), campaigns and reads that fail,
+//! leases that lapse, nodes that crash and come back, events delivered late. After every step the safety rules are
 //! checked against the model; at the end the faults stop and the cluster must settle.
 
 use std::collections::{BTreeSet, VecDeque};
@@ -121,6 +121,8 @@ impl World {
     fn carry_out(&mut self, i: usize) {
         let Some(effect) = self.nodes[i].effects.pop_front() else { return };
         match effect {
+            // The request fails on the way (no answer at all): a later tick campaigns again.
+            Effect::Campaign if self.faults && self.chance(5) => {}
             Effect::Campaign => {
                 if self.etcd.leader.is_none() && self.etcd.leases[i] {
                     self.etcd.revision += 1;
@@ -134,6 +136,9 @@ impl World {
                     let leader = self.leader_key();
                     self.step(i, Event::LeaderIs(leader));
                 }
+            }
+            Effect::CatchUp { read, .. } if self.faults && self.chance(5) => {
+                self.nodes[i].events.push_back(Event::ReadFailed { read });
             }
             Effect::CatchUp { from, read } => {
                 let end = self.etcd.log.len() as Seq;
@@ -498,4 +503,23 @@ fn an_idle_leader_asks_for_a_heartbeat_once_per_interval() {
     assert!(c.step(Event::Tick, 599).is_empty());
     assert_eq!(c.step(Event::Tick, 600), [Effect::Heartbeat]);
     assert!(c.step(Event::Tick, 601).is_empty(), "one heartbeat at a time");
+}
+
+#[test]
+fn a_failed_campaign_or_catch_up_read_is_made_again() {
+    let mut c = Cluster::new(SETTINGS, "n0", 0, 0);
+    assert_eq!(c.step(Event::LeaseHeld, 1_000), [Effect::Campaign]);
+    // No answer came: while nobody leads, a tick a heartbeat later campaigns again.
+    assert_eq!(c.next_tick_ms(), Some(1_500));
+    assert!(c.step(Event::Tick, 1_499).is_empty());
+    assert_eq!(c.step(Event::Tick, 1_500), [Effect::Campaign]);
+    // Someone leads: no more campaigns.
+    let other = Leader { node: "n1".into(), url: "http://n1".into(), epoch: 4 };
+    c.step(Event::LeaderIs(Some(other)), 1_600);
+    assert_eq!(c.next_tick_ms(), None);
+    assert!(c.step(Event::Tick, 9_000).is_empty());
+    // A catch-up read that failed is asked for again, under a new number.
+    c.step(Event::Logged { seq: 3, batch: b"c".to_vec(), at_ms: 0 }, 9_000);
+    assert_eq!(c.step(Event::ReadFailed { read: 1 }, 9_001), [Effect::CatchUp { from: 1, read: 2 }]);
+    assert!(c.step(Event::ReadFailed { read: 1 }, 9_002).is_empty(), "an old read's failure changes nothing");
 }
