@@ -209,6 +209,28 @@ impl SegmentReader {
     }
 }
 
+/// The time of a batch of the cluster's log (docs/cluster.md): the latest time any of its
+/// records was handled at (0 for a batch without one). A batch is a segment in small: a
+/// format record, then records.
+pub fn batch_time(batch: &[u8]) -> Result<u64, FormatError> {
+    let mut frames = codec::Reader::new(batch);
+    let mut reader = SegmentReader::new();
+    let mut latest = 0;
+    while let Some(body) = frames.next_record().map_err(|e| FormatError::Unreadable(e.to_string()))? {
+        let at_ms = match reader.read(body)? {
+            Some(
+                Record::Input { at_ms, .. }
+                | Record::Expire { at_ms, .. }
+                | Record::LinkClosed { at_ms, .. }
+                | Record::ResetPresence { at_ms },
+            ) => at_ms,
+            Some(Record::Configure { .. } | Record::ReserveFences { .. } | Record::RaiseFences { .. }) | None => 0,
+        };
+        latest = latest.max(at_ms);
+    }
+    Ok(latest)
+}
+
 /// What a recovery hands over, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Found<'a> {

@@ -717,3 +717,23 @@ fn r12_verify_of_a_snapshot_whose_checksum_fails_reports_corruption() {
     assert_eq!(report.spots(), vec![(store::snapshot_name(1).as_str(), 0, inspect::Verdict::Corrupt)]);
     assert!(report.to_string().contains("a snapshot whose checksum does not match"), "{report}");
 }
+
+#[test]
+fn a_batch_s_time_is_its_latest_record_s_and_a_batch_it_cannot_read_is_an_error() {
+    let mut batch = Vec::new();
+    codec::frame(&segment_header(), &mut batch);
+    codec::encode(&Record::Expire { at_ms: 9, entropy: 1 }, &mut batch).unwrap();
+    codec::encode(&Record::ReserveFences { up_to: 100 }, &mut batch).unwrap();
+    codec::encode(&Record::ResetPresence { at_ms: 5 }, &mut batch).unwrap();
+    assert_eq!(batch_time(&batch), Ok(9));
+    // Format 1 (no format record) reads too; an empty batch has no time.
+    let mut old = Vec::new();
+    codec::encode(&Record::ResetPresence { at_ms: 5 }, &mut old).unwrap();
+    assert_eq!(batch_time(&old), Ok(5));
+    assert_eq!(batch_time(&[]), Ok(0));
+    // A batch in a newer format is refused, naming it.
+    let mut newer = Vec::new();
+    codec::frame(br#"{"format":{"format":99}}"#, &mut newer);
+    assert!(matches!(batch_time(&newer), Err(FormatError::Newer { format: 99, .. })));
+    assert!(batch_time(b"\x00\x00\x00\x05junk!").is_err());
+}

@@ -12,6 +12,7 @@ pub mod child;
 pub mod courier;
 pub mod delivery;
 pub mod keeper;
+pub mod link;
 pub mod logging;
 pub mod master;
 pub mod worker;

@@ -264,6 +264,8 @@ pub struct Cluster {
     last_put_ms: u64,
     /// When this node last asked to campaign.
     last_campaign_ms: u64,
+    /// What every batch starts with (the journal's format record).
+    batch_header: Vec<u8>,
 }
 
 impl Cluster {
@@ -286,7 +288,15 @@ impl Cluster {
             dirty: false,
             last_put_ms: 0,
             last_campaign_ms: 0,
+            batch_header: Vec::new(),
         }
+    }
+
+    /// Starts every batch this node puts with `header` (the journal's format record, so a
+    /// batch reads as a segment in small: docs/cluster.md).
+    pub fn with_batch_header(mut self, header: Vec<u8>) -> Self {
+        self.batch_header = header;
+        self
     }
 
     /// What this node is.
@@ -530,11 +540,12 @@ impl Cluster {
         if self.in_flight.is_some() || self.queued.is_empty() {
             return;
         }
-        let mut batch = Vec::new();
+        let mut batch = self.batch_header.clone();
+        let header_len = batch.len();
         let mut tokens = Vec::new();
         let mut at_ms = self.last_at_ms;
         while let Some(turn) = self.queued.front() {
-            if !batch.is_empty() && batch.len() + turn.records.len() > self.settings.max_batch_bytes {
+            if batch.len() > header_len && batch.len() + turn.records.len() > self.settings.max_batch_bytes {
                 break;
             }
             let turn = self.queued.pop_front().expect("a queued turn");

@@ -251,3 +251,191 @@ fn r13_one_etcd_member_down_is_survived_and_two_make_puts_unavailable_until_they
     assert_eq!(read.batches.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert_eq!(read.batches[2].1, b"batch-3");
 }
+
+/// One node of the cluster in this test process: the rules, their link to the real etcd, a
+/// watch of the cluster's keys, and what the keeper would keep (the batches applied, the
+/// turns acknowledged or answered 503). The keeper's part is played here: a turn is one
+/// expiry record, the takeover one too.
+struct Node {
+    rules: leasehold::service::cluster::Cluster,
+    link: leasehold::process::link::Link,
+    watch: Watch,
+    applied: Vec<u64>,
+    acknowledged: Vec<u64>,
+    resigned: Vec<u64>,
+    took_over: Option<u64>,
+    last_lease_ms: u64,
+    alive: bool,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+impl Node {
+    fn new(etcd: &EtcdCluster, name: &str) -> Node {
+        use leasehold::service::cluster::{Cluster, Settings};
+        let config = leasehold::config::ClusterConfig {
+            etcd_endpoints: etcd.endpoints.clone(),
+            prefix: PREFIX.into(),
+            node_name: name.into(),
+            advertise_url: format!("http://{name}.test:8080"),
+            election_ttl_ms: 3_000,
+            etcd_timeout_ms: 1_000,
+        };
+        let mut link = leasehold::process::link::Link::new(&config).unwrap();
+        let watch = sure(|| link.watch(0));
+        let mut header = Vec::new();
+        leasehold::journal::codec::frame(&leasehold::journal::segment_header(), &mut header);
+        let rules = Cluster::new(Settings { max_batch_bytes: 64 * 1024, heartbeat_ms: 500 }, name, 0, 0)
+            .with_batch_header(header);
+        Node {
+            rules,
+            link,
+            watch,
+            applied: Vec::new(),
+            acknowledged: Vec::new(),
+            resigned: Vec::new(),
+            took_over: None,
+            last_lease_ms: 0,
+            alive: true,
+        }
+    }
+
+    /// Steps the rules with `event` and carries out everything that follows.
+    fn step(&mut self, event: leasehold::service::cluster::Event) {
+        use leasehold::service::cluster::{Effect, Event, Turn};
+        let mut events = std::collections::VecDeque::from([event]);
+        while let Some(event) = events.pop_front() {
+            for effect in self.rules.step(event, now_ms()) {
+                match effect {
+                    Effect::Apply { seq, .. } => self.applied.push(seq),
+                    Effect::Acknowledge { seq, tokens } => {
+                        self.applied.push(seq);
+                        self.acknowledged.extend(tokens);
+                    }
+                    Effect::Resign { tokens } => self.resigned.extend(tokens),
+                    Effect::TakeOver { at_ms, gap_ms } => {
+                        self.took_over = Some(gap_ms);
+                        events.push_back(Event::Turn(Turn { token: 0, records: expiry(at_ms, 0), at_ms }));
+                    }
+                    Effect::Heartbeat => {
+                        let at_ms = self.rules.time(now_ms());
+                        events.push_back(Event::Turn(Turn { token: 1, records: expiry(at_ms, 1), at_ms }));
+                    }
+                    Effect::Rebuild => panic!("no node should rebuild in this test"),
+                    other => events.extend(self.link.carry_out(&other)),
+                }
+            }
+        }
+    }
+
+    /// One turn of the node's loop: its lease every second, what the watch says, a tick.
+    fn pump(&mut self) {
+        use leasehold::service::cluster::Event;
+        if !self.alive {
+            return;
+        }
+        if now_ms() >= self.last_lease_ms + 1_000 {
+            self.last_lease_ms = now_ms();
+            for event in self.link.keep_lease() {
+                self.step(event);
+            }
+        }
+        while let Ok(Some(seen)) = self.watch.next_within(Duration::from_millis(5)) {
+            if let Some(event) = self.link.watched(seen) {
+                self.step(event);
+            }
+        }
+        self.step(Event::Tick);
+    }
+
+    /// The keeper applies a turn as leader.
+    fn turn(&mut self, token: u64) {
+        let at_ms = self.rules.time(now_ms());
+        self.step(leasehold::service::cluster::Event::Turn(leasehold::service::cluster::Turn {
+            token,
+            records: expiry(at_ms, token),
+            at_ms,
+        }));
+    }
+}
+
+/// One framed expiry record at `at_ms` (its entropy marks the turn).
+fn expiry(at_ms: u64, entropy: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    leasehold::journal::codec::encode(&leasehold::journal::Record::Expire { at_ms, entropy }, &mut out).unwrap();
+    out
+}
+
+fn pump_until(nodes: &mut [Node], what: &str, mut done: impl FnMut(&[Node]) -> bool) {
+    wait_for(what, || {
+        for node in nodes.iter_mut() {
+            node.pump();
+        }
+        if done(nodes) {
+            Ok(())
+        } else {
+            Err(nodes.iter().map(|n| (n.alive, n.rules.role().clone(), n.rules.applied())).collect::<Vec<_>>())
+        }
+    });
+}
+
+#[test]
+fn r13_three_nodes_of_rules_and_links_elect_one_leader_commit_and_fail_over() {
+    let etcd = EtcdCluster::start();
+    let mut nodes: Vec<Node> = ["node-a", "node-b", "node-c"].iter().map(|n| Node::new(&etcd, n)).collect();
+    let leaders = |nodes: &[Node]| nodes.iter().filter(|n| n.alive && n.rules.leads()).count();
+    pump_until(&mut nodes, "one leader, its takeover committed", |n| {
+        leaders(n) == 1 && n.iter().any(|x| x.rules.leads() && x.acknowledged.contains(&0))
+    });
+    let first = nodes.iter().position(|n| n.rules.leads()).unwrap();
+    for token in 100..120 {
+        nodes[first].turn(token);
+    }
+    pump_until(&mut nodes, "20 turns acknowledged and replicated", |n| {
+        let end = n[first].rules.applied();
+        (100..120).all(|t| n[first].acknowledged.contains(&t)) && n.iter().all(|x| x.rules.applied() == end)
+    });
+    // The leader's node dies: its lease is left to lapse. Another node takes over, with
+    // the time without a leader as the leases' grace.
+    nodes[first].alive = false;
+    pump_until(&mut nodes, "a new leader, its takeover committed", |n| {
+        n.iter().enumerate().any(|(i, x)| i != first && x.rules.leads() && x.acknowledged.contains(&0))
+    });
+    let second = nodes.iter().enumerate().position(|(i, n)| i != first && n.rules.leads()).unwrap();
+    let gap_ms = nodes[second].took_over.unwrap();
+    assert!(gap_ms > 0, "the takeover gives a grace");
+    for token in 200..210 {
+        nodes[second].turn(token);
+    }
+    pump_until(&mut nodes, "10 more turns acknowledged and replicated", |n| {
+        let end = n[second].rules.applied();
+        (200..210).all(|t| n[second].acknowledged.contains(&t))
+            && n.iter().enumerate().all(|(i, x)| i == first || x.rules.applied() == end)
+    });
+    // The log in etcd holds every acknowledged turn once, in order, and every live node
+    // applied all of it; no turn was answered 503.
+    let mut reader = Etcd::new(&etcd.endpoints, 1_000).unwrap();
+    let log = sure(|| reader.read_log(PREFIX, 1));
+    let seqs: Vec<u64> = log.batches.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "the log has no gaps");
+    let mut turns = Vec::new();
+    for (_, batch) in &log.batches {
+        let mut frames = leasehold::journal::codec::Reader::new(batch);
+        let mut segment = leasehold::journal::SegmentReader::new();
+        while let Some(body) = frames.next_record().unwrap() {
+            if let Some(leasehold::journal::Record::Expire { entropy, .. }) = segment.read(body).unwrap() {
+                turns.push(entropy);
+            }
+        }
+    }
+    let acknowledged: Vec<u64> =
+        nodes.iter().flat_map(|n| n.acknowledged.iter().copied()).filter(|t| *t >= 100).collect();
+    let logged: Vec<u64> = turns.iter().copied().filter(|t| *t >= 100).collect();
+    assert_eq!(logged, acknowledged, "every acknowledged turn is in the log, once, in order");
+    assert!(nodes.iter().all(|n| n.resigned.is_empty()), "no turn was answered 503");
+    for (i, node) in nodes.iter().enumerate().filter(|(i, _)| *i != first) {
+        assert_eq!(node.applied, seqs, "node {i} applied the whole log in order");
+    }
+}

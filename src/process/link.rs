@@ -1,0 +1,237 @@
+//! The etcd link of cluster mode (docs/cluster.md): carries out the cluster rules' effects
+//! ([`Effect`]) with the etcd client ([`Etcd`]) and reports what etcd said as the rules'
+//! events ([`Event`]). Decides nothing: every choice is the rules'. Blocking, one call at a
+//! time; the keeper runs it on a thread of its own.
+//!
+//! - The node's lease: [`Link::keep_lease`] grants one when the node has none and renews it
+//!   otherwise (every third of its TTL, by the caller), reporting `LeaseHeld` once granted
+//!   and `LeaseLost` when a renewal finds it gone.
+//! - The leader key's value names the node and the URL clients reach it at:
+//!   `{"node":NAME,"url":URL}`.
+//! - Errors whose outcome is unknown become the events the rules expect for them (`Unknown`
+//!   for a put or a settling, `ReadFailed` for a read); a campaign that failed reports
+//!   nothing (the rules campaign again at their next tick).
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ClusterConfig;
+use crate::journal::batch_time;
+use crate::journal::etcd::{
+    leader_key, log_key, seq_of, Campaign, Etcd, EtcdError, Holder, LeaseId, Put, Watch, WatchEvent,
+};
+use crate::service::cluster::{Effect, Event, Leader};
+
+/// What the leader key holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct LeaderValue {
+    node: String,
+    url: String,
+}
+
+/// The link of one node.
+pub struct Link {
+    etcd: Etcd,
+    prefix: String,
+    leader_key: String,
+    /// This node's leader-key value.
+    value: Vec<u8>,
+    ttl_s: u64,
+    lease: Option<LeaseId>,
+}
+
+impl Link {
+    /// The link of the node `config` describes (no request is made yet).
+    pub fn new(config: &ClusterConfig) -> Result<Self, EtcdError> {
+        let etcd = Etcd::from_config(config)?;
+        let value = LeaderValue { node: config.node_name.clone(), url: config.advertise_url.clone() };
+        Ok(Self {
+            etcd,
+            prefix: config.prefix.clone(),
+            leader_key: leader_key(&config.prefix),
+            value: serde_json::to_vec(&value).unwrap_or_default(),
+            ttl_s: config.election_ttl_ms.div_ceil(1_000),
+            lease: None,
+        })
+    }
+
+    /// The node's lease, if it holds one.
+    pub fn lease(&self) -> Option<LeaseId> {
+        self.lease
+    }
+
+    /// Holds the node's lease: grants one when it has none, renews it otherwise. Reports
+    /// `LeaseHeld` when one was granted, `LeaseLost` when the renewal found it gone, and
+    /// nothing when etcd could not be asked (the lease may still be alive: the caller
+    /// renews again soon, and the lease lapses by itself if it cannot).
+    pub fn keep_lease(&mut self) -> Vec<Event> {
+        match self.lease {
+            None => match self.etcd.lease_grant(self.ttl_s) {
+                Ok(id) => {
+                    self.lease = Some(id);
+                    vec![Event::LeaseHeld]
+                }
+                Err(e) => {
+                    log::warn!("cannot get an etcd lease: {e}");
+                    Vec::new()
+                }
+            },
+            Some(id) => match self.etcd.lease_keepalive(id) {
+                Ok(Some(_)) => Vec::new(),
+                Ok(None) => {
+                    self.lease = None;
+                    vec![Event::LeaseLost]
+                }
+                Err(e) => {
+                    log::warn!("cannot renew the etcd lease: {e}");
+                    Vec::new()
+                }
+            },
+        }
+    }
+
+    /// Who leads, as the leader key says.
+    pub fn leader(&mut self) -> Result<Option<Leader>, EtcdError> {
+        Ok(self.etcd.leader(&self.leader_key)?.and_then(|h| as_leader(&h.value, h.epoch)))
+    }
+
+    /// Carries out one effect of the rules; returns what etcd said, as events. Effects that
+    /// are the keeper's own (`Apply`, `Acknowledge`, `Resign`, `Rebuild`, `TakeOver`,
+    /// `Heartbeat`) are nothing to the link.
+    pub fn carry_out(&mut self, effect: &Effect) -> Vec<Event> {
+        match effect {
+            Effect::Campaign => self.campaign(),
+            Effect::CatchUp { from, read } => self.catch_up(*from, *read),
+            Effect::Put { seq, epoch, batch } => {
+                let event = match self.etcd.put_batch(&log_key(&self.prefix, *seq), &self.leader_key, *epoch, batch) {
+                    Ok(Put::Committed) => Event::Committed { seq: *seq },
+                    Ok(Put::Refused { .. }) => Event::Refused { seq: *seq },
+                    Err(e) => {
+                        log::warn!("the put of batch {seq} has no known outcome: {e}");
+                        Event::Unknown { seq: *seq }
+                    }
+                };
+                vec![event]
+            }
+            Effect::Settle { seq, epoch, batch } => self.settle(*seq, *epoch, batch),
+            Effect::Abdicate { epoch } => {
+                if let Err(e) = self.etcd.delete_if_epoch(&self.leader_key, *epoch) {
+                    log::warn!("cannot delete the stale leader key of epoch {epoch}: {e}");
+                }
+                Vec::new()
+            }
+            Effect::Apply { .. }
+            | Effect::Acknowledge { .. }
+            | Effect::Resign { .. }
+            | Effect::Rebuild
+            | Effect::TakeOver { .. }
+            | Effect::Heartbeat => Vec::new(),
+        }
+    }
+
+    /// Watches the log and the leader key from `from_revision` (0: from now); turn what it
+    /// reports into events with [`Link::watched`].
+    pub fn watch(&mut self, from_revision: u64) -> Result<Watch, EtcdError> {
+        // The leader key and the log share the prefix; nothing else of this cluster's is
+        // under it.
+        self.etcd.watch(&format!("{}/", self.prefix), from_revision)
+    }
+
+    /// The rules' event for what a watch reported: a batch of the log, or a change of the
+    /// leader key. `None` for anything else (a compaction is the caller's to handle: read
+    /// the log again, then watch again).
+    pub fn watched(&self, event: WatchEvent) -> Option<Event> {
+        match event {
+            WatchEvent::Put { key, value, mod_revision } if key == self.leader_key.as_bytes() => {
+                // The leader key is only ever created (a campaign puts it only where it is
+                // absent), so the revision of its put is its create revision: the epoch.
+                Some(Event::LeaderIs(as_leader(&value, mod_revision)))
+            }
+            WatchEvent::Delete { key, .. } if key == self.leader_key.as_bytes() => Some(Event::LeaderIs(None)),
+            WatchEvent::Put { key, value, .. } => {
+                let seq = seq_of(&self.prefix, &key)?;
+                let at_ms = batch_time(&value).ok()?;
+                Some(Event::Logged { seq, batch: value, at_ms })
+            }
+            _ => None,
+        }
+    }
+
+    fn campaign(&mut self) -> Vec<Event> {
+        let Some(lease) = self.lease else { return Vec::new() };
+        match self.etcd.campaign(&self.leader_key, &self.value, lease) {
+            Ok(Campaign::Won { epoch }) => vec![Event::Won { epoch }],
+            Ok(Campaign::Held { value, epoch }) => vec![Event::LeaderIs(as_leader(&value, epoch))],
+            Err(e) => {
+                log::warn!("campaign failed: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Reads the log from `from` to its end: every batch, then where it ends.
+    fn catch_up(&mut self, from: u64, read: u64) -> Vec<Event> {
+        let mut events = Vec::new();
+        let mut next = from;
+        loop {
+            let page = match self.etcd.read_log(&self.prefix, next) {
+                Ok(page) => page,
+                Err(e) => {
+                    log::warn!("cannot read the log from batch {next}: {e}");
+                    events.push(Event::ReadFailed { read });
+                    return events;
+                }
+            };
+            for (seq, batch) in page.batches {
+                let at_ms = match batch_time(&batch) {
+                    Ok(at_ms) => at_ms,
+                    Err(e) => {
+                        // A batch this build cannot read: the replica cannot follow.
+                        log::error!("batch {seq} of the log cannot be read: {e}");
+                        events.push(Event::ReadFailed { read });
+                        return events;
+                    }
+                };
+                next = seq + 1;
+                events.push(Event::Logged { seq, batch, at_ms });
+            }
+            if !page.more {
+                events.push(Event::LogEnd { seq: next - 1, read });
+                return events;
+            }
+        }
+    }
+
+    /// Ends `epoch` for sure, then says whether batch `seq` made it into the log.
+    fn settle(&mut self, seq: u64, epoch: u64, batch: &[u8]) -> Vec<Event> {
+        let mut events = Vec::new();
+        // Revoking the lease deletes the leader key if it still has this epoch: no put
+        // under it can land after this.
+        if let Some(lease) = self.lease {
+            let holder: Option<Holder> = match self.etcd.leader(&self.leader_key) {
+                Ok(holder) => holder,
+                Err(_) => return vec![Event::Unknown { seq }],
+            };
+            if holder.is_some_and(|h| h.epoch == epoch) {
+                if self.etcd.lease_revoke(lease).is_err() {
+                    return vec![Event::Unknown { seq }];
+                }
+                self.lease = None;
+                events.push(Event::LeaseLost);
+            }
+        }
+        match self.etcd.read_log(&self.prefix, seq) {
+            Ok(read) => {
+                let there = read.batches.first().is_some_and(|(s, b)| *s == seq && b.as_slice() == batch);
+                events.push(if there { Event::Committed { seq } } else { Event::Refused { seq } });
+            }
+            Err(_) => events.push(Event::Unknown { seq }),
+        }
+        events
+    }
+}
+
+/// The leader a leader-key value names (a value this build cannot read names no one).
+fn as_leader(value: &[u8], epoch: u64) -> Option<Leader> {
+    let LeaderValue { node, url } = serde_json::from_slice(value).ok()?;
+    Some(Leader { node, url, epoch })
+}
