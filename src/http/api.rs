@@ -631,6 +631,7 @@ fn refusal(f: &Finish, reply: &LockReply) -> Result<Response, Unexpected> {
         R::Rejected { message, kind: RejectKind::Invalid } => error(ErrorCode::BadRequest, message),
         R::Failed { message } => error(ErrorCode::Internal, message),
         R::JournalFailed { message } => error(ErrorCode::JournalUnavailable, message),
+        R::NotLeader { leader } => super::status::not_leader(leader.as_deref()),
         R::OutboxRefused { message, kind } => error(
             match kind {
                 OutboxRefusal::Full => ErrorCode::OutboxFull,

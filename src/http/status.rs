@@ -27,6 +27,7 @@
 //! | `overloaded` | 503 | the worker is at `max_connections` (`Retry-After`) |
 //! | `table_full` | 503 | the table holds `max_locks` locks (`Retry-After`) |
 //! | `journal_unavailable` | 503 | the change could not be journaled (disk full, I/O error); nothing changed (`Retry-After`) |
+//! | `not_leader` | 503 | cluster mode: this node does not lead, so it changes nothing; `leader` names the URL of the node that leads, when one does (also in the `Leasehold-Leader` header; `Retry-After`) |
 //! | `outbox_full` | 503 | the outbox holds `outbox.max_entries` calls (`Retry-After`) |
 //! | `tickets_full` | 503 | holders and waiters of all locks together number `locks.max_tickets_total`: no new ticket is issued (`Retry-After`) |
 //! | `data_full` | 503 | the write would take the data of all locks together past `locks.max_data_bytes_total`; nothing was written (`Retry-After`) |
@@ -99,6 +100,8 @@ pub enum ErrorCode {
     /// 503
     JournalUnavailable,
     /// 503
+    NotLeader,
+    /// 503
     OutboxFull,
     /// 503
     TicketsFull,
@@ -137,6 +140,7 @@ impl ErrorCode {
         Self::Overloaded,
         Self::TableFull,
         Self::JournalUnavailable,
+        Self::NotLeader,
         Self::OutboxFull,
         Self::TicketsFull,
         Self::DataFull,
@@ -171,6 +175,7 @@ impl ErrorCode {
             Self::Overloaded => (503, "overloaded"),
             Self::TableFull => (503, "table_full"),
             Self::JournalUnavailable => (503, "journal_unavailable"),
+            Self::NotLeader => (503, "not_leader"),
             Self::OutboxFull => (503, "outbox_full"),
             Self::TicketsFull => (503, "tickets_full"),
             Self::DataFull => (503, "data_full"),
@@ -187,6 +192,7 @@ impl ErrorCode {
                 | Self::Overloaded
                 | Self::TableFull
                 | Self::JournalUnavailable
+                | Self::NotLeader
                 | Self::OutboxFull
                 | Self::TicketsFull
                 | Self::DataFull
@@ -221,6 +227,26 @@ pub fn error_with<X: Serialize>(code: ErrorCode, message: &str, extra: X) -> Res
 /// An error response.
 pub fn error(code: ErrorCode, message: &str) -> Response {
     error_with(code, message, NoExtra {})
+}
+
+/// A change asked of a node that does not lead (cluster mode, docs/cluster.md "Clients"):
+/// 503 `not_leader` with `Retry-After`, and the leader's URL, when one leads, in `leader`
+/// and in the `Leasehold-Leader` header, where a client sends the request again.
+pub fn not_leader(leader: Option<&str>) -> Response {
+    #[derive(Serialize)]
+    struct Leader<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        leader: Option<&'a str>,
+    }
+    let message = match leader {
+        Some(_) => "this node does not lead the cluster; send the request to the leader",
+        None => "no node leads the cluster now; retry",
+    };
+    let response = error_with(ErrorCode::NotLeader, message, Leader { leader });
+    match leader {
+        Some(url) => response.with_header("Leasehold-Leader", url.to_string()),
+        None => response,
+    }
 }
 
 /// A whole error response with `Connection: close`, for writing straight to a socket that
@@ -305,6 +331,18 @@ mod tests {
         let r = too_large_for_keeper();
         assert_eq!((r.status, body(&r)["error"].as_str()), (413, Some("payload_too_large")));
         assert!(r.headers.is_empty(), "{r:?}");
+    }
+
+    #[test]
+    fn not_leader_names_the_leader_in_the_body_and_a_header_when_one_leads() {
+        let r = not_leader(Some("http://node-b:8080"));
+        assert_eq!((r.status, body(&r)["error"].as_str()), (503, Some("not_leader")));
+        assert_eq!(body(&r)["leader"], "http://node-b:8080");
+        assert!(r.headers.contains(&("Leasehold-Leader", "http://node-b:8080".into())), "{r:?}");
+        assert!(r.headers.contains(&("Retry-After", "1".into())), "{r:?}");
+        let r = not_leader(None);
+        assert!(body(&r).get("leader").is_none(), "{r:?}");
+        assert!(!r.headers.iter().any(|(h, _)| *h == "Leasehold-Leader"), "{r:?}");
     }
 
     #[test]

@@ -648,6 +648,12 @@ pub enum LockReply {
         /// Why.
         message: String,
     },
+    /// Cluster mode: this node does not lead, so it changed nothing (docs/cluster.md).
+    NotLeader {
+        /// The URL of the node that leads, when one does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        leader: Option<String>,
+    },
     /// An outbox call was accepted.
     OutboxAccepted {
         /// Its id.
