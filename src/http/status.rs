@@ -262,6 +262,12 @@ pub fn at_connection_limit() -> Vec<u8> {
     canned(ErrorCode::Overloaded, "this worker is at its connection limit")
 }
 
+/// The whole answer to a connection the master cannot hand to any worker (fd-passing
+/// mode: every worker's hand-off socket is full, or no worker is ready).
+pub fn no_worker_free() -> Vec<u8> {
+    canned(ErrorCode::Overloaded, "no worker can take this connection")
+}
+
 /// A request for the keeper while the worker has no keeper channel (the keeper is
 /// restarting; the worker has asked the master for a new channel).
 pub fn keeper_restarting() -> Response {
@@ -346,12 +352,13 @@ mod tests {
     }
 
     #[test]
-    fn at_connection_limit_is_a_whole_503_overloaded_that_closes() {
-        let bytes = at_connection_limit();
-        let text = String::from_utf8(bytes).unwrap();
-        assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
-        assert!(text.contains("\r\nConnection: close\r\n") && text.contains("\r\nRetry-After: 1\r\n"), "{text}");
-        assert!(text.ends_with("}") && text.contains("\"error\":\"overloaded\""), "{text}");
+    fn at_connection_limit_and_no_worker_free_are_whole_503s_overloaded_that_close() {
+        for bytes in [at_connection_limit(), no_worker_free()] {
+            let text = String::from_utf8(bytes).unwrap();
+            assert!(text.starts_with("HTTP/1.1 503 "), "{text}");
+            assert!(text.contains("\r\nConnection: close\r\n") && text.contains("\r\nRetry-After: 1\r\n"), "{text}");
+            assert!(text.ends_with("}") && text.contains("\"error\":\"overloaded\""), "{text}");
+        }
     }
 
     #[test]

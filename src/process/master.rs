@@ -37,7 +37,7 @@ use super::channel::{Channel, ChannelError};
 use crate::config::{Config, Dispatch};
 use crate::core::balance::Balancer;
 use crate::core::supervise::{History, Restart, RestartPolicy};
-use crate::http::status::{self, ErrorCode};
+use crate::http::status;
 use crate::ipc::message::{FdRecord, Start, ToChild, ToMaster};
 use crate::metrics::{self, KeeperSnapshot, MasterSnapshot, Totals, WorkerSnapshot};
 use crate::sys::clock::{monotonic_usec, Monotonic};
@@ -364,7 +364,7 @@ impl Master {
             next_watchdog_ms,
             client_record: serde_json::to_vec(&FdRecord::Client).unwrap_or_default(),
             last_status: String::new(),
-            overloaded: status::canned(ErrorCode::Overloaded, "no worker can take this connection"),
+            overloaded: status::no_worker_free(),
         })
     }
 
