@@ -91,9 +91,14 @@ fn api_keys_guard_lock_routes() {
     let path = "/v1/locks/jobs:a/acquire";
     let no_key = once(s.addr, "POST", path, &[], "{}");
     assert_eq!((no_key.status, no_key.json()["error"].as_str()), (401, Some("unauthorized")));
-    assert_eq!(once(s.addr, "POST", path, &[("x-api-key", "wrong")], "{}").status, 401);
+    // A 401 says where the key goes (README, "API keys"); a 403 does not ask for one.
+    assert!(no_key.header("www-authenticate").is_some_and(|v| v.contains("x-api-key")), "{:?}", no_key.headers);
+    let wrong = once(s.addr, "POST", path, &[("x-api-key", "wrong")], "{}");
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.header("www-authenticate").is_some(), "{:?}", wrong.headers);
     let reader = once(s.addr, "POST", path, &[("x-api-key", "reader-secret")], "{}");
     assert_eq!((reader.status, reader.json()["error"].as_str()), (403, Some("forbidden")));
+    assert!(reader.header("www-authenticate").is_none(), "{:?}", reader.headers);
     assert_eq!(once(s.addr, "POST", "/v1/locks/other/acquire", &[("x-api-key", "jobs-secret")], "{}").status, 403);
     assert_eq!(once(s.addr, "POST", path, &[("X-Api-Key", "jobs-secret")], "{}").status, 200);
     assert_eq!(once(s.addr, "GET", "/metrics", &[], "").status, 401);
