@@ -7,9 +7,12 @@
 //!   kind, every journaled operation; see [`session`]), cut after its last record;
 //! - `snapshot/`: a snapshot of the state half-way through the same records, then the rest
 //!   of them in the next segment;
-//! - `expected-state.json`: the state both replay to.
+//! - `expected-state.json`: the state both replay to;
+//! - `records.jsonl` (from format 2): one record of every kind, every optional field set,
+//!   as that format writes it ([`every_record`]).
 //!
-//! `make fixtures` runs [`write_the_fixtures_of_this_build`], which writes them for the
+//! Besides replaying them, the tests here start the real server on a journal of an older
+//! and of a newer format. `make fixtures` runs [`write_the_fixtures_of_this_build`], which writes them for the
 //! format this build writes.
 
 use std::io::{Read, Write};
