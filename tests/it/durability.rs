@@ -4,7 +4,7 @@
 //! snapshots, a journal that cannot be written, and a corrupt journal (refused at start and
 //! at a restart, then salvaged with `leasehold journal salvage`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use nix::sys::signal::Signal;
 use crate::lifecycle::whole_log;
 use crate::support::http::{Client, Reply};
 use crate::support::wait_until;
-use crate::support::{config, scratch, signal_pid, Server, DEADLINE};
+use crate::support::{config, contents, scratch, signal_pid, Server, DEADLINE};
 
 /// Bytes before each journal record's body (length and checksum).
 const HEADER_BYTES: usize = 8;
@@ -377,17 +377,6 @@ fn a_journal_that_cannot_be_written_refuses_changes_loses_nothing_and_recovers()
     assert_eq!(put(&mut c, "4").status, 200);
     assert_eq!(c.get("/v1/locks/disk/data/v").unwrap().json(), serde_json::json!(4));
     assert_eq!(c.get(&format!("/v1/locks/disk/tickets/{ticket}")).unwrap().status, 200, "the lease held throughout");
-}
-
-/// Every file of `dir` with its bytes.
-fn contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| {
-            let e = e.unwrap();
-            (e.file_name().to_string_lossy().to_string(), std::fs::read(e.path()).unwrap())
-        })
-        .collect()
 }
 
 /// Acquires `n` locks `{prefix}-NN` with one-hour leases; returns (lock, ticket, fence).

@@ -31,7 +31,7 @@ use leasehold::service::{OutboxSettings, Service};
 use nix::sys::signal::Signal;
 
 use crate::support::http::{Client, Reply};
-use crate::support::{config, scratch, segments, signal_pid, wait_for, Server, DEADLINE};
+use crate::support::{config, contents, scratch, segments, signal_pid, wait_for, Server, DEADLINE};
 
 const ADMIN: (&str, &str) = ("x-api-key", "fixture-admin");
 const TEAM: (&str, &str) = ("x-api-key", "fixture-team");
@@ -717,12 +717,9 @@ fn r21_the_records_every_format_pinned_are_still_read() {
 
 /// Every file of `dir` but the keeper's lock file, with its bytes.
 fn journal_files(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap() != "keeper.lock")
-        .map(|p| (p.file_name().unwrap().to_string_lossy().to_string(), std::fs::read(&p).unwrap()))
-        .collect()
+    let mut files = contents(dir);
+    files.remove("keeper.lock");
+    files
 }
 
 /// A data directory (inside `dir`) holding a copy of `fixture`.

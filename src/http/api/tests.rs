@@ -181,15 +181,7 @@ fn native_answers_have_their_shapes() {
     let big = LockReply::Rejected { message: "too big".into(), kind: RejectKind::TooLarge };
     assert_eq!(shaped(&Finish::DataPut, &big).status, 413);
     assert_eq!(shaped(&Finish::LockStatus, &LockReply::LockUnknown).status, 404);
-    let info = LockInfo {
-        name: LockName::parse("a").unwrap(),
-        limit: 1,
-        queue: QueueKind::Fifo,
-        used: 0,
-        holders: vec![],
-        queue_length: 0,
-        data_keys: 0,
-    };
+    let info = lock_info();
     let r = shaped(&Finish::LockList, &LockReply::Locks { locks: vec![info], next_after: None });
     assert_eq!(json(&r)["locks"][0]["name"], "a");
 }
@@ -357,21 +349,26 @@ fn every_budget_refusal_is_a_503_with_its_own_code_and_retry_after() {
     }
 }
 
+/// A lock as readers see it, for replies that carry one.
+fn lock_info() -> LockInfo {
+    LockInfo {
+        name: LockName::parse("a").unwrap(),
+        limit: 1,
+        queue: QueueKind::Fifo,
+        used: 0,
+        holders: vec![],
+        queue_length: 0,
+        data_keys: 0,
+    }
+}
+
 /// One reply of every kind, in declaration order: each kind names the next, so a kind
 /// added to `LockReply` does not compile here until it has a sample (and with it a place
 /// in `every_reply_kind_is_shaped_by_its_routes_and_only_there`).
 fn every_reply() -> Vec<LockReply> {
     use LockReply as R;
     fn after(r: &LockReply) -> Option<LockReply> {
-        let info = || LockInfo {
-            name: LockName::parse("a").unwrap(),
-            limit: 1,
-            queue: QueueKind::Fifo,
-            used: 0,
-            holders: vec![],
-            queue_length: 0,
-            data_keys: 0,
-        };
+        let info = lock_info;
         let entry = || crate::core::outbox::Entry {
             id: "e1".into(),
             call: Call {
