@@ -55,7 +55,9 @@ use crate::service::{LinkId, Outbox, OutboxSettings, Service, ServiceState};
 /// - 1: records without a format record; snapshots `{"version":1,…}`.
 /// - 2: each segment starts with a format record; snapshots say who wrote them. Records
 ///   are as in format 1.
-pub const FORMAT: u32 = 2;
+/// - 3: [`Record::ExtendLeases`], the lease grace of a cluster takeover (docs/cluster.md).
+///   Records of formats 1 and 2 read as they did.
+pub const FORMAT: u32 = 3;
 
 /// The oldest journal format this build reads.
 pub const OLDEST_FORMAT: u32 = 1;
@@ -202,7 +204,7 @@ impl SegmentReader {
             };
         }
         let format = *self.format.get_or_insert(1);
-        // Formats 1 and 2 write records alike; a later format converts older ones here.
+        // Formats 1 to 3 write the records they share alike; a later format converts older ones here.
         serde_json::from_slice(body)
             .map(Some)
             .map_err(|e| FormatError::Unreadable(format!("{e} (in a record of journal format {format})")))
@@ -224,7 +226,13 @@ pub fn batch_time(batch: &[u8]) -> Result<u64, FormatError> {
                 | Record::LinkClosed { at_ms, .. }
                 | Record::ResetPresence { at_ms },
             ) => at_ms,
-            Some(Record::Configure { .. } | Record::ReserveFences { .. } | Record::RaiseFences { .. }) | None => 0,
+            Some(
+                Record::Configure { .. }
+                | Record::ReserveFences { .. }
+                | Record::RaiseFences { .. }
+                | Record::ExtendLeases { .. },
+            )
+            | None => 0,
         };
         latest = latest.max(at_ms);
     }
@@ -352,6 +360,12 @@ pub enum Record {
         /// The new floor.
         floor: u64,
     },
+    /// Every lease ends `by_ms` later: the grace of a cluster takeover, for the time no
+    /// leader could take a renewal (docs/cluster.md, "Taking over"). From format 3.
+    ExtendLeases {
+        /// The grace.
+        by_ms: u64,
+    },
 }
 
 /// [`Record::Input`] by reference, for writing without copying the message (it encodes
@@ -414,7 +428,7 @@ pub fn decode_snapshot(body: &[u8]) -> Result<Snapshot, FormatError> {
     let Version { version, written_by } = serde_json::from_slice(body)
         .map_err(|e| FormatError::Unreadable(format!("no format version can be read ({e})")))?;
     check_format(version, written_by)?;
-    // Formats 1 and 2 hold the same state; a later format converts older ones here.
+    // Formats 1 to 3 hold the same state; a later format converts older ones here.
     serde_json::from_slice(body)
         .map_err(|e| FormatError::Unreadable(format!("{e} (in a snapshot of journal format {version})")))
 }
@@ -444,6 +458,7 @@ pub fn replay_answering(service: &mut Service, record: Record, fences_reserved: 
         Record::ResetPresence { at_ms } => service.reset_presence(at_ms),
         Record::ReserveFences { up_to } => *fences_reserved = (*fences_reserved).max(up_to),
         Record::RaiseFences { floor } => service.raise_fences(floor),
+        Record::ExtendLeases { by_ms } => service.extend_leases(by_ms),
     }
 }
 

@@ -349,6 +349,11 @@ impl Service {
         self.table.restore_fence_floor(floor);
     }
 
+    /// Moves every lease's end `by_ms` later (a cluster takeover's grace).
+    pub fn extend_leases(&mut self, by_ms: u64) {
+        self.table.extend_leases(by_ms);
+    }
+
     /// Gives every waiter a fresh presence window (after a restart nobody is connected).
     pub fn reset_presence(&mut self, now_ms: u64) {
         self.table.reset_presence(now_ms);

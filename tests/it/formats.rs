@@ -554,6 +554,7 @@ fn every_record() -> Vec<Record> {
         Record::ResetPresence { at_ms: 1_800_000_000_003 },
         Record::ReserveFences { up_to: 65_536 },
         Record::RaiseFences { floor: 65_537 },
+        Record::ExtendLeases { by_ms: 2_500 },
     ]
 }
 
@@ -569,6 +570,7 @@ fn kinds(record: &Record) -> Vec<&'static str> {
         Record::ResetPresence { .. } => return vec!["reset_presence"],
         Record::ReserveFences { .. } => return vec!["reserve_fences"],
         Record::RaiseFences { .. } => return vec!["raise_fences"],
+        Record::ExtendLeases { .. } => return vec!["extend_leases"],
         Record::Input { message, .. } => message,
     };
     let op = match message {
@@ -628,6 +630,7 @@ const KINDS: &[&str] = &[
     "reset_presence",
     "reserve_fences",
     "raise_fences",
+    "extend_leases",
     "cancel",
     "unwatch",
     "courier_ready",
