@@ -148,6 +148,9 @@ pub enum Event {
     },
     /// Time passed.
     Tick,
+    /// The node's watch began (at start, or again after it failed): batches put before it
+    /// began are read from the log.
+    Watching,
 }
 
 /// What the link and the keeper carry out.
@@ -369,7 +372,9 @@ impl Cluster {
                 }
                 self.reading = None;
                 self.seen = self.seen.max(seq);
-                if self.applied < seq {
+                // Batches the watch showed while the read ran, past its end, were seen but
+                // not applied: read again.
+                if self.applied < self.seen {
                     self.catch_up(&mut out);
                 } else if let Role::CatchingUp { epoch } = self.role {
                     let at_ms = self.time(now_ms);
@@ -416,6 +421,11 @@ impl Cluster {
                     if f.seq == seq {
                         out.push(Effect::Put { seq, epoch: *epoch, batch: f.batch.clone() });
                     }
+                }
+            }
+            Event::Watching => {
+                if !self.leads() {
+                    self.catch_up(&mut out);
                 }
             }
             Event::Tick => {

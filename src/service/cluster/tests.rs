@@ -449,11 +449,31 @@ fn a_new_leader_takes_over_only_after_a_read_begun_after_its_win() {
     assert!(c.step(Event::LogEnd { seq: 2, read: 1 }, 1_000).is_empty(), "an older read ends nothing");
     let apply = c.step(Event::Logged { seq: 3, batch: b"y".to_vec(), at_ms: 800 }, 1_000);
     assert_eq!(apply, [Effect::Apply { seq: 3, batch: b"y".to_vec() }]);
+    let apply = c.step(Event::Logged { seq: 4, batch: b"x".to_vec(), at_ms: 700 }, 1_000);
+    assert_eq!(apply, [Effect::Apply { seq: 4, batch: b"x".to_vec() }]);
     // The log's time is ahead of this node's clock: time does not go back, and the grace
     // is what passed since the last batch.
-    assert_eq!(c.step(Event::LogEnd { seq: 3, read: 2 }, 600), [Effect::TakeOver { at_ms: 800, gap_ms: 0 }]);
+    assert_eq!(c.step(Event::LogEnd { seq: 4, read: 2 }, 600), [Effect::TakeOver { at_ms: 800, gap_ms: 0 }]);
     assert!(c.leads());
     assert_eq!(c.time(600), 800);
+}
+
+#[test]
+fn a_follower_reads_the_log_when_its_watch_begins_and_again_for_batches_seen_past_a_read() {
+    let mut c = Cluster::new(SETTINGS, "n0", 0, 0);
+    assert_eq!(c.step(Event::Watching, 0), [Effect::CatchUp { from: 1, read: 1 }]);
+    assert_eq!(c.step(Event::Logged { seq: 1, batch: b"a".to_vec(), at_ms: 5 }, 0), [Effect::Apply {
+        seq: 1,
+        batch: b"a".to_vec()
+    }]);
+    // The watch shows batch 3 while the read runs; the read ends at 2.
+    assert!(c.step(Event::Logged { seq: 3, batch: b"c".to_vec(), at_ms: 7 }, 0).is_empty());
+    c.step(Event::Logged { seq: 2, batch: b"b".to_vec(), at_ms: 6 }, 0);
+    assert_eq!(c.step(Event::LogEnd { seq: 2, read: 1 }, 0), [Effect::CatchUp { from: 3, read: 2 }]);
+    assert_eq!(c.lag(), 1);
+    c.step(Event::Logged { seq: 3, batch: b"c".to_vec(), at_ms: 7 }, 0);
+    assert!(c.step(Event::LogEnd { seq: 3, read: 2 }, 0).is_empty());
+    assert_eq!((c.applied(), c.lag()), (3, 0));
 }
 
 #[test]
