@@ -139,12 +139,6 @@ fn serve(file: Option<PathBuf>) -> ExitCode {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
-    // `[cluster]` is parsed and checked, but the etcd link is not built yet (README,
-    // "Configuration"): refuse rather than serve as a single node the operator did not ask for.
-    if config.cluster.is_some() {
-        eprintln!("leasehold: cluster mode is not available in this build yet (cluster.etcd_endpoints is set)");
-        return ExitCode::from(EXIT_USAGE);
-    }
     exit_code(leasehold::process::master::run(config, file, text))
 }
 

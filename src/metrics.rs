@@ -23,6 +23,9 @@
 //! | `waiting_requests`, `event_streams`, `resources` | gauge | | keeper |
 //! | `journal_bytes`, `journal_writable`, `recovery_seconds`, `snapshot_seconds` | gauge | | keeper |
 //! | `journal_fsync_seconds` | histogram | | keeper |
+//! | `cluster_role` | gauge | `role` (`leader`, `candidate`, `follower`) | keeper, cluster mode |
+//! | `cluster_epoch`, `cluster_applied_batch`, `cluster_lag_batches` | gauge | | keeper, cluster mode |
+//! | `cluster_commit_seconds` | histogram | | keeper, cluster mode |
 //! | `budget_used`, `budget_limit` | gauge | `budget` (`locks`, `tickets`, `data_bytes`, `resources`, `event_streams`) | keeper |
 //!
 //! Counters of workers that left in a reload are kept by the master, so totals never go
@@ -166,6 +169,12 @@ pub struct KeeperSnapshot {
     /// Time each journal sync took, µs.
     #[serde(default)]
     pub fsync_latency: Histogram,
+    /// Cluster mode: where this node stands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::ipc::message::ClusterStatus>,
+    /// Cluster mode: time each batch's put took, µs.
+    #[serde(default)]
+    pub commit_latency: Histogram,
     /// How long the last recovery took, ms.
     #[serde(default)]
     pub recovery_ms: u64,
@@ -353,6 +362,21 @@ pub fn render(
             let _ = writeln!(out, "leasehold_{name} {value}");
         }
         histogram(&mut out, "journal_fsync_seconds", "Time one journal sync took.", "", &k.fsync_latency);
+        if let Some(c) = &k.cluster {
+            header(&mut out, "cluster_role", "gauge", "1 for this node's role in the cluster.");
+            for role in ["leader", "candidate", "follower"] {
+                let _ = writeln!(out, "leasehold_cluster_role{{role=\"{role}\"}} {}", u8::from(c.role == role));
+            }
+            for (name, help, value) in [
+                ("cluster_epoch", "The epoch of the leader this node knows of (0: none).", c.epoch),
+                ("cluster_applied_batch", "The last batch of the log this node's replica applied.", c.applied),
+                ("cluster_lag_batches", "Batches seen in the log but not applied yet.", c.lag),
+            ] {
+                header(&mut out, name, "gauge", help);
+                let _ = writeln!(out, "leasehold_{name} {value}");
+            }
+            histogram(&mut out, "cluster_commit_seconds", "Time one batch's put into etcd took.", "", &k.commit_latency);
+        }
         header(&mut out, "outbox_calls", "gauge", "Outbox calls, by state.");
         let _ = writeln!(out, "leasehold_outbox_calls{{state=\"pending\"}} {}", k.outbox_pending);
         let _ = writeln!(out, "leasehold_outbox_calls{{state=\"in_flight\"}} {}", k.outbox_in_flight);

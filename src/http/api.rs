@@ -22,7 +22,7 @@ use crate::core::names::CallbackUrl;
 use crate::core::names::{DataKey, LockName, Owner, Ticket};
 use crate::core::outbox::Call;
 use crate::core::target::{parse_target, TargetPolicy};
-use crate::ipc::message::{Budget, LockInfo, LockOp, LockReply, OutboxRefusal, RejectKind, Then, TicketEvent};
+use crate::ipc::message::{Budget, ClusterStatus, LockInfo, LockOp, LockReply, OutboxRefusal, RejectKind, Then, TicketEvent};
 use crate::service::resources::row_id;
 
 /// The header that carries a Small Resource Server ticket, spelled as its client reads it.
@@ -842,12 +842,18 @@ pub fn finish(f: &Finish, reply: &LockReply) -> Result<Response, Unexpected> {
 
 /// The answer of `GET /readyz`: 200 while this worker takes requests and reaches the keeper
 /// (README.md: "readiness (keeper reachable)"); 503 `overloaded` while it drains (a load
-/// balancer should stop sending here), 503 `keeper_unavailable` while it has no keeper.
-pub fn readiness(draining: bool, keeper_connected: bool) -> Response {
+/// balancer should stop sending here), 503 `keeper_unavailable` while it has no keeper. In
+/// cluster mode the body also says where the node stands (docs/cluster.md, "Watching a
+/// cluster"): a follower is ready too, for reads.
+pub fn readiness(draining: bool, keeper_connected: bool, cluster: Option<&ClusterStatus>) -> Response {
     if draining {
         error(ErrorCode::Overloaded, "this worker is draining")
     } else if keeper_connected {
-        Response::json(200, &serde_json::json!({"status": "ready"}))
+        let mut body = serde_json::json!({"status": "ready"});
+        if let Some(status) = cluster {
+            body["cluster"] = serde_json::to_value(status).unwrap_or_default();
+        }
+        Response::json(200, &body)
     } else {
         error(ErrorCode::KeeperUnavailable, "the keeper is not reachable")
     }

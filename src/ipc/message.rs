@@ -758,6 +758,30 @@ pub enum FromKeeper {
         /// The calls.
         deliveries: Vec<Delivery>,
     },
+    /// Cluster mode: where this node stands (sent when it changes, for `GET /readyz`).
+    Cluster {
+        /// Where it stands.
+        status: ClusterStatus,
+    },
+}
+
+/// Where a node of a cluster stands (docs/cluster.md, "Watching a cluster").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterStatus {
+    /// This node's name.
+    pub node: String,
+    /// `leader`, `candidate` (won, reading the log before it serves) or `follower`.
+    pub role: String,
+    /// The epoch of the leader it knows of (its own when it leads; 0: none known).
+    pub epoch: u64,
+    /// The last batch of the log its replica applied.
+    pub applied: u64,
+    /// Batches seen in the log but not applied yet.
+    pub lag: u64,
+    /// The URL of the node that leads, when one is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 #[cfg(test)]

@@ -185,6 +185,12 @@ impl Etcd {
         self.request(path::RANGE, &wire::range_body(leader_key.as_bytes(), None, 0, 0), wire::parse_leader)
     }
 
+    /// [`Etcd::leader`], with the revision it was read at (a watch from the next revision
+    /// misses no change after it).
+    pub fn leader_at(&mut self, leader_key: &str) -> Result<(Option<Holder>, u64), EtcdError> {
+        self.request(path::RANGE, &wire::range_body(leader_key.as_bytes(), None, 0, 0), wire::parse_leader_at)
+    }
+
     /// Deletes `leader_key` if it still has `epoch`; whether it did.
     ///
     /// # Panics

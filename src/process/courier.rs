@@ -186,7 +186,7 @@ impl Courier {
                         let _ = self.jobs.send(delivery);
                     }
                 }
-                Ok(Some(FromKeeper::Hello { .. })) => {}
+                Ok(Some(FromKeeper::Hello { .. } | FromKeeper::Cluster { .. })) => {}
                 Ok(Some(other)) => log::warn!("unexpected message from the keeper: {other:?}"),
                 Ok(None) => return,
                 Err(e) => {

@@ -11,7 +11,17 @@
 //! - Errors whose outcome is unknown become the events the rules expect for them (`Unknown`
 //!   for a put or a settling, `ReadFailed` for a read); a campaign that failed reports
 //!   nothing (the rules campaign again at their next tick).
+//! - [`Threads`] runs it in the keeper: a thread that carries out effects in order and
+//!   renews the lease every third of its TTL between them, and a thread that reads the
+//!   watch (first the leader key, then every change after the revision it was read at).
+//!   Both report into one queue and wake the keeper's mio loop.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use mio::Waker;
 use serde::{Deserialize, Serialize};
 
 use crate::config::ClusterConfig;
@@ -94,6 +104,23 @@ impl Link {
         Ok(self.etcd.leader(&self.leader_key)?.and_then(|h| as_leader(&h.value, h.epoch)))
     }
 
+    /// Who leads, as the rules' event, with the revision it was read at.
+    fn leader_news(&mut self) -> Result<(Event, u64), EtcdError> {
+        let (holder, revision) = self.etcd.leader_at(&self.leader_key)?;
+        let leader = holder.and_then(|h| as_leader(&h.value, h.epoch));
+        Ok((Event::LeaderIs { leader, revision }, revision))
+    }
+
+    /// Gives the node's lease back (a clean stop: another node need not wait for it to
+    /// lapse).
+    fn revoke(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            if let Err(e) = self.etcd.lease_revoke(lease) {
+                log::warn!("cannot give the etcd lease back: {e}");
+            }
+        }
+    }
+
     /// Carries out one effect of the rules; returns what etcd said, as events. Effects that
     /// are the keeper's own (`Apply`, `Acknowledge`, `Resign`, `Rebuild`, `TakeOver`,
     /// `Heartbeat`) are nothing to the link.
@@ -144,9 +171,11 @@ impl Link {
             WatchEvent::Put { key, value, mod_revision } if key == self.leader_key.as_bytes() => {
                 // The leader key is only ever created (a campaign puts it only where it is
                 // absent), so the revision of its put is its create revision: the epoch.
-                Some(Event::LeaderIs(as_leader(&value, mod_revision)))
+                Some(Event::LeaderIs { leader: as_leader(&value, mod_revision), revision: mod_revision })
             }
-            WatchEvent::Delete { key, .. } if key == self.leader_key.as_bytes() => Some(Event::LeaderIs(None)),
+            WatchEvent::Delete { key, mod_revision } if key == self.leader_key.as_bytes() => {
+                Some(Event::LeaderIs { leader: None, revision: mod_revision })
+            }
             WatchEvent::Put { key, value, .. } => {
                 let seq = seq_of(&self.prefix, &key)?;
                 let at_ms = batch_time(&value).ok()?;
@@ -160,7 +189,10 @@ impl Link {
         let Some(lease) = self.lease else { return Vec::new() };
         match self.etcd.campaign(&self.leader_key, &self.value, lease) {
             Ok(Campaign::Won { epoch }) => vec![Event::Won { epoch }],
-            Ok(Campaign::Held { value, epoch }) => vec![Event::LeaderIs(as_leader(&value, epoch))],
+            // Seen at the campaign's revision, at least the holder's epoch.
+            Ok(Campaign::Held { value, epoch }) => {
+                vec![Event::LeaderIs { leader: as_leader(&value, epoch), revision: epoch }]
+            }
             Err(e) => {
                 log::warn!("campaign failed: {e}");
                 Vec::new()
@@ -234,4 +266,158 @@ impl Link {
 fn as_leader(value: &[u8], epoch: u64) -> Option<Leader> {
     let LeaderValue { node, url } = serde_json::from_slice(value).ok()?;
     Some(Leader { node, url, epoch })
+}
+
+/// The link as the keeper runs it: one thread carries out effects in order and keeps the
+/// node's lease, another reads the watch. Both report events into one queue and wake the
+/// keeper's loop. Dropping it stops both; the lease is given back.
+pub struct Threads {
+    effects: Option<mpsc::Sender<Effect>>,
+    events: mpsc::Receiver<Event>,
+    stop: Arc<AtomicBool>,
+    carrier: Option<JoinHandle<()>>,
+}
+
+/// Where the threads report: the queue, then a wake-up of the keeper's loop.
+#[derive(Clone)]
+struct Reporter {
+    events: mpsc::Sender<Event>,
+    waker: Arc<Waker>,
+}
+
+impl Reporter {
+    /// Reports `events`; false once the keeper is gone.
+    fn report(&self, events: Vec<Event>) -> bool {
+        if events.is_empty() {
+            return true;
+        }
+        for event in events {
+            if self.events.send(event).is_err() {
+                return false;
+            }
+        }
+        let _ = self.waker.wake();
+        true
+    }
+}
+
+/// How often a thread whose etcd call failed tries again.
+const RETRY_MS: u64 = 500;
+
+impl Threads {
+    /// Starts both threads for the node `config` describes; `waker` wakes the keeper's loop.
+    pub fn start(config: &ClusterConfig, waker: Arc<Waker>) -> Result<Self, EtcdError> {
+        let link = Link::new(config)?;
+        let watcher = Link::new(config)?;
+        let (effects, effects_rx) = mpsc::channel();
+        let (events_tx, events) = mpsc::channel();
+        let reporter = Reporter { events: events_tx, waker };
+        let stop = Arc::new(AtomicBool::new(false));
+        // Renewed every third of the TTL: two renewals may fail before it lapses.
+        let renew = Duration::from_millis(config.election_ttl_ms / 3);
+        let carrier = {
+            let reporter = reporter.clone();
+            thread::Builder::new()
+                .name("lh-etcd-link".into())
+                .spawn(move || carry(link, &effects_rx, &reporter, renew))
+                .map_err(|e| EtcdError::unavailable(format!("cannot start the link's thread: {e}")))?
+        };
+        {
+            let stop = Arc::clone(&stop);
+            thread::Builder::new()
+                .name("lh-etcd-watch".into())
+                .spawn(move || watch(watcher, &reporter, &stop))
+                .map_err(|e| EtcdError::unavailable(format!("cannot start the watch's thread: {e}")))?;
+        }
+        Ok(Self { effects: Some(effects), events, stop, carrier: Some(carrier) })
+    }
+
+    /// Hands an effect to the link (carried out in order, after those before it).
+    pub fn carry_out(&self, effect: Effect) {
+        if let Some(effects) = &self.effects {
+            let _ = effects.send(effect);
+        }
+    }
+
+    /// The events reported so far.
+    pub fn events(&self) -> Vec<Event> {
+        self.events.try_iter().collect()
+    }
+
+    /// Stops both threads; waits up to `within` for the link to give the lease back.
+    pub fn stop(&mut self, within: Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.effects = None;
+        if let Some(carrier) = self.carrier.take() {
+            let deadline = Instant::now() + within;
+            while !carrier.is_finished() && Instant::now() < deadline {
+                thread::park_timeout(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.effects = None;
+    }
+}
+
+/// The link's thread: effects in order, and the lease renewed between them.
+fn carry(mut link: Link, effects: &mpsc::Receiver<Effect>, reporter: &Reporter, renew: Duration) {
+    let mut renew_at = Instant::now();
+    loop {
+        if Instant::now() >= renew_at {
+            let events = link.keep_lease();
+            let every = if link.lease().is_some() { renew } else { Duration::from_millis(RETRY_MS) };
+            renew_at = Instant::now() + every;
+            if !reporter.report(events) {
+                break;
+            }
+        }
+        match effects.recv_timeout(renew_at.saturating_duration_since(Instant::now())) {
+            Ok(effect) => {
+                if !reporter.report(link.carry_out(&effect)) {
+                    break;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    link.revoke();
+}
+
+/// The watch's thread: the leader key as it stands, then every change of the cluster's
+/// keys after it; watched again from the key when the watch ends.
+fn watch(mut link: Link, reporter: &Reporter, stop: &AtomicBool) {
+    while !stop.load(Ordering::Relaxed) {
+        let began = link.leader_news().and_then(|(news, revision)| Ok((news, link.watch(revision + 1)?)));
+        let (news, mut watch) = match began {
+            Ok(began) => began,
+            Err(e) => {
+                log::warn!("cannot watch the cluster's keys: {e}");
+                thread::park_timeout(Duration::from_millis(RETRY_MS));
+                continue;
+            }
+        };
+        if !reporter.report(vec![news, Event::Watching]) {
+            return;
+        }
+        while !stop.load(Ordering::Relaxed) {
+            match watch.next_within(Duration::from_millis(RETRY_MS)) {
+                Ok(Some(seen)) => {
+                    if !reporter.report(link.watched(seen).into_iter().collect()) {
+                        return;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    log::warn!("the watch of the cluster's keys ended ({e}); watching again");
+                    break;
+                }
+            }
+        }
+    }
 }

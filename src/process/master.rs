@@ -784,6 +784,14 @@ impl Master {
             self.forget(role, generation);
             self.begin_stop(1, 0);
             return;
+        } else if role == Role::Keeper && exit == Exit::Code(super::keeper::EXIT_REBUILD) {
+            // Not a crash: a cluster node's replica held a change that never reached the
+            // log, and a new keeper replays the log at once.
+            log::info!("the keeper (pid {pid}) ends to rebuild its replica from the cluster's log; starting a new one");
+            self.forget(role, generation);
+            self.scheduled.push((now, Role::Keeper));
+            self.check_stop_progress(now);
+            return;
         } else if role == Role::Keeper && exit == Exit::Code(super::keeper::EXIT_JOURNAL_FAILED) {
             // Not a crash: its journal could not be written. A new keeper recovers from it
             // and serves reads until it can write again.

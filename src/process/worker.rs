@@ -38,7 +38,9 @@ use crate::http::parse::{Limits, Request};
 use crate::http::response::Response;
 use crate::http::status;
 use crate::ipc::frame::FrameError;
-use crate::ipc::message::{FdRecord, FromKeeper, LockOp, LockReply, TicketEvent, ToChild, ToKeeper, ToMaster};
+use crate::ipc::message::{
+    ClusterStatus, FdRecord, FromKeeper, LockOp, LockReply, TicketEvent, ToChild, ToKeeper, ToMaster,
+};
 use crate::metrics::{Histogram, RequestCount, RouteLatency, WorkerSnapshot};
 use crate::sys::clock::Monotonic;
 use crate::sys::signals::{Signal, SignalSource};
@@ -197,6 +199,8 @@ struct Worker {
     listeners: Vec<TcpListener>,
     keeper: Option<Channel>,
     keeper_generation: u64,
+    /// Cluster mode: where this node stands, as its keeper last said.
+    cluster: Option<ClusterStatus>,
     clients: Vec<Option<Client>>,
     free: Vec<usize>,
     open: usize,
@@ -248,6 +252,7 @@ impl Worker {
             listeners: mio_listeners,
             keeper: None,
             keeper_generation: 0,
+            cluster: None,
             clients: Vec::new(),
             free: Vec::new(),
             open: 0,
@@ -455,6 +460,7 @@ impl Worker {
                 Ok(Some(FromKeeper::Reply { id, reply })) => self.on_reply(id, &reply),
                 Ok(Some(FromKeeper::Event { lock, ticket, event })) => self.on_event(lock, ticket, &event),
                 Ok(Some(FromKeeper::Deliver { .. })) => log::error!("the keeper sent deliveries to a worker"),
+                Ok(Some(FromKeeper::Cluster { status })) => self.cluster = Some(status),
                 Ok(None) => return,
                 Err(e) => {
                     self.keeper_lost(&e);
@@ -568,6 +574,7 @@ impl Worker {
     fn keeper_lost(&mut self, why: &ChannelError) {
         let Some(mut k) = self.keeper.take() else { return };
         k.deregister(self.poll.registry());
+        self.cluster = None;
         log::warn!("keeper channel lost ({why}); refusing keeper requests until the master sends a new one");
         self.fail_pending(&status::keeper_lost_in_flight());
         let _ = self.control.send(&ToMaster::NeedKeeper { lost_generation: self.keeper_generation });
@@ -907,7 +914,7 @@ impl Worker {
                 return;
             }
             Plan::Ready => {
-                let response = api::readiness(self.draining, self.keeper.is_some());
+                let response = api::readiness(self.draining, self.keeper.is_some(), self.cluster.as_ref());
                 self.finish(slot, client_id, seq, def.label, started_us, &response);
                 return;
             }

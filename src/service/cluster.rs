@@ -105,8 +105,15 @@ pub enum Event {
         /// The leader key's create revision.
         epoch: Epoch,
     },
-    /// The leader key names `Some` leader, or is gone (`None`).
-    LeaderIs(Option<Leader>),
+    /// The leader key names `Some` leader, or is gone (`None`), as etcd said at `revision`
+    /// (the watch, a campaign and a read of the key report it concurrently, so a report may
+    /// come after a newer one: the older is ignored).
+    LeaderIs {
+        /// Who leads.
+        leader: Option<Leader>,
+        /// The etcd revision it was seen at.
+        revision: u64,
+    },
     /// A batch of the log (from the watch, or from a read).
     Logged {
         /// Its position.
@@ -267,6 +274,8 @@ pub struct Cluster {
     last_put_ms: u64,
     /// When this node last asked to campaign.
     last_campaign_ms: u64,
+    /// The etcd revision of the newest news of the leader key (a win included).
+    leader_revision: u64,
     /// What every batch starts with (the journal's format record).
     batch_header: Vec<u8>,
 }
@@ -291,6 +300,7 @@ impl Cluster {
             dirty: false,
             last_put_ms: 0,
             last_campaign_ms: 0,
+            leader_revision: 0,
             batch_header: Vec::new(),
         }
     }
@@ -351,11 +361,13 @@ impl Cluster {
                 self.resign(&mut out);
             }
             Event::Won { epoch } if !self.may_lead() => {
+                self.leader_revision = self.leader_revision.max(epoch);
                 // Won by a campaign begun before this node stopped leading: it cannot lead
                 // until its replica is rebuilt.
                 out.push(Effect::Abdicate { epoch });
             }
             Event::Won { epoch } => {
+                self.leader_revision = self.leader_revision.max(epoch);
                 if self.lease && matches!(self.role, Role::Follower { .. }) {
                     self.role = Role::CatchingUp { epoch };
                     // A read begun before the win may miss the old leader's last batches:
@@ -364,7 +376,13 @@ impl Cluster {
                     self.catch_up(&mut out);
                 }
             }
-            Event::LeaderIs(leader) => self.leader_is(leader, now_ms, &mut out),
+            Event::LeaderIs { leader, revision } => {
+                // News older than what this node knows (a win included) is stale.
+                if revision >= self.leader_revision {
+                    self.leader_revision = revision;
+                    self.leader_is(leader, now_ms, &mut out);
+                }
+            }
             Event::Logged { seq, batch, at_ms } => self.logged(seq, batch, at_ms, now_ms, &mut out),
             Event::LogEnd { seq, read } => {
                 if self.reading != Some(read) {
@@ -378,7 +396,8 @@ impl Cluster {
                     self.catch_up(&mut out);
                 } else if let Role::CatchingUp { epoch } = self.role {
                     let at_ms = self.time(now_ms);
-                    let gap_ms = at_ms - self.last_at_ms;
+                    // An empty log had no leader to be without.
+                    let gap_ms = if self.applied == 0 { 0 } else { at_ms - self.last_at_ms };
                     self.role = Role::Leading { epoch };
                     self.last_put_ms = now_ms;
                     out.push(Effect::TakeOver { at_ms, gap_ms });

@@ -3,7 +3,8 @@
 
 use std::process::Command;
 
-use crate::support::{Server, DEADLINE};
+use crate::support::http::once;
+use crate::support::{self, wait_for, Server};
 
 fn leasehold() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_leasehold"));
@@ -185,10 +186,24 @@ fn check_config_lists_cluster_problems_with_their_keys() {
 }
 
 #[test]
-fn serve_with_a_cluster_section_refuses_to_start_with_exit_2() {
-    let mut s = Server::spawn_only(&format!("[server]\nlisten = [\"127.0.0.1:0\"]\n{CLUSTER}"));
-    let (status, _) = s.wait_exit(DEADLINE);
-    assert_eq!(status.code(), Some(2), "log:\n{}", s.log());
-    s.wait_log("cluster mode is not available in this build yet (cluster.etcd_endpoints is set)");
-    assert!(!s.data_dir().exists(), "a refused start created its data directory");
+fn r13_a_cluster_node_without_etcd_serves_reads_and_answers_changes_503_not_leader() {
+    // Nothing listens on the discard port: no etcd, so no leader ever.
+    let s = Server::start(&support::config(
+        "",
+        "[cluster]\netcd_endpoints = [\"http://127.0.0.1:9\"]\nnode_name = \"node-a\"\nadvertise_url = \"http://127.0.0.1:8080\"\netcd_timeout_ms = 200",
+    ));
+    let cluster = wait_for("/readyz to tell where the node stands", || {
+        let ready = once(s.addr, "GET", "/readyz", &[], "");
+        let body = ready.json();
+        (ready.status == 200 && body["cluster"].is_object()).then(|| body["cluster"].clone()).ok_or(body)
+    });
+    assert_eq!((cluster["node"].as_str(), cluster["role"].as_str()), (Some("node-a"), Some("follower")), "{cluster}");
+    assert_eq!(cluster["applied"], 0);
+    let read = once(s.addr, "GET", "/v1/locks/nightly", &[], "");
+    assert_eq!(read.status, 404, "reads are served from the replica: {}", String::from_utf8_lossy(&read.body));
+    let change = once(s.addr, "POST", "/v1/locks/nightly/acquire", &[], "{}");
+    assert_eq!(change.status, 503, "{}", String::from_utf8_lossy(&change.body));
+    assert_eq!(change.json()["error"], "not_leader");
+    assert!(change.header("retry-after").is_some(), "{:?}", change.headers);
+    assert!(!s.log().contains("panicked"), "{}", s.log());
 }

@@ -568,12 +568,12 @@ fn every_reply_kind_is_shaped_by_its_routes_and_only_there() {
 
 #[test]
 fn readiness_needs_a_keeper_and_a_worker_not_draining() {
-    let ready = readiness(false, true);
+    let ready = readiness(false, true, None);
     assert_eq!((ready.status, json(&ready)), (200, serde_json::json!({"status": "ready"})));
     for (draining, keeper, code) in
         [(false, false, "keeper_unavailable"), (true, true, "overloaded"), (true, false, "overloaded")]
     {
-        let r = readiness(draining, keeper);
+        let r = readiness(draining, keeper, None);
         assert_eq!((r.status, json(&r)["error"].as_str()), (503, Some(code)), "draining {draining}, keeper {keeper}");
         assert_eq!(header(&r, "Retry-After"), Some("1"));
     }

@@ -803,8 +803,17 @@ pub fn parse_range(body: &[u8]) -> Result<Range, EtcdError> {
 
 /// The leader key's read ([`range_body`] of it): its holder, if any.
 pub fn parse_leader(body: &[u8]) -> Result<Option<Holder>, EtcdError> {
+    parse_leader_at(body).map(|(holder, _)| holder)
+}
+
+/// The leader key's read: its holder, if any, and the revision it was read at.
+pub fn parse_leader_at(body: &[u8]) -> Result<(Option<Holder>, u64), EtcdError> {
     let raw: RawRange = json(body, "a read of the leader key")?;
-    holder(raw)
+    let revision = raw.header.revision;
+    if revision == 0 {
+        return Err(EtcdError::malformed("a read of the leader key without a revision"));
+    }
+    Ok((holder(raw)?, revision))
 }
 
 /// The batches of one page of a log read under `prefix`, from `from`: each key must be a

@@ -104,7 +104,7 @@ impl World {
     fn announce_leader(&mut self) {
         let leader = self.leader_key();
         for node in self.nodes.iter_mut().filter(|n| n.up) {
-            node.events.push_back(Event::LeaderIs(leader.clone()));
+            node.events.push_back(Event::LeaderIs { leader: leader.clone(), revision: self.etcd.revision });
         }
     }
 
@@ -134,7 +134,7 @@ impl World {
                     self.announce_leader();
                 } else {
                     let leader = self.leader_key();
-                    self.step(i, Event::LeaderIs(leader));
+                    self.step(i, Event::LeaderIs { leader, revision: self.etcd.revision });
                 }
             }
             Effect::CatchUp { read, .. } if self.faults && self.chance(5) => {
@@ -160,6 +160,7 @@ impl World {
             Effect::Heartbeat => self.turn(i, String::new()),
             Effect::Abdicate { epoch } => {
                 if self.etcd.leader.is_some_and(|(_, e)| e == epoch) {
+                    self.etcd.revision += 1;
                     self.etcd.leader = None;
                     self.announce_leader();
                 }
@@ -188,6 +189,7 @@ impl World {
                 // reads the batch's place.
                 if self.etcd.leader == Some((i, epoch)) {
                     self.etcd.leases[i] = false;
+                    self.etcd.revision += 1;
                     self.etcd.leader = None;
                     self.announce_leader();
                     self.nodes[i].events.push_back(Event::LeaseLost);
@@ -235,7 +237,7 @@ impl World {
             self.step(i, Event::LeaseHeld);
         }
         let leader = self.leader_key();
-        self.step(i, Event::LeaderIs(leader));
+        self.step(i, Event::LeaderIs { leader, revision: self.etcd.revision });
         self.step(i, Event::Tick);
         // It catches up with what it missed while it was away.
         let end = self.etcd.log.len() as Seq;
@@ -249,6 +251,7 @@ impl World {
     fn lapse(&mut self, i: usize) {
         self.etcd.leases[i] = false;
         if self.etcd.leader.is_some_and(|(holder, _)| holder == i) {
+            self.etcd.revision += 1;
             self.etcd.leader = None;
             self.announce_leader();
         }
@@ -420,7 +423,7 @@ fn a_leader_acknowledges_only_what_the_log_holds_and_batches_turns_behind_a_put(
     let mut c = Cluster::new(SETTINGS, "n0", 0, 0);
     assert_eq!(c.step(Event::LeaseHeld, 10), [Effect::Campaign]);
     assert_eq!(c.step(Event::Won { epoch: 7 }, 10), [Effect::CatchUp { from: 1, read: 1 }]);
-    assert_eq!(c.step(Event::LogEnd { seq: 0, read: 1 }, 20), [Effect::TakeOver { at_ms: 20, gap_ms: 20 }]);
+    assert_eq!(c.step(Event::LogEnd { seq: 0, read: 1 }, 20), [Effect::TakeOver { at_ms: 20, gap_ms: 0 }], "an empty log had no leader to be without");
     let turn = |token: u64, bytes: &[u8]| Event::Turn(Turn { token, records: bytes.to_vec(), at_ms: 30 });
     assert_eq!(c.step(turn(1, b"a"), 30), [Effect::Put { seq: 1, epoch: 7, batch: b"a".to_vec() }]);
     // Turns behind the put wait, then go together.
@@ -490,7 +493,7 @@ fn a_leader_that_sees_another_epoch_or_a_foreign_batch_resigns() {
     let mut c = leading();
     let other = Leader { node: "n2".into(), url: "http://n2".into(), epoch: 5 };
     // Its batch in flight may have landed: settled before anything is said of it.
-    assert_eq!(c.step(Event::LeaderIs(Some(other.clone())), 1), std::slice::from_ref(&settle));
+    assert_eq!(c.step(Event::LeaderIs { leader: Some(other.clone()), revision: other.epoch }, 1), std::slice::from_ref(&settle));
     assert_eq!(c.role(), &Role::Follower { leader: Some(other) });
     assert_eq!(c.step(Event::Refused { seq: 1 }, 2), [Effect::Resign { tokens: vec![1] }, Effect::Rebuild]);
     let mut c = leading();
@@ -535,11 +538,28 @@ fn a_failed_campaign_or_catch_up_read_is_made_again() {
     assert_eq!(c.step(Event::Tick, 1_500), [Effect::Campaign]);
     // Someone leads: no more campaigns.
     let other = Leader { node: "n1".into(), url: "http://n1".into(), epoch: 4 };
-    c.step(Event::LeaderIs(Some(other)), 1_600);
+    c.step(Event::LeaderIs { revision: other.epoch, leader: Some(other) }, 1_600);
     assert_eq!(c.next_tick_ms(), None);
     assert!(c.step(Event::Tick, 9_000).is_empty());
     // A catch-up read that failed is asked for again, under a new number.
     c.step(Event::Logged { seq: 3, batch: b"c".to_vec(), at_ms: 0 }, 9_000);
     assert_eq!(c.step(Event::ReadFailed { read: 1 }, 9_001), [Effect::CatchUp { from: 1, read: 2 }]);
     assert!(c.step(Event::ReadFailed { read: 1 }, 9_002).is_empty(), "an old read's failure changes nothing");
+}
+
+#[test]
+fn news_of_the_leader_key_older_than_what_a_node_knows_is_ignored() {
+    let mut c = Cluster::new(SETTINGS, "n0", 0, 0);
+    c.step(Event::LeaseHeld, 0);
+    assert_eq!(c.step(Event::Won { epoch: 9 }, 0), [Effect::CatchUp { from: 1, read: 1 }]);
+    // The old leader's key went at revision 8, before this node's win: no news.
+    assert!(c.step(Event::LeaderIs { leader: None, revision: 8 }, 0).is_empty());
+    assert_eq!(c.role(), &Role::CatchingUp { epoch: 9 });
+    // Its own key gone at 12 is news: deposed.
+    assert_eq!(c.step(Event::LeaderIs { leader: None, revision: 12 }, 0), [Effect::Campaign]);
+    // A follower told at 20 that n1 leads keeps it when an older read says nobody does.
+    let n1 = Leader { node: "n1".into(), url: "http://n1".into(), epoch: 20 };
+    c.step(Event::LeaderIs { leader: Some(n1.clone()), revision: 20 }, 0);
+    assert!(c.step(Event::LeaderIs { leader: None, revision: 15 }, 0).is_empty());
+    assert_eq!(c.role(), &Role::Follower { leader: Some(n1) });
 }

@@ -326,6 +326,8 @@ fn a_range_reads_kvs_more_and_revision_and_defaults_missing_fields() {
         parse_leader(format!("{{{}{LEADER_KV}}}", header(4)).as_bytes()).unwrap(),
         Some(Holder { value: b"node-a".to_vec(), epoch: 2, lease: Some(LeaseId(2676723805212891408)) })
     );
+    assert_eq!(parse_leader_at(format!("{{{}}}", header(4)).as_bytes()).unwrap(), (None, 4));
+    assert!(matches!(parse_leader_at(b"{}"), Err(EtcdError::Malformed { .. })));
 }
 
 #[test]

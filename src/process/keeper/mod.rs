@@ -25,6 +25,14 @@
 //!
 //! At start it takes an exclusive lock on its data directory (`keeper.lock`): a second
 //! server pointed at the same directory fails to start with a clear error.
+//!
+//! In cluster mode ([`cluster`]) the log in etcd takes the local journal's place: a turn's
+//! answers leave once its batch is in the log, a follower replays the log, and a keeper
+//! starts from it.
+
+mod cluster;
+
+pub use cluster::EXIT_REBUILD;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -177,6 +185,10 @@ fn open_failed(e: StoreError, dir: &Path) -> io::Error {
 
 struct Keeper {
     generation: u64,
+    /// Cluster mode: the rules and the link ([`cluster`]).
+    cluster: Option<cluster::Node>,
+    /// This node's name in a cluster.
+    node_name: String,
     /// Held for the keeper's whole life.
     _data_dir_lock: Flock<File>,
     poll: Poll,
@@ -251,6 +263,14 @@ impl Keeper {
             recovery.bytes,
             recovery.snapshot.map_or(String::new(), |n| format!(", after snapshot {n}")),
         );
+        if config.cluster.is_some() && (recovery.records > 0 || recovery.snapshot.is_some()) {
+            return Err(io::Error::other(format!(
+                "the data directory {} holds a journal of a single-node server ({} locks): a cluster node starts \
+                 from the cluster's log, so it would not see them; point server.data_dir at an empty directory",
+                config.server.data_dir.display(),
+                stats.locks
+            )));
+        }
         if let Some(dropped) = &recovery.dropped {
             log::warn!("the journal ended in a torn write and is cut back to its last good record: {dropped}");
         }
@@ -261,8 +281,10 @@ impl Keeper {
                 recovery.snapshot.unwrap_or(0)
             );
         }
+        let cluster = config.cluster.as_ref().map(|c| cluster::Node::start(c, &poll)).transpose()?;
         let mut keeper = Self {
             generation: start.generation,
+            node_name: config.cluster.as_ref().map(|c| c.node_name.clone()).unwrap_or_default(),
             _data_dir_lock: data_dir_lock,
             poll,
             signals,
@@ -278,6 +300,7 @@ impl Keeper {
             max_wait_ms,
             outbox_settings: outbox_settings(&config),
             fences_reserved,
+            cluster: None,
             not_writable: Some((String::new(), 0)),
             closed_links: Vec::new(),
             turn_requests: Vec::new(),
@@ -288,6 +311,12 @@ impl Keeper {
             recovery_ms,
             last_snapshot_ms: 0,
         };
+        keeper.cluster = cluster;
+        if keeper.cluster.is_some() {
+            // The log holds everything; the local journal is not written.
+            keeper.not_writable = None;
+            return Ok(keeper);
+        }
         keeper.write_start_records()?;
         if let Some(formats) = &older_format {
             log::info!(
@@ -357,8 +386,9 @@ impl Keeper {
         let mut events = Events::with_capacity(1024);
         loop {
             let now = wall_ms();
-            let mut wake = self.service.next_deadline().filter(|_| self.not_writable.is_none());
-            for t in [self.next_sync_ms, self.not_writable.as_ref().map(|(_, at)| *at)].into_iter().flatten() {
+            let mut wake = self.service.next_deadline().filter(|_| self.not_writable.is_none() && self.changes_state());
+            let tick = self.cluster.as_ref().and_then(cluster::Node::next_tick_ms);
+            for t in [self.next_sync_ms, self.not_writable.as_ref().map(|(_, at)| *at), tick].into_iter().flatten() {
                 wake = Some(wake.map_or(t, |w| w.min(t)));
             }
             let sleep_ms = wake.map_or(MAX_SLEEP_MS, |d| d.saturating_sub(now).min(MAX_SLEEP_MS));
@@ -381,22 +411,29 @@ impl Keeper {
                         }
                     }
                     FDS => self.on_fd_records(),
+                    cluster::CLUSTER => {
+                        if let Some(code) = self.on_cluster()? {
+                            return Ok(code);
+                        }
+                    }
                     Token(t) => self.on_link(t - LINK_BASE)?,
                 }
             }
-            let now = wall_ms();
+            if let Some(code) = self.cluster_tick(wall_ms())? {
+                return Ok(code);
+            }
+            let now = self.clock();
             if let Some((_, retry_at)) = &self.not_writable {
                 if now >= *retry_at {
                     self.write_start_records()?;
                 }
-            } else if self.service.next_deadline().is_some_and(|d| d <= now) {
-                let entropy = self.entropy.next_u64()?;
-                self.journaled(&Record::Expire { at_ms: now, entropy });
-                self.service.expire(Moment::new(now, entropy), &mut self.outbox);
+            } else if self.changes_state() && self.service.next_deadline().is_some_and(|d| d <= now) {
+                self.expire(now)?;
             }
-            if let Some(code) = self.end_turn(now) {
+            if let Some(code) = self.end_turn(now)? {
                 return Ok(code);
             }
+            self.tell_status(wall_ms());
             if let Err(e) = self.control.flush() {
                 log::debug!("control channel: {e}");
             }
@@ -408,15 +445,45 @@ impl Keeper {
         Record::Configure { limits: self.limits.clone(), max_wait_ms: self.max_wait_ms, outbox: self.outbox_settings }
     }
 
+    /// Journals and runs an expiry at `now`.
+    fn expire(&mut self, now: u64) -> io::Result<()> {
+        let entropy = self.entropy.next_u64()?;
+        self.journaled_at(&Record::Expire { at_ms: now, entropy }, now);
+        self.service.expire(Moment::new(now, entropy), &mut self.outbox);
+        Ok(())
+    }
+
     /// Buffers a record for this turn's commit.
     fn journaled<T: serde::Serialize>(&mut self, record: &T) {
-        if let Err(e) = self.store.append(record) {
+        self.journaled_at(record, 0);
+    }
+
+    /// Buffers a record handled at `at_ms` for this turn's commit (in cluster mode, for the
+    /// turn's batch).
+    fn journaled_at<T: serde::Serialize>(&mut self, record: &T, at_ms: u64) {
+        if let Some(node) = self.cluster.as_mut() {
+            node.journal(record, at_ms);
+        } else if let Err(e) = self.store.append(record) {
             log::error!("a journal record cannot be encoded: {e}");
         }
     }
 
     /// Writes the turn's records, then sends its answers; handles channels that broke.
-    fn end_turn(&mut self, now: u64) -> Option<i32> {
+    fn end_turn(&mut self, now: u64) -> io::Result<Option<i32>> {
+        if self.cluster.is_some() {
+            loop {
+                if let Some(code) = self.cluster_end_turn()? {
+                    return Ok(Some(code));
+                }
+                self.deliver();
+                if self.broken.is_empty() {
+                    return Ok(None);
+                }
+                for index in std::mem::take(&mut self.broken) {
+                    self.close_link(index);
+                }
+            }
+        }
         loop {
             let mut sync = self.journal.fsync == Fsync::Always;
             if self.not_writable.is_none() && self.service.table().next_fence() >= self.fences_reserved {
@@ -434,7 +501,7 @@ impl Keeper {
                             self.next_sync_ms = Some(now + self.journal.fsync_interval_ms);
                         }
                     }
-                    Err(e) => return Some(self.journal_failed(&e)),
+                    Err(e) => return Ok(Some(self.journal_failed(&e))),
                 }
             }
             self.turn_requests.clear();
@@ -450,11 +517,11 @@ impl Keeper {
             self.next_sync_ms = None;
             match self.store.sync() {
                 Ok(took) => self.fsync_latency.observe(took.as_micros() as u64),
-                Err(e) => return Some(self.journal_failed(&e)),
+                Err(e) => return Ok(Some(self.journal_failed(&e))),
             }
         }
         self.maybe_snapshot();
-        None
+        Ok(None)
     }
 
     /// The turn's records could not be written: answer its requests 503, acknowledge
@@ -504,8 +571,13 @@ impl Keeper {
         }
     }
 
-    /// Commits and syncs everything, then returns the exit code of a clean stop.
+    /// Commits and syncs everything, then returns the exit code of a clean stop. A cluster
+    /// node gives its etcd lease back, so another takes over without waiting for it.
     fn stop(&mut self) -> i32 {
+        if let Some(node) = self.cluster.as_mut() {
+            node.stop();
+            return 0;
+        }
         if let Err(e) = self.store.commit(true) {
             log::error!("cannot write the journal's last records ({e})");
             return EXIT_JOURNAL_FAILED;
@@ -532,7 +604,9 @@ impl Keeper {
                             self.limits = config.locks.table;
                             self.max_wait_ms = config.locks.max_wait_ms;
                             self.journal = config.journal;
-                            if self.not_writable.is_none() {
+                            // A cluster's limits are its leader's: a follower applies its
+                            // own at its takeover.
+                            if self.not_writable.is_none() && self.changes_state() {
                                 // Applied as a replay applies it, so the two cannot differ.
                                 let record = self.configure_record();
                                 self.journaled(&record);
@@ -576,6 +650,9 @@ impl Keeper {
             match made {
                 Ok(mut link) => {
                     let _ = link.send(&FromKeeper::Hello { generation: self.generation });
+                    if let Some(status) = self.cluster_status() {
+                        let _ = link.send(&FromKeeper::Cluster { status });
+                    }
                     self.links[index] = Some(link);
                     log::debug!("channel from {from} open");
                 }
@@ -588,14 +665,18 @@ impl Keeper {
     fn close_link(&mut self, index: usize) {
         let Some(mut link) = self.links.get_mut(index).and_then(Option::take) else { return };
         link.deregister(self.poll.registry());
+        if !self.changes_state() {
+            // A follower's channels are not in the state (only the leader's are).
+            return;
+        }
         if self.not_writable.is_some() {
             self.closed_links.push(index);
             return;
         }
         match self.entropy.next_u64() {
             Ok(entropy) => {
-                let now = wall_ms();
-                self.journaled(&Record::LinkClosed { link: index, at_ms: now, entropy });
+                let now = self.clock();
+                self.journaled_at(&Record::LinkClosed { link: index, at_ms: now, entropy }, now);
                 self.service.link_closed(index, Moment::new(now, entropy), &mut self.outbox);
             }
             Err(e) => log::error!("no entropy: {e}"),
@@ -667,6 +748,9 @@ impl Keeper {
 
     fn on_message(&mut self, link: LinkId, message: ToKeeper) -> io::Result<()> {
         let reads = Service::reads_only(&message);
+        if self.cluster_refuses(link, &message, reads) {
+            return Ok(());
+        }
         if let Some((why, _)) = self.not_writable.as_ref().filter(|_| !reads) {
             if let ToKeeper::Request { id, .. } = message {
                 let reply = LockReply::JournalFailed { message: why.clone() };
@@ -676,11 +760,11 @@ impl Keeper {
         }
         let entropy = self.entropy.next_u64()?;
         let fresh = self.entropy.bytes16()?;
-        let now = wall_ms();
+        let now = self.clock();
         if !reads {
             let record =
                 InputRef::Input { link, at_ms: now, entropy, fresh: Ticket::from_bytes(fresh), message: &message };
-            self.journaled(&record);
+            self.journaled_at(&record, now);
             if let ToKeeper::Request { id, .. } = message {
                 self.turn_requests.push((link, id));
             }
@@ -706,6 +790,8 @@ impl Keeper {
             journal_bytes: self.store.journal_bytes(),
             journal_writable: self.not_writable.is_none(),
             fsync_latency: self.fsync_latency.clone(),
+            cluster: self.cluster_status(),
+            commit_latency: self.cluster.as_ref().map(|n| n.commit_latency().clone()).unwrap_or_default(),
             recovery_ms: self.recovery_ms,
             last_snapshot_ms: self.last_snapshot_ms,
             outbox_pending: calls.pending,

@@ -1,0 +1,416 @@
+//! The keeper in cluster mode (docs/cluster.md, "Inside the keeper"): it carries out what
+//! the pure rules ([`Cluster`]) decide, with the etcd link's threads ([`Threads`]) doing
+//! the talking to etcd. Decides nothing itself.
+//!
+//! - **Leader.** A loop turn's records go into one [`Turn`] instead of the local journal;
+//!   its answers are held under the turn's token until the rules acknowledge the batch
+//!   that holds it (etcd has then made it durable on a quorum). Answers that come after a
+//!   turn not yet acknowledged (reads included) wait with it, so nobody sees a change that
+//!   may never happen. A resigned turn's requests are answered 503 `not_leader`.
+//! - **Follower.** Each batch the rules apply is replayed through the same pure service,
+//!   whatever it sends meanwhile dropped (its channels are the leader's). Reads are served
+//!   from this replica; changes are answered 503 `not_leader` with the leader's URL.
+//! - **Takeover.** One turn: the limits of this node, every channel in the state closed,
+//!   fresh presence windows, every lease extended by the time without a leader, due
+//!   expiries, and this node's courier made the outbox's again.
+//! - **Rebuild.** A replica holding a turn that never reached the log ends the keeper with
+//!   [`EXIT_REBUILD`]; the master starts a new one at once, which replays the log.
+//!
+//! The local journal is not written in cluster mode: a keeper starts from the log in etcd
+//! (issue 14 adds local snapshots at log positions).
+
+use std::collections::VecDeque;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::{Poll, Token, Waker};
+
+use super::{CorruptJournal, Keeper};
+use crate::config::ClusterConfig;
+use crate::ipc::message::{ClusterStatus, FromKeeper, LockReply, ToKeeper};
+use crate::journal::{self, codec, Record, SegmentReader};
+use crate::metrics::Histogram;
+use crate::process::link::Threads;
+use crate::service::cluster::{Cluster, Effect, Event, Role, Settings, Turn};
+use crate::service::{LinkId, Outbox};
+use crate::sys::clock::wall_ms;
+
+/// The token of the link's wake-ups.
+pub(super) const CLUSTER: Token = Token(3);
+
+/// The exit code of a keeper whose replica holds a turn that never reached the log: the
+/// master starts a new one at once (not a crash), which replays the log.
+pub const EXIT_REBUILD: i32 = 76;
+
+/// Largest batch of records put in one txn. etcd refuses requests over 1.5 MiB by default,
+/// and a batch travels base64-encoded (4/3 of its size).
+const MAX_BATCH_BYTES: usize = 512 * 1024;
+
+/// Workers hear of a new applied position at most this often (a new role at once).
+const STATUS_EVERY_MS: u64 = 250;
+
+/// The keeper's cluster part.
+pub(super) struct Node {
+    rules: Cluster,
+    threads: Threads,
+    advertise_url: String,
+    etcd_timeout_ms: u64,
+    /// A leader's records of this loop turn, framed.
+    turn: Vec<u8>,
+    /// The latest time a record of this turn was stamped with.
+    turn_at_ms: u64,
+    /// Answers of turns not yet acknowledged, oldest first, by token.
+    held: VecDeque<(u64, Outbox)>,
+    /// Answers that may leave now (acknowledged, or resigned as 503).
+    released: Outbox,
+    next_token: u64,
+    /// The local courier's channel and capacity, made the outbox's again at a takeover.
+    courier: Option<(LinkId, u32)>,
+    /// What the workers were last told, and when.
+    told: Option<ClusterStatus>,
+    told_at_ms: u64,
+    /// The batch being put, and since when.
+    putting: Option<(u64, Instant)>,
+    commit_latency: Histogram,
+}
+
+impl Node {
+    /// The rules and the link of the node `config` describes; the link wakes `poll`.
+    pub(super) fn start(config: &ClusterConfig, poll: &Poll) -> io::Result<Self> {
+        let waker = Arc::new(Waker::new(poll.registry(), CLUSTER)?);
+        let threads = Threads::start(config, waker).map_err(io::Error::other)?;
+        let mut header = Vec::new();
+        codec::frame(&journal::segment_header(), &mut header);
+        // A heartbeat every half TTL keeps the log's time within that of the last moment a
+        // leader was alive, so a takeover's grace stays close to the real gap.
+        let settings = Settings { max_batch_bytes: MAX_BATCH_BYTES, heartbeat_ms: config.election_ttl_ms / 2 };
+        let rules = Cluster::new(settings, &config.node_name, 0, 0).with_batch_header(header);
+        log::info!(
+            "cluster node {} on etcd {}: reading the log, then campaigning",
+            config.node_name,
+            config.etcd_endpoints.join(",")
+        );
+        Ok(Self {
+            rules,
+            threads,
+            advertise_url: config.advertise_url.clone(),
+            etcd_timeout_ms: config.etcd_timeout_ms,
+            turn: Vec::new(),
+            turn_at_ms: 0,
+            held: VecDeque::new(),
+            released: Vec::new(),
+            next_token: 1,
+            courier: None,
+            told: None,
+            told_at_ms: 0,
+            putting: None,
+            commit_latency: Histogram::default(),
+        })
+    }
+
+    /// Whether this node leads.
+    pub(super) fn leads(&self) -> bool {
+        self.rules.leads()
+    }
+
+    /// The time a leader stamps its inputs with: never before the log's last.
+    pub(super) fn time(&self, now_ms: u64) -> u64 {
+        self.rules.time(now_ms)
+    }
+
+    /// When the rules want a tick.
+    pub(super) fn next_tick_ms(&self) -> Option<u64> {
+        self.rules.next_tick_ms()
+    }
+
+    /// Adds a record to this turn's batch.
+    pub(super) fn journal<T: serde::Serialize>(&mut self, record: &T, at_ms: u64) {
+        match codec::encode(record, &mut self.turn) {
+            Ok(()) => self.turn_at_ms = self.turn_at_ms.max(at_ms),
+            Err(e) => log::error!("a journal record cannot be encoded: {e}"),
+        }
+    }
+
+    /// Notes the local courier's hello (it is journaled again at a takeover).
+    pub(super) fn courier_ready(&mut self, link: LinkId, message: &ToKeeper) {
+        if let ToKeeper::CourierReady { capacity } = message {
+            self.courier = Some((link, *capacity));
+        }
+    }
+
+    /// The URL of the node that leads, when one is known.
+    pub(super) fn leader_url(&self) -> Option<String> {
+        match self.rules.role() {
+            Role::Leading { .. } => Some(self.advertise_url.clone()),
+            Role::Follower { leader } => leader.as_ref().map(|l| l.url.clone()),
+            Role::CatchingUp { .. } => None,
+        }
+    }
+
+    /// Where this node stands.
+    pub(super) fn status(&self, node: &str) -> ClusterStatus {
+        let (role, epoch) = match self.rules.role() {
+            Role::Leading { epoch } => ("leader", *epoch),
+            Role::CatchingUp { epoch } => ("candidate", *epoch),
+            Role::Follower { leader } => ("follower", leader.as_ref().map_or(0, |l| l.epoch)),
+        };
+        ClusterStatus {
+            node: node.to_string(),
+            role: role.into(),
+            epoch,
+            applied: self.rules.applied(),
+            lag: self.rules.lag(),
+            leader: self.leader_url(),
+        }
+    }
+
+    /// Time each batch's put took.
+    pub(super) fn commit_latency(&self) -> &Histogram {
+        &self.commit_latency
+    }
+
+    /// Stops the link, giving the lease back.
+    pub(super) fn stop(&mut self) {
+        self.threads.stop(Duration::from_millis(self.etcd_timeout_ms));
+    }
+
+    /// The answer to a change this node cannot make.
+    fn not_leader(&self) -> LockReply {
+        LockReply::NotLeader { leader: self.leader_url() }
+    }
+}
+
+impl Keeper {
+    /// The time inputs are handled at: a cluster leader's never goes back past the log's.
+    pub(super) fn clock(&self) -> u64 {
+        let now = wall_ms();
+        self.cluster.as_ref().map_or(now, |node| node.time(now))
+    }
+
+    /// Whether this keeper may change the state now: one node always, a cluster node while
+    /// it leads.
+    pub(super) fn changes_state(&self) -> bool {
+        self.cluster.as_ref().is_none_or(Node::leads)
+    }
+
+    /// A message on a cluster node that does not lead: reads are served from the replica;
+    /// a change is answered 503 `not_leader`; anything else is dropped. Returns whether the
+    /// message was dealt with here.
+    pub(super) fn cluster_refuses(&mut self, link: LinkId, message: &ToKeeper, reads: bool) -> bool {
+        let Some(node) = self.cluster.as_mut() else { return false };
+        node.courier_ready(link, message);
+        if node.leads() || reads {
+            return false;
+        }
+        if let ToKeeper::Request { id, .. } = message {
+            let reply = node.not_leader();
+            self.outbox.push((link, FromKeeper::Reply { id: *id, reply }));
+        }
+        true
+    }
+
+    /// What the link reported: each event through the rules, and what they decide carried
+    /// out. Returns an exit code when the keeper must end.
+    pub(super) fn on_cluster(&mut self) -> io::Result<Option<i32>> {
+        let events = self.cluster.as_ref().map(|node| node.threads.events()).unwrap_or_default();
+        for event in events {
+            if let Some(code) = self.cluster_step(event)? {
+                return Ok(Some(code));
+            }
+        }
+        Ok(None)
+    }
+
+    /// A tick, when the rules want one.
+    pub(super) fn cluster_tick(&mut self, now_ms: u64) -> io::Result<Option<i32>> {
+        match self.cluster.as_ref().and_then(Node::next_tick_ms) {
+            Some(at) if at <= now_ms => self.cluster_step(Event::Tick),
+            _ => Ok(None),
+        }
+    }
+
+    /// Steps the rules with `event` and carries out what follows.
+    fn cluster_step(&mut self, event: Event) -> io::Result<Option<i32>> {
+        let Some(node) = self.cluster.as_mut() else { return Ok(None) };
+        if let Event::Committed { seq } | Event::Refused { seq } = &event {
+            if let Some((_, since)) = node.putting.take_if(|(putting, _)| putting == seq) {
+                node.commit_latency.observe(since.elapsed().as_micros() as u64);
+            }
+        }
+        let effects = node.rules.step(event, wall_ms());
+        for effect in effects {
+            match effect {
+                Effect::Apply { seq, batch } => self.apply_batch(seq, &batch)?,
+                Effect::TakeOver { at_ms, gap_ms } => self.take_over(at_ms, gap_ms)?,
+                Effect::Heartbeat => {
+                    let now = self.clock();
+                    self.expire(now)?;
+                }
+                Effect::Acknowledge { tokens, .. } => self.node().release(&tokens, |message| Some(message)),
+                Effect::Resign { tokens } => {
+                    let reply = self.node().not_leader();
+                    self.node().release(&tokens, |message| match message {
+                        (link, FromKeeper::Reply { id, .. }) => {
+                            Some((link, FromKeeper::Reply { id, reply: reply.clone() }))
+                        }
+                        _ => None,
+                    });
+                }
+                Effect::Rebuild => return Ok(Some(self.rebuild())),
+                effect => {
+                    let node = self.node();
+                    if let Effect::Put { seq, .. } = &effect {
+                        node.putting = Some((*seq, Instant::now()));
+                    }
+                    node.threads.carry_out(effect);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn node(&mut self) -> &mut Node {
+        self.cluster.as_mut().expect("cluster mode")
+    }
+
+    /// The end of a loop turn in cluster mode: a leader's records become a turn whose
+    /// answers wait for its batch; answers after a turn still waiting wait with it; answers
+    /// acknowledged or resigned meanwhile go out.
+    pub(super) fn cluster_end_turn(&mut self) -> io::Result<Option<i32>> {
+        let node = self.node();
+        if !node.turn.is_empty() {
+            let token = node.next_token;
+            node.next_token += 1;
+            let records = std::mem::take(&mut node.turn);
+            let at_ms = std::mem::take(&mut node.turn_at_ms);
+            let answers = std::mem::take(&mut self.outbox);
+            self.node().held.push_back((token, answers));
+            if let Some(code) = self.cluster_step(Event::Turn(Turn { token, records, at_ms }))? {
+                return Ok(Some(code));
+            }
+        } else if !self.outbox.is_empty() {
+            let mut answers = std::mem::take(&mut self.outbox);
+            match self.node().held.back_mut() {
+                Some((_, waiting)) => waiting.append(&mut answers),
+                None => self.outbox = answers,
+            }
+        }
+        let released = std::mem::take(&mut self.node().released);
+        self.outbox.extend(released);
+        Ok(None)
+    }
+
+    /// Tells the workers where this node stands when that changed (a new applied position
+    /// at most every [`STATUS_EVERY_MS`]).
+    pub(super) fn tell_status(&mut self, now_ms: u64) {
+        let Some(node) = self.cluster.as_ref() else { return };
+        let status = node.status(&self.node_name);
+        let changed = match &node.told {
+            None => true,
+            Some(told) if told.role != status.role || told.epoch != status.epoch || told.leader != status.leader => true,
+            Some(told) => *told != status && now_ms >= node.told_at_ms + STATUS_EVERY_MS,
+        };
+        if !changed {
+            return;
+        }
+        let courier = node.courier.map(|(link, _)| link);
+        for (index, link) in self.links.iter_mut().enumerate() {
+            let Some(link) = link.as_mut().filter(|_| Some(index) != courier) else { continue };
+            if link.send(&FromKeeper::Cluster { status: status.clone() }).is_err() && !self.broken.contains(&index) {
+                self.broken.push(index);
+            }
+        }
+        let node = self.node();
+        node.told = Some(status);
+        node.told_at_ms = now_ms;
+    }
+
+    /// Where this node stands, for metrics.
+    pub(super) fn cluster_status(&self) -> Option<ClusterStatus> {
+        self.cluster.as_ref().map(|node| node.status(&self.node_name))
+    }
+
+    /// Replays a batch of the log into the replica (what the service sends meanwhile is
+    /// for the leader's channels, not this node's: dropped). A batch this build cannot read
+    /// stops the keeper: its replica cannot follow the log.
+    fn apply_batch(&mut self, seq: u64, batch: &[u8]) -> io::Result<()> {
+        let mut frames = codec::Reader::new(batch);
+        let mut reader = SegmentReader::new();
+        let mut dropped: Outbox = Vec::new();
+        let refuse = |why: String| {
+            io::Error::other(CorruptJournal(format!(
+                "batch {seq} of the cluster's log cannot be read ({why}); this node cannot follow the log"
+            )))
+        };
+        while let Some(body) = frames.next_record().map_err(|e| refuse(e.to_string()))? {
+            if let Some(record) = reader.read(body).map_err(|e| refuse(e.to_string()))? {
+                journal::replay_answering(&mut self.service, record, &mut self.fences_reserved, &mut dropped);
+            }
+        }
+        Ok(())
+    }
+
+    /// Journals and applies the takeover (docs/cluster.md, "Taking over") as the first
+    /// records of this leader.
+    fn take_over(&mut self, at_ms: u64, gap_ms: u64) -> io::Result<()> {
+        let entropy = self.entropy.next_u64()?;
+        let mut records = vec![self.configure_record()];
+        records.extend(self.service.links().into_iter().map(|link| Record::LinkClosed { link, at_ms, entropy }));
+        records.push(Record::ResetPresence { at_ms });
+        records.push(Record::ExtendLeases { by_ms: gap_ms });
+        records.push(Record::Expire { at_ms, entropy });
+        // What the takeover sends is for the old leader's channels: dropped.
+        let mut dropped: Outbox = Vec::new();
+        for record in records {
+            self.node().journal(&record, at_ms);
+            journal::replay_answering(&mut self.service, record, &mut self.fences_reserved, &mut dropped);
+        }
+        if let Some((link, capacity)) = self.node().courier {
+            self.on_message(link, ToKeeper::CourierReady { capacity })?;
+        }
+        let stats = self.service.table().stats();
+        log::info!(
+            "leading the cluster from batch {}: {} locks, {} leases (extended by {gap_ms} ms, the time without a \
+             leader), {} waiters",
+            self.node().rules.applied(),
+            stats.locks,
+            stats.holders,
+            stats.waiters
+        );
+        Ok(())
+    }
+
+    /// Ends the keeper so a new one replays the log: answers what it resigned first.
+    fn rebuild(&mut self) -> i32 {
+        log::warn!("this node's replica holds changes that never reached the log: the keeper starts again from the log");
+        let released = std::mem::take(&mut self.node().released);
+        self.outbox.extend(released);
+        self.deliver();
+        for link in self.links.iter_mut().flatten() {
+            link.flush_blocking(Duration::from_millis(200));
+        }
+        self.node().stop();
+        EXIT_REBUILD
+    }
+}
+
+impl Node {
+    /// Moves the answers of `tokens` to those that may leave, each through `map` (which may
+    /// drop it).
+    fn release(
+        &mut self,
+        tokens: &[u64],
+        mut map: impl FnMut((LinkId, FromKeeper)) -> Option<(LinkId, FromKeeper)>,
+    ) {
+        let mut kept = VecDeque::with_capacity(self.held.len());
+        for (token, answers) in self.held.drain(..) {
+            if tokens.contains(&token) {
+                self.released.extend(answers.into_iter().filter_map(&mut map));
+            } else {
+                kept.push_back((token, answers));
+            }
+        }
+        self.held = kept;
+    }
+}
