@@ -375,7 +375,13 @@ pub fn render(
                 header(&mut out, name, "gauge", help);
                 let _ = writeln!(out, "leasehold_{name} {value}");
             }
-            histogram(&mut out, "cluster_commit_seconds", "Time one batch's put into etcd took.", "", &k.commit_latency);
+            histogram(
+                &mut out,
+                "cluster_commit_seconds",
+                "Time one batch's put into etcd took.",
+                "",
+                &k.commit_latency,
+            );
         }
         header(&mut out, "outbox_calls", "gauge", "Outbox calls, by state.");
         let _ = writeln!(out, "leasehold_outbox_calls{{state=\"pending\"}} {}", k.outbox_pending);

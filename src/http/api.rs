@@ -22,7 +22,9 @@ use crate::core::names::CallbackUrl;
 use crate::core::names::{DataKey, LockName, Owner, Ticket};
 use crate::core::outbox::Call;
 use crate::core::target::{parse_target, TargetPolicy};
-use crate::ipc::message::{Budget, ClusterStatus, LockInfo, LockOp, LockReply, OutboxRefusal, RejectKind, Then, TicketEvent};
+use crate::ipc::message::{
+    Budget, ClusterStatus, LockInfo, LockOp, LockReply, OutboxRefusal, RejectKind, Then, TicketEvent,
+};
 use crate::service::resources::row_id;
 
 /// The header that carries a Small Resource Server ticket, spelled as its client reads it.

@@ -120,8 +120,8 @@ pub enum ToMaster {
     KeeperMetrics {
         /// Collection id.
         id: u64,
-        /// The counters.
-        snapshot: KeeperSnapshot,
+        /// The counters (boxed: far larger than the other messages).
+        snapshot: Box<KeeperSnapshot>,
     },
 }
 

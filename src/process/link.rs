@@ -47,6 +47,11 @@ pub struct Link {
     value: Vec<u8>,
     ttl_s: u64,
     lease: Option<LeaseId>,
+    /// When the lease was last granted or renewed.
+    renewed_at: Instant,
+    /// A lease given up for lost because it could not be renewed for its whole TTL (etcd
+    /// unreachable, or without quorum): etcd may still hold it, so a settling revokes it.
+    presumed_lost: Option<LeaseId>,
 }
 
 impl Link {
@@ -61,6 +66,8 @@ impl Link {
             value: serde_json::to_vec(&value).unwrap_or_default(),
             ttl_s: config.election_ttl_ms.div_ceil(1_000),
             lease: None,
+            renewed_at: Instant::now(),
+            presumed_lost: None,
         })
     }
 
@@ -70,14 +77,16 @@ impl Link {
     }
 
     /// Holds the node's lease: grants one when it has none, renews it otherwise. Reports
-    /// `LeaseHeld` when one was granted, `LeaseLost` when the renewal found it gone, and
-    /// nothing when etcd could not be asked (the lease may still be alive: the caller
-    /// renews again soon, and the lease lapses by itself if it cannot).
+    /// `LeaseHeld` when one was granted, and `LeaseLost` when the renewal found it gone or
+    /// could not be made for the lease's whole TTL (then etcd may have let it lapse: a
+    /// leader that cannot tell must stop acting as one). A renewal that merely failed
+    /// reports nothing: the caller renews again soon.
     pub fn keep_lease(&mut self) -> Vec<Event> {
         match self.lease {
             None => match self.etcd.lease_grant(self.ttl_s) {
                 Ok(id) => {
                     self.lease = Some(id);
+                    self.renewed_at = Instant::now();
                     vec![Event::LeaseHeld]
                 }
                 Err(e) => {
@@ -86,9 +95,18 @@ impl Link {
                 }
             },
             Some(id) => match self.etcd.lease_keepalive(id) {
-                Ok(Some(_)) => Vec::new(),
+                Ok(Some(_)) => {
+                    self.renewed_at = Instant::now();
+                    Vec::new()
+                }
                 Ok(None) => {
                     self.lease = None;
+                    vec![Event::LeaseLost]
+                }
+                Err(e) if self.renewed_at.elapsed() >= Duration::from_secs(self.ttl_s) => {
+                    log::warn!("the etcd lease could not be renewed for its whole TTL ({e}): taken as lost");
+                    self.lease = None;
+                    self.presumed_lost = Some(id);
                     vec![Event::LeaseLost]
                 }
                 Err(e) => {
@@ -238,7 +256,7 @@ impl Link {
         let mut events = Vec::new();
         // Revoking the lease deletes the leader key if it still has this epoch: no put
         // under it can land after this.
-        if let Some(lease) = self.lease {
+        if let Some(lease) = self.lease.or(self.presumed_lost) {
             let holder: Option<Holder> = match self.etcd.leader(&self.leader_key) {
                 Ok(holder) => holder,
                 Err(_) => return vec![Event::Unknown { seq }],
@@ -247,8 +265,10 @@ impl Link {
                 if self.etcd.lease_revoke(lease).is_err() {
                     return vec![Event::Unknown { seq }];
                 }
-                self.lease = None;
-                events.push(Event::LeaseLost);
+                if self.lease.take().is_some() {
+                    events.push(Event::LeaseLost);
+                }
+                self.presumed_lost = None;
             }
         }
         match self.etcd.read_log(&self.prefix, seq) {

@@ -678,7 +678,7 @@ impl Master {
             ToMaster::KeeperMetrics { id, snapshot } => {
                 if let Some(c) = self.collections.get_mut(&id) {
                     if c.waiting.remove(&generation) {
-                        c.keeper = Some(snapshot);
+                        c.keeper = Some(*snapshot);
                     }
                 }
                 self.maybe_finish_collection(id, false);

@@ -8,6 +8,7 @@ mod auth;
 mod budgets;
 mod cli;
 mod client;
+mod cluster;
 mod compat;
 mod dispatch;
 mod durability;

@@ -247,7 +247,7 @@ impl Keeper {
                     let now = self.clock();
                     self.expire(now)?;
                 }
-                Effect::Acknowledge { tokens, .. } => self.node().release(&tokens, |message| Some(message)),
+                Effect::Acknowledge { tokens, .. } => self.node().release(&tokens, Some),
                 Effect::Resign { tokens } => {
                     let reply = self.node().not_leader();
                     self.node().release(&tokens, |message| match message {
@@ -308,7 +308,9 @@ impl Keeper {
         let status = node.status(&self.node_name);
         let changed = match &node.told {
             None => true,
-            Some(told) if told.role != status.role || told.epoch != status.epoch || told.leader != status.leader => true,
+            Some(told) if told.role != status.role || told.epoch != status.epoch || told.leader != status.leader => {
+                true
+            }
             Some(told) => *told != status && now_ms >= node.told_at_ms + STATUS_EVERY_MS,
         };
         if !changed {
@@ -383,7 +385,9 @@ impl Keeper {
 
     /// Ends the keeper so a new one replays the log: answers what it resigned first.
     fn rebuild(&mut self) -> i32 {
-        log::warn!("this node's replica holds changes that never reached the log: the keeper starts again from the log");
+        log::warn!(
+            "this node's replica holds changes that never reached the log: the keeper starts again from the log"
+        );
         let released = std::mem::take(&mut self.node().released);
         self.outbox.extend(released);
         self.deliver();
@@ -398,11 +402,7 @@ impl Keeper {
 impl Node {
     /// Moves the answers of `tokens` to those that may leave, each through `map` (which may
     /// drop it).
-    fn release(
-        &mut self,
-        tokens: &[u64],
-        mut map: impl FnMut((LinkId, FromKeeper)) -> Option<(LinkId, FromKeeper)>,
-    ) {
+    fn release(&mut self, tokens: &[u64], mut map: impl FnMut((LinkId, FromKeeper)) -> Option<(LinkId, FromKeeper)>) {
         let mut kept = VecDeque::with_capacity(self.held.len());
         for (token, answers) in self.held.drain(..) {
             if tokens.contains(&token) {

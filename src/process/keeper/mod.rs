@@ -621,7 +621,7 @@ impl Keeper {
                 }
                 ToChild::Collect { id } => {
                     let snapshot = self.snapshot();
-                    let _ = self.control.send(&ToMaster::KeeperMetrics { id, snapshot });
+                    let _ = self.control.send(&ToMaster::KeeperMetrics { id, snapshot: Box::new(snapshot) });
                 }
                 other => log::warn!("ignoring an unexpected control message: {other:?}"),
             }

@@ -423,7 +423,11 @@ fn a_leader_acknowledges_only_what_the_log_holds_and_batches_turns_behind_a_put(
     let mut c = Cluster::new(SETTINGS, "n0", 0, 0);
     assert_eq!(c.step(Event::LeaseHeld, 10), [Effect::Campaign]);
     assert_eq!(c.step(Event::Won { epoch: 7 }, 10), [Effect::CatchUp { from: 1, read: 1 }]);
-    assert_eq!(c.step(Event::LogEnd { seq: 0, read: 1 }, 20), [Effect::TakeOver { at_ms: 20, gap_ms: 0 }], "an empty log had no leader to be without");
+    assert_eq!(
+        c.step(Event::LogEnd { seq: 0, read: 1 }, 20),
+        [Effect::TakeOver { at_ms: 20, gap_ms: 0 }],
+        "an empty log had no leader to be without"
+    );
     let turn = |token: u64, bytes: &[u8]| Event::Turn(Turn { token, records: bytes.to_vec(), at_ms: 30 });
     assert_eq!(c.step(turn(1, b"a"), 30), [Effect::Put { seq: 1, epoch: 7, batch: b"a".to_vec() }]);
     // Turns behind the put wait, then go together.
@@ -465,10 +469,10 @@ fn a_new_leader_takes_over_only_after_a_read_begun_after_its_win() {
 fn a_follower_reads_the_log_when_its_watch_begins_and_again_for_batches_seen_past_a_read() {
     let mut c = Cluster::new(SETTINGS, "n0", 0, 0);
     assert_eq!(c.step(Event::Watching, 0), [Effect::CatchUp { from: 1, read: 1 }]);
-    assert_eq!(c.step(Event::Logged { seq: 1, batch: b"a".to_vec(), at_ms: 5 }, 0), [Effect::Apply {
-        seq: 1,
-        batch: b"a".to_vec()
-    }]);
+    assert_eq!(
+        c.step(Event::Logged { seq: 1, batch: b"a".to_vec(), at_ms: 5 }, 0),
+        [Effect::Apply { seq: 1, batch: b"a".to_vec() }]
+    );
     // The watch shows batch 3 while the read runs; the read ends at 2.
     assert!(c.step(Event::Logged { seq: 3, batch: b"c".to_vec(), at_ms: 7 }, 0).is_empty());
     c.step(Event::Logged { seq: 2, batch: b"b".to_vec(), at_ms: 6 }, 0);
@@ -493,7 +497,10 @@ fn a_leader_that_sees_another_epoch_or_a_foreign_batch_resigns() {
     let mut c = leading();
     let other = Leader { node: "n2".into(), url: "http://n2".into(), epoch: 5 };
     // Its batch in flight may have landed: settled before anything is said of it.
-    assert_eq!(c.step(Event::LeaderIs { leader: Some(other.clone()), revision: other.epoch }, 1), std::slice::from_ref(&settle));
+    assert_eq!(
+        c.step(Event::LeaderIs { leader: Some(other.clone()), revision: other.epoch }, 1),
+        std::slice::from_ref(&settle)
+    );
     assert_eq!(c.role(), &Role::Follower { leader: Some(other) });
     assert_eq!(c.step(Event::Refused { seq: 1 }, 2), [Effect::Resign { tokens: vec![1] }, Effect::Rebuild]);
     let mut c = leading();

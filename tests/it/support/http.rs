@@ -52,6 +52,11 @@ impl Client {
         Ok(Client { stream, buf: Vec::new() })
     }
 
+    /// How long a read may wait (the tests' deadline unless set).
+    pub fn set_timeout(&mut self, timeout: std::time::Duration) {
+        let _ = self.stream.set_read_timeout(Some(timeout));
+    }
+
     /// Sends raw bytes.
     pub fn send_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
         self.stream.write_all(bytes)

@@ -6,6 +6,7 @@
 pub mod etcd;
 pub mod http;
 pub mod load;
+pub mod nodes;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

@@ -1,0 +1,286 @@
+//! Cluster mode end to end (docs/cluster.md): three real leasehold nodes on a real 3-member
+//! etcd on loopback, with the leader killed outright, frozen past its lease, and etcd
+//! members killed. What must hold is what the README promises: an acknowledged change is
+//! never lost, a deposed leader acknowledges nothing, fences only grow, and leases survive
+//! a failover (the takeover extends them by the time without a leader).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::support::etcd::EtcdCluster;
+use crate::support::http::{once, Client, Reply};
+use crate::support::nodes::{Follow, Nodes, Outcome};
+use crate::support::wait_for;
+
+/// The counter's lock and data key.
+const COUNTER: &str = "/v1/locks/counter";
+
+fn text(reply: &Reply) -> String {
+    String::from_utf8_lossy(&reply.body).into_owned()
+}
+
+/// One increment of the racing counter, as a client must make it across failovers: take
+/// the lock (again, if no answer came), read the count where the lock was confirmed, write
+/// count + 1 under the ticket (checking, when no answer came, whether it landed), release.
+/// Returns the count written and the fence it was written under.
+fn increment(client: &mut Follow) -> (u64, u64) {
+    let (ticket, fence) = loop {
+        // A try-lock, so no client leaves a waiter behind when its node dies under it.
+        match client.send("POST", &format!("{COUNTER}/acquire"), &[], r#"{"ttl_ms":8000,"queue":"none"}"#) {
+            Outcome::Answer(r) if r.status == 200 => {
+                let body = r.json();
+                break (body["ticket"].as_str().unwrap().to_string(), body["fence"].as_u64().unwrap());
+            }
+            // Taken: a client's backoff before it tries again.
+            Outcome::Answer(r) if r.status == 409 => std::thread::park_timeout(Duration::from_millis(5)),
+            // No answer: a ticket granted meanwhile lapses by its TTL.
+            Outcome::Unknown => {}
+            Outcome::Answer(r) => panic!("acquire: {} {}", r.status, text(&r)),
+        }
+    };
+    let renew = format!(r#"{{"ticket":"{ticket}","ttl_ms":8000}}"#);
+    // The count as the leader has it: a renewal confirms the lease there, and the read
+    // goes to the node that confirmed it.
+    let read = |client: &mut Follow| loop {
+        match client.send("POST", &format!("{COUNTER}/renew"), &[], &renew) {
+            Outcome::Answer(r) if r.status == 200 => {}
+            Outcome::Unknown => continue,
+            Outcome::Answer(r) => panic!("renew of a held lease: {} {}", r.status, text(&r)),
+        }
+        let Ok(mut direct) = Client::connect(client.at()) else { continue };
+        match direct.get(&format!("{COUNTER}/data/n")) {
+            Ok(r) if r.status == 200 => return r.json().as_u64().unwrap(),
+            Ok(r) if r.status == 404 => return 0,
+            _ => continue,
+        }
+    };
+    let n = read(client) + 1;
+    loop {
+        match client.send("PUT", &format!("{COUNTER}/data/n"), &[("x-ticket", &ticket)], &n.to_string()) {
+            Outcome::Answer(r) if r.status == 200 || r.status == 201 => break,
+            Outcome::Unknown if read(client) == n => break,
+            Outcome::Unknown => {}
+            Outcome::Answer(r) => panic!("write under a held lease: {} {}", r.status, text(&r)),
+        }
+    }
+    loop {
+        match client.send("POST", &format!("{COUNTER}/release"), &[], &format!(r#"{{"ticket":"{ticket}"}}"#)) {
+            Outcome::Answer(r) if r.status == 200 => break,
+            // An earlier try went through.
+            Outcome::Answer(r) if r.status == 410 => break,
+            Outcome::Unknown => {}
+            Outcome::Answer(r) => panic!("release: {} {}", r.status, text(&r)),
+        }
+    }
+    (n, fence)
+}
+
+/// Takes `lock` with a long lease through `client`; its ticket and fence.
+fn hold(client: &mut Follow, lock: &str) -> (String, u64) {
+    loop {
+        if let Outcome::Answer(r) =
+            client.send("POST", &format!("/v1/locks/{lock}/acquire"), &[], r#"{"ttl_ms":60000}"#)
+        {
+            assert_eq!(r.status, 200, "{}", text(&r));
+            let body = r.json();
+            return (body["ticket"].as_str().unwrap().to_string(), body["fence"].as_u64().unwrap());
+        }
+    }
+}
+
+#[test]
+fn r13_a_racing_counter_ends_exact_across_two_leader_kills_with_fences_in_grant_order() {
+    let etcd = EtcdCluster::start();
+    let mut cluster = Nodes::start(&etcd, 3, 2);
+    let addrs = cluster.addrs();
+    let done: Arc<Mutex<Vec<(u64, u64)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let increments = Arc::new(AtomicU64::new(0));
+    // Six clients, two starting at each node.
+    let clients: Vec<_> = (0..6)
+        .map(|i| {
+            let (addrs, done, stop, increments) = (addrs.clone(), done.clone(), stop.clone(), increments.clone());
+            std::thread::spawn(move || {
+                let mut client = Follow::new(addrs, i);
+                while !stop.load(Ordering::Relaxed) {
+                    let made = increment(&mut client);
+                    done.lock().unwrap().push(made);
+                    increments.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let mut holder = Follow::new(addrs.clone(), 0);
+    let mut held = Vec::new();
+    for round in 0..2 {
+        let before = increments.load(Ordering::Relaxed);
+        wait_for("the counter to move", || {
+            let now = increments.load(Ordering::Relaxed);
+            (now >= before + 20).then_some(()).ok_or(now)
+        });
+        held.push((format!("kept-{round}"), hold(&mut holder, &format!("kept-{round}"))));
+        let leader = cluster.leader();
+        cluster.nodes[leader].kill();
+        let after_kill = increments.load(Ordering::Relaxed);
+        wait_for("the counter to move on a new leader", || {
+            let now = increments.load(Ordering::Relaxed);
+            (now >= after_kill + 20).then_some(()).ok_or(now)
+        });
+        cluster.nodes[leader].restart();
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().expect("a client thread");
+    }
+    let mut made = done.lock().unwrap().clone();
+    made.sort_unstable();
+    let counts: Vec<u64> = made.iter().map(|(n, _)| *n).collect();
+    assert_eq!(counts, (1..=made.len() as u64).collect::<Vec<_>>(), "each increment counted once");
+    let leader = cluster.leader();
+    let count = once(cluster.nodes[leader].addr, "GET", &format!("{COUNTER}/data/n"), &[], "");
+    assert_eq!(count.json().as_u64(), Some(made.len() as u64), "the count ends exact");
+    for pair in made.windows(2) {
+        assert!(pair[0].1 < pair[1].1, "fences grow in grant order: {pair:?}");
+    }
+    // Leases acknowledged before each kill are held by the same ticket, with the same fence.
+    for (lock, (ticket, fence)) in held {
+        match holder.send("GET", &format!("/v1/locks/{lock}/tickets/{ticket}"), &[], "") {
+            Outcome::Answer(r) => {
+                assert_eq!(r.status, 200, "{lock}: {}", text(&r));
+                assert_eq!(r.json()["fence"].as_u64(), Some(fence), "{lock}: {}", text(&r));
+            }
+            Outcome::Unknown => panic!("{lock}: no answer"),
+        }
+    }
+    cluster.wait_in_step();
+}
+
+/// Every node's view of `locks`: each lock's status with its relative times left out (they
+/// depend on when it is read), its data, and the next fence.
+fn view(addr: std::net::SocketAddr, locks: &[String]) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for lock in locks {
+        let mut status = once(addr, "GET", &format!("/v1/locks/{lock}"), &[], "").json();
+        for holder in status["holders"].as_array_mut().into_iter().flatten() {
+            holder.as_object_mut().unwrap().remove("expires_in_ms");
+        }
+        out.push(status);
+        out.push(serde_json::json!(text(&once(addr, "GET", &format!("/v1/locks/{lock}/data/k"), &[], ""))));
+    }
+    let metrics = text(&once(addr, "GET", "/metrics", &[], ""));
+    let fence = metrics.lines().find(|l| l.starts_with("leasehold_next_fence ")).map(str::to_string);
+    out.push(serde_json::json!(fence));
+    out
+}
+
+#[test]
+fn r13_a_leader_frozen_past_its_lease_acknowledges_nothing_more_and_rejoins_with_the_same_state() {
+    let etcd = EtcdCluster::start();
+    let cluster = Nodes::start(&etcd, 3, 1);
+    let old = cluster.leader();
+    let mut client = Follow::new(cluster.addrs(), old);
+    let mut locks = Vec::new();
+    for i in 0..5 {
+        let lock = format!("before-{i}");
+        let (ticket, _) = hold(&mut client, &lock);
+        let put = client.send("PUT", &format!("/v1/locks/{lock}/data/k"), &[("x-ticket", &ticket)], &i.to_string());
+        assert!(matches!(&put, Outcome::Answer(r) if r.status == 201), "{put:?}");
+        locks.push(lock);
+    }
+    cluster.nodes[old].signal_all(Signal::SIGSTOP);
+    let new = wait_for("another node to lead", || {
+        let leaders: Vec<usize> =
+            (0..3).filter(|&i| i != old && cluster.nodes[i].status().is_some_and(|s| s["role"] == "leader")).collect();
+        leaders.first().copied().ok_or(leaders)
+    });
+    // The old leader's clients send changes it cannot see yet (it is frozen): each is in
+    // its socket once the write returns.
+    let stale: Vec<_> = (0..4)
+        .map(|i| {
+            let mut c = Client::connect(cluster.nodes[old].addr).expect("the frozen node's kernel accepts");
+            let request =
+                format!("POST /v1/locks/stale-{i}/acquire HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{{}}");
+            c.send_raw(request.as_bytes()).expect("send");
+            std::thread::spawn(move || c.read_reply().expect("an answer once thawed"))
+        })
+        .collect();
+    let mut on_new = Follow::new(cluster.addrs(), new);
+    hold(&mut on_new, "after");
+    locks.push("after".into());
+    cluster.nodes[old].signal_all(Signal::SIGCONT);
+    for answer in stale {
+        let reply = answer.join().expect("a stale client");
+        // Refused by the rules, or by a worker whose keeper is starting again to rebuild.
+        assert_eq!(reply.status, 503, "a deposed leader acknowledges nothing: {}", text(&reply));
+        let error = reply.json()["error"].clone();
+        assert!(error == "not_leader" || error == "keeper_unavailable", "{}", text(&reply));
+    }
+    // None of them is anywhere: not on the new leader, not in the log.
+    for i in 0..4 {
+        let status = once(cluster.nodes[new].addr, "GET", &format!("/v1/locks/stale-{i}"), &[], "");
+        assert_eq!(status.status, 404, "stale-{i}: {}", text(&status));
+    }
+    let log = etcd.etcdctl(&["get", "--prefix", "/leasehold/log/"]);
+    assert!(!log.contains("stale-"), "a refused change is in the log");
+    // The old leader rejoins as a follower with the very same state.
+    wait_for("the old leader to follow the new one", || {
+        let s = cluster.nodes[old].status().unwrap_or_default();
+        (s["role"] == "follower" && s["leader"] == format!("http://{}", cluster.nodes[new].addr).as_str())
+            .then_some(())
+            .ok_or(s)
+    });
+    cluster.wait_in_step();
+    let want = view(cluster.nodes[new].addr, &locks);
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        assert_eq!(view(node.addr, &locks), want, "node {i} holds the leader's state");
+    }
+}
+
+#[test]
+fn r13_etcd_losing_one_member_is_survived_and_losing_two_refuses_changes_until_they_return() {
+    let etcd = EtcdCluster::start();
+    let cluster = Nodes::start(&etcd, 3, 1);
+    let mut client = Follow::new(cluster.addrs(), 0);
+    let mut acknowledged = Vec::new();
+    for i in 0..3 {
+        acknowledged.push((format!("first-{i}"), hold(&mut client, &format!("first-{i}"))));
+    }
+    etcd.kill(&[1]);
+    for i in 0..3 {
+        acknowledged.push((format!("second-{i}"), hold(&mut client, &format!("second-{i}"))));
+    }
+    let leader = cluster.leader();
+    etcd.kill(&[2]);
+    // Without a quorum nothing can be committed: changes are refused with 503 (a change
+    // caught in a batch whose put has no outcome yet waits for etcd instead).
+    wait_for("a change to be refused 503", || {
+        let mut direct = Client::connect(cluster.nodes[leader].addr).map_err(|e| e.to_string())?;
+        direct.set_timeout(Duration::from_secs(2));
+        match direct.post("/v1/locks/refused/acquire", "{}") {
+            Ok(r) if r.status == 503 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    let servers: Vec<i32> = cluster.nodes.iter().map(|n| n.server.as_ref().unwrap().pid()).collect();
+    etcd.restart(&[1, 2]);
+    for i in 0..3 {
+        acknowledged.push((format!("third-{i}"), hold(&mut client, &format!("third-{i}"))));
+    }
+    assert_eq!(
+        cluster.nodes.iter().map(|n| n.server.as_ref().unwrap().pid()).collect::<Vec<_>>(),
+        servers,
+        "no node was restarted"
+    );
+    for (lock, (ticket, fence)) in acknowledged {
+        match client.send("GET", &format!("/v1/locks/{lock}/tickets/{ticket}"), &[], "") {
+            Outcome::Answer(r) => {
+                assert_eq!(r.status, 200, "{lock}: {}", text(&r));
+                assert_eq!(r.json()["fence"].as_u64(), Some(fence), "{lock}: {}", text(&r));
+            }
+            Outcome::Unknown => panic!("{lock}: no answer"),
+        }
+    }
+}
