@@ -3,7 +3,7 @@ CARGO  ?= cargo
 CONFIG ?= config/leasehold.toml
 BIN    := target/release/leasehold
 
-.PHONY: run build test fixtures test-stress lint fmt bench bench-compare bench-table bench-handoff bench-http bench-durability bench-recovery check-config fuzz
+.PHONY: run build test fixtures test-stress lint fmt bench bench-compare bench-table bench-handoff bench-http bench-durability bench-failover bench-recovery check-config fuzz
 
 ## run: build the release binary and serve with config/leasehold.toml
 run: build
@@ -56,6 +56,10 @@ bench-http:
 ## bench-durability: acquire/release with each fsync mode against etcd's lock transaction (installs wrk, etcd)
 bench-durability:
 	bash benches/durability.sh
+
+## bench-failover: cluster failover time (kill -9 of the leader to the first acknowledged change) over 10 runs, 3-member etcd and 3 nodes on loopback (installs etcd)
+bench-failover:
+	bash benches/failover.sh
 
 ## bench-recovery: recovery time and keeper memory with 1M leases (journal replay and snapshot)
 bench-recovery:
