@@ -150,6 +150,12 @@ impl Link {
                 let event = match self.etcd.put_batch(&log_key(&self.prefix, *seq), &self.leader_key, *epoch, batch) {
                     Ok(Put::Committed) => Event::Committed { seq: *seq },
                     Ok(Put::Refused { .. }) => Event::Refused { seq: *seq },
+                    // etcd refused the request itself (a batch past its request limit): it
+                    // took no effect, and never will.
+                    Err(e @ EtcdError::Http { .. }) => {
+                        log::error!("etcd refused batch {seq} ({} bytes): {e}", batch.len());
+                        Event::Refused { seq: *seq }
+                    }
                     Err(e) => {
                         log::warn!("the put of batch {seq} has no known outcome: {e}");
                         Event::Unknown { seq: *seq }

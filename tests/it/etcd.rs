@@ -439,3 +439,31 @@ fn r13_three_nodes_of_rules_and_links_elect_one_leader_commit_and_fail_over() {
         assert_eq!(node.applied, seqs, "node {i} applied the whole log in order");
     }
 }
+
+#[test]
+fn r13_a_batch_past_etcds_request_limit_is_refused_for_sure_not_put_again_forever() {
+    use leasehold::service::cluster::{Effect, Event};
+    let etcd = EtcdCluster::start();
+    let config = leasehold::config::ClusterConfig {
+        etcd_endpoints: etcd.endpoints.clone(),
+        prefix: PREFIX.into(),
+        node_name: "node-a".into(),
+        advertise_url: "http://node-a.test:8080".into(),
+        election_ttl_ms: 3_000,
+        etcd_timeout_ms: 1_000,
+    };
+    let mut link = leasehold::process::link::Link::new(&config).unwrap();
+    wait_for("a lease", || {
+        let events = link.keep_lease();
+        events.contains(&Event::LeaseHeld).then_some(()).ok_or(events)
+    });
+    let epoch = wait_for("the campaign won", || match link.carry_out(&Effect::Campaign).as_slice() {
+        [Event::Won { epoch }] => Ok(*epoch),
+        other => Err(other.to_vec()),
+    });
+    // etcd takes requests up to 1.5 MiB: a 2 MiB batch is refused by etcd itself.
+    let huge = Effect::Put { seq: 1, epoch, batch: vec![b'x'; 2 << 20] };
+    assert_eq!(link.carry_out(&huge), [Event::Refused { seq: 1 }]);
+    let small = Effect::Put { seq: 1, epoch, batch: b"a batch".to_vec() };
+    assert_eq!(link.carry_out(&small), [Event::Committed { seq: 1 }]);
+}

@@ -43,8 +43,10 @@ pub(super) const CLUSTER: Token = Token(3);
 /// master starts a new one at once (not a crash), which replays the log.
 pub const EXIT_REBUILD: i32 = 76;
 
-/// Largest batch of records put in one txn. etcd refuses requests over 1.5 MiB by default,
-/// and a batch travels base64-encoded (4/3 of its size).
+/// Largest batch of records put in one txn, and the size at which a leader's turn is
+/// handed over before its loop turn ends. etcd refuses requests over 1.5 MiB by default,
+/// and a batch travels base64-encoded (4/3 of its size); one record stays far below
+/// (request bodies are at most `server.max_body_bytes`, data values `max_data_bytes`).
 const MAX_BATCH_BYTES: usize = 512 * 1024;
 
 /// Workers hear of a new applied position at most this often (a new role at once).
@@ -278,15 +280,8 @@ impl Keeper {
     /// answers wait for its batch; answers after a turn still waiting wait with it; answers
     /// acknowledged or resigned meanwhile go out.
     pub(super) fn cluster_end_turn(&mut self) -> io::Result<Option<i32>> {
-        let node = self.node();
-        if !node.turn.is_empty() {
-            let token = node.next_token;
-            node.next_token += 1;
-            let records = std::mem::take(&mut node.turn);
-            let at_ms = std::mem::take(&mut node.turn_at_ms);
-            let answers = std::mem::take(&mut self.outbox);
-            self.node().held.push_back((token, answers));
-            if let Some(code) = self.cluster_step(Event::Turn(Turn { token, records, at_ms }))? {
+        if !self.node().turn.is_empty() {
+            if let Some(code) = self.submit_turn()? {
                 return Ok(Some(code));
             }
         } else if !self.outbox.is_empty() {
@@ -299,6 +294,27 @@ impl Keeper {
         let released = std::mem::take(&mut self.node().released);
         self.outbox.extend(released);
         Ok(None)
+    }
+
+    /// Hands this turn's records to the rules as one turn, its answers held under its token.
+    fn submit_turn(&mut self) -> io::Result<Option<i32>> {
+        let node = self.node();
+        let token = node.next_token;
+        node.next_token += 1;
+        let records = std::mem::take(&mut node.turn);
+        let at_ms = std::mem::take(&mut node.turn_at_ms);
+        let answers = std::mem::take(&mut self.outbox);
+        self.node().held.push_back((token, answers));
+        self.cluster_step(Event::Turn(Turn { token, records, at_ms }))
+    }
+
+    /// A leader's turn that grew to a batch's size is handed over at once, before the loop
+    /// turn ends: a batch must stay within what etcd takes in one request.
+    pub(super) fn submit_full_turn(&mut self) -> io::Result<Option<i32>> {
+        match self.cluster.as_ref() {
+            Some(node) if node.turn.len() >= MAX_BATCH_BYTES => self.submit_turn(),
+            _ => Ok(None),
+        }
     }
 
     /// Tells the workers where this node stands when that changed (a new applied position

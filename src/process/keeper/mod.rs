@@ -416,7 +416,11 @@ impl Keeper {
                             return Ok(code);
                         }
                     }
-                    Token(t) => self.on_link(t - LINK_BASE)?,
+                    Token(t) => {
+                        if let Some(code) = self.on_link(t - LINK_BASE)? {
+                            return Ok(code);
+                        }
+                    }
                 }
             }
             if let Some(code) = self.cluster_tick(wall_ms())? {
@@ -727,20 +731,25 @@ impl Keeper {
         }
     }
 
-    fn on_link(&mut self, index: usize) -> io::Result<()> {
-        let Some(link) = self.links.get_mut(index).and_then(Option::as_mut) else { return Ok(()) };
+    fn on_link(&mut self, index: usize) -> io::Result<Option<i32>> {
+        let Some(link) = self.links.get_mut(index).and_then(Option::as_mut) else { return Ok(None) };
         if let Err(e) = link.fill() {
             self.drop_link(index, &e);
-            return Ok(());
+            return Ok(None);
         }
         loop {
-            let Some(link) = self.links[index].as_mut() else { return Ok(()) };
+            let Some(link) = self.links[index].as_mut() else { return Ok(None) };
             match link.recv::<ToKeeper>() {
-                Ok(Some(message)) => self.on_message(index, message)?,
-                Ok(None) => return Ok(()),
+                Ok(Some(message)) => {
+                    self.on_message(index, message)?;
+                    if let Some(code) = self.submit_full_turn()? {
+                        return Ok(Some(code));
+                    }
+                }
+                Ok(None) => return Ok(None),
                 Err(e) => {
                     self.drop_link(index, &e);
-                    return Ok(());
+                    return Ok(None);
                 }
             }
         }
