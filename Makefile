@@ -3,11 +3,15 @@ CARGO  ?= cargo
 CONFIG ?= config/leasehold.toml
 BIN    := target/release/leasehold
 
-.PHONY: run build test fixtures test-stress lint fmt bench bench-compare bench-table bench-handoff bench-http bench-durability bench-failover bench-recovery check-config fuzz
+.PHONY: run cluster build test fixtures test-stress lint fmt bench bench-compare bench-table bench-handoff bench-http bench-durability bench-failover bench-recovery bench-cluster check-config fuzz
 
 ## run: build the release binary and serve with config/leasehold.toml
 run: build
 	$(BIN) serve --config $(CONFIG)
+
+## cluster: 3 nodes on a 3-member etcd on loopback (127.0.0.1:8081-8083, or from CLUSTER_PORT), with commands to try and a failover by hand; Ctrl-C tears it down (needs etcd: tests/deps.sh)
+cluster:
+	CARGO=$(CARGO) bash tests/cluster/run.sh
 
 build:
 	$(CARGO) build --release --locked
@@ -56,6 +60,10 @@ bench-http:
 ## bench-durability: acquire/release with each fsync mode against etcd's lock transaction (installs wrk, etcd)
 bench-durability:
 	bash benches/durability.sh
+
+## bench-cluster: acquire/release through the leader of 3 nodes against etcd's lock transaction on the same 3-member etcd (installs wrk, etcd)
+bench-cluster:
+	bash benches/cluster.sh
 
 ## bench-failover: cluster failover time (kill -9 of the leader to the first acknowledged change) over 10 runs, 3-member etcd and 3 nodes on loopback (installs etcd)
 bench-failover:
