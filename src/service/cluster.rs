@@ -61,8 +61,8 @@ pub struct Leader {
     pub epoch: Epoch,
 }
 
-/// A turn the keeper applied as leader: its records, its time, and a token that names its
-/// answers (held until the turn is in the log).
+/// A turn the keeper applied as leader: its records, its time, the epoch it was applied
+/// under, and a token that names its answers (held until the turn is in the log).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Turn {
     /// Names the turn's answers.
@@ -71,6 +71,9 @@ pub struct Turn {
     pub records: Vec<u8>,
     /// The time it was stamped with.
     pub at_ms: u64,
+    /// The epoch the keeper led when it applied the turn's first record: a turn is only
+    /// ever put under that epoch (a replica that applied it under an older one is stale).
+    pub epoch: Epoch,
 }
 
 /// What a node is.
@@ -322,6 +325,14 @@ impl Cluster {
         matches!(self.role, Role::Leading { .. })
     }
 
+    /// The epoch this node leads, if it does.
+    pub fn leading_epoch(&self) -> Option<Epoch> {
+        match self.role {
+            Role::Leading { epoch } => Some(epoch),
+            _ => None,
+        }
+    }
+
     /// The last batch applied.
     pub fn applied(&self) -> Seq {
         self.applied
@@ -410,11 +421,12 @@ impl Cluster {
                 }
             }
             Event::Turn(turn) => {
-                if self.leads() {
+                if self.leading_epoch() == Some(turn.epoch) {
                     self.queued.push_back(turn);
                     self.put_next(now_ms, &mut out);
                 } else {
-                    // Not leading (any more): the turn can never be committed.
+                    // Not leading (any more), or leading another epoch than the turn was
+                    // applied under: the turn can never be committed.
                     self.resign_tokens(vec![turn.token], &mut out);
                     if self.settling.is_none() {
                         self.rebuild_if_dirty(&mut out);

@@ -190,6 +190,11 @@ fn r13_a_leader_frozen_past_its_lease_acknowledges_nothing_more_and_rejoins_with
         assert!(matches!(&put, Outcome::Answer(r) if r.status == 201), "{put:?}");
         locks.push(lock);
     }
+    // Every batch of the log so far is the first leader's: each put is timed once.
+    let applied = cluster.wait_in_step();
+    let metrics = text(&once(cluster.nodes[old].addr, "GET", "/metrics", &[], ""));
+    let puts = metrics.lines().find_map(|l| l.strip_prefix("leasehold_cluster_commit_seconds_count "));
+    assert_eq!(puts.and_then(|n| n.parse::<u64>().ok()), Some(applied), "{metrics}");
     cluster.nodes[old].signal_all(Signal::SIGSTOP);
     let new = wait_for("another node to lead", || {
         let leaders: Vec<usize> =

@@ -317,11 +317,13 @@ impl Node {
                     Effect::Resign { tokens } => self.resigned.extend(tokens),
                     Effect::TakeOver { at_ms, gap_ms } => {
                         self.took_over = Some(gap_ms);
-                        events.push_back(Event::Turn(Turn { token: 0, records: expiry(at_ms, 0), at_ms }));
+                        let epoch = self.rules.leading_epoch().unwrap();
+                        events.push_back(Event::Turn(Turn { token: 0, records: expiry(at_ms, 0), at_ms, epoch }));
                     }
                     Effect::Heartbeat => {
                         let at_ms = self.rules.time(now_ms());
-                        events.push_back(Event::Turn(Turn { token: 1, records: expiry(at_ms, 1), at_ms }));
+                        let epoch = self.rules.leading_epoch().unwrap();
+                        events.push_back(Event::Turn(Turn { token: 1, records: expiry(at_ms, 1), at_ms, epoch }));
                     }
                     Effect::Rebuild => panic!("no node should rebuild in this test"),
                     other => events.extend(self.link.carry_out(&other)),
@@ -357,6 +359,7 @@ impl Node {
             token,
             records: expiry(at_ms, token),
             at_ms,
+            epoch: self.rules.leading_epoch().expect("a leader's turn"),
         }));
     }
 }

@@ -62,6 +62,8 @@ pub(super) struct Node {
     turn: Vec<u8>,
     /// The latest time a record of this turn was stamped with.
     turn_at_ms: u64,
+    /// The epoch this node led when the turn's first record was applied.
+    turn_epoch: u64,
     /// Answers of turns not yet acknowledged, oldest first, by token.
     held: VecDeque<(u64, Outbox)>,
     /// Answers that may leave now (acknowledged, or resigned as 503).
@@ -72,7 +74,7 @@ pub(super) struct Node {
     /// What the workers were last told, and when.
     told: Option<ClusterStatus>,
     told_at_ms: u64,
-    /// The batch being put, and since when.
+    /// The batch being put, and since its first try.
     putting: Option<(u64, Instant)>,
     commit_latency: Histogram,
 }
@@ -100,6 +102,7 @@ impl Node {
             etcd_timeout_ms: config.etcd_timeout_ms,
             turn: Vec::new(),
             turn_at_ms: 0,
+            turn_epoch: 0,
             held: VecDeque::new(),
             released: Vec::new(),
             next_token: 1,
@@ -121,13 +124,25 @@ impl Node {
         self.rules.time(now_ms)
     }
 
-    /// When the rules want a tick.
-    pub(super) fn next_tick_ms(&self) -> Option<u64> {
-        self.rules.next_tick_ms()
+    /// When the keeper must look at the cluster again: the rules' next tick, or the time
+    /// workers may hear of a position they were not told yet.
+    pub(super) fn next_tick_ms(&self, node_name: &str) -> Option<u64> {
+        let tell = self
+            .told
+            .as_ref()
+            .filter(|told| **told != self.status(node_name))
+            .map(|_| self.told_at_ms + STATUS_EVERY_MS);
+        match (self.rules.next_tick_ms(), tell) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Adds a record to this turn's batch.
     pub(super) fn journal<T: serde::Serialize>(&mut self, record: &T, at_ms: u64) {
+        if self.turn.is_empty() {
+            self.turn_epoch = self.rules.leading_epoch().unwrap_or(0);
+        }
         match codec::encode(record, &mut self.turn) {
             Ok(()) => self.turn_at_ms = self.turn_at_ms.max(at_ms),
             Err(e) => log::error!("a journal record cannot be encoded: {e}"),
@@ -226,7 +241,7 @@ impl Keeper {
 
     /// A tick, when the rules want one.
     pub(super) fn cluster_tick(&mut self, now_ms: u64) -> io::Result<Option<i32>> {
-        match self.cluster.as_ref().and_then(Node::next_tick_ms) {
+        match self.cluster.as_ref().and_then(|node| node.rules.next_tick_ms()) {
             Some(at) if at <= now_ms => self.cluster_step(Event::Tick),
             _ => Ok(None),
         }
@@ -235,11 +250,6 @@ impl Keeper {
     /// Steps the rules with `event` and carries out what follows.
     fn cluster_step(&mut self, event: Event) -> io::Result<Option<i32>> {
         let Some(node) = self.cluster.as_mut() else { return Ok(None) };
-        if let Event::Committed { seq } | Event::Refused { seq } = &event {
-            if let Some((_, since)) = node.putting.take_if(|(putting, _)| putting == seq) {
-                node.commit_latency.observe(since.elapsed().as_micros() as u64);
-            }
-        }
         let effects = node.rules.step(event, wall_ms());
         for effect in effects {
             match effect {
@@ -249,7 +259,14 @@ impl Keeper {
                     let now = self.clock();
                     self.expire(now)?;
                 }
-                Effect::Acknowledge { tokens, .. } => self.node().release(&tokens, Some),
+                Effect::Acknowledge { seq, tokens } => {
+                    // Committed, whether the put's answer or the watch said so first.
+                    let node = self.node();
+                    if let Some((_, since)) = node.putting.take_if(|(putting, _)| *putting == seq) {
+                        node.commit_latency.observe(since.elapsed().as_micros() as u64);
+                    }
+                    node.release(&tokens, Some);
+                }
                 Effect::Resign { tokens } => {
                     let reply = self.node().not_leader();
                     self.node().release(&tokens, |message| match message {
@@ -262,8 +279,11 @@ impl Keeper {
                 Effect::Rebuild => return Ok(Some(self.rebuild())),
                 effect => {
                     let node = self.node();
+                    // Timed from its first try.
                     if let Effect::Put { seq, .. } = &effect {
-                        node.putting = Some((*seq, Instant::now()));
+                        if node.putting.is_none_or(|(putting, _)| putting != *seq) {
+                            node.putting = Some((*seq, Instant::now()));
+                        }
                     }
                     node.threads.carry_out(effect);
                 }
@@ -303,9 +323,10 @@ impl Keeper {
         node.next_token += 1;
         let records = std::mem::take(&mut node.turn);
         let at_ms = std::mem::take(&mut node.turn_at_ms);
+        let epoch = node.turn_epoch;
         let answers = std::mem::take(&mut self.outbox);
         self.node().held.push_back((token, answers));
-        self.cluster_step(Event::Turn(Turn { token, records, at_ms }))
+        self.cluster_step(Event::Turn(Turn { token, records, at_ms, epoch }))
     }
 
     /// A leader's turn that grew to a batch's size is handed over at once, before the loop
@@ -330,6 +351,7 @@ impl Keeper {
             Some(told) => *told != status && now_ms >= node.told_at_ms + STATUS_EVERY_MS,
         };
         if !changed {
+            // Throttled: told at the next tick (`next_tick_ms`) instead.
             return;
         }
         let courier = node.courier.map(|(link, _)| link);

@@ -114,7 +114,10 @@ impl World {
         self.next_token += 1;
         let at_ms = self.nodes[i].cluster.time(self.now_ms);
         let records = format!("t{token};{records}").into_bytes();
-        self.step(i, Event::Turn(Turn { token, records, at_ms }));
+        // A keeper effect carried out late, when the node no longer leads, is a turn of no
+        // epoch: the rules must refuse it.
+        let epoch = self.nodes[i].cluster.leading_epoch().unwrap_or(0);
+        self.step(i, Event::Turn(Turn { token, records, at_ms, epoch }));
     }
 
     /// The link of node `i` carries out its next effect.
@@ -428,7 +431,7 @@ fn a_leader_acknowledges_only_what_the_log_holds_and_batches_turns_behind_a_put(
         [Effect::TakeOver { at_ms: 20, gap_ms: 0 }],
         "an empty log had no leader to be without"
     );
-    let turn = |token: u64, bytes: &[u8]| Event::Turn(Turn { token, records: bytes.to_vec(), at_ms: 30 });
+    let turn = |token: u64, bytes: &[u8]| Event::Turn(Turn { token, records: bytes.to_vec(), at_ms: 30, epoch: 7 });
     assert_eq!(c.step(turn(1, b"a"), 30), [Effect::Put { seq: 1, epoch: 7, batch: b"a".to_vec() }]);
     // Turns behind the put wait, then go together.
     assert!(c.step(turn(2, b"b"), 31).is_empty());
@@ -490,7 +493,7 @@ fn a_leader_that_sees_another_epoch_or_a_foreign_batch_resigns() {
         c.step(Event::LeaseHeld, 0);
         c.step(Event::Won { epoch: 3 }, 0);
         c.step(Event::LogEnd { seq: 0, read: 1 }, 0);
-        c.step(Event::Turn(Turn { token: 1, records: b"a".to_vec(), at_ms: 0 }), 0);
+        c.step(Event::Turn(Turn { token: 1, records: b"a".to_vec(), at_ms: 0, epoch: 3 }), 0);
         c
     };
     let settle = Effect::Settle { seq: 1, epoch: 3, batch: b"a".to_vec() };
@@ -518,7 +521,7 @@ fn a_leader_that_sees_another_epoch_or_a_foreign_batch_resigns() {
     // A lapsed lease, with a turn queued behind the put: the queued one is resigned at
     // once, the one in flight settled.
     let mut c = leading();
-    c.step(Event::Turn(Turn { token: 2, records: b"b".to_vec(), at_ms: 0 }), 0);
+    c.step(Event::Turn(Turn { token: 2, records: b"b".to_vec(), at_ms: 0, epoch: 3 }), 0);
     assert_eq!(c.step(Event::LeaseLost, 1), [Effect::Resign { tokens: vec![2] }, settle]);
     assert_eq!(c.step(Event::Refused { seq: 1 }, 2), [Effect::Resign { tokens: vec![1] }, Effect::Rebuild]);
 }
@@ -569,4 +572,20 @@ fn news_of_the_leader_key_older_than_what_a_node_knows_is_ignored() {
     c.step(Event::LeaderIs { leader: Some(n1.clone()), revision: 20 }, 0);
     assert!(c.step(Event::LeaderIs { leader: None, revision: 15 }, 0).is_empty());
     assert_eq!(c.role(), &Role::Follower { leader: Some(n1) });
+}
+
+#[test]
+fn a_turn_applied_under_an_older_epoch_is_never_put_under_a_newer_one() {
+    let mut c = Cluster::new(SETTINGS, "n0", 0, 0);
+    c.step(Event::LeaseHeld, 0);
+    c.step(Event::Won { epoch: 3 }, 0);
+    c.step(Event::LogEnd { seq: 0, read: 1 }, 0);
+    // Deposed, then leading again under epoch 9 before the keeper hands over a turn it
+    // applied under epoch 3 (its replica is stale): resigned, and the replica rebuilt.
+    c.step(Event::LeaderIs { leader: None, revision: 5 }, 0);
+    c.step(Event::Won { epoch: 9 }, 0);
+    c.step(Event::LogEnd { seq: 0, read: 2 }, 0);
+    assert_eq!(c.leading_epoch(), Some(9));
+    let stale = Turn { token: 4, records: b"s".to_vec(), at_ms: 0, epoch: 3 };
+    assert_eq!(c.step(Event::Turn(stale), 1), [Effect::Resign { tokens: vec![4] }, Effect::Rebuild]);
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use super::etcd::EtcdCluster;
-use super::http::{Client, Reply};
+use super::http::{once, Client, Reply};
 use super::{signal_pid, wait_for, Server, DEADLINE};
 
 /// The election TTL the tests run with (etcd's shortest lease).
@@ -128,14 +128,21 @@ impl Nodes {
         })
     }
 
-    /// Waits until every running node applied the log as far as the leader did.
+    /// Waits until every running node applied the log as far as the leader did (as each
+    /// keeper says now, in `/metrics`); returns that batch.
     pub fn wait_in_step(&self) -> u64 {
         wait_for("every running node at the leader's batch", || {
             let applied: Vec<Option<u64>> = self
                 .nodes
                 .iter()
                 .filter(|n| n.server.is_some())
-                .map(|n| n.status().and_then(|s| s["applied"].as_u64()))
+                .map(|n| {
+                    let metrics = once(n.addr, "GET", "/metrics", &[], "");
+                    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+                    text.lines()
+                        .find_map(|l| l.strip_prefix("leasehold_cluster_applied_batch "))
+                        .and_then(|v| v.parse().ok())
+                })
                 .collect();
             match applied.first() {
                 Some(Some(first)) if applied.iter().all(|a| a == &Some(*first)) => Ok(*first),
