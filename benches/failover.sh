@@ -37,7 +37,7 @@ advertise_url = "http://127.0.0.1:$port"
 election_ttl_ms = $ttl_ms
 CONF
   setsid "$bin" serve --config "$work/node-$i.toml" 2>>"$work/node-$i.log" &
-  pgids[$i]=$!; pids+=("$!")
+  pgids[$i]=$!; pids+=("$!"); disown "$!"
   wait_http "http://127.0.0.1:$port/healthz"
 }
 
