@@ -17,7 +17,7 @@
 //!   [`EXIT_REBUILD`]; the master starts a new one at once, which replays the log.
 //!
 //! The local journal is not written in cluster mode: a keeper starts from the log in etcd
-//! (issue 14 adds local snapshots at log positions).
+//! (local snapshots at log positions are the next step, docs/cluster.md).
 
 use std::collections::VecDeque;
 use std::io;
