@@ -1,7 +1,8 @@
 //! The `leasehold` binary: argv → subcommand. Exit codes: 0 success, 1 runtime failure,
 //! 2 bad usage or invalid configuration; `lock` also 75 (not acquired in time), 69 (server
-//! unreachable) or its command's own; `journal verify` 1 when the keeper would refuse the
-//! directory (corruption, or a file it cannot read).
+//! unreachable) or its command's own; `status --cluster` 69 when the cluster has no one
+//! leader that every node that answered names; `journal verify` 1 when the keeper would
+//! refuse the directory (corruption, or a file it cannot read).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -28,6 +29,13 @@ usage:
     it. Exit status: CMD's own; 75 if the lock could not be had in time; 69 if the server
     cannot be reached.
   leasehold status [NAME] [--json]    locks, holders and queues (a table, or JSON)
+  leasehold status --cluster [--json] every server of --server (the nodes of a cluster), asked
+                                      GET /readyz at once (2 s each): node, role, epoch,
+                                      applied, lag and the leader it names; a server that
+                                      cannot be reached or answers non-200 is a row saying
+                                      down (REASON). Exit 0 when exactly one node leads and
+                                      every node that answered names it; 69 otherwise (as for
+                                      a server that cannot be reached)
   leasehold release NAME TICKET       release a lease (for example one a dead job left)
   leasehold journal verify DIR        read the journal in DIR (server.data_dir) without changing
                                       it: every file, its records, every torn or corrupt spot

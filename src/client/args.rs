@@ -32,6 +32,15 @@ pub enum ArgsError {
     Missing(&'static str),
     /// More arguments than the command takes.
     Unexpected(String),
+    /// Two things given together that do not go together.
+    Conflict {
+        /// The option.
+        option: &'static str,
+        /// What it was given with.
+        with: String,
+        /// Why they do not go together.
+        reason: &'static str,
+    },
 }
 
 impl fmt::Display for ArgsError {
@@ -42,6 +51,7 @@ impl fmt::Display for ArgsError {
             Self::BadValue { option, value, expected } => write!(f, "{option} {value:?}: expected {expected}"),
             Self::Missing(what) => write!(f, "missing {what}"),
             Self::Unexpected(a) => write!(f, "unexpected argument {a:?}"),
+            Self::Conflict { option, with, reason } => write!(f, "{option} does not go with {with}: {reason}"),
         }
     }
 }
@@ -84,7 +94,7 @@ pub struct LockArgs {
     pub command: Vec<String>,
 }
 
-/// `leasehold status [NAME] [--json]`
+/// `leasehold status [NAME] [--json]` or `leasehold status --cluster [--json]`
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StatusArgs {
     /// Server and key.
@@ -93,6 +103,8 @@ pub struct StatusArgs {
     pub name: Option<String>,
     /// The server's JSON instead of a table.
     pub json: bool,
+    /// Where every listed node stands in the cluster, instead of locks.
+    pub cluster: bool,
 }
 
 /// `leasehold release NAME TICKET`
@@ -235,14 +247,22 @@ pub fn parse_lock(args: &[&str], env_url: Option<&str>, env_key: Option<&str>) -
 /// Parses the arguments after `status`.
 pub fn parse_status(args: &[&str], env_url: Option<&str>, env_key: Option<&str>) -> Result<StatusArgs, ArgsError> {
     let (target, rest) = take_target(args, env_url, env_key)?;
-    let mut status = StatusArgs { target, name: None, json: false };
+    let mut status = StatusArgs { target, name: None, json: false, cluster: false };
     for arg in rest {
         match arg {
             "--json" => status.json = true,
+            "--cluster" => status.cluster = true,
             o if o.starts_with('-') => return Err(ArgsError::UnknownOption(o.into())),
             name if status.name.is_none() => status.name = Some(name.to_string()),
             other => return Err(ArgsError::Unexpected(other.into())),
         }
+    }
+    if let (true, Some(name)) = (status.cluster, &status.name) {
+        return Err(ArgsError::Conflict {
+            option: "--cluster",
+            with: format!("the lock name {name:?}"),
+            reason: "it lists the nodes of --server, not locks",
+        });
     }
     Ok(status)
 }
@@ -322,6 +342,24 @@ mod tests {
         assert!(matches!(err(&["n", "--limit", "0", "--", "true"]), ArgsError::BadValue { .. }));
         assert!(matches!(err(&["n", "--ttl", "100ms", "--", "true"]), ArgsError::BadValue { .. }));
         assert_eq!(err(&["n", "m", "--", "true"]), ArgsError::Unexpected("m".into()));
+    }
+
+    #[test]
+    fn status_cluster_takes_no_lock_name() {
+        let s = parse_status(&["--cluster", "--server", "http://a:1,http://b:2"], None, None).unwrap();
+        assert_eq!((s.cluster, s.json, s.name), (true, false, None));
+        assert_eq!(s.target.server, "http://a:1,http://b:2");
+        let s = parse_status(&["--json", "--cluster"], Some("http://env:1"), None).unwrap();
+        assert_eq!((s.cluster, s.json, s.target.server.as_str()), (true, true, "http://env:1"));
+        assert!(!parse_status(&["a"], None, None).unwrap().cluster);
+        for args in [&["--cluster", "nightly"][..], &["nightly", "--cluster"][..]] {
+            let err = parse_status(args, None, None).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                "--cluster does not go with the lock name \"nightly\": it lists the nodes of --server, not locks",
+                "{args:?}"
+            );
+        }
     }
 
     #[test]

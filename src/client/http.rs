@@ -9,6 +9,7 @@
 //! `leader`: the same request goes there (nothing was done on the follower), at most
 //! [`MAX_LEADER_HOPS`] times a request, and later requests start there. A node that names
 //! itself, or a leader that could not be reached, ends the request with that 503.
+//! [`Http::ask_each`] asks every server of the list instead, each for its own answer.
 
 use std::cell::{Cell, RefCell};
 use std::fmt;
@@ -226,6 +227,39 @@ impl Http {
                 other => return other,
             }
         }
+    }
+
+    /// Sends one request to every server of the list at once, each within `timeout`, and
+    /// returns each server's own answer in the list's order: no failover and no following of
+    /// `not_leader` (for a view of every node, `leasehold status --cluster`).
+    pub fn ask_each(
+        &self,
+        method: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Vec<(String, Result<Response, ClientError>)> {
+        let endpoints = self.endpoints.borrow().clone();
+        std::thread::scope(|scope| {
+            let asks: Vec<_> = endpoints
+                .iter()
+                .map(|endpoint| {
+                    // A client of its own per thread (this one is not shared across threads).
+                    let one = Http {
+                        endpoints: RefCell::new(vec![endpoint.clone()]),
+                        current: Cell::new(0),
+                        key: self.key.clone(),
+                    };
+                    scope.spawn(move || one.call_one(endpoint, method, path, None, timeout))
+                })
+                .collect();
+            endpoints
+                .iter()
+                .zip(asks)
+                .map(|(endpoint, ask)| {
+                    (endpoint.server.clone(), ask.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)))
+                })
+                .collect()
+        })
     }
 
     /// Makes `leader` the server that answers from now on; false if it cannot be added.

@@ -7,12 +7,16 @@
 //!   then SIGKILL after `--grace`) if the lease is lost. Its exit status is CMD's own, 75
 //!   when the lock could not be had in time, 69 when the server cannot be reached.
 //! - `leasehold status [NAME] [--json]` and `leasehold release NAME TICKET`.
+//! - `leasehold status --cluster [--json]` asks every server of the list for its
+//!   `GET /readyz` at once and shows one row per server (`cluster.rs`); exit status 0 when
+//!   one node leads and every node that answered names it, 69 otherwise.
 //!
 //! `lock` runs three helper threads (the renewer, one waiting for CMD, one receiving
 //! signals), each reporting to the main thread over one channel; the main thread alone
 //! acts on CMD.
 
 pub mod args;
+pub mod cluster;
 pub mod http;
 
 use std::process::{Command, ExitStatus};
@@ -29,7 +33,8 @@ use self::http::{segment, ClientError, Http, Response};
 
 /// The lock could not be had in time (sysexits `EX_TEMPFAIL`).
 pub const EXIT_NOT_ACQUIRED: u8 = 75;
-/// The server cannot be reached (sysexits `EX_UNAVAILABLE`).
+/// The server cannot be reached (sysexits `EX_UNAVAILABLE`); for `status --cluster`, the
+/// cluster has no one leader that every node that answered names.
 pub const EXIT_UNREACHABLE: u8 = 69;
 /// Anything else that went wrong (a refusal by the server, say).
 pub const EXIT_FAILURE: u8 = 1;
@@ -39,6 +44,8 @@ pub const EXIT_USAGE: u8 = 2;
 const FORWARDED: [i32; 6] = [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2];
 /// Time allowed for quick calls (renew, release, status).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time each node has to answer `status --cluster` (they are asked at once).
+const READYZ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest pause before trying an unavailable server again.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
@@ -324,12 +331,15 @@ pub fn release_command(args: ReleaseArgs) -> u8 {
     }
 }
 
-/// `leasehold status [NAME] [--json]`.
+/// `leasehold status [NAME] [--json]` and `leasehold status --cluster [--json]`.
 pub fn status(args: StatusArgs) -> u8 {
     let http = match Http::new(&args.target) {
         Ok(http) => http,
         Err(e) => return client_failure(&e),
     };
+    if args.cluster {
+        return cluster_status(&http, args.json);
+    }
     let locks = match &args.name {
         Some(name) => match http.call("GET", &format!("/v1/locks/{}", segment(name)), None, CALL_TIMEOUT) {
             Ok(r) if r.status == 200 => vec![r.json()],
@@ -371,6 +381,28 @@ pub fn status(args: StatusArgs) -> u8 {
     0
 }
 
+/// `leasehold status --cluster`: every listed server's `/readyz`, one row each, in the
+/// list's order; a server that cannot be asked is a row, not a failure.
+fn cluster_status(http: &Http, json: bool) -> u8 {
+    let answers: Vec<(String, cluster::Readyz)> = http
+        .ask_each("GET", "/readyz", READYZ_TIMEOUT)
+        .into_iter()
+        .map(|(server, answer)| (server, cluster::readyz(&answer)))
+        .collect();
+    let rows: Vec<cluster::NodeRow> = answers.iter().map(|(server, answer)| cluster::row(server, answer)).collect();
+    if json {
+        println!("{}", cluster::json(&rows));
+    } else {
+        print!("{}", cluster::table(&rows));
+    }
+    let verdict = cluster::verdict(&answers);
+    if verdict.is_led() {
+        0
+    } else {
+        fail(EXIT_UNREACHABLE, verdict)
+    }
+}
+
 fn refused(http: &Http, r: &Response) -> u8 {
     fail(EXIT_FAILURE, format!("{} refused: {}", http.server(), r.error_text()))
 }
@@ -405,13 +437,19 @@ fn table(locks: &[serde_json::Value], name: Option<&str>) -> String {
             holders.join(", "),
         ]);
     }
-    let widths: Vec<usize> = (0..4).map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+    aligned(&rows)
+}
+
+/// The tables of `status`: one line per row, every column but the last padded to its widest
+/// cell, two spaces apart (the last is left as it is: it may be long).
+fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N - 1).map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0)).collect();
     let mut out = String::new();
     for row in rows {
         for (c, width) in widths.iter().enumerate() {
             out.push_str(&format!("{:<width$}  ", row[c]));
         }
-        out.push_str(&row[4]);
+        out.push_str(&row[N - 1]);
         out.push('\n');
     }
     out

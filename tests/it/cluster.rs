@@ -2,8 +2,10 @@
 //! etcd on loopback, with the leader killed outright, frozen past its lease, and etcd
 //! members killed. What must hold is what the README promises: an acknowledged change is
 //! never lost, a deposed leader acknowledges nothing, fences only grow, and leases survive
-//! a failover (the takeover extends them by the time without a leader).
+//! a failover (the takeover extends them by the time without a leader). And the command
+//! line's view of a cluster: `leasehold status --cluster`.
 
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -288,4 +290,60 @@ fn r13_etcd_losing_one_member_is_survived_and_losing_two_refuses_changes_until_t
             Outcome::Unknown => panic!("{lock}: no answer"),
         }
     }
+}
+
+#[test]
+fn r14_status_cluster_lists_every_node_with_its_role_and_the_leader() {
+    let etcd = EtcdCluster::start();
+    let cluster = Nodes::start(&etcd, 3, 1);
+    let leader = format!("http://{}", cluster.nodes[cluster.leader()].addr);
+    // A loopback port where nothing listens (the listener is dropped at once).
+    let dead = format!("http://{}", std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap());
+    let mut servers: Vec<String> = cluster.addrs().iter().map(|a| format!("http://{a}")).collect();
+    servers.push(dead.clone());
+    let status = |servers: &str, extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_leasehold"))
+            .args(["status", "--cluster", "--server", servers])
+            .args(extra)
+            .env_remove("LEASEHOLD_URL")
+            .env_remove("LEASEHOLD_KEY")
+            .output()
+            .expect("run leasehold status --cluster");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (out.status.code(), stdout, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+
+    let (code, table, stderr) = status(&servers.join(","), &[]);
+    assert_eq!(code, Some(0), "one leader that every answering node names: {table}{stderr}");
+    let lines: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(lines.len(), 5, "a header, then a row per server: {table}");
+    assert_eq!(lines[0], ["SERVER", "NODE", "ROLE", "EPOCH", "APPLIED", "LAG", "LEADER"], "{table}");
+    for (i, cells) in lines[1..4].iter().enumerate() {
+        assert_eq!(cells.len(), 7, "{table}");
+        assert_eq!((cells[0], cells[1]), (servers[i].as_str(), format!("node-{i}").as_str()), "in order: {table}");
+        assert!(cells[3..6].iter().all(|n| n.parse::<u64>().is_ok()), "epoch, applied, lag: {table}");
+        assert_eq!(cells[6], leader, "every node names the leader: {table}");
+        assert_eq!(cells[2] == "leader", cells[0] == leader, "the leader says it leads: {table}");
+    }
+    let mut roles: Vec<&str> = lines[1..4].iter().map(|cells| cells[2]).collect();
+    roles.sort_unstable();
+    assert_eq!(roles, ["follower", "follower", "leader"], "{table}");
+    assert_eq!(lines[4], [dead.as_str(), "-", "down", "(connection", "refused)", "-", "-", "-", "-"], "{table}");
+
+    // The same rows as JSON.
+    let (code, json, stderr) = status(&servers.join(","), &["--json"]);
+    assert_eq!(code, Some(0), "{json}{stderr}");
+    let rows: serde_json::Value = serde_json::from_str(&json).expect("a JSON array");
+    let rows = rows.as_array().expect("a JSON array");
+    assert_eq!(rows.len(), 4, "{json}");
+    assert_eq!(rows.iter().filter(|r| r["role"] == "leader").count(), 1, "{json}");
+    assert_eq!(rows.iter().filter(|r| r["role"] == "follower").count(), 2, "{json}");
+    assert!(rows[..3].iter().all(|r| r["leader"] == leader.as_str() && r["down"].is_null()), "{json}");
+    assert_eq!((rows[3]["role"].as_str(), rows[3]["down"].as_str()), (Some("down"), Some("connection refused")));
+
+    // Nobody answering: the row, and 69 with the reason.
+    let (code, table, stderr) = status(&dead, &[]);
+    assert_eq!(code, Some(69), "{table}{stderr}");
+    assert!(table.lines().nth(1).is_some_and(|row| row.contains("down (connection refused)")), "{table}");
+    assert!(stderr.contains("no node answered"), "{stderr}");
 }
