@@ -149,7 +149,10 @@ impl Link {
             Effect::Put { seq, epoch, batch } => {
                 let event = match self.etcd.put_batch(&log_key(&self.prefix, *seq), &self.leader_key, *epoch, batch) {
                     Ok(Put::Committed) => Event::Committed { seq: *seq },
-                    Ok(Put::Refused { .. }) => Event::Refused { seq: *seq },
+                    Ok(Put::Refused { .. }) => {
+                        log::info!("batch {seq} was refused: epoch {epoch} no longer leads, or the place is taken");
+                        Event::Refused { seq: *seq }
+                    }
                     // etcd refused the request itself (a batch past its request limit): it
                     // took no effect, and never will.
                     Err(e @ EtcdError::Http { .. }) => {

@@ -772,6 +772,14 @@ impl Master {
             }
         } else if matches!(self.phase, Phase::Stopping { .. }) {
             log::info!("{} (pid {pid}) {exit}", role.describe());
+        } else if role == Role::Keeper && exit == Exit::Code(super::keeper::EXIT_REBUILD) {
+            // Not a crash, not even during start-up: a cluster node's replica held a change
+            // that never reached the log, and a new keeper replays the log at once.
+            log::info!("the keeper (pid {pid}) ends to rebuild its replica from the cluster's log; starting a new one");
+            self.forget(role, generation);
+            self.scheduled.push((now, Role::Keeper));
+            self.check_stop_progress(now);
+            return;
         } else if self.phase == Phase::Starting {
             log::error!("the {} (pid {pid}) {exit} during start-up; stopping", role.describe());
             self.forget(role, generation);
@@ -783,14 +791,6 @@ impl Master {
             log::error!("the keeper (pid {pid}) refused its journal (corrupt, or in a newer format); stopping");
             self.forget(role, generation);
             self.begin_stop(1, 0);
-            return;
-        } else if role == Role::Keeper && exit == Exit::Code(super::keeper::EXIT_REBUILD) {
-            // Not a crash: a cluster node's replica held a change that never reached the
-            // log, and a new keeper replays the log at once.
-            log::info!("the keeper (pid {pid}) ends to rebuild its replica from the cluster's log; starting a new one");
-            self.forget(role, generation);
-            self.scheduled.push((now, Role::Keeper));
-            self.check_stop_progress(now);
             return;
         } else if role == Role::Keeper && exit == Exit::Code(super::keeper::EXIT_JOURNAL_FAILED) {
             // Not a crash: its journal could not be written. A new keeper recovers from it

@@ -9,7 +9,8 @@
 //!   may never happen. A resigned turn's requests are answered 503 `not_leader`.
 //! - **Follower.** Each batch the rules apply is replayed through the same pure service,
 //!   whatever it sends meanwhile dropped (its channels are the leader's). Reads are served
-//!   from this replica; changes are answered 503 `not_leader` with the leader's URL.
+//!   from this replica; changes are answered 503 `not_leader` with the leader's URL at
+//!   once, even while a batch of its last leadership is being settled (reads wait for it).
 //! - **Takeover.** One turn: the limits of this node, every channel in the state closed,
 //!   fresh presence windows, every lease extended by the time without a leader, due
 //!   expiries, and this node's courier made the outbox's again.
@@ -221,8 +222,10 @@ impl Keeper {
             return false;
         }
         if let ToKeeper::Request { id, .. } = message {
+            // It says nothing of the state, so it need not wait behind a turn whose batch
+            // is still being settled: it leaves at the end of this loop turn.
             let reply = node.not_leader();
-            self.outbox.push((link, FromKeeper::Reply { id: *id, reply }));
+            node.released.push((link, FromKeeper::Reply { id: *id, reply }));
         }
         true
     }
@@ -250,7 +253,11 @@ impl Keeper {
     /// Steps the rules with `event` and carries out what follows.
     fn cluster_step(&mut self, event: Event) -> io::Result<Option<i32>> {
         let Some(node) = self.cluster.as_mut() else { return Ok(None) };
+        let seen = describe(&event);
         let effects = node.rules.step(event, wall_ms());
+        if effects.iter().any(|e| matches!(e, Effect::Resign { .. })) {
+            log::warn!("turns of this node cannot be committed (after {seen}): answered 503");
+        }
         for effect in effects {
             match effect {
                 Effect::Apply { seq, batch } => self.apply_batch(seq, &batch)?,
@@ -269,12 +276,7 @@ impl Keeper {
                 }
                 Effect::Resign { tokens } => {
                     let reply = self.node().not_leader();
-                    self.node().release(&tokens, |message| match message {
-                        (link, FromKeeper::Reply { id, .. }) => {
-                            Some((link, FromKeeper::Reply { id, reply: reply.clone() }))
-                        }
-                        _ => None,
-                    });
+                    self.node().release(&tokens, |message| resigned(message, &reply));
                 }
                 Effect::Rebuild => return Ok(Some(self.rebuild())),
                 effect => {
@@ -421,19 +423,46 @@ impl Keeper {
         Ok(())
     }
 
-    /// Ends the keeper so a new one replays the log: answers what it resigned first.
+    /// Ends the keeper so a new one replays the log: answers what it resigned first. The
+    /// answers of this loop turn so far belong to a turn not handed over yet, which will
+    /// never be in the log either: answered 503 like a resigned turn, never sent as they are.
     fn rebuild(&mut self) -> i32 {
         log::warn!(
             "this node's replica holds changes that never reached the log: the keeper starts again from the log"
         );
+        let reply = self.node().not_leader();
+        let unsent = std::mem::take(&mut self.outbox);
         let released = std::mem::take(&mut self.node().released);
-        self.outbox.extend(released);
+        self.outbox = released;
+        self.outbox.extend(unsent.into_iter().filter_map(|message| resigned(message, &reply)));
         self.deliver();
         for link in self.links.iter_mut().flatten() {
             link.flush_blocking(Duration::from_millis(200));
         }
         self.node().stop();
         EXIT_REBUILD
+    }
+}
+
+/// What a client of a turn that will never be in the log gets: its request answered with
+/// `reply` (503 `not_leader`); anything else the turn would have sent (grants to waiters,
+/// stream events) is dropped.
+fn resigned((link, message): (LinkId, FromKeeper), reply: &LockReply) -> Option<(LinkId, FromKeeper)> {
+    match message {
+        FromKeeper::Reply { id, .. } => Some((link, FromKeeper::Reply { id, reply: reply.clone() })),
+        _ => None,
+    }
+}
+
+/// An event in a few words, for the log (a batch's bytes left out).
+fn describe(event: &Event) -> String {
+    match event {
+        Event::Turn(turn) => format!("turn {} of epoch {}", turn.token, turn.epoch),
+        Event::Logged { seq, .. } => format!("batch {seq} in the log"),
+        Event::LeaderIs { leader, revision } => {
+            format!("leader {} at revision {revision}", leader.as_ref().map_or("none", |l| l.node.as_str()))
+        }
+        other => format!("{other:?}"),
     }
 }
 
