@@ -667,3 +667,48 @@ fn r22_host_lists_decide_end_to_end_which_calls_are_made() {
     assert_eq!(entry["attempts"], 1, "a refused address is not retried: {entry}");
     assert_eq!(sink.received().len(), 1, "the blocked call never reached the sink");
 }
+
+#[test]
+fn r14_in_a_cluster_the_leaders_courier_delivers_and_a_failover_makes_the_calls_in_flight_again() {
+    use crate::support::etcd::EtcdCluster;
+    use crate::support::nodes::{Follow, Nodes, Outcome};
+    let etcd = EtcdCluster::start();
+    let mut cluster = Nodes::start_with(
+        &etcd,
+        3,
+        1,
+        "[outbox]\nallow_local = true\nbase_ms = 100\ncap_ms = 400\nsecret = \"s3cret\"",
+    );
+    let sink = Sink::new(200);
+    // The target hangs: calls stay in flight with the leader's courier.
+    sink.set_hold(true);
+    let mut client = Follow::new(cluster.addrs(), 0);
+    let ids: Vec<String> = (0..5)
+        .map(|i| {
+            let body = serde_json::json!({"url": sink.url(), "body": {"i": i}, "max_attempts": 25}).to_string();
+            match client.send("POST", "/v1/outbox", &[], &body) {
+                Outcome::Answer(r) if r.status == 202 || r.status == 201 => {
+                    r.json()["id"].as_str().unwrap().to_string()
+                }
+                other => panic!("outbox put: {other:?}"),
+            }
+        })
+        .collect();
+    sink.wait_held(1);
+    let leader = cluster.leader();
+    cluster.nodes[leader].kill();
+    // A new leader's courier makes every call again, the ones the dead leader's courier
+    // held included; the target answers now.
+    let new = cluster.leader();
+    sink.status.store(200, Ordering::SeqCst);
+    sink.set_hold(false);
+    // Read on the leader: a follower's replica may be behind.
+    for id in &ids {
+        wait_status(&mut Client::connect(cluster.nodes[new].addr).unwrap(), &format!("/v1/outbox/{id}"), 404);
+    }
+    let delivered: std::collections::HashSet<String> =
+        sink.received().iter().filter(|r| r.status == 200).map(|r| r.headers["idempotency-key"].clone()).collect();
+    for id in &ids {
+        assert!(delivered.contains(id), "{id} never reached the sink");
+    }
+}

@@ -79,6 +79,11 @@ impl Nodes {
     /// Starts `n` nodes on `etcd`, each with `workers` workers, and waits until one leads
     /// and every node knows it.
     pub fn start(etcd: &EtcdCluster, n: usize, workers: usize) -> Nodes {
+        Self::start_with(etcd, n, workers, "")
+    }
+
+    /// [`Nodes::start`] with `extra` sections appended to every node's configuration.
+    pub fn start_with(etcd: &EtcdCluster, n: usize, workers: usize, extra: &str) -> Nodes {
         let mut nodes = Vec::new();
         for i in 0..n {
             let port = free_port(i as u64 + 1);
@@ -86,7 +91,7 @@ impl Nodes {
             let config = format!(
                 "[server]\nlisten = [\"{addr}\"]\nworkers = {workers}\nlog_level = \"debug\"\n[cluster]\n\
                  etcd_endpoints = {:?}\nnode_name = \"node-{i}\"\nadvertise_url = \"http://{addr}\"\n\
-                 election_ttl_ms = {ELECTION_TTL_MS}\n",
+                 election_ttl_ms = {ELECTION_TTL_MS}\n{extra}\n",
                 etcd.endpoints
             );
             let server = Server::start(&config);
