@@ -1,5 +1,7 @@
 //! `[cluster]`: the keys of cluster mode (README, "Configuration"): the etcd endpoints, the
-//! key prefix, this node's name and advertised URL, and the election timings. Pure like the
+//! key prefix, this node's name and advertised URL, the election timings, and the peer
+//! link (where this node listens for other nodes, where they reach it, and the secret
+//! they share). Pure like the
 //! rest of `config/`: it reads through the [`Reader`] and checks values, it never talks to
 //! etcd or resolves a name.
 //!
@@ -22,6 +24,10 @@ pub const MAX_ETCD_ENDPOINTS: usize = 16;
 pub const MAX_CLUSTER_PREFIX_BYTES: usize = 128;
 /// Longest node name.
 pub const MAX_NODE_NAME_CHARS: usize = 63;
+/// Shortest `cluster.secret`.
+pub const MIN_SECRET_BYTES: usize = 16;
+/// Longest `cluster.secret`.
+pub const MAX_SECRET_BYTES: usize = 1_024;
 
 /// `[cluster]`: present only in cluster mode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +44,20 @@ pub struct ClusterConfig {
     pub election_ttl_ms: u64,
     /// How long one etcd request may take; below `election_ttl_ms`.
     pub etcd_timeout_ms: u64,
+    /// The peer link (docs/cluster.md, "The peer link"), when configured: followers forward
+    /// changes to the leader over it.
+    pub peer: Option<PeerConfig>,
+}
+
+/// `cluster.peer_listen`, `peer_advertise` and `secret`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerConfig {
+    /// Where this node listens for other nodes.
+    pub listen: std::net::SocketAddr,
+    /// Where other nodes reach it, `host:port`.
+    pub advertise: String,
+    /// What every node of the cluster presents when it connects.
+    pub secret: String,
 }
 
 const SECTION: &str = "cluster";
@@ -57,6 +77,9 @@ pub(super) fn validate_cluster(r: &mut Reader<'_>) -> Option<ClusterConfig> {
     note(r, "advertise_url", "LEASEHOLD_ADVERTISE_URL");
     note(r, "election_ttl_ms", "LEASEHOLD_ELECTION_TTL_MS");
     note(r, "etcd_timeout_ms", "LEASEHOLD_ETCD_TIMEOUT_MS");
+    note(r, "peer_listen", "LEASEHOLD_PEER_LISTEN");
+    note(r, "peer_advertise", "LEASEHOLD_PEER_ADVERTISE");
+    note(r, "secret", "LEASEHOLD_CLUSTER_SECRET");
 
     let etcd_endpoints = endpoints(r);
     let prefix = match r.string(SECTION, "prefix", "LEASEHOLD_CLUSTER_PREFIX") {
@@ -129,6 +152,8 @@ pub(super) fn validate_cluster(r: &mut Reader<'_>) -> Option<ClusterConfig> {
         );
     }
 
+    let peer = peer(r);
+
     if !on {
         for path in given {
             r.invalid(
@@ -138,7 +163,90 @@ pub(super) fn validate_cluster(r: &mut Reader<'_>) -> Option<ClusterConfig> {
         }
         return None;
     }
-    Some(ClusterConfig { etcd_endpoints, prefix, node_name, advertise_url, election_ttl_ms, etcd_timeout_ms })
+    Some(ClusterConfig { etcd_endpoints, prefix, node_name, advertise_url, election_ttl_ms, etcd_timeout_ms, peer })
+}
+
+/// The peer link's keys: none, or `peer_listen` with a `secret` (and `peer_advertise` unless
+/// the listening address is one others can reach).
+fn peer(r: &mut Reader<'_>) -> Option<PeerConfig> {
+    let listen = r.string(SECTION, "peer_listen", "LEASEHOLD_PEER_LISTEN");
+    let advertise = r.string(SECTION, "peer_advertise", "LEASEHOLD_PEER_ADVERTISE");
+    let secret = r.string(SECTION, "secret", "LEASEHOLD_CLUSTER_SECRET");
+    let Some((listen_path, listen_text)) = listen else {
+        for (path, _) in [advertise, secret].into_iter().flatten() {
+            r.invalid(
+                path,
+                "is set but cluster.peer_listen is not: it belongs to the peer link, which needs peer_listen",
+            );
+        }
+        return None;
+    };
+    let listen = match listen_text.parse::<std::net::SocketAddr>() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            r.invalid(listen_path.clone(), format!("{listen_text:?} is not an address like 10.0.0.11:7070"));
+            None
+        }
+    };
+    let advertise = match advertise {
+        Some((path, text)) => match check_peer_address(&text) {
+            Ok(()) => Some(text),
+            Err(why) => {
+                r.invalid(path, why);
+                None
+            }
+        },
+        None => match listen {
+            Some(addr) if addr.ip().is_unspecified() => {
+                r.invalid(
+                    "cluster.peer_advertise",
+                    format!("is required when cluster.peer_listen ({addr}) is an unspecified address: where other nodes reach this one"),
+                );
+                None
+            }
+            addr => addr.map(|a| a.to_string()),
+        },
+    };
+    let secret = match secret {
+        None => {
+            r.invalid(
+                "cluster.secret",
+                "is required with cluster.peer_listen: every node presents it on the peer link",
+            );
+            None
+        }
+        Some((path, text)) if !(MIN_SECRET_BYTES..=MAX_SECRET_BYTES).contains(&text.len()) => {
+            r.invalid(
+                path,
+                format!("must be {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} bytes long (it is {})", text.len()),
+            );
+            None
+        }
+        Some((path, text)) if text.chars().any(char::is_control) => {
+            r.invalid(path, "must not contain control characters");
+            None
+        }
+        Some((_, text)) => Some(text),
+    };
+    Some(PeerConfig { listen: listen?, advertise: advertise?, secret: secret? })
+}
+
+/// A peer address other nodes can dial: `host:port`, with a host and a port from 1.
+fn check_peer_address(text: &str) -> Result<(), String> {
+    let bad = || format!("{text:?} is not an address like 10.0.0.11:7070 or node-a.internal:7070");
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/' || c == '@') {
+        return Err(bad());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(bad()),
+    }
+    if host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+        return Err(format!("{text:?} is an unspecified address; other nodes cannot reach it"));
+    }
+    Ok(())
 }
 
 /// `cluster.etcd_endpoints`: 1 to 16 distinct origins.

@@ -256,6 +256,7 @@ etcd_timeout_ms = 4999
             advertise_url: "https://node-a.example:8443".into(),
             election_ttl_ms: 5_000,
             etcd_timeout_ms: 4_999,
+            peer: None,
         }
     );
 }
@@ -454,4 +455,36 @@ election_ttl_ms = 2500
             "cluster.election_ttl_ms"
         ]
     );
+}
+
+#[test]
+fn cluster_peer_link_needs_a_listen_address_and_a_secret_and_an_address_others_can_reach() {
+    let base = "[cluster]\netcd_endpoints = [\"http://10.0.0.1:2379\"]\nnode_name = \"a\"\nadvertise_url = \"http://10.0.0.11:8080\"\n";
+    let load = |extra: &str| Config::load(Some(&format!("{base}{extra}")), &[]);
+    let peer = load("peer_listen = \"10.0.0.11:7070\"\nsecret = \"0123456789abcdef\"").unwrap().cluster.unwrap().peer;
+    assert_eq!(
+        peer,
+        Some(PeerConfig {
+            listen: "10.0.0.11:7070".parse().unwrap(),
+            advertise: "10.0.0.11:7070".into(),
+            secret: "0123456789abcdef".into()
+        })
+    );
+    let problems = |extra: &str| -> String {
+        load(extra).unwrap_err().iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+    };
+    assert!(problems("peer_listen = \"10.0.0.11:7070\"").contains("cluster.secret: is required"));
+    assert!(problems("peer_listen = \"10.0.0.11:7070\"\nsecret = \"short\"").contains("16 to 1024 bytes"));
+    assert!(problems("peer_listen = \"0.0.0.0:7070\"\nsecret = \"0123456789abcdef\"")
+        .contains("cluster.peer_advertise: is required"));
+    assert!(problems("secret = \"0123456789abcdef\"").contains("needs peer_listen"));
+    assert!(problems("peer_listen = \"nowhere\"\nsecret = \"0123456789abcdef\"").contains("is not an address"));
+    let advertised = load(
+        "peer_listen = \"0.0.0.0:7070\"\npeer_advertise = \"node-a.internal:7070\"\nsecret = \"0123456789abcdef\"",
+    );
+    assert_eq!(advertised.unwrap().cluster.unwrap().peer.unwrap().advertise, "node-a.internal:7070");
+    assert!(problems(
+        "peer_listen = \"0.0.0.0:7070\"\npeer_advertise = \"0.0.0.0:7070\"\nsecret = \"0123456789abcdef\""
+    )
+    .contains("unspecified"));
 }

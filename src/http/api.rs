@@ -634,6 +634,7 @@ fn refusal(f: &Finish, reply: &LockReply) -> Result<Response, Unexpected> {
         R::Failed { message } => error(ErrorCode::Internal, message),
         R::JournalFailed { message } => error(ErrorCode::JournalUnavailable, message),
         R::NotLeader { leader } => super::status::not_leader(leader.as_deref()),
+        R::Unknown { message } => error(ErrorCode::KeeperUnavailable, message),
         R::OutboxRefused { message, kind } => error(
             match kind {
                 OutboxRefusal::Full => ErrorCode::OutboxFull,

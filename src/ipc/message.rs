@@ -648,6 +648,12 @@ pub enum LockReply {
         /// Why.
         message: String,
     },
+    /// Cluster mode: the request went to the leader over the peer link, which broke before
+    /// its answer came: whether it took effect is unknown (docs/cluster.md, "The peer link").
+    Unknown {
+        /// What happened.
+        message: String,
+    },
     /// Cluster mode: this node does not lead, so it changed nothing (docs/cluster.md).
     NotLeader {
         /// The URL of the node that leads, when one does.
@@ -763,6 +769,17 @@ pub enum FromKeeper {
         /// Where it stands.
         status: ClusterStatus,
     },
+}
+
+/// The first frame a node sends on the peer link (docs/cluster.md, "The peer link"): who it
+/// is and the cluster's secret. Anything else first, or a wrong secret, closes the link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerHello {
+    /// The node's name.
+    pub node: String,
+    /// `cluster.secret`.
+    pub secret: String,
 }
 
 /// Where a node of a cluster stands (docs/cluster.md, "Watching a cluster").

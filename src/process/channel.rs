@@ -1,11 +1,14 @@
 //! A framed IPC channel on a non-blocking Unix stream registered with mio: reads are
 //! buffered until whole frames are in, writes are queued and flushed once per loop turn
 //! (so many messages share one system call), and nothing is lost on a short read or write.
+//! The same channel runs over TCP for the cluster's peer link (docs/cluster.md), with a
+//! frame limit of its own.
 
 use std::io::{self, Read, Write};
 use std::os::unix::net::UnixStream as StdUnixStream;
 
-use mio::net::UnixStream;
+use mio::event::Source;
+use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -51,10 +54,47 @@ impl std::error::Error for ChannelError {
     }
 }
 
+/// What a channel runs over.
+#[derive(Debug)]
+enum Stream {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+impl Stream {
+    fn source(&mut self) -> &mut dyn Source {
+        match self {
+            Self::Unix(s) => s,
+            Self::Tcp(s) => s,
+        }
+    }
+
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        match self {
+            Self::Unix(s) => std::os::fd::AsFd::as_fd(s),
+            Self::Tcp(s) => std::os::fd::AsFd::as_fd(s),
+        }
+    }
+
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Unix(s) => s.read(buf),
+            Self::Tcp(s) => s.read(buf),
+        }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Unix(s) => s.write(buf),
+            Self::Tcp(s) => s.write(buf),
+        }
+    }
+}
+
 /// One end of a framed channel.
 #[derive(Debug)]
 pub struct Channel {
-    stream: UnixStream,
+    stream: Stream,
     token: Token,
     decoder: FrameDecoder,
     out: Vec<u8>,
@@ -67,15 +107,26 @@ impl Channel {
     /// Wraps a connected stream (made non-blocking here).
     pub fn new(stream: StdUnixStream, token: Token) -> io::Result<Self> {
         stream.set_nonblocking(true)?;
-        Ok(Self {
-            stream: UnixStream::from_std(stream),
+        Ok(Self::over(Stream::Unix(UnixStream::from_std(stream)), token, DEFAULT_MAX_FRAME_BYTES))
+    }
+
+    /// Wraps a TCP stream (non-blocking already, as mio's are), refusing frames longer
+    /// than `max_frame_bytes`.
+    pub fn tcp(stream: TcpStream, token: Token, max_frame_bytes: u32) -> Self {
+        let _ = stream.set_nodelay(true);
+        Self::over(Stream::Tcp(stream), token, max_frame_bytes)
+    }
+
+    fn over(stream: Stream, token: Token, max_frame_bytes: u32) -> Self {
+        Self {
+            stream,
             token,
-            decoder: FrameDecoder::new(DEFAULT_MAX_FRAME_BYTES),
+            decoder: FrameDecoder::new(max_frame_bytes),
             out: Vec::new(),
             out_at: 0,
             eof: false,
             read_buf: vec![0; READ_CHUNK_BYTES].into_boxed_slice(),
-        })
+        }
     }
 
     /// Its token.
@@ -85,12 +136,12 @@ impl Channel {
 
     /// Registers for readability and writability (edge-triggered).
     pub fn register(&mut self, registry: &Registry) -> io::Result<()> {
-        registry.register(&mut self.stream, self.token, Interest::READABLE | Interest::WRITABLE)
+        registry.register(self.stream.source(), self.token, Interest::READABLE | Interest::WRITABLE)
     }
 
     /// Removes it from the poll.
     pub fn deregister(&mut self, registry: &Registry) {
-        let _ = registry.deregister(&mut self.stream);
+        let _ = registry.deregister(self.stream.source());
     }
 
     /// Reads everything available into the frame buffer.
@@ -168,7 +219,7 @@ impl Channel {
                 return;
             }
             if self.has_output() {
-                let fd = std::os::fd::AsFd::as_fd(&self.stream);
+                let fd = self.stream.fd();
                 let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLOUT)];
                 let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(10u8));
             }
@@ -186,7 +237,7 @@ impl Channel {
             if left.is_zero() {
                 return Err(ChannelError::Io(io::Error::new(io::ErrorKind::TimedOut, "no message in time")));
             }
-            let fd = std::os::fd::AsFd::as_fd(&self.stream);
+            let fd = self.stream.fd();
             let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
             let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(ms));

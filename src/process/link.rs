@@ -6,8 +6,8 @@
 //! - The node's lease: [`Link::keep_lease`] grants one when the node has none and renews it
 //!   otherwise (every third of its TTL, by the caller), reporting `LeaseHeld` once granted
 //!   and `LeaseLost` when a renewal finds it gone.
-//! - The leader key's value names the node and the URL clients reach it at:
-//!   `{"node":NAME,"url":URL}`.
+//! - The leader key's value names the node, the URL clients reach it at, and where other
+//!   nodes reach its peer link when it has one: `{"node":NAME,"url":URL,"peer":"HOST:PORT"}`.
 //! - Errors whose outcome is unknown become the events the rules expect for them (`Unknown`
 //!   for a put or a settling, `ReadFailed` for a read); a campaign that failed reports
 //!   nothing (the rules campaign again at their next tick).
@@ -36,6 +36,9 @@ use crate::service::cluster::{Effect, Event, Leader};
 struct LeaderValue {
     node: String,
     url: String,
+    /// Its peer link's address, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    peer: Option<String>,
 }
 
 /// The link of one node.
@@ -58,7 +61,11 @@ impl Link {
     /// The link of the node `config` describes (no request is made yet).
     pub fn new(config: &ClusterConfig) -> Result<Self, EtcdError> {
         let etcd = Etcd::from_config(config)?;
-        let value = LeaderValue { node: config.node_name.clone(), url: config.advertise_url.clone() };
+        let value = LeaderValue {
+            node: config.node_name.clone(),
+            url: config.advertise_url.clone(),
+            peer: config.peer.as_ref().map(|p| p.advertise.clone()),
+        };
         Ok(Self {
             etcd,
             prefix: config.prefix.clone(),
@@ -293,8 +300,8 @@ impl Link {
 
 /// The leader a leader-key value names (a value this build cannot read names no one).
 fn as_leader(value: &[u8], epoch: u64) -> Option<Leader> {
-    let LeaderValue { node, url } = serde_json::from_slice(value).ok()?;
-    Some(Leader { node, url, epoch })
+    let LeaderValue { node, url, peer } = serde_json::from_slice(value).ok()?;
+    Some(Leader { node, url, peer, epoch })
 }
 
 /// The link as the keeper runs it: one thread carries out effects in order and keeps the

@@ -57,6 +57,8 @@ pub struct Leader {
     pub node: String,
     /// The URL clients reach it at.
     pub url: String,
+    /// Where other nodes reach it on the peer link (`host:port`), when it has one.
+    pub peer: Option<String>,
     /// Its epoch.
     pub epoch: Epoch,
 }

@@ -282,6 +282,7 @@ impl Node {
             advertise_url: format!("http://{name}.test:8080"),
             election_ttl_ms: 3_000,
             etcd_timeout_ms: 1_000,
+            peer: None,
         };
         let mut link = leasehold::process::link::Link::new(&config).unwrap();
         let watch = sure(|| link.watch(0));
@@ -454,6 +455,7 @@ fn r13_a_batch_past_etcds_request_limit_is_refused_for_sure_not_put_again_foreve
         advertise_url: "http://node-a.test:8080".into(),
         election_ttl_ms: 3_000,
         etcd_timeout_ms: 1_000,
+        peer: None,
     };
     let mut link = leasehold::process::link::Link::new(&config).unwrap();
     wait_for("a lease", || {

@@ -417,7 +417,8 @@ fn every_reply() -> Vec<LockReply> {
             R::Rejected { .. } => R::Failed { message: "broken".into() },
             R::Failed { .. } => R::Cancelled,
             R::Cancelled => R::JournalFailed { message: "disk full".into() },
-            R::JournalFailed { .. } => R::NotLeader { leader: Some("http://node-b:8080".into()) },
+            R::JournalFailed { .. } => R::Unknown { message: "the leader went".into() },
+            R::Unknown { .. } => R::NotLeader { leader: Some("http://node-b:8080".into()) },
             R::NotLeader { .. } => R::OutboxAccepted { id: "e1".into() },
             R::OutboxAccepted { .. } => R::OutboxEntry { entry: entry() },
             R::OutboxEntry { .. } => R::OutboxPage { entries: vec![entry()], next_after: None },
@@ -510,6 +511,7 @@ const SHARED_REFUSALS: &[(&str, u16)] = &[
     ("failed", 500),
     ("journal_failed", 503),
     ("not_leader", 503),
+    ("unknown", 503),
     ("outbox_refused", 503),
 ];
 

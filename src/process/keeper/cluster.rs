@@ -212,15 +212,40 @@ impl Keeper {
         self.cluster.as_ref().is_none_or(Node::leads)
     }
 
+    /// Answers that leave at the end of this loop turn, whatever waits for a batch (the
+    /// leader's answers relayed over the peer link, refusals).
+    pub(super) fn release_now(&mut self, answers: Outbox) {
+        if let Some(node) = self.cluster.as_mut() {
+            node.released.extend(answers);
+        }
+    }
+
+    /// The leader's peer-link address, while this node follows one that has a peer link.
+    pub(super) fn leader_peer(&self) -> Option<String> {
+        match self.cluster.as_ref()?.rules.role() {
+            Role::Follower { leader: Some(leader) } => leader.peer.clone(),
+            _ => None,
+        }
+    }
+
     /// A message on a cluster node that does not lead: reads are served from the replica;
     /// a change is answered 503 `not_leader`; anything else is dropped. Returns whether the
     /// message was dealt with here.
     pub(super) fn cluster_refuses(&mut self, link: LinkId, message: &ToKeeper, reads: bool) -> bool {
         let Some(node) = self.cluster.as_mut() else { return false };
         node.courier_ready(link, message);
-        if node.leads() || reads {
+        if node.leads() {
             return false;
         }
+        // With a link to the leader everything goes there, reads included, so a client
+        // sees through any node what it would see through the leader.
+        if self.forwarded(link, message) {
+            return true;
+        }
+        if reads {
+            return false;
+        }
+        let Some(node) = self.cluster.as_mut() else { return false };
         if let ToKeeper::Request { id, .. } = message {
             // It says nothing of the state, so it need not wait behind a turn whose batch
             // is still being settled: it leaves at the end of this loop turn.

@@ -31,6 +31,7 @@
 //! starts from it.
 
 mod cluster;
+mod peer;
 
 pub use cluster::EXIT_REBUILD;
 
@@ -189,6 +190,10 @@ struct Keeper {
     cluster: Option<cluster::Node>,
     /// This node's name in a cluster.
     node_name: String,
+    /// Cluster mode with a peer link: the accepting side (every node listens).
+    peers: Option<peer::Peers>,
+    /// Cluster mode with a peer link: the forwarding side (used while following).
+    forward: Option<peer::Forward>,
     /// Held for the keeper's whole life.
     _data_dir_lock: Flock<File>,
     poll: Poll,
@@ -282,9 +287,14 @@ impl Keeper {
             );
         }
         let cluster = config.cluster.as_ref().map(|c| cluster::Node::start(c, &poll)).transpose()?;
+        let peer_config = config.cluster.as_ref().and_then(|c| c.peer.as_ref().map(|p| (p, c.node_name.as_str())));
+        let peers = peer_config.map(|(p, node)| peer::Peers::listen(p, node, &poll)).transpose()?;
+        let forward = peer_config.map(|(p, node)| peer::Forward::new(node, &p.secret));
         let mut keeper = Self {
             generation: start.generation,
             node_name: config.cluster.as_ref().map(|c| c.node_name.clone()).unwrap_or_default(),
+            peers,
+            forward,
             _data_dir_lock: data_dir_lock,
             poll,
             signals,
@@ -411,6 +421,8 @@ impl Keeper {
                         }
                     }
                     FDS => self.on_fd_records(),
+                    peer::PEER_LISTEN => self.on_peer_listen(),
+                    peer::FORWARD => self.on_forward(),
                     cluster::CLUSTER => {
                         if let Some(code) = self.on_cluster()? {
                             return Ok(code);
@@ -437,6 +449,8 @@ impl Keeper {
             if let Some(code) = self.end_turn(now)? {
                 return Ok(code);
             }
+            let leader_peer = self.leader_peer();
+            self.aim_forward(leader_peer);
             self.tell_status(wall_ms());
             if let Err(e) = self.control.flush() {
                 log::debug!("control channel: {e}");
@@ -643,10 +657,7 @@ impl Keeper {
                     continue;
                 }
             };
-            let index = self.links.iter().position(Option::is_none).unwrap_or_else(|| {
-                self.links.push(None);
-                self.links.len() - 1
-            });
+            let index = self.free_link_slot();
             let made = Channel::new(StdUnixStream::from(fd), Token(LINK_BASE + index)).and_then(|mut c| {
                 c.register(self.poll.registry())?;
                 Ok(c)
@@ -665,10 +676,22 @@ impl Keeper {
         }
     }
 
+    /// A free place in `links` (a new one at the end if none).
+    fn free_link_slot(&mut self) -> usize {
+        self.links.iter().position(Option::is_none).unwrap_or_else(|| {
+            self.links.push(None);
+            self.links.len() - 1
+        })
+    }
+
     /// A channel is gone: its waits and streams end as if their clients had gone.
     fn close_link(&mut self, index: usize) {
         let Some(mut link) = self.links.get_mut(index).and_then(Option::take) else { return };
         link.deregister(self.poll.registry());
+        if self.peers.as_mut().is_some_and(|p| p.unheard.remove(&index)) {
+            // A peer that never said hello was never in the state.
+            return;
+        }
         if !self.changes_state() {
             // A follower's channels are not in the state (only the leader's are).
             return;
@@ -735,6 +758,12 @@ impl Keeper {
         let Some(link) = self.links.get_mut(index).and_then(Option::as_mut) else { return Ok(None) };
         if let Err(e) = link.fill() {
             self.drop_link(index, &e);
+            return Ok(None);
+        }
+        if self.peers.as_ref().is_some_and(|p| p.unheard.contains(&index))
+            && (!self.on_peer_hello(index) || self.peers.as_ref().is_some_and(|p| p.unheard.contains(&index)))
+        {
+            // Refused, or its hello is not all in yet.
             return Ok(None);
         }
         loop {

@@ -97,7 +97,12 @@ impl World {
     }
 
     fn leader_key(&self) -> Option<Leader> {
-        self.etcd.leader.map(|(node, epoch)| Leader { node: format!("n{node}"), url: format!("http://n{node}"), epoch })
+        self.etcd.leader.map(|(node, epoch)| Leader {
+            node: format!("n{node}"),
+            url: format!("http://n{node}"),
+            peer: None,
+            epoch,
+        })
     }
 
     /// Every up node's watch on the leader key hears of a change (later).
@@ -498,7 +503,7 @@ fn a_leader_that_sees_another_epoch_or_a_foreign_batch_resigns() {
     };
     let settle = Effect::Settle { seq: 1, epoch: 3, batch: b"a".to_vec() };
     let mut c = leading();
-    let other = Leader { node: "n2".into(), url: "http://n2".into(), epoch: 5 };
+    let other = Leader { node: "n2".into(), url: "http://n2".into(), peer: None, epoch: 5 };
     // Its batch in flight may have landed: settled before anything is said of it.
     assert_eq!(
         c.step(Event::LeaderIs { leader: Some(other.clone()), revision: other.epoch }, 1),
@@ -547,7 +552,7 @@ fn a_failed_campaign_or_catch_up_read_is_made_again() {
     assert!(c.step(Event::Tick, 1_499).is_empty());
     assert_eq!(c.step(Event::Tick, 1_500), [Effect::Campaign]);
     // Someone leads: no more campaigns.
-    let other = Leader { node: "n1".into(), url: "http://n1".into(), epoch: 4 };
+    let other = Leader { node: "n1".into(), url: "http://n1".into(), peer: None, epoch: 4 };
     c.step(Event::LeaderIs { revision: other.epoch, leader: Some(other) }, 1_600);
     assert_eq!(c.next_tick_ms(), None);
     assert!(c.step(Event::Tick, 9_000).is_empty());
@@ -568,7 +573,7 @@ fn news_of_the_leader_key_older_than_what_a_node_knows_is_ignored() {
     // Its own key gone at 12 is news: deposed.
     assert_eq!(c.step(Event::LeaderIs { leader: None, revision: 12 }, 0), [Effect::Campaign]);
     // A follower told at 20 that n1 leads keeps it when an older read says nobody does.
-    let n1 = Leader { node: "n1".into(), url: "http://n1".into(), epoch: 20 };
+    let n1 = Leader { node: "n1".into(), url: "http://n1".into(), peer: None, epoch: 20 };
     c.step(Event::LeaderIs { leader: Some(n1.clone()), revision: 20 }, 0);
     assert!(c.step(Event::LeaderIs { leader: None, revision: 15 }, 0).is_empty());
     assert_eq!(c.role(), &Role::Follower { leader: Some(n1) });

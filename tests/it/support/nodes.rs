@@ -15,6 +15,9 @@ use super::etcd::EtcdCluster;
 use super::http::{once, Client, Reply};
 use super::{signal_pid, wait_for, Server, DEADLINE};
 
+/// The secret of the peer link in the tests.
+pub const PEER_SECRET: &str = "a-test-secret-of-the-peer-link";
+
 /// The election TTL the tests run with (etcd's shortest lease).
 pub const ELECTION_TTL_MS: u64 = 3_000;
 
@@ -48,6 +51,12 @@ impl Node {
     pub fn restart(&mut self) {
         assert!(self.server.is_none(), "the node still runs");
         self.server = Some(Server::start(&self.config));
+    }
+
+    /// Where it listens for other nodes, when it has a peer link.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        let line = self.config.lines().find_map(|l| l.strip_prefix("peer_listen = "))?;
+        line.trim_matches('"').parse().ok()
     }
 
     /// Its `/readyz` body's `cluster` part, if it answers.
@@ -84,14 +93,29 @@ impl Nodes {
 
     /// [`Nodes::start`] with `extra` sections appended to every node's configuration.
     pub fn start_with(etcd: &EtcdCluster, n: usize, workers: usize, extra: &str) -> Nodes {
+        Self::launch(etcd, n, workers, extra, false)
+    }
+
+    /// [`Nodes::start`] with the peer link: followers forward to the leader.
+    pub fn start_peered(etcd: &EtcdCluster, n: usize, workers: usize) -> Nodes {
+        Self::launch(etcd, n, workers, "", true)
+    }
+
+    fn launch(etcd: &EtcdCluster, n: usize, workers: usize, extra: &str, peered: bool) -> Nodes {
         let mut nodes = Vec::new();
         for i in 0..n {
             let port = free_port(i as u64 + 1);
             let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let peer = if peered {
+                let port = free_port(i as u64 + 101);
+                format!("peer_listen = \"127.0.0.1:{port}\"\nsecret = \"{PEER_SECRET}\"\n")
+            } else {
+                String::new()
+            };
             let config = format!(
                 "[server]\nlisten = [\"{addr}\"]\nworkers = {workers}\nlog_level = \"debug\"\n[cluster]\n\
                  etcd_endpoints = {:?}\nnode_name = \"node-{i}\"\nadvertise_url = \"http://{addr}\"\n\
-                 election_ttl_ms = {ELECTION_TTL_MS}\n{extra}\n",
+                 election_ttl_ms = {ELECTION_TTL_MS}\n{peer}{extra}\n",
                 etcd.endpoints
             );
             let server = Server::start(&config);

@@ -1,0 +1,302 @@
+//! The peer link of cluster mode (docs/cluster.md, "The peer link"): a follower's keeper
+//! forwards the changes its workers ask for to the leader's keeper over TCP, in the same
+//! length-prefixed JSON frames as every channel, and relays the answers and pushed events
+//! back. Decides nothing: the leader's keeper treats a peer as one more channel.
+//!
+//! - **Accepting** ([`Peers`]): every node listens on `cluster.peer_listen`. A connection's
+//!   first frame must be a [`PeerHello`] with the cluster's secret (compared in constant
+//!   time); anything else, or a wrong secret, closes it unheard. At most
+//!   [`MAX_UNHEARD_PEERS`] connections wait for their hello, and a peer's frames are at
+//!   most [`MAX_PEER_FRAME_BYTES`].
+//! - **Forwarding** ([`Forward`]): a follower that knows the leader's peer address keeps one
+//!   connection to it. A request gets an id of the link's own (the ids of several workers
+//!   would collide), a `Watch` remembers which worker's stream its events go to, and a
+//!   `Cancel` follows its request. When the link breaks, every request still waiting for
+//!   its answer is answered `unknown` (503: it may or may not have taken effect), and the
+//!   link is tried again after [`RECONNECT_MS`].
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::ToSocketAddrs;
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Poll, Token};
+
+use super::Keeper;
+use crate::config::PeerConfig;
+use crate::core::names::{LockName, Ticket};
+use crate::ipc::message::{FromKeeper, LockOp, LockReply, PeerHello, ToKeeper};
+use crate::process::channel::{Channel, ChannelError};
+use crate::service::LinkId;
+
+/// The token of the peer listener.
+pub(super) const PEER_LISTEN: Token = Token(4);
+/// The token of the forwarding connection.
+pub(super) const FORWARD: Token = Token(5);
+/// Connections that have not said hello yet, at most.
+pub const MAX_UNHEARD_PEERS: usize = 16;
+/// Longest frame on the peer link (a worker's request is far smaller).
+pub const MAX_PEER_FRAME_BYTES: u32 = 4 * 1024 * 1024;
+/// How long a follower waits before it connects again to a leader whose link broke.
+pub const RECONNECT_MS: u64 = 500;
+
+/// The accepting side: the listener, and which channels have not said hello yet.
+pub(super) struct Peers {
+    listener: TcpListener,
+    secret: String,
+    node: String,
+    /// Channels (by link index) still waiting for their hello.
+    pub(super) unheard: HashSet<usize>,
+}
+
+impl Peers {
+    /// Listens on `config.listen`.
+    pub(super) fn listen(config: &PeerConfig, node: &str, poll: &Poll) -> io::Result<Self> {
+        let mut listener = TcpListener::bind(config.listen)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen for peers on {}: {e}", config.listen)))?;
+        poll.registry().register(&mut listener, PEER_LISTEN, Interest::READABLE)?;
+        log::info!("peer link: listening on {} (advertised as {})", config.listen, config.advertise);
+        Ok(Self { listener, secret: config.secret.clone(), node: node.to_string(), unheard: HashSet::new() })
+    }
+
+    /// Whether `hello` carries the cluster's secret (compared in constant time).
+    fn admits(&self, hello: &PeerHello) -> bool {
+        let (a, b) = (hello.secret.as_bytes(), self.secret.as_bytes());
+        let mut diff = u8::from(a.len() != b.len());
+        for (i, x) in a.iter().enumerate() {
+            diff |= x ^ b.get(i).copied().unwrap_or(0);
+        }
+        diff == 0
+    }
+}
+
+/// The forwarding side: one connection to the leader, and what is in flight over it.
+pub(super) struct Forward {
+    hello: PeerHello,
+    /// The leader's peer address it is connected (or connecting) to.
+    to: Option<String>,
+    channel: Option<Channel>,
+    /// Not before this time after a link broke.
+    retry_at_ms: u64,
+    next_id: u64,
+    /// The link's request ids: the worker channel and request id each stands for.
+    pending: HashMap<u64, (LinkId, u64)>,
+    by_local: HashMap<(LinkId, u64), u64>,
+    /// Which worker channel each watched ticket's events go to.
+    watches: HashMap<(LockName, Ticket), LinkId>,
+}
+
+impl Forward {
+    /// The forwarding side of node `node`, presenting `secret`.
+    pub(super) fn new(node: &str, secret: &str) -> Self {
+        Self {
+            hello: PeerHello { node: node.to_string(), secret: secret.to_string() },
+            to: None,
+            channel: None,
+            retry_at_ms: 0,
+            next_id: 1,
+            pending: HashMap::new(),
+            by_local: HashMap::new(),
+            watches: HashMap::new(),
+        }
+    }
+
+    /// Whether changes can be forwarded now.
+    pub(super) fn ready(&self) -> bool {
+        self.channel.is_some()
+    }
+
+    /// Sends `message` from worker channel `link` to the leader.
+    fn forward(&mut self, link: LinkId, message: &ToKeeper) -> Result<(), ChannelError> {
+        let Some(channel) = self.channel.as_mut() else { return Ok(()) };
+        match message {
+            ToKeeper::Request { id, op } => {
+                let peer_id = self.next_id;
+                self.next_id += 1;
+                if let LockOp::Watch { lock, ticket } = op {
+                    self.watches.insert((lock.clone(), *ticket), link);
+                }
+                self.pending.insert(peer_id, (link, *id));
+                self.by_local.insert((link, *id), peer_id);
+                channel.send(&ToKeeper::Request { id: peer_id, op: op.clone() })
+            }
+            ToKeeper::Cancel { id } => match self.by_local.get(&(link, *id)) {
+                Some(&peer_id) => channel.send(&ToKeeper::Cancel { id: peer_id }),
+                None => Ok(()),
+            },
+            ToKeeper::Unwatch { lock, ticket } => {
+                self.watches.remove(&(lock.clone(), *ticket));
+                channel.send(message)
+            }
+            // The courier is this node's own: the leader's courier makes the calls.
+            ToKeeper::CourierReady { .. } | ToKeeper::Delivered { .. } => Ok(()),
+        }
+    }
+
+    /// Ends the link: every request still waiting is answered `unknown`.
+    fn broken(&mut self, poll: &Poll, now_ms: u64, out: &mut Vec<(LinkId, FromKeeper)>) {
+        if let Some(mut channel) = self.channel.take() {
+            channel.deregister(poll.registry());
+        }
+        self.retry_at_ms = now_ms + RECONNECT_MS;
+        self.by_local.clear();
+        self.watches.clear();
+        let message = "the link to the leader broke while this request was in flight; its effect is unknown";
+        for (_, (link, id)) in self.pending.drain() {
+            out.push((link, FromKeeper::Reply { id, reply: LockReply::Unknown { message: message.into() } }));
+        }
+    }
+
+    /// Connects to `to` (the leader's peer address) unless connected to it already.
+    fn aim(&mut self, to: Option<String>, poll: &Poll, now_ms: u64, out: &mut Vec<(LinkId, FromKeeper)>) {
+        if self.to != to {
+            self.broken(poll, now_ms, out);
+            self.retry_at_ms = 0;
+            self.to = to;
+        }
+        let Some(address) = self.to.clone() else { return };
+        if self.channel.is_some() || now_ms < self.retry_at_ms {
+            return;
+        }
+        match connect(&address, poll, &self.hello) {
+            Ok(channel) => {
+                log::info!("peer link: forwarding changes to the leader at {address}");
+                self.channel = Some(channel);
+            }
+            Err(e) => {
+                log::warn!("peer link: cannot connect to the leader at {address}: {e}");
+                self.retry_at_ms = now_ms + RECONNECT_MS;
+            }
+        }
+    }
+}
+
+/// A connection to `address`, registered, with the hello queued first.
+fn connect(address: &str, poll: &Poll, hello: &PeerHello) -> io::Result<Channel> {
+    let addr = address
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the address resolves to nothing"))?;
+    let stream = TcpStream::connect(addr)?;
+    let mut channel = Channel::tcp(stream, FORWARD, MAX_PEER_FRAME_BYTES);
+    channel.register(poll.registry())?;
+    channel.send(hello).map_err(|e| io::Error::other(e.to_string()))?;
+    Ok(channel)
+}
+
+impl Keeper {
+    /// Accepts peer connections: each becomes a channel that must say hello first.
+    pub(super) fn on_peer_listen(&mut self) {
+        loop {
+            let Some(peers) = self.peers.as_mut() else { return };
+            let (stream, from) = match peers.listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::warn!("peer link: accept failed: {e}");
+                    return;
+                }
+            };
+            if peers.unheard.len() >= MAX_UNHEARD_PEERS {
+                log::warn!("peer link: {from} refused: {MAX_UNHEARD_PEERS} connections are waiting to say hello");
+                continue;
+            }
+            let index = self.free_link_slot();
+            let mut channel = Channel::tcp(stream, Token(super::LINK_BASE + index), MAX_PEER_FRAME_BYTES);
+            match channel.register(self.poll.registry()) {
+                Ok(()) => {
+                    self.links[index] = Some(channel);
+                    if let Some(peers) = self.peers.as_mut() {
+                        peers.unheard.insert(index);
+                    }
+                    log::debug!("peer link: connection from {from}");
+                }
+                Err(e) => log::warn!("peer link: cannot watch the connection from {from}: {e}"),
+            }
+        }
+    }
+
+    /// The first frame of an unheard peer: its hello. Returns whether the channel stays.
+    pub(super) fn on_peer_hello(&mut self, index: usize) -> bool {
+        let Some(link) = self.links[index].as_mut() else { return false };
+        let heard = match link.recv::<PeerHello>() {
+            Ok(None) => return true,
+            Ok(Some(hello)) => Some(hello),
+            Err(_) => None,
+        };
+        let Some(peers) = self.peers.as_mut() else { return false };
+        peers.unheard.remove(&index);
+        match heard {
+            Some(hello) if peers.admits(&hello) => {
+                log::info!("peer link: node {} connected (to node {})", hello.node, peers.node);
+                true
+            }
+            other => {
+                let who = other.map_or_else(|| "a connection".to_string(), |h| format!("node {:?}", h.node));
+                log::warn!("peer link: {who} did not present the cluster's secret: closed");
+                if let Some(mut link) = self.links[index].take() {
+                    link.deregister(self.poll.registry());
+                }
+                false
+            }
+        }
+    }
+
+    /// Forwards a change a follower's worker asked for, when the link to the leader is up.
+    /// Returns whether it was forwarded.
+    pub(super) fn forwarded(&mut self, link: LinkId, message: &ToKeeper) -> bool {
+        let Some(forward) = self.forward.as_mut().filter(|f| f.ready()) else { return false };
+        if let Err(e) = forward.forward(link, message) {
+            log::warn!("peer link: cannot forward to the leader ({e})");
+            let mut out = Vec::new();
+            forward.broken(&self.poll, super::wall_ms(), &mut out);
+            self.release_now(out);
+        }
+        true
+    }
+
+    /// What the leader sent back over the link: answers and events, each to its worker.
+    pub(super) fn on_forward(&mut self) {
+        let Some(forward) = self.forward.as_mut() else { return };
+        let Some(channel) = forward.channel.as_mut() else { return };
+        let mut failed = channel.fill().err();
+        let mut out = Vec::new();
+        while failed.is_none() {
+            match channel.recv::<FromKeeper>() {
+                Ok(Some(FromKeeper::Reply { id, reply })) => {
+                    if let Some((link, local)) = forward.pending.remove(&id) {
+                        forward.by_local.remove(&(link, local));
+                        out.push((link, FromKeeper::Reply { id: local, reply }));
+                    }
+                }
+                Ok(Some(FromKeeper::Event { lock, ticket, event })) => {
+                    if let Some(&link) = forward.watches.get(&(lock.clone(), ticket)) {
+                        out.push((link, FromKeeper::Event { lock, ticket, event }));
+                    }
+                }
+                Ok(Some(FromKeeper::Hello { .. } | FromKeeper::Cluster { .. } | FromKeeper::Deliver { .. })) => {}
+                Ok(None) => break,
+                Err(e) => failed = Some(e),
+            }
+        }
+        if let Some(e) = failed {
+            log::warn!("peer link: the link to the leader broke ({e})");
+            forward.broken(&self.poll, super::wall_ms(), &mut out);
+        }
+        self.release_now(out);
+    }
+
+    /// Keeps the forwarding link pointed at the leader the rules know of (none while this
+    /// node leads or no leader is known), and flushes it.
+    pub(super) fn aim_forward(&mut self, leader_peer: Option<String>) {
+        let Some(forward) = self.forward.as_mut() else { return };
+        let mut out = Vec::new();
+        forward.aim(leader_peer, &self.poll, super::wall_ms(), &mut out);
+        if let Some(Err(e)) = forward.channel.as_mut().map(Channel::flush) {
+            log::warn!("peer link: the link to the leader broke ({e})");
+            forward.broken(&self.poll, super::wall_ms(), &mut out);
+        }
+        self.release_now(out);
+    }
+}
