@@ -688,7 +688,7 @@ impl Keeper {
     fn close_link(&mut self, index: usize) {
         let Some(mut link) = self.links.get_mut(index).and_then(Option::take) else { return };
         link.deregister(self.poll.registry());
-        if self.peers.as_mut().is_some_and(|p| p.unheard.remove(&index)) {
+        if self.peers.as_mut().is_some_and(|p| p.unheard.remove(&index).is_some()) {
             // A peer that never said hello was never in the state.
             return;
         }
@@ -760,8 +760,8 @@ impl Keeper {
             self.drop_link(index, &e);
             return Ok(None);
         }
-        if self.peers.as_ref().is_some_and(|p| p.unheard.contains(&index))
-            && (!self.on_peer_hello(index) || self.peers.as_ref().is_some_and(|p| p.unheard.contains(&index)))
+        if self.peers.as_ref().is_some_and(|p| p.unheard.contains_key(&index))
+            && (!self.on_peer_hello(index) || self.peers.as_ref().is_some_and(|p| p.unheard.contains_key(&index)))
         {
             // Refused, or its hello is not all in yet.
             return Ok(None);

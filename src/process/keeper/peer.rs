@@ -6,8 +6,9 @@
 //! - **Accepting** ([`Peers`]): every node listens on `cluster.peer_listen`. A connection's
 //!   first frame must be a [`PeerHello`] with the cluster's secret (compared in constant
 //!   time); anything else, or a wrong secret, closes it unheard. At most
-//!   [`MAX_UNHEARD_PEERS`] connections wait for their hello, and a peer's frames are at
-//!   most [`MAX_PEER_FRAME_BYTES`].
+//!   [`MAX_UNHEARD_PEERS`] connections wait for their hello, one that waited longer than
+//!   [`HELLO_WITHIN_MS`] makes room for a new one, and a peer's frames are at most
+//!   [`MAX_PEER_FRAME_BYTES`].
 //! - **Forwarding** ([`Forward`]): a follower that knows the leader's peer address keeps one
 //!   connection to it. A request gets an id of the link's own (the ids of several workers
 //!   would collide), a `Watch` remembers which worker's stream its events go to, and a
@@ -15,7 +16,7 @@
 //!   its answer is answered `unknown` (503: it may or may not have taken effect), and the
 //!   link is tried again after [`RECONNECT_MS`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io;
 use std::net::ToSocketAddrs;
 
@@ -35,6 +36,8 @@ pub(super) const PEER_LISTEN: Token = Token(4);
 pub(super) const FORWARD: Token = Token(5);
 /// Connections that have not said hello yet, at most.
 pub const MAX_UNHEARD_PEERS: usize = 16;
+/// How long a connection may take to say hello before a new one may take its place.
+pub const HELLO_WITHIN_MS: u64 = 5_000;
 /// Longest frame on the peer link (a worker's request is far smaller).
 pub const MAX_PEER_FRAME_BYTES: u32 = 4 * 1024 * 1024;
 /// How long a follower waits before it connects again to a leader whose link broke.
@@ -45,8 +48,8 @@ pub(super) struct Peers {
     listener: TcpListener,
     secret: String,
     node: String,
-    /// Channels (by link index) still waiting for their hello.
-    pub(super) unheard: HashSet<usize>,
+    /// Channels (by link index) still waiting for their hello, and since when.
+    pub(super) unheard: HashMap<usize, u64>,
 }
 
 impl Peers {
@@ -56,7 +59,7 @@ impl Peers {
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen for peers on {}: {e}", config.listen)))?;
         poll.registry().register(&mut listener, PEER_LISTEN, Interest::READABLE)?;
         log::info!("peer link: listening on {} (advertised as {})", config.listen, config.advertise);
-        Ok(Self { listener, secret: config.secret.clone(), node: node.to_string(), unheard: HashSet::new() })
+        Ok(Self { listener, secret: config.secret.clone(), node: node.to_string(), unheard: HashMap::new() })
     }
 
     /// Whether `hello` carries the cluster's secret (compared in constant time).
@@ -198,6 +201,21 @@ impl Keeper {
                     return;
                 }
             };
+            let now = super::wall_ms();
+            if peers.unheard.len() >= MAX_UNHEARD_PEERS {
+                // Make room: connections that did not say hello in time go.
+                let late: Vec<usize> = peers
+                    .unheard
+                    .iter()
+                    .filter(|(_, since)| now.saturating_sub(**since) > HELLO_WITHIN_MS)
+                    .map(|(index, _)| *index)
+                    .collect();
+                for index in late {
+                    log::warn!("peer link: a connection did not say hello within {HELLO_WITHIN_MS} ms: closed");
+                    self.close_link(index);
+                }
+            }
+            let Some(peers) = self.peers.as_mut() else { return };
             if peers.unheard.len() >= MAX_UNHEARD_PEERS {
                 log::warn!("peer link: {from} refused: {MAX_UNHEARD_PEERS} connections are waiting to say hello");
                 continue;
@@ -208,7 +226,7 @@ impl Keeper {
                 Ok(()) => {
                     self.links[index] = Some(channel);
                     if let Some(peers) = self.peers.as_mut() {
-                        peers.unheard.insert(index);
+                        peers.unheard.insert(index, now);
                     }
                     log::debug!("peer link: connection from {from}");
                 }
