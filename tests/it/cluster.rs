@@ -435,6 +435,21 @@ fn r14_through_a_follower_requests_behave_as_through_the_leader_and_a_long_poll_
     let (name, data) = events.next();
     assert_eq!(name, "acquired", "{data}");
     assert!(data["fence"].as_u64() > holder["fence"].as_u64(), "{data}");
+    // The follower's worker dies with the stream: the leader ends it too.
+    let streams = |addr| {
+        let metrics = text(&once(addr, "GET", "/metrics", &[], ""));
+        metrics.lines().find_map(|l| l.strip_prefix("leasehold_event_streams ")).map(str::to_string)
+    };
+    let leader_addr = cluster.nodes[leader].addr;
+    assert_eq!(streams(leader_addr).as_deref(), Some("1"));
+    for worker in cluster.nodes[follower].server.as_ref().unwrap().worker_pids() {
+        crate::support::signal_pid(worker, Signal::SIGKILL);
+    }
+    drop(events);
+    wait_for("the leader to end the dead worker's stream", || {
+        let n = streams(leader_addr);
+        (n.as_deref() == Some("0")).then_some(()).ok_or(n)
+    });
     // A connection to the peer link without the cluster's secret is closed unheard.
     let mut stranger = std::net::TcpStream::connect(cluster.nodes[leader].peer_addr().unwrap()).unwrap();
     let hello = serde_json::json!({"node": "intruder", "secret": "not-the-secret-at-all"}).to_string();

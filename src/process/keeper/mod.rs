@@ -693,7 +693,9 @@ impl Keeper {
             return;
         }
         if !self.changes_state() {
-            // A follower's channels are not in the state (only the leader's are).
+            // A follower's channels are not in the state (only the leader's are); what they
+            // were waiting for over the peer link is called off there.
+            self.forget_forwarded(index);
             return;
         }
         if self.not_writable.is_some() {

@@ -12,7 +12,8 @@
 //! - **Forwarding** ([`Forward`]): a follower that knows the leader's peer address keeps one
 //!   connection to it. A request gets an id of the link's own (the ids of several workers
 //!   would collide), a `Watch` remembers which worker's stream its events go to, and a
-//!   `Cancel` follows its request. When the link breaks, every request still waiting for
+//!   `Cancel` follows its request. A worker channel that closes has its waiting requests
+//!   cancelled and its watches ended at the leader. When the link breaks, every request still waiting for
 //!   its answer is answered `unknown` (503: it may or may not have taken effect), and the
 //!   link is tried again after [`RECONNECT_MS`].
 
@@ -134,6 +135,26 @@ impl Forward {
             // The courier is this node's own: the leader's courier makes the calls.
             ToKeeper::CourierReady { .. } | ToKeeper::Delivered { .. } => Ok(()),
         }
+    }
+
+    /// Calls off what worker channel `link` (now closed) had asked over the link: its
+    /// waiting requests are cancelled at the leader, and its watches end there.
+    fn forget(&mut self, link: LinkId) -> Result<(), ChannelError> {
+        let Some(channel) = self.channel.as_mut() else { return Ok(()) };
+        let gone: Vec<(u64, u64)> =
+            self.pending.iter().filter(|(_, (l, _))| *l == link).map(|(peer_id, (_, id))| (*peer_id, *id)).collect();
+        for (peer_id, id) in gone {
+            self.pending.remove(&peer_id);
+            self.by_local.remove(&(link, id));
+            channel.send(&ToKeeper::Cancel { id: peer_id })?;
+        }
+        let watched: Vec<(LockName, Ticket)> =
+            self.watches.iter().filter(|(_, l)| **l == link).map(|(key, _)| key.clone()).collect();
+        for (lock, ticket) in watched {
+            self.watches.remove(&(lock.clone(), ticket));
+            channel.send(&ToKeeper::Unwatch { lock, ticket })?;
+        }
+        Ok(())
     }
 
     /// Ends the link: every request still waiting is answered `unknown`.
@@ -272,6 +293,17 @@ impl Keeper {
             self.release_now(out);
         }
         true
+    }
+
+    /// A worker channel of this follower closed: what it asked over the link is called off.
+    pub(super) fn forget_forwarded(&mut self, link: LinkId) {
+        let Some(forward) = self.forward.as_mut() else { return };
+        if let Err(e) = forward.forget(link) {
+            log::warn!("peer link: the link to the leader broke ({e})");
+            let mut out = Vec::new();
+            forward.broken(&self.poll, super::wall_ms(), &mut out);
+            self.release_now(out);
+        }
     }
 
     /// What the leader sent back over the link: answers and events, each to its worker.
