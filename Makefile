@@ -9,7 +9,7 @@ BIN    := target/release/leasehold
 run: build
 	$(BIN) serve --config $(CONFIG)
 
-## cluster: 3 nodes on a 3-member etcd on loopback (127.0.0.1:8081-8083, or from CLUSTER_PORT), with commands to try and a failover by hand; Ctrl-C tears it down (needs etcd: tests/deps.sh)
+## cluster: 3 nodes with a peer link (any node serves changes) on a 3-member etcd on loopback (127.0.0.1:8081-8083, or from CLUSTER_PORT), with commands to try and a failover by hand; Ctrl-C tears it down (needs etcd: tests/deps.sh)
 cluster:
 	CARGO=$(CARGO) bash tests/cluster/run.sh
 
@@ -61,7 +61,7 @@ bench-http:
 bench-durability:
 	bash benches/durability.sh
 
-## bench-cluster: acquire/release through the leader of 3 nodes against etcd's lock transaction on the same 3-member etcd (installs wrk, etcd)
+## bench-cluster: acquire/release through the leader of 3 nodes, and through a follower (forwarded over the peer link), against etcd's lock transaction on the same 3-member etcd (installs wrk, etcd)
 bench-cluster:
 	bash benches/cluster.sh
 

@@ -1,21 +1,27 @@
 #!/usr/bin/env bash
 # Cluster mode under load: leasehold's acquire -> release through the leader of 3 nodes on a
-# 3-member etcd, against etcd's own lock-style transaction on the same etcd cluster, in the
-# same run on loopback.
+# 3-member etcd, and the same sent to a follower (which forwards it to the leader over the
+# peer link), against etcd's own lock-style transaction on the same etcd cluster, in the same
+# run on loopback.
 #
 #   benches/cluster.sh [seconds] [connections]      (defaults: 10 s, 64 connections)
 #
-# Starts the 3-member etcd (tests/cluster/etcd.sh) and 3 nodes (tests/cluster/nodes.sh;
-# release build, 2 workers each, log_level warn), finds the leader through /readyz, then runs
-# wrk -t2 -c<connections> --latency with benches/wrk/acquire-release.lua against the leader
-# (every change there is committed to etcd before it is answered), then with
+# Starts the 3-member etcd (tests/cluster/etcd.sh) and 3 nodes with a peer link
+# (tests/cluster/nodes.sh; release build, 2 workers each, log_level warn), finds the leader
+# through /readyz and waits until the followers forward, then runs wrk -t2 -c<connections>
+# --latency with benches/wrk/acquire-release.lua against the leader (every change there is
+# committed to etcd before it is answered), the same against a follower (its keeper forwards
+# every request to the leader's over the peer link and relays the answer), then with
 # benches/wrk/etcd-txn.lua against etcd's raft leader member's client URL (its best member:
 # another member would forward every write to it), while the nodes still run and follow.
 # Prints ops/s (an acquire or a release is one operation; for etcd one transaction), p50,
-# p99 and non-2xx for each; the batches the leader put in etcd during its run (counted in
-# etcd's log: how many operations one txn carried) and its mean put time (its /metrics
-# histogram); the ratio leasehold / etcd; and for each run how busy the two cores were and
-# how much of that went to processes outside the rig (the machine may be shared).
+# p99 and non-2xx for each; for the two leasehold runs the batches the leader put in etcd
+# (counted in etcd's log: how many operations one txn carried) and its mean put time (its
+# /metrics histogram); the ratios follower / leader (what forwarding costs) and leasehold /
+# etcd; and for each run how busy the two cores were and how much of that went to processes
+# outside the rig (the machine may be shared). The follower's run comes second, and on a
+# fresh etcd the first run's puts are the slower (README, "Benchmarks"), which favours the
+# follower in the ratio by about as much as it shows.
 # Installs wrk, and etcd through tests/deps.sh, from Debian's packages if missing (needs root).
 secs=${1:-10}
 conns=${2:-64}
@@ -75,7 +81,10 @@ bash "$root/tests/cluster/etcd.sh" start "$work/etcd"
 endpoints=$(<"$work/etcd/endpoints")
 nodes_start "$work" "$bin" "$endpoints" 2 warn "$(free_port)" "$(free_port)" "$(free_port)"
 leader=$(nodes_wait_leader "$work" 30)
+nodes_wait_forwarding "$work" 15
 url=$(nodes_url "$work" "$leader")
+follower=$((leader % nodes_count + 1))
+follower_url=$(nodes_url "$work" "$follower")
 
 machine
 echo "# wrk -t2 -c$conns -d${secs}s --latency; 3 leasehold nodes (2 workers each) and 3 etcd members on this machine"
@@ -85,16 +94,31 @@ batches() {
   ETCDCTL_API=3 etcdctl --endpoints="$endpoints" get /leasehold/log/ --prefix --keys-only --limit=1 -w json |
     sed -n 's/.*"count":\([0-9]*\).*/\1/p'
 }
-batches0=$(batches)
-count0=$(metric "$url" leasehold_cluster_commit_seconds_count)
-sum0=$(metric "$url" leasehold_cluster_commit_seconds_sum)
-measured leasehold-cluster-leader "$url" acquire-release.lua
-reqs_leasehold=$reqs p99_leasehold=$p99
-batches1=$(batches)
-count1=$(metric "$url" leasehold_cluster_commit_seconds_count)
-sum1=$(metric "$url" leasehold_cluster_commit_seconds_sum)
-still=$(nodes_field "$(nodes_readyz "$url")" role)
-[ "$still" = leader ] || echo "# note: node-$leader is no longer the leader after the run (it says: ${still:-nothing})"
+# through NAME TARGET_URL: one wrk run of acquire-release.lua against TARGET_URL, then the
+# batches the leader put in etcd meanwhile and its put times (kept in through[NAME], with
+# the run's requests and p99), and a note if node-$leader no longer leads.
+declare -A through
+through() {
+  local b0 c0 s0 b1 c1 s1 still
+  b0=$(batches) c0=$(metric "$url" leasehold_cluster_commit_seconds_count) s0=$(metric "$url" leasehold_cluster_commit_seconds_sum)
+  measured "$1" "$2" acquire-release.lua
+  b1=$(batches) c1=$(metric "$url" leasehold_cluster_commit_seconds_count) s1=$(metric "$url" leasehold_cluster_commit_seconds_sum)
+  through[$1]="$((b1 - b0)) $((c1 - c0)) $s0 $s1 $reqs $p99"
+  still=$(nodes_field "$(nodes_readyz "$url")" role)
+  [ "$still" = leader ] || echo "# note: node-$leader is no longer the leader after the run (it says: ${still:-nothing})"
+}
+# batch_line LABEL NAME: what the leader put in etcd during run NAME, as one line.
+batch_line() {
+  local b c s0 s1 r p
+  read -r b c s0 s1 r p <<<"${through[$2]}"
+  awk -v l="$1" -v b="$b" -v c="$c" -v s0="$s0" -v s1="$s1" -v r="$r" \
+    'BEGIN { if (b > 0 && c > 0) printf "%s: %d batches put in etcd, %.1f operations a batch, %.2f ms a put (mean of %d)\n", l, b, r / b, (s1 - s0) * 1000 / c, c }'
+}
+
+through leasehold-cluster-leader "$url"
+through leasehold-cluster-follower "$follower_url"
+p99_leasehold=$(awk '{print $6}' <<<"${through[leasehold-cluster-leader]}")
+p99_follower=$(awk '{print $6}' <<<"${through[leasehold-cluster-follower]}")
 
 # etcd's raft leader: the member whose `endpoint status` says IS LEADER.
 etcd_url=$(ETCDCTL_API=3 etcdctl --endpoints="$endpoints" endpoint status -w simple 2>/dev/null |
@@ -102,7 +126,9 @@ etcd_url=$(ETCDCTL_API=3 etcdctl --endpoints="$endpoints" endpoint status -w sim
 etcd_url=${etcd_url:-${endpoints%%,*}}
 measured etcd-txn-create "$etcd_url/" etcd-txn.lua
 
-awk -v b="$((batches1 - batches0))" -v c="$((count1 - count0))" -v s0="$sum0" -v s1="$sum1" -v r="$reqs_leasehold" \
-  'BEGIN { if (b > 0 && c > 0) printf "leader: %d batches put in etcd, %.1f operations a batch, %.2f ms a put (mean of %d)\n", b, r / b, (s1 - s0) * 1000 / c, c }'
+batch_line leader leasehold-cluster-leader
+batch_line "leader, load sent to node-$follower (a follower)" leasehold-cluster-follower
+awk -v f="${ops[leasehold-cluster-follower]}" -v l="${ops[leasehold-cluster-leader]}" -v pf="$p99_follower" -v pl="$p99_leasehold" \
+  'BEGIN { printf "follower / leader: %.2fx (the cost of forwarding over the peer link); p99 %s through the follower, %s through the leader\n", f / l, pf, pl }'
 awk -v l="${ops[leasehold-cluster-leader]}" -v e="${ops[etcd-txn-create]}" -v p="$p99_leasehold" \
   'BEGIN { printf "leasehold / etcd: %.1fx (goal: 10x or more); p99 through the leader %s (goal: 20 ms or less)\n", l / e, p }'

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # `make cluster`: a 3-node leasehold cluster on loopback to try by hand. It builds the release
 # binary, starts a 3-member etcd (tests/cluster/etcd.sh) and three nodes
-# (tests/cluster/nodes.sh) in a temporary directory, waits until one node leads, prints each
-# node's role and commands to try (an acquire on the leader, a follower's 503, the client
-# following the leader, a failover by hand), then stays in the foreground printing every
-# change of role until Ctrl-C, when it stops the nodes and etcd and removes the directory.
+# (tests/cluster/nodes.sh, with a peer link between them) in a temporary directory, waits
+# until one node leads and the followers forward to it, prints each node's role and commands
+# to try (an acquire on the leader, the same on a follower, answered by the leader over the
+# peer link, the client given every node, a failover by hand), then stays in the foreground
+# printing every change of role until Ctrl-C, when it stops the nodes and etcd and removes
+# the directory.
 #
 #   tests/cluster/run.sh            nodes on 127.0.0.1:8081, 8082 and 8083
 #   CLUSTER_PORT=9001 make cluster  nodes on 9001, 9002 and 9003
 #
 # Each node has 1 worker, its own data_dir and log in the temporary directory, and the
-# default election_ttl_ms (3000). etcd's members take free ports of their own. Needs etcd and
+# default election_ttl_ms (3000). etcd's members and the nodes' peer links take free ports
+# of their own. Needs etcd and
 # etcdctl (`sudo bash tests/deps.sh` installs them) and curl.
 # Exit status: 0 after Ctrl-C (or SIGTERM, or the terminal closing); 1 when the cluster could
 # not be started (what went wrong on stderr, with the end of the log concerned).
@@ -61,6 +64,7 @@ endpoints=$(<"$dir/etcd/endpoints")
 echo "$me: starting node-1..3 on ports ${ports[*]}"
 nodes_start "$dir" "$bin" "$endpoints" 1 info "${ports[@]}"
 leader=$(nodes_wait_leader "$dir" 30) || die "the cluster did not settle (see above)"
+nodes_wait_forwarding "$dir" 15 || die "the followers do not forward to the leader (see above)"
 
 urls=()
 for n in 1 2 3; do urls+=("$(nodes_url "$dir" "$n")"); done
@@ -95,7 +99,8 @@ $(for n in 1 2 3; do printf '  node-%s  %s  %s\n' "$n" "${urls[n - 1]}" "${stand
   etcd    $endpoints
   logs    $dir/node-N.log, $dir/etcd/etcd-N.log
 
-Leader: $leader_url (node-$leader)
+Leader: $leader_url (node-$leader). Any node serves changes: the followers forward them to
+the leader over the peer link.
 
 Try, in another terminal (from this checkout):
 
@@ -105,16 +110,18 @@ Try, in another terminal (from this checkout):
   # Take a lock on the leader, for 5 minutes: 200 with a ticket and a fence
   curl -s -X POST $leader_url/v1/locks/demo/acquire -d '{"ttl_ms":300000,"owner":"me"}'; echo
 
-  # A follower answers changes 503 not_leader, with the leader's URL (header and body)
-  curl -si -X POST $follower_url/v1/locks/other/acquire -d '{}'
+  # A change sent to a follower (node-$((leader % 3 + 1))): 200 as well, the leader's answer over
+  # the peer link (a follower without the link would answer 503 not_leader)
+  curl -si -X POST $follower_url/v1/locks/other/acquire -d '{"owner":"you"}'
 
-  # The client given all three nodes finds the leader itself
+  # The client given all three nodes (any of them answers)
   $cli status demo --server $all
   $cli lock job --server $all -- sh -c 'echo "ran under the lock, fence \$LEASEHOLD_FENCE"'
 
   # Failover by hand: kill node-$leader's whole process group (master, keeper, courier,
   # workers), as a lost host. Within about 3 s (election_ttl_ms) another node leads, and
   # the lock "demo" is still held: its lease is extended by the time without a leader.
+  # The follower left links to the new leader and serves changes again.
   kill -9 -$leader_pgid
   curl -s $follower_url/readyz; echo
   $cli status demo --server $all
