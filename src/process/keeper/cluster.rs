@@ -8,9 +8,11 @@
 //!   turn not yet acknowledged (reads included) wait with it, so nobody sees a change that
 //!   may never happen. A resigned turn's requests are answered 503 `not_leader`.
 //! - **Follower.** Each batch the rules apply is replayed through the same pure service,
-//!   whatever it sends meanwhile dropped (its channels are the leader's). Reads are served
-//!   from this replica; changes are answered 503 `not_leader` with the leader's URL at
-//!   once, even while a batch of its last leadership is being settled (reads wait for it).
+//!   whatever it sends meanwhile dropped (its channels are the leader's). With a peer link
+//!   to the leader every request is forwarded there ([`super::peer`]); without one, reads
+//!   are served from this replica and changes are answered 503 `not_leader` with the
+//!   leader's URL at once, even while a batch of its last leadership is being settled
+//!   (reads wait for it).
 //! - **Takeover.** One turn: the limits of this node, every channel in the state closed,
 //!   fresh presence windows, every lease extended by the time without a leader, due
 //!   expiries, and this node's courier made the outbox's again.
