@@ -21,6 +21,12 @@
 //! time and fresh entropy, journals the change, and pushes any events (an admitted waiter,
 //! an expired lease) to the workers that hold a waiting request for them.
 //!
+//! Cluster mode (docs/cluster.md): several nodes share one state through etcd. One
+//! keeper leads and commits each loop turn to a log in etcd before its answers leave; the
+//! others replay the log through the same pure service, and forward their workers' requests
+//! to the leader over the peer link. The rules of who leads are pure
+//! ([`service::cluster`]); the etcd client is [`journal::etcd`].
+//!
 //! Layering: [`core`] and [`config`] are pure (no I/O, clock, randomness or environment);
 //! the process shells depend on them, never the other way round. Unsafe code is allowed
 //! only in the system module, each block with a `SAFETY:` comment.
