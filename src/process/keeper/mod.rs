@@ -26,7 +26,7 @@
 //! At start it takes an exclusive lock on its data directory (`keeper.lock`): a second
 //! server pointed at the same directory fails to start with a clear error.
 //!
-//! In cluster mode ([`cluster`]) the log in etcd takes the local journal's place: a turn's
+//! In cluster mode (`keeper/cluster.rs`, `keeper/peer.rs`) the log in etcd takes the local journal's place: a turn's
 //! answers leave once its batch is in the log, a follower replays the log, and a keeper
 //! starts from it.
 
