@@ -26,9 +26,9 @@
 //! At start it takes an exclusive lock on its data directory (`keeper.lock`): a second
 //! server pointed at the same directory fails to start with a clear error.
 //!
-//! In cluster mode (`keeper/cluster.rs`, `keeper/peer.rs`) the log in etcd takes the local journal's place: a turn's
-//! answers leave once its batch is in the log, a follower replays the log, and a keeper
-//! starts from it.
+//! In cluster mode (`keeper/cluster.rs`, `keeper/peer.rs`) the log in etcd takes the local
+//! journal's place: a turn's answers leave once its batch is in the log, a follower replays
+//! the log (and forwards its workers' requests to the leader), and a keeper starts from it.
 
 mod cluster;
 mod peer;
