@@ -1,13 +1,14 @@
 //! The native API end to end: waiting, fairness, semaphores, presence, event streams, data,
 //! status and listing, against the real server.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 
 use crate::support::http::{once, Client, Reply};
-use crate::support::{config, wait_for, wait_until, Server, DEADLINE};
+use crate::support::sse::Events;
+use crate::support::{config, wait_for, wait_until, Server};
 
 fn post(c: &mut Client, path: &str, body: serde_json::Value) -> Reply {
     c.post(path, &body.to_string()).unwrap_or_else(|e| panic!("POST {path}: {e}"))
@@ -221,63 +222,6 @@ fn server_now_ms(c: &mut Client) -> u64 {
     r.json()["at_ms"].as_u64().unwrap()
 }
 
-/// Reads Server-Sent Events from a raw stream.
-struct Events {
-    reader: BufReader<TcpStream>,
-}
-
-impl Events {
-    fn open(s: &Server, lock: &str, ticket: &str) -> Events {
-        Self::open_after(s, lock, ticket, None)
-    }
-
-    /// Opens the stream, continuing after `last_event_id` when given.
-    fn open_after(s: &Server, lock: &str, ticket: &str, last_event_id: Option<u64>) -> Events {
-        let mut stream = TcpStream::connect(s.addr).unwrap();
-        stream.set_read_timeout(Some(DEADLINE)).unwrap();
-        let resume = last_event_id.map(|id| format!("Last-Event-ID: {id}\r\n")).unwrap_or_default();
-        write!(stream, "GET /v1/locks/{lock}/events?ticket={ticket} HTTP/1.1\r\nHost: x\r\n{resume}\r\n").unwrap();
-        let mut reader = BufReader::new(stream);
-        let mut head = String::new();
-        loop {
-            let mut line = String::new();
-            reader.read_line(&mut line).unwrap();
-            if line == "\r\n" {
-                break;
-            }
-            head.push_str(&line);
-        }
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert!(head.contains("Content-Type: text/event-stream"), "{head}");
-        Events { reader }
-    }
-
-    /// The next event as (id, name, data).
-    fn next(&mut self) -> (u64, String, serde_json::Value) {
-        let (mut id, mut name, mut data) = (0, String::new(), serde_json::Value::Null);
-        loop {
-            let mut line = String::new();
-            assert!(self.reader.read_line(&mut line).unwrap() > 0, "the stream ended");
-            let line = line.trim_end_matches('\n');
-            if line.is_empty() && !name.is_empty() {
-                return (id, name, data);
-            }
-            if let Some(v) = line.strip_prefix("id: ") {
-                id = v.parse().unwrap();
-            } else if let Some(v) = line.strip_prefix("event: ") {
-                name = v.to_string();
-            } else if let Some(v) = line.strip_prefix("data: ") {
-                data = serde_json::from_str(v).unwrap();
-            }
-        }
-    }
-
-    fn ended(mut self) -> bool {
-        let mut rest = Vec::new();
-        self.reader.read_to_end(&mut rest).is_ok() && rest.is_empty()
-    }
-}
-
 #[test]
 fn an_event_stream_shows_positions_then_acquired_then_released() {
     let s = Server::start(&config("workers = 2", ""));
@@ -285,7 +229,7 @@ fn an_event_stream_shows_positions_then_acquired_then_released() {
     let h = post(&mut c, "/v1/locks/sse/acquire", serde_json::json!({"ttl_ms": 60_000}));
     let a = ticket_of(&post(&mut c, "/v1/locks/sse/acquire", serde_json::json!({})));
     let b = ticket_of(&post(&mut c, "/v1/locks/sse/acquire", serde_json::json!({})));
-    let mut events = Events::open(&s, "sse", &b);
+    let mut events = Events::open(s.addr, "sse", &b);
     let (id1, name, data) = events.next();
     assert_eq!((name.as_str(), data["position"].as_u64()), ("position", Some(2)));
     // The holder leaves: A is admitted, B moves up.
@@ -314,7 +258,7 @@ fn an_open_stream_is_presence_and_closing_it_is_absence_after_waiter_ttl() {
     let mut c = Client::connect(s.addr).unwrap();
     post(&mut c, "/v1/locks/p/acquire", serde_json::json!({"ttl_ms": 60_000}));
     let w = ticket_of(&post(&mut c, "/v1/locks/p/acquire", serde_json::json!({})));
-    let events = Events::open(&s, "p", &w);
+    let events = Events::open(s.addr, "p", &w);
     // The passing of time is what is under test here: three presence windows go by, on the
     // server's clock, with only the stream open, and the waiter is still queued.
     let opened_ms = server_now_ms(&mut c);
@@ -428,7 +372,7 @@ fn r22_an_event_stream_reconnected_with_last_event_id_continues_the_ids() {
     let a = ticket_of(&post(&mut c, "/v1/locks/resume/acquire", serde_json::json!({})));
     let b = ticket_of(&post(&mut c, "/v1/locks/resume/acquire", serde_json::json!({})));
     // A first connection: the ids start at 1.
-    let mut first = Events::open(&s, "resume", &b);
+    let mut first = Events::open(s.addr, "resume", &b);
     let (id, name, data) = first.next();
     assert_eq!((id, name.as_str(), data["position"].as_u64()), (1, "position", Some(2)));
     release(&mut c, "resume", &ticket_of(&h));
@@ -437,7 +381,7 @@ fn r22_an_event_stream_reconnected_with_last_event_id_continues_the_ids() {
     // The client drops and comes back with the last id it saw: the ids go on from there,
     // through the rest of the ticket's life.
     drop(first);
-    let mut again = Events::open_after(&s, "resume", &b, Some(last));
+    let mut again = Events::open_after(s.addr, "resume", &b, Some(last));
     let (id, name, data) = again.next();
     assert_eq!((id, name.as_str(), data["position"].as_u64()), (3, "position", Some(1)), "{data}");
     release(&mut c, "resume", &a);

@@ -15,6 +15,7 @@ use nix::sys::signal::Signal;
 use crate::support::etcd::EtcdCluster;
 use crate::support::http::{once, Client, Reply};
 use crate::support::nodes::{Follow, Nodes, Outcome};
+use crate::support::sse::Events;
 use crate::support::wait_for;
 
 /// The counter's lock and data key.
@@ -428,11 +429,11 @@ fn r14_through_a_follower_requests_behave_as_through_the_leader_and_a_long_poll_
     let queued = once(via, "POST", "/v1/locks/streamed/acquire", &[], "{}");
     assert_eq!(queued.status, 202, "{}", text(&queued));
     let waiter = queued.json()["ticket"].as_str().unwrap().to_string();
-    let mut events = stream_events(via, "streamed", &waiter);
-    assert_eq!(events.next().0, "position");
+    let mut events = Events::open(via, "streamed", &waiter);
+    assert_eq!(events.next().1, "position");
     let release = format!(r#"{{"ticket":"{}"}}"#, holder["ticket"].as_str().unwrap());
     assert_eq!(once(via, "POST", "/v1/locks/streamed/release", &[], &release).status, 200);
-    let (name, data) = events.next();
+    let (_, name, data) = events.next();
     assert_eq!(name, "acquired", "{data}");
     assert!(data["fence"].as_u64() > holder["fence"].as_u64(), "{data}");
     // The follower's worker dies with the stream: the leader ends it too.
@@ -566,50 +567,4 @@ fn r14_round_robin_clients_over_every_node_lose_no_acknowledged_change_across_a_
         (gap_to - gap_from).as_millis(),
         killed_at.saturating_duration_since(gap_from).as_millis()
     );
-}
-
-/// An event stream of one ticket, read event by event.
-struct Stream {
-    reader: std::io::BufReader<std::net::TcpStream>,
-}
-
-/// Opens `GET /v1/locks/{lock}/events?ticket=…` on `addr`.
-fn stream_events(addr: std::net::SocketAddr, lock: &str, ticket: &str) -> Stream {
-    use std::io::{BufRead, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(crate::support::DEADLINE)).unwrap();
-    write!(stream, "GET /v1/locks/{lock}/events?ticket={ticket} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut reader = std::io::BufReader::new(stream);
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if line == "\r\n" {
-            break;
-        }
-        head.push_str(&line);
-    }
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    Stream { reader }
-}
-
-impl Stream {
-    /// The next event: its name and data.
-    fn next(&mut self) -> (String, serde_json::Value) {
-        use std::io::BufRead;
-        let (mut name, mut data) = (String::new(), serde_json::Value::Null);
-        loop {
-            let mut line = String::new();
-            assert!(self.reader.read_line(&mut line).unwrap() > 0, "the stream ended");
-            let line = line.trim_end_matches('\n');
-            if line.is_empty() && !name.is_empty() {
-                return (name, data);
-            }
-            if let Some(v) = line.strip_prefix("event: ") {
-                name = v.to_string();
-            } else if let Some(v) = line.strip_prefix("data: ") {
-                data = serde_json::from_str(v).unwrap();
-            }
-        }
-    }
 }

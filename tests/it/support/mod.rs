@@ -7,6 +7,7 @@ pub mod etcd;
 pub mod http;
 pub mod load;
 pub mod nodes;
+pub mod sse;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
