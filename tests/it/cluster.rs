@@ -462,11 +462,17 @@ fn r14_through_a_follower_requests_behave_as_through_the_leader_and_a_long_poll_
     let mut first = [0u8; 1];
     let read = std::io::Read::read(&mut stranger, &mut first);
     assert!(matches!(read, Ok(0)), "the stranger was told something, or kept waiting: {read:?}");
+    // A stream held by the follower, of a ticket queued behind a holder.
+    let addr = cluster.nodes[follower].addr;
+    let kept = once(addr, "POST", "/v1/locks/survives/acquire", &[], r#"{"ttl_ms":60000}"#).json();
+    let queued = once(addr, "POST", "/v1/locks/survives/acquire", &[], r#"{"ttl_ms":60000}"#);
+    assert_eq!(queued.status, 202, "{}", text(&queued));
+    let mut survivor = Events::open(addr, "survives", queued.json()["ticket"].as_str().unwrap());
+    assert_eq!(survivor.next().1, "position");
     // The leader dies: the same node serves again once another leads (its link follows the
     // new leader), with no client switching nodes.
     let mut cluster = cluster;
     cluster.nodes[leader].kill();
-    let addr = cluster.nodes[follower].addr;
     // (A lock of its own each try: a try whose answer was lost may hold the one before.)
     let mut tries = 0;
     wait_for("a change through the same node after the failover", || {
@@ -474,6 +480,16 @@ fn r14_through_a_follower_requests_behave_as_through_the_leader_and_a_long_poll_
         let r = once(addr, "POST", &format!("/v1/locks/after-failover-{tries}/acquire"), &[], r#"{"queue":"none"}"#);
         (r.status == 200).then_some(()).ok_or_else(|| text(&r))
     });
+    // The stream survived the failover: the holder's release reaches it as the grant.
+    let release = format!(r#"{{"ticket":"{}"}}"#, kept["ticket"].as_str().unwrap());
+    assert_eq!(once(addr, "POST", "/v1/locks/survives/release", &[], &release).status, 200);
+    let name = loop {
+        let (_, name, _) = survivor.next();
+        if name != "position" {
+            break name;
+        }
+    };
+    assert_eq!(name, "acquired", "the stream on the follower after the failover");
 }
 
 /// A change acknowledged to a client: its lock, ticket and fence, and when.

@@ -450,7 +450,7 @@ impl Keeper {
                 return Ok(code);
             }
             let leader_peer = self.leader_peer();
-            self.aim_forward(leader_peer);
+            self.aim_forward(leader_peer)?;
             self.tell_status(wall_ms());
             if let Err(e) = self.control.flush() {
                 log::debug!("control channel: {e}");

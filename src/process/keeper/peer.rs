@@ -13,7 +13,8 @@
 //!   connection to it. A request gets an id of the link's own (the ids of several workers
 //!   would collide), a `Watch` remembers which worker's stream its events go to, and a
 //!   `Cancel` follows its request. A worker channel that closes has its waiting requests
-//!   cancelled and its watches ended at the leader. When the link breaks, every request still waiting for
+//!   cancelled and its watches ended at the leader. Streams survive a failover: a new link
+//!   watches them again, and a follower that takes over watches them itself. When the link breaks, every request still waiting for
 //!   its answer is answered `unknown` (503: it may or may not have taken effect), and the
 //!   link is tried again after [`RECONNECT_MS`].
 
@@ -41,6 +42,9 @@ pub const MAX_UNHEARD_PEERS: usize = 16;
 pub const HELLO_WITHIN_MS: u64 = 5_000;
 /// Longest frame on the peer link (a worker's request is far smaller).
 pub const MAX_PEER_FRAME_BYTES: u32 = 4 * 1024 * 1024;
+/// The request id of a stream watched again by a node that took over (no worker's: they
+/// count from 1).
+const REWATCH_ID: u64 = u64::MAX;
 /// How long a follower waits before it connects again to a leader whose link broke.
 pub const RECONNECT_MS: u64 = 500;
 
@@ -88,6 +92,8 @@ pub(super) struct Forward {
     by_local: HashMap<(LinkId, u64), u64>,
     /// Which worker channel each watched ticket's events go to.
     watches: HashMap<(LockName, Ticket), LinkId>,
+    /// Requests of the link's own (watches made again) whose answers go to no worker.
+    swallowed: std::collections::HashSet<u64>,
 }
 
 impl Forward {
@@ -102,7 +108,14 @@ impl Forward {
             pending: HashMap::new(),
             by_local: HashMap::new(),
             watches: HashMap::new(),
+            swallowed: std::collections::HashSet::new(),
         }
+    }
+
+    /// The streams this node's workers hold, handed over (this node now leads: they are
+    /// watched here).
+    pub(super) fn take_watches(&mut self) -> Vec<((LockName, Ticket), LinkId)> {
+        self.watches.drain().collect()
     }
 
     /// Whether changes can be forwarded now.
@@ -164,7 +177,8 @@ impl Forward {
         }
         self.retry_at_ms = now_ms + RECONNECT_MS;
         self.by_local.clear();
-        self.watches.clear();
+        // Watches are kept: the next link watches them again (a stream survives a failover).
+        self.swallowed.clear();
         let message = "the link to the leader broke while this request was in flight; its effect is unknown";
         for (_, (link, id)) in self.pending.drain() {
             out.push((link, FromKeeper::Reply { id, reply: LockReply::Unknown { message: message.into() } }));
@@ -183,8 +197,19 @@ impl Forward {
             return;
         }
         match connect(&address, poll, &self.hello) {
-            Ok(channel) => {
+            Ok(mut channel) => {
                 log::info!("peer link: forwarding changes to the leader at {address}");
+                // The streams this node's workers hold are watched again on the new link;
+                // the answers to those watches are this link's, not a worker's.
+                for (lock, ticket) in self.watches.keys() {
+                    let peer_id = self.next_id;
+                    self.next_id += 1;
+                    self.swallowed.insert(peer_id);
+                    let op = LockOp::Watch { lock: lock.clone(), ticket: *ticket };
+                    if channel.send(&ToKeeper::Request { id: peer_id, op }).is_err() {
+                        break;
+                    }
+                }
                 self.channel = Some(channel);
             }
             Err(e) => {
@@ -315,6 +340,9 @@ impl Keeper {
         while failed.is_none() {
             match channel.recv::<FromKeeper>() {
                 Ok(Some(FromKeeper::Reply { id, reply })) => {
+                    if forward.swallowed.remove(&id) {
+                        continue;
+                    }
                     if let Some((link, local)) = forward.pending.remove(&id) {
                         forward.by_local.remove(&(link, local));
                         out.push((link, FromKeeper::Reply { id: local, reply }));
@@ -338,15 +366,23 @@ impl Keeper {
     }
 
     /// Keeps the forwarding link pointed at the leader the rules know of (none while this
-    /// node leads or no leader is known), and flushes it.
-    pub(super) fn aim_forward(&mut self, leader_peer: Option<String>) {
-        let Some(forward) = self.forward.as_mut() else { return };
+    /// node leads or no leader is known), and flushes it. Once this node leads, the streams
+    /// its workers held through the link are watched here instead.
+    pub(super) fn aim_forward(&mut self, leader_peer: Option<String>) -> io::Result<()> {
+        let leads = self.cluster.as_ref().is_some_and(super::cluster::Node::leads);
+        let Some(forward) = self.forward.as_mut() else { return Ok(()) };
         let mut out = Vec::new();
         forward.aim(leader_peer, &self.poll, super::wall_ms(), &mut out);
+        let handed = if leads { forward.take_watches() } else { Vec::new() };
         if let Some(Err(e)) = forward.channel.as_mut().map(Channel::flush) {
             log::warn!("peer link: the link to the leader broke ({e})");
             forward.broken(&self.poll, super::wall_ms(), &mut out);
         }
         self.release_now(out);
+        for ((lock, ticket), link) in handed {
+            // Its answer goes to a request id no worker uses: the worker ignores it.
+            self.on_message(link, ToKeeper::Request { id: REWATCH_ID, op: LockOp::Watch { lock, ticket } })?;
+        }
+        Ok(())
     }
 }

@@ -40,8 +40,13 @@ impl Events {
 
     /// The next event as (id, name, data).
     pub fn next(&mut self) -> (u64, String, serde_json::Value) {
+        let deadline = std::time::Instant::now() + DEADLINE;
         let (mut id, mut name, mut data) = (0, String::new(), serde_json::Value::Null);
         loop {
+            // Within the tests' deadline, pings or not.
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            assert!(!left.is_zero(), "no event within {DEADLINE:?}");
+            self.reader.get_ref().set_read_timeout(Some(left)).unwrap();
             let mut line = String::new();
             assert!(self.reader.read_line(&mut line).unwrap() > 0, "the stream ended");
             let line = line.trim_end_matches('\n');
