@@ -55,6 +55,16 @@ const MAX_BATCH_BYTES: usize = 512 * 1024;
 /// Workers hear of a new applied position at most this often (a new role at once).
 const STATUS_EVERY_MS: u64 = 250;
 
+/// Where a node stands, as the workers were told it: the leader's URL follows from the role
+/// and the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Standing {
+    role: &'static str,
+    epoch: u64,
+    applied: u64,
+    lag: u64,
+}
+
 /// The keeper's cluster part.
 pub(super) struct Node {
     rules: Cluster,
@@ -75,7 +85,7 @@ pub(super) struct Node {
     /// The local courier's channel and capacity, made the outbox's again at a takeover.
     courier: Option<(LinkId, u32)>,
     /// What the workers were last told, and when.
-    told: Option<ClusterStatus>,
+    told: Option<Standing>,
     told_at_ms: u64,
     /// The batch being put, and since its first try.
     putting: Option<(u64, Instant)>,
@@ -129,12 +139,8 @@ impl Node {
 
     /// When the keeper must look at the cluster again: the rules' next tick, or the time
     /// workers may hear of a position they were not told yet.
-    pub(super) fn next_tick_ms(&self, node_name: &str) -> Option<u64> {
-        let tell = self
-            .told
-            .as_ref()
-            .filter(|told| **told != self.status(node_name))
-            .map(|_| self.told_at_ms + STATUS_EVERY_MS);
+    pub(super) fn next_tick_ms(&self) -> Option<u64> {
+        let tell = self.told.filter(|told| *told != self.standing()).map(|_| self.told_at_ms + STATUS_EVERY_MS);
         match (self.rules.next_tick_ms(), tell) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -168,21 +174,20 @@ impl Node {
         }
     }
 
-    /// Where this node stands.
-    pub(super) fn status(&self, node: &str) -> ClusterStatus {
+    /// Where this node stands, as numbers (cheap to compare every loop turn).
+    fn standing(&self) -> Standing {
         let (role, epoch) = match self.rules.role() {
             Role::Leading { epoch } => ("leader", *epoch),
             Role::CatchingUp { epoch } => ("candidate", *epoch),
             Role::Follower { leader } => ("follower", leader.as_ref().map_or(0, |l| l.epoch)),
         };
-        ClusterStatus {
-            node: node.to_string(),
-            role: role.into(),
-            epoch,
-            applied: self.rules.applied(),
-            lag: self.rules.lag(),
-            leader: self.leader_url(),
-        }
+        Standing { role, epoch, applied: self.rules.applied(), lag: self.rules.lag() }
+    }
+
+    /// Where this node stands.
+    pub(super) fn status(&self, node: &str) -> ClusterStatus {
+        let Standing { role, epoch, applied, lag } = self.standing();
+        ClusterStatus { node: node.to_string(), role: role.into(), epoch, applied, lag, leader: self.leader_url() }
     }
 
     /// Time each batch's put took.
@@ -280,7 +285,7 @@ impl Keeper {
     /// Steps the rules with `event` and carries out what follows.
     fn cluster_step(&mut self, event: Event) -> io::Result<Option<i32>> {
         let Some(node) = self.cluster.as_mut() else { return Ok(None) };
-        let seen = describe(&event);
+        let seen = Seen::of(&event);
         let effects = node.rules.step(event, wall_ms());
         if effects.iter().any(|e| matches!(e, Effect::Resign { .. })) {
             log::warn!("turns of this node cannot be committed (after {seen}): answered 503");
@@ -371,18 +376,18 @@ impl Keeper {
     /// at most every [`STATUS_EVERY_MS`]).
     pub(super) fn tell_status(&mut self, now_ms: u64) {
         let Some(node) = self.cluster.as_ref() else { return };
-        let status = node.status(&self.node_name);
-        let changed = match &node.told {
+        let standing = node.standing();
+        let changed = match node.told {
             None => true,
-            Some(told) if told.role != status.role || told.epoch != status.epoch || told.leader != status.leader => {
-                true
-            }
-            Some(told) => *told != status && now_ms >= node.told_at_ms + STATUS_EVERY_MS,
+            // A new role or leader at once (the leader's URL follows from role and epoch).
+            Some(told) if told.role != standing.role || told.epoch != standing.epoch => true,
+            Some(told) => told != standing && now_ms >= node.told_at_ms + STATUS_EVERY_MS,
         };
         if !changed {
             // Throttled: told at the next tick (`next_tick_ms`) instead.
             return;
         }
+        let status = node.status(&self.node_name);
         let courier = node.courier.map(|(link, _)| link);
         for (index, link) in self.links.iter_mut().enumerate() {
             let Some(link) = link.as_mut().filter(|_| Some(index) != courier) else { continue };
@@ -391,7 +396,7 @@ impl Keeper {
             }
         }
         let node = self.node();
-        node.told = Some(status);
+        node.told = Some(standing);
         node.told_at_ms = now_ms;
     }
 
@@ -481,15 +486,40 @@ fn resigned((link, message): (LinkId, FromKeeper), reply: &LockReply) -> Option<
     }
 }
 
-/// An event in a few words, for the log (a batch's bytes left out).
-fn describe(event: &Event) -> String {
-    match event {
-        Event::Turn(turn) => format!("turn {} of epoch {}", turn.token, turn.epoch),
-        Event::Logged { seq, .. } => format!("batch {seq} in the log"),
-        Event::LeaderIs { leader, revision } => {
-            format!("leader {} at revision {revision}", leader.as_ref().map_or("none", |l| l.node.as_str()))
-        }
-        other => format!("{other:?}"),
+/// An event in a few words, for the log: its kind and its numbers (no batch bytes, no
+/// names), cheap enough to take of every event in case the rules resign.
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    what: &'static str,
+    numbers: [u64; 2],
+}
+
+impl Seen {
+    fn of(event: &Event) -> Self {
+        let (what, numbers) = match event {
+            Event::LeaseHeld => ("the lease held", [0, 0]),
+            Event::LeaseLost => ("the lease lost", [0, 0]),
+            Event::Won { epoch } => ("a win (epoch)", [*epoch, 0]),
+            Event::LeaderIs { leader, revision } => {
+                ("news of the leader key (epoch, revision)", [leader.as_ref().map_or(0, |l| l.epoch), *revision])
+            }
+            Event::Logged { seq, .. } => ("a batch in the log (seq)", [*seq, 0]),
+            Event::LogEnd { seq, read } => ("the end of a read (seq, read)", [*seq, *read]),
+            Event::ReadFailed { read } => ("a failed read (read)", [*read, 0]),
+            Event::Turn(turn) => ("a turn (token, epoch)", [turn.token, turn.epoch]),
+            Event::Committed { seq } => ("a committed batch (seq)", [*seq, 0]),
+            Event::Refused { seq } => ("a refused batch (seq)", [*seq, 0]),
+            Event::Unknown { seq } => ("a batch with no known outcome (seq)", [*seq, 0]),
+            Event::Tick => ("a tick", [0, 0]),
+            Event::Watching => ("a new watch", [0, 0]),
+        };
+        Self { what, numbers }
+    }
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {} {}", self.what, self.numbers[0], self.numbers[1])
     }
 }
 

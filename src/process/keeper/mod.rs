@@ -397,7 +397,7 @@ impl Keeper {
         loop {
             let now = wall_ms();
             let mut wake = self.service.next_deadline().filter(|_| self.not_writable.is_none() && self.changes_state());
-            let tick = self.cluster.as_ref().and_then(|node| node.next_tick_ms(&self.node_name));
+            let tick = self.cluster.as_ref().and_then(cluster::Node::next_tick_ms);
             for t in [self.next_sync_ms, self.not_writable.as_ref().map(|(_, at)| *at), tick].into_iter().flatten() {
                 wake = Some(wake.map_or(t, |w| w.min(t)));
             }
