@@ -185,7 +185,9 @@ impl Link {
             | Effect::Resign { .. }
             | Effect::Rebuild
             | Effect::TakeOver { .. }
-            | Effect::Heartbeat => Vec::new(),
+            | Effect::Heartbeat
+            | Effect::Fetch { .. } => Vec::new(),
+            Effect::Publish { .. } | Effect::ReadNodes | Effect::Trim { .. } | Effect::Compact { .. } => Vec::new(),
         }
     }
 
@@ -261,7 +263,7 @@ impl Link {
                 events.push(Event::Logged { seq, batch, at_ms });
             }
             if !page.more {
-                events.push(Event::LogEnd { seq: next - 1, read });
+                events.push(Event::LogEnd { seq: next - 1, first: 0, read });
                 return events;
             }
         }

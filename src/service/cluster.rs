@@ -129,10 +129,13 @@ pub enum Event {
         at_ms: u64,
     },
     /// The linearizable read `read` found the log's last batch at `seq` (0: empty), after
-    /// reporting every batch up to it.
+    /// reporting every batch up to it. `first` is the log's first batch (0: empty): batches
+    /// below it were trimmed. A read from a position below `first` reports no batches.
     LogEnd {
         /// The last batch.
         seq: Seq,
+        /// The first batch still in the log.
+        first: Seq,
         /// The read ([`Effect::CatchUp`]).
         read: u64,
     },
@@ -163,6 +166,32 @@ pub enum Event {
     /// The node's watch began (at start, or again after it failed): batches put before it
     /// began are read from the log.
     Watching,
+    /// The keeper wrote a local snapshot of the replica at batch `seq`.
+    Snapshotted {
+        /// The batch it stands for.
+        seq: Seq,
+    },
+    /// [`Effect::Publish`] failed (etcd unavailable): published again later.
+    PublishFailed,
+    /// [`Effect::ReadNodes`]: the snapshot position every live node published.
+    Nodes {
+        /// `(node name, snapshot position)`, one per live node.
+        snapshots: Vec<(String, Seq)>,
+    },
+    /// [`Effect::Trim`] deleted the log's batches below `below`, at etcd revision `revision`.
+    Trimmed {
+        /// The first batch kept.
+        below: Seq,
+        /// The revision of the delete.
+        revision: u64,
+    },
+    /// [`Effect::Fetch`] wrote the leader's snapshot (at batch `seq`) as this node's.
+    Fetched {
+        /// The batch it stands for.
+        seq: Seq,
+    },
+    /// [`Effect::Fetch`] failed: asked for again later.
+    FetchFailed,
 }
 
 /// What the link and the keeper carry out.
@@ -239,6 +268,34 @@ pub enum Effect {
     Abdicate {
         /// The stale epoch.
         epoch: Epoch,
+    },
+    /// Put `{prefix}/nodes/{name}` under the node's lease: this node's local snapshot
+    /// stands for the log up to `snapshot` (0: it has none). [`Event::PublishFailed`] if
+    /// that fails.
+    Publish {
+        /// The snapshot's position.
+        snapshot: Seq,
+    },
+    /// Read `{prefix}/nodes/`: [`Event::Nodes`] (nothing when the read fails).
+    ReadNodes,
+    /// Delete the log's batches below `below` if the leader key still has `epoch`:
+    /// [`Event::Trimmed`] when done (nothing when refused or failed).
+    Trim {
+        /// The first batch kept.
+        below: Seq,
+        /// This leader's epoch.
+        epoch: Epoch,
+    },
+    /// Compact etcd's history before `revision` (nothing reported).
+    Compact {
+        /// The oldest revision kept.
+        revision: u64,
+    },
+    /// Fetch the snapshot of the leader reached at `peer` over the peer link and keep it
+    /// as this node's: [`Event::Fetched`] or [`Event::FetchFailed`].
+    Fetch {
+        /// The leader's peer-link address.
+        peer: String,
     },
 }
 
@@ -397,7 +454,7 @@ impl Cluster {
                 }
             }
             Event::Logged { seq, batch, at_ms } => self.logged(seq, batch, at_ms, now_ms, &mut out),
-            Event::LogEnd { seq, read } => {
+            Event::LogEnd { seq, read, .. } => {
                 if self.reading != Some(read) {
                     return out;
                 }
@@ -461,6 +518,12 @@ impl Cluster {
                     self.catch_up(&mut out);
                 }
             }
+            Event::Snapshotted { .. }
+            | Event::PublishFailed
+            | Event::Nodes { .. }
+            | Event::Trimmed { .. }
+            | Event::Fetched { .. }
+            | Event::FetchFailed => {}
             Event::Tick => {
                 let idle = self.in_flight.is_none() && self.queued.is_empty();
                 let due = self.next_tick_ms().is_some_and(|t| t <= now_ms);

@@ -504,7 +504,7 @@ impl Seen {
                 ("news of the leader key (epoch, revision)", [leader.as_ref().map_or(0, |l| l.epoch), *revision])
             }
             Event::Logged { seq, .. } => ("a batch in the log (seq)", [*seq, 0]),
-            Event::LogEnd { seq, read } => ("the end of a read (seq, read)", [*seq, *read]),
+            Event::LogEnd { seq, read, .. } => ("the end of a read (seq, read)", [*seq, *read]),
             Event::ReadFailed { read } => ("a failed read (read)", [*read, 0]),
             Event::Turn(turn) => ("a turn (token, epoch)", [turn.token, turn.epoch]),
             Event::Committed { seq } => ("a committed batch (seq)", [*seq, 0]),
@@ -512,6 +512,12 @@ impl Seen {
             Event::Unknown { seq } => ("a batch with no known outcome (seq)", [*seq, 0]),
             Event::Tick => ("a tick", [0, 0]),
             Event::Watching => ("a new watch", [0, 0]),
+            Event::Snapshotted { seq } => ("a local snapshot (seq)", [*seq, 0]),
+            Event::PublishFailed => ("a failed publish", [0, 0]),
+            Event::Nodes { snapshots } => ("the nodes' positions (nodes)", [snapshots.len() as u64, 0]),
+            Event::Trimmed { below, revision } => ("a trim (below, revision)", [*below, *revision]),
+            Event::Fetched { seq } => ("a fetched snapshot (seq)", [*seq, 0]),
+            Event::FetchFailed => ("a failed fetch", [0, 0]),
         };
         Self { what, numbers }
     }

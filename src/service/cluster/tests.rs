@@ -154,7 +154,7 @@ impl World {
                     let (batch, at_ms) = self.etcd.log[seq as usize - 1].clone();
                     self.step(i, Event::Logged { seq, batch, at_ms });
                 }
-                self.step(i, Event::LogEnd { seq: end, read });
+                self.step(i, Event::LogEnd { seq: end, first: u64::from(end > 0), read });
             }
             Effect::Apply { seq, batch } => {
                 let node = &mut self.nodes[i];
@@ -432,7 +432,7 @@ fn a_leader_acknowledges_only_what_the_log_holds_and_batches_turns_behind_a_put(
     assert_eq!(c.step(Event::LeaseHeld, 10), [Effect::Campaign]);
     assert_eq!(c.step(Event::Won { epoch: 7 }, 10), [Effect::CatchUp { from: 1, read: 1 }]);
     assert_eq!(
-        c.step(Event::LogEnd { seq: 0, read: 1 }, 20),
+        c.step(Event::LogEnd { seq: 0, first: 0, read: 1 }, 20),
         [Effect::TakeOver { at_ms: 20, gap_ms: 0 }],
         "an empty log had no leader to be without"
     );
@@ -461,14 +461,14 @@ fn a_new_leader_takes_over_only_after_a_read_begun_after_its_win() {
     // A follower's read in progress when it wins does not end its catching up.
     c.step(Event::Logged { seq: 4, batch: b"x".to_vec(), at_ms: 700 }, 0);
     assert_eq!(c.step(Event::Won { epoch: 9 }, 1_000), [Effect::CatchUp { from: 3, read: 2 }]);
-    assert!(c.step(Event::LogEnd { seq: 2, read: 1 }, 1_000).is_empty(), "an older read ends nothing");
+    assert!(c.step(Event::LogEnd { seq: 2, first: 1, read: 1 }, 1_000).is_empty(), "an older read ends nothing");
     let apply = c.step(Event::Logged { seq: 3, batch: b"y".to_vec(), at_ms: 800 }, 1_000);
     assert_eq!(apply, [Effect::Apply { seq: 3, batch: b"y".to_vec() }]);
     let apply = c.step(Event::Logged { seq: 4, batch: b"x".to_vec(), at_ms: 700 }, 1_000);
     assert_eq!(apply, [Effect::Apply { seq: 4, batch: b"x".to_vec() }]);
     // The log's time is ahead of this node's clock: time does not go back, and the grace
     // is what passed since the last batch.
-    assert_eq!(c.step(Event::LogEnd { seq: 4, read: 2 }, 600), [Effect::TakeOver { at_ms: 800, gap_ms: 0 }]);
+    assert_eq!(c.step(Event::LogEnd { seq: 4, first: 1, read: 2 }, 600), [Effect::TakeOver { at_ms: 800, gap_ms: 0 }]);
     assert!(c.leads());
     assert_eq!(c.time(600), 800);
 }
@@ -484,10 +484,10 @@ fn a_follower_reads_the_log_when_its_watch_begins_and_again_for_batches_seen_pas
     // The watch shows batch 3 while the read runs; the read ends at 2.
     assert!(c.step(Event::Logged { seq: 3, batch: b"c".to_vec(), at_ms: 7 }, 0).is_empty());
     c.step(Event::Logged { seq: 2, batch: b"b".to_vec(), at_ms: 6 }, 0);
-    assert_eq!(c.step(Event::LogEnd { seq: 2, read: 1 }, 0), [Effect::CatchUp { from: 3, read: 2 }]);
+    assert_eq!(c.step(Event::LogEnd { seq: 2, first: 1, read: 1 }, 0), [Effect::CatchUp { from: 3, read: 2 }]);
     assert_eq!(c.lag(), 1);
     c.step(Event::Logged { seq: 3, batch: b"c".to_vec(), at_ms: 7 }, 0);
-    assert!(c.step(Event::LogEnd { seq: 3, read: 2 }, 0).is_empty());
+    assert!(c.step(Event::LogEnd { seq: 3, first: 1, read: 2 }, 0).is_empty());
     assert_eq!((c.applied(), c.lag()), (3, 0));
 }
 
@@ -497,7 +497,7 @@ fn a_leader_that_sees_another_epoch_or_a_foreign_batch_resigns() {
         let mut c = Cluster::new(SETTINGS, "n0", 0, 0);
         c.step(Event::LeaseHeld, 0);
         c.step(Event::Won { epoch: 3 }, 0);
-        c.step(Event::LogEnd { seq: 0, read: 1 }, 0);
+        c.step(Event::LogEnd { seq: 0, first: 0, read: 1 }, 0);
         c.step(Event::Turn(Turn { token: 1, records: b"a".to_vec(), at_ms: 0, epoch: 3 }), 0);
         c
     };
@@ -536,7 +536,7 @@ fn an_idle_leader_asks_for_a_heartbeat_once_per_interval() {
     let mut c = Cluster::new(SETTINGS, "n0", 0, 0);
     c.step(Event::LeaseHeld, 0);
     c.step(Event::Won { epoch: 1 }, 0);
-    c.step(Event::LogEnd { seq: 0, read: 1 }, 100);
+    c.step(Event::LogEnd { seq: 0, first: 0, read: 1 }, 100);
     assert_eq!(c.next_tick_ms(), Some(600));
     assert!(c.step(Event::Tick, 599).is_empty());
     assert_eq!(c.step(Event::Tick, 600), [Effect::Heartbeat]);
@@ -584,12 +584,12 @@ fn a_turn_applied_under_an_older_epoch_is_never_put_under_a_newer_one() {
     let mut c = Cluster::new(SETTINGS, "n0", 0, 0);
     c.step(Event::LeaseHeld, 0);
     c.step(Event::Won { epoch: 3 }, 0);
-    c.step(Event::LogEnd { seq: 0, read: 1 }, 0);
+    c.step(Event::LogEnd { seq: 0, first: 0, read: 1 }, 0);
     // Deposed, then leading again under epoch 9 before the keeper hands over a turn it
     // applied under epoch 3 (its replica is stale): resigned, and the replica rebuilt.
     c.step(Event::LeaderIs { leader: None, revision: 5 }, 0);
     c.step(Event::Won { epoch: 9 }, 0);
-    c.step(Event::LogEnd { seq: 0, read: 2 }, 0);
+    c.step(Event::LogEnd { seq: 0, first: 0, read: 2 }, 0);
     assert_eq!(c.leading_epoch(), Some(9));
     let stale = Turn { token: 4, records: b"s".to_vec(), at_ms: 0, epoch: 3 };
     assert_eq!(c.step(Event::Turn(stale), 1), [Effect::Resign { tokens: vec![4] }, Effect::Rebuild]);
