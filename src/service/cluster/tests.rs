@@ -174,6 +174,8 @@ impl World {
                 }
             }
             Effect::Put { seq, epoch, batch } => self.put(i, seq, epoch, batch),
+            Effect::Publish { .. } | Effect::ReadNodes | Effect::Trim { .. } | Effect::Compact { .. } => {}
+            Effect::Fetch { .. } => {}
             Effect::Acknowledge { seq, tokens } => {
                 let node = &mut self.nodes[i];
                 assert_eq!(seq, node.replica.len() as Seq + 1, "node {i} keeps its batch {seq} in order");
