@@ -42,6 +42,7 @@
 pub mod codec;
 pub mod etcd;
 pub mod inspect;
+pub mod replica;
 pub mod store;
 
 use serde::{Deserialize, Serialize};
