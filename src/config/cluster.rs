@@ -18,6 +18,8 @@ pub const DEFAULT_ELECTION_TTL_MS: u64 = 3_000;
 pub const MIN_ELECTION_TTL_MS: u64 = 3_000;
 /// Default time one etcd request may take.
 pub const DEFAULT_ETCD_TIMEOUT_MS: u64 = 1_000;
+/// Default of `cluster.snapshot_every_batches`.
+pub const DEFAULT_SNAPSHOT_EVERY_BATCHES: u64 = 10_000;
 /// Most etcd endpoints.
 pub const MAX_ETCD_ENDPOINTS: usize = 16;
 /// Longest cluster prefix.
@@ -47,6 +49,9 @@ pub struct ClusterConfig {
     /// The peer link (docs/cluster.md, "The peer link"), when configured: followers forward
     /// changes to the leader over it.
     pub peer: Option<PeerConfig>,
+    /// A node snapshots its replica after this many batches of the log (or once
+    /// `journal.snapshot_bytes` of them, whichever comes first).
+    pub snapshot_every_batches: u64,
 }
 
 /// `cluster.peer_listen`, `peer_advertise` and `secret`.
@@ -80,6 +85,7 @@ pub(super) fn validate_cluster(r: &mut Reader<'_>) -> Option<ClusterConfig> {
     note(r, "peer_listen", "LEASEHOLD_PEER_LISTEN");
     note(r, "peer_advertise", "LEASEHOLD_PEER_ADVERTISE");
     note(r, "secret", "LEASEHOLD_CLUSTER_SECRET");
+    note(r, "snapshot_every_batches", "LEASEHOLD_SNAPSHOT_EVERY_BATCHES");
 
     let etcd_endpoints = endpoints(r);
     let prefix = match r.string(SECTION, "prefix", "LEASEHOLD_CLUSTER_PREFIX") {
@@ -152,6 +158,14 @@ pub(super) fn validate_cluster(r: &mut Reader<'_>) -> Option<ClusterConfig> {
         );
     }
 
+    let snapshot_every_batches = r.int(
+        SECTION,
+        "snapshot_every_batches",
+        "LEASEHOLD_SNAPSHOT_EVERY_BATCHES",
+        DEFAULT_SNAPSHOT_EVERY_BATCHES,
+        10,
+        100_000_000,
+    );
     let peer = peer(r);
 
     if !on {
@@ -163,7 +177,16 @@ pub(super) fn validate_cluster(r: &mut Reader<'_>) -> Option<ClusterConfig> {
         }
         return None;
     }
-    Some(ClusterConfig { etcd_endpoints, prefix, node_name, advertise_url, election_ttl_ms, etcd_timeout_ms, peer })
+    Some(ClusterConfig {
+        etcd_endpoints,
+        prefix,
+        node_name,
+        advertise_url,
+        election_ttl_ms,
+        etcd_timeout_ms,
+        peer,
+        snapshot_every_batches,
+    })
 }
 
 /// The peer link's keys: none, or `peer_listen` with a `secret` (and `peer_advertise` unless

@@ -241,6 +241,7 @@ node_name = \"node_A.1\"
 advertise_url = \"https://node-a.example:8443\"
 election_ttl_ms = 5000
 etcd_timeout_ms = 4999
+snapshot_every_batches = 500
 ";
     let c = Config::load(Some(text), &[]).unwrap().cluster.expect("cluster mode is on");
     assert_eq!(
@@ -257,6 +258,7 @@ etcd_timeout_ms = 4999
             election_ttl_ms: 5_000,
             etcd_timeout_ms: 4_999,
             peer: None,
+            snapshot_every_batches: 500,
         }
     );
 }

@@ -48,7 +48,23 @@ pub struct Settings {
     pub max_batch_bytes: usize,
     /// An idle leader journals an empty turn this often.
     pub heartbeat_ms: u64,
+    /// A node snapshots its replica once this many bytes of batches were applied since its
+    /// last snapshot…
+    pub snapshot_bytes: u64,
+    /// …or this many batches.
+    pub snapshot_batches: u64,
+    /// A leader reads the nodes' snapshot positions and trims the log this often; 0: never
+    /// (without a peer link a node whose next batch was trimmed could not fetch a snapshot).
+    pub trim_every_ms: u64,
 }
+
+/// A leader waits at most this long for its turns to commit before it snapshots (it takes
+/// no new input meanwhile); then it gives up until [`SNAPSHOT_RETRY_MS`] later.
+pub const MAX_QUIET_MS: u64 = 1_000;
+/// A snapshot that failed, or a leader that could not get quiet, tries again this much later.
+pub const SNAPSHOT_RETRY_MS: u64 = 10_000;
+/// A failed fetch of the leader's snapshot is tried again this much later.
+pub const FETCH_RETRY_MS: u64 = 1_000;
 
 /// Who leads, as the leader key says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -192,6 +208,8 @@ pub enum Event {
     },
     /// [`Effect::Fetch`] failed: asked for again later.
     FetchFailed,
+    /// The keeper could not write its local snapshot: tried again later.
+    SnapshotFailed,
 }
 
 /// What the link and the keeper carry out.
@@ -340,11 +358,36 @@ pub struct Cluster {
     leader_revision: u64,
     /// What every batch starts with (the journal's format record).
     batch_header: Vec<u8>,
+    /// The position of this node's local snapshot (0: none).
+    snapshot: Seq,
+    /// Bytes of batches applied (or committed) since that snapshot.
+    bytes_since_snapshot: u64,
+    /// No snapshot is tried before this time (one failed, or the leader could not get quiet).
+    snapshot_retry_ms: u64,
+    /// Since when this leader takes no new input, waiting for its turns to commit so that
+    /// its replica is the log's and can be snapshotted.
+    quiet_since_ms: Option<u64>,
+    /// A failed publish of the snapshot's position is tried again at this time.
+    publish_retry_ms: Option<u64>,
+    /// When this leader last read the nodes' positions.
+    last_nodes_ms: u64,
+    /// Batches below this were trimmed from the log, as far as this node knows.
+    trimmed_below: Seq,
+    /// The etcd revision of this leader's last trim: etcd's history is compacted to it at
+    /// the next one (so a watch a little behind is not cut short).
+    last_trim_revision: Option<u64>,
+    /// The next batch this node needs was trimmed: it fetches the leader's snapshot.
+    needs_snapshot: bool,
+    /// A fetch is under way.
+    fetching: bool,
+    /// A failed fetch is tried again at this time.
+    fetch_retry_ms: u64,
 }
 
 impl Cluster {
-    /// Node `name`, whose replica holds the log up to `applied`, whose last batch was at
-    /// `last_at_ms` (both 0 for a new node); it follows until it knows better.
+    /// Node `name`, whose replica holds the log up to `applied` (from its local snapshot),
+    /// whose last batch was at `last_at_ms` (both 0 for a new node); it follows until it
+    /// knows better.
     pub fn new(settings: Settings, name: &str, applied: Seq, last_at_ms: u64) -> Self {
         Self {
             settings,
@@ -364,6 +407,17 @@ impl Cluster {
             last_campaign_ms: 0,
             leader_revision: 0,
             batch_header: Vec::new(),
+            snapshot: applied,
+            bytes_since_snapshot: 0,
+            snapshot_retry_ms: 0,
+            quiet_since_ms: None,
+            publish_retry_ms: None,
+            last_nodes_ms: 0,
+            trimmed_below: 0,
+            last_trim_revision: None,
+            needs_snapshot: false,
+            fetching: false,
+            fetch_retry_ms: 0,
         }
     }
 
@@ -407,13 +461,87 @@ impl Cluster {
         now_ms.max(self.last_at_ms)
     }
 
-    /// When [`Cluster::step`] wants a [`Event::Tick`] next (a leader's heartbeat).
+    /// When [`Cluster::step`] wants a [`Event::Tick`] next: a leader's heartbeat and its
+    /// reading of the nodes' positions, the end of its quiet, a campaign, a publish or a
+    /// fetch tried again.
     pub fn next_tick_ms(&self) -> Option<u64> {
+        let mut at: Option<u64> = None;
+        let mut soon = |t: u64| at = Some(at.map_or(t, |a| a.min(t)));
         if self.leads() {
-            Some(self.last_put_ms + self.settings.heartbeat_ms)
-        } else {
-            self.may_campaign().then_some(self.last_campaign_ms + self.settings.heartbeat_ms)
+            soon(self.last_put_ms + self.settings.heartbeat_ms);
+            if self.settings.trim_every_ms > 0 {
+                soon(self.last_nodes_ms + self.settings.trim_every_ms);
+            }
+            if let Some(since) = self.quiet_since_ms {
+                soon(since + MAX_QUIET_MS);
+            }
+        } else if self.may_campaign() {
+            soon(self.last_campaign_ms + self.settings.heartbeat_ms);
         }
+        if let Some(t) = self.publish_retry_ms {
+            soon(t);
+        }
+        if self.needs_snapshot && !self.fetching {
+            soon(self.fetch_retry_ms);
+        }
+        at
+    }
+
+    /// The time of the last batch applied (or committed by this leader).
+    pub fn last_at_ms(&self) -> u64 {
+        self.last_at_ms
+    }
+
+    /// The position of this node's local snapshot (0: none).
+    pub fn snapshot(&self) -> Seq {
+        self.snapshot
+    }
+
+    /// Whether the next batch this node needs was trimmed (it fetches a snapshot).
+    pub fn needs_snapshot(&self) -> bool {
+        self.needs_snapshot
+    }
+
+    /// Whether a snapshot is due: enough applied since the last, and none failed lately.
+    fn snapshot_due(&self, now_ms: u64) -> bool {
+        // A snapshot older than the log's start is no use to a node that fetches it.
+        let enough = self.bytes_since_snapshot >= self.settings.snapshot_bytes
+            || self.applied - self.snapshot.min(self.applied) >= self.settings.snapshot_batches
+            || self.snapshot + 1 < self.trimmed_below;
+        self.applied > self.snapshot && enough && now_ms >= self.snapshot_retry_ms
+    }
+
+    /// The position the keeper may snapshot its replica at now, if one is due: a follower's
+    /// replica is always the log's up to `applied`; a leader's only when every turn it
+    /// applied is committed (the keeper must also hold no turn it has not handed over).
+    /// Never while the replica holds a resigned turn or needs a snapshot of the leader's.
+    pub fn may_snapshot(&self, now_ms: u64) -> Option<Seq> {
+        if self.dirty || self.settling.is_some() || self.needs_snapshot || !self.snapshot_due(now_ms) {
+            return None;
+        }
+        let clean = match self.role {
+            Role::Follower { .. } => true,
+            Role::Leading { .. } => self.in_flight.is_none() && self.queued.is_empty(),
+            Role::CatchingUp { .. } => false,
+        };
+        clean.then_some(self.applied)
+    }
+
+    /// Whether a leader whose snapshot is due should take no new input for now, so that
+    /// its turns commit and its replica becomes the log's. It does so for at most
+    /// [`MAX_QUIET_MS`], then tries again after [`SNAPSHOT_RETRY_MS`].
+    pub fn wants_quiet(&mut self, now_ms: u64) -> bool {
+        if !self.leads() || !self.snapshot_due(now_ms) {
+            self.quiet_since_ms = None;
+            return false;
+        }
+        let since = *self.quiet_since_ms.get_or_insert(now_ms);
+        if now_ms >= since + MAX_QUIET_MS {
+            self.quiet_since_ms = None;
+            self.snapshot_retry_ms = now_ms + SNAPSHOT_RETRY_MS;
+            return false;
+        }
+        true
     }
 
     /// Takes one event; returns what to carry out, in order.
@@ -422,6 +550,8 @@ impl Cluster {
         match event {
             Event::LeaseHeld => {
                 self.lease = true;
+                // The position lives under the lease: a new lease needs it put again.
+                self.publish(&mut out);
                 if self.may_campaign() {
                     self.campaign(now_ms, &mut out);
                 }
@@ -454,12 +584,17 @@ impl Cluster {
                 }
             }
             Event::Logged { seq, batch, at_ms } => self.logged(seq, batch, at_ms, now_ms, &mut out),
-            Event::LogEnd { seq, read, .. } => {
+            Event::LogEnd { seq, first, read } => {
                 if self.reading != Some(read) {
                     return out;
                 }
                 self.reading = None;
                 self.seen = self.seen.max(seq);
+                self.trimmed_below = self.trimmed_below.max(first);
+                if first > self.applied + 1 {
+                    self.trimmed(first, &mut out);
+                    return out;
+                }
                 // Batches the watch showed while the read ran, past its end, were seen but
                 // not applied: read again.
                 if self.applied < self.seen {
@@ -470,6 +605,8 @@ impl Cluster {
                     let gap_ms = if self.applied == 0 { 0 } else { at_ms - self.last_at_ms };
                     self.role = Role::Leading { epoch };
                     self.last_put_ms = now_ms;
+                    self.last_nodes_ms = now_ms;
+                    self.last_trim_revision = None;
                     out.push(Effect::TakeOver { at_ms, gap_ms });
                 }
             }
@@ -518,23 +655,66 @@ impl Cluster {
                     self.catch_up(&mut out);
                 }
             }
-            Event::Snapshotted { .. }
-            | Event::PublishFailed
-            | Event::Nodes { .. }
-            | Event::Trimmed { .. }
-            | Event::Fetched { .. }
-            | Event::FetchFailed => {}
+            Event::Snapshotted { seq } => {
+                self.quiet_since_ms = None;
+                if seq > self.snapshot && seq <= self.applied {
+                    self.snapshot = seq;
+                    self.bytes_since_snapshot = 0;
+                    self.publish(&mut out);
+                }
+            }
+            Event::SnapshotFailed => {
+                self.quiet_since_ms = None;
+                self.snapshot_retry_ms = now_ms + SNAPSHOT_RETRY_MS;
+            }
+            Event::PublishFailed => self.publish_retry_ms = Some(now_ms + self.settings.heartbeat_ms),
+            Event::Nodes { snapshots } => {
+                // Every live node restarts from its snapshot and reads the log after it;
+                // this leader's own snapshot counts even if its key was not read.
+                let floor = snapshots.iter().map(|(_, seq)| *seq).chain([self.snapshot]).min().unwrap_or(0);
+                if let Some(epoch) = self.leading_epoch() {
+                    if floor > self.trimmed_below.max(1) {
+                        out.push(Effect::Trim { below: floor, epoch });
+                    }
+                }
+            }
+            Event::Trimmed { below, revision } => {
+                self.trimmed_below = self.trimmed_below.max(below);
+                if let Some(previous) = self.last_trim_revision.replace(revision) {
+                    out.push(Effect::Compact { revision: previous });
+                }
+            }
+            Event::Fetched { .. } => {
+                // The leader's snapshot is this node's now: the keeper starts again from it.
+                self.fetching = false;
+                out.push(Effect::Rebuild);
+            }
+            Event::FetchFailed => {
+                self.fetching = false;
+                self.fetch_retry_ms = now_ms + FETCH_RETRY_MS;
+            }
             Event::Tick => {
                 let idle = self.in_flight.is_none() && self.queued.is_empty();
-                let due = self.next_tick_ms().is_some_and(|t| t <= now_ms);
-                if self.leads() && idle && due {
+                let beat = self.last_put_ms + self.settings.heartbeat_ms <= now_ms;
+                if self.leads() && idle && beat {
                     // Counted as a put, so one heartbeat is asked for at a time.
                     self.last_put_ms = now_ms;
                     out.push(Effect::Heartbeat);
-                } else if self.may_campaign() && due {
+                } else if self.may_campaign() && self.last_campaign_ms + self.settings.heartbeat_ms <= now_ms {
                     // No leader, and the last campaign did not end it (its request failed,
                     // or its outcome was lost): campaign again.
                     self.campaign(now_ms, &mut out);
+                }
+                let trims = self.settings.trim_every_ms > 0;
+                if self.leads() && trims && self.last_nodes_ms + self.settings.trim_every_ms <= now_ms {
+                    self.last_nodes_ms = now_ms;
+                    out.push(Effect::ReadNodes);
+                }
+                if self.publish_retry_ms.is_some_and(|t| t <= now_ms) {
+                    self.publish(&mut out);
+                }
+                if self.fetch_retry_ms <= now_ms {
+                    self.fetch(&mut out);
                 }
             }
         }
@@ -560,13 +740,54 @@ impl Cluster {
                 }
             }
             (Role::Follower { .. }, Some(l)) if l.node == self.name => out.push(Effect::Abdicate { epoch: l.epoch }),
-            (Role::Follower { .. }, Some(l)) => self.role = Role::Follower { leader: Some(l) },
+            (Role::Follower { .. }, Some(l)) => {
+                self.role = Role::Follower { leader: Some(l) };
+                if self.fetch_retry_ms <= now_ms {
+                    self.fetch(out);
+                }
+            }
+        }
+    }
+
+    /// Puts this node's snapshot position under its lease (when it holds one, in a cluster
+    /// that trims its log: there the positions tell the leader what it may trim).
+    fn publish(&mut self, out: &mut Vec<Effect>) {
+        self.publish_retry_ms = None;
+        if self.lease && self.settings.trim_every_ms > 0 {
+            out.push(Effect::Publish { snapshot: self.snapshot });
+        }
+    }
+
+    /// The batch after this node's replica was trimmed (first is the log's first): it
+    /// cannot follow the log until it has the leader's snapshot. A node that won the
+    /// election cannot lead from here: it gives the leader key back.
+    fn trimmed(&mut self, first: Seq, out: &mut Vec<Effect>) {
+        self.trimmed_below = self.trimmed_below.max(first);
+        if let Role::CatchingUp { epoch } = self.role {
+            self.role = Role::Follower { leader: None };
+            out.push(Effect::Abdicate { epoch });
+        }
+        self.needs_snapshot = true;
+        self.fetch(out);
+    }
+
+    /// Fetches the leader's snapshot, when this node needs one, none is under way, and a
+    /// leader with a peer link is known.
+    fn fetch(&mut self, out: &mut Vec<Effect>) {
+        if !self.needs_snapshot || self.fetching {
+            return;
+        }
+        if let Role::Follower { leader: Some(Leader { node, peer: Some(peer), .. }) } = &self.role {
+            if *node != self.name {
+                self.fetching = true;
+                out.push(Effect::Fetch { peer: peer.clone() });
+            }
         }
     }
 
     fn logged(&mut self, seq: Seq, batch: Vec<u8>, at_ms: u64, now_ms: u64, out: &mut Vec<Effect>) {
         self.seen = self.seen.max(seq);
-        if seq <= self.applied {
+        if seq <= self.applied || self.needs_snapshot {
             return;
         }
         // The watch may show a batch of this node's before its put's answer comes.
@@ -593,6 +814,7 @@ impl Cluster {
         if seq == self.applied + 1 {
             self.applied = seq;
             self.last_at_ms = self.last_at_ms.max(at_ms);
+            self.bytes_since_snapshot += batch.len() as u64;
             out.push(Effect::Apply { seq, batch });
         } else {
             self.catch_up(out);
@@ -600,9 +822,10 @@ impl Cluster {
     }
 
     /// Whether this node may campaign: not while a batch of its last leadership is being
-    /// settled, nor while its replica holds a resigned turn (until it is rebuilt).
+    /// settled, nor while its replica holds a resigned turn (until it is rebuilt), nor while
+    /// it needs the leader's snapshot.
     fn may_lead(&self) -> bool {
-        self.settling.is_none() && !self.dirty
+        self.settling.is_none() && !self.dirty && !self.needs_snapshot
     }
 
     /// Whether this node should campaign now: it holds a lease, nobody leads, and it may.
@@ -627,6 +850,7 @@ impl Cluster {
             self.applied = seq;
             self.seen = self.seen.max(seq);
             self.last_at_ms = self.last_at_ms.max(done.at_ms);
+            self.bytes_since_snapshot += done.batch.len() as u64;
             out.push(Effect::Acknowledge { seq, tokens: done.tokens });
             self.put_next(now_ms, out);
         }

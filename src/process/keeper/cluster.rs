@@ -32,7 +32,8 @@ use mio::{Poll, Token, Waker};
 use super::{CorruptJournal, Keeper};
 use crate::config::ClusterConfig;
 use crate::ipc::message::{ClusterStatus, FromKeeper, LockReply, ToKeeper};
-use crate::journal::{self, codec, Record, SegmentReader};
+use crate::journal::replica::{self, Position, ReplicaSnapshot};
+use crate::journal::{self, codec, Record, SegmentReader, Snapshot};
 use crate::metrics::Histogram;
 use crate::process::link::Threads;
 use crate::service::cluster::{Cluster, Effect, Event, Role, Settings, Turn};
@@ -55,6 +56,10 @@ const MAX_BATCH_BYTES: usize = 512 * 1024;
 /// Workers hear of a new applied position at most this often (a new role at once).
 const STATUS_EVERY_MS: u64 = 250;
 
+/// A leader with a peer link reads the nodes' snapshot positions and trims the log this
+/// often (docs/cluster.md, "Snapshots and a log kept small").
+const TRIM_EVERY_MS: u64 = 5_000;
+
 /// Where a node stands, as the workers were told it: the leader's URL follows from the role
 /// and the epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +75,8 @@ pub(super) struct Node {
     rules: Cluster,
     threads: Threads,
     advertise_url: String,
+    /// `cluster.prefix` (a local snapshot names the log it is of).
+    prefix: String,
     etcd_timeout_ms: u64,
     /// A leader's records of this loop turn, framed.
     turn: Vec<u8>,
@@ -93,16 +100,32 @@ pub(super) struct Node {
 }
 
 impl Node {
-    /// The rules and the link of the node `config` describes; the link wakes `poll`.
-    pub(super) fn start(config: &ClusterConfig, poll: &Poll) -> io::Result<Self> {
+    /// The rules and the link of the node `config` describes, whose replica starts at
+    /// `position` (from its local snapshot: the batch and its time; zeros for none); the
+    /// link wakes `poll`.
+    pub(super) fn start(
+        config: &ClusterConfig,
+        snapshot_bytes: u64,
+        position: (u64, u64),
+        poll: &Poll,
+    ) -> io::Result<Self> {
         let waker = Arc::new(Waker::new(poll.registry(), CLUSTER)?);
         let threads = Threads::start(config, waker).map_err(io::Error::other)?;
         let mut header = Vec::new();
         codec::frame(&journal::segment_header(), &mut header);
         // A heartbeat every half TTL keeps the log's time within that of the last moment a
         // leader was alive, so a takeover's grace stays close to the real gap.
-        let settings = Settings { max_batch_bytes: MAX_BATCH_BYTES, heartbeat_ms: config.election_ttl_ms / 2 };
-        let rules = Cluster::new(settings, &config.node_name, 0, 0).with_batch_header(header);
+        let settings = Settings {
+            max_batch_bytes: MAX_BATCH_BYTES,
+            heartbeat_ms: config.election_ttl_ms / 2,
+            snapshot_bytes,
+            snapshot_batches: config.snapshot_every_batches,
+            // Trimming needs the peer link: a node whose next batch was trimmed fetches the
+            // leader's snapshot over it.
+            trim_every_ms: if config.peer.is_some() { TRIM_EVERY_MS } else { 0 },
+        };
+        let (applied, last_at_ms) = position;
+        let rules = Cluster::new(settings, &config.node_name, applied, last_at_ms).with_batch_header(header);
         log::info!(
             "cluster node {} on etcd {}: reading the log, then campaigning",
             config.node_name,
@@ -112,6 +135,7 @@ impl Node {
             rules,
             threads,
             advertise_url: config.advertise_url.clone(),
+            prefix: config.prefix.clone(),
             etcd_timeout_ms: config.etcd_timeout_ms,
             turn: Vec::new(),
             turn_at_ms: 0,
@@ -400,6 +424,40 @@ impl Keeper {
         node.told_at_ms = now_ms;
     }
 
+    /// Whether to take no input from the channels for now: a leader whose snapshot is due
+    /// waits for its turns to commit, so that its replica is the log's (at most
+    /// `MAX_QUIET_MS`; what arrives meanwhile waits in the channels).
+    pub(super) fn cluster_quiet(&mut self, now_ms: u64) -> bool {
+        self.cluster.as_mut().is_some_and(|node| node.rules.wants_quiet(now_ms))
+    }
+
+    /// Writes the local snapshot when the rules say the replica may be snapshotted (after
+    /// the loop turn's records were handed over: none may be left out of the log).
+    pub(super) fn cluster_snapshot(&mut self) -> io::Result<Option<i32>> {
+        let Some(node) = self.cluster.as_ref().filter(|node| node.turn.is_empty()) else { return Ok(None) };
+        let Some(seq) = node.rules.may_snapshot(wall_ms()) else { return Ok(None) };
+        let position = Position { seq, at_ms: node.rules.last_at_ms(), prefix: node.prefix.clone() };
+        let started = Instant::now();
+        let snapshot = ReplicaSnapshot { position, snapshot: Snapshot::new(self.fences_reserved, self.service.export()) };
+        let written = replica::encode(&snapshot)
+            .map_err(io::Error::other)
+            .and_then(|bytes| replica::write(&self.data_dir, &bytes).map(|()| bytes.len()));
+        drop(snapshot);
+        crate::sys::memory::release_free_heap();
+        let event = match written {
+            Ok(bytes) => {
+                self.last_snapshot_ms = started.elapsed().as_millis() as u64;
+                log::info!("snapshot of the replica at batch {seq} written ({bytes} bytes, {} ms)", self.last_snapshot_ms);
+                Event::Snapshotted { seq }
+            }
+            Err(e) => {
+                log::warn!("cannot write the snapshot of the replica at batch {seq} ({e}); tried again later");
+                Event::SnapshotFailed
+            }
+        };
+        self.cluster_step(event)
+    }
+
     /// Where this node stands, for metrics.
     pub(super) fn cluster_status(&self) -> Option<ClusterStatus> {
         self.cluster.as_ref().map(|node| node.status(&self.node_name))
@@ -518,6 +576,7 @@ impl Seen {
             Event::Trimmed { below, revision } => ("a trim (below, revision)", [*below, *revision]),
             Event::Fetched { seq } => ("a fetched snapshot (seq)", [*seq, 0]),
             Event::FetchFailed => ("a failed fetch", [0, 0]),
+            Event::SnapshotFailed => ("a failed snapshot", [0, 0]),
         };
         Self { what, numbers }
     }

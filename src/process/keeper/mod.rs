@@ -40,7 +40,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -56,7 +56,7 @@ use crate::core::names::Ticket;
 use crate::ipc::frame::FrameError;
 use crate::ipc::message::{FdRecord, FromKeeper, LockReply, ToChild, ToKeeper, ToMaster};
 use crate::journal::store::{Store, StoreError};
-use crate::journal::{self, InputRef, Rebuild, Record, Snapshot};
+use crate::journal::{self, replica, InputRef, Rebuild, Record, Snapshot};
 use crate::metrics::{Histogram, KeeperSnapshot};
 use crate::service::{LinkId, Outbox, OutboxSettings, Service};
 use crate::sys::clock::wall_ms;
@@ -194,6 +194,8 @@ struct Keeper {
     peers: Option<peer::Peers>,
     /// Cluster mode with a peer link: the forwarding side (used while following).
     forward: Option<peer::Forward>,
+    /// `server.data_dir`.
+    data_dir: PathBuf,
     /// Held for the keeper's whole life.
     _data_dir_lock: Flock<File>,
     poll: Poll,
@@ -223,6 +225,8 @@ struct Keeper {
     turn_requests: Vec<(LinkId, u64)>,
     /// Channels whose send failed this turn.
     broken: Vec<LinkId>,
+    /// Channels that spoke while a cluster leader took no input (read once it does again).
+    unread: Vec<usize>,
     /// `interval` mode: when the next sync is due.
     next_sync_ms: Option<u64>,
     /// A failed snapshot is tried again once the journal has grown by this much more.
@@ -253,7 +257,8 @@ impl Keeper {
             .map_err(|e| open_failed(e, &config.server.data_dir))?;
         store.set_segment_header(journal::segment_header());
         let older_format = rebuild.found_older().then(|| rebuild.formats.clone());
-        let Rebuild { service, fences_reserved, .. } = rebuild;
+        let Rebuild { mut service, mut fences_reserved, .. } = rebuild;
+        let local = replica::read(&config.server.data_dir).map_err(|e| open_failed(e, &config.server.data_dir))?;
         note_holder(&mut data_dir_lock);
         crate::sys::memory::release_free_heap();
         let recovery_ms = started.elapsed().as_millis() as u64;
@@ -276,6 +281,48 @@ impl Keeper {
                 stats.locks
             )));
         }
+        // A cluster node starts from its local snapshot, then reads the log after it.
+        let mut position = (0, 0);
+        match (&config.cluster, local) {
+            (None, Some(local)) => {
+                return Err(io::Error::other(format!(
+                    "the data directory {} holds the snapshot of a cluster node (of the log under {:?}, at batch {}): \
+                     a single-node server would not see its locks; configure [cluster] again, or point \
+                     server.data_dir at another directory",
+                    config.server.data_dir.display(),
+                    local.position.prefix,
+                    local.position.seq
+                )));
+            }
+            (Some(cluster), Some(local)) if local.position.prefix != cluster.prefix => {
+                return Err(io::Error::other(format!(
+                    "the data directory {} holds the snapshot of another cluster's node (its prefix is {:?}, this \
+                     node's {:?}): remove {} to join this cluster from its log",
+                    config.server.data_dir.display(),
+                    local.position.prefix,
+                    cluster.prefix,
+                    replica::path(&config.server.data_dir).display()
+                )));
+            }
+            (Some(_), Some(local)) => {
+                service = Service::import(local.snapshot.service, hash_seed)
+                    .map_err(|e| io::Error::other(format!("the cluster snapshot cannot be loaded: {e}")))?;
+                fences_reserved = local.snapshot.fences_reserved;
+                position = (local.position.seq, local.position.at_ms);
+                let stats = service.table().stats();
+                log::info!(
+                    "starting from the local snapshot at batch {} of the cluster's log: {} locks, {} leases, {} \
+                     waiters ({} ms)",
+                    local.position.seq,
+                    stats.locks,
+                    stats.holders,
+                    stats.waiters,
+                    started.elapsed().as_millis()
+                );
+                crate::sys::memory::release_free_heap();
+            }
+            (_, None) => {}
+        }
         if let Some(dropped) = &recovery.dropped {
             log::warn!("the journal ended in a torn write and is cut back to its last good record: {dropped}");
         }
@@ -286,7 +333,9 @@ impl Keeper {
                 recovery.snapshot.unwrap_or(0)
             );
         }
-        let cluster = config.cluster.as_ref().map(|c| cluster::Node::start(c, &poll)).transpose()?;
+        let snapshot_bytes = config.journal.snapshot_bytes;
+        let cluster =
+            config.cluster.as_ref().map(|c| cluster::Node::start(c, snapshot_bytes, position, &poll)).transpose()?;
         let peer_config = config.cluster.as_ref().and_then(|c| c.peer.as_ref().map(|p| (p, c.node_name.as_str())));
         let peers = peer_config.map(|(p, node)| peer::Peers::listen(p, node, &poll)).transpose()?;
         let forward = peer_config.map(|(p, node)| peer::Forward::new(node, &p.secret));
@@ -295,6 +344,7 @@ impl Keeper {
             node_name: config.cluster.as_ref().map(|c| c.node_name.clone()).unwrap_or_default(),
             peers,
             forward,
+            data_dir: config.server.data_dir.clone(),
             _data_dir_lock: data_dir_lock,
             poll,
             signals,
@@ -315,6 +365,7 @@ impl Keeper {
             closed_links: Vec::new(),
             turn_requests: Vec::new(),
             broken: Vec::new(),
+            unread: Vec::new(),
             next_sync_ms: None,
             snapshot_retry_at: 0,
             fsync_latency: Histogram::default(),
@@ -396,12 +447,28 @@ impl Keeper {
         let mut events = Events::with_capacity(1024);
         loop {
             let now = wall_ms();
-            let mut wake = self.service.next_deadline().filter(|_| self.not_writable.is_none() && self.changes_state());
+            // A cluster leader about to snapshot takes no input (and runs no expiry) until
+            // its turns are in the log; channels that spoke meanwhile are read once it is done.
+            let quiet = self.cluster_quiet(now);
+            let read_late = !quiet && !self.unread.is_empty();
+            if !quiet {
+                for index in std::mem::take(&mut self.unread) {
+                    if let Some(code) = self.on_link(index)? {
+                        return Ok(code);
+                    }
+                }
+            }
+            let mut wake = self
+                .service
+                .next_deadline()
+                .filter(|_| self.not_writable.is_none() && self.changes_state() && !quiet);
             let tick = self.cluster.as_ref().and_then(cluster::Node::next_tick_ms);
             for t in [self.next_sync_ms, self.not_writable.as_ref().map(|(_, at)| *at), tick].into_iter().flatten() {
                 wake = Some(wake.map_or(t, |w| w.min(t)));
             }
             let sleep_ms = wake.map_or(MAX_SLEEP_MS, |d| d.saturating_sub(now).min(MAX_SLEEP_MS));
+            // What was read late is answered in this loop turn, without waiting for more.
+            let sleep_ms = if read_late { 0 } else { sleep_ms };
             if let Err(e) = self.poll.poll(&mut events, Some(Duration::from_millis(sleep_ms))) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(e);
@@ -428,6 +495,11 @@ impl Keeper {
                             return Ok(code);
                         }
                     }
+                    Token(t) if quiet => {
+                        if !self.unread.contains(&(t - LINK_BASE)) {
+                            self.unread.push(t - LINK_BASE);
+                        }
+                    }
                     Token(t) => {
                         if let Some(code) = self.on_link(t - LINK_BASE)? {
                             return Ok(code);
@@ -443,10 +515,13 @@ impl Keeper {
                 if now >= *retry_at {
                     self.write_start_records()?;
                 }
-            } else if self.changes_state() && self.service.next_deadline().is_some_and(|d| d <= now) {
+            } else if self.changes_state() && !quiet && self.service.next_deadline().is_some_and(|d| d <= now) {
                 self.expire(now)?;
             }
             if let Some(code) = self.end_turn(now)? {
+                return Ok(code);
+            }
+            if let Some(code) = self.cluster_snapshot()? {
                 return Ok(code);
             }
             let leader_peer = self.leader_peer();

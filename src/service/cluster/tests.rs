@@ -11,7 +11,15 @@ use super::*;
 use crate::core::rand::SplitMix64;
 
 const NODES: usize = 3;
-const SETTINGS: Settings = Settings { max_batch_bytes: 64, heartbeat_ms: 500 };
+const SETTINGS: Settings = Settings {
+    max_batch_bytes: 64,
+    heartbeat_ms: 500,
+    snapshot_bytes: u64::MAX,
+    snapshot_batches: u64::MAX,
+    trim_every_ms: 0,
+};
+/// A cluster that snapshots every few batches and trims its log.
+const TRIMMING: Settings = Settings { snapshot_batches: 2, snapshot_bytes: 20, trim_every_ms: 100, ..SETTINGS };
 
 /// The etcd of the model.
 #[derive(Debug, Default)]
@@ -23,6 +31,10 @@ struct Etcd {
     log: Vec<(Vec<u8>, u64)>,
     /// Which nodes' leases are alive.
     leases: [bool; NODES],
+    /// Batches below this were trimmed (reads cannot see them).
+    trimmed_below: Seq,
+    /// The snapshot position each node published under its lease.
+    positions: [Option<Seq>; NODES],
 }
 
 /// A node: its rules, its replica (the batches it applied or committed), the turns it
@@ -38,9 +50,9 @@ struct Node {
 }
 
 impl Node {
-    fn new(i: usize, applied: Vec<Vec<u8>>, last_at_ms: u64) -> Self {
+    fn new(settings: Settings, i: usize, applied: Vec<Vec<u8>>, last_at_ms: u64) -> Self {
         Self {
-            cluster: Cluster::new(SETTINGS, &format!("n{i}"), applied.len() as Seq, last_at_ms),
+            cluster: Cluster::new(settings, &format!("n{i}"), applied.len() as Seq, last_at_ms),
             up: true,
             replica: applied,
             effects: VecDeque::new(),
@@ -50,6 +62,9 @@ impl Node {
 }
 
 struct World {
+    settings: Settings,
+    /// Each node's local snapshot (position and time): it survives crashes.
+    files: [(Seq, u64); NODES],
     rng: SplitMix64,
     now_ms: u64,
     etcd: Etcd,
@@ -60,6 +75,8 @@ struct World {
     epochs_won: Vec<Epoch>,
     /// Faults may happen (false: the cluster settles).
     faults: bool,
+    /// Snapshots fetched from a leader.
+    fetches: u64,
 }
 
 fn tokens_in(batch: &[u8]) -> Vec<u64> {
@@ -67,17 +84,20 @@ fn tokens_in(batch: &[u8]) -> Vec<u64> {
 }
 
 impl World {
-    fn new(seed: u64) -> Self {
+    fn new(seed: u64, settings: Settings) -> Self {
         let mut world = World {
+            settings,
+            files: [(0, 0); NODES],
             rng: SplitMix64::new(seed),
             now_ms: 1_000_000,
             etcd: Etcd::default(),
-            nodes: (0..NODES).map(|i| Node::new(i, Vec::new(), 0)).collect(),
+            nodes: (0..NODES).map(|i| Node::new(settings, i, Vec::new(), 0)).collect(),
             next_token: 1,
             acknowledged: BTreeSet::new(),
             resigned: BTreeSet::new(),
             epochs_won: Vec::new(),
             faults: true,
+            fetches: 0,
         };
         for i in 0..NODES {
             world.etcd.leases[i] = true;
@@ -100,7 +120,7 @@ impl World {
         self.etcd.leader.map(|(node, epoch)| Leader {
             node: format!("n{node}"),
             url: format!("http://n{node}"),
-            peer: None,
+            peer: (self.settings.trim_every_ms > 0).then(|| format!("n{node}")),
             epoch,
         })
     }
@@ -150,11 +170,15 @@ impl World {
             }
             Effect::CatchUp { from, read } => {
                 let end = self.etcd.log.len() as Seq;
-                for seq in from..=end {
-                    let (batch, at_ms) = self.etcd.log[seq as usize - 1].clone();
-                    self.step(i, Event::Logged { seq, batch, at_ms });
+                let first = if end == 0 { 0 } else { self.etcd.trimmed_below.max(1) };
+                // From a trimmed position, a read reports where the log begins, no batches.
+                if from >= first {
+                    for seq in from..=end {
+                        let (batch, at_ms) = self.etcd.log[seq as usize - 1].clone();
+                        self.step(i, Event::Logged { seq, batch, at_ms });
+                    }
                 }
-                self.step(i, Event::LogEnd { seq: end, first: u64::from(end > 0), read });
+                self.step(i, Event::LogEnd { seq: end, first, read });
             }
             Effect::Apply { seq, batch } => {
                 let node = &mut self.nodes[i];
@@ -162,7 +186,14 @@ impl World {
                 node.replica.push(batch);
             }
             Effect::TakeOver { at_ms, gap_ms } => {
-                assert!(at_ms >= self.etcd.log.last().map_or(0, |l| l.1), "a takeover never goes back in time");
+                // (Checked while it still leads: a takeover carried out late is refused.)
+                let leads = self.etcd.leader.is_some_and(|(h, e)| h == i && self.nodes[i].cluster.leading_epoch() == Some(e));
+                assert!(
+                    !leads || at_ms >= self.etcd.log.last().map_or(0, |l| l.1),
+                    "a takeover never goes back in time: node {i} at {at_ms}, log {:?}, applied {}",
+                    self.etcd.log.iter().map(|l| l.1).collect::<Vec<_>>(),
+                    self.nodes[i].cluster.applied()
+                );
                 self.turn(i, format!("takeover+{gap_ms}@{at_ms};"));
             }
             Effect::Heartbeat => self.turn(i, String::new()),
@@ -174,8 +205,44 @@ impl World {
                 }
             }
             Effect::Put { seq, epoch, batch } => self.put(i, seq, epoch, batch),
-            Effect::Publish { .. } | Effect::ReadNodes | Effect::Trim { .. } | Effect::Compact { .. } => {}
-            Effect::Fetch { .. } => {}
+            Effect::Publish { snapshot } => {
+                // (A position may be outdated by a snapshot written since it was asked for.)
+                assert!(snapshot <= self.files[i].0, "node {i} publishes a snapshot it does not have");
+                if self.etcd.leases[i] && !(self.faults && self.chance(5)) {
+                    self.etcd.positions[i] = Some(snapshot);
+                } else {
+                    self.nodes[i].events.push_back(Event::PublishFailed);
+                }
+            }
+            Effect::ReadNodes => {
+                let snapshots =
+                    (0..NODES).filter_map(|j| self.etcd.positions[j].map(|seq| (format!("n{j}"), seq))).collect();
+                self.nodes[i].events.push_back(Event::Nodes { snapshots });
+            }
+            Effect::Trim { below, epoch } => {
+                if self.etcd.leader.is_some_and(|(_, e)| e == epoch) {
+                    // A node that published a lower position since the leader read them
+                    // fetches a snapshot; the leader's own covers what it trims.
+                    assert!(self.files[i].0 + 1 >= below, "node {i} trims below {below}, past its own snapshot");
+                    assert!(below <= self.etcd.log.len() as Seq, "the log's last batch is never trimmed");
+                    self.etcd.trimmed_below = self.etcd.trimmed_below.max(below);
+                    self.etcd.revision += 1;
+                    let revision = self.etcd.revision;
+                    self.nodes[i].events.push_back(Event::Trimmed { below, revision });
+                }
+            }
+            Effect::Compact { revision } => assert!(revision <= self.etcd.revision, "compacted the future"),
+            Effect::Fetch { peer } => {
+                let from: usize = peer[1..].parse().expect("a node's peer address");
+                let (seq, at_ms) = self.files[from];
+                if seq == 0 || !self.nodes[from].up || (self.faults && self.chance(10)) {
+                    self.nodes[i].events.push_back(Event::FetchFailed);
+                } else {
+                    self.files[i] = self.files[i].max((seq, at_ms));
+                    self.fetches += 1;
+                    self.nodes[i].events.push_back(Event::Fetched { seq });
+                }
+            }
             Effect::Acknowledge { seq, tokens } => {
                 let node = &mut self.nodes[i];
                 assert_eq!(seq, node.replica.len() as Seq + 1, "node {i} keeps its batch {seq} in order");
@@ -238,11 +305,12 @@ impl World {
         self.nodes[i].events.push_back(if lost_after { Event::Unknown { seq } } else { outcome });
     }
 
-    /// Node `i`'s keeper starts again: its rules from its committed replica.
+    /// Node `i`'s keeper starts again: its rules from its local snapshot (with no
+    /// snapshots, from nothing: it reads the whole log).
     fn restart(&mut self, i: usize) {
-        let last_at = self.etcd.log.get(self.nodes[i].replica.len().wrapping_sub(1)).map_or(0, |l| l.1);
-        let replica = std::mem::take(&mut self.nodes[i].replica);
-        self.nodes[i] = Node::new(i, replica, last_at);
+        let (seq, last_at) = self.files[i];
+        let replica = self.etcd.log[..seq as usize].iter().map(|(batch, _)| batch.clone()).collect();
+        self.nodes[i] = Node::new(self.settings, i, replica, last_at);
         if self.etcd.leases[i] {
             self.step(i, Event::LeaseHeld);
         }
@@ -257,9 +325,28 @@ impl World {
         }
     }
 
-    /// Node `i`'s lease lapses: etcd deletes the leader key if it held it.
+    /// Node `i`'s keeper writes a snapshot if its rules say it may (or fails to).
+    fn snapshot(&mut self, i: usize) {
+        // The keeper carries out what its rules said before it may snapshot.
+        let pending = |e: &Effect| matches!(e, Effect::Apply { .. } | Effect::Acknowledge { .. } | Effect::Rebuild);
+        if self.nodes[i].effects.iter().any(pending) {
+            return;
+        }
+        let Some(seq) = self.nodes[i].cluster.may_snapshot(self.now_ms) else { return };
+        assert_eq!(seq, self.nodes[i].replica.len() as Seq, "node {i} snapshots what its replica holds");
+        if self.faults && self.chance(10) {
+            self.step(i, Event::SnapshotFailed);
+        } else {
+            self.files[i] = (seq, self.etcd.log[seq as usize - 1].1);
+            self.step(i, Event::Snapshotted { seq });
+        }
+    }
+
+    /// Node `i`'s lease lapses: etcd deletes the leader key if it held it, and the
+    /// position it published.
     fn lapse(&mut self, i: usize) {
         self.etcd.leases[i] = false;
+        self.etcd.positions[i] = None;
         if self.etcd.leader.is_some_and(|(holder, _)| holder == i) {
             self.etcd.revision += 1;
             self.etcd.leader = None;
@@ -292,7 +379,12 @@ impl World {
                     }
                 }
             }
-            85..=89 => {
+            85..=86 => {
+                if self.nodes[i].up {
+                    self.snapshot(i);
+                }
+            }
+            87..=89 => {
                 self.now_ms += self.rng.below(300) as u64;
                 for j in 0..NODES {
                     if self.nodes[j].up {
@@ -381,6 +473,7 @@ impl World {
                 if let Some(event) = self.nodes[i].events.pop_front() {
                     self.step(i, event);
                 }
+                self.snapshot(i);
             }
             self.check();
             if round % 50 == 0 {
@@ -412,20 +505,34 @@ impl World {
     }
 }
 
-fn run(seed: u64, steps: usize) {
-    let mut world = World::new(seed);
+fn run(seed: u64, steps: usize, settings: Settings) -> World {
+    let mut world = World::new(seed, settings);
     for _ in 0..steps {
         world.one_random_step();
     }
     world.settle();
     assert!(!world.etcd.log.is_empty(), "seed {seed}: nothing was committed");
+    world
 }
 
 #[test]
 fn cluster_rules_keep_the_log_safe_under_faults_and_settle_after_them() {
     for seed in 0..200 {
-        run(seed, 3_000);
+        run(seed, 3_000, SETTINGS);
     }
+}
+
+#[test]
+fn a_cluster_that_snapshots_and_trims_its_log_stays_safe_and_every_node_catches_up() {
+    let (mut trimmed, mut fetched) = (0, 0);
+    for seed in 0..200 {
+        let world = run(seed, 3_000, TRIMMING);
+        trimmed += u64::from(world.etcd.trimmed_below > 1);
+        fetched += u64::from(world.fetches > 0);
+    }
+    // The runs must have exercised what they check.
+    assert!(trimmed > 80, "the log was trimmed in only {trimmed} of 200 runs");
+    assert!(fetched > 40, "a node fetched a snapshot in only {fetched} of 200 runs");
 }
 
 #[test]
@@ -595,4 +702,86 @@ fn a_turn_applied_under_an_older_epoch_is_never_put_under_a_newer_one() {
     assert_eq!(c.leading_epoch(), Some(9));
     let stale = Turn { token: 4, records: b"s".to_vec(), at_ms: 0, epoch: 3 };
     assert_eq!(c.step(Event::Turn(stale), 1), [Effect::Resign { tokens: vec![4] }, Effect::Rebuild]);
+}
+
+/// A leader of `epoch` in a trimming cluster, with batches 1 to `applied` in its replica.
+fn trimming_leader(applied: Seq, epoch: Epoch) -> Cluster {
+    let mut c = Cluster::new(TRIMMING, "n0", applied, 100);
+    c.step(Event::LeaseHeld, 0);
+    c.step(Event::Won { epoch }, 0);
+    c.step(Event::LogEnd { seq: applied, first: 1, read: 1 }, 0);
+    assert!(c.leads());
+    c
+}
+
+#[test]
+fn a_leader_trims_below_the_lowest_snapshot_of_the_live_nodes_and_its_own_and_compacts_one_trim_behind() {
+    // Its own snapshot is at 8 (it started from it).
+    let mut c = trimming_leader(8, 4);
+    assert_eq!(c.step(Event::Tick, 50), []);
+    assert_eq!(c.step(Event::Tick, 100), [Effect::ReadNodes], "every trim_every_ms");
+    let nodes = |a: Seq, b: Seq| Event::Nodes { snapshots: vec![("n1".into(), a), ("n2".into(), b)] };
+    assert_eq!(c.step(nodes(5, 12), 100), [Effect::Trim { below: 5, epoch: 4 }]);
+    assert_eq!(c.step(Event::Trimmed { below: 5, revision: 70 }, 101), [], "nothing to compact before a second trim");
+    assert_eq!(c.step(nodes(5, 12), 200), [], "nothing new to trim");
+    // Its own snapshot holds the trim back even when the others are ahead.
+    assert_eq!(c.step(nodes(20, 30), 300), [Effect::Trim { below: 8, epoch: 4 }]);
+    assert_eq!(c.step(Event::Trimmed { below: 8, revision: 90 }, 301), [Effect::Compact { revision: 70 }]);
+    // A follower never trims.
+    let mut f = Cluster::new(TRIMMING, "n1", 8, 100);
+    assert_eq!(f.step(nodes(20, 30), 0), []);
+}
+
+#[test]
+fn a_node_whose_next_batch_was_trimmed_fetches_the_leaders_snapshot_and_starts_again_from_it() {
+    let mut c = Cluster::new(TRIMMING, "n1", 3, 100);
+    assert_eq!(c.step(Event::LeaseHeld, 0), [Effect::Publish { snapshot: 3 }, Effect::Campaign]);
+    let leader = Leader { node: "n0".into(), url: "http://n0".into(), peer: Some("n0:7070".into()), epoch: 9 };
+    c.step(Event::LeaderIs { leader: Some(leader), revision: 9 }, 0);
+    assert_eq!(c.step(Event::Watching, 0), [Effect::CatchUp { from: 4, read: 1 }]);
+    // The log now begins at 10: batches 4 to 9 are gone.
+    assert_eq!(c.step(Event::LogEnd { seq: 40, first: 10, read: 1 }, 0), [Effect::Fetch { peer: "n0:7070".into() }]);
+    assert!(c.needs_snapshot());
+    assert_eq!(c.step(Event::Logged { seq: 41, batch: b"x".to_vec(), at_ms: 5 }, 0), [], "nothing is applied meanwhile");
+    assert_eq!(c.step(Event::FetchFailed, 10), []);
+    assert_eq!(c.next_tick_ms(), Some(10 + FETCH_RETRY_MS));
+    assert_eq!(c.step(Event::Tick, 10 + FETCH_RETRY_MS), [Effect::Fetch { peer: "n0:7070".into() }]);
+    assert_eq!(c.step(Event::Fetched { seq: 35 }, 1_500), [Effect::Rebuild]);
+    assert_eq!(c.may_snapshot(1_500), None, "its replica is not the snapshot's");
+}
+
+#[test]
+fn a_node_that_wins_but_finds_its_next_batch_trimmed_gives_the_leader_key_back() {
+    let mut c = Cluster::new(TRIMMING, "n1", 3, 100);
+    c.step(Event::LeaseHeld, 0);
+    assert_eq!(c.step(Event::Won { epoch: 12 }, 0), [Effect::CatchUp { from: 4, read: 1 }]);
+    assert_eq!(c.step(Event::LogEnd { seq: 40, first: 10, read: 1 }, 0), [Effect::Abdicate { epoch: 12 }]);
+    assert!(!c.leads());
+    // It may not lead again until it has a snapshot: no campaign while nobody leads.
+    assert_eq!(c.step(Event::LeaderIs { leader: None, revision: 13 }, 0), []);
+    assert_eq!(c.step(Event::Tick, 10_000), []);
+}
+
+#[test]
+fn a_leader_whose_snapshot_is_due_goes_quiet_until_its_turns_are_committed_and_at_most_a_while() {
+    let mut c = trimming_leader(0, 2);
+    let turn = |token: u64| Event::Turn(Turn { token, records: b"abcdefghijklmnopqrstuvwxyz".to_vec(), at_ms: 0, epoch: 2 });
+    assert!(!c.wants_quiet(0), "nothing to snapshot yet");
+    c.step(turn(1), 1);
+    c.step(Event::Committed { seq: 1 }, 2);
+    c.step(turn(2), 3);
+    assert!(c.wants_quiet(3), "a batch's worth of bytes since its last snapshot");
+    assert_eq!(c.may_snapshot(3), None, "not while a batch is in flight");
+    c.step(Event::Committed { seq: 2 }, 4);
+    assert_eq!(c.may_snapshot(4), Some(2));
+    assert_eq!(c.step(Event::Snapshotted { seq: 2 }, 5), [Effect::Publish { snapshot: 2 }]);
+    assert!(!c.wants_quiet(5));
+    // A put that never ends: quiet for at most MAX_QUIET_MS, then not again for a while.
+    c.step(turn(3), 6);
+    c.step(Event::Committed { seq: 3 }, 7);
+    c.step(turn(4), 8);
+    assert!(c.wants_quiet(8));
+    assert!(c.wants_quiet(8 + MAX_QUIET_MS - 1));
+    assert!(!c.wants_quiet(8 + MAX_QUIET_MS));
+    assert!(!c.wants_quiet(8 + MAX_QUIET_MS + SNAPSHOT_RETRY_MS - 1));
 }
