@@ -283,13 +283,20 @@ impl Node {
             election_ttl_ms: 3_000,
             etcd_timeout_ms: 1_000,
             peer: None,
+            snapshot_every_batches: 10_000,
         };
         let mut link = leasehold::process::link::Link::new(&config).unwrap();
         let watch = sure(|| link.watch(0));
         let mut header = Vec::new();
         leasehold::journal::codec::frame(&leasehold::journal::segment_header(), &mut header);
-        let rules = Cluster::new(Settings { max_batch_bytes: 64 * 1024, heartbeat_ms: 500 }, name, 0, 0)
-            .with_batch_header(header);
+        let settings = Settings {
+            max_batch_bytes: 64 * 1024,
+            heartbeat_ms: 500,
+            snapshot_bytes: u64::MAX,
+            snapshot_batches: u64::MAX,
+            trim_every_ms: 0,
+        };
+        let rules = Cluster::new(settings, name, 0, 0).with_batch_header(header);
         Node {
             rules,
             link,
@@ -456,6 +463,7 @@ fn r13_a_batch_past_etcds_request_limit_is_refused_for_sure_not_put_again_foreve
         election_ttl_ms: 3_000,
         etcd_timeout_ms: 1_000,
         peer: None,
+        snapshot_every_batches: 10_000,
     };
     let mut link = leasehold::process::link::Link::new(&config).unwrap();
     wait_for("a lease", || {
