@@ -24,7 +24,7 @@
 //! | `journal_bytes`, `journal_writable`, `recovery_seconds`, `snapshot_seconds` | gauge | | keeper |
 //! | `journal_fsync_seconds` | histogram | | keeper |
 //! | `cluster_role` | gauge | `role` (`leader`, `candidate`, `follower`) | keeper, cluster mode |
-//! | `cluster_epoch`, `cluster_applied_batch`, `cluster_lag_batches` | gauge | | keeper, cluster mode |
+//! | `cluster_epoch`, `cluster_applied_batch`, `cluster_lag_batches`, `cluster_snapshot_batch` | gauge | | keeper, cluster mode |
 //! | `cluster_commit_seconds` | histogram | | keeper, cluster mode |
 //! | `budget_used`, `budget_limit` | gauge | `budget` (`locks`, `tickets`, `data_bytes`, `resources`, `event_streams`) | keeper |
 //!
@@ -371,6 +371,7 @@ pub fn render(
                 ("cluster_epoch", "The epoch of the leader this node knows of (0: none).", c.epoch),
                 ("cluster_applied_batch", "The last batch of the log this node's replica applied.", c.applied),
                 ("cluster_lag_batches", "Batches seen in the log but not applied yet.", c.lag),
+                ("cluster_snapshot_batch", "The batch this node's local snapshot stands for (0: none).", c.snapshot),
             ] {
                 header(&mut out, name, "gauge", help);
                 let _ = writeln!(out, "leasehold_{name} {value}");

@@ -31,6 +31,8 @@ pub struct NodeRow {
     pub applied: Option<u64>,
     /// Batches seen but not applied yet.
     pub lag: Option<u64>,
+    /// The batch its local snapshot stands for (0: none).
+    pub snapshot: Option<u64>,
     /// The leader's URL, as this node names it.
     pub leader: Option<String>,
     /// Why it is down.
@@ -89,6 +91,7 @@ pub fn row(server: &str, answer: &Readyz) -> NodeRow {
         epoch: None,
         applied: None,
         lag: None,
+        snapshot: None,
         leader: None,
         down: None,
     };
@@ -106,6 +109,7 @@ pub fn row(server: &str, answer: &Readyz) -> NodeRow {
             row.epoch = cluster["epoch"].as_u64();
             row.applied = cluster["applied"].as_u64();
             row.lag = cluster["lag"].as_u64();
+            row.snapshot = cluster["snapshot"].as_u64();
             row.leader = text("leader");
         }
     }
@@ -115,7 +119,8 @@ pub fn row(server: &str, answer: &Readyz) -> NodeRow {
 /// The table: a header, then one line per row in the list's order; `-` for what is not
 /// known, `down (REASON)` as the role of a server that is down.
 pub fn table(rows: &[NodeRow]) -> String {
-    let mut lines = vec![["SERVER", "NODE", "ROLE", "EPOCH", "APPLIED", "LAG", "LEADER"].map(str::to_string)];
+    let mut lines =
+        vec![["SERVER", "NODE", "ROLE", "EPOCH", "APPLIED", "LAG", "SNAPSHOT", "LEADER"].map(str::to_string)];
     let or_dash = |value: Option<String>| value.unwrap_or_else(|| "-".to_string());
     for row in rows {
         let role = match &row.down {
@@ -129,6 +134,7 @@ pub fn table(rows: &[NodeRow]) -> String {
             or_dash(row.epoch.map(|n| n.to_string())),
             or_dash(row.applied.map(|n| n.to_string())),
             or_dash(row.lag.map(|n| n.to_string())),
+            or_dash(row.snapshot.map(|n| n.to_string())),
             or_dash(row.leader.clone()),
         ]);
     }
@@ -147,6 +153,7 @@ pub fn json(rows: &[NodeRow]) -> serde_json::Value {
                 "epoch": row.epoch,
                 "applied": row.applied,
                 "lag": row.lag,
+                "snapshot": row.snapshot,
                 "leader": row.leader,
                 "down": row.down,
             })
@@ -247,7 +254,7 @@ mod tests {
 
     fn ready(node: &str, role: &str, leader: &str) -> Readyz {
         Ok(serde_json::json!({"status": "ready", "cluster":
-            {"node": node, "role": role, "epoch": 14, "applied": 812, "lag": 0, "leader": leader}}))
+            {"node": node, "role": role, "epoch": 14, "applied": 812, "lag": 0, "snapshot": 800, "leader": leader}}))
     }
 
     fn answers(list: &[(&str, Readyz)]) -> Vec<(String, Readyz)> {
@@ -272,11 +279,11 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "SERVER                NODE    ROLE                       EPOCH  APPLIED  LAG  LEADER",
-                "http://10.0.0.1:8080  node-1  leader                     14     812      0    http://10.0.0.1:8080",
-                "http://10.0.0.2:8080  node-2  follower                   14     812      0    http://10.0.0.1:8080",
-                "http://10.0.0.3:8080  -       down (connection refused)  -      -        -    -",
-                "http://h:1            -       single                     -      -        -    -",
+                "SERVER                NODE    ROLE                       EPOCH  APPLIED  LAG  SNAPSHOT  LEADER",
+                "http://10.0.0.1:8080  node-1  leader                     14     812      0    800       http://10.0.0.1:8080",
+                "http://10.0.0.2:8080  node-2  follower                   14     812      0    800       http://10.0.0.1:8080",
+                "http://10.0.0.3:8080  -       down (connection refused)  -      -        -    -         -",
+                "http://h:1            -       single                     -      -        -    -         -",
             ],
             "{text}"
         );

@@ -796,6 +796,9 @@ pub struct ClusterStatus {
     pub applied: u64,
     /// Batches seen in the log but not applied yet.
     pub lag: u64,
+    /// The batch its local snapshot stands for (0: none).
+    #[serde(default)]
+    pub snapshot: u64,
     /// The URL of the node that leads, when one is known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leader: Option<String>,

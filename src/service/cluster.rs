@@ -516,7 +516,18 @@ impl Cluster {
     /// applied is committed (the keeper must also hold no turn it has not handed over).
     /// Never while the replica holds a resigned turn or needs a snapshot of the leader's.
     pub fn may_snapshot(&self, now_ms: u64) -> Option<Seq> {
-        if self.dirty || self.settling.is_some() || self.needs_snapshot || !self.snapshot_due(now_ms) {
+        self.snapshot_due(now_ms).then(|| self.committed_replica()).flatten()
+    }
+
+    /// The position this node's replica stands at when it holds exactly the log up to it
+    /// (see [`Cluster::may_snapshot`]) and holds more than its last snapshot: what a node
+    /// that stops may snapshot, due or not.
+    pub fn last_snapshot(&self) -> Option<Seq> {
+        self.committed_replica().filter(|&seq| seq > self.snapshot)
+    }
+
+    fn committed_replica(&self) -> Option<Seq> {
+        if self.dirty || self.settling.is_some() || self.needs_snapshot {
             return None;
         }
         let clean = match self.role {

@@ -318,18 +318,18 @@ fn r14_status_cluster_lists_every_node_with_its_role_and_the_leader() {
     assert_eq!(code, Some(0), "one leader that every answering node names: {table}{stderr}");
     let lines: Vec<Vec<&str>> = table.lines().map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(lines.len(), 5, "a header, then a row per server: {table}");
-    assert_eq!(lines[0], ["SERVER", "NODE", "ROLE", "EPOCH", "APPLIED", "LAG", "LEADER"], "{table}");
+    assert_eq!(lines[0], ["SERVER", "NODE", "ROLE", "EPOCH", "APPLIED", "LAG", "SNAPSHOT", "LEADER"], "{table}");
     for (i, cells) in lines[1..4].iter().enumerate() {
-        assert_eq!(cells.len(), 7, "{table}");
+        assert_eq!(cells.len(), 8, "{table}");
         assert_eq!((cells[0], cells[1]), (servers[i].as_str(), format!("node-{i}").as_str()), "in order: {table}");
-        assert!(cells[3..6].iter().all(|n| n.parse::<u64>().is_ok()), "epoch, applied, lag: {table}");
-        assert_eq!(cells[6], leader, "every node names the leader: {table}");
+        assert!(cells[3..7].iter().all(|n| n.parse::<u64>().is_ok()), "epoch, applied, lag, snapshot: {table}");
+        assert_eq!(cells[7], leader, "every node names the leader: {table}");
         assert_eq!(cells[2] == "leader", cells[0] == leader, "the leader says it leads: {table}");
     }
     let mut roles: Vec<&str> = lines[1..4].iter().map(|cells| cells[2]).collect();
     roles.sort_unstable();
     assert_eq!(roles, ["follower", "follower", "leader"], "{table}");
-    assert_eq!(lines[4], [dead.as_str(), "-", "down", "(connection", "refused)", "-", "-", "-", "-"], "{table}");
+    assert_eq!(lines[4], [dead.as_str(), "-", "down", "(connection", "refused)", "-", "-", "-", "-", "-"], "{table}");
 
     // The same rows as JSON.
     let (code, json, stderr) = status(&servers.join(","), &["--json"]);

@@ -68,6 +68,7 @@ struct Standing {
     epoch: u64,
     applied: u64,
     lag: u64,
+    snapshot: u64,
 }
 
 /// The keeper's cluster part.
@@ -205,13 +206,14 @@ impl Node {
             Role::CatchingUp { epoch } => ("candidate", *epoch),
             Role::Follower { leader } => ("follower", leader.as_ref().map_or(0, |l| l.epoch)),
         };
-        Standing { role, epoch, applied: self.rules.applied(), lag: self.rules.lag() }
+        Standing { role, epoch, applied: self.rules.applied(), lag: self.rules.lag(), snapshot: self.rules.snapshot() }
     }
 
     /// Where this node stands.
     pub(super) fn status(&self, node: &str) -> ClusterStatus {
-        let Standing { role, epoch, applied, lag } = self.standing();
-        ClusterStatus { node: node.to_string(), role: role.into(), epoch, applied, lag, leader: self.leader_url() }
+        let Standing { role, epoch, applied, lag, snapshot } = self.standing();
+        let leader = self.leader_url();
+        ClusterStatus { node: node.to_string(), role: role.into(), epoch, applied, lag, snapshot, leader }
     }
 
     /// Time each batch's put took.
@@ -436,26 +438,46 @@ impl Keeper {
     pub(super) fn cluster_snapshot(&mut self) -> io::Result<Option<i32>> {
         let Some(node) = self.cluster.as_ref().filter(|node| node.turn.is_empty()) else { return Ok(None) };
         let Some(seq) = node.rules.may_snapshot(wall_ms()) else { return Ok(None) };
+        let event = self.write_replica_snapshot(seq);
+        self.cluster_step(event)
+    }
+
+    /// A clean stop: the replica is snapshotted if it holds more of the log than the last
+    /// snapshot and nothing else, so the node starts again from there.
+    pub(super) fn cluster_last_snapshot(&mut self) {
+        let Some(node) = self.cluster.as_ref().filter(|node| node.turn.is_empty()) else { return };
+        if let Some(seq) = node.rules.last_snapshot() {
+            self.write_replica_snapshot(seq);
+        }
+    }
+
+    /// Writes the local snapshot of the replica, which holds the log up to `seq`: the event
+    /// for the rules.
+    fn write_replica_snapshot(&mut self, seq: u64) -> Event {
+        let node = self.node();
         let position = Position { seq, at_ms: node.rules.last_at_ms(), prefix: node.prefix.clone() };
         let started = Instant::now();
-        let snapshot = ReplicaSnapshot { position, snapshot: Snapshot::new(self.fences_reserved, self.service.export()) };
+        let snapshot =
+            ReplicaSnapshot { position, snapshot: Snapshot::new(self.fences_reserved, self.service.export()) };
         let written = replica::encode(&snapshot)
             .map_err(io::Error::other)
             .and_then(|bytes| replica::write(&self.data_dir, &bytes).map(|()| bytes.len()));
         drop(snapshot);
         crate::sys::memory::release_free_heap();
-        let event = match written {
+        match written {
             Ok(bytes) => {
                 self.last_snapshot_ms = started.elapsed().as_millis() as u64;
-                log::info!("snapshot of the replica at batch {seq} written ({bytes} bytes, {} ms)", self.last_snapshot_ms);
+                log::info!(
+                    "snapshot of the replica at batch {seq} written ({bytes} bytes, {} ms)",
+                    self.last_snapshot_ms
+                );
                 Event::Snapshotted { seq }
             }
             Err(e) => {
                 log::warn!("cannot write the snapshot of the replica at batch {seq} ({e}); tried again later");
                 Event::SnapshotFailed
             }
-        };
-        self.cluster_step(event)
+        }
     }
 
     /// Where this node stands, for metrics.

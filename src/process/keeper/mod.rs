@@ -458,10 +458,8 @@ impl Keeper {
                     }
                 }
             }
-            let mut wake = self
-                .service
-                .next_deadline()
-                .filter(|_| self.not_writable.is_none() && self.changes_state() && !quiet);
+            let mut wake =
+                self.service.next_deadline().filter(|_| self.not_writable.is_none() && self.changes_state() && !quiet);
             let tick = self.cluster.as_ref().and_then(cluster::Node::next_tick_ms);
             for t in [self.next_sync_ms, self.not_writable.as_ref().map(|(_, at)| *at), tick].into_iter().flatten() {
                 wake = Some(wake.map_or(t, |w| w.min(t)));
@@ -667,8 +665,11 @@ impl Keeper {
     /// Commits and syncs everything, then returns the exit code of a clean stop. A cluster
     /// node gives its etcd lease back, so another takes over without waiting for it.
     fn stop(&mut self) -> i32 {
-        if let Some(node) = self.cluster.as_mut() {
-            node.stop();
+        if self.cluster.is_some() {
+            self.cluster_last_snapshot();
+            if let Some(node) = self.cluster.as_mut() {
+                node.stop();
+            }
             return 0;
         }
         if let Err(e) = self.store.commit(true) {

@@ -187,7 +187,8 @@ impl World {
             }
             Effect::TakeOver { at_ms, gap_ms } => {
                 // (Checked while it still leads: a takeover carried out late is refused.)
-                let leads = self.etcd.leader.is_some_and(|(h, e)| h == i && self.nodes[i].cluster.leading_epoch() == Some(e));
+                let leads =
+                    self.etcd.leader.is_some_and(|(h, e)| h == i && self.nodes[i].cluster.leading_epoch() == Some(e));
                 assert!(
                     !leads || at_ms >= self.etcd.log.last().map_or(0, |l| l.1),
                     "a takeover never goes back in time: node {i} at {at_ms}, log {:?}, applied {}",
@@ -742,7 +743,11 @@ fn a_node_whose_next_batch_was_trimmed_fetches_the_leaders_snapshot_and_starts_a
     // The log now begins at 10: batches 4 to 9 are gone.
     assert_eq!(c.step(Event::LogEnd { seq: 40, first: 10, read: 1 }, 0), [Effect::Fetch { peer: "n0:7070".into() }]);
     assert!(c.needs_snapshot());
-    assert_eq!(c.step(Event::Logged { seq: 41, batch: b"x".to_vec(), at_ms: 5 }, 0), [], "nothing is applied meanwhile");
+    assert_eq!(
+        c.step(Event::Logged { seq: 41, batch: b"x".to_vec(), at_ms: 5 }, 0),
+        [],
+        "nothing is applied meanwhile"
+    );
     assert_eq!(c.step(Event::FetchFailed, 10), []);
     assert_eq!(c.next_tick_ms(), Some(10 + FETCH_RETRY_MS));
     assert_eq!(c.step(Event::Tick, 10 + FETCH_RETRY_MS), [Effect::Fetch { peer: "n0:7070".into() }]);
@@ -765,7 +770,8 @@ fn a_node_that_wins_but_finds_its_next_batch_trimmed_gives_the_leader_key_back()
 #[test]
 fn a_leader_whose_snapshot_is_due_goes_quiet_until_its_turns_are_committed_and_at_most_a_while() {
     let mut c = trimming_leader(0, 2);
-    let turn = |token: u64| Event::Turn(Turn { token, records: b"abcdefghijklmnopqrstuvwxyz".to_vec(), at_ms: 0, epoch: 2 });
+    let turn =
+        |token: u64| Event::Turn(Turn { token, records: b"abcdefghijklmnopqrstuvwxyz".to_vec(), at_ms: 0, epoch: 2 });
     assert!(!c.wants_quiet(0), "nothing to snapshot yet");
     c.step(turn(1), 1);
     c.step(Event::Committed { seq: 1 }, 2);
