@@ -1,8 +1,8 @@
 //! leasehold nodes of one cluster on loopback, for the end-to-end cluster tests: each is
 //! the real binary with its own port, data directory and log, all on one 3-member etcd
 //! ([`super::etcd::EtcdCluster`]). A node can be killed outright (SIGKILL to the master and
-//! every child, as `kill -9` of its process group), frozen and thawed (SIGSTOP, SIGCONT),
-//! and started again on its port. [`Follow`] is a client that follows the leader as the
+//! every child, as `kill -9` of its process group), stopped cleanly (SIGTERM), frozen and
+//! thawed (SIGSTOP, SIGCONT), and started again on its port and data directory. [`Follow`] is a client that follows the leader as the
 //! README says clients should: a `not_leader` answer names the leader, a node that does
 //! not answer is passed over.
 
@@ -21,10 +21,12 @@ pub const PEER_SECRET: &str = "a-test-secret-of-the-peer-link";
 /// The election TTL the tests run with (etcd's shortest lease).
 pub const ELECTION_TTL_MS: u64 = 3_000;
 
-/// One node: its port and configuration, and its server while it runs.
+/// One node: its port, data directory and configuration, and its server while it runs.
 pub struct Node {
     /// Where clients reach it.
     pub addr: SocketAddr,
+    /// Its data directory (kept across restarts, as a host's disk).
+    pub data: tempfile::TempDir,
     config: String,
     /// The running server (`None` once killed).
     pub server: Option<Server>,
@@ -46,8 +48,17 @@ impl Node {
         self.server = None;
     }
 
-    /// Starts the node again on its port and a fresh data directory (a cluster node starts
-    /// from the log).
+    /// Stops the node cleanly (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
+        let mut server = self.server.take().expect("a running node");
+        server.signal(Signal::SIGTERM);
+        let (status, _) = server.wait_exit(DEADLINE);
+        assert!(status.success(), "a clean stop: {status}
+{}", server.log());
+    }
+
+    /// Starts the node again on its port and data directory (it starts from its local
+    /// snapshot, if it has one, and reads the log after it).
     pub fn restart(&mut self) {
         assert!(self.server.is_none(), "the node still runs");
         self.server = Some(Server::start(&self.config));
@@ -101,6 +112,12 @@ impl Nodes {
         Self::launch(etcd, n, workers, "", true)
     }
 
+    /// [`Nodes::start_peered`] with `extra` keys of the `[cluster]` section (or sections
+    /// after it) in every node's configuration.
+    pub fn start_peered_with(etcd: &EtcdCluster, n: usize, workers: usize, extra: &str) -> Nodes {
+        Self::launch(etcd, n, workers, extra, true)
+    }
+
     fn launch(etcd: &EtcdCluster, n: usize, workers: usize, extra: &str, peered: bool) -> Nodes {
         let mut nodes = Vec::new();
         for i in 0..n {
@@ -112,15 +129,17 @@ impl Nodes {
             } else {
                 String::new()
             };
+            let data = super::scratch();
             let config = format!(
-                "[server]\nlisten = [\"{addr}\"]\nworkers = {workers}\nlog_level = \"debug\"\n[cluster]\n\
+                "[server]\nlisten = [\"{addr}\"]\ndata_dir = {:?}\nworkers = {workers}\nlog_level = \"debug\"\n[cluster]\n\
                  etcd_endpoints = {:?}\nnode_name = \"node-{i}\"\nadvertise_url = \"http://{addr}\"\n\
                  election_ttl_ms = {ELECTION_TTL_MS}\n{peer}{extra}\n",
+                data.path(),
                 etcd.endpoints
             );
             let server = Server::start(&config);
             assert_eq!(server.addr, addr);
-            nodes.push(Node { addr, config, server: Some(server) });
+            nodes.push(Node { addr, data, config, server: Some(server) });
         }
         let nodes = Nodes { nodes };
         nodes.leader();
