@@ -14,10 +14,12 @@
 //!   [`TIMEOUT_SLACK_MS`] more, connecting included. Bounded memory: answers are read up
 //!   to [`wire::MAX_RESPONSE_BYTES`], watch lines up to [`wire::MAX_WATCH_LINE_BYTES`].
 //! - Outcomes: a refusal by a failed compare is an answer ([`Campaign::Held`],
-//!   [`Put::Refused`]), never an error. An error that leaves the outcome unknown is
-//!   [`EtcdError::Unavailable`] (or a cut or unreadable answer); every operation here may
-//!   be sent again: campaigns and puts recognise their own earlier success, reads and
-//!   renewals change nothing, and a revoke of a lease already gone succeeds.
+//!   [`Put::Refused`], [`Trim::Refused`]), never an error. An error that leaves the
+//!   outcome unknown is [`EtcdError::Unavailable`] (or a cut or unreadable answer); every
+//!   operation here may be sent again: campaigns and puts recognise their own earlier
+//!   success, reads and renewals change nothing, a trim deletes what is left, a compaction
+//!   at a revision compacted already succeeds, and a revoke of a lease already gone
+//!   succeeds.
 //! - A watch ([`Etcd::watch`]) has a connection of its own, open as long as the [`Watch`],
 //!   probed by TCP keepalive so that a peer gone without a word ends it with an error.
 //!
@@ -37,9 +39,10 @@ use crate::config::ClusterConfig;
 use crate::service::cluster::{Epoch, Seq};
 
 pub use wire::{
-    leader_key, log_key, log_prefix, seq_of, Campaign, EtcdError, Holder, LeaseId, LogRead, Put, WatchEvent,
+    leader_key, log_key, log_prefix, node_key, nodes_prefix, seq_of, Campaign, EtcdError, Holder, LeaseId, LogRead,
+    Put, Trim, WatchEvent,
 };
-use wire::{path, Endpoint, Reader, Reply, WatchStream};
+use wire::{path, Edge, Endpoint, Reader, Reply, WatchStream};
 
 /// How much longer than `cluster.etcd_timeout_ms` the socket waits for an answer: etcd
 /// answers a request it could not serve in time by itself (504) within the timeout, so the
@@ -68,6 +71,9 @@ struct Failure {
     /// peer had closed, worth one more try on a fresh one.
     stale: bool,
 }
+
+/// A key and its value.
+pub type KeyValue = (Vec<u8>, Vec<u8>);
 
 /// A client of one etcd cluster.
 pub struct Etcd {
@@ -138,15 +144,26 @@ impl Etcd {
         self.request(path::TXN, &body, |reply| wire::parse_put_batch(reply, batch))
     }
 
-    /// Reads the log under `prefix` from batch `from` to its end, linearizably: the first
-    /// page is a linearizable read, and every later page is read at that page's revision,
-    /// so the pages make one consistent picture. Pages hold up to [`wire::LOG_PAGE_KEYS`]
-    /// batches (fewer when they would pass [`wire::MAX_RESPONSE_BYTES`]); the read stops
-    /// with `more` once it holds [`wire::MAX_LOG_READ_BYTES`].
+    /// Reads the log under `prefix` from batch `from` to its end, linearizably: a first
+    /// read finds the log's first batch (a linearizable read), and every page after it is
+    /// read at that read's revision, so the pages make one consistent picture. When the
+    /// batches from `from` were trimmed ([`LogRead::trimmed`]), none is read. Pages hold
+    /// up to [`wire::LOG_PAGE_KEYS`] batches (fewer when they would pass
+    /// [`wire::MAX_RESPONSE_BYTES`]); the read stops with `more` once it holds
+    /// [`wire::MAX_LOG_READ_BYTES`].
     pub fn read_log(&mut self, prefix: &str, from: Seq) -> Result<LogRead, EtcdError> {
-        let end = wire::prefix_end(log_prefix(prefix).as_bytes());
+        let start = log_prefix(prefix);
+        let end = wire::prefix_end(start.as_bytes());
+        let first_body = wire::edge_body(start.as_bytes(), &end, Edge::First, 0);
+        let (first, revision) = self.request(path::RANGE, &first_body, |body| {
+            let range = wire::parse_range(body)?;
+            Ok((wire::edge_seq(prefix, &range)?, range.revision))
+        })?;
+        let mut read = LogRead { batches: Vec::new(), revision, more: false, first };
+        if read.trimmed(from) {
+            return Ok(read);
+        }
         let mut key = log_key(prefix, from).into_bytes();
-        let mut read = LogRead { batches: Vec::new(), revision: 0, more: false };
         let mut limit = wire::LOG_PAGE_KEYS;
         let mut bytes = 0usize;
         loop {
@@ -158,9 +175,6 @@ impl Etcd {
                 }
                 page => page?,
             };
-            if read.revision == 0 {
-                read.revision = page.revision;
-            }
             let next = read.batches.last().map_or(from, |(seq, _)| seq + 1);
             let last_key = page.kvs.last().map(|kv| kv.key.clone());
             let batches = wire::log_page(prefix, page.kvs, next).map_err(|e| e.at(self.endpoint()))?;
@@ -177,6 +191,50 @@ impl Etcd {
                 }
                 _ => return Ok(read),
             }
+        }
+    }
+
+    /// The log's last batch under `prefix` (0: the log is empty), at `revision` (0: now,
+    /// linearizably), without reading any batch.
+    pub fn last_batch(&mut self, prefix: &str, revision: u64) -> Result<Seq, EtcdError> {
+        let start = log_prefix(prefix);
+        let end = wire::prefix_end(start.as_bytes());
+        self.request(path::RANGE, &wire::edge_body(start.as_bytes(), &end, Edge::Last, revision), |body| {
+            wire::edge_seq(prefix, &wire::parse_range(body)?)
+        })
+    }
+
+    /// Deletes the batches of the log under `prefix` below `below` if `leader_key` still
+    /// has `epoch`: [`Trim::Done`] with the txn's revision, or [`Trim::Refused`] (nothing
+    /// deleted). Sent again, it deletes what is left (nothing, if the first went through).
+    ///
+    /// # Panics
+    /// If `epoch` or `below` is 0 ([`wire::trim_log_body`]).
+    pub fn trim_log(&mut self, prefix: &str, leader_key: &str, epoch: Epoch, below: Seq) -> Result<Trim, EtcdError> {
+        self.request(path::TXN, &wire::trim_log_body(prefix, leader_key, epoch, below), wire::parse_trim)
+    }
+
+    /// Puts `value` at `key` under `lease` (a node's position: whatever was there is
+    /// replaced, and the key goes with the lease).
+    pub fn put_node(&mut self, key: &str, value: &[u8], lease: LeaseId) -> Result<(), EtcdError> {
+        self.request(path::PUT, &wire::put_body(key, value, lease), wire::parse_put).map(|_| ())
+    }
+
+    /// Every key under `prefix` with its value, in key order (a linearizable read, meant
+    /// for a handful of keys: the answer is bounded by [`wire::MAX_RESPONSE_BYTES`]).
+    pub fn read_prefix(&mut self, prefix: &str) -> Result<Vec<KeyValue>, EtcdError> {
+        let end = wire::prefix_end(prefix.as_bytes());
+        let range =
+            self.request(path::RANGE, &wire::range_body(prefix.as_bytes(), Some(&end), 0, 0), wire::parse_range)?;
+        Ok(range.kvs.into_iter().map(|kv| (kv.key, kv.value)).collect())
+    }
+
+    /// Compacts etcd's history before `revision`. A revision compacted already is no
+    /// error (sent again, the compaction is done); a revision etcd has not reached is.
+    pub fn compact(&mut self, revision: u64) -> Result<(), EtcdError> {
+        match self.request(path::COMPACTION, &wire::compaction_body(revision), wire::parse_compaction) {
+            Err(e) if wire::already_compacted(&e) => Ok(()),
+            other => other,
         }
     }
 

@@ -8,9 +8,13 @@
 //!   and `LeaseLost` when a renewal finds it gone.
 //! - The leader key's value names the node, the URL clients reach it at, and where other
 //!   nodes reach its peer link when it has one: `{"node":NAME,"url":URL,"peer":"HOST:PORT"}`.
+//! - The node's position (`{prefix}/nodes/{name}`, under the node's lease) says how far its
+//!   local snapshot stands for the log: `{"node":NAME,"snapshot":SEQ,"url":URL,
+//!   "peer":"HOST:PORT"}`, the peer omitted as in the leader key.
 //! - Errors whose outcome is unknown become the events the rules expect for them (`Unknown`
-//!   for a put or a settling, `ReadFailed` for a read); a campaign that failed reports
-//!   nothing (the rules campaign again at their next tick).
+//!   for a put or a settling, `ReadFailed` for a read, `PublishFailed` for a position); a
+//!   campaign, a read of the nodes, a trim or a compaction that failed reports nothing
+//!   (the rules ask again when they need to).
 //! - [`Threads`] runs it in the keeper: a thread that carries out effects in order and
 //!   renews the lease every third of its TTL between them, and a thread that reads the
 //!   watch (first the leader key, then every change after the revision it was read at).
@@ -27,14 +31,27 @@ use serde::{Deserialize, Serialize};
 use crate::config::ClusterConfig;
 use crate::journal::batch_time;
 use crate::journal::etcd::{
-    leader_key, log_key, seq_of, Campaign, Etcd, EtcdError, Holder, LeaseId, Put, Watch, WatchEvent,
+    leader_key, log_key, node_key, nodes_prefix, seq_of, Campaign, Etcd, EtcdError, Holder, LeaseId, Put, Trim, Watch,
+    WatchEvent,
 };
-use crate::service::cluster::{Effect, Event, Leader};
+use crate::service::cluster::{Effect, Epoch, Event, Leader, Seq};
 
 /// What the leader key holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct LeaderValue {
     node: String,
+    url: String,
+    /// Its peer link's address, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    peer: Option<String>,
+}
+
+/// What a node's key under `{prefix}/nodes/` holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct NodeValue {
+    node: String,
+    /// The batch its local snapshot stands for (0: none).
+    snapshot: Seq,
     url: String,
     /// Its peer link's address, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -48,6 +65,9 @@ pub struct Link {
     leader_key: String,
     /// This node's leader-key value.
     value: Vec<u8>,
+    /// This node's key under `{prefix}/nodes/`, and its value but for the snapshot.
+    node_key: String,
+    node: NodeValue,
     ttl_s: u64,
     lease: Option<LeaseId>,
     /// When the lease was last granted or renewed.
@@ -66,11 +86,15 @@ impl Link {
             url: config.advertise_url.clone(),
             peer: config.peer.as_ref().map(|p| p.advertise.clone()),
         };
+        let node =
+            NodeValue { node: value.node.clone(), snapshot: 0, url: value.url.clone(), peer: value.peer.clone() };
         Ok(Self {
             etcd,
             prefix: config.prefix.clone(),
             leader_key: leader_key(&config.prefix),
             value: serde_json::to_vec(&value).unwrap_or_default(),
+            node_key: node_key(&config.prefix, &config.node_name),
+            node,
             ttl_s: config.election_ttl_ms.div_ceil(1_000),
             lease: None,
             renewed_at: Instant::now(),
@@ -187,7 +211,16 @@ impl Link {
             | Effect::TakeOver { .. }
             | Effect::Heartbeat
             | Effect::Fetch { .. } => Vec::new(),
-            Effect::Publish { .. } | Effect::ReadNodes | Effect::Trim { .. } | Effect::Compact { .. } => Vec::new(),
+            Effect::Publish { snapshot } => self.publish(*snapshot),
+            Effect::ReadNodes => self.read_nodes(),
+            Effect::Trim { below, epoch } => self.trim(*below, *epoch),
+            Effect::Compact { revision } => {
+                match self.etcd.compact(*revision) {
+                    Ok(()) => log::debug!("etcd's history is compacted before revision {revision}"),
+                    Err(e) => log::warn!("cannot compact etcd's history before revision {revision}: {e}"),
+                }
+                Vec::new()
+            }
         }
     }
 
@@ -200,8 +233,8 @@ impl Link {
     }
 
     /// The rules' event for what a watch reported: a batch of the log, or a change of the
-    /// leader key. `None` for anything else (a compaction is the caller's to handle: read
-    /// the log again, then watch again).
+    /// leader key. `None` for anything else: a node's position, a batch deleted by a trim,
+    /// and a compaction (the caller's to handle: read the log again, then watch again).
     pub fn watched(&self, event: WatchEvent) -> Option<Event> {
         match event {
             WatchEvent::Put { key, value, mod_revision } if key == self.leader_key.as_bytes() => {
@@ -249,6 +282,21 @@ impl Link {
                     return events;
                 }
             };
+            if page.trimmed(next) {
+                // The batches wanted are gone: say where the log stands, at the same
+                // revision; the rules fetch a snapshot.
+                match self.etcd.last_batch(&self.prefix, page.revision) {
+                    Ok(last) => {
+                        log::info!("the log starts at batch {}: batch {next} was trimmed", page.first);
+                        events.push(Event::LogEnd { seq: last, first: page.first, read });
+                    }
+                    Err(e) => {
+                        log::warn!("cannot find the log's last batch: {e}");
+                        events.push(Event::ReadFailed { read });
+                    }
+                }
+                return events;
+            }
             for (seq, batch) in page.batches {
                 let at_ms = match batch_time(&batch) {
                     Ok(at_ms) => at_ms,
@@ -263,7 +311,7 @@ impl Link {
                 events.push(Event::Logged { seq, batch, at_ms });
             }
             if !page.more {
-                events.push(Event::LogEnd { seq: next - 1, first: 0, read });
+                events.push(Event::LogEnd { seq: next - 1, first: page.first, read });
                 return events;
             }
         }
@@ -290,6 +338,13 @@ impl Link {
             }
         }
         match self.etcd.read_log(&self.prefix, seq) {
+            Ok(read) if read.trimmed(seq) => {
+                // Some batch was committed at `seq`, but whether it was ours went with
+                // it. Reported as a read that does not find it always was: refused.
+                // (`Unknown` would be settled again at once, and forever.)
+                log::error!("batch {seq} was trimmed before it was settled: whether it was ours is unknown");
+                events.push(Event::Refused { seq });
+            }
             Ok(read) => {
                 let there = read.batches.first().is_some_and(|(s, b)| *s == seq && b.as_slice() == batch);
                 events.push(if there { Event::Committed { seq } } else { Event::Refused { seq } });
@@ -297,6 +352,77 @@ impl Link {
             Err(_) => events.push(Event::Unknown { seq }),
         }
         events
+    }
+
+    /// Puts this node's position: its local snapshot stands for the log up to `snapshot`.
+    fn publish(&mut self, snapshot: Seq) -> Vec<Event> {
+        let Some(lease) = self.lease else {
+            log::debug!("no etcd lease yet: the node's position waits");
+            return vec![Event::PublishFailed];
+        };
+        let value = NodeValue { snapshot, ..self.node.clone() };
+        let bytes = serde_json::to_vec(&value).unwrap_or_default();
+        match self.etcd.put_node(&self.node_key, &bytes, lease) {
+            Ok(()) => Vec::new(),
+            Err(e) => {
+                log::warn!("cannot publish the node's position (snapshot at batch {snapshot}): {e}");
+                vec![Event::PublishFailed]
+            }
+        }
+    }
+
+    /// Reads every node's position.
+    fn read_nodes(&mut self) -> Vec<Event> {
+        let prefix = nodes_prefix(&self.prefix);
+        match self.etcd.read_prefix(&prefix) {
+            Ok(kvs) => {
+                let snapshots = kvs.iter().filter_map(|(key, value)| node_position(&prefix, key, value)).collect();
+                vec![Event::Nodes { snapshots }]
+            }
+            Err(e) => {
+                log::warn!("cannot read the nodes' positions: {e}");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Deletes the log's batches below `below` under `epoch`.
+    fn trim(&mut self, below: Seq, epoch: Epoch) -> Vec<Event> {
+        if below == 0 {
+            log::warn!("a trim below batch 0 deletes nothing: ignored");
+            return Vec::new();
+        }
+        match self.etcd.trim_log(&self.prefix, &self.leader_key, epoch, below) {
+            Ok(Trim::Done { revision, deleted }) => {
+                log::debug!("the log is trimmed below batch {below} ({deleted} batches deleted, revision {revision})");
+                vec![Event::Trimmed { below, revision }]
+            }
+            Ok(Trim::Refused) => {
+                log::info!("the trim below batch {below} was refused: epoch {epoch} no longer leads");
+                Vec::new()
+            }
+            Err(e) => {
+                log::warn!("cannot trim the log below batch {below}: {e}");
+                Vec::new()
+            }
+        }
+    }
+}
+
+/// A node's name and position from its key and value under `prefix` (`{prefix}/nodes/`),
+/// or `None` (logged) if the value is not one this build reads or names another node.
+fn node_position(prefix: &str, key: &[u8], value: &[u8]) -> Option<(String, Seq)> {
+    let name = key.strip_prefix(prefix.as_bytes());
+    match serde_json::from_slice::<NodeValue>(value) {
+        Ok(v) if name == Some(v.node.as_bytes()) => Some((v.node, v.snapshot)),
+        Ok(v) => {
+            log::warn!("{} names node {:?}: ignored", String::from_utf8_lossy(key), v.node);
+            None
+        }
+        Err(e) => {
+            log::warn!("{} holds no node position: {e}", String::from_utf8_lossy(key));
+            None
+        }
     }
 }
 
@@ -457,5 +583,96 @@ fn watch(mut link: Link, reporter: &Reporter, stop: &AtomicBool) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{codec, segment_header, Record};
+
+    const PREFIX: &str = "/lh";
+
+    /// A link to an etcd it never reaches (a link makes no request until asked).
+    fn link(peer: bool) -> Link {
+        let config = ClusterConfig {
+            etcd_endpoints: vec!["http://127.0.0.1:9".into()],
+            prefix: PREFIX.into(),
+            node_name: "node-a".into(),
+            advertise_url: "http://node-a.test:8080".into(),
+            election_ttl_ms: 3_000,
+            etcd_timeout_ms: 1_000,
+            peer: peer.then(|| crate::config::PeerConfig {
+                listen: "127.0.0.1:7001".parse().unwrap(),
+                advertise: "node-a.test:7001".into(),
+                secret: "s".into(),
+            }),
+        };
+        Link::new(&config).unwrap()
+    }
+
+    /// A batch of one expiry record at `at_ms`.
+    fn batch(at_ms: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        codec::frame(&segment_header(), &mut out);
+        codec::encode(&Record::Expire { at_ms, entropy: 0 }, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn watched_reports_batches_and_the_leader_key_only() {
+        let link = link(false);
+        let put = |key: String, value: Vec<u8>| WatchEvent::Put { key: key.into_bytes(), value, mod_revision: 9 };
+        let delete = |key: String| WatchEvent::Delete { key: key.into_bytes(), mod_revision: 9 };
+        assert_eq!(
+            link.watched(put(log_key(PREFIX, 4), batch(1_000))),
+            Some(Event::Logged { seq: 4, batch: batch(1_000), at_ms: 1_000 })
+        );
+        assert_eq!(link.watched(delete(leader_key(PREFIX))), Some(Event::LeaderIs { leader: None, revision: 9 }));
+        // A node's position, put or gone with its lease, and a batch deleted by a trim.
+        let position = br#"{"node":"node-b","snapshot":3,"url":"http://node-b.test:8080"}"#.to_vec();
+        assert_eq!(link.watched(put(node_key(PREFIX, "node-b"), position)), None);
+        assert_eq!(link.watched(delete(node_key(PREFIX, "node-b"))), None);
+        assert_eq!(link.watched(delete(log_key(PREFIX, 4))), None);
+        assert_eq!(link.watched(WatchEvent::Compacted { revision: 9 }), None);
+    }
+
+    #[test]
+    fn a_node_position_names_the_node_its_snapshot_its_url_and_its_peer() {
+        let mut with_peer = link(true).node;
+        with_peer.snapshot = 42;
+        assert_eq!(
+            serde_json::to_string(&with_peer).unwrap(),
+            r#"{"node":"node-a","snapshot":42,"url":"http://node-a.test:8080","peer":"node-a.test:7001"}"#
+        );
+        let without = link(false).node;
+        assert_eq!(
+            serde_json::to_string(&without).unwrap(),
+            r#"{"node":"node-a","snapshot":0,"url":"http://node-a.test:8080"}"#
+        );
+        assert_eq!(link(false).node_key, "/lh/nodes/node-a");
+    }
+
+    #[test]
+    fn node_positions_that_are_malformed_or_name_another_node_are_ignored() {
+        let prefix = nodes_prefix(PREFIX);
+        let key = |name: &str| node_key(PREFIX, name).into_bytes();
+        let value = br#"{"node":"node-b","snapshot":7,"url":"http://node-b.test:8080","peer":"node-b.test:7001"}"#;
+        assert_eq!(node_position(&prefix, &key("node-b"), value), Some(("node-b".into(), 7)));
+        assert_eq!(node_position(&prefix, &key("node-c"), value), None);
+        assert_eq!(node_position(&prefix, &key("node-b"), b"not json"), None);
+        assert_eq!(node_position(&prefix, &key("node-b"), br#"{"node":"node-b","snapshot":-1,"url":"u"}"#), None);
+        assert_eq!(node_position(&prefix, &key("node-b"), br#"{"node":"node-b","url":"u"}"#), None);
+        // Fields this build does not know are no harm.
+        let newer = br#"{"node":"node-b","snapshot":7,"url":"u","zone":"z"}"#;
+        assert_eq!(node_position(&prefix, &key("node-b"), newer), Some(("node-b".into(), 7)));
+    }
+
+    #[test]
+    fn a_position_without_a_lease_fails_and_a_trim_below_0_does_nothing() {
+        let mut link = link(false);
+        // No request is made: the endpoint does not answer.
+        assert_eq!(link.carry_out(&Effect::Publish { snapshot: 3 }), [Event::PublishFailed]);
+        assert_eq!(link.carry_out(&Effect::Trim { below: 0, epoch: 5 }), []);
     }
 }

@@ -1,13 +1,16 @@
 //! The etcd link's client against a real 3-member etcd on loopback (issue 13; docs/cluster.md,
 //! "Keys in etcd" and "The rules"): the election on the leader key, its end when a lease
 //! lapses, epoch-guarded puts of batches, paged log reads, the watch, and what the client
-//! does when one etcd member, then two, are killed. Each test runs its own cluster.
+//! does when one etcd member, then two, are killed; then a log kept short (epoch-guarded
+//! trims, reads of a trimmed log, compactions) and the nodes' positions under their
+//! leases, through the client and through the link. Each test runs its own cluster.
 
 use std::time::Duration;
 
 use leasehold::journal::etcd::wire::LOG_PAGE_KEYS;
 use leasehold::journal::etcd::{
-    leader_key, log_key, log_prefix, Campaign, Etcd, EtcdError, Holder, LeaseId, Put, Watch, WatchEvent,
+    leader_key, log_key, log_prefix, node_key, nodes_prefix, Campaign, Etcd, EtcdError, Holder, LeaseId, Put, Trim,
+    Watch, WatchEvent,
 };
 
 use crate::support::etcd::EtcdCluster;
@@ -479,4 +482,168 @@ fn r13_a_batch_past_etcds_request_limit_is_refused_for_sure_not_put_again_foreve
     assert_eq!(link.carry_out(&huge), [Event::Refused { seq: 1 }]);
     let small = Effect::Put { seq: 1, epoch, batch: b"a batch".to_vec() };
     assert_eq!(link.carry_out(&small), [Event::Committed { seq: 1 }]);
+}
+
+/// The link of node `name` (no request is made yet).
+fn link(etcd: &EtcdCluster, name: &str) -> leasehold::process::link::Link {
+    let config = leasehold::config::ClusterConfig {
+        etcd_endpoints: etcd.endpoints.clone(),
+        prefix: PREFIX.into(),
+        node_name: name.into(),
+        advertise_url: format!("http://{name}.test:8080"),
+        election_ttl_ms: 3_000,
+        etcd_timeout_ms: 1_000,
+        peer: None,
+    };
+    leasehold::process::link::Link::new(&config).unwrap()
+}
+
+/// A link that holds its lease.
+fn link_with_lease(etcd: &EtcdCluster, name: &str) -> leasehold::process::link::Link {
+    use leasehold::service::cluster::Event;
+    let mut link = link(etcd, name);
+    wait_for("a lease", || {
+        let events = link.keep_lease();
+        events.contains(&Event::LeaseHeld).then_some(()).ok_or(events)
+    });
+    link
+}
+
+/// Batch `seq` as a leader writes it: the format record, then one expiry at `seq` s.
+fn logged_batch(seq: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    leasehold::journal::codec::frame(&leasehold::journal::segment_header(), &mut out);
+    out.extend(expiry(seq * 1_000, seq));
+    out
+}
+
+/// The seqs of the batches in the log, from its first, as the keys say.
+fn log_seqs(etcd: &mut Etcd) -> Vec<u64> {
+    let keys = sure(|| etcd.read_prefix(&log_prefix(PREFIX)));
+    keys.iter().map(|(key, _)| leasehold::journal::etcd::seq_of(PREFIX, key).expect("a batch's key")).collect()
+}
+
+#[test]
+fn a_trim_deletes_the_batches_below_its_bound_only_under_its_epoch_and_reads_say_where_the_log_starts() {
+    use leasehold::service::cluster::{Effect, Event};
+    let etcd = EtcdCluster::start();
+    let mut a = client(&etcd);
+    let key = leader_key(PREFIX);
+    let (lease_a, epoch_a) = leading(&mut a, "node-a");
+    for seq in 1..=10 {
+        assert_eq!(sure(|| a.put_batch(&log_key(PREFIX, seq), &key, epoch_a, &logged_batch(seq))), Put::Committed);
+    }
+    // A key beside the log, which no trim may touch.
+    let other = sure(|| a.lease_grant(LONG_TTL_S));
+    sure(|| a.put_node(&format!("{PREFIX}/logx"), b"not a batch", other));
+    let whole = sure(|| a.read_log(PREFIX, 1));
+    assert_eq!((whole.first, whole.batches.len(), whole.trimmed(1)), (1, 10, false));
+    assert_eq!(sure(|| a.last_batch(PREFIX, 0)), 10);
+
+    // Below 4: batches 1 to 3 go, and nothing else.
+    let Trim::Done { revision, deleted } = sure(|| a.trim_log(PREFIX, &key, epoch_a, 4)) else {
+        panic!("the leader's trim was refused")
+    };
+    assert_eq!(deleted, 3);
+    assert!(revision > whole.revision);
+    assert_eq!(log_seqs(&mut a), (4..=10).collect::<Vec<_>>());
+    assert_eq!(sure(|| a.read_prefix(&format!("{PREFIX}/logx"))).len(), 1);
+    // Sent again (its answer lost), it deletes what is left: nothing.
+    assert!(matches!(sure(|| a.trim_log(PREFIX, &key, epoch_a, 4)), Trim::Done { deleted: 0, .. }));
+
+    // A read from a trimmed batch reads none and says where the log starts; from a kept
+    // batch it reads on as before.
+    for from in [1, 3] {
+        let read = sure(|| a.read_log(PREFIX, from));
+        assert_eq!((read.first, read.batches.len(), read.more), (4, 0, false), "from {from}");
+        assert!(read.trimmed(from) && read.revision >= revision);
+        assert_eq!(sure(|| a.last_batch(PREFIX, read.revision)), 10);
+    }
+    for from in [4, 7, 11] {
+        let read = sure(|| a.read_log(PREFIX, from));
+        assert!(!read.trimmed(from));
+        assert_eq!(read.first, 4);
+        assert_eq!(read.batches.iter().map(|(s, _)| *s).collect::<Vec<_>>(), (from..=10).collect::<Vec<_>>());
+        assert_eq!(read.batches.first().map(|(_, b)| b.clone()), (from <= 10).then(|| logged_batch(from)));
+    }
+
+    // Through the link: a catch-up from a trimmed batch reports only where the log stands.
+    let mut b = link_with_lease(&etcd, "node-b");
+    assert_eq!(b.carry_out(&Effect::CatchUp { from: 2, read: 1 }), [Event::LogEnd { seq: 10, first: 4, read: 1 }]);
+    let events = b.carry_out(&Effect::CatchUp { from: 9, read: 2 });
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert!(matches!(&events[0], Event::Logged { seq: 9, at_ms: 9_000, .. }));
+    assert!(matches!(&events[1], Event::Logged { seq: 10, at_ms: 10_000, .. }));
+    assert_eq!(events[2], Event::LogEnd { seq: 10, first: 4, read: 2 });
+
+    // node-a is deposed; node-b leads. A trim under node-a's stale epoch is refused and
+    // deletes nothing, through the client and through the link.
+    sure(|| a.lease_revoke(lease_a));
+    let epoch_b = wait_for("node-b's win", || match b.carry_out(&Effect::Campaign).as_slice() {
+        [Event::Won { epoch }] => Ok(*epoch),
+        other => Err(other.to_vec()),
+    });
+    assert_eq!(sure(|| a.trim_log(PREFIX, &key, epoch_a, 8)), Trim::Refused);
+    assert_eq!(b.carry_out(&Effect::Trim { below: 8, epoch: epoch_a }), []);
+    assert_eq!(log_seqs(&mut a), (4..=10).collect::<Vec<_>>());
+    let trimmed = b.carry_out(&Effect::Trim { below: 6, epoch: epoch_b });
+    let [Event::Trimmed { below: 6, revision: trimmed_at }] = trimmed.as_slice() else {
+        panic!("node-b's trim: {trimmed:?}")
+    };
+    assert_eq!(log_seqs(&mut a), (6..=10).collect::<Vec<_>>());
+
+    // Compacting the history at the trim's revision, then again at it, succeeds; the
+    // history before it is gone; a revision etcd has not reached is refused.
+    sure(|| a.compact(*trimmed_at));
+    sure(|| a.compact(*trimmed_at));
+    assert_eq!(b.carry_out(&Effect::Compact { revision: *trimmed_at }), []);
+    let gone = a.last_batch(PREFIX, trimmed_at - 1).unwrap_err();
+    assert!(matches!(gone, EtcdError::Http { status: 400, .. }), "{gone:?}");
+    let future = a.compact(trimmed_at + 1_000_000).unwrap_err();
+    assert!(matches!(&future, EtcdError::Http { message, .. } if message.contains("future")), "{future:?}");
+    assert_eq!(sure(|| a.last_batch(PREFIX, *trimmed_at)), 10);
+    assert_eq!(sure(|| a.read_log(PREFIX, 6)).batches.len(), 5);
+}
+
+#[test]
+fn a_node_position_is_put_under_its_lease_read_with_the_others_and_gone_with_the_lease() {
+    use leasehold::service::cluster::{Effect, Event};
+    let etcd = EtcdCluster::start();
+    let mut a = client(&etcd);
+    let (lease_a, lease_b) = (sure(|| a.lease_grant(LONG_TTL_S)), sure(|| a.lease_grant(LONG_TTL_S)));
+    let value = |name: &str, snapshot: u64| {
+        format!(r#"{{"node":"{name}","snapshot":{snapshot},"url":"http://{name}.test:8080"}}"#).into_bytes()
+    };
+    sure(|| a.put_node(&node_key(PREFIX, "node-a"), &value("node-a", 1), lease_a));
+    sure(|| a.put_node(&node_key(PREFIX, "node-b"), &value("node-b", 2), lease_b));
+    // Put again, the position is replaced.
+    sure(|| a.put_node(&node_key(PREFIX, "node-a"), &value("node-a", 3), lease_a));
+    let key = |name: &str| node_key(PREFIX, name).into_bytes();
+    assert_eq!(
+        sure(|| a.read_prefix(&nodes_prefix(PREFIX))),
+        vec![(key("node-a"), value("node-a", 3)), (key("node-b"), value("node-b", 2))]
+    );
+    // The lease revoked, its node's key is gone; a put under it is refused.
+    sure(|| a.lease_revoke(lease_a));
+    assert_eq!(sure(|| a.read_prefix(&nodes_prefix(PREFIX))), vec![(key("node-b"), value("node-b", 2))]);
+    let refused = a.put_node(&node_key(PREFIX, "node-a"), &value("node-a", 4), lease_a).unwrap_err();
+    assert!(matches!(refused, EtcdError::Http { status: 404, .. }), "{refused:?}");
+
+    // Through the link: no position before the node holds a lease; then its own, read
+    // with the others' (a malformed one left out).
+    let mut c = link(&etcd, "node-c");
+    assert_eq!(c.carry_out(&Effect::Publish { snapshot: 5 }), [Event::PublishFailed]);
+    let mut c = link_with_lease(&etcd, "node-c");
+    assert_eq!(c.carry_out(&Effect::Publish { snapshot: 5 }), []);
+    sure(|| a.put_node(&node_key(PREFIX, "node-x"), b"not a position", lease_b));
+    assert_eq!(
+        c.carry_out(&Effect::ReadNodes),
+        [Event::Nodes { snapshots: vec![("node-b".into(), 2), ("node-c".into(), 5)] }]
+    );
+    let (_, stored) = sure(|| a.read_prefix(&node_key(PREFIX, "node-c"))).pop().expect("node-c's position");
+    let stored: serde_json::Value = serde_json::from_slice(&stored).unwrap();
+    assert_eq!(stored, serde_json::json!({"node": "node-c", "snapshot": 5, "url": "http://node-c.test:8080"}));
+    // node-c's lease revoked (a clean stop would), its position goes with it.
+    sure(|| a.lease_revoke(c.lease().expect("node-c's lease")));
+    assert_eq!(c.carry_out(&Effect::ReadNodes), [Event::Nodes { snapshots: vec![("node-b".into(), 2)] }]);
 }

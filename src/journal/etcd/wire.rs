@@ -52,6 +52,10 @@ pub mod path {
     pub const TXN: &str = "/v3/kv/txn";
     /// `POST` a range read.
     pub const RANGE: &str = "/v3/kv/range";
+    /// `POST` a plain put.
+    pub const PUT: &str = "/v3/kv/put";
+    /// `POST` a compaction of the history.
+    pub const COMPACTION: &str = "/v3/kv/compaction";
     /// `POST` a lease grant.
     pub const LEASE_GRANT: &str = "/v3/lease/grant";
     /// `POST` one lease renewal (a stream endpoint: one line answers it).
@@ -205,6 +209,17 @@ pub fn log_key(prefix: &str, seq: Seq) -> String {
     format!("{prefix}/log/{seq:020}")
 }
 
+/// `{prefix}/nodes/`: every node's key starts with it.
+pub fn nodes_prefix(prefix: &str) -> String {
+    format!("{prefix}/nodes/")
+}
+
+/// `{prefix}/nodes/{name}`: where node `name` publishes its position (docs/cluster.md,
+/// "Keys in etcd").
+pub fn node_key(prefix: &str, name: &str) -> String {
+    format!("{prefix}/nodes/{name}")
+}
+
 /// The `seq` of a batch's key under `prefix`, or `None` if `key` is not one.
 pub fn seq_of(prefix: &str, key: &[u8]) -> Option<Seq> {
     let digits = key.strip_prefix(log_prefix(prefix).as_bytes())?;
@@ -318,6 +333,65 @@ pub fn delete_if_epoch_body(leader_key: &str, epoch: Epoch) -> String {
         key = key,
         epoch = epoch
     )
+}
+
+/// `kv/put`: `value` at `key` under `lease`, whatever was there.
+pub fn put_body(key: &str, value: &[u8], lease: LeaseId) -> String {
+    format!(r#"{{"key":"{}","value":"{}","lease":"{lease}"}}"#, b64(key.as_bytes()), b64(value))
+}
+
+/// `kv/txn`: delete every batch of the log under `prefix` below `below` (the keys from the
+/// log's prefix up to, not including, `log_key(prefix, below)`) if the leader key still has
+/// `epoch`. Nothing is read on failure: a refused trim has nothing to settle.
+///
+/// # Panics
+/// If `epoch` is 0, as [`put_batch_body`], or `below` is 0 (no batch is below batch 0:
+/// the range would end before it starts).
+pub fn trim_log_body(prefix: &str, leader_key: &str, epoch: Epoch, below: Seq) -> String {
+    assert!(epoch > 0, "an epoch is a create revision, never 0");
+    assert!(below > 0, "a trim keeps batches from 1 at least");
+    let leader = b64(leader_key.as_bytes());
+    let start = b64(log_prefix(prefix).as_bytes());
+    let end = b64(log_key(prefix, below).as_bytes());
+    format!(
+        concat!(
+            r#"{{"compare":[{{"key":"{leader}","target":"CREATE","result":"EQUAL","create_revision":"{epoch}"}}],"#,
+            r#""success":[{{"request_delete_range":{{"key":"{start}","range_end":"{end}"}}}}]}}"#
+        ),
+        leader = leader,
+        epoch = epoch,
+        start = start,
+        end = end
+    )
+}
+
+/// `kv/compaction`: drop the history before `revision`.
+pub fn compaction_body(revision: u64) -> String {
+    format!(r#"{{"revision":"{revision}"}}"#)
+}
+
+/// Which end of a range [`edge_body`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Edge {
+    /// The lowest key.
+    First,
+    /// The highest key.
+    Last,
+}
+
+/// `kv/range`: the lowest or highest key of `[key, range_end)`, without its value, at
+/// `revision` (0: the latest, linearizably). For [`Edge::Last`] etcd sorts the range's keys
+/// before it cuts them to one: cheap for a log kept short by trims.
+pub fn edge_body(key: &[u8], range_end: &[u8], edge: Edge, revision: u64) -> String {
+    let mut body = format!(r#"{{"key":"{}","range_end":"{}","limit":"1","keys_only":true"#, b64(key), b64(range_end));
+    if edge == Edge::Last {
+        body.push_str(r#","sort_order":"DESCEND","sort_target":"KEY""#);
+    }
+    if revision > 0 {
+        body.push_str(&format!(r#","revision":"{revision}""#));
+    }
+    body.push('}');
+    body
 }
 
 /// `kv/range`: `key`, or `[key, range_end)`, at most `limit` keys (0: no limit), at
@@ -488,12 +562,38 @@ pub struct Range {
 /// What a log read found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogRead {
-    /// The batches from the first one asked for, in order, as `(seq, batch)`.
+    /// The batches from the first one asked for, in order, as `(seq, batch)`; none when
+    /// the ones asked for were trimmed ([`LogRead::trimmed`]).
     pub batches: Vec<(Seq, Vec<u8>)>,
     /// The revision the read saw (every page is read at it).
     pub revision: u64,
     /// The read stopped at [`MAX_LOG_READ_BYTES`]: read again from the batch after the last.
     pub more: bool,
+    /// The log's first batch at that revision (0: the log is empty). Batches below it
+    /// were trimmed.
+    pub first: Seq,
+}
+
+impl LogRead {
+    /// Whether batch `from` (1 when 0), the first one asked for, was trimmed: the log
+    /// starts past it, so no batch was read.
+    pub fn trimmed(&self, from: Seq) -> bool {
+        self.first > from.max(1)
+    }
+}
+
+/// How a trim of the log went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trim {
+    /// The batches below the bound are gone (some may have been already).
+    Done {
+        /// The txn's revision.
+        revision: u64,
+        /// How many keys it deleted.
+        deleted: u64,
+    },
+    /// The leader key no longer has the epoch: nothing was deleted.
+    Refused,
 }
 
 /// One event of a watch.
@@ -594,8 +694,23 @@ struct RawRange {
 
 #[derive(Deserialize, Default)]
 #[serde(default)]
+struct RawDeleteRange {
+    #[serde(deserialize_with = "int")]
+    deleted: u64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
 struct RawOp {
     response_range: Option<RawRange>,
+    response_delete_range: Option<RawDeleteRange>,
+}
+
+/// An answer that is only a header (a put's, a compaction's).
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RawHeaderOnly {
+    header: RawHeader,
 }
 
 #[derive(Deserialize, Default)]
@@ -791,6 +906,47 @@ pub fn parse_delete_if_epoch(body: &[u8]) -> Result<bool, EtcdError> {
     Ok(txn(body, "a conditional delete")?.succeeded)
 }
 
+/// A trim's answer ([`trim_log_body`]).
+pub fn parse_trim(body: &[u8]) -> Result<Trim, EtcdError> {
+    const WHAT: &str = "a trim of the log";
+    let raw = txn(body, WHAT)?;
+    if raw.header.revision == 0 {
+        return Err(EtcdError::malformed(format!("{WHAT} without a revision")));
+    }
+    if !raw.succeeded {
+        return Ok(Trim::Refused);
+    }
+    let deleted = raw.responses.first().and_then(|op| op.response_delete_range.as_ref()).map_or(0, |d| d.deleted);
+    Ok(Trim::Done { revision: raw.header.revision, deleted })
+}
+
+/// A put's answer ([`put_body`]): the revision of the put.
+pub fn parse_put(body: &[u8]) -> Result<u64, EtcdError> {
+    let raw: RawHeaderOnly = json(body, "a put")?;
+    if raw.header.revision == 0 {
+        return Err(EtcdError::malformed("a put without a revision"));
+    }
+    Ok(raw.header.revision)
+}
+
+/// A compaction's answer ([`compaction_body`]).
+pub fn parse_compaction(body: &[u8]) -> Result<(), EtcdError> {
+    json::<RawHeaderOnly>(body, "a compaction").map(|_| ())
+}
+
+/// Whether `e` is etcd's refusal of a compaction at a revision already compacted (the
+/// compaction asked for is done). A revision not yet reached is another refusal.
+pub fn already_compacted(e: &EtcdError) -> bool {
+    matches!(e, EtcdError::Http { message, .. } if message.contains("required revision has been compacted"))
+}
+
+/// The batch an [`edge_body`] read of the log under `prefix` found: 0 when the log is empty.
+pub fn edge_seq(prefix: &str, range: &Range) -> Result<Seq, EtcdError> {
+    let Some(kv) = range.kvs.first() else { return Ok(0) };
+    seq_of(prefix, &kv.key)
+        .ok_or_else(|| EtcdError::malformed(format!("{} in the log is not a batch's key", quote(&kv.key))))
+}
+
 /// A range read's answer.
 pub fn parse_range(body: &[u8]) -> Result<Range, EtcdError> {
     let raw: RawRange = json(body, "a range read")?;
@@ -817,7 +973,8 @@ pub fn parse_leader_at(body: &[u8]) -> Result<(Option<Holder>, u64), EtcdError> 
 }
 
 /// The batches of one page of a log read under `prefix`, from `from`: each key must be a
-/// batch's, in increasing order, none before `from`.
+/// batch's, in increasing order, none before `from`. A page may start past `from` (the
+/// log starts later, or ends before it): only order is checked, not gaps.
 pub fn log_page(prefix: &str, kvs: Vec<Kv>, from: Seq) -> Result<Vec<(Seq, Vec<u8>)>, EtcdError> {
     let mut out = Vec::with_capacity(kvs.len());
     let mut next = from;

@@ -59,6 +59,10 @@ fn keys_follow_the_documented_layout() {
     assert_eq!(log_prefix("/leasehold"), "/leasehold/log/");
     assert_eq!(log_key("/leasehold", 1), "/leasehold/log/00000000000000000001");
     assert_eq!(log_key("/lh", u64::MAX), "/lh/log/18446744073709551615");
+    assert_eq!(nodes_prefix("/leasehold"), "/leasehold/nodes/");
+    assert_eq!(node_key("/leasehold", "node-a"), "/leasehold/nodes/node-a");
+    assert!(node_key("/lh", "a").starts_with(&nodes_prefix("/lh")));
+    assert_eq!(seq_of("/lh", node_key("/lh", "00000000000000000001").as_bytes()), None);
     for seq in [1, 42, 1_000_000, u64::MAX] {
         assert_eq!(seq_of("/lh", log_key("/lh", seq).as_bytes()), Some(seq));
     }
@@ -149,6 +153,59 @@ fn delete_if_epoch_body_compares_the_create_revision() {
     assert_eq!(
         delete_if_epoch_body("lh/leader", 7),
         r#"{"compare":[{"key":"bGgvbGVhZGVy","target":"CREATE","result":"EQUAL","create_revision":"7"}],"success":[{"request_delete_range":{"key":"bGgvbGVhZGVy"}}]}"#
+    );
+}
+
+#[test]
+fn put_body_puts_under_the_lease() {
+    assert_eq!(
+        put_body("lh/nodes/a", b"{}", LeaseId(2676723805212891408)),
+        r#"{"key":"bGgvbm9kZXMvYQ==","value":"e30=","lease":"2676723805212891408"}"#
+    );
+}
+
+#[test]
+fn trim_log_body_deletes_below_the_bound_under_the_epoch() {
+    let body = trim_log_body("lh", "lh/leader", 7, 3);
+    assert_eq!(
+        body,
+        concat!(
+            r#"{"compare":[{"key":"bGgvbGVhZGVy","target":"CREATE","result":"EQUAL","create_revision":"7"}],"#,
+            r#""success":[{"request_delete_range":{"key":"bGgvbG9nLw==","range_end":"bGgvbG9nLzAwMDAwMDAwMDAwMDAwMDAwMDAz"}}]}"#
+        )
+    );
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let range = &json["success"][0]["request_delete_range"];
+    assert_eq!(BASE64.decode(range["key"].as_str().unwrap()).unwrap(), b"lh/log/");
+    assert_eq!(BASE64.decode(range["range_end"].as_str().unwrap()).unwrap(), log_key("lh", 3).as_bytes());
+    // Every batch key below the bound is in the range, and none from it on.
+    let inside = |key: &str| key.as_bytes() >= &b"lh/log/"[..] && key < log_key("lh", 3).as_str();
+    assert!(inside(&log_key("lh", 1)) && inside(&log_key("lh", 2)));
+    assert!(!inside(&log_key("lh", 3)) && !inside(&log_key("lh", 10)) && !inside("lh/leader"));
+}
+
+#[test]
+#[should_panic(expected = "never 0")]
+fn trim_log_body_refuses_epoch_zero() {
+    trim_log_body("lh", "lh/leader", 0, 3);
+}
+
+#[test]
+#[should_panic(expected = "from 1")]
+fn trim_log_body_refuses_below_zero() {
+    trim_log_body("lh", "lh/leader", 7, 0);
+}
+
+#[test]
+fn compaction_and_edge_bodies() {
+    assert_eq!(compaction_body(12), r#"{"revision":"12"}"#);
+    assert_eq!(
+        edge_body(b"lh/log/", &prefix_end(b"lh/log/"), Edge::First, 0),
+        r#"{"key":"bGgvbG9nLw==","range_end":"bGgvbG9nMA==","limit":"1","keys_only":true}"#
+    );
+    assert_eq!(
+        edge_body(b"lh/log/", b"lh/log0", Edge::Last, 12),
+        r#"{"key":"bGgvbG9nLw==","range_end":"bGgvbG9nMA==","limit":"1","keys_only":true,"sort_order":"DESCEND","sort_target":"KEY","revision":"12"}"#
     );
 }
 
@@ -304,6 +361,68 @@ fn a_conditional_delete_says_whether_it_deleted() {
 }
 
 #[test]
+fn a_trim_is_done_at_the_txn_revision_or_refused() {
+    // etcd 3.4's answers.
+    let done = format!(
+        r#"{{{},"succeeded":true,"responses":[{{"response_delete_range":{{"header":{{"revision":"8"}},"deleted":"2"}}}}]}}"#,
+        header(8)
+    );
+    assert_eq!(parse_trim(done.as_bytes()).unwrap(), Trim::Done { revision: 8, deleted: 2 });
+    // Nothing left to delete: `deleted` is left out.
+    let none = format!(
+        r#"{{{},"succeeded":true,"responses":[{{"response_delete_range":{{"header":{{"revision":"9"}}}}}}]}}"#,
+        header(9)
+    );
+    assert_eq!(parse_trim(none.as_bytes()).unwrap(), Trim::Done { revision: 9, deleted: 0 });
+    assert_eq!(parse_trim(format!("{{{}}}", header(8)).as_bytes()).unwrap(), Trim::Refused);
+    assert!(matches!(parse_trim(br#"{"succeeded":true}"#), Err(EtcdError::Malformed { .. })));
+    assert!(matches!(parse_trim(b"[]"), Err(EtcdError::Malformed { .. })));
+}
+
+#[test]
+fn a_put_and_a_compaction_are_answered_by_a_header() {
+    let answer = format!("{{{}}}", header(5));
+    assert_eq!(parse_put(answer.as_bytes()).unwrap(), 5);
+    assert!(matches!(parse_put(b"{}"), Err(EtcdError::Malformed { .. })));
+    parse_compaction(answer.as_bytes()).unwrap();
+    assert!(matches!(parse_compaction(b"nope"), Err(EtcdError::Malformed { .. })));
+}
+
+#[test]
+fn a_compaction_at_a_compacted_revision_is_done_and_at_a_future_one_is_refused() {
+    let compacted = br#"{"error":"etcdserver: mvcc: required revision has been compacted","message":"etcdserver: mvcc: required revision has been compacted","code":11}"#;
+    let future = br#"{"error":"etcdserver: mvcc: required revision is a future revision","message":"etcdserver: mvcc: required revision is a future revision","code":11}"#;
+    assert!(already_compacted(&refusal(400, compacted)));
+    assert!(!already_compacted(&refusal(400, future)));
+    assert!(!already_compacted(&EtcdError::unavailable("required revision has been compacted")));
+}
+
+#[test]
+fn an_edge_read_gives_the_batch_found_or_0() {
+    // etcd 3.4's answer to a keys-only read: no value.
+    let found = format!(
+        r#"{{{},"kvs":[{{"key":"bGgvbG9nLzAwMDAwMDAwMDAwMDAwMDAwMDAz","create_revision":"4","mod_revision":"4","version":"1"}}],"more":true,"count":"3"}}"#,
+        header(8)
+    );
+    let range = parse_range(found.as_bytes()).unwrap();
+    assert_eq!((edge_seq("lh", &range).unwrap(), range.revision), (3, 8));
+    let empty = parse_range(format!("{{{}}}", header(8)).as_bytes()).unwrap();
+    assert_eq!(edge_seq("lh", &empty).unwrap(), 0);
+    let foreign = format!(r#"{{{},"kvs":[{{"key":"bGgvbG9nL2p1bms="}}]}}"#, header(8));
+    assert!(matches!(edge_seq("lh", &parse_range(foreign.as_bytes()).unwrap()), Err(EtcdError::Malformed { .. })));
+}
+
+#[test]
+fn a_log_read_is_trimmed_when_the_log_starts_past_the_batch_asked_for() {
+    let read = |first| LogRead { batches: Vec::new(), revision: 8, more: false, first };
+    assert!(read(3).trimmed(1) && read(3).trimmed(2) && read(3).trimmed(0));
+    assert!(!read(3).trimmed(3) && !read(3).trimmed(4) && !read(3).trimmed(100));
+    // An empty log, or one never trimmed, has nothing trimmed.
+    assert!(!read(0).trimmed(0) && !read(0).trimmed(1) && !read(0).trimmed(9));
+    assert!(!read(1).trimmed(0) && !read(1).trimmed(1));
+}
+
+#[test]
 fn a_range_reads_kvs_more_and_revision_and_defaults_missing_fields() {
     let body = format!(
         r#"{{{},"kvs":[{{"key":"bGgvbG9nLzAwMDAwMDAwMDAwMDAwMDAwMDAx","create_revision":"7","mod_revision":"7","version":"1","value":"dHVybi0x"}},{{"key":"bGgvbG9nLzAwMDAwMDAwMDAwMDAwMDAwMDAy","create_revision":"8","mod_revision":8,"version":"1","value":"dHVybi0y"}}],"more":true,"count":"3"}}"#,
@@ -339,6 +458,10 @@ fn a_log_page_refuses_foreign_keys_and_disorder() {
     let twice = vec![kv(&log_key("lh", 3)), kv(&log_key("lh", 3))];
     assert!(matches!(log_page("lh", twice, 1), Err(EtcdError::Malformed { .. })));
     assert!(matches!(log_page("lh", vec![kv(&log_key("lh", 1))], 2), Err(EtcdError::Malformed { .. })));
+    // A page that starts past where it was asked from (a log trimmed, or ending before
+    // it) is no disorder.
+    let later = vec![kv(&log_key("lh", 5)), kv(&log_key("lh", 6))];
+    assert_eq!(log_page("lh", later, 2).unwrap().iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![5, 6]);
 }
 
 #[test]
