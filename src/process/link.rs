@@ -607,6 +607,7 @@ mod tests {
                 advertise: "node-a.test:7001".into(),
                 secret: "s".into(),
             }),
+            snapshot_every_batches: 10_000,
         };
         Link::new(&config).unwrap()
     }
