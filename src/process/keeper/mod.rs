@@ -40,7 +40,7 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream as StdUnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -196,6 +196,8 @@ struct Keeper {
     forward: Option<peer::Forward>,
     /// Held for the keeper's whole life.
     _data_dir_lock: Flock<File>,
+    /// `server.data_dir` (a cluster node's local snapshot is there).
+    data_dir: PathBuf,
     poll: Poll,
     signals: SignalSource,
     control: Channel,
@@ -296,6 +298,7 @@ impl Keeper {
             peers,
             forward,
             _data_dir_lock: data_dir_lock,
+            data_dir: config.server.data_dir.clone(),
             poll,
             signals,
             control,
