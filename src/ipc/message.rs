@@ -780,6 +780,19 @@ pub struct PeerHello {
     pub node: String,
     /// `cluster.secret`.
     pub secret: String,
+    /// What the connection is for when it is not forwarding (absent: forwarding, as every
+    /// hello before snapshots were fetched).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub want: Option<PeerWant>,
+}
+
+/// What a peer connection asks for instead of forwarding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerWant {
+    /// The node's local snapshot file, sent once, then the connection closes
+    /// (`process::fetch`).
+    Snapshot,
 }
 
 /// Where a node of a cluster stands (docs/cluster.md, "Watching a cluster").
@@ -878,6 +891,17 @@ mod tests {
                 next_after: Some("jobs:nightly".into()),
             },
         });
+    }
+
+    #[test]
+    fn a_peer_hello_without_a_want_reads_as_before_and_is_written_as_before() {
+        let old: PeerHello = decode(br#"{"node":"a","secret":"s"}"#).unwrap();
+        assert_eq!(old, PeerHello { node: "a".into(), secret: "s".into(), want: None });
+        assert_eq!(serde_json::to_string(&old).unwrap(), r#"{"node":"a","secret":"s"}"#);
+        let asking = PeerHello { want: Some(PeerWant::Snapshot), ..old };
+        assert_eq!(serde_json::to_string(&asking).unwrap(), r#"{"node":"a","secret":"s","want":"snapshot"}"#);
+        round_trip(&asking);
+        assert!(decode::<PeerHello>(br#"{"node":"a","secret":"s","want":"everything"}"#).is_err());
     }
 
     #[test]

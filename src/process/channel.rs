@@ -144,6 +144,16 @@ impl Channel {
         let _ = registry.deregister(self.stream.source());
     }
 
+    /// The TCP stream under it, taken out (a peer connection handed to a thread of its
+    /// own, `process::fetch`): what was read past the last frame returned, and what is
+    /// queued and not written, are dropped with the channel. `None` for a Unix channel.
+    pub fn into_tcp(self) -> Option<TcpStream> {
+        match self.stream {
+            Stream::Tcp(stream) => Some(stream),
+            Stream::Unix(_) => None,
+        }
+    }
+
     /// Reads everything available into the frame buffer.
     pub fn fill(&mut self) -> Result<(), ChannelError> {
         loop {

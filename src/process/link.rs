@@ -18,8 +18,11 @@
 //! - [`Threads`] runs it in the keeper: a thread that carries out effects in order and
 //!   renews the lease every third of its TTL between them, and a thread that reads the
 //!   watch (first the leader key, then every change after the revision it was read at).
-//!   Both report into one queue and wake the keeper's mio loop.
+//!   Both report into one queue and wake the keeper's mio loop. A fetch of the leader's
+//!   snapshot ([`Threads::fetch`], `process::fetch`) runs on a thread of its own and reports
+//!   into the same queue.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
@@ -34,6 +37,7 @@ use crate::journal::etcd::{
     leader_key, log_key, node_key, nodes_prefix, seq_of, Campaign, Etcd, EtcdError, Holder, LeaseId, Put, Trim, Watch,
     WatchEvent,
 };
+use crate::process::fetch::Fetcher;
 use crate::service::cluster::{Effect, Epoch, Event, Leader, Seq};
 
 /// What the leader key holds.
@@ -440,6 +444,12 @@ pub struct Threads {
     events: mpsc::Receiver<Event>,
     stop: Arc<AtomicBool>,
     carrier: Option<JoinHandle<()>>,
+    /// Where a fetch reports.
+    reporter: Reporter,
+    /// `None` without a peer link.
+    fetcher: Option<Fetcher>,
+    /// Whether a fetch runs.
+    fetching: Arc<AtomicBool>,
 }
 
 /// Where the threads report: the queue, then a wake-up of the keeper's loop.
@@ -488,12 +498,49 @@ impl Threads {
         };
         {
             let stop = Arc::clone(&stop);
+            let reporter = reporter.clone();
             thread::Builder::new()
                 .name("lh-etcd-watch".into())
                 .spawn(move || watch(watcher, &reporter, &stop))
                 .map_err(|e| EtcdError::unavailable(format!("cannot start the watch's thread: {e}")))?;
         }
-        Ok(Self { effects: Some(effects), events, stop, carrier: Some(carrier) })
+        Ok(Self {
+            effects: Some(effects),
+            events,
+            stop,
+            carrier: Some(carrier),
+            reporter,
+            fetcher: Fetcher::new(config),
+            fetching: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// Fetches the snapshot of the leader whose peer link is at `peer` and keeps it as the
+    /// snapshot in `dir` (`process::fetch`), on a thread of its own (not the carrier's: a
+    /// long transfer must not hold up the lease's renewals). Reports `Fetched` or
+    /// `FetchFailed`. One at a time: asked again while one runs, it does nothing.
+    pub fn fetch(&self, peer: String, dir: PathBuf) {
+        let Some(fetcher) = self.fetcher.clone() else {
+            log::warn!("cannot fetch the leader's snapshot: this node has no peer link (cluster.peer_listen, secret)");
+            self.reporter.report(vec![Event::FetchFailed]);
+            return;
+        };
+        if self.fetching.swap(true, Ordering::AcqRel) {
+            log::debug!("a fetch of the leader's snapshot runs already: the new one is not started");
+            return;
+        }
+        let (reporter, fetching) = (self.reporter.clone(), Arc::clone(&self.fetching));
+        let spawned = thread::Builder::new().name("lh-snapshot-fetch".into()).spawn(move || {
+            let event = fetcher.fetch_event(&peer, &dir);
+            // Free before the report: the rules may ask again as soon as they hear of it.
+            fetching.store(false, Ordering::Release);
+            reporter.report(vec![event]);
+        });
+        if let Err(e) = spawned {
+            self.fetching.store(false, Ordering::Release);
+            log::warn!("cannot start a thread to fetch the leader's snapshot: {e}");
+            self.reporter.report(vec![Event::FetchFailed]);
+        }
     }
 
     /// Hands an effect to the link (carried out in order, after those before it).

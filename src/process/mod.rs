@@ -11,6 +11,7 @@ pub mod channel;
 pub mod child;
 pub mod courier;
 pub mod delivery;
+pub mod fetch;
 pub mod keeper;
 pub mod link;
 pub mod logging;

@@ -492,6 +492,45 @@ fn r14_through_a_follower_requests_behave_as_through_the_leader_and_a_long_poll_
     assert_eq!(name, "acquired", "the stream on the follower after the failover");
 }
 
+#[test]
+fn a_node_s_snapshot_goes_over_the_peer_link_only_to_a_hello_with_the_secret() {
+    use leasehold::config::DEFAULT_CLUSTER_PREFIX;
+    use leasehold::core::lock::TableLimits;
+    use leasehold::journal::replica::{self, Position, ReplicaSnapshot};
+    use leasehold::journal::Snapshot;
+    use leasehold::process::fetch::{FetchError, Fetcher};
+    use leasehold::service::Service;
+
+    use crate::support::nodes::PEER_SECRET;
+
+    let etcd = EtcdCluster::start();
+    let cluster = Nodes::start_peered(&etcd, 1, 1);
+    let node = &cluster.nodes[0];
+    let peer = node.peer_addr().unwrap().to_string();
+    let asker = Fetcher::with("asker", PEER_SECRET, DEFAULT_CLUSTER_PREFIX);
+    let ours = tempfile::tempdir().unwrap();
+    let fetched = asker.fetch(&peer, ours.path());
+    assert!(matches!(fetched, Err(FetchError::NoSnapshot { .. })), "none yet: {fetched:?}");
+    // The node's snapshot, as its keeper would write it.
+    let service = Service::new(TableLimits::default(), 60_000, 7);
+    let position = Position { seq: 12, at_ms: 1_700_000_000_000, prefix: DEFAULT_CLUSTER_PREFIX.into() };
+    let bytes = replica::encode(&ReplicaSnapshot { position, snapshot: Snapshot::new(0, service.export()) }).unwrap();
+    let server = node.server.as_ref().unwrap();
+    replica::write(&server.data_dir(), &bytes).unwrap();
+    // Without the secret: closed without a byte, and nothing written.
+    let stranger = Fetcher::with("stranger", "not-the-secret-at-all", DEFAULT_CLUSTER_PREFIX);
+    let fetched = stranger.fetch(&peer, ours.path());
+    assert!(matches!(fetched, Err(FetchError::Refused { .. })), "{fetched:?}");
+    assert!(std::fs::read_dir(ours.path()).unwrap().next().is_none(), "nothing written");
+    // With it: the same bytes, kept as the asker's.
+    let fetched = asker.fetch(&peer, ours.path()).unwrap();
+    assert_eq!(fetched.position.seq, 12);
+    assert_eq!(std::fs::read(replica::path(ours.path())).unwrap(), bytes);
+    server.wait_log("peer link: snapshot sent to node \"asker\"");
+    // The keeper's loop goes on as before.
+    assert_eq!(node.status().unwrap()["role"], "leader");
+}
+
 /// A change acknowledged to a client: its lock, ticket and fence, and when.
 type Acknowledged = (String, String, u64, std::time::Instant);
 

@@ -494,6 +494,7 @@ fn link(etcd: &EtcdCluster, name: &str) -> leasehold::process::link::Link {
         election_ttl_ms: 3_000,
         etcd_timeout_ms: 1_000,
         peer: None,
+        snapshot_every_batches: 10_000,
     };
     leasehold::process::link::Link::new(&config).unwrap()
 }

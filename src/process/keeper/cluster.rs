@@ -337,6 +337,11 @@ impl Keeper {
                     self.node().release(&tokens, |message| resigned(message, &reply));
                 }
                 Effect::Rebuild => return Ok(Some(self.rebuild())),
+                // On a thread of its own, not the link's carrier (process::fetch).
+                Effect::Fetch { peer } => {
+                    let dir = self.data_dir.clone();
+                    self.node().threads.fetch(peer, dir);
+                }
                 effect => {
                     let node = self.node();
                     // Timed from its first try.
@@ -415,8 +420,12 @@ impl Keeper {
         }
         let status = node.status(&self.node_name);
         let courier = node.courier.map(|(link, _)| link);
+        let unheard = self.peers.as_ref().map(|p| &p.unheard);
         for (index, link) in self.links.iter_mut().enumerate() {
-            let Some(link) = link.as_mut().filter(|_| Some(index) != courier) else { continue };
+            // Nothing goes to a peer connection before its hello is heard: it may be a
+            // stranger, or a node asking for the snapshot, whose answer must come first.
+            let told = Some(index) != courier && unheard.is_none_or(|u| !u.contains_key(&index));
+            let Some(link) = link.as_mut().filter(|_| told) else { continue };
             if link.send(&FromKeeper::Cluster { status: status.clone() }).is_err() && !self.broken.contains(&index) {
                 self.broken.push(index);
             }

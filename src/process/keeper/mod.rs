@@ -194,10 +194,10 @@ struct Keeper {
     peers: Option<peer::Peers>,
     /// Cluster mode with a peer link: the forwarding side (used while following).
     forward: Option<peer::Forward>,
-    /// `server.data_dir`.
-    data_dir: PathBuf,
     /// Held for the keeper's whole life.
     _data_dir_lock: Flock<File>,
+    /// `server.data_dir` (a cluster node's local snapshot is there).
+    data_dir: PathBuf,
     poll: Poll,
     signals: SignalSource,
     control: Channel,
@@ -344,8 +344,8 @@ impl Keeper {
             node_name: config.cluster.as_ref().map(|c| c.node_name.clone()).unwrap_or_default(),
             peers,
             forward,
-            data_dir: config.server.data_dir.clone(),
             _data_dir_lock: data_dir_lock,
+            data_dir: config.server.data_dir.clone(),
             poll,
             signals,
             control,

@@ -8,7 +8,9 @@
 //!   time); anything else, or a wrong secret, closes it unheard. At most
 //!   [`MAX_UNHEARD_PEERS`] connections wait for their hello, one that waited longer than
 //!   [`HELLO_WITHIN_MS`] makes room for a new one, and a peer's frames are at most
-//!   [`MAX_PEER_FRAME_BYTES`].
+//!   [`MAX_PEER_FRAME_BYTES`]. A hello that asks for the snapshot (`"want":"snapshot"`)
+//!   takes its connection out of the loop: a thread sends the node's local snapshot on it
+//!   and closes it (`process::fetch`, at most `MAX_SENDS` at once).
 //! - **Forwarding** ([`Forward`]): a follower that knows the leader's peer address keeps one
 //!   connection to it. A request gets an id of the link's own (the ids of several workers
 //!   would collide), a `Watch` remembers which worker's stream its events go to, and a
@@ -28,8 +30,9 @@ use mio::{Interest, Poll, Token};
 use super::Keeper;
 use crate::config::PeerConfig;
 use crate::core::names::{LockName, Ticket};
-use crate::ipc::message::{FromKeeper, LockOp, LockReply, PeerHello, ToKeeper};
+use crate::ipc::message::{FromKeeper, LockOp, LockReply, PeerHello, PeerWant, ToKeeper};
 use crate::process::channel::{Channel, ChannelError};
+use crate::process::fetch::{self, Sends};
 use crate::service::LinkId;
 
 /// The token of the peer listener.
@@ -55,6 +58,8 @@ pub(super) struct Peers {
     node: String,
     /// Channels (by link index) still waiting for their hello, and since when.
     pub(super) unheard: HashMap<usize, u64>,
+    /// The snapshot transfers running.
+    sends: Sends,
 }
 
 impl Peers {
@@ -64,7 +69,13 @@ impl Peers {
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen for peers on {}: {e}", config.listen)))?;
         poll.registry().register(&mut listener, PEER_LISTEN, Interest::READABLE)?;
         log::info!("peer link: listening on {} (advertised as {})", config.listen, config.advertise);
-        Ok(Self { listener, secret: config.secret.clone(), node: node.to_string(), unheard: HashMap::new() })
+        Ok(Self {
+            listener,
+            secret: config.secret.clone(),
+            node: node.to_string(),
+            unheard: HashMap::new(),
+            sends: Sends::default(),
+        })
     }
 
     /// Whether `hello` carries the cluster's secret (compared in constant time).
@@ -100,7 +111,7 @@ impl Forward {
     /// The forwarding side of node `node`, presenting `secret`.
     pub(super) fn new(node: &str, secret: &str) -> Self {
         Self {
-            hello: PeerHello { node: node.to_string(), secret: secret.to_string() },
+            hello: PeerHello { node: node.to_string(), secret: secret.to_string(), want: None },
             to: None,
             channel: None,
             retry_at_ms: 0,
@@ -292,6 +303,10 @@ impl Keeper {
         let Some(peers) = self.peers.as_mut() else { return false };
         peers.unheard.remove(&index);
         match heard {
+            Some(hello) if peers.admits(&hello) && hello.want == Some(PeerWant::Snapshot) => {
+                self.send_snapshot(index, hello.node);
+                false
+            }
             Some(hello) if peers.admits(&hello) => {
                 log::info!("peer link: node {} connected (to node {})", hello.node, peers.node);
                 true
@@ -304,6 +319,26 @@ impl Keeper {
                 }
                 false
             }
+        }
+    }
+
+    /// An admitted peer asked for the snapshot: its connection leaves the loop for a thread
+    /// that sends the snapshot file and closes it (none while [`fetch::MAX_SENDS`] run:
+    /// closed at once).
+    fn send_snapshot(&mut self, index: usize, node: String) {
+        let Some(mut link) = self.links[index].take() else { return };
+        link.deregister(self.poll.registry());
+        let Some(peers) = self.peers.as_ref() else { return };
+        let Some(slot) = peers.sends.start() else {
+            log::warn!(
+                "peer link: node {node:?} asked for the snapshot while {} are being sent: closed",
+                fetch::MAX_SENDS
+            );
+            return;
+        };
+        match link.into_tcp() {
+            Some(stream) => fetch::serve(stream, self.data_dir.clone(), node, slot),
+            None => log::error!("peer link: a peer connection that is not TCP: closed"),
         }
     }
 
