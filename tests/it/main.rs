@@ -9,6 +9,7 @@ mod budgets;
 mod cli;
 mod client;
 mod cluster;
+mod cluster_log;
 mod compat;
 mod dispatch;
 mod durability;

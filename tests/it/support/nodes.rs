@@ -50,11 +50,20 @@ impl Node {
 
     /// Stops the node cleanly (SIGTERM) and waits for it to exit.
     pub fn stop(&mut self) {
+        self.server.as_ref().expect("a running node").signal(Signal::SIGTERM);
+        self.wait_stopped();
+    }
+
+    /// Waits for a node told to stop (SIGTERM) to exit, cleanly.
+    fn wait_stopped(&mut self) {
         let mut server = self.server.take().expect("a running node");
-        server.signal(Signal::SIGTERM);
         let (status, _) = server.wait_exit(DEADLINE);
-        assert!(status.success(), "a clean stop: {status}
-{}", server.log());
+        assert!(
+            status.success(),
+            "a clean stop: {status}
+{}",
+            server.log()
+        );
     }
 
     /// Starts the node again on its port and data directory (it starts from its local
@@ -144,6 +153,16 @@ impl Nodes {
         let nodes = Nodes { nodes };
         nodes.leader();
         nodes
+    }
+
+    /// Stops the nodes `which` cleanly at once (SIGTERM to each, then waits for each).
+    pub fn stop_together(&mut self, which: &[usize]) {
+        for &i in which {
+            self.nodes[i].server.as_ref().expect("a running node").signal(Signal::SIGTERM);
+        }
+        for &i in which {
+            self.nodes[i].wait_stopped();
+        }
     }
 
     /// Every node's address.
