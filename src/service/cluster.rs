@@ -32,6 +32,14 @@
 //!   asks for an empty turn every [`Settings::heartbeat_ms`] ([`Effect::Heartbeat`]), so the
 //!   last batch's time is never far behind the moment a leader was last alive, and the
 //!   grace a takeover gives stays close to the real gap.
+//! - **A log kept small.** Each node snapshots its replica locally when enough was applied
+//!   since the last ([`Cluster::may_snapshot`]; a leader first takes no new input until
+//!   its turns are committed, [`Cluster::wants_quiet`]) and publishes the snapshot's
+//!   position ([`Effect::Publish`]). A leader reads the positions ([`Effect::ReadNodes`])
+//!   and trims the log below the lowest of them and its own ([`Effect::Trim`]), compacting
+//!   etcd's history one trim behind ([`Effect::Compact`]). A node whose next batch was
+//!   trimmed applies nothing and may not lead until it has fetched the leader's snapshot
+//!   ([`Effect::Fetch`]) and started again from it ([`Effect::Rebuild`]).
 
 use std::collections::VecDeque;
 

@@ -19,8 +19,13 @@
 //! - **Rebuild.** A replica holding a turn that never reached the log ends the keeper with
 //!   [`EXIT_REBUILD`]; the master starts a new one at once, which replays the log.
 //!
-//! The local journal is not written in cluster mode: a keeper starts from the log in etcd
-//! (local snapshots at log positions are the next step, docs/cluster.md).
+//! - **Snapshots.** The replica is written to the data directory when the rules say it may
+//!   be ([`replica`]), at a clean stop too; a leader takes no input meanwhile
+//!   (`cluster_quiet`). A node needing the leader's snapshot fetches it over the peer link.
+//!
+//! The local journal is not written in cluster mode: a keeper starts from its local
+//! snapshot, if any, and reads the log in etcd after it (docs/cluster.md, "Snapshots and a
+//! log kept small").
 
 use std::collections::VecDeque;
 use std::io;
