@@ -880,6 +880,10 @@ pub fn stream_head() -> Response {
 /// The comment sent on an idle stream.
 pub const SSE_PING: &[u8] = b": ping\n\n";
 
+/// The last thing a stream ended by a drain sends: its client reconnects after a second
+/// (with `Last-Event-ID`, to another worker or node), not after its own default.
+pub const SSE_RETRY_HINT: &[u8] = b"retry: 1000\n\n";
+
 /// One Server-Sent Event.
 pub fn sse_event<T: Serialize>(id: u64, name: &str, data: &T) -> Vec<u8> {
     let json = serde_json::to_string(data).unwrap_or_else(|_| "{}".into());

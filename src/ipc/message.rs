@@ -750,6 +750,15 @@ pub enum FromKeeper {
         /// The answer.
         reply: LockReply,
     },
+    /// Request `id` waits in a queue (its answer comes later): where it stands now, the
+    /// answer its client gets if the wait must end early (a drain, or its keeper or leader
+    /// lost), so the client keeps its place.
+    Waiting {
+        /// The request id.
+        id: u64,
+        /// Where it stands (`queued`, with its ticket).
+        reply: LockReply,
+    },
     /// An event for a ticket watched on this channel.
     Event {
         /// The lock.

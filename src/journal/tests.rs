@@ -280,7 +280,9 @@ fn exact(out: Outbox) -> Outbox {
 /// snapshot (a service restored from one estimates again once its locks have a history).
 fn without_estimates(mut out: Outbox) -> Outbox {
     for (_, message) in &mut out {
-        if let FromKeeper::Reply { reply: LockReply::Queued { eta_ms, .. }, .. } = message {
+        if let FromKeeper::Reply { reply: LockReply::Queued { eta_ms, .. }, .. }
+        | FromKeeper::Waiting { reply: LockReply::Queued { eta_ms, .. }, .. } = message
+        {
             *eta_ms = None;
         }
     }
@@ -304,6 +306,7 @@ fn coverage(records: &[Record], sent: &[Outbox], seen: &mut BTreeMap<&'static st
                 FromKeeper::Reply { reply: LockReply::Written { .. }, .. } => "written and released",
                 FromKeeper::Reply { reply: LockReply::OutboxAccepted { .. }, .. } => "outbox call accepted",
                 FromKeeper::Reply { reply: LockReply::OutboxDone, .. } => "outbox entry retried or deleted",
+                FromKeeper::Waiting { .. } => "a wait begun",
                 FromKeeper::Event { .. } => "event",
                 FromKeeper::Deliver { .. } => "delivery handed out",
                 _ => continue,
@@ -377,6 +380,7 @@ fn r22_live_handling_and_a_replay_of_its_journal_end_in_the_same_state_with_the_
     assert!(reads > 1_000, "only {reads} reads");
     for kind in [
         "a wait answered later",
+        "a wait begun",
         "held",
         "queued with an estimate",
         "written and released",

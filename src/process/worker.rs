@@ -156,7 +156,14 @@ struct Pending {
     label: &'static str,
     started_us: u64,
     purpose: Purpose,
+    /// Where the request stands while it waits in a queue (the keeper says so when it
+    /// starts waiting): its answer if the wait must end early.
+    queued: Option<LockReply>,
 }
+
+/// How soon a client whose wait was ended early (a drain, its keeper or leader lost) is
+/// told to ask again, in seconds.
+const WAIT_AGAIN_AFTER_S: &str = "1";
 
 /// A `/metrics` request waiting for the master.
 struct PendingMetrics {
@@ -458,6 +465,7 @@ impl Worker {
             match k.recv::<FromKeeper>() {
                 Ok(Some(FromKeeper::Hello { generation })) => self.keeper_generation = generation,
                 Ok(Some(FromKeeper::Reply { id, reply })) => self.on_reply(id, &reply),
+                Ok(Some(FromKeeper::Waiting { id, reply })) => self.on_waiting(id, reply),
                 Ok(Some(FromKeeper::Event { lock, ticket, event })) => self.on_event(lock, ticket, &event),
                 Ok(Some(FromKeeper::Deliver { .. })) => log::error!("the keeper sent deliveries to a worker"),
                 Ok(Some(FromKeeper::Cluster { status })) => self.cluster = Some(status),
@@ -475,8 +483,53 @@ impl Worker {
         self.clients.get_mut(slot).and_then(Option::as_mut).filter(|c| c.id == client_id)
     }
 
+    /// Request `id` waits in a queue: where it stands is kept for an early answer, given at
+    /// once if this worker is draining.
+    fn on_waiting(&mut self, id: u64, reply: LockReply) {
+        let Some(p) = self.pending.get_mut(&id) else { return };
+        p.queued = Some(reply);
+        if self.draining {
+            self.end_wait_early(id);
+        }
+    }
+
+    /// Ends the wait of request `id` now: its client gets where it stands (its ticket, so it
+    /// keeps its place) with `Retry-After`, and the keeper stops the wait (the waiter stays
+    /// queued under the presence rules).
+    fn end_wait_early(&mut self, id: u64) {
+        let Some(p) = self.pending.remove(&id) else { return };
+        if let Some(c) = self.client(p.slot, p.client_id) {
+            c.waits.retain(|&w| w != id);
+        }
+        if let Some(k) = self.keeper.as_mut() {
+            let _ = k.send(&ToKeeper::Cancel { id });
+        }
+        self.answer_early(p);
+    }
+
+    /// Answers a waiting request with where it stood, if the keeper said; `false` (nothing
+    /// done) otherwise.
+    fn answer_early(&mut self, p: Pending) -> bool {
+        let (Some(queued), Purpose::Answer { finish, .. }) = (&p.queued, &p.purpose) else { return false };
+        if self.client(p.slot, p.client_id).is_none() {
+            return true;
+        }
+        let response = shape(finish, queued).with_header("Retry-After", WAIT_AGAIN_AFTER_S);
+        self.finish(p.slot, p.client_id, p.seq, p.label, p.started_us, &response);
+        true
+    }
+
     fn on_reply(&mut self, id: u64, reply: &LockReply) {
         let Some(p) = self.pending.remove(&id) else { return };
+        // The link to the leader broke while the request waited: it is still queued there
+        // (its wait was committed before the keeper said so), and its client keeps its place.
+        if matches!(reply, LockReply::Unknown { .. }) && p.queued.is_some() {
+            if let Some(c) = self.client(p.slot, p.client_id) {
+                c.waits.retain(|&w| w != id);
+            }
+            self.answer_early(p);
+            return;
+        }
         let alive = match self.client(p.slot, p.client_id) {
             Some(c) => {
                 c.waits.retain(|&w| w != id);
@@ -560,8 +613,10 @@ impl Worker {
         self.next_request_id += 1;
         if k.send(&ToKeeper::Request { id, op }).is_ok() {
             let purpose = Purpose::Nothing;
-            self.pending
-                .insert(id, Pending { slot: usize::MAX, client_id: 0, seq: 0, label: "", started_us: 0, purpose });
+            self.pending.insert(
+                id,
+                Pending { slot: usize::MAX, client_id: 0, seq: 0, label: "", started_us: 0, purpose, queued: None },
+            );
         }
     }
 
@@ -585,6 +640,15 @@ impl Worker {
     fn fail_pending(&mut self, response: &Response) {
         for (_, p) in std::mem::take(&mut self.pending) {
             if matches!(p.purpose, Purpose::Nothing) {
+                continue;
+            }
+            if p.queued.is_some() {
+                // A waiting request: its client keeps its place (the new keeper's start
+                // records end the old channel's waits; the waiter stays queued).
+                if let Some(c) = self.client(p.slot, p.client_id) {
+                    c.waits.clear();
+                }
+                self.answer_early(p);
                 continue;
             }
             if let Some(c) = self.client(p.slot, p.client_id) {
@@ -613,9 +677,21 @@ impl Worker {
         for mut l in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l);
         }
+        // Draining never waits on a long-poll: every wait ends now with its place (a wait
+        // the keeper has not placed yet ends as soon as it does).
+        let waiting: Vec<u64> = self.pending.iter().filter(|(_, p)| p.queued.is_some()).map(|(&id, _)| id).collect();
+        for id in waiting {
+            self.end_wait_early(id);
+        }
         let now = self.turn_ms();
+        let cfg = self.settings.conn;
         for slot in 0..self.clients.len() {
             if let Some(c) = self.clients[slot].as_mut() {
+                if c.events.is_some() {
+                    // The stream ends: its client reconnects (to another worker or node)
+                    // with Last-Event-ID after this long.
+                    c.conn.stream_push(api::SSE_RETRY_HINT, now, &cfg);
+                }
                 c.conn.drain(now);
                 self.dirty.push(slot);
             }
@@ -963,7 +1039,7 @@ impl Worker {
                 c.waits.push(id);
             }
         }
-        self.pending.insert(id, Pending { slot, client_id, seq, label: def.label, started_us, purpose });
+        self.pending.insert(id, Pending { slot, client_id, seq, label: def.label, started_us, purpose, queued: None });
     }
 
     fn snapshot(&self) -> WorkerSnapshot {

@@ -724,6 +724,9 @@ impl Service {
                             }
                         }
                         let deadline_ms = at.now_ms.saturating_add(wait_ms);
+                        // Where it stands, for an answer its worker may have to give early.
+                        let reply = self.queued(&key.0, place);
+                        self.pending_replies.push((link, FromKeeper::Waiting { id, reply }));
                         self.wait_of_request.insert((link, id), key.clone());
                         self.wait_deadlines.insert((deadline_ms, link, id));
                         self.waits.insert(key, Wait { link, id, then, deadline_ms });

@@ -63,6 +63,14 @@ fn reply_to(out: &Outbox, link: LinkId, id: u64) -> Option<LockReply> {
     })
 }
 
+/// What the keeper said of request `id` of `link` when it began to wait, if it did.
+fn waiting(out: &Outbox, link: LinkId, id: u64) -> Option<LockReply> {
+    out.iter().find_map(|(l, m)| match m {
+        FromKeeper::Waiting { id: i, reply } if *l == link && *i == id => Some(reply.clone()),
+        _ => None,
+    })
+}
+
 fn held(reply: Option<LockReply>) -> LeaseView {
     match reply {
         Some(LockReply::Held { lease, .. }) => lease,
@@ -96,10 +104,13 @@ fn a_waiting_acquire_is_answered_when_granted() {
 fn a_wait_that_ends_answers_with_the_place_and_the_waiter_stays() {
     let mut w = World::new();
     held(reply_to(&w.request(1, 1, acquire(None, 0, Then::Hold, false)), 1, 1));
-    assert!(w.request(2, 7, acquire(None, 2_000, Then::Hold, false)).is_empty());
+    let began = w.request(2, 7, acquire(None, 2_000, Then::Hold, false));
+    assert_eq!(began.len(), 1, "no answer while it waits, only where it stands: {began:?}");
+    let placed = queued_ticket(waiting(&began, 2, 7));
     assert_eq!(w.s.next_deadline(), Some(w.now + 2_000));
     assert!(reply_to(&w.tick(1_999), 2, 7).is_none());
     let ticket = queued_ticket(reply_to(&w.tick(1), 2, 7));
+    assert_eq!(ticket, placed, "the place it was told of when it began to wait");
     // Queued, unwatched: it stays for waiter_ttl_ms unless it comes back.
     assert!(matches!(
         reply_to(&w.request(2, 8, LockOp::Touch { lock: lock(), ticket }), 2, 8),
@@ -206,7 +217,8 @@ fn compat_write_waits_then_writes_and_releases_or_leaves_in_time() {
     let write = |value: &str| Then::WriteAndRelease { key: key.clone(), value: value.into() };
     let holder = held(reply_to(&w.request(1, 3, acquire(None, 0, Then::Hold, true)), 1, 3));
     // A write while held waits (the resource's 2 s), then gives up: nothing written, not queued.
-    assert!(w.request(2, 4, acquire(None, 0, write("{\"a\":1}"), true)).is_empty());
+    let began = w.request(2, 4, acquire(None, 0, write("{\"a\":1}"), true));
+    assert!(reply_to(&began, 2, 4).is_none() && waiting(&began, 2, 4).is_some(), "{began:?}");
     let out = w.tick(2_000);
     assert!(matches!(reply_to(&out, 2, 4), Some(LockReply::Queued { .. })));
     assert_eq!(w.s.table().lock_view("printer").unwrap().queue_length, 0);

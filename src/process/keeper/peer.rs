@@ -383,6 +383,12 @@ impl Keeper {
                         out.push((link, FromKeeper::Reply { id: local, reply }));
                     }
                 }
+                Ok(Some(FromKeeper::Waiting { id, reply })) => {
+                    // The request waits on: its worker learns where it stands.
+                    if let Some(&(link, local)) = forward.pending.get(&id) {
+                        out.push((link, FromKeeper::Waiting { id: local, reply }));
+                    }
+                }
                 Ok(Some(FromKeeper::Event { lock, ticket, event })) => {
                     if let Some(&link) = forward.watches.get(&(lock.clone(), ticket)) {
                         out.push((link, FromKeeper::Event { lock, ticket, event }));
