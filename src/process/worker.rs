@@ -677,12 +677,6 @@ impl Worker {
         for mut l in self.listeners.drain(..) {
             let _ = self.poll.registry().deregister(&mut l);
         }
-        // Draining never waits on a long-poll: every wait ends now with its place (a wait
-        // the keeper has not placed yet ends as soon as it does).
-        let waiting: Vec<u64> = self.pending.iter().filter(|(_, p)| p.queued.is_some()).map(|(&id, _)| id).collect();
-        for id in waiting {
-            self.end_wait_early(id);
-        }
         let now = self.turn_ms();
         let cfg = self.settings.conn;
         for slot in 0..self.clients.len() {
@@ -695,6 +689,13 @@ impl Worker {
                 c.conn.drain(now);
                 self.dirty.push(slot);
             }
+        }
+        // Draining never waits on a long-poll: every wait ends now with its place (a wait
+        // the keeper has not placed yet ends as soon as it does). After the connections
+        // drain, so that these last answers close them.
+        let waiting: Vec<u64> = self.pending.iter().filter(|(_, p)| p.queued.is_some()).map(|(&id, _)| id).collect();
+        for id in waiting {
+            self.end_wait_early(id);
         }
     }
 

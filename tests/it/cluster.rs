@@ -623,3 +623,45 @@ fn r14_round_robin_clients_over_every_node_lose_no_acknowledged_change_across_a_
         killed_at.saturating_duration_since(gap_from).as_millis()
     );
 }
+
+#[test]
+fn r14_a_long_poll_held_on_a_follower_keeps_its_place_when_the_leader_is_killed() {
+    let etcd = EtcdCluster::start();
+    let mut cluster = Nodes::start_peered(&etcd, 3, 1);
+    let leader = cluster.leader();
+    let via = cluster.nodes[(leader + 1) % 3].addr;
+    let holder = once(via, "POST", "/v1/locks/line/acquire", &[], r#"{"ttl_ms":60000}"#).json();
+    let holder = holder["ticket"].as_str().unwrap().to_string();
+    let mut waiting = Client::connect(via).unwrap();
+    let body = r#"{"ttl_ms":60000,"wait_ms":60000}"#;
+    let request =
+        format!("POST /v1/locks/line/acquire HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    waiting.send_raw(request.as_bytes()).unwrap();
+    let leader_addr = cluster.nodes[leader].addr;
+    wait_for("the long-poll to wait at the leader", || {
+        let metrics = text(&once(leader_addr, "GET", "/metrics", &[], ""));
+        let n = metrics.lines().find_map(|l| l.strip_prefix("leasehold_waiting_requests ")).map(str::to_string);
+        (n.as_deref() == Some("1")).then_some(()).ok_or(n)
+    });
+    cluster.nodes[leader].kill();
+    // Answered with where it stands: its client keeps its place.
+    let r = waiting.read_reply().expect("an answer when the link to the leader breaks");
+    let j = r.json();
+    assert_eq!((r.status, j["status"].as_str(), j["position"].as_u64()), (202, Some("queued"), Some(1)), "{j}");
+    assert_eq!(r.header("Retry-After"), Some("1"));
+    let ticket = j["ticket"].as_str().unwrap().to_string();
+    // Under the new leader the ticket is still first in line, and gets the lock when the
+    // holder lets go (asked again with its ticket, as its answer said).
+    let new = cluster.leader();
+    assert_ne!(new, leader);
+    let status = wait_for("the ticket, through the same node under the new leader", || {
+        let r = once(via, "GET", &format!("/v1/locks/line/tickets/{ticket}"), &[], "");
+        (r.status == 200).then(|| r.json()).ok_or_else(|| text(&r))
+    });
+    assert_eq!((status["status"].as_str(), status["position"].as_u64()), (Some("queued"), Some(1)), "{status}");
+    let release = once(via, "POST", "/v1/locks/line/release", &[], &format!(r#"{{"ticket":"{holder}"}}"#));
+    assert_eq!(release.status, 200, "{}", text(&release));
+    let again = format!(r#"{{"ticket":"{ticket}","ttl_ms":60000,"wait_ms":10000}}"#);
+    let granted = once(via, "POST", "/v1/locks/line/acquire", &[], &again);
+    assert_eq!((granted.status, granted.json()["ticket"].as_str()), (200, Some(ticket.as_str())), "{}", text(&granted));
+}

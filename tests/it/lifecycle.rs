@@ -615,7 +615,7 @@ fn r22_a_reload_adds_removes_and_changes_api_keys() {
 // ----- the keeper dies -----
 
 #[test]
-fn r22_a_request_waiting_when_the_keeper_dies_gets_503_and_its_ticket_keeps_its_place() {
+fn r22_a_request_waiting_when_the_keeper_dies_is_answered_with_its_ticket_which_keeps_its_place() {
     // Waiters that do not show up for 3 s are dropped. The keeper stays down for longer than
     // that; a recovery gives every waiter a fresh 3 s, in which the test looks (it takes
     // milliseconds).
@@ -641,10 +641,15 @@ fn r22_a_request_waiting_when_the_keeper_dies_gets_503_and_its_ticket_keeps_its_
     s.signal(Signal::SIGSTOP);
     let keeper = s.keeper_pid();
     signal_pid(keeper, Signal::SIGKILL);
-    // The waiting request gets the documented answer: the keeper is unavailable, try again
-    // in a second.
+    // The waiting request gets the documented answer: where it stands, its ticket, and to
+    // ask again in a second.
     let r = waiting.read_reply().unwrap();
-    assert_eq!(error_of(&r), (503, "keeper_unavailable".into()));
+    let j = r.json();
+    assert_eq!(
+        (r.status, j["ticket"].as_str(), j["position"].as_u64()),
+        (202, Some(queued[0].as_str()), Some(1)),
+        "{j}"
+    );
     assert_eq!(r.header("Retry-After"), Some("1"));
     assert!(wait_for_exit(keeper, DEADLINE).unwrap());
     let last_seen_ms = wall_ms();
@@ -702,4 +707,56 @@ fn r22_a_lease_whose_ttl_ends_while_no_keeper_runs_expires_at_recovery_and_its_q
     assert_eq!((r.status, j["status"].as_str()), (200, Some("acquired")), "{j}");
     assert!(j["fence"].as_u64().unwrap() > fence, "{j}");
     assert_eq!(error_of(&once_served(s.addr, "POST", "/v1/locks/lapse/renew", &renew)), (410, "lease_lost".into()));
+}
+
+#[test]
+fn r15_sigterm_with_1000_long_polls_answers_each_at_once_with_its_ticket_and_a_restart_keeps_their_order() {
+    const WAITERS: usize = 1_000;
+    // The drain timeout is far above the deadline of `wait_exit`: an exit within it did not
+    // wait for the long-polls (each asks to wait a minute).
+    let text =
+        config("workers = 2\ndrain_timeout_ms = 600000", "[locks]\nwaiter_ttl_ms = 60000\nmax_wait_ms = 60000\n");
+    let mut s = Server::start(&text);
+    let data_dir = s.data_dir();
+    let holder = once(s.addr, "POST", "/v1/locks/line/acquire", &[], r#"{"ttl_ms":600000}"#).json();
+    let holder = holder["ticket"].as_str().unwrap().to_string();
+    let request = r#"{"ttl_ms":600000,"wait_ms":60000}"#;
+    let head = format!("POST /v1/locks/line/acquire HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", request.len());
+    let mut waiting: Vec<Client> = (0..WAITERS)
+        .map(|_| {
+            let mut c = Client::connect(s.addr).unwrap();
+            c.send_raw(format!("{head}{request}").as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    s.wait_waiting_requests(WAITERS, None);
+    let signalled = Instant::now();
+    s.signal(Signal::SIGTERM);
+    let mut told = Vec::new();
+    for c in &mut waiting {
+        let r = c.read_reply().expect("every waiter is answered");
+        let j = r.json();
+        assert_eq!((r.status, j["status"].as_str()), (202, Some("queued")), "{j}");
+        assert_eq!(r.header("Retry-After"), Some("1"));
+        assert!(r.closes(), "a draining worker closes the connection");
+        told.push((j["ticket"].as_str().unwrap().to_string(), j["position"].as_u64().unwrap()));
+    }
+    let (status, _) = s.wait_exit(DEADLINE);
+    let took = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", s.log());
+    println!("SIGTERM with {WAITERS} long-polls: every one answered and the server gone in {took:?}");
+    let mut positions: Vec<u64> = told.iter().map(|(_, p)| *p).collect();
+    positions.sort_unstable();
+    assert_eq!(positions, (1..=WAITERS as u64).collect::<Vec<_>>(), "each told its own place");
+    // Started again on its data: the holder still holds, and each ticket waits where it was
+    // told it stands.
+    let restarted =
+        Server::start(&format!("{text}\n").replacen("[server]\n", &format!("[server]\ndata_dir = {data_dir:?}\n"), 1));
+    let r = once(restarted.addr, "GET", &format!("/v1/locks/line/tickets/{holder}"), &[], "");
+    assert_eq!(r.json()["status"].as_str(), Some("acquired"));
+    for (ticket, position) in &told {
+        let r = once(restarted.addr, "GET", &format!("/v1/locks/line/tickets/{ticket}"), &[], "");
+        let j = r.json();
+        assert_eq!((j["status"].as_str(), j["position"].as_u64()), (Some("queued"), Some(*position)), "{j}");
+    }
 }
