@@ -114,6 +114,8 @@ struct Child {
     fds: OwnedFd,
     state: State,
     started_ms: u64,
+    /// When a reload told it to drain: killed if it is still there `drain_timeout_ms` later.
+    retired_ms: Option<u64>,
     open_connections: u32,
     /// Generation of the keeper this worker last got a channel to.
     keeper_given: u64,
@@ -462,6 +464,11 @@ impl Master {
         if let Some(w) = self.next_watchdog_ms {
             consider(w);
         }
+        for c in self.children.values() {
+            if let Some(at) = c.retired_ms {
+                consider(at.saturating_add(self.config.server.drain_timeout_ms));
+            }
+        }
         next
     }
 
@@ -561,6 +568,7 @@ impl Master {
             fds: fds_master,
             state: State::Starting,
             started_ms: now,
+            retired_ms: None,
             open_connections: 0,
             keeper_given: 0,
         })
@@ -743,8 +751,10 @@ impl Master {
 
     /// Tells a worker that has been replaced to drain and exit.
     fn retire_worker(&mut self, generation: u64) {
+        let now = self.clock.now_ms();
         if let Some(c) = self.children.get_mut(&generation) {
             c.state = State::Leaving;
+            c.retired_ms = Some(now);
             log::debug!("draining worker pid {}", c.pid);
         }
         self.send(generation, &ToChild::Drain);
@@ -914,6 +924,19 @@ impl Master {
             self.notify("WATCHDOG=1");
             let half_ms = self.notifier.watchdog_usec().unwrap_or(2_000_000) / 2_000;
             self.next_watchdog_ms = Some(now + half_ms.max(1));
+        }
+        // `drain_timeout_ms` bounds a reload's drains as it bounds a stop's.
+        let drain_ms = self.config.server.drain_timeout_ms;
+        for c in self.children.values_mut() {
+            if c.retired_ms.is_some_and(|at| now >= at.saturating_add(drain_ms)) {
+                log::warn!(
+                    "{} pid {} did not drain within {drain_ms} ms of a reload: killing it",
+                    c.role.describe(),
+                    c.pid
+                );
+                process::kill(c.pid, Signal::SIGKILL);
+                c.retired_ms = None;
+            }
         }
         if let Phase::Stopping { mut deadline_ms, mut keeper_deadline_ms } = self.phase {
             if now >= deadline_ms {

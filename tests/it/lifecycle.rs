@@ -760,3 +760,42 @@ fn r15_sigterm_with_1000_long_polls_answers_each_at_once_with_its_ticket_and_a_r
         assert_eq!((j["status"].as_str(), j["position"].as_u64()), (Some("queued"), Some(*position)), "{j}");
     }
 }
+
+#[test]
+fn r15_a_reload_answers_long_polls_with_their_tickets_and_kills_a_worker_that_does_not_drain_in_time() {
+    // Long-polls asking to wait a minute: the old workers leave at once all the same.
+    let mut s = Server::start(&config("workers = 2\ndrain_timeout_ms = 1500", "[locks]\nmax_wait_ms = 60000\n"));
+    let holder = once(s.addr, "POST", "/v1/locks/line/acquire", &[], r#"{"ttl_ms":600000}"#);
+    assert_eq!(holder.status, 200);
+    let body = r#"{"wait_ms":60000}"#;
+    let request =
+        format!("POST /v1/locks/line/acquire HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let mut waiting: Vec<Client> = (0..20)
+        .map(|_| {
+            let mut c = Client::connect(s.addr).unwrap();
+            c.send_raw(request.as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    s.wait_waiting_requests(20, None);
+    let before = s.worker_pids();
+    s.signal(Signal::SIGUSR1);
+    s.wait_note("READY=1");
+    for c in &mut waiting {
+        let r = c.read_reply().expect("every long-poll is answered by the reload");
+        assert_eq!((r.status, r.json()["status"].as_str()), (202, Some("queued")), "{}", r.json());
+        assert_eq!(r.header("Retry-After"), Some("1"));
+    }
+    for pid in &before {
+        assert!(wait_for_exit(*pid, DEADLINE).unwrap(), "worker {pid} of before the reload is still there");
+    }
+    assert!(!s.log().contains("did not drain"), "{}", s.log());
+    // A worker that cannot drain (frozen) is killed once the drain timeout has passed.
+    let stuck = s.worker_pids()[0];
+    signal_pid(stuck, Signal::SIGSTOP);
+    s.signal(Signal::SIGUSR1);
+    s.wait_note("READY=1");
+    assert!(wait_for_exit(stuck, DEADLINE).unwrap(), "the frozen worker was killed");
+    s.wait_log(&format!("pid {stuck} did not drain within 1500 ms of a reload: killing it"));
+    assert_eq!(once(s.addr, "GET", "/v1/locks/line", &[], "").status, 200, "the service goes on");
+}
