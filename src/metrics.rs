@@ -13,7 +13,8 @@
 //! | `max_unsent_bytes` | gauge | | workers |
 //! | `connections_total` | counter | | workers |
 //! | `workers` | gauge | `state` (`configured`, `ready`) | master |
-//! | `restarts_total` | counter | `role` (`worker`, `keeper`) | master |
+//! | `restarts_total` | counter | `role` (`worker`, `keeper`, `courier`) | master |
+//! | `hangs_total` | counter | `role` (`worker`, `keeper`, `courier`) | master |
 //! | `reloads_total` | counter | `result` (`ok`, `refused`) | master |
 //! | `handoff_failures_total` | counter | | master |
 //! | `keeper_up` | gauge | | master |
@@ -224,6 +225,15 @@ pub struct MasterSnapshot {
     /// Couriers restarted after dying.
     #[serde(default)]
     pub courier_restarts: u64,
+    /// Workers killed for not answering pings.
+    #[serde(default)]
+    pub worker_hangs: u64,
+    /// Keepers killed for not answering pings.
+    #[serde(default)]
+    pub keeper_hangs: u64,
+    /// Couriers killed for not answering pings.
+    #[serde(default)]
+    pub courier_hangs: u64,
     /// Reloads applied.
     pub reloads_ok: u64,
     /// Reloads refused (invalid configuration).
@@ -333,6 +343,12 @@ pub fn render(
     let _ = writeln!(out, "leasehold_restarts_total{{role=\"worker\"}} {}", master.worker_restarts);
     let _ = writeln!(out, "leasehold_restarts_total{{role=\"keeper\"}} {}", master.keeper_restarts);
     let _ = writeln!(out, "leasehold_restarts_total{{role=\"courier\"}} {}", master.courier_restarts);
+    header(&mut out, "hangs_total", "counter", "Child processes killed for not answering the master's pings, by role.");
+    for (role, n) in
+        [("worker", master.worker_hangs), ("keeper", master.keeper_hangs), ("courier", master.courier_hangs)]
+    {
+        let _ = writeln!(out, "leasehold_hangs_total{{role=\"{role}\"}} {n}");
+    }
     header(&mut out, "reloads_total", "counter", "Configuration reloads, by result.");
     let _ = writeln!(out, "leasehold_reloads_total{{result=\"ok\"}} {}", master.reloads_ok);
     let _ = writeln!(out, "leasehold_reloads_total{{result=\"refused\"}} {}", master.reloads_refused);

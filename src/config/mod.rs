@@ -38,6 +38,8 @@ pub const DEFAULT_WORKERS: u64 = 0;
 pub const MAX_WORKERS: u64 = 256;
 /// Default time in-flight requests get to finish on shutdown or reload.
 pub const DEFAULT_DRAIN_TIMEOUT_MS: u64 = 10_000;
+/// Default of `server.child_ping_timeout_ms`.
+pub const DEFAULT_CHILD_PING_TIMEOUT_MS: u64 = 10_000;
 /// Default open connections per worker before new ones get 503.
 pub const DEFAULT_MAX_CONNECTIONS: u64 = 10_000;
 /// Default longest delay before a crashed child is restarted.
@@ -137,6 +139,9 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     /// Time in-flight requests get on shutdown or reload.
     pub drain_timeout_ms: u64,
+    /// A child that has not answered the master's pings for this long is hung: killed and
+    /// replaced.
+    pub child_ping_timeout_ms: u64,
     /// Open connections per worker.
     pub max_connections: u64,
     /// Log level (`error`, `warn`, `info`, `debug`, `trace`).
@@ -513,6 +518,14 @@ fn validate_server(r: &mut Reader<'_>) -> ServerConfig {
     };
     let drain_timeout_ms =
         r.int("server", "drain_timeout_ms", "LEASEHOLD_DRAIN_TIMEOUT_MS", DEFAULT_DRAIN_TIMEOUT_MS, 0, 600_000);
+    let child_ping_timeout_ms = r.int(
+        "server",
+        "child_ping_timeout_ms",
+        "LEASEHOLD_CHILD_PING_TIMEOUT_MS",
+        DEFAULT_CHILD_PING_TIMEOUT_MS,
+        1_000,
+        600_000,
+    );
     let max_connections =
         r.int("server", "max_connections", "LEASEHOLD_MAX_CONNECTIONS", DEFAULT_MAX_CONNECTIONS, 1, 1_000_000);
     let log_level = match r.string("server", "log_level", "LEASEHOLD_LOG_LEVEL") {
@@ -550,6 +563,7 @@ fn validate_server(r: &mut Reader<'_>) -> ServerConfig {
         balance,
         data_dir,
         drain_timeout_ms,
+        child_ping_timeout_ms,
         max_connections,
         log_level,
         restart_delay_max_ms,

@@ -79,6 +79,12 @@ pub enum ToChild {
         /// Collection id.
         id: u64,
     },
+    /// Are you there? Answered with [`ToMaster::Pong`] with the same number by every child
+    /// whose loop runs (a child that stops answering is hung: killed and replaced).
+    Ping {
+        /// The ping's number.
+        n: u64,
+    },
     /// The `/metrics` page a worker asked for.
     MetricsText {
         /// The worker's request id.
@@ -94,6 +100,11 @@ pub enum ToChild {
 pub enum ToMaster {
     /// Started and serving.
     Ready,
+    /// The answer to [`ToChild::Ping`].
+    Pong {
+        /// The ping's number.
+        n: u64,
+    },
     /// Connections handed over by the master that have closed since the last report.
     Closed {
         /// How many.

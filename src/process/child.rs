@@ -11,7 +11,7 @@ use mio::Token;
 
 use super::channel::{Channel, ChannelError};
 use crate::config::Config;
-use crate::ipc::message::{FdRecord, Start, ToChild};
+use crate::ipc::message::{FdRecord, Start, ToChild, ToMaster};
 use crate::sys::fdpass;
 use crate::sys::process;
 use crate::sys::signals::{self, Signal};
@@ -63,12 +63,15 @@ pub fn boot(name: &str, master_pid: i32, control_token: Token) -> Result<Boot, S
 }
 
 /// Reads every message waiting on the control channel. `Err(code)` means the master is gone
-/// (or the channel broke) and the child must exit with `code`; the reason is logged.
+/// (or the channel broke) and the child must exit with `code`; the reason is logged. A ping
+/// is answered here (the answer leaves with the loop's next flush of the channel): every
+/// child whose loop runs answers its master's pings.
 pub fn read_control(control: &mut Channel) -> Result<Vec<ToChild>, i32> {
     let mut messages = Vec::new();
     let mut broken = control.fill().err();
     while broken.is_none() {
         match control.recv::<ToChild>() {
+            Ok(Some(ToChild::Ping { n })) => broken = control.send(&ToMaster::Pong { n }).err(),
             Ok(Some(m)) => messages.push(m),
             Ok(None) => return Ok(messages),
             Err(e) => broken = Some(e),

@@ -116,6 +116,9 @@ struct Child {
     started_ms: u64,
     /// When a reload told it to drain: killed if it is still there `drain_timeout_ms` later.
     retired_ms: Option<u64>,
+    /// When it last answered a ping (or became ready): hung once this is
+    /// `child_ping_timeout_ms` ago.
+    heard_ms: u64,
     open_connections: u32,
     /// Generation of the keeper this worker last got a channel to.
     keeper_given: u64,
@@ -295,6 +298,9 @@ struct Master {
     retired: Totals,
     counters: MasterSnapshot,
     next_watchdog_ms: Option<u64>,
+    /// When the children are pinged next, and how many pings were sent.
+    next_ping_ms: u64,
+    pings: u64,
     /// The metadata of every client hand-off (the same bytes each time).
     client_record: Vec<u8>,
     /// The last `STATUS=` sent.
@@ -364,6 +370,8 @@ impl Master {
             retired: Totals::default(),
             counters: MasterSnapshot::default(),
             next_watchdog_ms,
+            next_ping_ms: 0,
+            pings: 0,
             client_record: serde_json::to_vec(&FdRecord::Client).unwrap_or_default(),
             last_status: String::new(),
             overloaded: status::no_worker_free(),
@@ -469,7 +477,48 @@ impl Master {
                 consider(at.saturating_add(self.config.server.drain_timeout_ms));
             }
         }
+        consider(self.next_ping_ms);
         next
+    }
+
+    /// Pings every child that serves, every quarter of `child_ping_timeout_ms`; kills one
+    /// that has not answered for the whole timeout (it is hung: a deadlock, a stuck system
+    /// call, SIGSTOP), to be replaced like a crashed one.
+    fn ping_children(&mut self, now: u64) {
+        if now < self.next_ping_ms {
+            return;
+        }
+        let timeout_ms = self.config.server.child_ping_timeout_ms;
+        self.next_ping_ms = now + (timeout_ms / 4).max(1);
+        self.pings += 1;
+        let mut serving = Vec::new();
+        for (&generation, c) in &mut self.children {
+            if c.state != State::Ready {
+                continue;
+            }
+            if now >= c.heard_ms.saturating_add(timeout_ms) {
+                log::warn!(
+                    "{} pid {} has not answered for {} ms: hung, killing it (it is replaced)",
+                    c.role.describe(),
+                    c.pid,
+                    now - c.heard_ms
+                );
+                process::kill(c.pid, Signal::SIGKILL);
+                // Not again: its death is on its way.
+                c.heard_ms = u64::MAX / 2;
+                match c.role {
+                    Role::Keeper => self.counters.keeper_hangs += 1,
+                    Role::Worker(_) => self.counters.worker_hangs += 1,
+                    Role::Courier => self.counters.courier_hangs += 1,
+                }
+            } else {
+                serving.push(generation);
+            }
+        }
+        let ping = ToChild::Ping { n: self.pings };
+        for generation in serving {
+            self.send(generation, &ping);
+        }
     }
 
     // ----- signals and children -----
@@ -569,6 +618,7 @@ impl Master {
             state: State::Starting,
             started_ms: now,
             retired_ms: None,
+            heard_ms: now,
             open_connections: 0,
             keeper_given: 0,
         })
@@ -662,6 +712,12 @@ impl Master {
         let Some(role) = self.children.get(&generation).map(|c| c.role) else { return };
         match message {
             ToMaster::Ready => self.on_ready(generation, role),
+            ToMaster::Pong { .. } => {
+                let now = self.clock.now_ms();
+                if let Some(c) = self.children.get_mut(&generation) {
+                    c.heard_ms = now;
+                }
+            }
             ToMaster::Closed { connections } => {
                 if let Some(c) = self.children.get_mut(&generation) {
                     c.open_connections = c.open_connections.saturating_sub(connections);
@@ -700,6 +756,7 @@ impl Master {
             return;
         }
         child.state = State::Ready;
+        child.heard_ms = self.clock.now_ms();
         match role {
             Role::Keeper => {
                 self.keeper_ready = true;
@@ -925,6 +982,7 @@ impl Master {
             let half_ms = self.notifier.watchdog_usec().unwrap_or(2_000_000) / 2_000;
             self.next_watchdog_ms = Some(now + half_ms.max(1));
         }
+        self.ping_children(now);
         // `drain_timeout_ms` bounds a reload's drains as it bounds a stop's.
         let drain_ms = self.config.server.drain_timeout_ms;
         for c in self.children.values_mut() {

@@ -799,3 +799,33 @@ fn r15_a_reload_answers_long_polls_with_their_tickets_and_kills_a_worker_that_do
     s.wait_log(&format!("pid {stuck} did not drain within 1500 ms of a reload: killing it"));
     assert_eq!(once(s.addr, "GET", "/v1/locks/line", &[], "").status, 200, "the service goes on");
 }
+
+/// The value of `leasehold_hangs_total` for `role`.
+fn hangs(addr: std::net::SocketAddr, role: &str) -> Option<u64> {
+    let metrics = String::from_utf8(once(addr, "GET", "/metrics", &[], "").body).unwrap();
+    let series = format!("leasehold_hangs_total{{role=\"{role}\"}} ");
+    metrics.lines().find_map(|l| l.strip_prefix(&series)?.parse().ok())
+}
+
+#[test]
+fn r15_a_frozen_worker_courier_or_keeper_is_found_by_its_missed_pings_killed_and_replaced() {
+    let mut s = Server::start(&config("workers = 2\nchild_ping_timeout_ms = 1000", ""));
+    assert_eq!(hangs(s.addr, "worker"), Some(0));
+    // Each frozen in turn (SIGSTOP: alive to the kernel, deaf to the master).
+    let frozen =
+        [("worker", s.worker_pids()[1]), ("courier", s.courier_pid().expect("a courier")), ("keeper", s.keeper_pid())];
+    for (role, pid) in frozen {
+        signal_pid(pid, Signal::SIGSTOP);
+        assert!(wait_for_exit(pid, DEADLINE).unwrap(), "the frozen {role} was killed");
+        s.wait_log(&format!("pid {pid} has not answered for"));
+        s.wait_all_ready(2);
+        crate::support::wait_for(&format!("the {role}'s hang counted"), || {
+            let n = hangs(s.addr, role);
+            (n == Some(1)).then_some(()).ok_or(n)
+        });
+        // Replaced: the service works again end to end.
+        let acquired = once_served(s.addr, "POST", &format!("/v1/locks/after-{role}/acquire"), "{}");
+        assert_eq!(acquired.status, 200, "after the {role} was replaced");
+    }
+    assert_ne!(s.courier_pid(), Some(frozen[1].1), "a new courier");
+}
