@@ -516,7 +516,7 @@ fn a_node_s_snapshot_goes_over_the_peer_link_only_to_a_hello_with_the_secret() {
     let position = Position { seq: 12, at_ms: 1_700_000_000_000, prefix: DEFAULT_CLUSTER_PREFIX.into() };
     let bytes = replica::encode(&ReplicaSnapshot { position, snapshot: Snapshot::new(0, service.export()) }).unwrap();
     let server = node.server.as_ref().unwrap();
-    replica::write(&server.data_dir(), &bytes).unwrap();
+    replica::write(node.data.path(), &bytes).unwrap();
     // Without the secret: closed without a byte, and nothing written.
     let stranger = Fetcher::with("stranger", "not-the-secret-at-all", DEFAULT_CLUSTER_PREFIX);
     let fetched = stranger.fetch(&peer, ours.path());
