@@ -44,6 +44,18 @@ impl std::fmt::Display for ChannelError {
     }
 }
 
+impl ChannelError {
+    /// Whether the peer simply went away (it closed the channel, or its process ended with
+    /// bytes unread: a reset, a broken pipe), not a fault of the channel.
+    pub fn peer_gone(&self) -> bool {
+        match self {
+            Self::Closed => true,
+            Self::Io(e) => matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe),
+            Self::Frame(_) | Self::Stuck => false,
+        }
+    }
+}
+
 impl std::error::Error for ChannelError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {

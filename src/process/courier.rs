@@ -190,7 +190,8 @@ impl Courier {
                 Ok(Some(other)) => log::warn!("unexpected message from the keeper: {other:?}"),
                 Ok(None) => return,
                 Err(e) => {
-                    log::warn!("keeper channel: {e}");
+                    // The master says why at WARN (a keeper that died); this is its echo.
+                    log::info!("keeper channel: {e}");
                     self.keeper_lost();
                     return;
                 }

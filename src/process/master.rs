@@ -33,7 +33,7 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::channel::{Channel, ChannelError};
+use super::channel::Channel;
 use crate::config::{Config, Dispatch};
 use crate::core::balance::Balancer;
 use crate::core::supervise::{History, Restart, RestartPolicy};
@@ -660,8 +660,9 @@ impl Master {
                     w.keeper_given = keeper_gen;
                 }
             }
-            // Tried again on the next timer turn (or when the worker asks).
-            Err(e) => log::warn!("cannot hand the {} its keeper channel: {e}", role.describe()),
+            // Tried again on the next timer turn (or when the worker asks). Seen when the
+            // keeper died meanwhile, which is logged at WARN when it is reaped.
+            Err(e) => log::info!("cannot hand the {} its keeper channel: {e}", role.describe()),
         }
     }
 
@@ -696,7 +697,7 @@ impl Master {
         }
         if let Some(e) = broken {
             // Death itself is handled when the child is reaped.
-            if !matches!(e, ChannelError::Closed) {
+            if !e.peer_gone() {
                 log::warn!("closing the channel of {} (pid {}): {e}", child.role.describe(), child.pid);
             }
             if let Some(mut c) = child.control.take() {

@@ -630,7 +630,8 @@ impl Worker {
         let Some(mut k) = self.keeper.take() else { return };
         k.deregister(self.poll.registry());
         self.cluster = None;
-        log::warn!("keeper channel lost ({why}); refusing keeper requests until the master sends a new one");
+        // The master logs the keeper's death at WARN; each worker's echo of it is INFO.
+        log::info!("keeper channel lost ({why}); refusing keeper requests until the master sends a new one");
         self.fail_pending(&status::keeper_lost_in_flight());
         let _ = self.control.send(&ToMaster::NeedKeeper { lost_generation: self.keeper_generation });
     }

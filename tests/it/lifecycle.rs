@@ -829,3 +829,24 @@ fn r15_a_frozen_worker_courier_or_keeper_is_found_by_its_missed_pings_killed_and
     }
     assert_ne!(s.courier_pid(), Some(frozen[1].1), "a new courier");
 }
+
+#[test]
+fn r15_a_keeper_crash_logs_one_warning_and_a_reload_and_a_stop_log_none() {
+    let mut s = Server::start(&config("workers = 2", ""));
+    let warnings = |log: &str| log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).count();
+    let keeper = s.keeper_pid();
+    signal_pid(keeper, Signal::SIGKILL);
+    s.wait_log_count("keeper ready", 2);
+    let acquired = once_served(s.addr, "POST", "/v1/locks/after/acquire", "{}");
+    assert_eq!(acquired.status, 200);
+    let log = s.log();
+    assert_eq!(warnings(&log), 1, "one warning for a keeper's death:\n{log}");
+    assert!(log.contains(&format!("keeper (pid {keeper}) was killed by SIGKILL")), "{log}");
+    s.signal(Signal::SIGUSR1);
+    s.wait_log_count("reload complete", 1);
+    s.signal(Signal::SIGTERM);
+    let (status, _) = s.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(0));
+    let log = whole_log(&s);
+    assert_eq!(warnings(&log), 1, "a reload and a stop add no warning:\n{log}");
+}

@@ -789,9 +789,11 @@ impl Keeper {
     }
 
     fn drop_link(&mut self, index: usize, why: &ChannelError) {
-        match why {
-            ChannelError::Closed => log::debug!("a worker channel closed"),
-            other => log::warn!("closing a worker channel: {other}"),
+        // Its process left (a drained worker; one that died, which the master tells of).
+        if why.peer_gone() {
+            log::debug!("a worker channel closed ({why})");
+        } else {
+            log::warn!("closing a worker channel: {why}");
         }
         self.close_link(index);
     }
