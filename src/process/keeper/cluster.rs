@@ -18,7 +18,6 @@
 //!   expiries, and this node's courier made the outbox's again.
 //! - **Rebuild.** A replica holding a turn that never reached the log ends the keeper with
 //!   [`EXIT_REBUILD`]; the master starts a new one at once, which replays the log.
-//!
 //! - **Snapshots.** The replica is written to the data directory when the rules say it may
 //!   be ([`replica`]), at a clean stop too; a leader takes no input meanwhile
 //!   (`cluster_quiet`). A node needing the leader's snapshot fetches it over the peer link.
