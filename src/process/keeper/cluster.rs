@@ -552,9 +552,13 @@ impl Keeper {
     /// answers of this loop turn so far belong to a turn not handed over yet, which will
     /// never be in the log either: answered 503 like a resigned turn, never sent as they are.
     fn rebuild(&mut self) -> i32 {
-        log::warn!(
-            "this node's replica holds changes that never reached the log: the keeper starts again from the log"
-        );
+        if self.node().rules.needs_snapshot() {
+            log::info!("the keeper starts again from the leader's snapshot, now this node's");
+        } else {
+            log::warn!(
+                "this node's replica holds changes that never reached the log: the keeper starts again from the log"
+            );
+        }
         let reply = self.node().not_leader();
         let unsent = std::mem::take(&mut self.outbox);
         let released = std::mem::take(&mut self.node().released);
