@@ -270,9 +270,10 @@ pub enum Effect {
         /// The turns.
         tokens: Vec<u64>,
     },
-    /// The replica holds turns that never reached the log: rebuild it from the log (the
-    /// keeper starts again from what was committed). Comes after every turn this node
-    /// applied was acknowledged or resigned.
+    /// The replica holds turns that never reached the log, or the leader's snapshot was
+    /// fetched as this node's: rebuild it (the keeper starts again from its local snapshot
+    /// and the log after it). Comes after every turn this node applied was acknowledged or
+    /// resigned.
     Rebuild,
     /// This node stopped leading while its put of batch `seq` had no known outcome: end
     /// `epoch` for sure (revoke the node's lease, so no put of it can land later), then read
