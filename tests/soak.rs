@@ -205,8 +205,9 @@ fn r14_soak_the_keyspace_in_etcd_and_the_nodes_memory_stay_flat() {
     for node in 0..3 {
         let rss_early = peak(early, &|s| s.rss_kib[node]);
         let rss_late = peak(late, &|s| s.rss_kib[node]);
+        // (A leader keeping 16 bytes per request grew by about 12 MiB in 10 minutes.)
         assert!(
-            rss_late <= rss_early + rss_early / 4 + 8 * 1024,
+            rss_late <= rss_early + rss_early / 10 + 4 * 1024,
             "node {node}'s memory grew: {rss_early} KiB, then {rss_late} KiB"
         );
     }

@@ -883,8 +883,9 @@ impl Keeper {
             let record =
                 InputRef::Input { link, at_ms: now, entropy, fresh: Ticket::from_bytes(fresh), message: &message };
             self.journaled_at(&record, now);
-            if let ToKeeper::Request { id, .. } = message {
-                self.turn_requests.push((link, id));
+            // (In cluster mode a turn that cannot be committed is resigned by the rules.)
+            if let (ToKeeper::Request { id, .. }, None) = (&message, &self.cluster) {
+                self.turn_requests.push((link, *id));
             }
         }
         self.service.handle(link, message, Moment::new(now, entropy), fresh, &mut self.outbox);
