@@ -10,6 +10,7 @@ mod cli;
 mod client;
 mod cluster;
 mod cluster_log;
+mod cluster_tls;
 mod compat;
 mod dispatch;
 mod durability;
