@@ -113,11 +113,20 @@ fn load_config(file: Option<&PathBuf>) -> Result<(Config, Option<String>), ExitC
             }
         },
     };
+    let source = || file.map_or_else(|| "the embedded defaults".to_string(), |p| p.display().to_string());
     let config = Config::load(text.as_deref(), &leasehold::process::environment()).map_err(|problems| {
-        let source = file.map_or_else(|| "the embedded defaults".to_string(), |p| p.display().to_string());
-        report_problems(&source, &problems);
+        report_problems(&source(), &problems);
         ExitCode::from(EXIT_USAGE)
     })?;
+    // The files the configuration names: the peer link's TLS files are read and checked.
+    if let Some(peer) = config.cluster.as_ref().and_then(|c| c.peer.as_ref()) {
+        if let Some(files) = &peer.tls {
+            if let Err(problems) = leasehold::process::tls::PeerTls::load(files, &peer.advertise) {
+                report_problems(&source(), &problems);
+                return Err(ExitCode::from(EXIT_USAGE));
+            }
+        }
+    }
     for warning in &config.warnings {
         eprintln!("leasehold: warning: {warning}");
     }

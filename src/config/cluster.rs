@@ -1,9 +1,9 @@
 //! `[cluster]`: the keys of cluster mode (README, "Configuration"): the etcd endpoints, the
 //! key prefix, this node's name and advertised URL, the election timings, and the peer
-//! link (where this node listens for other nodes, where they reach it, and the secret
-//! they share). Pure like the
-//! rest of `config/`: it reads through the [`Reader`] and checks values, it never talks to
-//! etcd or resolves a name.
+//! link (where this node listens for other nodes, where they reach it, the secret they
+//! share, and the PEM files of its TLS). Pure like the rest of `config/`: it reads through
+//! the [`Reader`] and checks values, it never talks to etcd, resolves a name or opens a
+//! file (the TLS files are read by `process::tls`).
 //!
 //! Cluster mode is on exactly when `cluster.etcd_endpoints` is given; any other `[cluster]`
 //! key without it is a mistake, reported rather than ignored.
@@ -54,7 +54,7 @@ pub struct ClusterConfig {
     pub snapshot_every_batches: u64,
 }
 
-/// `cluster.peer_listen`, `peer_advertise` and `secret`.
+/// `cluster.peer_listen`, `peer_advertise`, `secret` and `peer_tls_*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerConfig {
     /// Where this node listens for other nodes.
@@ -63,10 +63,39 @@ pub struct PeerConfig {
     pub advertise: String,
     /// What every node of the cluster presents when it connects.
     pub secret: String,
+    /// The link's TLS files, when it runs over TLS (all three keys given); plain TCP without.
+    pub tls: Option<PeerTlsFiles>,
+}
+
+/// `cluster.peer_tls_cert`, `peer_tls_key` and `peer_tls_ca`: PEM files, read and checked
+/// by `process::tls` (for `check-config` too), never here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerTlsFiles {
+    /// This node's certificate chain, its own certificate first.
+    pub cert: TlsFile,
+    /// The private key of that certificate.
+    pub key: TlsFile,
+    /// The certificates of the CA every node's certificate must chain to.
+    pub ca: TlsFile,
+}
+
+/// One TLS file: where it is, and the key that named it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFile {
+    /// The path as given (relative to the working directory unless absolute).
+    pub path: std::path::PathBuf,
+    /// The key as problems name it, `cluster.peer_tls_cert` or with `(from VARIABLE)`.
+    pub setting: String,
 }
 
 const SECTION: &str = "cluster";
 const ENDPOINTS_ENV: &str = "LEASEHOLD_ETCD_ENDPOINTS";
+/// The peer link's TLS keys and their variables: certificate, private key, CA.
+const TLS_KEYS: [(&str, &str); 3] = [
+    ("peer_tls_cert", "LEASEHOLD_PEER_TLS_CERT"),
+    ("peer_tls_key", "LEASEHOLD_PEER_TLS_KEY"),
+    ("peer_tls_ca", "LEASEHOLD_PEER_TLS_CA"),
+];
 
 /// Reads `[cluster]`; `None` unless `cluster.etcd_endpoints` is given.
 pub(super) fn validate_cluster(r: &mut Reader<'_>) -> Option<ClusterConfig> {
@@ -85,6 +114,9 @@ pub(super) fn validate_cluster(r: &mut Reader<'_>) -> Option<ClusterConfig> {
     note(r, "peer_listen", "LEASEHOLD_PEER_LISTEN");
     note(r, "peer_advertise", "LEASEHOLD_PEER_ADVERTISE");
     note(r, "secret", "LEASEHOLD_CLUSTER_SECRET");
+    for (key, env) in TLS_KEYS {
+        note(r, key, env);
+    }
     note(r, "snapshot_every_batches", "LEASEHOLD_SNAPSHOT_EVERY_BATCHES");
 
     let etcd_endpoints = endpoints(r);
@@ -190,13 +222,14 @@ pub(super) fn validate_cluster(r: &mut Reader<'_>) -> Option<ClusterConfig> {
 }
 
 /// The peer link's keys: none, or `peer_listen` with a `secret` (and `peer_advertise` unless
-/// the listening address is one others can reach).
+/// the listening address is one others can reach), and the three TLS files or none.
 fn peer(r: &mut Reader<'_>) -> Option<PeerConfig> {
     let listen = r.string(SECTION, "peer_listen", "LEASEHOLD_PEER_LISTEN");
     let advertise = r.string(SECTION, "peer_advertise", "LEASEHOLD_PEER_ADVERTISE");
     let secret = r.string(SECTION, "secret", "LEASEHOLD_CLUSTER_SECRET");
+    let [cert, key, ca] = TLS_KEYS.map(|(key, env)| r.string(SECTION, key, env));
     let Some((listen_path, listen_text)) = listen else {
-        for (path, _) in [advertise, secret].into_iter().flatten() {
+        for (path, _) in [advertise, secret, cert, key, ca].into_iter().flatten() {
             r.invalid(
                 path,
                 "is set but cluster.peer_listen is not: it belongs to the peer link, which needs peer_listen",
@@ -251,7 +284,34 @@ fn peer(r: &mut Reader<'_>) -> Option<PeerConfig> {
         }
         Some((_, text)) => Some(text),
     };
-    Some(PeerConfig { listen: listen?, advertise: advertise?, secret: secret? })
+    let tls = tls_files(r, [cert, key, ca]);
+    Some(PeerConfig { listen: listen?, advertise: advertise?, secret: secret?, tls: tls? })
+}
+
+/// The TLS files (certificate, key, CA, each as [`Reader::string`] returned it): `Some(None)`
+/// when none is given, `None` after a problem.
+fn tls_files(r: &mut Reader<'_>, given: [Option<(String, String)>; 3]) -> Option<Option<PeerTlsFiles>> {
+    if given.iter().all(Option::is_none) {
+        return Some(None);
+    }
+    let mut files = Vec::with_capacity(3);
+    for (value, (key, env)) in given.into_iter().zip(TLS_KEYS) {
+        match value {
+            // Given, of the wrong type: reported already.
+            None if r.given(SECTION, key, env).is_some() => {}
+            None => r.invalid(
+                format!("{SECTION}.{key}"),
+                "is required with the other peer_tls_* keys: the peer link's TLS needs a certificate, its key and the CA (all three, or none for plain TCP)",
+            ),
+            Some((path, text)) if text.trim().is_empty() => r.invalid(path, "must name a PEM file"),
+            Some((path, text)) if text.chars().any(char::is_control) => {
+                r.invalid(path, "must not contain control characters")
+            }
+            Some((setting, text)) => files.push(TlsFile { path: text.into(), setting }),
+        }
+    }
+    let [cert, key, ca]: [TlsFile; 3] = files.try_into().ok()?;
+    Some(Some(PeerTlsFiles { cert, key, ca }))
 }
 
 /// A peer address other nodes can dial: `host:port`, with a host and a port from 1.

@@ -469,7 +469,8 @@ fn cluster_peer_link_needs_a_listen_address_and_a_secret_and_an_address_others_c
         Some(PeerConfig {
             listen: "10.0.0.11:7070".parse().unwrap(),
             advertise: "10.0.0.11:7070".into(),
-            secret: "0123456789abcdef".into()
+            secret: "0123456789abcdef".into(),
+            tls: None,
         })
     );
     let problems = |extra: &str| -> String {
@@ -489,4 +490,58 @@ fn cluster_peer_link_needs_a_listen_address_and_a_secret_and_an_address_others_c
         "peer_listen = \"0.0.0.0:7070\"\npeer_advertise = \"0.0.0.0:7070\"\nsecret = \"0123456789abcdef\""
     )
     .contains("unspecified"));
+}
+
+#[test]
+fn cluster_peer_tls_takes_all_three_files_or_none_and_only_with_the_peer_link() {
+    let base = "[cluster]\netcd_endpoints = [\"http://10.0.0.1:2379\"]\nnode_name = \"a\"\nadvertise_url = \"http://10.0.0.11:8080\"\n";
+    let link = "peer_listen = \"10.0.0.11:7070\"\nsecret = \"0123456789abcdef\"\n";
+    let files = "peer_tls_cert = \"/etc/leasehold/node.pem\"\npeer_tls_key = \"node.key\"\npeer_tls_ca = \"/etc/leasehold/ca.pem\"\n";
+    let load = |extra: &str, vars: &[(&str, &str)]| Config::load(Some(&format!("{base}{extra}")), &env(vars));
+    let tls = load(&format!("{link}{files}"), &[]).unwrap().cluster.unwrap().peer.unwrap().tls.unwrap();
+    assert_eq!(
+        tls,
+        PeerTlsFiles {
+            cert: TlsFile { path: "/etc/leasehold/node.pem".into(), setting: "cluster.peer_tls_cert".into() },
+            key: TlsFile { path: "node.key".into(), setting: "cluster.peer_tls_key".into() },
+            ca: TlsFile { path: "/etc/leasehold/ca.pem".into(), setting: "cluster.peer_tls_ca".into() },
+        }
+    );
+    assert_eq!(load(link, &[]).unwrap().cluster.unwrap().peer.unwrap().tls, None, "plain TCP without them");
+
+    // The variables override the file, and name themselves in problems.
+    let vars = [("LEASEHOLD_PEER_TLS_CERT", "/run/node.pem"), ("LEASEHOLD_PEER_TLS_KEY", "/run/node.key")];
+    let c = load(&format!("{link}{files}"), &vars).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    let tls = c.cluster.unwrap().peer.unwrap().tls.unwrap();
+    assert_eq!((tls.cert.path.to_str(), tls.key.path.to_str()), (Some("/run/node.pem"), Some("/run/node.key")));
+    assert_eq!(tls.cert.setting, "cluster.peer_tls_cert (from LEASEHOLD_PEER_TLS_CERT)");
+    let tls = load(
+        link,
+        &[("LEASEHOLD_PEER_TLS_CERT", "c"), ("LEASEHOLD_PEER_TLS_KEY", "k"), ("LEASEHOLD_PEER_TLS_CA", "a")],
+    );
+    assert_eq!(tls.unwrap().cluster.unwrap().peer.unwrap().tls.unwrap().ca.path.to_str(), Some("a"));
+
+    // All three or none: each missing one is named.
+    let problems = load(&format!("{link}peer_tls_cert = \"node.pem\"\n"), &[]).unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(ConfigError::key).collect();
+    assert_eq!(keys, ["cluster.peer_tls_key", "cluster.peer_tls_ca"], "{problems:?}");
+    assert!(problems[0].to_string().contains("all three, or none"), "{}", problems[0]);
+    // Only with the peer link.
+    let keys = problem_keys(&format!("{base}{files}"), &[]);
+    assert_eq!(keys, ["cluster.peer_tls_cert", "cluster.peer_tls_key", "cluster.peer_tls_ca"]);
+    let problems = load(files, &[]).unwrap_err();
+    assert!(problems[0].to_string().contains("needs peer_listen"), "{}", problems[0]);
+    // Not in single-node mode either.
+    let problems = Config::load(None, &env(&[("LEASEHOLD_PEER_TLS_CA", "ca.pem")])).unwrap_err();
+    assert!(problems.iter().all(|p| p.key() == "cluster.peer_tls_ca (from LEASEHOLD_PEER_TLS_CA)"), "{problems:?}");
+    assert!(problems.iter().any(|p| p.to_string().contains("cluster.etcd_endpoints is not")), "{problems:?}");
+    // An empty path, a path of the wrong type (reported once, as such).
+    let keys =
+        problem_keys(&format!("{base}{link}peer_tls_cert = \" \"\npeer_tls_key = 7\npeer_tls_ca = \"ca.pem\"\n"), &[]);
+    assert_eq!(
+        keys,
+        ["cluster.peer_tls_key", "cluster.peer_tls_cert"],
+        "the wrong type as it is read, then the empty path"
+    );
 }

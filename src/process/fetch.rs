@@ -9,12 +9,16 @@
 //!   the cluster's secret and `"want":"snapshot"`. The server answers with an 8-byte
 //!   big-endian length, then that many bytes (the snapshot file), then closes; a node with
 //!   no snapshot file answers length 0. Nothing else is ever sent on such a connection: a
-//!   refused hello is closed without a byte.
+//!   refused hello is closed without a byte. When the link has TLS, all of it runs in one
+//!   TLS session: the asker's handshake (as in `process::tls`), its hello, and the answer,
+//!   which the serving thread writes through the session the keeper's loop began (the
+//!   channel hands it over with the socket) and ends with close_notify.
 //! - **Serving** ([`serve`]) runs on a thread of its own, out of the keeper's loop, at most
 //!   [`MAX_SENDS`] at once ([`Sends`]). The file is read through one open descriptor, so a
 //!   snapshot written meanwhile (it replaces the file by rename) cannot mix two files. A
 //!   peer that takes nothing for [`STALL_MS`] ends its transfer.
-//! - **Fetching** ([`Fetcher`]) connects within [`CONNECT_TIMEOUT_MS`], refuses a length
+//! - **Fetching** ([`Fetcher`]) connects within [`CONNECT_TIMEOUT_MS`] (and reads the TLS
+//!   files at each fetch, so a fetch uses them as they are now), refuses a length
 //!   above [`MAX_SNAPSHOT_BYTES`] before it reads a byte of the body, gives up when nothing
 //!   arrives for [`STALL_MS`], and writes the file ([`replica::write`]) only once its
 //!   framing, checksum and cluster prefix are checked ([`replica::position`]): a failed
@@ -30,10 +34,14 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::config::ClusterConfig;
+use rustls::{ClientConnection, ServerConnection, StreamOwned};
+
+use crate::config::{ClusterConfig, PeerTlsFiles};
 use crate::ipc::frame::{self, DEFAULT_MAX_FRAME_BYTES};
 use crate::ipc::message::{PeerHello, PeerWant};
 use crate::journal::replica::{self, Position};
+use crate::process::channel::TcpConnection;
+use crate::process::tls::PeerTls;
 use crate::service::cluster::Event;
 
 /// Snapshots a node sends at once; a further asker is closed at once (it asks again
@@ -82,14 +90,98 @@ impl Drop for SendSlot {
     }
 }
 
-/// Sends the snapshot in `dir` to node `to` over `stream` (a peer connection whose hello
-/// asked for it, taken out of the keeper's loop) on a thread of its own, then closes the
-/// connection. The thread holds `slot` until it ends.
-pub fn serve(stream: mio::net::TcpStream, dir: PathBuf, to: String, slot: SendSlot) {
+/// A peer-link connection on a thread of its own (blocking): plain TCP, or a TLS session
+/// over it.
+#[derive(Debug)]
+pub enum Wire {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// The accepting side of a TLS session.
+    Server(Box<StreamOwned<ServerConnection, TcpStream>>),
+    /// The connecting side of a TLS session.
+    Client(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Wire {
+    /// A connection the keeper's loop hands over, its TLS session (if any) carried on.
+    fn taken(connection: TcpConnection) -> io::Result<Self> {
+        match connection {
+            TcpConnection::Plain(tcp) => Ok(Self::Plain(TcpStream::from(tcp))),
+            TcpConnection::Tls { tcp, session } => match *session {
+                rustls::Connection::Server(session) => {
+                    Ok(Self::Server(Box::new(StreamOwned::new(session, TcpStream::from(tcp)))))
+                }
+                rustls::Connection::Client(_) => {
+                    Err(io::Error::other("a connection this node opened cannot serve the snapshot"))
+                }
+            },
+        }
+    }
+
+    /// The TCP stream under it.
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(tcp) => tcp,
+            Self::Server(tls) => tls.get_ref(),
+            Self::Client(tls) => tls.get_ref(),
+        }
+    }
+
+    /// Ends what this end sends: close_notify (TLS), then the TCP stream's write half.
+    fn finish(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(_) => {}
+            Self::Server(tls) => tls.conn.send_close_notify(),
+            Self::Client(tls) => tls.conn.send_close_notify(),
+        }
+        self.flush()?;
+        let _ = self.tcp().shutdown(Shutdown::Write);
+        Ok(())
+    }
+}
+
+impl Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(tcp) => tcp.read(buf),
+            Self::Server(tls) => tls.read(buf),
+            Self::Client(tls) => tls.read(buf),
+        }
+    }
+}
+
+impl Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Self::Plain(tcp) => tcp.write(buf),
+            Self::Server(tls) => tls.write(buf),
+            Self::Client(tls) => tls.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Self::Plain(tcp) => tcp.flush(),
+            Self::Server(tls) => tls.flush(),
+            Self::Client(tls) => tls.flush(),
+        }
+    }
+}
+
+/// Whether `e` is a TLS failure (rustls says so through `io::Error`s that carry its own).
+fn is_tls(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<rustls::Error>())
+}
+
+/// Sends the snapshot in `dir` to node `to` over `connection` (a peer connection whose
+/// hello asked for it, taken out of the keeper's loop) on a thread of its own, then closes
+/// the connection. The thread holds `slot` until it ends.
+pub fn serve(connection: TcpConnection, dir: PathBuf, to: String, slot: SendSlot) {
     let spawned = thread::Builder::new().name("lh-snapshot-send".into()).spawn(move || {
         let _slot = slot;
         let started = Instant::now();
-        match send(TcpStream::from(stream), &dir, Duration::from_millis(STALL_MS)) {
+        let sent = Wire::taken(connection).and_then(|wire| send(wire, &dir, Duration::from_millis(STALL_MS)));
+        match sent {
             Ok(0) => log::info!("peer link: node {to:?} asked for the snapshot; there is none yet (told so)"),
             Ok(bytes) => log::info!(
                 "peer link: snapshot sent to node {to:?} ({bytes} bytes in {} ms)",
@@ -108,9 +200,9 @@ pub fn serve(stream: mio::net::TcpStream, dir: PathBuf, to: String, slot: SendSl
 /// descriptor; a write that makes no progress for `stall` fails. Returns the bytes sent (0:
 /// there is no snapshot, and the asker was told so). A file that cannot be opened sends
 /// nothing: the asker sees the connection closed.
-pub fn send(mut stream: TcpStream, dir: &Path, stall: Duration) -> io::Result<u64> {
-    stream.set_nonblocking(false)?;
-    stream.set_write_timeout(Some(stall))?;
+pub fn send(mut stream: Wire, dir: &Path, stall: Duration) -> io::Result<u64> {
+    stream.tcp().set_nonblocking(false)?;
+    stream.tcp().set_write_timeout(Some(stall))?;
     let file = match File::open(replica::path(dir)) {
         Ok(file) => Some(file),
         Err(e) if e.kind() == io::ErrorKind::NotFound => None,
@@ -129,8 +221,7 @@ pub fn send(mut stream: TcpStream, dir: &Path, stall: Duration) -> io::Result<u6
             return Err(io::Error::new(io::ErrorKind::UnexpectedEof, why));
         }
     }
-    stream.flush()?;
-    let _ = stream.shutdown(Shutdown::Write);
+    stream.finish()?;
     Ok(len)
 }
 
@@ -142,6 +233,19 @@ pub enum FetchError {
         /// The peer-link address.
         peer: String,
         /// What the connection said.
+        source: io::Error,
+    },
+    /// This node's TLS files (`cluster.peer_tls_*`) cannot be used now.
+    TlsFiles {
+        /// What is wrong with them.
+        reason: String,
+    },
+    /// The TLS session failed: a certificate one side refused, an alert, bytes that are
+    /// not TLS.
+    Tls {
+        /// The peer-link address.
+        peer: String,
+        /// What rustls said.
         source: io::Error,
     },
     /// It closed the connection without a byte: it refused the hello (another secret, a
@@ -210,6 +314,8 @@ impl fmt::Display for FetchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Unreachable { peer, source } => write!(f, "cannot reach the peer link at {peer}: {source}"),
+            Self::TlsFiles { reason } => write!(f, "this node's peer-link TLS files cannot be used: {reason}"),
+            Self::Tls { peer, source } => write!(f, "the TLS session with the node at {peer} failed: {source}"),
             Self::Refused { peer } => write!(
                 f,
                 "the node at {peer} closed the connection without an answer (it refused this node's hello: another \
@@ -245,6 +351,7 @@ impl std::error::Error for FetchError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Unreachable { source, .. }
+            | Self::Tls { source, .. }
             | Self::Silent { source, .. }
             | Self::Broken { source, .. }
             | Self::NotWritten { source, .. } => Some(source),
@@ -262,12 +369,15 @@ pub struct FetchedSnapshot {
     pub bytes: u64,
 }
 
-/// What a node needs to fetch a snapshot: the hello it presents and its cluster's prefix.
+/// What a node needs to fetch a snapshot: the hello it presents, its cluster's prefix, and
+/// its TLS files when the link has TLS.
 #[derive(Debug, Clone)]
 pub struct Fetcher {
     hello: PeerHello,
     prefix: String,
     stall: Duration,
+    /// The TLS files and this node's advertised peer address (what they are checked for).
+    tls: Option<(PeerTlsFiles, String)>,
 }
 
 impl Fetcher {
@@ -275,24 +385,61 @@ impl Fetcher {
     /// secret to present).
     pub fn new(config: &ClusterConfig) -> Option<Self> {
         let peer = config.peer.as_ref()?;
-        Some(Self::with(&config.node_name, &peer.secret, &config.prefix))
+        let fetcher = Self::with(&config.node_name, &peer.secret, &config.prefix);
+        Some(match &peer.tls {
+            Some(files) => fetcher.over_tls(files.clone(), &peer.advertise),
+            None => fetcher,
+        })
     }
 
-    /// The fetcher of node `node` presenting `secret`, of the cluster under `prefix`.
+    /// The fetcher of node `node` presenting `secret`, of the cluster under `prefix`, over
+    /// plain TCP.
     pub fn with(node: &str, secret: &str, prefix: &str) -> Self {
         let hello = PeerHello { node: node.to_string(), secret: secret.to_string(), want: Some(PeerWant::Snapshot) };
-        Self { hello, prefix: prefix.to_string(), stall: Duration::from_millis(STALL_MS) }
+        Self { hello, prefix: prefix.to_string(), stall: Duration::from_millis(STALL_MS), tls: None }
+    }
+
+    /// The same over TLS, with `files`, of a node whose own peer address is `advertise`.
+    pub fn over_tls(mut self, files: PeerTlsFiles, advertise: &str) -> Self {
+        self.tls = Some((files, advertise.to_string()));
+        self
     }
 
     /// Fetches the snapshot of the node whose peer link is at `peer` and writes it as the
     /// snapshot in `dir`, once checked. On any failure nothing is written.
     pub fn fetch(&self, peer: &str, dir: &Path) -> Result<FetchedSnapshot, FetchError> {
         let unreachable = |source| FetchError::Unreachable { peer: peer.to_string(), source };
-        let mut stream = self.connect(peer).map_err(unreachable)?;
+        let tls_failed = |source| FetchError::Tls { peer: peer.to_string(), source };
+        let tls = match &self.tls {
+            None => None,
+            Some((files, advertise)) => Some(PeerTls::load(files, advertise).map_err(|problems| {
+                let reason = problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+                FetchError::TlsFiles { reason }
+            })?),
+        };
+        let tcp = self.connect(peer).map_err(unreachable)?;
+        let mut stream = match tls {
+            None => Wire::Plain(tcp),
+            Some(tls) => {
+                let session = tls.connect(peer).map_err(unreachable)?;
+                let mut tls = StreamOwned::new(session, tcp);
+                // The handshake first, so that a certificate refused here says so.
+                while tls.conn.is_handshaking() {
+                    tls.conn.complete_io(&mut tls.sock).map_err(|e| match is_tls(&e) {
+                        true => tls_failed(e),
+                        false => unreachable(self.stalled(e)),
+                    })?;
+                }
+                Wire::Client(Box::new(tls))
+            }
+        };
         let mut hello = Vec::new();
         frame::encode(&self.hello, DEFAULT_MAX_FRAME_BYTES, &mut hello)
             .map_err(|e| unreachable(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
-        stream.write_all(&hello).map_err(|e| unreachable(self.stalled(e)))?;
+        stream.write_all(&hello).map_err(|e| match is_tls(&e) {
+            true => tls_failed(e),
+            false => unreachable(self.stalled(e)),
+        })?;
 
         let mut length = [0u8; LENGTH_BYTES];
         let mut got = 0;
@@ -305,6 +452,12 @@ impl Fetcher {
                 }
                 Ok(n) => got += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // Over TLS, a refused hello is a stream that ends without close_notify.
+                Err(e) if got == 0 && e.kind() == io::ErrorKind::UnexpectedEof => {
+                    return Err(FetchError::Refused { peer: peer.to_string() })
+                }
+                // The alert of a node that refused this node's certificate, say.
+                Err(e) if is_tls(&e) => return Err(tls_failed(e)),
                 Err(e) => return Err(FetchError::Silent { peer: peer.to_string(), source: self.stalled(e) }),
             }
         }
@@ -397,6 +550,8 @@ mod tests {
     use crate::ipc::frame::FrameDecoder;
     use crate::journal::replica::ReplicaSnapshot;
     use crate::journal::Snapshot;
+    use crate::process::channel::Channel;
+    use crate::process::tls::testing::Authority;
     use crate::service::Service;
 
     const PREFIX: &str = "/leasehold";
@@ -447,7 +602,7 @@ mod tests {
             let hello = read_hello(&mut stream);
             assert_eq!(hello.want, Some(PeerWant::Snapshot));
             assert_eq!(hello.secret, "the-secret");
-            serve(mio::net::TcpStream::from_std(stream), dir, hello.node, slot);
+            serve(TcpConnection::Plain(mio::net::TcpStream::from_std(stream)), dir, hello.node, slot);
         });
         addr
     }
@@ -569,6 +724,96 @@ mod tests {
         assert!(names(ours.path()).is_empty());
     }
 
+    /// Over TLS: a peer link that takes one connection into a TLS channel, reads its hello
+    /// there and hands the connection, session and all, to [`serve`], as the keeper does.
+    fn serving_tls(dir: &Path, sends: &Sends, tls: PeerTls) -> (SocketAddr, JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (dir, slot) = (dir.to_path_buf(), sends.start().expect("a place"));
+        let handle = thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            stream.set_nonblocking(true).unwrap();
+            let stream = mio::net::TcpStream::from_std(stream);
+            let mut channel = Channel::tls(stream, tls.accept().unwrap(), mio::Token(0), 1 << 20);
+            // A refused handshake ends here, the connection closed.
+            let Ok(hello) = channel.recv_blocking::<PeerHello>(DEADLINE) else { return };
+            assert_eq!((hello.want, hello.secret.as_str()), (Some(PeerWant::Snapshot), "the-secret"));
+            serve(channel.into_tcp().unwrap(), dir, hello.node, slot);
+        });
+        (addr, handle)
+    }
+
+    /// A fetcher over TLS with a node certificate from `signer` and `ca` as its CA, its files
+    /// in `dir`.
+    fn tls_fetcher(dir: &Path, signer: &Authority, ca: &Authority) -> Fetcher {
+        let files = crate::process::tls::testing::write_files(dir, &signer.node(&["127.0.0.1"]), &ca.pem);
+        fetcher().over_tls(files, "127.0.0.1:7070")
+    }
+
+    #[test]
+    fn fetch_over_tls_carries_on_the_session_the_loop_began() {
+        let (theirs, ours, certs) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let bytes = snapshot_bytes(42, PREFIX);
+        replica::write(theirs.path(), &bytes).unwrap();
+        let ca = Authority::new("ca");
+        let (addr, server) = serving_tls(theirs.path(), &Sends::default(), ca.tls());
+        let fetched = tls_fetcher(certs.path(), &ca, &ca).fetch(&addr.to_string(), ours.path());
+        assert_eq!(fetched.unwrap().position.seq, 42);
+        assert_eq!(std::fs::read(replica::path(ours.path())).unwrap(), bytes);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn send_over_tls_sends_every_byte_and_ends_with_close_notify() {
+        let dir = tempfile::tempdir().unwrap();
+        let file: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 251) as u8).collect();
+        replica::write(dir.path(), &file).unwrap();
+        let ca = Authority::new("ca");
+        let (client_tls, server_tls) = (ca.tls(), ca.tls());
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let path = dir.path().to_path_buf();
+        let sender = thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let wire = Wire::Server(Box::new(StreamOwned::new(server_tls.accept().unwrap(), tcp)));
+            send(wire, &path, DEADLINE)
+        });
+        let tcp = TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(DEADLINE)).unwrap();
+        let mut client = StreamOwned::new(client_tls.connect("127.0.0.1:7070").unwrap(), tcp);
+        let mut got = Vec::new();
+        // To the end: a stream cut without close_notify would be an error here.
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(sender.join().unwrap().unwrap(), file.len() as u64);
+        assert_eq!(u64::from_be_bytes(got[..LENGTH_BYTES].try_into().unwrap()), file.len() as u64);
+        assert!(got[LENGTH_BYTES..] == file[..], "{} bytes", got.len());
+    }
+
+    #[test]
+    fn fetch_from_a_node_with_a_certificate_of_another_ca_fails_and_writes_nothing() {
+        let (theirs, ours, certs) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        replica::write(theirs.path(), &snapshot_bytes(42, PREFIX)).unwrap();
+        let (ca, other) = (Authority::new("ca"), Authority::new("another ca"));
+        // This node's own files are sound, of another CA than the serving node's.
+        let (addr, server) = serving_tls(theirs.path(), &Sends::default(), ca.tls());
+        let failed = tls_fetcher(certs.path(), &other, &other).fetch(&addr.to_string(), ours.path());
+        let Err(FetchError::Tls { source, .. }) = &failed else { panic!("{failed:?}") };
+        assert!(source.to_string().contains("UnknownIssuer"), "{source}");
+        assert!(names(ours.path()).is_empty());
+        server.join().unwrap();
+        // Files that do not hold together are said to be so, before any connection.
+        let (addr, server) = serving_tls(theirs.path(), &Sends::default(), ca.tls());
+        let failed = tls_fetcher(certs.path(), &other, &ca).fetch(&addr.to_string(), ours.path());
+        assert!(
+            matches!(&failed, Err(FetchError::TlsFiles { reason }) if reason.contains("cluster.peer_tls_cert")),
+            "{failed:?}"
+        );
+        drop(TcpStream::connect(addr));
+        server.join().unwrap();
+    }
+
     #[test]
     fn sends_allow_two_at_once_and_another_once_one_ends() {
         let sends = Sends::default();
@@ -599,7 +844,7 @@ mod tests {
         let (server, _client) = small_pair();
         let (ended, end) = std::sync::mpsc::channel();
         let path = dir.path().to_path_buf();
-        thread::spawn(move || ended.send(send(server, &path, Duration::from_millis(200))));
+        thread::spawn(move || ended.send(send(Wire::Plain(server), &path, Duration::from_millis(200))));
         let sent = end.recv_timeout(DEADLINE).expect("the transfer ends though its peer reads nothing");
         assert!(sent.is_err(), "{sent:?}");
     }
@@ -611,7 +856,7 @@ mod tests {
         replica::write(dir.path(), &old).unwrap();
         let (server, mut client) = small_pair();
         let path = dir.path().to_path_buf();
-        let sender = thread::spawn(move || send(server, &path, DEADLINE));
+        let sender = thread::spawn(move || send(Wire::Plain(server), &path, DEADLINE));
         client.set_read_timeout(Some(DEADLINE)).unwrap();
         let mut length = [0u8; LENGTH_BYTES];
         client.read_exact(&mut length).unwrap();

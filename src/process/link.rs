@@ -653,6 +653,7 @@ mod tests {
                 listen: "127.0.0.1:7001".parse().unwrap(),
                 advertise: "node-a.test:7001".into(),
                 secret: "s".into(),
+                tls: None,
             }),
             snapshot_every_batches: 10_000,
         };

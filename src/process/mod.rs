@@ -6,6 +6,7 @@
 //! - [`worker`]: serves HTTP on its connections and forwards lock operations to the keeper.
 //! - [`keeper`]: the only owner of the lease table.
 //! - [`child`]: what every child does first (descriptors, first frame, configuration).
+//! - [`tls`]: the peer link's TLS files, read and checked, and its rustls configurations.
 
 pub mod channel;
 pub mod child;
@@ -16,6 +17,7 @@ pub mod keeper;
 pub mod link;
 pub mod logging;
 pub mod master;
+pub mod tls;
 pub mod worker;
 
 /// The process environment as name/value pairs (variables that are not UTF-8 are skipped;

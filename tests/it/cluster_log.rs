@@ -20,7 +20,7 @@ fn text(reply: &Reply) -> String {
 }
 
 /// The first batch still in the cluster's log (0: the log is empty).
-fn first_batch(etcd: &EtcdCluster) -> u64 {
+pub(crate) fn first_batch(etcd: &EtcdCluster) -> u64 {
     let keys = etcd.etcdctl(&["get", "--prefix", "/leasehold/log/", "--keys-only", "--limit", "1"]);
     keys.lines().find_map(|l| l.trim().strip_prefix("/leasehold/log/")).and_then(|n| n.parse().ok()).unwrap_or(0)
 }
@@ -34,18 +34,18 @@ fn batches(etcd: &EtcdCluster) -> u64 {
 }
 
 /// One unlabelled series of a node's `/metrics`.
-fn gauge(addr: std::net::SocketAddr, name: &str) -> Option<u64> {
+pub(crate) fn gauge(addr: std::net::SocketAddr, name: &str) -> Option<u64> {
     let metrics = text(&once(addr, "GET", "/metrics", &[], ""));
     metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// The local snapshot in a node's data directory.
-fn local_snapshot(dir: &Path) -> ReplicaSnapshot {
+pub(crate) fn local_snapshot(dir: &Path) -> ReplicaSnapshot {
     replica::read(dir).expect("a readable snapshot").expect("a snapshot")
 }
 
 /// Takes `lock` for a minute and stores `value` under it.
-fn hold_with_data(client: &mut Follow, lock: &str, value: &str) {
+pub(crate) fn hold_with_data(client: &mut Follow, lock: &str, value: &str) {
     let ticket = loop {
         if let Outcome::Answer(r) =
             client.send("POST", &format!("/v1/locks/{lock}/acquire"), &[], r#"{"ttl_ms":60000}"#)

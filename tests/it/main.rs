@@ -11,6 +11,7 @@ mod client;
 mod cluster;
 mod cluster_log;
 mod cluster_routes;
+mod cluster_tls;
 mod compat;
 mod dispatch;
 mod durability;

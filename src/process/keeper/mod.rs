@@ -337,8 +337,7 @@ impl Keeper {
         let cluster =
             config.cluster.as_ref().map(|c| cluster::Node::start(c, snapshot_bytes, position, &poll)).transpose()?;
         let peer_config = config.cluster.as_ref().and_then(|c| c.peer.as_ref().map(|p| (p, c.node_name.as_str())));
-        let peers = peer_config.map(|(p, node)| peer::Peers::listen(p, node, &poll)).transpose()?;
-        let forward = peer_config.map(|(p, node)| peer::Forward::new(node, &p.secret));
+        let (peers, forward) = peer_config.map(|(p, node)| peer::start(p, node, &poll)).transpose()?.unzip();
         let mut keeper = Self {
             generation: start.generation,
             node_name: config.cluster.as_ref().map(|c| c.node_name.clone()).unwrap_or_default(),
@@ -789,8 +788,12 @@ impl Keeper {
     }
 
     fn drop_link(&mut self, index: usize, why: &ChannelError) {
-        // Its process left (a drained worker; one that died, which the master tells of).
-        if why.peer_gone() {
+        let unheard = self.peers.as_ref().is_some_and(|p| p.unheard.contains_key(&index));
+        if unheard && !matches!(why, ChannelError::Closed) {
+            // A TLS handshake refused, bytes that are not TLS, a stranger.
+            log::warn!("peer link: closing a connection that did not say hello: {why}");
+        } else if why.peer_gone() {
+            // Its process left (a drained worker; one that died, which the master tells of).
             log::debug!("a worker channel closed ({why})");
         } else {
             log::warn!("closing a worker channel: {why}");

@@ -11,6 +11,10 @@
 //!   [`MAX_PEER_FRAME_BYTES`]. A hello that asks for the snapshot (`"want":"snapshot"`)
 //!   takes its connection out of the loop: a thread sends the node's local snapshot on it
 //!   and closes it (`process::fetch`, at most `MAX_SENDS` at once).
+//! - **TLS** (`cluster.peer_tls_*`, `process::tls`): when configured, every connection,
+//!   accepted or opened, is a TLS 1.3 session with certificates checked on both sides, and
+//!   the hello with the secret follows inside it. A connection still in its handshake has
+//!   not said hello: it counts among the unheard, under the same limits.
 //! - **Forwarding** ([`Forward`]): a follower that knows the leader's peer address keeps one
 //!   connection to it. A request gets an id of the link's own (the ids of several workers
 //!   would collide), a `Watch` remembers which worker's stream its events go to, and a
@@ -33,6 +37,7 @@ use crate::core::names::{LockName, Ticket};
 use crate::ipc::message::{FromKeeper, LockOp, LockReply, PeerHello, PeerWant, ToKeeper};
 use crate::process::channel::{Channel, ChannelError};
 use crate::process::fetch::{self, Sends};
+use crate::process::tls::PeerTls;
 use crate::service::LinkId;
 
 /// The token of the peer listener.
@@ -51,11 +56,27 @@ const REWATCH_ID: u64 = u64::MAX;
 /// How long a follower waits before it connects again to a leader whose link broke.
 pub const RECONNECT_MS: u64 = 500;
 
+/// Both sides of the peer link of a node whose peer link `config` describes (node `node`):
+/// its TLS files are read here, once.
+pub(super) fn start(config: &PeerConfig, node: &str, poll: &Poll) -> io::Result<(Peers, Forward)> {
+    let tls = match &config.tls {
+        None => None,
+        Some(files) => Some(PeerTls::load(files, &config.advertise).map_err(|problems| {
+            let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            io::Error::new(io::ErrorKind::InvalidInput, format!("peer link TLS: {}", problems.join("; ")))
+        })?),
+    };
+    let peers = Peers::listen(config, node, tls.clone(), poll)?;
+    Ok((peers, Forward::new(node, &config.secret, tls)))
+}
+
 /// The accepting side: the listener, and which channels have not said hello yet.
 pub(super) struct Peers {
     listener: TcpListener,
     secret: String,
     node: String,
+    /// Sessions for the connections accepted, when the link has TLS.
+    tls: Option<PeerTls>,
     /// Channels (by link index) still waiting for their hello, and since when.
     pub(super) unheard: HashMap<usize, u64>,
     /// The snapshot transfers running.
@@ -64,15 +85,17 @@ pub(super) struct Peers {
 
 impl Peers {
     /// Listens on `config.listen`.
-    pub(super) fn listen(config: &PeerConfig, node: &str, poll: &Poll) -> io::Result<Self> {
+    fn listen(config: &PeerConfig, node: &str, tls: Option<PeerTls>, poll: &Poll) -> io::Result<Self> {
         let mut listener = TcpListener::bind(config.listen)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen for peers on {}: {e}", config.listen)))?;
         poll.registry().register(&mut listener, PEER_LISTEN, Interest::READABLE)?;
-        log::info!("peer link: listening on {} (advertised as {})", config.listen, config.advertise);
+        let over = if tls.is_some() { "TLS" } else { "plain TCP" };
+        log::info!("peer link: listening on {} (advertised as {}), over {over}", config.listen, config.advertise);
         Ok(Self {
             listener,
             secret: config.secret.clone(),
             node: node.to_string(),
+            tls,
             unheard: HashMap::new(),
             sends: Sends::default(),
         })
@@ -92,6 +115,8 @@ impl Peers {
 /// The forwarding side: one connection to the leader, and what is in flight over it.
 pub(super) struct Forward {
     hello: PeerHello,
+    /// Sessions for the connections opened, when the link has TLS.
+    tls: Option<PeerTls>,
     /// The leader's peer address it is connected (or connecting) to.
     to: Option<String>,
     channel: Option<Channel>,
@@ -108,10 +133,11 @@ pub(super) struct Forward {
 }
 
 impl Forward {
-    /// The forwarding side of node `node`, presenting `secret`.
-    pub(super) fn new(node: &str, secret: &str) -> Self {
+    /// The forwarding side of node `node`, presenting `secret` (over TLS with `tls`).
+    fn new(node: &str, secret: &str, tls: Option<PeerTls>) -> Self {
         Self {
             hello: PeerHello { node: node.to_string(), secret: secret.to_string(), want: None },
+            tls,
             to: None,
             channel: None,
             retry_at_ms: 0,
@@ -207,7 +233,7 @@ impl Forward {
         if self.channel.is_some() || now_ms < self.retry_at_ms {
             return;
         }
-        match connect(&address, poll, &self.hello) {
+        match connect(&address, poll, &self.hello, self.tls.as_ref()) {
             Ok(mut channel) => {
                 log::info!("peer link: forwarding changes to the leader at {address}");
                 // The streams this node's workers hold are watched again on the new link;
@@ -231,14 +257,19 @@ impl Forward {
     }
 }
 
-/// A connection to `address`, registered, with the hello queued first.
-fn connect(address: &str, poll: &Poll, hello: &PeerHello) -> io::Result<Channel> {
+/// A connection to `address`, registered, with the hello queued first (sent once the TLS
+/// handshake, if any, is done).
+fn connect(address: &str, poll: &Poll, hello: &PeerHello, tls: Option<&PeerTls>) -> io::Result<Channel> {
     let addr = address
         .to_socket_addrs()?
         .next()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the address resolves to nothing"))?;
+    let session = tls.map(|tls| tls.connect(address)).transpose()?;
     let stream = TcpStream::connect(addr)?;
-    let mut channel = Channel::tcp(stream, FORWARD, MAX_PEER_FRAME_BYTES);
+    let mut channel = match session {
+        Some(session) => Channel::tls(stream, session, FORWARD, MAX_PEER_FRAME_BYTES),
+        None => Channel::tcp(stream, FORWARD, MAX_PEER_FRAME_BYTES),
+    };
     channel.register(poll.registry())?;
     channel.send(hello).map_err(|e| io::Error::other(e.to_string()))?;
     Ok(channel)
@@ -277,8 +308,19 @@ impl Keeper {
                 log::warn!("peer link: {from} refused: {MAX_UNHEARD_PEERS} connections are waiting to say hello");
                 continue;
             }
+            let session = match peers.tls.as_ref().map(PeerTls::accept).transpose() {
+                Ok(session) => session,
+                Err(e) => {
+                    log::warn!("peer link: no TLS session for the connection from {from}: {e}");
+                    continue;
+                }
+            };
             let index = self.free_link_slot();
-            let mut channel = Channel::tcp(stream, Token(super::LINK_BASE + index), MAX_PEER_FRAME_BYTES);
+            let token = Token(super::LINK_BASE + index);
+            let mut channel = match session {
+                Some(session) => Channel::tls(stream, session, token, MAX_PEER_FRAME_BYTES),
+                None => Channel::tcp(stream, token, MAX_PEER_FRAME_BYTES),
+            };
             match channel.register(self.poll.registry()) {
                 Ok(()) => {
                     self.links[index] = Some(channel);
