@@ -64,6 +64,10 @@ const STATUS_EVERY_MS: u64 = 250;
 /// often (docs/cluster.md, "Snapshots and a log kept small").
 const TRIM_EVERY_MS: u64 = 5_000;
 
+/// Messages of peers kept while this node, elected, catches up, at most (past it, a
+/// request is answered 503 `not_leader`).
+const MAX_DEFERRED: usize = 65_536;
+
 /// Where a node stands, as the workers were told it: the leader's URL follows from the role
 /// and the epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +105,10 @@ pub(super) struct Node {
     told_at_ms: u64,
     /// The batch being put, and since its first try.
     putting: Option<(u64, Instant)>,
+    /// What peers sent while this node, elected, caught up: handled once it leads (before,
+    /// it would be this replica's, and the takeover would close it), or answered 503
+    /// `not_leader` if it does not.
+    deferred: VecDeque<(LinkId, ToKeeper)>,
     commit_latency: Histogram,
 }
 
@@ -152,6 +160,7 @@ impl Node {
             told: None,
             told_at_ms: 0,
             putting: None,
+            deferred: VecDeque::new(),
             commit_latency: Histogram::default(),
         })
     }
@@ -274,6 +283,18 @@ impl Keeper {
         if node.leads() {
             return false;
         }
+        if self.peers.as_ref().is_some_and(|p| p.heard.contains(&link)) {
+            // A peer sends what is for the leader: never served from this replica nor sent
+            // on. Kept while this node, elected, catches up (it leads next).
+            let catching_up = matches!(node.rules.role(), Role::CatchingUp { .. });
+            if catching_up && node.deferred.len() < MAX_DEFERRED {
+                node.deferred.push_back((link, message.clone()));
+            } else if let ToKeeper::Request { id, .. } = message {
+                let reply = node.not_leader();
+                node.released.push((link, FromKeeper::Reply { id: *id, reply }));
+            }
+            return true;
+        }
         // With a link to the leader everything goes there, reads included, so a client
         // sees through any node what it would see through the leader.
         if self.forwarded(link, message) {
@@ -323,7 +344,13 @@ impl Keeper {
         for effect in effects {
             match effect {
                 Effect::Apply { seq, batch } => self.apply_batch(seq, &batch)?,
-                Effect::TakeOver { at_ms, gap_ms } => self.take_over(at_ms, gap_ms)?,
+                Effect::TakeOver { at_ms, gap_ms } => {
+                    self.take_over(at_ms, gap_ms)?;
+                    // What peers sent meanwhile, in order, now that this node leads.
+                    for (link, message) in std::mem::take(&mut self.node().deferred) {
+                        self.on_message(link, message)?;
+                    }
+                }
                 Effect::Heartbeat => {
                     let now = self.clock();
                     self.expire(now)?;
@@ -358,7 +385,24 @@ impl Keeper {
                 }
             }
         }
+        // Elected but deposed before it led: what peers sent meanwhile was for a leader.
+        let node = self.node();
+        if !node.deferred.is_empty() && !matches!(node.rules.role(), Role::CatchingUp { .. } | Role::Leading { .. }) {
+            let reply = node.not_leader();
+            for (link, message) in std::mem::take(&mut node.deferred) {
+                if let ToKeeper::Request { id, .. } = message {
+                    node.released.push((link, FromKeeper::Reply { id, reply: reply.clone() }));
+                }
+            }
+        }
         Ok(None)
+    }
+
+    /// Drops what channel `link` sent while this node caught up (the channel closed).
+    pub(super) fn forget_deferred(&mut self, link: LinkId) {
+        if let Some(node) = self.cluster.as_mut() {
+            node.deferred.retain(|(l, _)| *l != link);
+        }
     }
 
     fn node(&mut self) -> &mut Node {

@@ -763,6 +763,11 @@ impl Keeper {
     fn close_link(&mut self, index: usize) {
         let Some(mut link) = self.links.get_mut(index).and_then(Option::take) else { return };
         link.deregister(self.poll.registry());
+        if let Some(peers) = self.peers.as_mut() {
+            peers.heard.remove(&index);
+        }
+        // What it sent while this node was catching up is nobody's now.
+        self.forget_deferred(index);
         if self.peers.as_mut().is_some_and(|p| p.unheard.remove(&index).is_some()) {
             // A peer that never said hello was never in the state.
             return;

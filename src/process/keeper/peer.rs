@@ -24,7 +24,7 @@
 //!   its answer is answered `unknown` (503: it may or may not have taken effect), and the
 //!   link is tried again after [`RECONNECT_MS`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::ToSocketAddrs;
 
@@ -79,6 +79,8 @@ pub(super) struct Peers {
     tls: Option<PeerTls>,
     /// Channels (by link index) still waiting for their hello, and since when.
     pub(super) unheard: HashMap<usize, u64>,
+    /// Channels (by link index) of admitted peers: what they send is for the leader.
+    pub(super) heard: HashSet<usize>,
     /// The snapshot transfers running.
     sends: Sends,
 }
@@ -97,6 +99,7 @@ impl Peers {
             node: node.to_string(),
             tls,
             unheard: HashMap::new(),
+            heard: HashSet::new(),
             sends: Sends::default(),
         })
     }
@@ -350,6 +353,7 @@ impl Keeper {
                 false
             }
             Some(hello) if peers.admits(&hello) => {
+                peers.heard.insert(index);
                 log::info!("peer link: node {} connected (to node {})", hello.node, peers.node);
                 true
             }
