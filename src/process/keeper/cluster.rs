@@ -64,9 +64,14 @@ const STATUS_EVERY_MS: u64 = 250;
 /// often (docs/cluster.md, "Snapshots and a log kept small").
 const TRIM_EVERY_MS: u64 = 5_000;
 
-/// Messages of peers kept while this node, elected, catches up, at most (past it, a
-/// request is answered 503 `not_leader`).
+/// Messages of peers kept while this node, elected, catches up (or has not heard yet who
+/// won), at most (past it, a request is answered 503 `not_leader`).
 const MAX_DEFERRED: usize = 65_536;
+
+/// A peer's message kept while no node is known to lead is answered 503 `not_leader` once
+/// it waited this long (a peer that heard of this node's win before this node did is a
+/// matter of milliseconds; a cluster without a leader for longer says so).
+const MAX_DEFERRED_MS: u64 = 2_000;
 
 /// Where a node stands, as the workers were told it: the leader's URL follows from the role
 /// and the epoch.
@@ -108,7 +113,7 @@ pub(super) struct Node {
     /// What peers sent while this node, elected, caught up: handled once it leads (before,
     /// it would be this replica's, and the takeover would close it), or answered 503
     /// `not_leader` if it does not.
-    deferred: VecDeque<(LinkId, ToKeeper)>,
+    deferred: VecDeque<(u64, LinkId, ToKeeper)>,
     commit_latency: Histogram,
 }
 
@@ -285,10 +290,11 @@ impl Keeper {
         }
         if self.peers.as_ref().is_some_and(|p| p.heard.contains(&link)) {
             // A peer sends what is for the leader: never served from this replica nor sent
-            // on. Kept while this node, elected, catches up (it leads next).
-            let catching_up = matches!(node.rules.role(), Role::CatchingUp { .. });
-            if catching_up && node.deferred.len() < MAX_DEFERRED {
-                node.deferred.push_back((link, message.clone()));
+            // on. Kept while this node, elected, catches up (it leads next), or while it
+            // knows of no leader (the peer may have heard of this node's win first).
+            let may_lead = matches!(node.rules.role(), Role::CatchingUp { .. } | Role::Follower { leader: None });
+            if may_lead && node.deferred.len() < MAX_DEFERRED {
+                node.deferred.push_back((wall_ms(), link, message.clone()));
             } else if let ToKeeper::Request { id, .. } = message {
                 let reply = node.not_leader();
                 node.released.push((link, FromKeeper::Reply { id: *id, reply }));
@@ -347,7 +353,7 @@ impl Keeper {
                 Effect::TakeOver { at_ms, gap_ms } => {
                     self.take_over(at_ms, gap_ms)?;
                     // What peers sent meanwhile, in order, now that this node leads.
-                    for (link, message) in std::mem::take(&mut self.node().deferred) {
+                    for (_, link, message) in std::mem::take(&mut self.node().deferred) {
                         self.on_message(link, message)?;
                     }
                 }
@@ -385,23 +391,14 @@ impl Keeper {
                 }
             }
         }
-        // Elected but deposed before it led: what peers sent meanwhile was for a leader.
-        let node = self.node();
-        if !node.deferred.is_empty() && !matches!(node.rules.role(), Role::CatchingUp { .. } | Role::Leading { .. }) {
-            let reply = node.not_leader();
-            for (link, message) in std::mem::take(&mut node.deferred) {
-                if let ToKeeper::Request { id, .. } = message {
-                    node.released.push((link, FromKeeper::Reply { id, reply: reply.clone() }));
-                }
-            }
-        }
+        self.node().answer_deferred(wall_ms());
         Ok(None)
     }
 
     /// Drops what channel `link` sent while this node caught up (the channel closed).
     pub(super) fn forget_deferred(&mut self, link: LinkId) {
         if let Some(node) = self.cluster.as_mut() {
-            node.deferred.retain(|(l, _)| *l != link);
+            node.deferred.retain(|(_, l, _)| *l != link);
         }
     }
 
@@ -413,6 +410,7 @@ impl Keeper {
     /// answers wait for its batch; answers after a turn still waiting wait with it; answers
     /// acknowledged or resigned meanwhile go out.
     pub(super) fn cluster_end_turn(&mut self) -> io::Result<Option<i32>> {
+        self.node().answer_deferred(wall_ms());
         if !self.node().turn.is_empty() {
             if let Some(code) = self.submit_turn()? {
                 return Ok(Some(code));
@@ -672,6 +670,26 @@ impl std::fmt::Display for Seen {
 }
 
 impl Node {
+    /// Answers 503 `not_leader` what peers sent for a leader that this node will not be:
+    /// another node leads, or none has for [`MAX_DEFERRED_MS`].
+    fn answer_deferred(&mut self, now_ms: u64) {
+        let Some(&(oldest_ms, _, _)) = self.deferred.front() else { return };
+        let give_up = match self.rules.role() {
+            Role::CatchingUp { .. } | Role::Leading { .. } => false,
+            Role::Follower { leader: Some(_) } => true,
+            Role::Follower { leader: None } => now_ms >= oldest_ms + MAX_DEFERRED_MS,
+        };
+        if !give_up {
+            return;
+        }
+        let reply = self.not_leader();
+        for (_, link, message) in std::mem::take(&mut self.deferred) {
+            if let ToKeeper::Request { id, .. } = message {
+                self.released.push((link, FromKeeper::Reply { id, reply: reply.clone() }));
+            }
+        }
+    }
+
     /// Moves the answers of `tokens` to those that may leave, each through `map` (which may
     /// drop it).
     fn release(&mut self, tokens: &[u64], mut map: impl FnMut((LinkId, FromKeeper)) -> Option<(LinkId, FromKeeper)>) {
