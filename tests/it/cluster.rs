@@ -643,6 +643,10 @@ fn r14_a_long_poll_held_on_a_follower_keeps_its_place_when_the_leader_is_killed(
         let n = metrics.lines().find_map(|l| l.strip_prefix("leasehold_waiting_requests ")).map(str::to_string);
         (n.as_deref() == Some("1")).then_some(()).ok_or(n)
     });
+    // Its wait is committed once every node applied the batch that holds it: then the leader
+    // has told the follower where it stands (a wait killed before its commit may never have
+    // been, and is answered 503, effect unknown).
+    cluster.wait_in_step();
     cluster.nodes[leader].kill();
     // Answered with where it stands: its client keeps its place.
     let r = waiting.read_reply().expect("an answer when the link to the leader breaks");
