@@ -278,17 +278,7 @@ fn now_ms() -> u64 {
 impl Node {
     fn new(etcd: &EtcdCluster, name: &str) -> Node {
         use leasehold::service::cluster::{Cluster, Settings};
-        let config = leasehold::config::ClusterConfig {
-            etcd_endpoints: etcd.endpoints.clone(),
-            prefix: PREFIX.into(),
-            node_name: name.into(),
-            advertise_url: format!("http://{name}.test:8080"),
-            election_ttl_ms: 3_000,
-            etcd_timeout_ms: 1_000,
-            peer: None,
-            snapshot_every_batches: 10_000,
-        };
-        let mut link = leasehold::process::link::Link::new(&config).unwrap();
+        let mut link = link(etcd, name);
         let watch = sure(|| link.watch(0));
         let mut header = Vec::new();
         leasehold::journal::codec::frame(&leasehold::journal::segment_header(), &mut header);
@@ -458,17 +448,7 @@ fn r13_three_nodes_of_rules_and_links_elect_one_leader_commit_and_fail_over() {
 fn r13_a_batch_past_etcds_request_limit_is_refused_for_sure_not_put_again_forever() {
     use leasehold::service::cluster::{Effect, Event};
     let etcd = EtcdCluster::start();
-    let config = leasehold::config::ClusterConfig {
-        etcd_endpoints: etcd.endpoints.clone(),
-        prefix: PREFIX.into(),
-        node_name: "node-a".into(),
-        advertise_url: "http://node-a.test:8080".into(),
-        election_ttl_ms: 3_000,
-        etcd_timeout_ms: 1_000,
-        peer: None,
-        snapshot_every_batches: 10_000,
-    };
-    let mut link = leasehold::process::link::Link::new(&config).unwrap();
+    let mut link = link(&etcd, "node-a");
     wait_for("a lease", || {
         let events = link.keep_lease();
         events.contains(&Event::LeaseHeld).then_some(()).ok_or(events)
