@@ -50,10 +50,7 @@ fn rss_kib(pids: &[i32]) -> u64 {
 /// The keys under the prefix, the first batch of the log, and etcd's database sizes (the
 /// largest member's).
 fn keyspace(etcd: &EtcdCluster) -> (u64, u64, u64, u64) {
-    let count = etcd.etcdctl(&["get", "--prefix", "/leasehold/", "--keys-only", "--limit", "1", "-w", "json"]);
-    let keys = serde_json::from_str::<serde_json::Value>(&count).ok().and_then(|v| v["count"].as_u64()).unwrap_or(0);
-    let first = etcd.etcdctl(&["get", "--prefix", "/leasehold/log/", "--keys-only", "--limit", "1"]);
-    let first = first.lines().find_map(|l| l.trim().strip_prefix("/leasehold/log/")?.parse().ok()).unwrap_or(0);
+    let (keys, first) = (etcd.keys_under("/leasehold/"), etcd.first_log_batch());
     let status = etcd.etcdctl(&["endpoint", "status", "-w", "json"]);
     let status: serde_json::Value = serde_json::from_str(&status).unwrap_or_default();
     let members = status.as_array().cloned().unwrap_or_default();

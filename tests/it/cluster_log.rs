@@ -19,20 +19,6 @@ fn text(reply: &Reply) -> String {
     String::from_utf8_lossy(&reply.body).into_owned()
 }
 
-/// The first batch still in the cluster's log (0: the log is empty).
-pub(crate) fn first_batch(etcd: &EtcdCluster) -> u64 {
-    let keys = etcd.etcdctl(&["get", "--prefix", "/leasehold/log/", "--keys-only", "--limit", "1"]);
-    keys.lines().find_map(|l| l.trim().strip_prefix("/leasehold/log/")).and_then(|n| n.parse().ok()).unwrap_or(0)
-}
-
-/// How many batches the cluster's log holds.
-fn batches(etcd: &EtcdCluster) -> u64 {
-    // A range's answer counts every key in it, however few it returns.
-    let count = etcd.etcdctl(&["get", "--prefix", "/leasehold/log/", "--keys-only", "--limit", "1", "-w", "json"]);
-    let count: serde_json::Value = serde_json::from_str(&count).expect("etcdctl's JSON");
-    count["count"].as_u64().unwrap_or(0)
-}
-
 /// One unlabelled series of a node's `/metrics`.
 pub(crate) fn gauge(addr: std::net::SocketAddr, name: &str) -> Option<u64> {
     let metrics = text(&once(addr, "GET", "/metrics", &[], ""));
@@ -87,10 +73,10 @@ fn r14_a_node_stopped_while_200k_operations_pass_catches_up_by_the_leaders_snaps
     // The live nodes snapshot every 100 batches, and the leader trims below the lowest:
     // the batches the stopped node needs next are gone.
     let first = wait_for("the log trimmed past what the stopped node needs", || {
-        let first = first_batch(&etcd);
+        let first = etcd.first_log_batch();
         (first > left_at + 1).then_some(first).ok_or(first)
     });
-    let kept = batches(&etcd);
+    let kept = etcd.keys_under("/leasehold/log/");
     let applied = gauge(cluster.nodes[leader].addr, "leasehold_cluster_applied_batch").unwrap_or(0);
     assert!(kept < applied / 2, "the log keeps {kept} of {applied} batches (from {first})");
     eprintln!("left at batch {left_at}; the log keeps {kept} of {applied} batches, from {first}");

@@ -20,7 +20,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
 };
 
-use crate::cluster_log::{first_batch, gauge, hold_with_data, local_snapshot};
+use crate::cluster_log::{gauge, hold_with_data, local_snapshot};
 use crate::support::etcd::EtcdCluster;
 use crate::support::http::{once, Reply};
 use crate::support::load::Load;
@@ -218,7 +218,7 @@ fn a_node_away_while_the_log_is_trimmed_fetches_the_leaders_snapshot_over_tls() 
     // Load until the leader trimmed the log past what the stopped node needs next.
     let load = Load::start(cluster.nodes[leader].addr, 4, "busy");
     let first = wait_for("the log trimmed past what the stopped node needs", || {
-        let first = first_batch(&etcd);
+        let first = etcd.first_log_batch();
         (first > left_at + 1).then_some(first).ok_or(first)
     });
     let tally = load.stop();

@@ -97,6 +97,21 @@ impl EtcdCluster {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// How many keys start with `prefix` (a range's answer counts every key in it, however
+    /// few it returns).
+    pub fn keys_under(&self, prefix: &str) -> u64 {
+        let count = self.etcdctl(&["get", "--prefix", prefix, "--keys-only", "--limit", "1", "-w", "json"]);
+        let count: serde_json::Value = serde_json::from_str(&count).expect("etcdctl's JSON");
+        count["count"].as_u64().unwrap_or(0)
+    }
+
+    /// The first batch still in the log of the cluster under `/leasehold` (0: the log is
+    /// empty).
+    pub fn first_log_batch(&self) -> u64 {
+        let keys = self.etcdctl(&["get", "--prefix", "/leasehold/log/", "--keys-only", "--limit", "1"]);
+        keys.lines().find_map(|l| l.trim().strip_prefix("/leasehold/log/")?.parse().ok()).unwrap_or(0)
+    }
+
     /// The member (1 to 3) that is etcd's raft leader now.
     pub fn leader_member(&self) -> usize {
         let text = self.etcdctl(&["endpoint", "status", "--write-out=json"]);
