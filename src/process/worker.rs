@@ -521,15 +521,6 @@ impl Worker {
 
     fn on_reply(&mut self, id: u64, reply: &LockReply) {
         let Some(p) = self.pending.remove(&id) else { return };
-        // The link to the leader broke while the request waited: it is still queued there
-        // (its wait was committed before the keeper said so), and its client keeps its place.
-        if matches!(reply, LockReply::Unknown { .. }) && p.queued.is_some() {
-            if let Some(c) = self.client(p.slot, p.client_id) {
-                c.waits.retain(|&w| w != id);
-            }
-            self.answer_early(p);
-            return;
-        }
         let alive = match self.client(p.slot, p.client_id) {
             Some(c) => {
                 c.waits.retain(|&w| w != id);
@@ -537,6 +528,12 @@ impl Worker {
             }
             None => false,
         };
+        // The link to the leader broke while the request waited: it is still queued there
+        // (its wait was committed before the keeper said so), and its client keeps its place.
+        if matches!(reply, LockReply::Unknown { .. }) && p.queued.is_some() {
+            self.answer_early(p);
+            return;
+        }
         match p.purpose {
             Purpose::Nothing => {}
             Purpose::Answer { finish, waits } => {
