@@ -45,3 +45,4 @@ pub mod process;
 pub mod service;
 #[allow(unsafe_code)]
 pub mod sys;
+pub mod version;

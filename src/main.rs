@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use leasehold::client;
 use leasehold::config::{Config, ConfigError};
 use leasehold::journal::inspect::{self, InspectError};
+use leasehold::version;
 
 const USAGE: &str = "\
 leasehold: fast, fair, durable locks over HTTP
@@ -47,7 +48,7 @@ usage:
                                       valid) into NEW_DIR (new or empty), leaving DIR as it is;
                                       a keeper starts from NEW_DIR. Exit 0 done, 1 failed, 2 bad
                                       usage
-  leasehold --version | --help
+  leasehold --version | --help       the version and build stamp (dev unless stamped); usage
 
   Client commands take --server URL (or LEASEHOLD_URL; default http://127.0.0.1:8080)
   and --key KEY (or LEASEHOLD_KEY).
@@ -72,7 +73,7 @@ fn main() -> ExitCode {
         ["child", "courier", master_pid] => child("courier", None, master_pid),
         ["child", "worker", slot, master_pid] => child("worker", Some(slot), master_pid),
         ["--version" | "-V" | "version"] => {
-            println!("leasehold {}", env!("CARGO_PKG_VERSION"));
+            println!("leasehold {} (build {})", version::VERSION, version::build());
             ExitCode::SUCCESS
         }
         ["--help" | "-h" | "help"] => {

@@ -6,6 +6,7 @@
 //!
 //! | series | type | labels | from |
 //! |---|---|---|---|
+//! | `build_info` (always 1) | gauge | `version`, `build` (`crate::version`) | master |
 //! | `http_requests_total` | counter | `route`, `status` | workers |
 //! | `http_request_duration_seconds` | histogram | `route` | workers |
 //! | `open_connections` | gauge | `worker` | workers |
@@ -36,6 +37,8 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
+
+use crate::version;
 
 /// Upper bounds of the latency histogram buckets, in microseconds (`+Inf` is implied).
 pub const LATENCY_BUCKETS_US: &[u64] =
@@ -305,6 +308,13 @@ pub fn render(
         totals.add(w);
     }
     let mut out = String::with_capacity(4096);
+    header(&mut out, "build_info", "gauge", "The version and build of the binary rendering these metrics (always 1).");
+    let _ = writeln!(
+        out,
+        "leasehold_build_info{{version=\"{}\",build=\"{}\"}} 1",
+        escape(version::VERSION),
+        escape(&version::build())
+    );
     header(&mut out, "http_requests_total", "counter", "HTTP requests answered, by route and status.");
     for ((route, status), count) in &totals.requests {
         let _ =
@@ -488,6 +498,9 @@ mod tests {
         assert!(text.contains("leasehold_unsent_bytes{worker=\"1\"} 1000\n"), "{text}");
         assert!(text.contains("leasehold_max_unsent_bytes 1048576\n"), "{text}");
         assert!(text.contains("leasehold_keeper_up 1\n"));
+        let build_info = format!("leasehold_build_info{{version=\"{}\",build=\"dev\"}} 1\n", version::VERSION);
+        assert!(text.contains(&build_info), "{text}");
+        assert!(text.contains("# TYPE leasehold_build_info gauge\n"), "{text}");
         assert!(text.contains("leasehold_budget_used{budget=\"locks\"} 3\n"), "{text}");
         assert!(text.contains("leasehold_budget_limit{budget=\"locks\"} 5000000\n"));
         assert!(text.contains("leasehold_budget_used{budget=\"data_bytes\"} 17\n"));

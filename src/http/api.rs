@@ -26,6 +26,7 @@ use crate::ipc::message::{
     Budget, ClusterStatus, LockInfo, LockOp, LockReply, OutboxRefusal, RejectKind, Then, TicketEvent,
 };
 use crate::service::resources::row_id;
+use crate::version;
 
 /// The header that carries a Small Resource Server ticket, spelled as its client reads it.
 pub const X_TICKET: &str = "X-Ticket";
@@ -276,7 +277,10 @@ fn plan_inner(
     let lock = || LockName::parse(param(params, 0)).map_err(bad);
     let key = || DataKey::parse(param(params, 1)).map_err(bad);
     Ok(match def.id {
-        RouteId::Healthz => Plan::Now(Response::json(200, &serde_json::json!({"status": "ok"}))),
+        RouteId::Healthz => Plan::Now(Response::json(
+            200,
+            &serde_json::json!({"status": "ok", "version": version::VERSION, "build": version::build()}),
+        )),
         RouteId::CompatHealth => Plan::Now(Response::json(200, &serde_json::json!({"heath": "ok"}))),
         RouteId::Readyz => Plan::Ready,
         RouteId::Metrics => Plan::Metrics,

@@ -1,7 +1,7 @@
 //! The system layer: the only module allowed to use `unsafe`, and the thin wrappers over the
 //! kernel that the process shells need (fd passing, child processes, signals, sd_notify,
-//! clocks, entropy, heap trimming, interface addresses). Each unsafe block carries a `SAFETY:` comment. Nothing here knows about
-//! locks or HTTP.
+//! clocks, entropy, heap trimming, interface addresses, volatile reads of the build stamp).
+//! Each unsafe block carries a `SAFETY:` comment. Nothing here knows about locks or HTTP.
 
 pub mod clock;
 pub mod entropy;
@@ -11,3 +11,4 @@ pub mod memory;
 pub mod notify;
 pub mod process;
 pub mod signals;
+pub mod volatile;

@@ -1,6 +1,9 @@
 //! A load of keep-alive clients, each doing acquire → release cycles on its own lock, that
-//! counts every failure by kind. A response with `Connection: close` is followed by a new
-//! connection, as any correct client does.
+//! counts every failure by kind and keeps every answer other than 200 whole (status,
+//! headers, body), for a test that allows some answers (a 503 with `Retry-After`) and checks
+//! their form. A response with `Connection: close` is followed by a new connection, and an
+//! acquire or release answered otherwise than 200 by a new lock name (the old one may still
+//! be held: a 503 leaves the effect unknown), as any correct client does.
 //!
 //! Nothing is lost: a release sent on a fresh connection (after an acquire answered with
 //! `Connection: close`) counts like any other request, and a client thread that panics
@@ -13,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::http::{cycle, Client};
+use super::http::{cycle, Client, Reply};
 
 /// What the clients saw.
 #[derive(Debug, Default)]
@@ -28,6 +31,8 @@ pub struct Tally {
     pub unserved_connections: Mutex<Vec<String>>,
     /// Answers other than 200.
     pub bad_statuses: Mutex<Vec<String>>,
+    /// The same answers, whole.
+    pub not_ok: Mutex<Vec<Reply>>,
     /// New connections refused or failed.
     pub connect_failures: AtomicU64,
     /// Client threads that panicked, with their messages.
@@ -181,6 +186,9 @@ fn run_client(addr: SocketAddr, base: &str, stop: &AtomicBool, tally: &Tally) {
                         first.status,
                         String::from_utf8_lossy(&first.body)
                     ));
+                    tally.not_ok.lock().unwrap().push(first.clone());
+                    round += 1;
+                    lock = format!("{base}.{round}");
                 }
                 match second {
                     Some(r) if r.status == 200 => {
@@ -196,6 +204,9 @@ fn run_client(addr: SocketAddr, base: &str, stop: &AtomicBool, tally: &Tally) {
                             r.status,
                             String::from_utf8_lossy(&r.body)
                         ));
+                        tally.not_ok.lock().unwrap().push(r);
+                        round += 1;
+                        lock = format!("{base}.{round}");
                     }
                     None if first.status == 200 => {
                         // Acquired on a closing connection: release on a new one, and count
@@ -240,6 +251,7 @@ fn release_on_a_fresh_connection(addr: SocketAddr, lock: &str, ticket: &str, tal
         Ok(r) => {
             let body = String::from_utf8_lossy(&r.body);
             tally.bad_statuses.lock().unwrap().push(format!("release on a fresh connection {}: {body}", r.status));
+            tally.not_ok.lock().unwrap().push(r);
             false
         }
         Err(e) => {

@@ -1,7 +1,8 @@
-//! Test support: start the real binary with a test-owned `NOTIFY_SOCKET`, wait for its
-//! notifications (never by sleeping), find its children, and talk HTTP to it. Every wait
-//! for a condition goes through [`wait_for`]/[`wait_until`]: a deadline of [`DEADLINE`] and
-//! a short backoff between looks, never a busy loop and never a fixed sleep.
+//! Test support: start the real binary (as built, or a copy of it with another build
+//! stamp, [`stamped_binary`]) with a test-owned `NOTIFY_SOCKET`, wait for its notifications
+//! (never by sleeping), find its children, and talk HTTP to it. Every wait for a condition
+//! goes through [`wait_for`]/[`wait_until`]: a deadline of [`DEADLINE`] and a short backoff
+//! between looks, never a busy loop and never a fixed sleep.
 
 pub mod etcd;
 pub mod http;
@@ -80,6 +81,18 @@ pub fn processes(pids: &[i32]) -> String {
     out
 }
 
+/// A copy of the binary under test in `dir` (as `leasehold-BUILD`, mode 0755) whose build
+/// stamp says `build` (see `leasehold::version`); returns its path. Rename it to where a
+/// server looks for its binary.
+pub fn stamped_binary(dir: &Path, build: &str) -> PathBuf {
+    let mut bytes = std::fs::read(env!("CARGO_BIN_EXE_leasehold")).expect("read the binary under test");
+    leasehold::version::stamp(&mut bytes, build).unwrap_or_else(|e| panic!("stamp {build:?}: {e}"));
+    let path = dir.join(format!("leasehold-{build}"));
+    std::fs::write(&path, bytes).expect("write the stamped binary");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod 0755");
+    path
+}
+
 /// First pause between two looks at a condition that does not hold yet.
 const FIRST_PAUSE: Duration = Duration::from_millis(1);
 /// Longest pause between two looks: short against every wait a test makes, long enough
@@ -141,6 +154,14 @@ impl Server {
         Self::launch(config_text, env, true)
     }
 
+    /// Starts the program at `binary` (for example a [`stamped_binary`], renamed) as the
+    /// master, named by that path as given, and waits for `READY=1`.
+    pub fn start_from(binary: &Path, config_text: &str) -> Server {
+        let mut server = Self::spawn_from(binary, config_text, &[], true);
+        server.wait_serving(true);
+        server
+    }
+
     /// Starts the server with no `NOTIFY_SOCKET` at all (as `make run` does) and waits for
     /// its "serving on" log line.
     pub fn start_without_systemd(config_text: &str) -> Server {
@@ -159,6 +180,10 @@ impl Server {
     }
 
     fn spawn(config_text: &str, env: &[(&str, &str)], systemd: bool) -> Server {
+        Self::spawn_from(Path::new(env!("CARGO_BIN_EXE_leasehold")), config_text, env, systemd)
+    }
+
+    fn spawn_from(binary: &Path, config_text: &str, env: &[(&str, &str)], systemd: bool) -> Server {
         let dir = scratch();
         let config_path = dir.path().join("leasehold.toml");
         let text = format!("{config_text}\n");
@@ -170,7 +195,7 @@ impl Server {
         std::fs::write(&config_path, text).expect("write config");
         let notify_path = dir.path().join("notify.sock");
         let notify = UnixDatagram::bind(&notify_path).expect("bind notify socket");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_leasehold"));
+        let mut cmd = Command::new(binary);
         for (name, _) in std::env::vars_os() {
             let name = name.to_string_lossy().to_string();
             if name.starts_with("LEASEHOLD_") || name.starts_with("RESOURCE_") || name.starts_with("WATCHDOG_") {
@@ -185,7 +210,14 @@ impl Server {
         }
         cmd.envs(env.iter().copied());
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("start leasehold");
+        // A binary the test just wrote can be busy for a moment: another test thread that
+        // forked meanwhile holds a copy of the descriptor it was written through until its
+        // child's exec closes it.
+        let busy = nix::errno::Errno::ETXTBSY as i32;
+        let mut child = wait_for(&format!("start {}", binary.display()), || match cmd.spawn() {
+            Err(e) if e.raw_os_error() == Some(busy) => Err(e),
+            started => Ok(started.unwrap_or_else(|e| panic!("start {}: {e}", binary.display()))),
+        });
         let log = Arc::new((Mutex::new(String::new()), Condvar::new()));
         let stderr = child.stderr.take().expect("stderr");
         let sink = Arc::clone(&log);
@@ -276,6 +308,17 @@ impl Server {
                 if note.contains(want) {
                     return note;
                 }
+            }
+        }
+    }
+
+    /// Waits for a notification with a line that starts with `prefix` (after those already
+    /// seen), for example `MAINPID=`; returns that line.
+    pub fn wait_note_line(&mut self, prefix: &str) -> String {
+        loop {
+            let note = self.wait_note(prefix);
+            if let Some(line) = note.lines().find(|l| l.starts_with(prefix)) {
+                return line.to_string();
             }
         }
     }
