@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod balance;
 pub mod error;
+pub mod lifecycle;
 pub mod lock;
 pub mod names;
 pub mod outbox;

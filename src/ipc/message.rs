@@ -94,6 +94,18 @@ pub enum ToChild {
     },
 }
 
+/// Between an old master and the new master it started for a binary upgrade (docs/lifecycle.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Upgrade {
+    /// New → old: configuration valid, listeners taken; release the data directory.
+    WantKeeper,
+    /// Old → new: the old keeper has stopped; the directory is free.
+    KeeperReleased,
+    /// New → old: every child of the new master is ready; the old one may leave.
+    Ready,
+}
+
 /// Child → master, on the control channel.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]

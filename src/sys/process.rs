@@ -4,12 +4,14 @@
 //! Children are started by fork + exec of the running binary (`/proc/self/exe`, so a binary
 //! replaced on disk by a package upgrade does not mix versions inside one service). The exec
 //! gives every child a clean state: no inherited threads, handlers or master bookkeeping.
-//! Between fork and exec only async-signal-safe system calls run.
+//! Between fork and exec only async-signal-safe system calls run. A binary upgrade starts
+//! the new master from the path the running one was started from, where the new build now is.
 
-use std::ffi::CString;
+use std::ffi::{CString, OsStr, OsString};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::process::Command;
 
 use nix::libc;
@@ -30,13 +32,33 @@ const MASTER_ONLY_VARIABLES: &[&str] = &["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATC
 /// `FIRST_INHERITED_FD + i` and nothing else open beyond stdio. The child gets SIGTERM when
 /// this process dies. Returns the child's pid.
 pub fn spawn(arg0: &str, args: &[String], fds: &[BorrowedFd<'_>]) -> io::Result<i32> {
-    let sources: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-    let mut parked: Vec<RawFd> = vec![-1; sources.len()];
     let mut cmd = Command::new(SELF_EXE);
     cmd.arg0(arg0).args(args);
     for name in MASTER_ONLY_VARIABLES {
         cmd.env_remove(name);
     }
+    start(cmd, fds, true)
+}
+
+/// Starts `program` (a new master, for a binary upgrade) with `args` and this process's
+/// environment plus `env`, with `fds[i]` at `FIRST_INHERITED_FD + i`. Unlike a child it
+/// outlives this process: it is to take over from it. Returns its pid.
+pub fn spawn_successor(
+    program: &Path,
+    arg0: &OsStr,
+    args: &[OsString],
+    env: &[(&str, String)],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<i32> {
+    let mut cmd = Command::new(program);
+    cmd.arg0(arg0).args(args);
+    cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    start(cmd, fds, false)
+}
+
+fn start(mut cmd: Command, fds: &[BorrowedFd<'_>], die_with_parent: bool) -> io::Result<i32> {
+    let sources: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut parked: Vec<RawFd> = vec![-1; sources.len()];
     let first_free = FIRST_INHERITED_FD + sources.len() as RawFd;
     // SAFETY: the closure runs in the forked child before exec and only makes
     // async-signal-safe system calls (fcntl, dup2, prctl) on integers it owns; it does not
@@ -58,7 +80,7 @@ pub fn spawn(arg0: &str, args: &[String], fds: &[BorrowedFd<'_>]) -> io::Result<
                     return Err(io::Error::last_os_error());
                 }
             }
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) < 0 {
+            if die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0) < 0 {
                 return Err(io::Error::last_os_error());
             }
             Ok(())

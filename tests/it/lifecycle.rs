@@ -372,13 +372,11 @@ fn a_second_server_on_a_port_in_use_refuses_to_start_in_either_dispatch_mode() {
 }
 
 #[test]
-fn r12_sigusr2_and_other_stray_signals_are_logged_and_ignored() {
+fn r12_stray_signals_are_logged_and_ignored() {
     let mut s = Server::start(&config("workers = 1", ""));
     let children = s.children();
     let mut c = Client::connect(s.addr).unwrap();
     assert_eq!(acquire(&mut c, "before-usr2").unwrap().status, 200);
-    s.signal(Signal::SIGUSR2);
-    s.wait_log("SIGUSR2: ignored");
     // Each logged line proves the master handled the signal before the next is sent.
     for signal in [Signal::SIGALRM, Signal::SIGVTALRM, Signal::SIGPROF, Signal::SIGXFSZ, Signal::SIGIO, Signal::SIGPWR]
     {
@@ -796,7 +794,7 @@ fn r15_a_reload_answers_long_polls_with_their_tickets_and_kills_a_worker_that_do
     s.signal(Signal::SIGUSR1);
     s.wait_note("READY=1");
     assert!(wait_for_exit(stuck, DEADLINE).unwrap(), "the frozen worker was killed");
-    s.wait_log(&format!("pid {stuck} did not drain within 1500 ms of a reload: killing it"));
+    s.wait_log(&format!("(pid {stuck}) did not drain within 1500 ms of a reload: killing it"));
     assert_eq!(once(s.addr, "GET", "/v1/locks/line", &[], "").status, 200, "the service goes on");
 }
 
@@ -817,7 +815,7 @@ fn r15_a_frozen_worker_courier_or_keeper_is_found_by_its_missed_pings_killed_and
     for (role, pid) in frozen {
         signal_pid(pid, Signal::SIGSTOP);
         assert!(wait_for_exit(pid, DEADLINE).unwrap(), "the frozen {role} was killed");
-        s.wait_log(&format!("pid {pid} has not answered for"));
+        s.wait_log(&format!("(pid {pid}) has not answered for"));
         s.wait_all_ready(2);
         crate::support::wait_for(&format!("the {role}'s hang counted"), || {
             let n = hangs(s.addr, role);
