@@ -53,6 +53,9 @@ pub fn spawn_successor(
     let mut cmd = Command::new(program);
     cmd.arg0(arg0).args(args);
     cmd.envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+    // systemd's watchdog names the old master; once the new one is the main process it is
+    // the new one's to feed.
+    cmd.env_remove("WATCHDOG_PID");
     start(cmd, fds, false)
 }
 
