@@ -36,9 +36,9 @@ pub struct Boot {
 /// Boots a child named `name` whose master is `master_pid`. Errors are printed by the caller.
 pub fn boot(name: &str, master_pid: i32, control_token: Token) -> Result<Boot, String> {
     process::set_name(name);
-    // The terminal's Ctrl-C and hang-up reach the whole process group; the master decides
-    // what happens to its children. SIGUSR1 and SIGUSR2 would kill by default.
-    for s in [Signal::SIGINT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2] {
+    // The terminal's Ctrl-C, quit key and hang-up reach the whole process group; the master
+    // decides what happens to its children. SIGUSR1 and SIGUSR2 would kill by default.
+    for s in [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGHUP, Signal::SIGUSR1, Signal::SIGUSR2] {
         signals::ignore(s);
     }
     process::check_parent(master_pid).map_err(|e| e.to_string())?;

@@ -372,6 +372,25 @@ fn a_second_server_on_a_port_in_use_refuses_to_start_in_either_dispatch_mode() {
 }
 
 #[test]
+fn r15_sigquit_stops_like_sigterm_and_children_ignore_the_terminals_quit_key() {
+    let mut s = Server::start(&config("workers = 2", ""));
+    let children = s.children();
+    // The terminal's quit key reaches the whole process group: a child must not die of it.
+    let worker = s.worker_pids()[0];
+    signal_pid(worker, Signal::SIGQUIT);
+    signal_pid(s.keeper_pid(), Signal::SIGQUIT);
+    assert_eq!(once(s.addr, "GET", "/healthz", &[], "").status, 200);
+    let mut c = Client::connect(s.addr).unwrap();
+    assert_eq!(acquire(&mut c, "after-quit").unwrap().status, 200);
+    assert_eq!(s.children(), children, "no child died of SIGQUIT");
+    // The master stops on it, as nginx's graceful quit.
+    s.signal(Signal::SIGQUIT);
+    s.wait_note("STOPPING=1");
+    let (status, _) = s.wait_exit(DEADLINE);
+    assert_eq!(status.code(), Some(0), "{}", s.log());
+}
+
+#[test]
 fn r12_stray_signals_are_logged_and_ignored() {
     let mut s = Server::start(&config("workers = 1", ""));
     let children = s.children();

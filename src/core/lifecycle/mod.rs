@@ -28,7 +28,7 @@
 //!   children without touching the listeners. A new master that fails, exits or does not
 //!   come up within [`UPGRADE_TIMEOUT_MS`] is stopped and the old master goes on serving
 //!   (its keeper started again at once if it had handed it over).
-//! - **Stop** (`SIGTERM`/`SIGINT`, a crash storm, a failed start): listeners stop accepting;
+//! - **Stop** (`SIGTERM`/`SIGINT`/`SIGQUIT`, a crash storm, a failed start): listeners stop accepting;
 //!   workers and courier drain (killed at `drain_timeout_ms`); then the keeper is told to
 //!   stop (killed after [`KEEPER_STOP_MS`]); exit once every child is gone. A second stop
 //!   signal kills the draining children at once.
@@ -94,6 +94,8 @@ pub enum Signal {
     Term,
     /// Stop (Ctrl-C).
     Int,
+    /// Stop (the terminal's quit key; nginx's graceful quit).
+    Quit,
     /// Reload.
     Usr1,
     /// Reload.
@@ -106,13 +108,14 @@ pub enum Signal {
 
 impl Signal {
     /// Every signal the master handles, and one stray, for the generated tests.
-    pub const ALL: [Signal; 6] =
-        [Signal::Term, Signal::Int, Signal::Usr1, Signal::Hup, Signal::Usr2, Signal::Stray("SIGALRM")];
+    pub const ALL: [Signal; 7] =
+        [Signal::Term, Signal::Int, Signal::Quit, Signal::Usr1, Signal::Hup, Signal::Usr2, Signal::Stray("SIGALRM")];
 
     fn name(self) -> &'static str {
         match self {
             Signal::Term => "SIGTERM",
             Signal::Int => "SIGINT",
+            Signal::Quit => "SIGQUIT",
             Signal::Usr1 => "SIGUSR1",
             Signal::Hup => "SIGHUP",
             Signal::Usr2 => "SIGUSR2",
@@ -1089,7 +1092,7 @@ impl Lifecycle {
     fn on_signal(&mut self, signal: Signal, now_ms: u64) {
         let name = signal.name();
         match signal {
-            Signal::Term | Signal::Int => {
+            Signal::Term | Signal::Int | Signal::Quit => {
                 if !matches!(self.phase, Phase::Stopping { .. }) {
                     self.log(Level::Info, format!("{name}: stopping"));
                 }

@@ -494,7 +494,7 @@ fn random_history(seed: u64, steps: usize) -> World {
                 w.feed(Event::Signal(signal));
             }
             86 => {
-                let signal = [Signal::Term, Signal::Int][w.rng.below(2)];
+                let signal = [Signal::Term, Signal::Int, Signal::Quit][w.rng.below(3)];
                 w.feed(Event::Signal(signal));
             }
             _ => {
@@ -643,7 +643,7 @@ fn every_signal_in_every_phase_does_what_the_spec_says() {
                     );
                     assert_eq!(w.m.phase(), phase, "{context}");
                 }
-                Signal::Term | Signal::Int => {
+                Signal::Term | Signal::Int | Signal::Quit => {
                     assert!(matches!(w.m.phase(), Phase::Stopping { .. } | Phase::Exited(_)), "{context}");
                     if matches!(phase, Phase::Upgrading { .. }) {
                         assert!(
@@ -679,7 +679,7 @@ fn every_signal_in_every_phase_does_what_the_spec_says() {
             if let Successor::HasKeeper(u64::MAX) = w.successor {
                 w.successor = Successor::HasKeeper(w.now + 10);
             }
-            let stopped = matches!(signal, Signal::Term | Signal::Int) || at == At::Stopping;
+            let stopped = matches!(signal, Signal::Term | Signal::Int | Signal::Quit) || at == At::Stopping;
             if stopped {
                 for _ in 0..200 {
                     if w.exited.is_some() {

@@ -10,7 +10,7 @@
 //! - `collect.rs`: `/metrics` gathered from every child.
 //! - `upgrade.rs`: starting the new binary and the link between the two masters.
 //!
-//! Signals: SIGTERM/SIGINT stop, SIGUSR1/SIGHUP reload, SIGUSR2 upgrades the binary; SIGALRM,
+//! Signals: SIGTERM/SIGINT/SIGQUIT stop, SIGUSR1/SIGHUP reload, SIGUSR2 upgrades the binary; SIGALRM,
 //! SIGVTALRM, SIGPROF, SIGXFSZ, SIGIO and SIGPWR, whose default action would end the master,
 //! are logged and ignored; SIGPIPE is ignored without a word (a write to a closed socket is
 //! an error, not a death).
@@ -169,8 +169,15 @@ impl Master {
             }
         };
         signals::ignore(Signal::SIGPIPE);
-        let handled =
-            [Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR1, Signal::SIGHUP, Signal::SIGUSR2, Signal::SIGCHLD];
+        let handled = [
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGQUIT,
+            Signal::SIGUSR1,
+            Signal::SIGHUP,
+            Signal::SIGUSR2,
+            Signal::SIGCHLD,
+        ];
         let mut signals = SignalSource::new(&[&handled[..], STRAY_SIGNALS].concat())
             .map_err(|e| format!("cannot catch signals: {e}"))?;
         poll.registry()
@@ -437,6 +444,7 @@ impl Master {
             let event = match signal {
                 Signal::SIGTERM => lifecycle::Signal::Term,
                 Signal::SIGINT => lifecycle::Signal::Int,
+                Signal::SIGQUIT => lifecycle::Signal::Quit,
                 Signal::SIGUSR1 => lifecycle::Signal::Usr1,
                 Signal::SIGHUP => lifecycle::Signal::Hup,
                 Signal::SIGUSR2 => lifecycle::Signal::Usr2,
