@@ -20,6 +20,8 @@
 //! back. The keeper applies the operation to the [`core::lock::LockTable`] with the current
 //! time and fresh entropy, journals the change, and pushes any events (an admitted waiter,
 //! an expired lease) to the workers that hold a waiting request for them.
+//! docs/architecture.md follows a request step by step (an acquire, a long-poll, an event
+//! stream, a cluster follower) and says where each kind of logic lives.
 //!
 //! Cluster mode (docs/cluster.md): several nodes share one state through etcd. One
 //! keeper leads and commits each loop turn to a log in etcd before its answers leave; the

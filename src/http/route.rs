@@ -2,7 +2,7 @@
 //! parameters are percent-decoded; the handlers validate them (lock names, tickets).
 //! Unknown paths are 404; a known path with another method is 405 with `Allow`. `HEAD`
 //! takes every `GET` route (answered as `GET` would be, without the body) and is listed
-//! in `Allow` wherever `GET` is.
+//! in `Allow` wherever `GET` is. docs/api.md documents every route for clients.
 
 use super::parse::Method;
 use crate::config::Role;

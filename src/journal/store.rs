@@ -1,7 +1,8 @@
 //! The journal's files: numbered segments of records (`journal-N.log`) and a snapshot
 //! (`snapshot-N.json`) that stands for every segment up to N. Writing and recovery; the
 //! framing is [`super::codec`]'s, and `leasehold journal verify`/`salvage` live in
-//! [`super::inspect`].
+//! [`super::inspect`]. How an operator copies and restores these files:
+//! docs/operations.md, "Backup and restore of the data directory".
 //!
 //! - Group commit: records of one loop turn are buffered and written with one `write`; with
 //!   `sync`, one `fdatasync` covers them all, before any answer they carry leaves.

@@ -1,5 +1,6 @@
 //! The process shells: thin loops that own sockets, clocks, signals and children, feed
-//! what happens into the pure modules, and carry out what those return.
+//! what happens into the pure modules, and carry out what those return
+//! (docs/architecture.md, "The pure core and the process shells").
 //!
 //! - [`master`]: binds listeners, starts and supervises the keeper and the workers, passes
 //!   connections in fd-passing mode, runs drain and reload, talks to systemd.
