@@ -50,8 +50,9 @@ usage:
                                       usage
   leasehold --version | --help       the version and build stamp (dev unless stamped); usage
 
-  Client commands take --server URL (or LEASEHOLD_URL; default http://127.0.0.1:8080)
-  and --key KEY (or LEASEHOLD_KEY).
+  Client commands take --server URL (or LEASEHOLD_URL; default http://127.0.0.1:8080;
+  http:// or https://), --key KEY (or LEASEHOLD_KEY) and --cacert FILE (or LEASEHOLD_CACERT:
+  PEM CA certificates to trust for https:// besides the usual roots).
 ";
 
 /// Exit code for bad usage or an invalid configuration (systemd: RestartPreventExitStatus=2).

@@ -6,6 +6,8 @@
 #   util-linux     prlimit: the end-to-end tests lower a worker's descriptor limit
 #   etcd-server    etcd: the cluster tests run a 3-member etcd on loopback (tests/cluster/etcd.sh)
 #   etcd-client    etcdctl: the cluster rig waits on `etcdctl endpoint health`
+#   nginx          nginx: the CLI's TLS test runs it as a TLS-terminating proxy on loopback
+#                  (tests/it/tls_proxy.rs)
 #
 # Idempotent: when every command is present it does nothing and touches no network. Missing
 # ones are installed as root (`apt-get update` first, quietly; apt's output is shown only if it
@@ -19,9 +21,12 @@ needs=(
   "prlimit util-linux"
   "etcd etcd-server"
   "etcdctl etcd-client"
+  "nginx nginx"
 )
 
 missing=()
+# nginx lives in /usr/sbin, which not every PATH holds.
+PATH="$PATH:/usr/sbin:/sbin"
 for need in "${needs[@]}"; do
   read -r cmd pkg <<<"$need"
   command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
@@ -53,6 +58,13 @@ if [[ " ${missing[*]} " == *" etcd-server "* ]] && command -v systemctl >/dev/nu
   systemctl is-active --quiet etcd.service 2>/dev/null; then
   systemctl disable --now etcd.service >/dev/null 2>&1 || true
   echo "tests/deps.sh: stopped and disabled the system etcd.service the package started" >&2
+fi
+
+# Likewise nginx: the package starts a system nginx on port 80; the test runs its own.
+if [[ " ${missing[*]} " == *" nginx "* ]] && command -v systemctl >/dev/null 2>&1 &&
+  systemctl is-active --quiet nginx.service 2>/dev/null; then
+  systemctl disable --now nginx.service >/dev/null 2>&1 || true
+  echo "tests/deps.sh: stopped and disabled the system nginx.service the package started" >&2
 fi
 
 for need in "${needs[@]}"; do

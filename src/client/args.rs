@@ -1,7 +1,9 @@
 //! The client subcommands' command lines, parsed into plain values. Pure: the environment's
-//! `LEASEHOLD_URL` and `LEASEHOLD_KEY` come in as arguments.
+//! `LEASEHOLD_URL` and `LEASEHOLD_KEY` come in as arguments (`LEASEHOLD_CACERT` is read by
+//! the shell, `client::connect`, when `--cacert` is not given).
 
 use std::fmt;
+use std::path::PathBuf;
 
 /// The server used when neither `--server` nor `LEASEHOLD_URL` says otherwise.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
@@ -65,10 +67,12 @@ pub type Parser<A> = fn(&[&str], Option<&str>, Option<&str>) -> Result<A, ArgsEr
 /// Where the server is and how to present oneself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
-    /// Base URL (`http://host:port`).
+    /// Base URL (`http://host:port` or `https://host`), or several separated by commas.
     pub server: String,
     /// API key, sent as `x-api-key`.
     pub key: Option<String>,
+    /// PEM file of CA certificates to trust for `https://` besides the usual roots.
+    pub cacert: Option<PathBuf>,
 }
 
 /// `leasehold lock NAME [options] -- CMD ARGS…`
@@ -134,7 +138,8 @@ pub fn parse_duration_ms(text: &str) -> Option<u64> {
 }
 
 /// Splits the options shared by every client command off `args`: `--server URL`,
-/// `--key KEY` (environment values as defaults). Returns the target and what is left.
+/// `--key KEY` (environment values as defaults), `--cacert FILE`. Returns the target and
+/// what is left.
 fn take_target<'a>(
     args: &[&'a str],
     env_url: Option<&str>,
@@ -143,6 +148,7 @@ fn take_target<'a>(
     let mut target = Target {
         server: env_url.unwrap_or(DEFAULT_SERVER).trim_end_matches('/').to_string(),
         key: env_key.map(str::to_string),
+        cacert: None,
     };
     let mut rest = Vec::new();
     let mut i = 0;
@@ -152,12 +158,12 @@ fn take_target<'a>(
                 rest.extend_from_slice(&args[i..]);
                 break;
             }
-            option @ ("--server" | "--key") => {
+            option @ ("--server" | "--key" | "--cacert") => {
                 let value = args.get(i + 1).ok_or_else(|| ArgsError::MissingValue(option.into()))?;
-                if option == "--server" {
-                    target.server = value.trim_end_matches('/').to_string();
-                } else {
-                    target.key = Some((*value).to_string());
+                match option {
+                    "--server" => target.server = value.trim_end_matches('/').to_string(),
+                    "--key" => target.key = Some((*value).to_string()),
+                    _ => target.cacert = Some(PathBuf::from(value)),
                 }
                 i += 2;
             }
@@ -324,10 +330,13 @@ mod tests {
         .unwrap();
         assert_eq!(a.name, "nightly");
         assert_eq!((a.ttl_ms, a.wait_ms, a.limit, a.weight), (10_000, 60_000, 2, 1));
-        assert_eq!(a.target, Target { server: "http://h:9".into(), key: Some("k".into()) });
+        assert_eq!(a.target, Target { server: "http://h:9".into(), key: Some("k".into()), cacert: None });
         assert_eq!(a.command, ["sh", "-c", "--x"]);
         let defaults = parse_lock(&["n", "--", "true"], None, None).unwrap();
-        assert_eq!(defaults.target.server, DEFAULT_SERVER);
+        assert_eq!((defaults.target.server.as_str(), defaults.target.cacert.as_ref()), (DEFAULT_SERVER, None));
+        let tls = parse_lock(&["--cacert", "/ca.pem", "n", "--server", "https://h", "--", "true"], None, None).unwrap();
+        assert_eq!((tls.target.server.as_str(), tls.target.cacert), ("https://h", Some(PathBuf::from("/ca.pem"))));
+        assert_eq!(parse_status(&["--cacert"], None, None).unwrap_err(), ArgsError::MissingValue("--cacert".into()));
         assert_eq!((defaults.ttl_ms, defaults.wait_ms, defaults.grace_ms), (30_000, 0, 10_000));
     }
 

@@ -60,6 +60,7 @@ pub fn readyz(answer: &Result<Response, ClientError>) -> Readyz {
         Err(ClientError::Unreachable { source, .. } | ClientError::Broken { source, .. }) => Err(io_reason(source)),
         Err(ClientError::Protocol { reason, .. }) => Err(format!("not HTTP: {reason}")),
         Err(ClientError::BadUrl(reason)) => Err(reason.clone()),
+        Err(e @ ClientError::CaFile { .. }) => Err(e.to_string()),
     }
 }
 

@@ -11,6 +11,10 @@
 //!   `GET /readyz` at once and shows one row per server (`cluster.rs`); exit status 0 when
 //!   one node leads and every node that answered names it, 69 otherwise.
 //!
+//! Every command speaks to `--server` (`http://` or `https://`, trusting `--cacert`'s CAs too)
+//! through one `http::Http`, whose kept connection carries all of its calls: a `lock`
+//! acquires, renews and releases over one connection.
+//!
 //! `lock` runs three helper threads (the renewer, one waiting for CMD, one receiving
 //! signals), each reporting to the main thread over one channel; the main thread alone
 //! acts on CMD.
@@ -19,6 +23,7 @@ pub mod args;
 pub mod cluster;
 pub mod http;
 
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -28,7 +33,7 @@ use nix::unistd::Pid;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 
-use self::args::{LockArgs, ReleaseArgs, StatusArgs};
+use self::args::{LockArgs, ReleaseArgs, StatusArgs, Target};
 use self::http::{segment, ClientError, Http, Response};
 
 /// The lock could not be had in time (sysexits `EX_TEMPFAIL`).
@@ -56,9 +61,20 @@ fn fail(code: u8, message: impl std::fmt::Display) -> u8 {
 
 fn client_failure(e: &ClientError) -> u8 {
     match e {
-        ClientError::BadUrl(_) => fail(EXIT_USAGE, e),
+        ClientError::BadUrl(_) | ClientError::CaFile { .. } => fail(EXIT_USAGE, e),
         _ => fail(EXIT_UNREACHABLE, e),
     }
+}
+
+/// The client for a command's `target`, connecting within `connect_timeout`;
+/// `LEASEHOLD_CACERT` names the CA file when `--cacert` does not. On failure, the exit code
+/// (the reason is printed).
+fn connect(target: &Target, connect_timeout: Duration) -> Result<Http, u8> {
+    let mut target = target.clone();
+    if target.cacert.is_none() {
+        target.cacert = std::env::var_os("LEASEHOLD_CACERT").filter(|v| !v.is_empty()).map(PathBuf::from);
+    }
+    Http::new(&target, connect_timeout).map_err(|e| client_failure(&e))
 }
 
 /// A lease held by this process.
@@ -78,9 +94,11 @@ enum Event {
 
 /// `leasehold lock`: returns the exit code.
 pub fn lock(args: LockArgs) -> u8 {
-    let http = match Http::new(&args.target) {
+    // A renewal has two thirds of the TTL before the lease runs out: connecting may not take
+    // them all.
+    let http = match connect(&args.target, Duration::from_millis(args.ttl_ms / 3)) {
         Ok(http) => http,
-        Err(e) => return client_failure(&e),
+        Err(code) => return code,
     };
     let held = match acquire(&http, &args) {
         Ok(held) => held,
@@ -315,9 +333,9 @@ fn leave(http: &Http, name: &str, ticket: &str) {
 
 /// `leasehold release NAME TICKET`.
 pub fn release_command(args: ReleaseArgs) -> u8 {
-    let http = match Http::new(&args.target) {
+    let http = match connect(&args.target, CALL_TIMEOUT) {
         Ok(http) => http,
-        Err(e) => return client_failure(&e),
+        Err(code) => return code,
     };
     let path = format!("/v1/locks/{}/release", segment(&args.name));
     let body = serde_json::json!({ "ticket": args.ticket }).to_string();
@@ -333,9 +351,9 @@ pub fn release_command(args: ReleaseArgs) -> u8 {
 
 /// `leasehold status [NAME] [--json]` and `leasehold status --cluster [--json]`.
 pub fn status(args: StatusArgs) -> u8 {
-    let http = match Http::new(&args.target) {
+    let http = match connect(&args.target, CALL_TIMEOUT) {
         Ok(http) => http,
-        Err(e) => return client_failure(&e),
+        Err(code) => return code,
     };
     if args.cluster {
         return cluster_status(&http, args.json);

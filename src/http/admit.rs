@@ -18,8 +18,9 @@ use super::response::Response;
 use super::route::{needed_role, route, RouteDef, RouteError, LABEL_UNROUTED};
 use super::status::{error, ErrorCode};
 
-/// The `WWW-Authenticate` value of every 401: where the key goes.
-pub const WWW_AUTHENTICATE: &str = "ApiKey header=\"x-api-key\"";
+/// The `WWW-Authenticate` value of every 401: where the key goes, as two challenges (the
+/// `x-api-key` header, or `Authorization: Bearer`).
+pub const WWW_AUTHENTICATE: &str = "ApiKey header=\"x-api-key\", Bearer realm=\"leasehold\"";
 
 /// A request the API may act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,8 +45,8 @@ pub struct Refused {
 }
 
 /// Routes and authorises one request. `target` is the request target (path and query),
-/// `api_key` the `x-api-key` header, `peer_loopback` whether the client connected from a
-/// loopback address.
+/// `api_key` the key the request carries (`x-api-key` or `Authorization: Bearer`),
+/// `peer_loopback` whether the client connected from a loopback address.
 pub fn admit<'a>(
     method: Method,
     target: &'a str,

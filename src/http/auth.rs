@@ -1,6 +1,7 @@
-//! Who may call what: API keys (header `x-api-key`) with roles and optional lock-name
-//! prefixes. Keys are compared in constant time, every configured key every time, so the
-//! answer's timing says nothing about how much of a key was right.
+//! Who may call what: API keys (header `x-api-key`, or `Authorization: Bearer KEY`) with
+//! roles and optional lock-name prefixes. Keys are compared in constant time, every
+//! configured key every time, so the answer's timing says nothing about how much of a key
+//! was right.
 //!
 //! With no key configured, only loopback clients are served, unless
 //! `auth.insecure_anonymous = true`.
@@ -10,7 +11,7 @@ use crate::config::{ApiKey, Role};
 /// Why a request is refused. Its status is [`super::admit`]'s to decide.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {
-    /// No `x-api-key` header while keys are configured (401).
+    /// No key (`x-api-key` or `Authorization: Bearer`) while keys are configured (401).
     MissingKey,
     /// The key matches no configured key (401).
     UnknownKey,
@@ -29,7 +30,7 @@ impl Denied {
     /// A message for the client.
     pub fn message(&self) -> String {
         match self {
-            Self::MissingKey => "this server needs an API key in the x-api-key header".into(),
+            Self::MissingKey => "this server needs an API key: x-api-key: KEY or Authorization: Bearer KEY".into(),
             Self::UnknownKey => "the API key is not valid".into(),
             Self::Role { needed } => format!("this API key lacks the {} role", role_name(*needed)),
             Self::Prefix => "this API key may not use this lock name".into(),

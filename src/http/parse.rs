@@ -12,7 +12,9 @@
 //!   alone, before any of the body is read);
 //! - two `Content-Length`s, a bad one, `Transfer-Encoding` with `Content-Length`, two
 //!   `Transfer-Encoding`s, two `Host`s, or HTTP/1.1 without `Host` → 400;
-//! - two `x-api-key` fields (which key would decide?) → 400;
+//! - two `x-api-key` fields, or two `Authorization` fields (which key would decide?) → 400;
+//! - an API key in `x-api-key` and another in `Authorization: Bearer` → 400 (the same key
+//!   in both is one key);
 //! - a transfer coding other than `chunked` → 501.
 //!
 //! Request targets (RFC 9112 §3.2): the origin form (`/path?query`) and the absolute form
@@ -153,7 +155,8 @@ pub struct Request {
     pub minor_version: u8,
     /// Whether the connection may stay open after the response.
     pub keep_alive: bool,
-    /// `x-api-key`.
+    /// The API key: `x-api-key`, or the token of `Authorization: Bearer` (an
+    /// `Authorization` of another scheme carries no key).
     pub api_key: Option<String>,
     /// `x-ticket`.
     pub ticket: Option<String>,
@@ -249,6 +252,18 @@ fn header_text(v: &[u8]) -> Result<String, HttpError> {
     std::str::from_utf8(trim_ows(v))
         .map(str::to_string)
         .map_err(|_| HttpError::BadRequest("a header value is not valid UTF-8"))
+}
+
+/// The token of an `Authorization` value of the `Bearer` scheme (RFC 6750 §2.1; the scheme
+/// name in any case), `None` for another scheme. A `Bearer` without a token is an empty key,
+/// as an empty `x-api-key` is.
+fn bearer_token(value: &[u8]) -> Result<Option<String>, HttpError> {
+    let value = trim_ows(value);
+    let scheme_end = value.iter().position(|&b| b == b' ' || b == b'\t').unwrap_or(value.len());
+    if !value[..scheme_end].eq_ignore_ascii_case(b"bearer") {
+        return Ok(None);
+    }
+    header_text(&value[scheme_end..]).map(Some)
 }
 
 /// The origin form (path and query) of a request target, or why it is refused.
@@ -378,7 +393,8 @@ impl Parser {
             expect_continue: false,
             body: Vec::new(),
         });
-        let (mut hosts, mut lengths, mut codings, mut keys) = (0, 0, 0, 0);
+        let (mut hosts, mut lengths, mut codings, mut keys, mut authorizations) = (0, 0, 0, 0, 0);
+        let mut bearer: Option<String> = None;
         let mut content_length: Option<usize> = None;
         let mut chunked = false;
         for h in parsed.headers.iter() {
@@ -416,6 +432,9 @@ impl Parser {
             } else if name.eq_ignore_ascii_case("x-api-key") {
                 keys += 1;
                 request.api_key = Some(header_text(h.value)?);
+            } else if name.eq_ignore_ascii_case("authorization") {
+                authorizations += 1;
+                bearer = bearer_token(h.value)?;
             } else if name.eq_ignore_ascii_case("x-ticket") {
                 request.ticket = Some(header_text(h.value)?);
             } else if name.eq_ignore_ascii_case("last-event-id") {
@@ -439,6 +458,16 @@ impl Parser {
         }
         if keys > 1 {
             return Err(HttpError::BadRequest("more than one x-api-key header"));
+        }
+        if authorizations > 1 {
+            return Err(HttpError::BadRequest("more than one Authorization header"));
+        }
+        match (&request.api_key, bearer) {
+            (Some(key), Some(token)) if *key != token => {
+                return Err(HttpError::BadRequest("x-api-key and Authorization: Bearer carry different keys"));
+            }
+            (None, token @ Some(_)) => request.api_key = token,
+            _ => {}
         }
         if hosts == 0 && minor_version == 1 {
             return Err(HttpError::BadRequest("missing Host header"));

@@ -3,7 +3,7 @@
 //!
 //! | code | status | when |
 //! |---|---|---|
-//! | `bad_request` | 400 | malformed request, body or argument; an ambiguous one (two `Host`, `Content-Length` or `x-api-key` fields) |
+//! | `bad_request` | 400 | malformed request, body or argument; an ambiguous one (two `Host`, `Content-Length`, `x-api-key` or `Authorization` fields; different keys in `x-api-key` and `Authorization: Bearer`) |
 //! | `unauthorized` | 401 | no key, or an unknown key, while keys are configured |
 //! | `forbidden` | 403 | the key's role or prefix does not allow this; a non-loopback client with no keys configured |
 //! | `not_found` | 404 | no such route, lock, data key or resource |

@@ -72,3 +72,45 @@ fn without_keys_loopback_clients_need_none_and_other_listeners_are_refused() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("insecure_anonymous"));
 }
+
+#[test]
+fn a_bearer_token_is_a_key_like_x_api_key_and_two_different_keys_are_refused() {
+    let keys = "[[auth.keys]]\nkey = \"reader-secret\"\nrole = \"read\"\n[[auth.keys]]\nkey = \"jobs-secret\"\nrole = \"lock\"\nprefix = \"jobs:\"\n";
+    let s = Server::start(&config("workers = 1", keys));
+    let bearer = |key: &str| format!("Bearer {key}");
+    let acquire = |headers: &[(&str, &str)]| once(s.addr, "POST", "/v1/locks/jobs:b/acquire", headers, "{}");
+    // The same rules as x-api-key: a good key, a wrong key (401 with both challenges), a
+    // role too low, a name outside the prefix.
+    let jobs = bearer("jobs-secret");
+    let held = acquire(&[("Authorization", &jobs)]);
+    assert_eq!((held.status, held.json()["status"].as_str()), (200, Some("acquired")), "{:?}", held.json());
+    let wrong = acquire(&[("authorization", &bearer("wrong"))]);
+    assert_eq!((wrong.status, wrong.json()["error"].as_str()), (401, Some("unauthorized")));
+    let challenge = wrong.header("www-authenticate").unwrap_or_default();
+    assert!(challenge.contains("x-api-key") && challenge.contains("Bearer"), "{challenge}");
+    assert_eq!(acquire(&[("Authorization", &bearer("reader-secret"))]).status, 403);
+    let other = once(s.addr, "POST", "/v1/locks/other/acquire", &[("Authorization", &jobs)], "{}");
+    assert_eq!(other.status, 403);
+    let view = once(s.addr, "GET", "/v1/locks/jobs:b", &[("Authorization", &bearer("reader-secret"))], "");
+    assert_eq!((view.status, view.json()["used"].as_u64()), (200, Some(1)));
+    // Another scheme is no key at all.
+    assert_eq!(acquire(&[("Authorization", "Basic am9iczpzZWNyZXQ=")]).status, 401);
+    // Both headers with the same key: one key. With different keys, whichever would
+    // allow it: 400 with a JSON error naming the headers, not the keys.
+    let same = once(
+        s.addr,
+        "GET",
+        "/metrics",
+        &[("x-api-key", "reader-secret"), ("Authorization", "Bearer reader-secret")],
+        "",
+    );
+    assert_eq!(same.status, 200);
+    for (x_api_key, token) in [("reader-secret", "jobs-secret"), ("jobs-secret", "wrong")] {
+        let both = acquire(&[("x-api-key", x_api_key), ("Authorization", &bearer(token))]);
+        let body = both.json();
+        assert_eq!((both.status, body["error"].as_str()), (400, Some("bad_request")), "{body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains("x-api-key") && message.contains("Bearer"), "{message}");
+        assert!(!message.contains("secret"), "the keys are not echoed: {message}");
+    }
+}

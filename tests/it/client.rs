@@ -29,14 +29,14 @@ fn leasehold(server: &Server, args: &[&str]) -> Command {
 
 /// A running `leasehold lock` in a process group of its own: if the test fails before it
 /// ends, the group (it and its command) is killed, so no command outlives its test.
-struct Run {
+pub(crate) struct Run {
     child: Child,
     ended: bool,
 }
 
 impl Run {
     /// Starts `cmd` (a `leasehold lock`).
-    fn start(cmd: &mut Command) -> Run {
+    pub(crate) fn start(cmd: &mut Command) -> Run {
         Run { child: cmd.process_group(0).spawn().expect("start leasehold lock"), ended: false }
     }
 
@@ -45,7 +45,7 @@ impl Run {
     }
 
     /// Waits for it to end; returns its exit code.
-    fn wait(&mut self) -> i32 {
+    pub(crate) fn wait(&mut self) -> i32 {
         let child = &mut self.child;
         let status = wait_for("leasehold lock to end", || child.try_wait().unwrap().ok_or("still running"));
         self.ended = true;
@@ -80,7 +80,7 @@ fn renewing_server(extra: &str) -> Server {
 }
 
 /// Waits until the command has written a whole line to `path`; returns it.
-fn wait_file(path: &Path) -> String {
+pub(crate) fn wait_file(path: &Path) -> String {
     wait_for(&format!("{} to be written", path.display()), || match std::fs::read_to_string(path) {
         Ok(text) if text.ends_with('\n') => Ok(text.trim().to_string()),
         other => Err(other.map_err(|e| e.kind())),
@@ -89,7 +89,7 @@ fn wait_file(path: &Path) -> String {
 
 /// The current lease on `lock` as the server shows it to readers: (fence, expires_in_ms), or
 /// `None` when nobody holds it.
-fn holder(c: &mut Client, lock: &str) -> Option<(u64, u64)> {
+pub(crate) fn holder(c: &mut Client, lock: &str) -> Option<(u64, u64)> {
     let r = c.get(&format!("/v1/locks/{lock}")).unwrap();
     if r.status == 404 {
         return None;
@@ -100,7 +100,7 @@ fn holder(c: &mut Client, lock: &str) -> Option<(u64, u64)> {
 
 /// The server's clock (ms since the epoch), read from the `at_ms` of a try-lock of a lock
 /// no test holds, released at once.
-fn server_now_ms(c: &mut Client) -> u64 {
+pub(crate) fn server_now_ms(c: &mut Client) -> u64 {
     let r = c.post("/v1/locks/clock-probe/acquire", r#"{"queue":"none"}"#).unwrap();
     let body = r.json();
     let release = format!(r#"{{"ticket":"{}"}}"#, body["ticket"].as_str().unwrap());
@@ -408,7 +408,8 @@ fn a_bad_command_line_exits_2_and_says_why() {
     for (args, says) in [
         (&["lock"][..], "missing the lock name"),
         (&["lock", "n", "--ttl", "soon", "--", "true"][..], "--ttl \"soon\": expected a duration"),
-        (&["lock", "n", "--server", "https://h", "--", "true"][..], "leasehold serves plain http://"),
+        (&["lock", "n", "--server", "ftp://h", "--", "true"][..], "expected http:// or https://"),
+        (&["status", "--server", "https://h", "--cacert", "/nonexistent/ca.pem"][..], "cannot use the CA file"),
         (&["release", "n"][..], "missing the lock name and the ticket"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_leasehold")).args(args).output().unwrap();
@@ -451,10 +452,17 @@ impl Follower {
         let body = body.to_string();
         std::thread::spawn(move || {
             for mut conn in listener.incoming().map_while(Result::ok) {
-                // The request head (the client sends small requests at once).
+                // The whole request, head and body (closing with a body unread would reset
+                // the connection under the answer).
                 let mut seen = Vec::new();
                 let mut buf = [0u8; 4096];
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                let whole = |seen: &[u8]| {
+                    let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") else { return false };
+                    let head = String::from_utf8_lossy(&seen[..end]).to_ascii_lowercase();
+                    let length = head.lines().find_map(|l| l.strip_prefix("content-length:")?.trim().parse().ok());
+                    seen.len() >= end + 4 + length.unwrap_or(0)
+                };
+                while !whole(&seen) {
                     match conn.read(&mut buf) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => seen.extend_from_slice(&buf[..n]),

@@ -1,7 +1,7 @@
 //! The one integration test binary: model-based tests of the core, the configuration and
 //! command-line behaviour of the real binary, the layering rule, end-to-end tests of the
-//! real server (HTTP, dispatch, lifecycle, binary upgrade, hostile clients), and the etcd
-//! link against a real etcd.
+//! real server (HTTP, dispatch, lifecycle, binary upgrade, hostile clients), the command line
+//! through a TLS-terminating nginx, and the etcd link against a real etcd.
 
 mod api;
 mod auth;
@@ -28,4 +28,5 @@ mod roles;
 mod server;
 mod support;
 mod tenancy;
+mod tls_proxy;
 mod upgrade;

@@ -255,6 +255,37 @@ fn r12_duplicate_api_keys_are_refused_naming_the_header() {
 }
 
 #[test]
+fn a_bearer_token_is_the_api_key_by_the_same_rules_as_x_api_key() {
+    let key = |headers: &str| one(&format!("GET / HTTP/1.1\r\nHost: h\r\n{headers}\r\n")).map(|r| r[0].api_key.clone());
+    // The Bearer scheme in any case, one or more blanks before the token, blanks trimmed.
+    for headers in ["Authorization: Bearer k1\r\n", "authorization: bearer   k1 \r\n", "AUTHORIZATION: BEARER\tk1\r\n"]
+    {
+        assert_eq!(key(headers), Ok(Some("k1".into())), "{headers:?}");
+    }
+    // The same key both ways is one key; without a token it is an empty key, as an empty
+    // x-api-key is (and refused as a key that is not configured).
+    assert_eq!(key("x-api-key: k1\r\nAuthorization: Bearer k1\r\n"), Ok(Some("k1".into())));
+    assert_eq!(key("Authorization: Bearer\r\n"), Ok(Some(String::new())));
+    // Another scheme carries no key; x-api-key still does.
+    assert_eq!(key("Authorization: Basic a2V5Og==\r\n"), Ok(None));
+    assert_eq!(key("Authorization: Bearerk1\r\n"), Ok(None));
+    assert_eq!(key("Authorization: Basic a2V5Og==\r\nx-api-key: k2\r\n"), Ok(Some("k2".into())));
+    // Two keys that differ, or two Authorization fields: which would decide? 400, naming
+    // the headers, never the keys.
+    for (headers, says) in [
+        ("x-api-key: k1\r\nAuthorization: Bearer k2\r\n", "x-api-key and Authorization: Bearer carry different keys"),
+        ("Authorization: Bearer k2\r\nx-api-key: k1\r\n", "x-api-key and Authorization: Bearer carry different keys"),
+        ("Authorization: Bearer k1\r\nAuthorization: Bearer k1\r\n", "more than one Authorization header"),
+        ("Authorization: Basic x\r\nAuthorization: Bearer k1\r\n", "more than one Authorization header"),
+    ] {
+        let e = key(headers).unwrap_err();
+        assert_eq!((e.status(), e.to_string().as_str()), (400, says), "{headers:?}");
+    }
+    let not_utf8 = drive(&[b"GET / HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer \xff\r\n\r\n"], &LIMITS);
+    assert_eq!(not_utf8.map_err(|e| e.status()).err(), Some(400));
+}
+
+#[test]
 fn r12_absolute_form_targets_are_reduced_to_path_and_query() {
     for (target, origin) in [
         ("http://example.com:8080/v1/locks?prefix=a", "/v1/locks?prefix=a"),
