@@ -29,9 +29,27 @@
 //! | `cluster_epoch`, `cluster_applied_batch`, `cluster_lag_batches`, `cluster_snapshot_batch` | gauge | | keeper, cluster mode |
 //! | `cluster_commit_seconds` | histogram | | keeper, cluster mode |
 //! | `budget_used`, `budget_limit` | gauge | `budget` (`locks`, `tickets`, `data_bytes`, `resources`, `event_streams`) | keeper |
+//! | `lease_grants_total` | counter | | keeper |
+//! | `lease_expiries_total` | counter | `reason` (`ttl`, `unclaimed`) | keeper |
+//! | `waiters_dropped_total` | counter | `reason` (`waiter_ttl`, `left`, `limit_lowered`) | keeper |
+//! | `queue_wait_seconds` | histogram | | keeper |
+//! | `process_resident_memory_bytes` | gauge | `role` (`master`, `worker`, `keeper`, `courier`), `slot` (workers) | each process |
+//! | `process_cpu_seconds_total` | counter | `role`, `slot` (workers) | each process |
+//! | `process_start_time_seconds` | gauge | `role`, `slot` (workers) | each process |
 //!
 //! Counters of workers that left in a reload are kept by the master, so totals never go
 //! down across reloads (a worker killed outright loses what it had not reported).
+//!
+//! - **Waits are not latency.** A request that waited in a queue (the keeper said it
+//!   waits) counts in `http_requests_total` but not in `http_request_duration_seconds`,
+//!   which would otherwise measure clients' `wait_ms`; the time in the queue is
+//!   `queue_wait_seconds`, observed per grant by the keeper.
+//! - **The keeper down.** While the keeper is down or does not answer a collection, its
+//!   families show the figures of its last snapshot (zeros if it never answered) and
+//!   `keeper_up` is 0; its process series are left out (there is no process to measure).
+//! - **Processes.** Workers and the keeper measure themselves (`/proc/self`) when they make
+//!   their snapshot; the master measures itself and the courier, which takes no part in
+//!   collections, by its pid. Uptime is `time() - process_start_time_seconds`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -44,10 +62,30 @@ use crate::version;
 pub const LATENCY_BUCKETS_US: &[u64] =
     &[100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 5_000_000];
 
-/// A latency histogram: one count per bucket (not cumulative; the last is `+Inf`).
+/// Upper bounds of the queue-wait histogram buckets, in microseconds (`+Inf` is implied):
+/// from a millisecond (a hand-off to a waiter already connected) to an hour.
+pub const QUEUE_WAIT_BUCKETS_US: &[u64] = &[
+    1_000,
+    5_000,
+    10_000,
+    50_000,
+    100_000,
+    500_000,
+    1_000_000,
+    5_000_000,
+    10_000_000,
+    30_000_000,
+    60_000_000,
+    300_000_000,
+    900_000_000,
+    3_600_000_000,
+];
+
+/// A histogram: one count per bucket (not cumulative; the last is `+Inf`). Its bucket
+/// bounds are not carried: [`LATENCY_BUCKETS_US`] unless its family says otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Histogram {
-    /// Counts per bucket, `LATENCY_BUCKETS_US.len() + 1` of them.
+    /// Counts per bucket, one more than the bounds.
     pub buckets: Vec<u64>,
     /// Sum of observations, µs.
     pub sum_us: u64,
@@ -55,14 +93,25 @@ pub struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Self { buckets: vec![0; LATENCY_BUCKETS_US.len() + 1], sum_us: 0 }
+        Self::for_bounds(LATENCY_BUCKETS_US)
     }
 }
 
 impl Histogram {
-    /// Records one observation.
+    /// An empty histogram for buckets with upper bounds `bounds` (µs).
+    pub fn for_bounds(bounds: &[u64]) -> Self {
+        Self { buckets: vec![0; bounds.len() + 1], sum_us: 0 }
+    }
+
+    /// Records one observation on the latency buckets.
     pub fn observe(&mut self, us: u64) {
-        let i = LATENCY_BUCKETS_US.partition_point(|&b| b < us);
+        self.observe_on(LATENCY_BUCKETS_US, us);
+    }
+
+    /// Records one observation on the buckets with upper bounds `bounds` (those it was made
+    /// for).
+    pub fn observe_on(&mut self, bounds: &[u64], us: u64) {
+        let i = bounds.partition_point(|&b| b < us);
         if let Some(slot) = self.buckets.get_mut(i) {
             *slot += 1;
         }
@@ -103,6 +152,63 @@ pub struct RouteLatency {
     pub histogram: Histogram,
 }
 
+/// What the kernel says of one process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessStats {
+    /// Resident memory, bytes.
+    pub resident_bytes: u64,
+    /// User and system CPU time, ms.
+    pub cpu_ms: u64,
+    /// When it started, ms since the Unix epoch.
+    pub start_time_ms: u64,
+}
+
+/// One process's figures with its labels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessSample {
+    /// `master`, `worker`, `keeper` or `courier`.
+    pub role: String,
+    /// A worker's slot.
+    pub slot: Option<u32>,
+    /// Its figures.
+    pub stats: ProcessStats,
+}
+
+/// What happened to leases and waiters since the keeper started (a keeper's recovery
+/// replays history without counting it again). Plain data, counted by the service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LeaseCounters {
+    /// Leases granted, at once or from a queue (each takes a fence).
+    pub grants: u64,
+    /// Leases that ended because their holder did not renew in time.
+    pub expired: u64,
+    /// Grants to waiters that never showed up to claim them (`claim_ms`).
+    pub expired_unclaimed: u64,
+    /// Waiters dropped for not being seen for `waiter_ttl_ms`.
+    pub dropped_waiter_ttl: u64,
+    /// Waiters that left the queue themselves (a release or delete of their ticket).
+    pub dropped_left: u64,
+    /// Waiters dropped because the lock's limit went below their weight.
+    pub dropped_limit_lowered: u64,
+    /// Time from a waiter's enqueue to its grant, µs, on [`QUEUE_WAIT_BUCKETS_US`].
+    pub queue_wait: Histogram,
+}
+
+impl Default for LeaseCounters {
+    fn default() -> Self {
+        Self {
+            grants: 0,
+            expired: 0,
+            expired_unclaimed: 0,
+            dropped_waiter_ttl: 0,
+            dropped_left: 0,
+            dropped_limit_lowered: 0,
+            queue_wait: Histogram::for_bounds(QUEUE_WAIT_BUCKETS_US),
+        }
+    }
+}
+
 /// What one worker reports.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerSnapshot {
@@ -122,6 +228,9 @@ pub struct WorkerSnapshot {
     /// The per-connection limit of unsent bytes (`http.max_unsent_bytes`).
     #[serde(default)]
     pub max_unsent_bytes: u64,
+    /// The worker process's own figures.
+    #[serde(default)]
+    pub process: Option<ProcessStats>,
 }
 
 /// One bounded quantity: how much is in use and its limit.
@@ -212,6 +321,12 @@ pub struct KeeperSnapshot {
     /// Every budget, with its use and limit.
     #[serde(default)]
     pub budgets: Vec<BudgetUse>,
+    /// Grants, expiries, dropped waiters and queue waits.
+    #[serde(default)]
+    pub leases_counted: LeaseCounters,
+    /// The keeper process's own figures.
+    #[serde(default)]
+    pub process: Option<ProcessStats>,
 }
 
 /// What the master knows itself.
@@ -245,6 +360,20 @@ pub struct MasterSnapshot {
     pub handoff_failures: u64,
     /// Whether the keeper is up.
     pub keeper_up: bool,
+    /// The master's own figures and the courier's.
+    #[serde(default)]
+    pub processes: Vec<ProcessSample>,
+}
+
+/// The keeper's part of a page.
+#[derive(Debug, Clone, Copy)]
+pub enum KeeperView<'a> {
+    /// It answered this collection.
+    Answered(&'a KeeperSnapshot),
+    /// It did not (down, or too slow): its last snapshot, rendered with `keeper_up 0`.
+    Last(&'a KeeperSnapshot),
+    /// It never answered since this master started: its families at zero.
+    Never,
 }
 
 /// Counters summed over workers (live and retired).
@@ -276,33 +405,81 @@ fn escape(label: &str) -> String {
     label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
-/// Writes a histogram family with its header.
+/// Writes a histogram family with its header, on the latency buckets.
 fn histogram(out: &mut String, name: &str, help: &str, labels: &str, h: &Histogram) {
     header(out, name, "histogram", help);
-    histogram_samples(out, name, labels, h);
+    histogram_samples(out, name, labels, LATENCY_BUCKETS_US, h);
 }
 
-/// Writes a histogram's samples; `labels` is empty or ends with a comma.
-fn histogram_samples(out: &mut String, name: &str, labels: &str, h: &Histogram) {
-    let mut cumulative = 0;
-    for (i, count) in h.buckets.iter().enumerate() {
-        cumulative += count;
-        let le = LATENCY_BUCKETS_US.get(i).map_or("+Inf".to_string(), |us| format!("{}", *us as f64 / 1e6));
+/// Writes a histogram's samples on buckets with upper bounds `bounds` (µs); `labels` is
+/// empty or ends with a comma. Counts past the bounds' buckets (a histogram made for other
+/// bounds) are left out, so `_count` always equals the `+Inf` bucket.
+fn histogram_samples(out: &mut String, name: &str, labels: &str, bounds: &[u64], h: &Histogram) {
+    let mut cumulative = 0u64;
+    for i in 0..=bounds.len() {
+        cumulative = cumulative.saturating_add(h.buckets.get(i).copied().unwrap_or(0));
+        let le = bounds.get(i).map_or("+Inf".to_string(), |us| format!("{}", *us as f64 / 1e6));
         let _ = writeln!(out, "leasehold_{name}_bucket{{{labels}le=\"{le}\"}} {cumulative}");
     }
     let plain = labels.trim_end_matches(',');
     let braces = if plain.is_empty() { String::new() } else { format!("{{{plain}}}") };
     let _ = writeln!(out, "leasehold_{name}_sum{braces} {}", h.sum_us as f64 / 1e6);
-    let _ = writeln!(out, "leasehold_{name}_count{braces} {}", h.count());
+    let _ = writeln!(out, "leasehold_{name}_count{braces} {cumulative}");
+}
+
+/// Writes the three process families for `samples`. Two processes of one role and slot
+/// (a worker and its replacement during a reload) would make duplicate series: the one
+/// started last is shown.
+fn processes(out: &mut String, samples: &[ProcessSample]) {
+    let mut newest: BTreeMap<(&str, Option<u32>), ProcessStats> = BTreeMap::new();
+    for p in samples {
+        newest
+            .entry((p.role.as_str(), p.slot))
+            .and_modify(|s| {
+                if p.stats.start_time_ms >= s.start_time_ms {
+                    *s = p.stats;
+                }
+            })
+            .or_insert(p.stats);
+    }
+    let samples: Vec<ProcessSample> =
+        newest.into_iter().map(|((role, slot), stats)| ProcessSample { role: role.to_string(), slot, stats }).collect();
+    let labels = |p: &ProcessSample| match p.slot {
+        Some(slot) => format!("role=\"{}\",slot=\"{slot}\"", escape(&p.role)),
+        None => format!("role=\"{}\"", escape(&p.role)),
+    };
+    header(
+        out,
+        "process_resident_memory_bytes",
+        "gauge",
+        "Resident memory of each process, by role (and worker slot).",
+    );
+    for p in &samples {
+        let _ = writeln!(out, "leasehold_process_resident_memory_bytes{{{}}} {}", labels(p), p.stats.resident_bytes);
+    }
+    header(out, "process_cpu_seconds_total", "counter", "User and system CPU time of each process, by role.");
+    for p in &samples {
+        let _ = writeln!(out, "leasehold_process_cpu_seconds_total{{{}}} {}", labels(p), p.stats.cpu_ms as f64 / 1e3);
+    }
+    header(out, "process_start_time_seconds", "gauge", "Start time of each process since the Unix epoch, by role.");
+    for p in &samples {
+        let _ = writeln!(
+            out,
+            "leasehold_process_start_time_seconds{{{}}} {}",
+            labels(p),
+            p.stats.start_time_ms as f64 / 1e3
+        );
+    }
 }
 
 /// Renders everything in the Prometheus text format (version 0.0.4).
-pub fn render(
-    master: &MasterSnapshot,
-    keeper: Option<&KeeperSnapshot>,
-    workers: &[WorkerSnapshot],
-    retired: &Totals,
-) -> String {
+pub fn render(master: &MasterSnapshot, keeper: KeeperView<'_>, workers: &[WorkerSnapshot], retired: &Totals) -> String {
+    let never = KeeperSnapshot::default();
+    let (k, keeper_up) = match keeper {
+        KeeperView::Answered(k) => (k, master.keeper_up),
+        KeeperView::Last(k) => (k, false),
+        KeeperView::Never => (&never, false),
+    };
     let mut totals = retired.clone();
     for w in workers {
         totals.add(w);
@@ -320,10 +497,15 @@ pub fn render(
         let _ =
             writeln!(out, "leasehold_http_requests_total{{route=\"{}\",status=\"{status}\"}} {count}", escape(route));
     }
-    header(&mut out, "http_request_duration_seconds", "histogram", "Time from a complete request to its response.");
+    header(
+        &mut out,
+        "http_request_duration_seconds",
+        "histogram",
+        "Time from a complete request to its response (requests that waited in a queue are left out).",
+    );
     for (route, h) in &totals.latency {
         let label = format!("route=\"{}\",", escape(route));
-        histogram_samples(&mut out, "http_request_duration_seconds", &label, h);
+        histogram_samples(&mut out, "http_request_duration_seconds", &label, LATENCY_BUCKETS_US, h);
     }
     header(&mut out, "open_connections", "gauge", "Open client connections, by worker slot.");
     let mut by_slot: Vec<&WorkerSnapshot> = workers.iter().collect();
@@ -369,71 +551,99 @@ pub fn render(
         "Connection hand-offs to a worker that failed and were re-routed.",
     );
     let _ = writeln!(out, "leasehold_handoff_failures_total {}", master.handoff_failures);
-    header(&mut out, "keeper_up", "gauge", "1 while the keeper answers.");
-    let _ = writeln!(out, "leasehold_keeper_up {}", u8::from(master.keeper_up && keeper.is_some()));
-    if let Some(k) = keeper {
-        for (name, kind, help, value) in [
-            ("locks", "gauge", "Locks in the table.", k.locks),
-            ("leases", "gauge", "Leases held.", k.leases),
-            ("waiters", "gauge", "Waiters queued.", k.waiters),
-            ("next_fence", "gauge", "The fencing token the next grant takes.", k.next_fence),
-            ("keeper_ops_total", "counter", "Lock operations applied by the keeper.", k.ops_total),
-            ("waiting_requests", "gauge", "Requests waiting in a queue for a grant.", k.waiting_requests),
-            ("event_streams", "gauge", "Open event streams.", k.event_streams),
-            ("resources", "gauge", "Registered Small Resource Server resources.", k.resources),
-            ("journal_bytes", "gauge", "Bytes in the journal since the last snapshot.", k.journal_bytes),
-            ("journal_writable", "gauge", "1 while the journal can be written.", u64::from(k.journal_writable)),
+    header(&mut out, "keeper_up", "gauge", "1 while the keeper answers (0: its families show its last figures).");
+    let _ = writeln!(out, "leasehold_keeper_up {}", u8::from(keeper_up));
+    for (name, kind, help, value) in [
+        ("locks", "gauge", "Locks in the table.", k.locks),
+        ("leases", "gauge", "Leases held.", k.leases),
+        ("waiters", "gauge", "Waiters queued.", k.waiters),
+        ("next_fence", "gauge", "The fencing token the next grant takes.", k.next_fence),
+        ("keeper_ops_total", "counter", "Lock operations applied by the keeper.", k.ops_total),
+        ("waiting_requests", "gauge", "Requests waiting in a queue for a grant.", k.waiting_requests),
+        ("event_streams", "gauge", "Open event streams.", k.event_streams),
+        ("resources", "gauge", "Registered Small Resource Server resources.", k.resources),
+        ("journal_bytes", "gauge", "Bytes in the journal since the last snapshot.", k.journal_bytes),
+        ("journal_writable", "gauge", "1 while the journal can be written.", u64::from(k.journal_writable)),
+    ] {
+        header(&mut out, name, kind, help);
+        let _ = writeln!(out, "leasehold_{name} {value}");
+    }
+    histogram(&mut out, "journal_fsync_seconds", "Time one journal sync took.", "", &k.fsync_latency);
+    if let Some(c) = &k.cluster {
+        header(&mut out, "cluster_role", "gauge", "1 for this node's role in the cluster.");
+        for role in ["leader", "candidate", "follower"] {
+            let _ = writeln!(out, "leasehold_cluster_role{{role=\"{role}\"}} {}", u8::from(c.role == role));
+        }
+        for (name, help, value) in [
+            ("cluster_epoch", "The epoch of the leader this node knows of (0: none).", c.epoch),
+            ("cluster_applied_batch", "The last batch of the log this node's replica applied.", c.applied),
+            ("cluster_lag_batches", "Batches seen in the log but not applied yet.", c.lag),
+            ("cluster_snapshot_batch", "The batch this node's local snapshot stands for (0: none).", c.snapshot),
         ] {
-            header(&mut out, name, kind, help);
+            header(&mut out, name, "gauge", help);
             let _ = writeln!(out, "leasehold_{name} {value}");
         }
-        histogram(&mut out, "journal_fsync_seconds", "Time one journal sync took.", "", &k.fsync_latency);
-        if let Some(c) = &k.cluster {
-            header(&mut out, "cluster_role", "gauge", "1 for this node's role in the cluster.");
-            for role in ["leader", "candidate", "follower"] {
-                let _ = writeln!(out, "leasehold_cluster_role{{role=\"{role}\"}} {}", u8::from(c.role == role));
-            }
-            for (name, help, value) in [
-                ("cluster_epoch", "The epoch of the leader this node knows of (0: none).", c.epoch),
-                ("cluster_applied_batch", "The last batch of the log this node's replica applied.", c.applied),
-                ("cluster_lag_batches", "Batches seen in the log but not applied yet.", c.lag),
-                ("cluster_snapshot_batch", "The batch this node's local snapshot stands for (0: none).", c.snapshot),
-            ] {
-                header(&mut out, name, "gauge", help);
-                let _ = writeln!(out, "leasehold_{name} {value}");
-            }
-            histogram(
-                &mut out,
-                "cluster_commit_seconds",
-                "Time one batch's put into etcd took.",
-                "",
-                &k.commit_latency,
-            );
-        }
-        header(&mut out, "outbox_calls", "gauge", "Outbox calls, by state.");
-        let _ = writeln!(out, "leasehold_outbox_calls{{state=\"pending\"}} {}", k.outbox_pending);
-        let _ = writeln!(out, "leasehold_outbox_calls{{state=\"in_flight\"}} {}", k.outbox_in_flight);
-        let _ = writeln!(out, "leasehold_outbox_calls{{state=\"failed\"}} {}", k.outbox_failed);
-        header(&mut out, "deliveries_total", "counter", "Outbox delivery attempts, by result.");
-        let _ = writeln!(out, "leasehold_deliveries_total{{result=\"delivered\"}} {}", k.deliveries_ok);
-        let _ = writeln!(out, "leasehold_deliveries_total{{result=\"retried\"}} {}", k.deliveries_retried);
-        let _ = writeln!(out, "leasehold_deliveries_total{{result=\"failed\"}} {}", k.deliveries_failed);
-        header(&mut out, "callbacks_refused_total", "counter", "Lock callbacks refused because the outbox was full.");
-        let _ = writeln!(out, "leasehold_callbacks_refused_total {}", k.callbacks_refused);
-        histogram(&mut out, "delivery_seconds", "Time one delivery attempt took.", "", &k.delivery_latency);
-        header(&mut out, "recovery_seconds", "gauge", "How long the keeper's last recovery took.");
-        let _ = writeln!(out, "leasehold_recovery_seconds {}", k.recovery_ms as f64 / 1e3);
-        header(&mut out, "snapshot_seconds", "gauge", "How long the last snapshot took.");
-        let _ = writeln!(out, "leasehold_snapshot_seconds {}", k.last_snapshot_ms as f64 / 1e3);
-        header(&mut out, "budget_used", "gauge", "Use of each bounded quantity, by budget.");
-        for b in &k.budgets {
-            let _ = writeln!(out, "leasehold_budget_used{{budget=\"{}\"}} {}", escape(&b.name), b.used);
-        }
-        header(&mut out, "budget_limit", "gauge", "Limit of each bounded quantity, by budget.");
-        for b in &k.budgets {
-            let _ = writeln!(out, "leasehold_budget_limit{{budget=\"{}\"}} {}", escape(&b.name), b.limit);
+        histogram(&mut out, "cluster_commit_seconds", "Time one batch's put into etcd took.", "", &k.commit_latency);
+    }
+    header(&mut out, "outbox_calls", "gauge", "Outbox calls, by state.");
+    let _ = writeln!(out, "leasehold_outbox_calls{{state=\"pending\"}} {}", k.outbox_pending);
+    let _ = writeln!(out, "leasehold_outbox_calls{{state=\"in_flight\"}} {}", k.outbox_in_flight);
+    let _ = writeln!(out, "leasehold_outbox_calls{{state=\"failed\"}} {}", k.outbox_failed);
+    header(&mut out, "deliveries_total", "counter", "Outbox delivery attempts, by result.");
+    let _ = writeln!(out, "leasehold_deliveries_total{{result=\"delivered\"}} {}", k.deliveries_ok);
+    let _ = writeln!(out, "leasehold_deliveries_total{{result=\"retried\"}} {}", k.deliveries_retried);
+    let _ = writeln!(out, "leasehold_deliveries_total{{result=\"failed\"}} {}", k.deliveries_failed);
+    header(&mut out, "callbacks_refused_total", "counter", "Lock callbacks refused because the outbox was full.");
+    let _ = writeln!(out, "leasehold_callbacks_refused_total {}", k.callbacks_refused);
+    histogram(&mut out, "delivery_seconds", "Time one delivery attempt took.", "", &k.delivery_latency);
+    header(&mut out, "recovery_seconds", "gauge", "How long the keeper's last recovery took.");
+    let _ = writeln!(out, "leasehold_recovery_seconds {}", k.recovery_ms as f64 / 1e3);
+    header(&mut out, "snapshot_seconds", "gauge", "How long the last snapshot took.");
+    let _ = writeln!(out, "leasehold_snapshot_seconds {}", k.last_snapshot_ms as f64 / 1e3);
+    header(&mut out, "budget_used", "gauge", "Use of each bounded quantity, by budget.");
+    for b in &k.budgets {
+        let _ = writeln!(out, "leasehold_budget_used{{budget=\"{}\"}} {}", escape(&b.name), b.used);
+    }
+    header(&mut out, "budget_limit", "gauge", "Limit of each bounded quantity, by budget.");
+    for b in &k.budgets {
+        let _ = writeln!(out, "leasehold_budget_limit{{budget=\"{}\"}} {}", escape(&b.name), b.limit);
+    }
+    let c = &k.leases_counted;
+    header(&mut out, "lease_grants_total", "counter", "Leases granted, at once or from a queue.");
+    let _ = writeln!(out, "leasehold_lease_grants_total {}", c.grants);
+    header(
+        &mut out,
+        "lease_expiries_total",
+        "counter",
+        "Leases that ended unreleased, by reason: ttl (not renewed: a holder that died or stalled), \
+         unclaimed (granted to a waiter that never showed up).",
+    );
+    let _ = writeln!(out, "leasehold_lease_expiries_total{{reason=\"ttl\"}} {}", c.expired);
+    let _ = writeln!(out, "leasehold_lease_expiries_total{{reason=\"unclaimed\"}} {}", c.expired_unclaimed);
+    header(
+        &mut out,
+        "waiters_dropped_total",
+        "counter",
+        "Waiters removed from a queue without a grant, by reason: waiter_ttl (not seen for \
+         locks.waiter_ttl_ms), left (released their place), limit_lowered.",
+    );
+    for (reason, n) in
+        [("waiter_ttl", c.dropped_waiter_ttl), ("left", c.dropped_left), ("limit_lowered", c.dropped_limit_lowered)]
+    {
+        let _ = writeln!(out, "leasehold_waiters_dropped_total{{reason=\"{reason}\"}} {n}");
+    }
+    header(&mut out, "queue_wait_seconds", "histogram", "Time from a waiter's enqueue to its grant.");
+    histogram_samples(&mut out, "queue_wait_seconds", "", QUEUE_WAIT_BUCKETS_US, &c.queue_wait);
+    let mut samples = master.processes.clone();
+    for w in &by_slot {
+        if let Some(stats) = w.process {
+            samples.push(ProcessSample { role: "worker".into(), slot: Some(w.slot), stats });
         }
     }
+    if let (KeeperView::Answered(_), Some(stats)) = (keeper, k.process) {
+        samples.push(ProcessSample { role: "keeper".into(), slot: None, stats });
+    }
+    processes(&mut out, &samples);
     out
 }
 
@@ -454,7 +664,17 @@ mod tests {
             latency: vec![RouteLatency { route: "acquire".into(), histogram: h }],
             unsent_bytes: u64::from(slot) * 1000,
             max_unsent_bytes: 1 << 20,
+            process: Some(ProcessStats {
+                resident_bytes: 1_000 + u64::from(slot),
+                cpu_ms: 1_500,
+                start_time_ms: 1_700_000_000_250,
+            }),
         }
+    }
+
+    /// The value of the one sample line that starts with `series ` in `text`.
+    fn sample(text: &str, series: &str) -> Option<String> {
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')).map(str::to_string)
     }
 
     #[test]
@@ -484,7 +704,7 @@ mod tests {
         };
         let text = render(
             &MasterSnapshot { workers_configured: 2, workers_ready: 2, keeper_up: true, ..Default::default() },
-            Some(&keeper),
+            KeeperView::Answered(&keeper),
             &[worker(1, 10, 4), worker(0, 20, 6)],
             &retired,
         );
@@ -505,11 +725,122 @@ mod tests {
         assert!(text.contains("leasehold_budget_limit{budget=\"locks\"} 5000000\n"));
         assert!(text.contains("leasehold_budget_used{budget=\"data_bytes\"} 17\n"));
         assert!(text.contains("leasehold_budget_limit{budget=\"data_bytes\"} 268435456\n"));
-        // Every sample line belongs to a declared family.
+        assert_every_sample_is_declared(&text);
+    }
+
+    fn assert_every_sample_is_declared(text: &str) {
         for line in text.lines().filter(|l| !l.starts_with('#')) {
             let family = line.split(['{', ' ']).next().unwrap();
             let base = family.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
             assert!(text.contains(&format!("# TYPE {base} ")), "undeclared {family}");
         }
+    }
+
+    fn counted_keeper() -> KeeperSnapshot {
+        let mut counted = LeaseCounters { grants: 7, expired: 3, expired_unclaimed: 1, ..Default::default() };
+        counted.dropped_waiter_ttl = 2;
+        counted.dropped_left = 4;
+        counted.queue_wait.observe_on(QUEUE_WAIT_BUCKETS_US, 2_000_000);
+        counted.queue_wait.observe_on(QUEUE_WAIT_BUCKETS_US, 7_200_000_000);
+        KeeperSnapshot {
+            leases: 2,
+            leases_counted: counted,
+            process: Some(ProcessStats { resident_bytes: 4096, cpu_ms: 20, start_time_ms: 5_000 }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn render_lease_counters_queue_wait_and_processes() {
+        let master = MasterSnapshot {
+            keeper_up: true,
+            processes: vec![ProcessSample {
+                role: "master".into(),
+                slot: None,
+                stats: ProcessStats { resident_bytes: 2048, cpu_ms: 10, start_time_ms: 1_000 },
+            }],
+            ..Default::default()
+        };
+        let keeper = counted_keeper();
+        let text = render(&master, KeeperView::Answered(&keeper), &[worker(0, 1, 1)], &Totals::default());
+        assert_eq!(sample(&text, "leasehold_lease_grants_total").as_deref(), Some("7"), "{text}");
+        assert_eq!(sample(&text, "leasehold_lease_expiries_total{reason=\"ttl\"}").as_deref(), Some("3"));
+        assert_eq!(sample(&text, "leasehold_lease_expiries_total{reason=\"unclaimed\"}").as_deref(), Some("1"));
+        assert_eq!(sample(&text, "leasehold_waiters_dropped_total{reason=\"waiter_ttl\"}").as_deref(), Some("2"));
+        assert_eq!(sample(&text, "leasehold_waiters_dropped_total{reason=\"left\"}").as_deref(), Some("4"));
+        assert_eq!(sample(&text, "leasehold_waiters_dropped_total{reason=\"limit_lowered\"}").as_deref(), Some("0"));
+        // Two seconds fall in the 5 s bucket; two hours only in +Inf.
+        assert_eq!(sample(&text, "leasehold_queue_wait_seconds_bucket{le=\"1\"}").as_deref(), Some("0"), "{text}");
+        assert_eq!(sample(&text, "leasehold_queue_wait_seconds_bucket{le=\"5\"}").as_deref(), Some("1"));
+        assert_eq!(sample(&text, "leasehold_queue_wait_seconds_bucket{le=\"3600\"}").as_deref(), Some("1"));
+        assert_eq!(sample(&text, "leasehold_queue_wait_seconds_bucket{le=\"+Inf\"}").as_deref(), Some("2"));
+        assert_eq!(sample(&text, "leasehold_queue_wait_seconds_count").as_deref(), Some("2"));
+        assert_eq!(sample(&text, "leasehold_queue_wait_seconds_sum").as_deref(), Some("7202"));
+        let rss = "leasehold_process_resident_memory_bytes";
+        assert_eq!(sample(&text, &format!("{rss}{{role=\"master\"}}")).as_deref(), Some("2048"));
+        assert_eq!(sample(&text, &format!("{rss}{{role=\"worker\",slot=\"0\"}}")).as_deref(), Some("1000"));
+        assert_eq!(sample(&text, &format!("{rss}{{role=\"keeper\"}}")).as_deref(), Some("4096"));
+        let cpu = "leasehold_process_cpu_seconds_total{role=\"worker\",slot=\"0\"}";
+        assert_eq!(sample(&text, cpu).as_deref(), Some("1.5"));
+        let start = "leasehold_process_start_time_seconds{role=\"worker\",slot=\"0\"}";
+        assert_eq!(sample(&text, start).as_deref(), Some("1700000000.25"));
+        assert!(text.contains("# TYPE leasehold_process_cpu_seconds_total counter\n"));
+        assert_every_sample_is_declared(&text);
+    }
+
+    #[test]
+    fn a_slot_with_two_workers_shows_the_newer_process_once() {
+        let mut old = worker(0, 1, 1);
+        let mut new = worker(0, 1, 1);
+        old.process = Some(ProcessStats { resident_bytes: 111, cpu_ms: 1, start_time_ms: 1_000 });
+        new.process = Some(ProcessStats { resident_bytes: 222, cpu_ms: 1, start_time_ms: 2_000 });
+        let text = render(&MasterSnapshot::default(), KeeperView::Never, &[new, old], &Totals::default());
+        let rss: Vec<&str> =
+            text.lines().filter(|l| l.starts_with("leasehold_process_resident_memory_bytes{")).collect();
+        assert_eq!(rss, ["leasehold_process_resident_memory_bytes{role=\"worker\",slot=\"0\"} 222"]);
+    }
+
+    #[test]
+    fn a_keeper_that_does_not_answer_keeps_its_families_with_keeper_up_zero() {
+        let master = MasterSnapshot { keeper_up: true, ..Default::default() };
+        let keeper = counted_keeper();
+        let live = render(&master, KeeperView::Answered(&keeper), &[], &Totals::default());
+        let last = render(&master, KeeperView::Last(&keeper), &[], &Totals::default());
+        let never = render(&master, KeeperView::Never, &[], &Totals::default());
+        assert_eq!(sample(&live, "leasehold_keeper_up").as_deref(), Some("1"));
+        for page in [&last, &never] {
+            assert_eq!(sample(page, "leasehold_keeper_up").as_deref(), Some("0"), "{page}");
+        }
+        assert_eq!(sample(&last, "leasehold_leases").as_deref(), Some("2"), "the last figures");
+        assert_eq!(sample(&last, "leasehold_lease_expiries_total{reason=\"ttl\"}").as_deref(), Some("3"));
+        assert_eq!(sample(&never, "leasehold_lease_expiries_total{reason=\"ttl\"}").as_deref(), Some("0"));
+        // The same families, whatever the keeper's state; only a live keeper's process shows.
+        let families = |page: &str| -> Vec<String> {
+            page.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(str::to_string).collect()
+        };
+        assert_eq!(families(&live), families(&last));
+        assert_eq!(families(&live), families(&never));
+        let keeper_rss = "leasehold_process_resident_memory_bytes{role=\"keeper\"}";
+        assert!(live.contains(keeper_rss));
+        assert!(!last.contains(keeper_rss), "no figures of a process that is gone");
+    }
+
+    #[test]
+    fn a_histogram_of_other_bounds_renders_without_panic_and_counts_agree() {
+        let odd =
+            LeaseCounters { queue_wait: Histogram { buckets: vec![5; 40], sum_us: u64::MAX }, ..Default::default() };
+        let keeper = KeeperSnapshot { leases_counted: odd, ..Default::default() };
+        let text = render(&MasterSnapshot::default(), KeeperView::Answered(&keeper), &[], &Totals::default());
+        let inf = sample(&text, "leasehold_queue_wait_seconds_bucket{le=\"+Inf\"}");
+        assert_eq!(inf, sample(&text, "leasehold_queue_wait_seconds_count"));
+        let short = KeeperSnapshot {
+            leases_counted: LeaseCounters {
+                queue_wait: Histogram { buckets: vec![1], sum_us: 1 },
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let text = render(&MasterSnapshot::default(), KeeperView::Answered(&short), &[], &Totals::default());
+        assert_eq!(sample(&text, "leasehold_queue_wait_seconds_count").as_deref(), Some("1"));
     }
 }

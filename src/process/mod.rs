@@ -26,3 +26,17 @@ pub mod worker;
 pub fn environment() -> Vec<(String, String)> {
     std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
 }
+
+/// A process's figures for `/metrics`, from what the kernel says of it.
+pub fn figures(usage: crate::sys::procstat::Usage) -> crate::metrics::ProcessStats {
+    crate::metrics::ProcessStats {
+        resident_bytes: usage.resident_bytes,
+        cpu_ms: usage.cpu_ms,
+        start_time_ms: usage.start_time_ms,
+    }
+}
+
+/// This process's figures, read when it makes its metrics snapshot (`None` without `/proc`).
+pub fn own_figures() -> Option<crate::metrics::ProcessStats> {
+    crate::sys::procstat::own().map(figures)
+}

@@ -181,11 +181,14 @@ struct Stats {
 }
 
 impl Stats {
-    fn record(&mut self, label: &'static str, status: u16, latency_us: u64) {
+    /// Counts a response; `latency_us` is `None` for a request that waited in a queue (its
+    /// time is the client's `wait_ms`, not the server's latency: see `metrics`).
+    fn record(&mut self, label: &'static str, status: u16, latency_us: Option<u64>) {
         match self.requests.iter_mut().find(|(l, s, _)| *s == status && *l == label) {
             Some(row) => row.2 += 1,
             None => self.requests.push((label, status, 1)),
         }
+        let Some(latency_us) = latency_us else { return };
         match self.latency.iter_mut().find(|(l, _)| *l == label) {
             Some((_, h)) => h.observe(latency_us),
             None => {
@@ -515,7 +518,7 @@ impl Worker {
             return true;
         }
         let response = shape(finish, queued).with_header("Retry-After", WAIT_AGAIN_AFTER_S);
-        self.finish(p.slot, p.client_id, p.seq, p.label, p.started_us, &response);
+        self.finish_wait(&p, &response);
         true
     }
 
@@ -536,10 +539,14 @@ impl Worker {
         }
         match p.purpose {
             Purpose::Nothing => {}
-            Purpose::Answer { finish, waits } => {
+            Purpose::Answer { ref finish, ref waits } => {
                 if alive {
-                    let response = shape(&finish, reply);
-                    self.finish(p.slot, p.client_id, p.seq, p.label, p.started_us, &response);
+                    let response = shape(finish, reply);
+                    if p.queued.is_some() {
+                        self.finish_wait(&p, &response);
+                    } else {
+                        self.finish(p.slot, p.client_id, p.seq, p.label, p.started_us, &response);
+                    }
                 } else if let Some(lock) = waits {
                     // Granted while its client was leaving: it was never told, so it gives
                     // the lease back rather than hold it for nobody.
@@ -548,7 +555,7 @@ impl Worker {
                         _ => None,
                     };
                     if let Some(lease) = lease {
-                        self.send_to_keeper(LockOp::Release { lock, ticket: lease.ticket });
+                        self.send_to_keeper(LockOp::Release { lock: lock.clone(), ticket: lease.ticket });
                     }
                 }
             }
@@ -957,12 +964,24 @@ impl Worker {
     /// Counts a response in the metrics.
     fn record(&mut self, label: &'static str, status: u16, started_us: u64) {
         let now_us = self.clock.now_us();
-        self.stats.record(label, status, now_us.saturating_sub(started_us));
+        self.stats.record(label, status, Some(now_us.saturating_sub(started_us)));
     }
 
     /// Records a response in the metrics and hands it to its connection.
     fn finish(&mut self, slot: usize, client_id: u64, seq: Seq, label: &'static str, started_us: u64, r: &Response) {
         self.record(label, r.status, started_us);
+        self.respond(slot, client_id, seq, r);
+    }
+
+    /// [`Worker::finish`] for a request that waited in a queue: counted, but not in the
+    /// latency histogram.
+    fn finish_wait(&mut self, p: &Pending, r: &Response) {
+        self.stats.record(p.label, r.status, None);
+        self.respond(p.slot, p.client_id, p.seq, r);
+    }
+
+    /// Hands a response to its connection.
+    fn respond(&mut self, slot: usize, client_id: u64, seq: Seq, r: &Response) {
         let now = self.turn_ms();
         let Some(c) = self.client(slot, client_id) else { return };
         c.conn.respond(seq, r, now);
@@ -1065,6 +1084,7 @@ impl Worker {
             latency,
             unsent_bytes,
             max_unsent_bytes: self.settings.conn.max_unsent_bytes as u64,
+            process: super::own_figures(),
         }
     }
 }

@@ -24,6 +24,11 @@
 //!   are handed to it in the same steps as everything else (so a replay hands out the same
 //!   ones; never while handling a read, which is not journaled), its reports reschedule or
 //!   retire them, and if its channel closes everything it held is due again.
+//! - **Lease counters** for metrics ([`LeaseCounters`]): grants (every grant takes the next
+//!   fence, so a step's grants are how far the fence counter moved), expiries and dropped
+//!   waiters from the table's outputs (a waiter that leaves by a release is a reply, not an
+//!   output), and each granted waiter's time in the queue, from when its ticket was queued
+//!   (kept per waiter until it is granted or leaves; a waiter from a snapshot is not timed).
 
 pub mod cluster;
 mod eta;
@@ -36,8 +41,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::backoff::Verdict;
 use crate::core::lock::{
-    Acquire, CallbackEvent, LeaseView, LockTable, LockView, Moment, Op, Output, QueueView, Reply, TableLimits,
-    TableState,
+    Acquire, CallbackEvent, DropReason, LeaseView, LockTable, LockView, Moment, Op, Output, QueueView, Reply,
+    TableLimits, TableState,
 };
 use crate::core::names::{LockName, Ticket};
 use crate::core::outbox::{
@@ -46,7 +51,7 @@ use crate::core::outbox::{
 use crate::ipc::message::{
     Budget, FromKeeper, HolderInfo, LockInfo, LockOp, LockReply, OutboxRefusal, RejectKind, Then, TicketEvent, ToKeeper,
 };
-use crate::metrics::{BudgetUse, Histogram};
+use crate::metrics::{BudgetUse, Histogram, LeaseCounters, QUEUE_WAIT_BUCKETS_US};
 pub use eta::Estimator;
 use resources::Resources;
 
@@ -242,6 +247,9 @@ pub struct Service {
     default_attempts: u32,
     courier: Option<(LinkId, u32)>,
     counters: OutboxCounters,
+    lease_counters: LeaseCounters,
+    /// When each queued waiter joined its queue (ms), for the queue-wait histogram.
+    queued_at_ms: HashMap<Ticket, u64>,
 }
 
 fn outbox_refused(e: &OutboxError) -> LockReply {
@@ -313,6 +321,8 @@ impl Service {
             default_attempts: OutboxSettings::default().default_attempts,
             courier: None,
             counters: OutboxCounters::default(),
+            lease_counters: LeaseCounters::default(),
+            queued_at_ms: HashMap::new(),
         }
     }
 
@@ -330,6 +340,17 @@ impl Service {
     /// Outbox counters for metrics.
     pub fn outbox_counters(&self) -> &OutboxCounters {
         &self.counters
+    }
+
+    /// Grants, expiries, dropped waiters and queue waits, for metrics.
+    pub fn lease_counters(&self) -> &LeaseCounters {
+        &self.lease_counters
+    }
+
+    /// Starts the lease counters again from zero (after a recovery, whose replay counted
+    /// history that happened before this process). Queued waiters keep their times.
+    pub fn reset_lease_counters(&mut self) {
+        self.lease_counters = LeaseCounters::default();
     }
 
     /// Applies a reloaded configuration.
@@ -415,7 +436,17 @@ impl Service {
 
     fn apply(&mut self, op: Op, at: Moment) -> Reply {
         self.ops_total += 1;
+        let releasing = match &op {
+            Op::Release { ticket, .. } => Some(*ticket),
+            _ => None,
+        };
+        let fence = self.table.next_fence();
         let reply = self.table.apply(op, at, &mut self.scratch);
+        self.lease_counters.grants += self.table.next_fence().saturating_sub(fence);
+        if let (Reply::Left, Some(ticket)) = (&reply, releasing) {
+            self.lease_counters.dropped_left += 1;
+            self.queued_at_ms.remove(&ticket);
+        }
         self.outputs.extend(self.scratch.drain(..));
         reply
     }
@@ -480,7 +511,9 @@ impl Service {
 
     /// Ends every lease, absent waiter and wait due at `at`.
     pub fn expire(&mut self, at: Moment, out: &mut Outbox) {
+        let fence = self.table.next_fence();
         self.table.expire(at, &mut self.scratch);
+        self.lease_counters.grants += self.table.next_fence().saturating_sub(fence);
         self.outputs.extend(self.scratch.drain(..));
         while let Some(&(deadline, link, id)) = self.wait_deadlines.first() {
             if deadline > at.now_ms {
@@ -696,10 +729,11 @@ impl Service {
                     wait_ms.min(self.max_wait_ms)
                 };
                 let watch = wait_ms > 0;
+                let new_ticket = Ticket::from_bytes(fresh);
                 let acquire = Acquire {
                     lock: lock.clone(),
                     ticket,
-                    new_ticket: Ticket::from_bytes(fresh),
+                    new_ticket,
                     owner,
                     ttl_ms,
                     limit,
@@ -708,7 +742,13 @@ impl Service {
                     watch,
                     callback,
                 };
-                match self.apply(Op::Acquire(acquire), at) {
+                let reply = self.apply(Op::Acquire(acquire), at);
+                if let Reply::Queued(place) = &reply {
+                    if place.ticket == new_ticket {
+                        self.queued_at_ms.insert(new_ticket, at.now_ms);
+                    }
+                }
+                match reply {
                     Reply::Held(lease) => self.finish(&lock, lease, then, at),
                     Reply::Queued(place) if watch => {
                         let key = (lock, place.ticket);
@@ -891,6 +931,10 @@ impl Service {
             match output {
                 Output::Granted { lock, lease } => {
                     let ticket = lease.ticket;
+                    if let Some(queued_at_ms) = self.queued_at_ms.remove(&ticket) {
+                        let waited_us = at.now_ms.saturating_sub(queued_at_ms).saturating_mul(1_000);
+                        self.lease_counters.queue_wait.observe_on(QUEUE_WAIT_BUCKETS_US, waited_us);
+                    }
                     self.estimator.granted(ticket, at.now_ms);
                     self.notify(&lock, ticket, &TicketEvent::Acquired(lease.clone()), out);
                     let key = (lock, ticket);
@@ -905,6 +949,11 @@ impl Service {
                     self.notify(&lock, ticket, &TicketEvent::Position { position, queue_length }, out);
                 }
                 Output::Expired { lock, ticket, fence, unclaimed } => {
+                    if unclaimed {
+                        self.lease_counters.expired_unclaimed += 1;
+                    } else {
+                        self.lease_counters.expired += 1;
+                    }
                     self.estimator.ended(&lock, ticket, at.now_ms);
                     self.notify(&lock, ticket, &TicketEvent::Expired { fence, unclaimed }, out);
                 }
@@ -912,7 +961,12 @@ impl Service {
                     self.estimator.ended(&lock, ticket, at.now_ms);
                     self.notify(&lock, ticket, &TicketEvent::Released { fence }, out);
                 }
-                Output::Dropped { lock, ticket, .. } => {
+                Output::Dropped { lock, ticket, reason } => {
+                    match reason {
+                        DropReason::Absent => self.lease_counters.dropped_waiter_ttl += 1,
+                        DropReason::LimitLowered => self.lease_counters.dropped_limit_lowered += 1,
+                    }
+                    self.queued_at_ms.remove(&ticket);
                     self.notify(&lock, ticket, &TicketEvent::Dropped, out);
                     let key = (lock, ticket);
                     if let Some(wait) = self.waits.remove(&key) {

@@ -483,3 +483,72 @@ fn budgets_list_every_bounded_quantity_with_its_use_and_limit() {
     w.s.reconfigure(TableLimits { max_resources: 9, ..LIMITS }, 60_000);
     assert!(w.s.budgets().iter().any(|b| b.name == "resources" && b.limit == 9));
 }
+
+// ----- lease counters (metrics) -----
+
+#[test]
+fn grants_expiries_and_queue_waits_are_counted() {
+    let mut w = World::new();
+    let first = held(reply_to(&w.request(1, 1, acquire(None, 0, Then::Hold, false)), 1, 1));
+    assert_eq!(w.s.lease_counters().grants, 1, "an immediate grant");
+    // A waiting request, granted 1.5 s after it queued.
+    w.request(2, 7, acquire(None, 60_000, Then::Hold, false));
+    w.now += 1_500;
+    held(reply_to(&w.request(1, 2, LockOp::Release { lock: lock(), ticket: first.ticket }), 2, 7));
+    let c = w.s.lease_counters().clone();
+    assert_eq!(c.grants, 2, "a grant from the queue");
+    assert_eq!(c.queue_wait.count(), 1);
+    assert_eq!(c.queue_wait.sum_us, 1_500_000);
+    assert_eq!((c.expired, c.expired_unclaimed), (0, 0));
+    // The holder does not renew: its lease runs out (30 s).
+    w.tick(30_000);
+    let c = w.s.lease_counters();
+    assert_eq!((c.expired, c.expired_unclaimed), (1, 0));
+    assert!(w.s.queued_at_ms.is_empty(), "no waiter is timed any more");
+}
+
+#[test]
+fn a_renewal_or_a_re_entry_is_not_a_grant() {
+    let mut w = World::new();
+    let lease = held(reply_to(&w.request(1, 1, acquire(None, 0, Then::Hold, false)), 1, 1));
+    w.request(1, 2, LockOp::Renew { lock: lock(), ticket: lease.ticket, ttl_ms: None });
+    held(reply_to(&w.request(1, 3, acquire(Some(lease.ticket), 0, Then::Hold, false)), 1, 3));
+    assert_eq!(w.s.lease_counters().grants, 1);
+}
+
+#[test]
+fn dropped_waiters_are_counted_by_reason_and_forgotten() {
+    let mut w = World::new();
+    let first = held(reply_to(&w.request(1, 1, acquire(None, 0, Then::Hold, false)), 1, 1));
+    // One waiter leaves by itself; one is never seen again (waiter_ttl_ms is 1 s).
+    let leaving = queued_ticket(reply_to(&w.request(2, 2, acquire(None, 0, Then::Hold, false)), 2, 2));
+    queued_ticket(reply_to(&w.request(3, 3, acquire(None, 0, Then::Hold, false)), 3, 3));
+    assert_eq!(w.s.queued_at_ms.len(), 2);
+    let out = w.request(2, 4, LockOp::Release { lock: lock(), ticket: leaving });
+    assert!(matches!(reply_to(&out, 2, 4), Some(LockReply::Left)));
+    w.tick(1_000);
+    let c = w.s.lease_counters();
+    assert_eq!((c.dropped_left, c.dropped_waiter_ttl, c.dropped_limit_lowered), (1, 1, 0));
+    assert!(w.s.queued_at_ms.is_empty(), "dropped waiters are not timed any more");
+    // A waiter admitted while not connected that never claims its grant (claim_ms 500).
+    w.request(4, 5, acquire(None, 0, Then::Hold, false));
+    w.request(1, 6, LockOp::Release { lock: lock(), ticket: first.ticket });
+    assert_eq!(w.s.lease_counters().queue_wait.count(), 1);
+    w.tick(500);
+    let c = w.s.lease_counters();
+    assert_eq!((c.expired, c.expired_unclaimed), (0, 1));
+    assert_eq!(c.grants, 2);
+}
+
+#[test]
+fn counters_reset_but_queued_waiters_keep_their_times() {
+    let mut w = World::new();
+    let first = held(reply_to(&w.request(1, 1, acquire(None, 0, Then::Hold, false)), 1, 1));
+    w.request(2, 2, acquire(None, 60_000, Then::Hold, false));
+    w.s.reset_lease_counters();
+    assert_eq!(w.s.lease_counters(), &LeaseCounters::default());
+    w.now += 2_000;
+    held(reply_to(&w.request(1, 3, LockOp::Release { lock: lock(), ticket: first.ticket }), 2, 2));
+    assert_eq!(w.s.lease_counters().queue_wait.sum_us, 2_000_000);
+    assert_eq!(w.s.lease_counters().grants, 1);
+}

@@ -22,6 +22,8 @@ mod hostile;
 mod layering;
 mod lifecycle;
 mod lock_props;
+mod metrics;
+mod metrics_contrib;
 mod model;
 mod outbox;
 mod roles;

@@ -258,6 +258,8 @@ impl Keeper {
         store.set_segment_header(journal::segment_header());
         let older_format = rebuild.found_older().then(|| rebuild.formats.clone());
         let Rebuild { mut service, mut fences_reserved, .. } = rebuild;
+        // What the replay counted happened before this keeper: its metrics start from here.
+        service.reset_lease_counters();
         let local = replica::read(&config.server.data_dir).map_err(|e| open_failed(e, &config.server.data_dir))?;
         note_holder(&mut data_dir_lock);
         crate::sys::memory::release_free_heap();
@@ -930,6 +932,8 @@ impl Keeper {
             callbacks_refused: counters.callbacks_refused,
             delivery_latency: counters.latency.clone(),
             budgets: self.service.budgets(),
+            leases_counted: self.service.lease_counters().clone(),
+            process: super::own_figures(),
         }
     }
 }

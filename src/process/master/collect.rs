@@ -1,11 +1,13 @@
 //! `/metrics` across processes: a worker asks the master, the master asks every child that
 //! serves for its snapshot, and answers with the whole page when all have answered or after
-//! [`COLLECT_TIMEOUT_MS`], whichever comes first.
+//! [`COLLECT_TIMEOUT_MS`], whichever comes first. The keeper's last snapshot is kept: a
+//! page the keeper did not answer for (it is down, or hangs) shows it with `keeper_up 0`,
+//! so its families never vanish from a scrape.
 
 use std::collections::{HashMap, HashSet};
 
 use crate::core::lifecycle::Generation;
-use crate::metrics::{self, KeeperSnapshot, MasterSnapshot, Totals, WorkerSnapshot};
+use crate::metrics::{self, KeeperSnapshot, KeeperView, MasterSnapshot, Totals, WorkerSnapshot};
 
 /// How long a metrics collection waits for every child.
 pub const COLLECT_TIMEOUT_MS: u64 = 1_000;
@@ -26,6 +28,8 @@ pub struct Collections {
     next_id: u64,
     /// Final counters of workers that have left (so totals never go down).
     pub retired: Totals,
+    /// The keeper's latest snapshot, for pages it does not answer for.
+    last_keeper: Option<KeeperSnapshot>,
 }
 
 /// A finished page: send `text` to `requester` as the answer to its request `request_id`.
@@ -70,6 +74,7 @@ impl Collections {
     pub fn keeper(&mut self, id: u64, from: Generation, snapshot: KeeperSnapshot) {
         if let Some(c) = self.open.get_mut(&id) {
             if c.waiting.remove(&from) {
+                self.last_keeper = Some(snapshot.clone());
                 c.keeper = Some(snapshot);
             }
         }
@@ -87,8 +92,9 @@ impl Collections {
         self.open.values().map(|c| c.deadline_ms).min()
     }
 
-    /// The pages that are complete or timed out, rendered with `master`'s counters.
-    pub fn finished(&mut self, now_ms: u64, master: &MasterSnapshot) -> Vec<Page> {
+    /// The pages that are complete or timed out, rendered with the master's counters, which
+    /// `master` makes only if a page is (it reads `/proc`, and this runs every loop turn).
+    pub fn finished(&mut self, now_ms: u64, master: impl FnOnce() -> MasterSnapshot) -> Vec<Page> {
         let done: Vec<u64> = self
             .open
             .iter()
@@ -96,9 +102,18 @@ impl Collections {
             .map(|(id, _)| *id)
             .collect();
         let mut pages = Vec::new();
+        if done.is_empty() {
+            return pages;
+        }
+        let master = master();
         for id in done {
             if let Some(c) = self.open.remove(&id) {
-                let text = metrics::render(master, c.keeper.as_ref(), &c.workers, &self.retired);
+                let keeper = match (&c.keeper, &self.last_keeper) {
+                    (Some(k), _) => KeeperView::Answered(k),
+                    (None, Some(k)) => KeeperView::Last(k),
+                    (None, None) => KeeperView::Never,
+                };
+                let text = metrics::render(&master, keeper, &c.workers, &self.retired);
                 pages.push(Page { requester: c.requester, request_id: c.request_id, text });
             }
         }

@@ -42,10 +42,12 @@ use crate::core::lifecycle::{
 };
 use crate::core::supervise::RestartPolicy;
 use crate::ipc::message::{ToChild, ToMaster, Upgrade};
-use crate::metrics::MasterSnapshot;
+use crate::metrics::{MasterSnapshot, ProcessSample};
+use crate::process::figures;
 use crate::sys::clock::{monotonic_usec, Monotonic};
 use crate::sys::notify::Notifier;
 use crate::sys::process::{self, Exit};
+use crate::sys::procstat;
 use crate::sys::signals::{self, Signal, SignalSource};
 
 pub use crate::core::lifecycle::KEEPER_STOP_MS;
@@ -664,8 +666,12 @@ impl Master {
     // ----- metrics -----
 
     fn finish_collections(&mut self) {
-        let snapshot = self.master_snapshot();
-        for page in self.collections.finished(self.clock.now_ms(), &snapshot) {
+        let now = self.clock.now_ms();
+        // Taken out for the call, so the snapshot can be made from the rest of `self`.
+        let mut collections = std::mem::take(&mut self.collections);
+        let pages = collections.finished(now, || self.master_snapshot());
+        self.collections = collections;
+        for page in pages {
             self.send(page.requester, &ToChild::MetricsText { id: page.request_id, text: page.text });
         }
     }
@@ -685,6 +691,16 @@ impl Master {
             reloads_ok: c.reloads_ok,
             reloads_refused: c.reloads_refused,
             handoff_failures: self.dispatcher.handoff_failures,
+            processes: self.process_samples(),
         }
+    }
+
+    /// The master's own figures, and the courier's (the newest, during a reload), which
+    /// takes no part in collections: read from `/proc` by pid.
+    fn process_samples(&self) -> Vec<ProcessSample> {
+        let sample = |role: &str, usage| ProcessSample { role: role.to_string(), slot: None, stats: figures(usage) };
+        let courier = self.procs.values().rev().find(|p| p.role == Role::Courier).and_then(|p| procstat::of(p.pid));
+        let own = procstat::own();
+        own.map(|u| sample("master", u)).into_iter().chain(courier.map(|u| sample("courier", u))).collect()
     }
 }
