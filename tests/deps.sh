@@ -6,6 +6,8 @@
 #   util-linux     prlimit: the end-to-end tests lower a worker's descriptor limit
 #   etcd-server    etcd: the cluster tests run a 3-member etcd on loopback (tests/cluster/etcd.sh)
 #   etcd-client    etcdctl: the cluster rig waits on `etcdctl endpoint health`
+#   man-db         man: the generated man page is rendered with `man -l` (tests/it/cli_help.rs)
+#   groff-base     groff: man's formatter; the page is also checked for roff warnings
 #
 # Idempotent: when every command is present it does nothing and touches no network. Missing
 # ones are installed as root (`apt-get update` first, quietly; apt's output is shown only if it
@@ -19,6 +21,8 @@ needs=(
   "prlimit util-linux"
   "etcd etcd-server"
   "etcdctl etcd-client"
+  "man man-db"
+  "groff groff-base"
 )
 
 missing=()
