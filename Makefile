@@ -3,7 +3,7 @@ CARGO  ?= cargo
 CONFIG ?= config/leasehold.toml
 BIN    := target/release/leasehold
 
-.PHONY: run cluster build test fixtures test-stress lint fmt bench bench-compare bench-table bench-handoff bench-http bench-durability bench-failover bench-recovery bench-cluster check-config fuzz
+.PHONY: run cluster build test fixtures test-stress lint fmt bench bench-compare bench-table bench-handoff bench-http bench-durability bench-failover bench-recovery bench-cluster check-config fuzz man
 
 ## run: build the release binary and serve with config/leasehold.toml
 run: build
@@ -80,3 +80,7 @@ fuzz:
 ## check-config: validate $(CONFIG)
 check-config: build
 	$(BIN) check-config $(CONFIG)
+
+## man: write leasehold.1, the man page generated from the command line (`leasehold man`); read it with `man ./leasehold.1`
+man: build
+	$(BIN) man > leasehold.1.tmp && mv leasehold.1.tmp leasehold.1

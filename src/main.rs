@@ -1,104 +1,69 @@
-//! The `leasehold` binary: argv → subcommand. Exit codes: 0 success, 1 runtime failure,
-//! 2 bad usage or invalid configuration; `lock` also 75 (not acquired in time), 69 (server
-//! unreachable) or its command's own; `status --cluster` 69 when the cluster has no one
-//! leader that every node that answered names; `journal verify` 1 when the keeper would
-//! refuse the directory (corruption, or a file it cannot read).
+//! The `leasehold` binary: argv (parsed by [`leasehold::cli`]) → subcommand. Exit codes: 0
+//! success, 1 runtime failure, 2 bad usage or invalid configuration; `lock` also 75 (or
+//! its `--conflict-exit-code`: not acquired in time), 69 (server unreachable) or its
+//! command's own; `status --cluster` 69 when the cluster has no one leader that every node
+//! that answered names; `journal verify` 1 when the keeper would refuse the directory
+//! (corruption, or a file it cannot read).
 
+use std::ffi::OsString;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use leasehold::cli::{self, Child, Command, Journal, EXIT_USAGE};
 use leasehold::client;
 use leasehold::config::{Config, ConfigError};
 use leasehold::journal::inspect::{self, InspectError};
 use leasehold::version;
 
-const USAGE: &str = "\
-leasehold: fast, fair, durable locks over HTTP
-
-usage:
-  leasehold serve [--config FILE]     serve (embedded defaults without --config)
-  leasehold check-config FILE         validate FILE (and LEASEHOLD_* variables); exit 0 or 2
-  leasehold lock NAME [options] -- CMD [ARGS...]
-                                      run CMD while holding a lease on NAME
-      --ttl 30s      lease TTL, renewed every third of it
-      --wait 0s      how long to wait in the lock's queue (0: try once)
-      --limit 1      permits of the lock (a semaphore above 1)
-      --weight 1     permits this run takes
-      --owner LABEL  label shown to others
-      --grace 10s    SIGTERM to SIGKILL when the lease is lost
-    CMD gets LEASEHOLD_FENCE, LEASEHOLD_TICKET and LEASEHOLD_LOCK; signals are passed on to
-    it. Exit status: CMD's own; 75 if the lock could not be had in time; 69 if the server
-    cannot be reached.
-  leasehold status [NAME] [--json]    locks, holders and queues (a table, or JSON)
-  leasehold status --cluster [--json] every server of --server (the nodes of a cluster), asked
-                                      GET /readyz at once (2 s each): node, role, epoch,
-                                      applied, lag and the leader it names; a server that
-                                      cannot be reached or answers non-200 is a row saying
-                                      down (REASON). Exit 0 when exactly one node leads and
-                                      every node that answered names it; 69 otherwise (as for
-                                      a server that cannot be reached)
-  leasehold release NAME TICKET       release a lease (for example one a dead job left)
-  leasehold journal verify DIR        read the journal in DIR (server.data_dir) without changing
-                                      it: every file, its records, every torn or corrupt spot
-                                      with its offset. Exit 0: clean, or only a torn tail (the
-                                      keeper cuts it at start); 1: corrupt (the keeper refuses
-                                      to start) or unreadable; 2: bad usage
-  leasehold journal salvage DIR NEW_DIR
-                                      copy every valid record of DIR (and its snapshot, if
-                                      valid) into NEW_DIR (new or empty), leaving DIR as it is;
-                                      a keeper starts from NEW_DIR. Exit 0 done, 1 failed, 2 bad
-                                      usage
-  leasehold --version | --help       the version and build stamp (dev unless stamped); usage
-
-  Client commands take --server URL (or LEASEHOLD_URL; default http://127.0.0.1:8080;
-  http:// or https://), --key KEY (or LEASEHOLD_KEY) and --cacert FILE (or LEASEHOLD_CACERT:
-  PEM CA certificates to trust for https:// besides the usual roots).
-";
-
-/// Exit code for bad usage or an invalid configuration (systemd: RestartPreventExitStatus=2).
-const EXIT_USAGE: u8 = 2;
-
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
-    match argv.as_slice() {
-        ["serve"] => serve(None),
-        ["serve", "--config", file] | ["serve", "-c", file] => serve(Some(PathBuf::from(file))),
-        ["check-config", file] => check_config(&PathBuf::from(file)),
-        ["lock", rest @ ..] => client_command(rest, client::args::parse_lock, client::lock),
-        ["status", rest @ ..] => client_command(rest, client::args::parse_status, client::status),
-        ["release", rest @ ..] => client_command(rest, client::args::parse_release, client::release_command),
-        ["journal", "verify", dir] => journal_verify(Path::new(dir)),
-        ["journal", "salvage", dir, new_dir] => journal_salvage(Path::new(dir), Path::new(new_dir)),
-        ["child", "keeper", master_pid] => child("keeper", None, master_pid),
-        ["child", "courier", master_pid] => child("courier", None, master_pid),
-        ["child", "worker", slot, master_pid] => child("worker", Some(slot), master_pid),
-        ["--version" | "-V" | "version"] => {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let parsed = match cli::parse_from(&args) {
+        Ok(parsed) => parsed,
+        Err(e) if cli::is_help_or_version(&e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprint!("{}", cli::short_error(&e, &args));
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    match parsed.command {
+        Command::Serve { config } => serve(config),
+        Command::CheckConfig { file } => check_config(&file),
+        Command::Lock(args) => ExitCode::from(client::lock(args)),
+        Command::Status(args) => ExitCode::from(client::status(args)),
+        Command::Release(args) => ExitCode::from(client::release_command(args)),
+        Command::Journal(Journal::Verify { dir }) => journal_verify(&dir),
+        Command::Journal(Journal::Salvage { dir, new_dir }) => journal_salvage(&dir, &new_dir),
+        Command::Completions { shell } => print_bytes(&cli::completions(shell)),
+        Command::Man => match cli::man_page() {
+            Ok(page) => print_bytes(page.as_bytes()),
+            Err(e) => {
+                eprintln!("leasehold: cannot render the man page: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Version => {
             println!("leasehold {} (build {})", version::VERSION, version::build());
             ExitCode::SUCCESS
         }
-        ["--help" | "-h" | "help"] => {
-            print!("{USAGE}");
-            ExitCode::SUCCESS
-        }
-        _ => {
-            eprint!("leasehold: unrecognised arguments: {}\n\n{USAGE}", argv.join(" "));
-            ExitCode::from(EXIT_USAGE)
+        Command::Child(Child::Keeper { master_pid }) => exit_code(leasehold::process::keeper::run(master_pid)),
+        Command::Child(Child::Courier { master_pid }) => exit_code(leasehold::process::courier::run(master_pid)),
+        Command::Child(Child::Worker { slot, master_pid }) => {
+            exit_code(leasehold::process::worker::run(slot, master_pid))
         }
     }
 }
 
-/// Runs a client command: its arguments (with `LEASEHOLD_URL` and `LEASEHOLD_KEY`), then
-/// the command itself.
-fn client_command<A>(args: &[&str], parse: client::args::Parser<A>, run: fn(A) -> u8) -> ExitCode {
-    let url = std::env::var("LEASEHOLD_URL").ok();
-    let key = std::env::var("LEASEHOLD_KEY").ok();
-    match parse(args, url.as_deref(), key.as_deref()) {
-        Ok(parsed) => ExitCode::from(run(parsed)),
-        Err(e) => {
-            eprintln!("leasehold: {e}\n\n{USAGE}");
-            ExitCode::from(EXIT_USAGE)
-        }
+/// Writes generated text (a completion script, the man page) to standard output; a closed
+/// pipe (`| head`) is not worth a panic.
+fn print_bytes(bytes: &[u8]) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(_) => ExitCode::FAILURE,
     }
 }
 
@@ -168,7 +133,7 @@ fn inspect_failed(e: &InspectError) -> ExitCode {
     eprintln!("leasehold: {e}");
     match e {
         InspectError::Usage(_) => {
-            eprint!("\n{USAGE}");
+            eprintln!("For more information, try 'leasehold journal --help'.");
             ExitCode::from(EXIT_USAGE)
         }
         InspectError::Store(_) => ExitCode::FAILURE,
@@ -196,23 +161,6 @@ fn journal_salvage(dir: &Path, new_dir: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => inspect_failed(&e),
-    }
-}
-
-/// A child process started by the master (not for people to run).
-fn child(role: &str, slot: Option<&str>, master_pid: &str) -> ExitCode {
-    let Ok(master_pid) = master_pid.parse::<i32>() else {
-        eprintln!("leasehold: child: bad master pid {master_pid:?}");
-        return ExitCode::from(EXIT_USAGE);
-    };
-    match (role, slot.map(str::parse::<u32>)) {
-        ("keeper", None) => exit_code(leasehold::process::keeper::run(master_pid)),
-        ("courier", None) => exit_code(leasehold::process::courier::run(master_pid)),
-        ("worker", Some(Ok(slot))) => exit_code(leasehold::process::worker::run(slot, master_pid)),
-        _ => {
-            eprintln!("leasehold: child: unknown role {role:?}");
-            ExitCode::from(EXIT_USAGE)
-        }
     }
 }
 

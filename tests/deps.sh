@@ -8,6 +8,8 @@
 #   etcd-client    etcdctl: the cluster rig waits on `etcdctl endpoint health`
 #   nginx          nginx: the CLI's TLS test runs it as a TLS-terminating proxy on loopback
 #                  (tests/it/tls_proxy.rs)
+#   man-db         man: the generated man page is rendered with `man -l` (tests/it/cli_help.rs)
+#   groff-base     groff: man's formatter; the page is also checked for roff warnings
 #
 # Idempotent: when every command is present it does nothing and touches no network. Missing
 # ones are installed as root (`apt-get update` first, quietly; apt's output is shown only if it
@@ -22,6 +24,8 @@ needs=(
   "etcd etcd-server"
   "etcdctl etcd-client"
   "nginx nginx"
+  "man man-db"
+  "groff groff-base"
 )
 
 missing=()

@@ -5,7 +5,8 @@
 //!   `LEASEHOLD_LOCK` in its environment, renews the lease every third of its TTL, passes
 //!   the signals it gets on to CMD, releases the lease when CMD ends, and stops CMD (SIGTERM,
 //!   then SIGKILL after `--grace`) if the lease is lost. Its exit status is CMD's own, 75
-//!   when the lock could not be had in time, 69 when the server cannot be reached.
+//!   (or `--conflict-exit-code`) when the lock could not be had in time, 69 when the server
+//!   cannot be reached; `--quiet` says nothing about a lock it could not have.
 //! - `leasehold status [NAME] [--json]` and `leasehold release NAME TICKET`.
 //! - `leasehold status --cluster [--json]` asks every server of the list for its
 //!   `GET /readyz` at once and shows one row per server (`cluster.rs`); exit status 0 when
@@ -23,7 +24,6 @@ pub mod args;
 pub mod cluster;
 pub mod http;
 
-use std::path::PathBuf;
 use std::process::{Command, ExitStatus};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -36,8 +36,9 @@ use signal_hook::iterator::Signals;
 use self::args::{LockArgs, ReleaseArgs, StatusArgs, Target};
 use self::http::{segment, ClientError, Http, Response};
 
-/// The lock could not be had in time (sysexits `EX_TEMPFAIL`).
-pub const EXIT_NOT_ACQUIRED: u8 = 75;
+/// The lock could not be had in time (sysexits `EX_TEMPFAIL`), unless `--conflict-exit-code`
+/// says otherwise.
+pub const EXIT_NOT_ACQUIRED: u8 = args::DEFAULT_CONFLICT_EXIT_CODE;
 /// The server cannot be reached (sysexits `EX_UNAVAILABLE`); for `status --cluster`, the
 /// cluster has no one leader that every node that answered names.
 pub const EXIT_UNREACHABLE: u8 = 69;
@@ -66,15 +67,11 @@ fn client_failure(e: &ClientError) -> u8 {
     }
 }
 
-/// The client for a command's `target`, connecting within `connect_timeout`;
-/// `LEASEHOLD_CACERT` names the CA file when `--cacert` does not. On failure, the exit code
+/// The client for a command's `target` (`--cacert`, or `LEASEHOLD_CACERT` through the
+/// command line's parser), connecting within `connect_timeout`. On failure, the exit code
 /// (the reason is printed).
 fn connect(target: &Target, connect_timeout: Duration) -> Result<Http, u8> {
-    let mut target = target.clone();
-    if target.cacert.is_none() {
-        target.cacert = std::env::var_os("LEASEHOLD_CACERT").filter(|v| !v.is_empty()).map(PathBuf::from);
-    }
-    Http::new(&target, connect_timeout).map_err(|e| client_failure(&e))
+    Http::new(target, connect_timeout).map_err(|e| client_failure(&e))
 }
 
 /// A lease held by this process.
@@ -269,9 +266,14 @@ fn acquire(http: &Http, args: &LockArgs) -> Result<Held, u8> {
     }
 }
 
+/// Someone else holds the lock past `--wait`: `--conflict-exit-code` (75 by default), and a
+/// line on stderr unless `--quiet` (a cron job that skips a run then mails nothing).
 fn not_acquired(args: &LockArgs) -> u8 {
+    if args.quiet {
+        return args.conflict_exit_code;
+    }
     let waited = if args.wait_ms == 0 { String::new() } else { format!(" within {} ms", args.wait_ms) };
-    fail(EXIT_NOT_ACQUIRED, format!("the lock {} could not be had{waited}", args.name))
+    fail(args.conflict_exit_code, format!("the lock {} could not be had{waited}", args.name))
 }
 
 /// Renews every third of the TTL until told to stop (the sender is dropped); reports a lease

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use super::error::ConfigError;
+use crate::core::duration;
 
 /// One known key: where it lives and which variable overrides it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,26 +61,57 @@ impl<'a> Reader<'a> {
         self.problems.push(ConfigError::WrongType { key, expected });
     }
 
-    /// An integer in `min..=max`.
+    /// An integer in `min..=max`. A key whose name ends in `_ms` also takes a duration
+    /// string (`"5s"`, `"1m30s"`; a bare number in a string or a variable is milliseconds).
     pub(super) fn int(&mut self, section: &str, key: &str, env: &'static str, default: u64, min: u64, max: u64) -> u64 {
         let Some((path, raw)) = self.raw(section, key, env) else {
             return default;
         };
+        let is_ms = key.ends_with("_ms");
         let value = match raw {
             Raw::File(toml::Value::Integer(i)) => u64::try_from(*i).ok(),
-            Raw::Env(text) => text.trim().replace('_', "").parse::<u64>().ok(),
+            Raw::Env(text) => match text.trim().replace('_', "").parse::<u64>() {
+                Ok(v) => Some(v),
+                Err(_) if is_ms => return self.duration(path, text, default, min, max),
+                Err(_) => None,
+            },
+            Raw::File(toml::Value::String(text)) if is_ms => return self.duration(path, text, default, min, max),
             Raw::File(_) => None,
         };
         match value {
-            Some(v) if (min..=max).contains(&v) => v,
-            Some(v) => {
-                self.problems.push(ConfigError::OutOfRange { key: path, value: v, min, max });
+            Some(v) => self.in_range(path, v, default, min, max),
+            None if is_ms => {
+                self.wrong_type(path, "a whole number of milliseconds or a duration string such as \"30s\"");
                 default
             }
             None => {
                 self.wrong_type(path, "a whole number");
                 default
             }
+        }
+    }
+
+    /// A duration string for an `_ms` key, in milliseconds.
+    fn duration(&mut self, path: String, text: &str, default: u64, min: u64, max: u64) -> u64 {
+        match duration::parse_ms(text, 1) {
+            Ok(v) => self.in_range(path, v, default, min, max),
+            Err(e) => {
+                let reason = format!(
+                    "{text:?} is not a duration: {e}; write milliseconds (5000) or a duration such as {}",
+                    duration::DURATION_EXAMPLES
+                );
+                self.problems.push(ConfigError::Invalid { key: path, reason });
+                default
+            }
+        }
+    }
+
+    fn in_range(&mut self, path: String, value: u64, default: u64, min: u64, max: u64) -> u64 {
+        if (min..=max).contains(&value) {
+            value
+        } else {
+            self.problems.push(ConfigError::OutOfRange { key: path, value, min, max });
+            default
         }
     }
 

@@ -545,3 +545,63 @@ fn cluster_peer_tls_takes_all_three_files_or_none_and_only_with_the_peer_link() 
         "the wrong type as it is read, then the empty path"
     );
 }
+
+/// The file text that sets `key` (a known `section.key`) to `value`, in an otherwise valid
+/// configuration (a `[cluster]` key needs the rest of a cluster section).
+fn setting(key: &str, value: &str) -> String {
+    let (section, name) = key.split_once('.').unwrap();
+    if section == "cluster" {
+        cluster_text(&format!("{name} = {value}\n"))
+    } else {
+        format!("[{section}]\n{name} = {value}\n")
+    }
+}
+
+#[test]
+fn every_ms_key_takes_a_duration_string_as_its_milliseconds() {
+    let keys: Vec<KeyDoc> = Config::known_keys().into_iter().filter(|k| k.path.ends_with("_ms")).collect();
+    assert!(keys.len() >= 20, "expected every _ms key, found {keys:?}");
+    for key in &keys {
+        for (duration, ms) in [("5s", "5000"), ("1m30s", "90000"), ("250ms", "250"), ("3000", "3000")] {
+            let as_text = Config::load(Some(&setting(&key.path, &format!("{duration:?}"))), &[]);
+            let as_integer = Config::load(Some(&setting(&key.path, ms)), &[]);
+            assert_eq!(as_text, as_integer, "{} = {duration:?}", key.path);
+            let from_env = Config::load(None, &env(&[(key.env, duration)]));
+            let from_env_ms = Config::load(None, &env(&[(key.env, ms)]));
+            assert_eq!(from_env, from_env_ms, "{}={duration}", key.env);
+        }
+    }
+}
+
+#[test]
+fn drain_timeout_of_5s_is_5000_ms_from_the_file_or_the_variable() {
+    let c = Config::load(Some("[server]\ndrain_timeout_ms = \"5s\"\n"), &[]).unwrap();
+    assert_eq!(c.server.drain_timeout_ms, 5_000);
+    let c = Config::load(None, &env(&[("LEASEHOLD_DRAIN_TIMEOUT_MS", "5s")])).unwrap();
+    assert_eq!(c.server.drain_timeout_ms, 5_000);
+    let c = Config::load(Some("[server]\ndrain_timeout_ms = 5000\n"), &[]).unwrap();
+    assert_eq!(c.server.drain_timeout_ms, 5_000, "integers stay milliseconds");
+}
+
+#[test]
+fn a_bad_duration_names_its_key_and_says_what_to_write() {
+    for (value, says) in [
+        ("\"5 sec\"", "server.drain_timeout_ms: \"5 sec\" is not a duration: unknown unit \" sec\""),
+        ("\"10d\"", "server.drain_timeout_ms: \"10d\" is not a duration: unknown unit \"d\""),
+        ("\"-1s\"", "server.drain_timeout_ms: \"-1s\" is not a duration"),
+        ("\"\"", "server.drain_timeout_ms: \"\" is not a duration: no duration given"),
+        ("true", "server.drain_timeout_ms: must be a whole number of milliseconds or a duration string"),
+        ("\"20m\"", "server.drain_timeout_ms: 1200000 is out of range"),
+    ] {
+        let problems = Config::load(Some(&format!("[server]\ndrain_timeout_ms = {value}\n")), &[]).unwrap_err();
+        assert_eq!(problems.len(), 1, "{value}: {problems:?}");
+        let text = problems[0].to_string();
+        assert!(text.starts_with(says), "{value}: {text}");
+    }
+    let problems = Config::load(None, &env(&[("LEASEHOLD_DRAIN_TIMEOUT_MS", "soon")])).unwrap_err();
+    assert_eq!(problems[0].key(), "server.drain_timeout_ms (from LEASEHOLD_DRAIN_TIMEOUT_MS)");
+    assert!(problems[0].to_string().contains("such as 500ms, 30s"), "{}", problems[0]);
+    // Only `_ms` keys take durations: a count is still a whole number.
+    let problems = Config::load(Some("[server]\nworkers = \"5s\"\n"), &[]).unwrap_err();
+    assert_eq!(problems[0].to_string(), "server.workers: must be a whole number");
+}

@@ -6,6 +6,7 @@
 
 pub mod backoff;
 pub mod balance;
+pub mod duration;
 pub mod error;
 pub mod lifecycle;
 pub mod lock;

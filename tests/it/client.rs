@@ -406,11 +406,14 @@ fn status_shows_holders_as_a_table_or_json() {
 #[test]
 fn a_bad_command_line_exits_2_and_says_why() {
     for (args, says) in [
-        (&["lock"][..], "missing the lock name"),
-        (&["lock", "n", "--ttl", "soon", "--", "true"][..], "--ttl \"soon\": expected a duration"),
+        (&["lock"][..], "the following required arguments were not provided: <NAME> <CMD>..."),
+        (
+            &["lock", "n", "--ttl", "soon", "--", "true"][..],
+            "invalid value 'soon' for '--ttl <DURATION>': not a duration",
+        ),
         (&["lock", "n", "--server", "ftp://h", "--", "true"][..], "expected http:// or https://"),
         (&["status", "--server", "https://h", "--cacert", "/nonexistent/ca.pem"][..], "cannot use the CA file"),
-        (&["release", "n"][..], "missing the lock name and the ticket"),
+        (&["release", "n"][..], "the following required arguments were not provided: <TICKET>"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_leasehold")).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod budgets;
 mod cli;
+mod cli_help;
 mod client;
 mod cluster;
 mod cluster_log;
