@@ -6,6 +6,7 @@
 #   util-linux     prlimit: the end-to-end tests lower a worker's descriptor limit
 #   etcd-server    etcd: the cluster tests run a 3-member etcd on loopback (tests/cluster/etcd.sh)
 #   etcd-client    etcdctl: the cluster rig waits on `etcdctl endpoint health`
+#   systemd        systemd-analyze: the unit must pass `systemd-analyze verify` (tests/it/systemd.rs)
 #
 # Idempotent: when every command is present it does nothing and touches no network. Missing
 # ones are installed as root (`apt-get update` first, quietly; apt's output is shown only if it
@@ -19,6 +20,7 @@ needs=(
   "prlimit util-linux"
   "etcd etcd-server"
   "etcdctl etcd-client"
+  "systemd-analyze systemd"
 )
 
 missing=()
