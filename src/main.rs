@@ -14,7 +14,10 @@ use leasehold::cli::{self, Child, Command, Journal, EXIT_USAGE};
 use leasehold::client;
 use leasehold::config::{Config, ConfigError};
 use leasehold::journal::inspect::{self, InspectError};
+use leasehold::process::key_files;
+use leasehold::process::logging::stderr_prefix;
 use leasehold::version;
+use log::Level;
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
@@ -75,13 +78,13 @@ fn load_config(file: Option<&PathBuf>) -> Result<(Config, Option<String>), ExitC
         Some(path) => match std::fs::read_to_string(path) {
             Ok(text) => Some(text),
             Err(e) => {
-                eprintln!("leasehold: cannot read {}: {e}", path.display());
+                eprintln!("{}leasehold: cannot read {}: {e}", stderr_prefix(Level::Error), path.display());
                 return Err(ExitCode::from(EXIT_USAGE));
             }
         },
     };
     let source = || file.map_or_else(|| "the embedded defaults".to_string(), |p| p.display().to_string());
-    let config = Config::load(text.as_deref(), &leasehold::process::environment()).map_err(|problems| {
+    let config = key_files::load(text.as_deref(), &leasehold::process::environment()).map_err(|problems| {
         report_problems(&source(), &problems);
         ExitCode::from(EXIT_USAGE)
     })?;
@@ -94,23 +97,26 @@ fn load_config(file: Option<&PathBuf>) -> Result<(Config, Option<String>), ExitC
             }
         }
     }
-    for warning in &config.warnings {
-        eprintln!("leasehold: warning: {warning}");
-    }
     Ok((config, text))
 }
 
 fn report_problems(source: &str, problems: &[ConfigError]) {
     let s = if problems.len() == 1 { "" } else { "s" };
-    eprintln!("leasehold: {source}: {} problem{s}:", problems.len());
+    // Under journald each line is its own entry: each carries the priority.
+    let error = stderr_prefix(Level::Error);
+    eprintln!("{error}leasehold: {source}: {} problem{s}:", problems.len());
     for problem in problems {
-        eprintln!("  - {problem}");
+        eprintln!("{error}  - {problem}");
     }
 }
 
 fn check_config(file: &PathBuf) -> ExitCode {
     match load_config(Some(file)) {
-        Ok(_) => {
+        Ok((config, _)) => {
+            // (`serve` logs them, in the configured log format.)
+            for warning in &config.warnings {
+                eprintln!("{}leasehold: warning: {warning}", stderr_prefix(Level::Warn));
+            }
             println!("leasehold: {}: configuration is valid", file.display());
             ExitCode::SUCCESS
         }

@@ -10,6 +10,7 @@
 #                  (tests/it/tls_proxy.rs)
 #   man-db         man: the generated man page is rendered with `man -l` (tests/it/cli_help.rs)
 #   groff-base     groff: man's formatter; the page is also checked for roff warnings
+#   systemd        systemd-analyze: the unit must pass `systemd-analyze verify` (tests/it/systemd.rs)
 #
 # Idempotent: when every command is present it does nothing and touches no network. Missing
 # ones are installed as root (`apt-get update` first, quietly; apt's output is shown only if it
@@ -26,6 +27,7 @@ needs=(
   "nginx nginx"
   "man man-db"
   "groff groff-base"
+  "systemd-analyze systemd"
 )
 
 missing=()

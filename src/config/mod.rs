@@ -96,6 +96,15 @@ pub enum Fsync {
     Never,
 }
 
+/// How log lines are written (`server.log_format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// `TIME LEVEL role[pid]: message key=value…`.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// What an API key may do. Each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
@@ -125,6 +134,26 @@ impl std::fmt::Debug for ApiKey {
     }
 }
 
+/// An API key whose secret is in a file (`key_file` in `[[auth.keys]]`): the file is read
+/// by the processes that load the configuration (`process::key_files`), at start and on
+/// every reload, never here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyFile {
+    /// The file, a relative `key_file` resolved against `$CREDENTIALS_DIRECTORY` when that
+    /// is set (where systemd's `LoadCredential=` puts files).
+    pub path: PathBuf,
+    /// The setting that named it (`auth.keys[N].key_file`), for problems.
+    pub setting: String,
+    /// What the key may do.
+    pub role: Role,
+    /// Lock names it may touch must start with this (empty: any).
+    pub prefix: String,
+}
+
+/// Longest key file read: a key is at most 256 characters, and a file much larger than
+/// one (or a device that never ends) is a mistake to report, not to read.
+pub const MAX_KEY_FILE_BYTES: u64 = 4096;
+
 /// `[server]`: processes and sockets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
@@ -147,6 +176,10 @@ pub struct ServerConfig {
     pub max_connections: u64,
     /// Log level (`error`, `warn`, `info`, `debug`, `trace`).
     pub log_level: String,
+    /// How log lines are written.
+    pub log_format: LogFormat,
+    /// Workers log one line per answered request (at INFO).
+    pub access_log: bool,
     /// Longest delay before a crashed child is restarted.
     pub restart_delay_max_ms: u64,
     /// Deaths of one role within `crash_storm_window_ms` that stop the service (more than this).
@@ -218,8 +251,10 @@ pub struct OutboxConfig {
 /// `[auth]`: API keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthConfig {
-    /// Keys from the file and the environment.
+    /// Keys from the file and the environment (and, once read, from key files).
     pub keys: Vec<ApiKey>,
+    /// Keys whose secrets are in files, still to be read ([`AuthConfig::add_file_key`]).
+    pub key_files: Vec<KeyFile>,
     /// Allow serving non-loopback clients without any key.
     pub insecure_anonymous: bool,
 }
@@ -245,8 +280,15 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
+/// The directory systemd's `LoadCredential=` fills; relative `key_file` paths are in it.
+pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+
 /// Environment variables the client side of the binary reads; not configuration keys.
 const CLIENT_VARIABLES: &[&str] = &["LEASEHOLD_URL", "LEASEHOLD_KEY", "LEASEHOLD_CONFIG"];
+
+/// Environment variables the binary sets for itself (a binary upgrade hands the new master
+/// its sockets' layout); not configuration keys, and no reason for a warning.
+const INTERNAL_VARIABLES: &[&str] = &["LEASEHOLD_UPGRADE"];
 
 /// The Small Resource Server key variables and the role each grants.
 pub const COMPAT_KEY_VARIABLES: &[(&str, Role)] =
@@ -377,7 +419,10 @@ fn validate(r: &mut Reader<'_>, env: &BTreeMap<String, String>) -> Config {
     let mut warnings = Vec::new();
     let known: BTreeSet<&str> = r.keys.iter().map(|k| k.env).collect();
     for name in env.keys().filter(|n| n.starts_with("LEASEHOLD_")) {
-        if !known.contains(name.as_str()) && !CLIENT_VARIABLES.contains(&name.as_str()) {
+        if !known.contains(name.as_str())
+            && !CLIENT_VARIABLES.contains(&name.as_str())
+            && !INTERNAL_VARIABLES.contains(&name.as_str())
+        {
             warnings.push(format!("environment variable {name} is not a leasehold setting; it is ignored"));
         }
     }
@@ -539,6 +584,9 @@ fn validate_server(r: &mut Reader<'_>) -> ServerConfig {
         }
         None => DEFAULT_LOG_LEVEL.to_string(),
     };
+    let log_format = [LogFormat::Text, LogFormat::Json]
+        [r.choice("server", "log_format", "LEASEHOLD_LOG_FORMAT", &["text", "json"], 0)];
+    let access_log = r.bool("server", "access_log", "LEASEHOLD_ACCESS_LOG", false);
     let restart_delay_max_ms = r.int(
         "server",
         "restart_delay_max_ms",
@@ -567,6 +615,8 @@ fn validate_server(r: &mut Reader<'_>) -> ServerConfig {
         child_ping_timeout_ms,
         max_connections,
         log_level,
+        log_format,
+        access_log,
         restart_delay_max_ms,
         crash_storm_exits,
         crash_storm_window_ms,
@@ -678,16 +728,34 @@ fn parse_role(text: &str) -> Option<Role> {
 fn validate_auth(r: &mut Reader<'_>, env: &BTreeMap<String, String>, server: &ServerConfig) -> AuthConfig {
     let insecure_anonymous = r.bool("auth", "insecure_anonymous", "LEASEHOLD_INSECURE_ANONYMOUS", false);
     let mut keys: Vec<ApiKey> = Vec::new();
+    let mut key_files: Vec<KeyFile> = Vec::new();
     for (path, table) in r.tables("auth", "keys") {
         for field in table.keys() {
-            if !["key", "role", "prefix"].contains(&field.as_str()) {
-                r.invalid(format!("{path}.{field}"), "unknown key (an API key has key, role and prefix)");
+            if !["key", "key_file", "role", "prefix"].contains(&field.as_str()) {
+                r.invalid(format!("{path}.{field}"), "unknown key (an API key has key or key_file, role and prefix)");
             }
         }
-        let key = match table.get("key").and_then(|v| v.as_str()) {
-            Some(k) => k.to_string(),
-            None => {
-                r.invalid(format!("{path}.key"), "is required and must be a string");
+        let secret = match (table.get("key"), table.get("key_file")) {
+            (Some(_), Some(_)) => {
+                r.invalid(format!("{path}.key_file"), "must not be given with key: the secret is one or the other");
+                continue;
+            }
+            (Some(k), None) => match k.as_str() {
+                Some(k) => Secret::Inline(k.to_string()),
+                None => {
+                    r.invalid(format!("{path}.key"), "must be a string");
+                    continue;
+                }
+            },
+            (None, Some(f)) => match f.as_str() {
+                Some(f) if !f.trim().is_empty() => Secret::File(key_file_path(f, env)),
+                _ => {
+                    r.invalid(format!("{path}.key_file"), "must name a file");
+                    continue;
+                }
+            },
+            (None, None) => {
+                r.invalid(format!("{path}.key"), "is required (or key_file) and must be a string");
                 continue;
             }
         };
@@ -708,7 +776,12 @@ fn validate_auth(r: &mut Reader<'_>, env: &BTreeMap<String, String>, server: &Se
                 }
             },
         };
-        push_key(r, &mut keys, path, ApiKey { key, role, prefix });
+        match secret {
+            Secret::Inline(key) => push_key(r, &mut keys, path, ApiKey { key, role, prefix }),
+            Secret::File(file) => {
+                key_files.push(KeyFile { path: file, setting: format!("{path}.key_file"), role, prefix })
+            }
+        }
     }
     for (name, role) in COMPAT_KEY_VARIABLES {
         if let Some(key) = env.get(*name).filter(|k| !k.is_empty()) {
@@ -724,22 +797,65 @@ fn validate_auth(r: &mut Reader<'_>, env: &BTreeMap<String, String>, server: &Se
             }
         }
     }
-    if keys.is_empty() && !insecure_anonymous && !server.loopback_only() {
+    if keys.is_empty() && key_files.is_empty() && !insecure_anonymous && !server.loopback_only() {
         r.invalid(
             "auth.keys",
             "no API key is configured but server.listen has a non-loopback address; add a key or set auth.insecure_anonymous = true",
         );
     }
-    AuthConfig { keys, insecure_anonymous }
+    AuthConfig { keys, key_files, insecure_anonymous }
+}
+
+/// Where an API key's secret is.
+enum Secret {
+    Inline(String),
+    File(PathBuf),
+}
+
+/// A `key_file` as a path: a relative one is in `$CREDENTIALS_DIRECTORY` when that is set
+/// (systemd's `LoadCredential=NAME:…` puts the file there as `NAME`), else relative to the
+/// working directory.
+fn key_file_path(given: &str, env: &BTreeMap<String, String>) -> PathBuf {
+    let path = PathBuf::from(given);
+    match env.get(CREDENTIALS_DIRECTORY).filter(|d| !d.is_empty()) {
+        Some(dir) if path.is_relative() => PathBuf::from(dir).join(path),
+        _ => path,
+    }
+}
+
+/// Why `key` cannot join `keys`, if it cannot.
+fn key_problem(keys: &[ApiKey], key: &ApiKey) -> Option<&'static str> {
+    if key.key.len() < 4 || key.key.len() > 256 || !key.key.bytes().all(|b| b.is_ascii_graphic()) {
+        Some("the key must be 4 to 256 printable characters without spaces")
+    } else if keys.iter().any(|k| k.key == key.key) {
+        Some("the same key is configured twice")
+    } else {
+        None
+    }
 }
 
 fn push_key(r: &mut Reader<'_>, keys: &mut Vec<ApiKey>, path: String, key: ApiKey) {
-    if key.key.len() < 4 || key.key.len() > 256 || !key.key.bytes().all(|b| b.is_ascii_graphic()) {
-        r.invalid(path, "the key must be 4 to 256 printable characters without spaces");
-    } else if keys.iter().any(|k| k.key == key.key) {
-        r.invalid(path, "the same key is configured twice");
-    } else {
-        keys.push(key);
+    match key_problem(keys, &key) {
+        Some(problem) => r.invalid(path, problem),
+        None => keys.push(key),
+    }
+}
+
+impl AuthConfig {
+    /// Adds the key of `file` whose file holds `text` (surrounding white space, such as the
+    /// newline `echo` leaves, is not part of it), checked as a key written inline is.
+    pub fn add_file_key(&mut self, file: &KeyFile, text: &str) -> Result<(), ConfigError> {
+        let key = ApiKey { key: text.trim().to_string(), role: file.role, prefix: file.prefix.clone() };
+        match key_problem(&self.keys, &key) {
+            Some(problem) => Err(ConfigError::Invalid {
+                key: file.setting.clone(),
+                reason: format!("{}: {problem}", file.path.display()),
+            }),
+            None => {
+                self.keys.push(key);
+                Ok(())
+            }
+        }
     }
 }
 

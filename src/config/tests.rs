@@ -158,6 +158,88 @@ fn non_loopback_listen_without_keys_is_refused_unless_insecure_anonymous() {
 }
 
 #[test]
+fn key_file_is_recorded_resolved_against_the_credentials_directory_and_checked() {
+    let text = "
+[server]
+listen = [\"0.0.0.0:8080\"]
+[[auth.keys]]
+key_file = \"leasehold-key\"
+role = \"lock\"
+prefix = \"jobs/\"
+[[auth.keys]]
+key_file = \"/etc/leasehold/admin-key\"
+role = \"write\"
+";
+    // A key file counts as a key for the non-loopback rule before it is read.
+    let c = Config::load(Some(text), &env(&[("CREDENTIALS_DIRECTORY", "/run/credentials/leasehold.service")])).unwrap();
+    assert!(c.auth.keys.is_empty(), "files are read by the processes, not here");
+    let files: Vec<(&str, &str, Role, &str)> = c
+        .auth
+        .key_files
+        .iter()
+        .map(|f| (f.path.to_str().unwrap(), f.setting.as_str(), f.role, f.prefix.as_str()))
+        .collect();
+    assert_eq!(
+        files,
+        [
+            ("/run/credentials/leasehold.service/leasehold-key", "auth.keys[0].key_file", Role::Lock, "jobs/"),
+            ("/etc/leasehold/admin-key", "auth.keys[1].key_file", Role::Write, ""),
+        ]
+    );
+    // Without the directory a relative path is the working directory's.
+    let c = Config::load(Some(text), &[]).unwrap();
+    assert_eq!(c.auth.key_files[0].path, PathBuf::from("leasehold-key"));
+    let bad = "
+[[auth.keys]]
+key = \"inline-key\"
+key_file = \"also\"
+role = \"read\"
+[[auth.keys]]
+key_file = \"\"
+role = \"read\"
+[[auth.keys]]
+key_file = 7
+role = \"read\"
+[[auth.keys]]
+role = \"read\"
+";
+    let problems = Config::load(Some(bad), &[]).unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(ConfigError::key).collect();
+    assert_eq!(
+        keys,
+        ["auth.keys[0].key_file", "auth.keys[1].key_file", "auth.keys[2].key_file", "auth.keys[3].key"],
+        "{problems:?}"
+    );
+}
+
+#[test]
+fn the_upgrade_layout_variable_is_no_unknown_setting() {
+    let c = Config::load(None, &env(&[("LEASEHOLD_UPGRADE", "reuseport,1,1"), ("LEASEHOLD_TYPO", "1")])).unwrap();
+    assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+    assert!(c.warnings[0].contains("LEASEHOLD_TYPO"));
+}
+
+#[test]
+fn log_format_and_access_log_are_read_checked_and_overridden() {
+    let c = Config::defaults();
+    assert_eq!((c.server.log_format, c.server.access_log), (LogFormat::Text, false));
+    let c = Config::load(Some("[server]\nlog_format = \"json\"\naccess_log = true\n"), &[]).unwrap();
+    assert_eq!((c.server.log_format, c.server.access_log), (LogFormat::Json, true));
+    let c = Config::load(
+        Some("[server]\nlog_format = \"json\"\n"),
+        &env(&[("LEASEHOLD_LOG_FORMAT", "text"), ("LEASEHOLD_ACCESS_LOG", "1")]),
+    )
+    .unwrap();
+    assert_eq!((c.server.log_format, c.server.access_log), (LogFormat::Text, true));
+    let problems = Config::load(Some("[server]\nlog_format = \"xml\"\naccess_log = \"yes\"\n"), &[]).unwrap_err();
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        text,
+        ["server.log_format: is \"xml\"; it must be one of text, json", "server.access_log: must be true or false"]
+    );
+}
+
+#[test]
 fn api_key_debug_never_shows_the_secret() {
     let c = Config::load(None, &env(&[("RESOURCE_WRITE", "top-secret-value")])).unwrap();
     assert!(!format!("{c:?}").contains("top-secret-value"));

@@ -1,8 +1,10 @@
 //! HTTP/1.1, pure: parsing, the per-connection state machine, routing, access rules, the
 //! status table and response encoding. The worker process owns the sockets and calls in:
 //! [`admit`] routes and authorises a request, [`api`] plans it and shapes the keeper's
-//! answer; every status the worker sends is decided here.
+//! answer; every status the worker sends is decided here. [`access`] says what the access
+//! log may show of a request.
 
+pub mod access;
 pub mod admit;
 pub mod api;
 pub mod auth;

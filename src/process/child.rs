@@ -54,11 +54,11 @@ pub fn boot(name: &str, master_pid: i32, control_token: Token) -> Result<Boot, S
     for i in 0..start.listeners as usize {
         listeners.push(process::take_inherited(2 + i).map_err(|e| e.to_string())?);
     }
-    let config = Config::load(start.config_text.as_deref(), &super::environment()).map_err(|problems| {
+    let config = super::key_files::load(start.config_text.as_deref(), &super::environment()).map_err(|problems| {
         let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
         format!("the configuration the master sent is invalid: {}", list.join("; "))
     })?;
-    super::logging::init(name, &config.server.log_level);
+    super::logging::init(name, &config.server);
     Ok(Boot { control, fds, listeners, start, config })
 }
 

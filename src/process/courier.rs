@@ -35,7 +35,7 @@ pub fn run(master_pid: i32) -> i32 {
     let boot = match child::boot("lh-courier", master_pid, CONTROL) {
         Ok(boot) => boot,
         Err(e) => {
-            eprintln!("lh-courier: {e}");
+            eprintln!("{}lh-courier: {e}", super::logging::stderr_prefix(log::Level::Error));
             return 1;
         }
     };

@@ -8,6 +8,8 @@
 //! - [`keeper`]: the only owner of the lease table.
 //! - [`child`]: what every child does first (descriptors, first frame, configuration).
 //! - [`tls`]: the peer link's TLS files, read and checked, and its rustls configurations.
+//! - [`key_files`]: the configuration as every process loads it, API key files included.
+//! - [`logging`]: the log line format (text or JSON; journald priorities).
 
 pub mod channel;
 pub mod child;
@@ -15,6 +17,7 @@ pub mod courier;
 pub mod delivery;
 pub mod fetch;
 pub mod keeper;
+pub mod key_files;
 pub mod link;
 pub mod logging;
 pub mod master;

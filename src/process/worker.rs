@@ -13,6 +13,11 @@
 //! requests in flight) are named answers in [`crate::http::status`]. Without a keeper
 //! channel (the keeper is restarting) lock routes answer `keeper_unavailable`, and the
 //! worker asks the master for a new channel by itself.
+//!
+//! With `server.access_log`, every request the worker answers is one INFO line (target
+//! `access`): method, target as [`loggable_target`] shows it, status, body bytes, µs from
+//! the loop turn it arrived in to its answer, the client's address. What the connection
+//! answers by itself (a malformed request, a timeout) is not a routed request and has none.
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
@@ -30,11 +35,12 @@ use super::child::{self, Boot};
 use super::delivery::with_own_addresses;
 use crate::config::{Config, MAX_REQUEST_LINE_BYTES};
 use crate::core::names::{LockName, Ticket};
+use crate::http::access::loggable_target;
 use crate::http::admit::admit;
 use crate::http::api::{self, ApiSettings, Finish, Plan};
 use crate::http::auth::Access;
 use crate::http::conn::{Conn, ConnConfig, Seq, Status};
-use crate::http::parse::{Limits, Request};
+use crate::http::parse::{Limits, Method, Request};
 use crate::http::response::Response;
 use crate::http::status;
 use crate::ipc::frame::FrameError;
@@ -64,7 +70,7 @@ pub fn run(slot: u32, master_pid: i32) -> i32 {
     let boot = match child::boot(&name, master_pid, CONTROL) {
         Ok(boot) => boot,
         Err(e) => {
-            eprintln!("{name}: {e}");
+            eprintln!("{}{name}: {e}", super::logging::stderr_prefix(log::Level::Error));
             return 1;
         }
     };
@@ -85,6 +91,8 @@ struct Settings {
     api: ApiSettings,
     /// An event stream idle this long gets a `: ping` comment (`http.event_ping_ms`).
     event_ping_ms: u64,
+    /// One INFO line per answered request (`server.access_log`).
+    access_log: bool,
 }
 
 impl Settings {
@@ -103,6 +111,7 @@ impl Settings {
             access: Access::new(config.auth.keys.clone(), config.auth.insecure_anonymous),
             max_connections: config.server.max_connections as usize,
             event_ping_ms: config.http.event_ping_ms,
+            access_log: config.server.access_log,
             api: ApiSettings {
                 default_ttl_ms: config.locks.default_ttl_ms,
                 compat_lease_ttl_ms: config.locks.compat_lease_ttl_ms,
@@ -117,6 +126,8 @@ struct Client {
     conn: Conn,
     /// Unique for the worker's life: tells a reused slot from the connection a reply was for.
     id: u64,
+    /// The client's address (for the access log).
+    peer: Option<SocketAddr>,
     peer_loopback: bool,
     /// Handed over by the master (its close is reported for least-connections).
     passed: bool,
@@ -164,6 +175,15 @@ struct Pending {
 /// How soon a client whose wait was ended early (a drain, its keeper or leader lost) is
 /// told to ask again, in seconds.
 const WAIT_AGAIN_AFTER_S: &str = "1";
+
+/// What the access log says of a request once it is answered (kept only while
+/// `server.access_log` is on).
+struct AccessEntry {
+    method: Method,
+    /// The target as [`loggable_target`] shows it.
+    target: String,
+    peer: Option<SocketAddr>,
+}
 
 /// A `/metrics` request waiting for the master.
 struct PendingMetrics {
@@ -235,6 +255,8 @@ struct Worker {
     last_warning_ms: Option<u64>,
     /// The clock read once per loop turn (µs): timeouts and request start times use it.
     turn_us: u64,
+    /// Requests the access log owes a line, by connection id and sequence number.
+    access: HashMap<(u64, Seq), AccessEntry>,
 }
 
 impl Worker {
@@ -282,6 +304,7 @@ impl Worker {
             accept_retry: false,
             last_warning_ms: None,
             turn_us: 0,
+            access: HashMap::new(),
         })
     }
 
@@ -576,6 +599,7 @@ impl Worker {
                 let event = api::sse_event(first_event_id, name, &data);
                 let head = api::stream_head();
                 self.record(p.label, head.status, p.started_us);
+                self.log_access(p.client_id, p.seq, head.status, 0, p.started_us);
                 let cfg = self.settings.conn;
                 let Some(c) = self.client(p.slot, p.client_id) else { return };
                 c.conn.respond_stream(p.seq, &head, now);
@@ -767,6 +791,7 @@ impl Worker {
             stream,
             conn,
             id,
+            peer,
             peer_loopback: peer.is_some_and(|p| p.ip().is_loopback()),
             passed,
             read_pending: true,
@@ -908,6 +933,10 @@ impl Worker {
         if c.passed {
             self.closed_passed += 1;
         }
+        if !self.access.is_empty() {
+            // Requests it will never be answered: no access line.
+            self.access.retain(|&(client_id, _), _| client_id != c.id);
+        }
         // Its waiting requests stop waiting (their waiters stay queued under the presence
         // rules; a grant already on its way is released when it arrives).
         if let Some(k) = self.keeper.as_mut() {
@@ -970,28 +999,53 @@ impl Worker {
     /// Records a response in the metrics and hands it to its connection.
     fn finish(&mut self, slot: usize, client_id: u64, seq: Seq, label: &'static str, started_us: u64, r: &Response) {
         self.record(label, r.status, started_us);
-        self.respond(slot, client_id, seq, r);
+        self.respond(slot, client_id, seq, started_us, r);
     }
 
     /// [`Worker::finish`] for a request that waited in a queue: counted, but not in the
     /// latency histogram.
     fn finish_wait(&mut self, p: &Pending, r: &Response) {
         self.stats.record(p.label, r.status, None);
-        self.respond(p.slot, p.client_id, p.seq, r);
+        self.respond(p.slot, p.client_id, p.seq, p.started_us, r);
     }
 
-    /// Hands a response to its connection.
-    fn respond(&mut self, slot: usize, client_id: u64, seq: Seq, r: &Response) {
+    /// Hands a response to its connection (and writes its access line, if one is owed).
+    fn respond(&mut self, slot: usize, client_id: u64, seq: Seq, started_us: u64, r: &Response) {
         let now = self.turn_ms();
         let Some(c) = self.client(slot, client_id) else { return };
         c.conn.respond(seq, r, now);
         self.dirty.push(slot);
+        self.log_access(client_id, seq, r.status, r.body.len(), started_us);
+    }
+
+    /// Writes the access line of request `seq` of connection `client_id`, if one is owed:
+    /// method, target (secrets masked), status, body bytes (none for `HEAD`), time from the
+    /// turn it arrived in to its answer, and the client's address.
+    fn log_access(&mut self, client_id: u64, seq: Seq, status: u16, body_bytes: usize, started_us: u64) {
+        let Some(entry) = self.access.remove(&(client_id, seq)) else { return };
+        let bytes = if entry.method == Method::Head { 0 } else { body_bytes as u64 };
+        let duration_us = self.clock.now_us().saturating_sub(started_us);
+        let peer = entry.peer.map_or_else(|| "-".to_string(), |p| p.to_string());
+        log::info!(
+            target: "access",
+            method = entry.method.as_str(),
+            path = entry.target.as_str(),
+            status = status,
+            bytes = bytes,
+            duration_us = duration_us,
+            peer = peer.as_str();
+            "request"
+        );
     }
 
     fn dispatch(&mut self, slot: usize, seq: Seq, request: &Request) {
         let started_us = self.turn_us;
         let Some(c) = self.clients.get(slot).and_then(Option::as_ref) else { return };
         let (client_id, peer_loopback) = (c.id, c.peer_loopback);
+        if self.settings.access_log {
+            let entry = AccessEntry { method: request.method, target: loggable_target(&request.target), peer: c.peer };
+            self.access.insert((client_id, seq), entry);
+        }
         let access = &self.settings.access;
         let admitted = match admit(request.method, &request.target, request.api_key.as_deref(), peer_loopback, access) {
             Ok(admitted) => admitted,

@@ -22,6 +22,9 @@
 //!   fences jump past every reservation, and due expiries run, all journaled first. A
 //!   snapshot in the previous format (no checksum) is read once more and replaced at once.
 //! - **Snapshots** once the journal passes `snapshot_bytes`.
+//! - **Dead letters.** A courier's report that moves a call to the dead-letter list is
+//!   logged at WARN (the service is pure and replayed, so the shell that feeds it the live
+//!   report says it, once; a replay says nothing).
 //!
 //! At start it takes an exclusive lock on its data directory (`keeper.lock`): a second
 //! server pointed at the same directory fails to start with a clear error.
@@ -53,6 +56,7 @@ use super::child::{self, Boot};
 use crate::config::{Config, Fsync, JournalConfig};
 use crate::core::lock::{Moment, TableLimits};
 use crate::core::names::Ticket;
+use crate::core::outbox::EntryState;
 use crate::ipc::frame::FrameError;
 use crate::ipc::message::{FdRecord, FromKeeper, LockReply, ToChild, ToKeeper, ToMaster};
 use crate::journal::store::{Store, StoreError};
@@ -85,7 +89,7 @@ pub fn run(master_pid: i32) -> i32 {
     let boot = match child::boot("lh-keeper", master_pid, CONTROL) {
         Ok(boot) => boot,
         Err(e) => {
-            eprintln!("lh-keeper: {e}");
+            eprintln!("{}lh-keeper: {e}", super::logging::stderr_prefix(log::Level::Error));
             return 1;
         }
     };
@@ -694,7 +698,7 @@ impl Keeper {
                 ToChild::Reconfigure { config_text } => {
                     match Config::load(config_text.as_deref(), &super::environment()) {
                         Ok(config) => {
-                            super::logging::set_level(&config.server.log_level);
+                            super::logging::reconfigure(&config.server);
                             self.outbox_settings = outbox_settings(&config);
                             self.limits = config.locks.table;
                             self.max_wait_ms = config.locks.max_wait_ms;
@@ -898,8 +902,49 @@ impl Keeper {
                 self.turn_requests.push((link, *id));
             }
         }
+        // A delivery report may move its call to the dead-letter list: the one change of
+        // the outbox an operator must hear of, since nothing will try that call again.
+        let reported = match &message {
+            ToKeeper::Delivered { id, .. } if self.in_flight(id) => Some(id.clone()),
+            _ => None,
+        };
         self.service.handle(link, message, Moment::new(now, entropy), fresh, &mut self.outbox);
+        if let Some(id) = reported {
+            self.warn_if_dead_lettered(&id);
+        }
         Ok(())
+    }
+
+    /// Whether the outbox call `id` is with the courier.
+    fn in_flight(&self, id: &str) -> bool {
+        self.service.outbox().get(id, "").is_some_and(|e| matches!(e.state, EntryState::InFlight { .. }))
+    }
+
+    /// Logs one WARN line if the call `id` is now in the dead-letter list: its id, method
+    /// and URL without credentials or query (they may carry secrets), attempts and last
+    /// error.
+    fn warn_if_dead_lettered(&self, id: &str) {
+        let Some(entry) = self.service.outbox().get(id, "") else { return };
+        if !matches!(entry.state, EntryState::Failed { .. }) {
+            return;
+        }
+        let url = match url::Url::parse(&entry.call.url) {
+            Ok(mut url) => {
+                let _ = url.set_username("");
+                let _ = url.set_password(None);
+                url.set_query(None);
+                url.set_fragment(None);
+                url.to_string()
+            }
+            Err(_) => entry.call.redacted().url,
+        };
+        log::warn!(
+            "outbox call {id} ({} {url}) moved to the dead-letter list after {} attempt{}: {}",
+            entry.call.method,
+            entry.attempts,
+            if entry.attempts == 1 { "" } else { "s" },
+            entry.last_error.as_deref().unwrap_or("no error recorded")
+        );
     }
 
     fn snapshot(&self) -> KeeperSnapshot {

@@ -64,7 +64,10 @@ const MAX_SLEEP_MS: u64 = 1_000;
 /// Runs the master until the service stops; returns the exit code.
 pub fn run(config: Config, config_path: Option<PathBuf>, config_text: Option<String>) -> i32 {
     process::set_name("lh-master");
-    super::logging::init("lh-master", &config.server.log_level);
+    super::logging::init("lh-master", &config.server);
+    for warning in &config.warnings {
+        log::warn!("{warning}");
+    }
     let mut master = match Master::new(config, config_path, config_text) {
         Ok(m) => m,
         Err(e) => {
@@ -356,7 +359,7 @@ impl Master {
                     for warning in &config.warnings {
                         log::warn!("{warning}");
                     }
-                    super::logging::set_level(&config.server.log_level);
+                    super::logging::reconfigure(&config.server);
                     self.dispatcher.set_rule(config.server.balance);
                     self.events.push_back(Event::ConfigLoaded(settings(&config)));
                     self.config = config;
@@ -614,7 +617,7 @@ impl Master {
                 Some(std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?)
             }
         };
-        let config = Config::load(text.as_deref(), &super::environment()).map_err(|problems| {
+        let config = super::key_files::load(text.as_deref(), &super::environment()).map_err(|problems| {
             let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
             format!("{} problem(s): {}", list.len(), list.join("; "))
         })?;

@@ -123,6 +123,12 @@ pub fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     wait_for(what, || if condition() { Ok(()) } else { Err("the condition was false") })
 }
 
+/// Given as the value of `JOURNAL_STREAM` to [`Server::start_with_env`], stands for the
+/// `DEVICE:INODE` of the pipe the server's stderr is: the server then believes systemd
+/// connected its stderr to the journal, and writes as it would there. (The pipe is made
+/// here, so its `fstat` here is the stderr the server inherits.)
+pub const STDERR_STREAM: &str = "<the dev:ino of the server's stderr>";
+
 /// A running `leasehold serve`.
 pub struct Server {
     child: Child,
@@ -202,24 +208,33 @@ impl Server {
                 cmd.env_remove(name);
             }
         }
+        // The runner's own journal stream, if any, is not the server's stderr.
+        cmd.env_remove("JOURNAL_STREAM");
         cmd.arg("serve").arg("--config").arg(&config_path);
         if systemd {
             cmd.env("NOTIFY_SOCKET", &notify_path);
         } else {
             cmd.env_remove("NOTIFY_SOCKET");
         }
-        cmd.envs(env.iter().copied());
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        // The pipe is made here rather than by `Stdio::piped`, so its device and inode are
+        // known before the server starts (for `STDERR_STREAM`).
+        let (stderr, stderr_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("stderr pipe");
+        let stat = nix::sys::stat::fstat(&stderr_end).expect("fstat of the stderr pipe");
+        let stream = format!("{}:{}", stat.st_dev, stat.st_ino);
+        cmd.envs(env.iter().map(|&(k, v)| (k, if v == STDERR_STREAM { stream.as_str() } else { v })));
+        cmd.stdout(Stdio::null()).stderr(Stdio::from(stderr_end));
         // A binary the test just wrote can be busy for a moment: another test thread that
         // forked meanwhile holds a copy of the descriptor it was written through until its
         // child's exec closes it.
         let busy = nix::errno::Errno::ETXTBSY as i32;
-        let mut child = wait_for(&format!("start {}", binary.display()), || match cmd.spawn() {
+        let child = wait_for(&format!("start {}", binary.display()), || match cmd.spawn() {
             Err(e) if e.raw_os_error() == Some(busy) => Err(e),
             started => Ok(started.unwrap_or_else(|e| panic!("start {}: {e}", binary.display()))),
         });
+        // Our copy of the writing end goes, so the reader sees the end once the server's do.
+        drop(cmd);
         let log = Arc::new((Mutex::new(String::new()), Condvar::new()));
-        let stderr = child.stderr.take().expect("stderr");
+        let stderr = std::fs::File::from(stderr);
         let sink = Arc::clone(&log);
         std::thread::spawn(move || {
             // Read to the end whatever comes: a line that is not UTF-8 (lines of several
