@@ -77,6 +77,10 @@ bench-recovery:
 fuzz:
 	bash fuzz/run.sh
 
+## deb: the Debian package target/debian/leasehold_*.deb (binary, unit, config as a conffile, man page, completions) by cargo-deb, installed with `cargo install --locked cargo-deb` when missing (packaging/deb.sh)
+deb: build
+	CARGO=$(CARGO) bash packaging/deb.sh
+
 ## check-config: validate $(CONFIG)
 check-config: build
 	$(BIN) check-config $(CONFIG)
