@@ -6,7 +6,8 @@
 //! documented role is not.
 //!
 //! The parser is strict: a row it cannot read fails the test with the row, so a README
-//! change cannot silently drop routes from the check.
+//! change cannot silently drop routes from the check. docs/api.md's route table is compared
+//! with `ROUTES` both ways too, with each route's role and metrics label.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -470,4 +471,61 @@ fn r22_every_documented_route_refuses_a_key_one_role_below_and_admits_the_docume
     }
     println!("{} documented requests checked", cases.len());
     assert!(cases.len() >= ROUTES.len() + 8, "only {} cases", cases.len());
+}
+
+/// One row of docs/api.md's route table: methods (`None`: any), path pattern (query
+/// dropped), role (the cell's first word), metrics label.
+type ApiDocRow = (Vec<Option<String>>, String, Option<Role>, String);
+
+/// The rows of docs/api.md's route table.
+fn api_doc_rows() -> Vec<ApiDocRow> {
+    const API_DOC: &str = include_str!("../../docs/api.md");
+    const HEAD: &str = "| method | path | role | metrics label | what |";
+    let mut lines = API_DOC.lines().skip_while(|l| l.trim() != HEAD);
+    assert!(lines.next().is_some(), "docs/api.md has no route table ({HEAD:?})");
+    let mut rows = Vec::new();
+    for line in lines.take_while(|l| l.starts_with('|')).filter(|l| !l.starts_with("|---")) {
+        let cells = cells(line);
+        assert_eq!(cells.len(), 5, "docs/api.md: a route row of 5 cells: {line}");
+        let unquote = |s: &str| s.trim().trim_matches('`').to_string();
+        let methods: Vec<Option<String>> = match cells[0].trim() {
+            "any" => vec![None],
+            list => list.split(", ").map(|m| Some(unquote(m))).collect(),
+        };
+        let path = unquote(&cells[1]);
+        let pattern = path.split('?').next().unwrap_or_default().to_string();
+        let (role, _) = role_token(cells[2].split(" (").next().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("docs/api.md: {e}: {line}"));
+        rows.push((methods, pattern, role, unquote(&cells[3])));
+    }
+    assert!(!rows.is_empty(), "docs/api.md's route table has no rows");
+    rows
+}
+
+#[test]
+fn docs_api_lists_every_route_with_its_role_and_metrics_label_and_nothing_else() {
+    let rows = api_doc_rows();
+    let mut documented = Vec::new();
+    for (methods, pattern, role, label) in &rows {
+        for method in methods {
+            documented.push((method.clone(), pattern.clone(), *role, label.clone()));
+        }
+    }
+    // Every route of the table is in the reference, with its role and label.
+    for def in ROUTES {
+        let method = method_name(def.method);
+        let doc = documented.iter().find(|d| d.0 == method && d.1 == def.pattern).unwrap_or_else(|| {
+            panic!(
+                "{} {} is in the route table but not in docs/api.md",
+                method.as_deref().unwrap_or("any"),
+                def.pattern
+            )
+        });
+        assert_eq!((doc.2, doc.3.as_str()), (def.role, def.label), "docs/api.md: {:?} {}", method, def.pattern);
+    }
+    // Everything in the reference is a route.
+    for (method, pattern, _, _) in &documented {
+        let exists = ROUTES.iter().any(|def| method_name(def.method) == *method && def.pattern == pattern);
+        assert!(exists, "docs/api.md documents {method:?} {pattern}, which is not a route");
+    }
 }
