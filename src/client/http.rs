@@ -446,7 +446,7 @@ fn call_one(
 #[cfg(test)]
 mod tests {
     use std::io::Write;
-    use std::net::{SocketAddr, TcpListener};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
@@ -505,6 +505,12 @@ mod tests {
     /// A server on loopback that answers every request `200 {"n":N}` (N counting requests)
     /// and keeps its connections open; it counts the connections it accepted.
     fn keep_alive_server() -> (SocketAddr, Arc<AtomicUsize>) {
+        counting_server(|stream| answer_each(stream, |n| n))
+    }
+
+    /// A server on loopback that counts the TCP connections it accepts and hands each to
+    /// `serve` on a thread of its own.
+    fn counting_server(serve: impl Fn(TcpStream) + Clone + Send + 'static) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -512,7 +518,8 @@ mod tests {
         std::thread::spawn(move || {
             for stream in listener.incoming().map_while(Result::ok) {
                 count.fetch_add(1, Ordering::SeqCst);
-                std::thread::spawn(move || answer_each(stream, |n| n));
+                let serve = serve.clone();
+                std::thread::spawn(move || serve(stream));
             }
         });
         (addr, accepted)
@@ -606,18 +613,11 @@ mod tests {
             .with_single_cert(chain, key)
             .unwrap();
         let config = Arc::new(config);
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&accepted);
-        std::thread::spawn(move || {
-            for stream in listener.incoming().map_while(Result::ok) {
-                count.fetch_add(1, Ordering::SeqCst);
-                let Ok(session) = rustls::ServerConnection::new(Arc::clone(&config)) else { continue };
-                std::thread::spawn(move || answer_each(rustls::StreamOwned::new(session, stream), |n| n));
+        counting_server(move |stream| {
+            if let Ok(session) = rustls::ServerConnection::new(Arc::clone(&config)) {
+                answer_each(rustls::StreamOwned::new(session, stream), |n| n);
             }
-        });
-        (addr, accepted)
+        })
     }
 
     #[test]

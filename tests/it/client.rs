@@ -98,6 +98,26 @@ pub(crate) fn holder(c: &mut Client, lock: &str) -> Option<(u64, u64)> {
     Some((h["fence"].as_u64()?, h["expires_in_ms"].as_u64()?))
 }
 
+/// Watches `lock`, by the server's clock, from now until 3 TTLs later: held all along by
+/// the same lease (`fence`; granted before now, so unrenewed it would end within one TTL),
+/// and at the end never more than one TTL ahead: renewed, not granted once for long.
+pub(crate) fn assert_renewed_for_3_ttls(c: &mut Client, lock: &str, fence: u64, ttl_ms: u64) {
+    let started_ms = server_now_ms(c);
+    wait_for("the server's clock to pass 3 TTLs", || {
+        let seen = holder(c, lock);
+        assert_eq!(seen.map(|(f, _)| f), Some(fence), "the lease ended while the command ran");
+        let now_ms = server_now_ms(c);
+        if now_ms >= started_ms + 3 * ttl_ms {
+            Ok(())
+        } else {
+            Err(now_ms - started_ms)
+        }
+    });
+    let (still, left_ms) = holder(c, lock).expect("held");
+    assert_eq!(still, fence);
+    assert!(left_ms <= ttl_ms, "{left_ms} ms left on a {ttl_ms} ms lease");
+}
+
 /// The server's clock (ms since the epoch), read from the `at_ms` of a try-lock of a lock
 /// no test holds, released at once.
 pub(crate) fn server_now_ms(c: &mut Client) -> u64 {
@@ -176,25 +196,8 @@ fn r22_renewal_keeps_a_command_running_past_several_ttls() {
     let mut run = Run::start(&mut leasehold(&s, &["lock", "long-job", "--ttl", "4s", "--", "sh", "-c", &script]));
     wait_file(&ticket_file);
     let mut c = Client::connect(s.addr).unwrap();
-    // The lease was granted before this moment, so unrenewed it would end by
-    // `started + TTL`; it is watched, by the server's clock, until 3 TTLs later.
-    let started_ms = server_now_ms(&mut c);
     let (fence, _) = holder(&mut c, "long-job").expect("held while the command runs");
-    wait_for("the server's clock to pass 3 TTLs", || {
-        let seen = holder(&mut c, "long-job");
-        assert_eq!(seen.map(|(f, _)| f), Some(fence), "the lease ended while the command ran");
-        let now_ms = server_now_ms(&mut c);
-        if now_ms >= started_ms + 3 * TTL_MS {
-            Ok(())
-        } else {
-            Err(now_ms - started_ms)
-        }
-    });
-    // Still the same lease, and never more than one TTL ahead: it is renewed, not granted
-    // once for long.
-    let (still, left_ms) = holder(&mut c, "long-job").expect("held");
-    assert_eq!(still, fence);
-    assert!(left_ms <= TTL_MS, "{left_ms} ms left on a {TTL_MS} ms lease");
+    assert_renewed_for_3_ttls(&mut c, "long-job", fence, TTL_MS);
     std::fs::write(&stop_file, "").unwrap();
     assert_eq!(run.wait(), 0);
     assert_eq!(holder(&mut c, "long-job"), None, "released when the command ended");

@@ -9,8 +9,7 @@ use std::net::TcpListener;
 use nix::sys::signal::Signal;
 
 use crate::support::http::{once, Client};
-use crate::support::{config, Server, DEADLINE, STDERR_STREAM};
-use leasehold::sys::process::wait_for_exit;
+use crate::support::{config, Server, STDERR_STREAM};
 
 /// The priority and the rest of a journald line (`<N>rest`).
 fn priority(line: &str) -> Option<(u8, &str)> {
@@ -150,15 +149,7 @@ fn access_log_is_off_by_default_and_a_reload_turns_it_and_json_on() {
     let reloaded = text.replacen("[server]\n", "[server]\nlog_format = \"json\"\naccess_log = true\n", 1);
     std::fs::write(&s.config_path, reloaded).unwrap();
     let before = s.log();
-    let old = s.worker_pids();
-    s.signal(Signal::SIGHUP);
-    s.wait_note("RELOADING=1");
-    s.wait_note("READY=1");
-    s.wait_all_ready(1);
-    // Until the old worker has drained it may still take a connection, without an access log.
-    for pid in old {
-        assert!(wait_for_exit(pid, DEADLINE).unwrap(), "the old worker {pid} did not drain");
-    }
+    s.reload_and_wait_old_workers_gone(1);
     assert_eq!(once(s.addr, "GET", "/healthz", &[], "").status, 200);
     s.wait_log("\"target\":\"access\"");
     // Nothing before the reload was an access line, none was JSON.

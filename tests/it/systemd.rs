@@ -11,8 +11,7 @@ use std::process::{Command, Stdio};
 use nix::sys::signal::Signal;
 
 use crate::support::http::once;
-use crate::support::{config, Server, DEADLINE};
-use leasehold::sys::process::wait_for_exit;
+use crate::support::{config, Server};
 
 const UNIT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd/leasehold.service");
 /// Where the unit expects the binary and the configuration.
@@ -139,15 +138,7 @@ fn api_keys_come_from_files_and_the_credentials_directory_and_a_reload_rereads_t
     assert_eq!(status(Some("credential-key-2222"), "POST", "/v1/locks/job/acquire"), 403, "read role");
     // A rotated key file: the reload reads it, the old key stops working.
     std::fs::write(&write_key, "file-key-3333\n").unwrap();
-    let old = s.worker_pids();
-    s.signal(Signal::SIGHUP);
-    s.wait_note("RELOADING=1");
-    s.wait_note("READY=1");
-    s.wait_all_ready(1);
-    // Until the old worker has drained it may still take a connection, with the old keys.
-    for pid in old {
-        assert!(wait_for_exit(pid, DEADLINE).unwrap(), "the old worker {pid} did not drain");
-    }
+    s.reload_and_wait_old_workers_gone(1);
     let status = |key: &str| once(s.addr, "GET", "/v1/locks", &[("x-api-key", key)], "").status;
     assert_eq!(status("file-key-3333"), 200, "{}", s.log());
     assert_eq!(status("file-key-1111"), 401);

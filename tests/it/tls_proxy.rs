@@ -17,7 +17,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 
-use crate::client::{holder, server_now_ms, wait_file, Run};
+use crate::client::{assert_renewed_for_3_ttls, holder, wait_file, Run};
 use crate::support::http::Client;
 use crate::support::{config, wait_for, Server};
 
@@ -211,20 +211,7 @@ fn through_a_tls_terminating_nginx_the_cli_locks_renews_over_one_connection_and_
     // Watched on the server itself, by its clock: the same lease (the same fence) all along
     // for 3 TTLs, never more than one TTL ahead: renewed, not granted once for long.
     let mut c = Client::connect(s.addr).unwrap();
-    let started_ms = server_now_ms(&mut c);
-    wait_for("the server's clock to pass 3 TTLs", || {
-        let seen = holder(&mut c, "tls-job");
-        assert_eq!(seen.map(|(f, _)| f), Some(fence), "the lease ended while the command ran");
-        let now_ms = server_now_ms(&mut c);
-        if now_ms >= started_ms + 3 * TTL_MS {
-            Ok(())
-        } else {
-            Err(now_ms - started_ms)
-        }
-    });
-    let (still, left_ms) = holder(&mut c, "tls-job").expect("held");
-    assert_eq!(still, fence);
-    assert!(left_ms <= TTL_MS, "{left_ms} ms left on a {TTL_MS} ms lease");
+    assert_renewed_for_3_ttls(&mut c, "tls-job", fence, TTL_MS);
     std::fs::write(&stop_file, "").unwrap();
     assert_eq!(run.wait(), 0, "nginx said:\n{}", nginx.stderr());
     assert_eq!(holder(&mut c, "tls-job"), None, "released when the command ended");

@@ -347,6 +347,21 @@ impl Server {
         self.wait_note(&want);
     }
 
+    /// Reloads with SIGHUP (the configuration file already rewritten) and returns once the
+    /// reload is done (`RELOADING=1`, then `READY=1` with `workers` ready) and every worker
+    /// of before has exited: until an old worker has drained it may still take a connection
+    /// and answer it with the old configuration.
+    pub fn reload_and_wait_old_workers_gone(&mut self, workers: usize) {
+        let old = self.worker_pids();
+        self.signal(Signal::SIGHUP);
+        self.wait_note("RELOADING=1");
+        self.wait_note("READY=1");
+        self.wait_all_ready(workers);
+        for pid in old {
+            assert!(wait_for_exit(pid, DEADLINE).unwrap(), "the old worker {pid} did not drain");
+        }
+    }
+
     /// [`processes`] of the master and its children.
     pub fn processes(&self) -> String {
         let mut pids = vec![self.pid()];
