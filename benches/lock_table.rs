@@ -77,6 +77,7 @@ fn acquire(lock: LockName, ticket: Ticket, watch: bool) -> Op {
         queue: QueueMode::Fifo,
         watch,
         callback: None,
+        mode: None,
     })
 }
 
