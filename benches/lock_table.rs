@@ -2,8 +2,12 @@
 //!
 //! - uncontended acquire + release (a fresh lock name each time, so the lock is created and
 //!   forgotten every cycle, as with the HTTP benchmark's random names);
+//! - uncontended acquire + release of a read/write lock, shared and exclusive (the same loop
+//!   with `mode` set);
 //! - contended hand-off: one mutex, 1,000 watched waiters; each release admits the next,
 //!   which re-queues at the back (p50/p99 per hand-off, including the position events);
+//! - read/write hand-off: 100 readers and a writer take turns on one lock: the writer's
+//!   release admits all 100 readers in one call, the last reader's admits the writer;
 //! - expiry of 1M leases in one `expire` call;
 //! - memory per live lease, counted by a wrapping global allocator (bytes requested from the
 //!   allocator; the allocator's own per-block overhead comes on top).
@@ -15,7 +19,7 @@ use std::hint::black_box;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
-use leasehold::core::lock::{Acquire, LockTable, Moment, Op, Output, QueueMode, Reply, TableLimits};
+use leasehold::core::lock::{Acquire, LockMode, LockTable, Moment, Op, Output, QueueMode, Reply, TableLimits};
 use leasehold::core::names::{LockName, Ticket};
 use leasehold::core::rand::SplitMix64;
 
@@ -66,6 +70,10 @@ impl Tickets {
 }
 
 fn acquire(lock: LockName, ticket: Ticket, watch: bool) -> Op {
+    acquire_in(lock, ticket, watch, None)
+}
+
+fn acquire_in(lock: LockName, ticket: Ticket, watch: bool, mode: Option<LockMode>) -> Op {
     Op::Acquire(Acquire {
         lock,
         ticket: None,
@@ -77,6 +85,7 @@ fn acquire(lock: LockName, ticket: Ticket, watch: bool) -> Op {
         queue: QueueMode::Fifo,
         watch,
         callback: None,
+        mode,
     })
 }
 
@@ -88,7 +97,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn uncontended(iterations: usize) {
+fn uncontended(iterations: usize, mode: Option<LockMode>) {
     let mut table = LockTable::new(limits(), 1);
     let mut tickets = Tickets(SplitMix64::new(7));
     let pool = names(1024);
@@ -98,15 +107,20 @@ fn uncontended(iterations: usize) {
         let name = &pool[i & 1023];
         let ticket = tickets.next();
         let at = Moment::new(1_000 + i as u64 / 1000, i as u64);
-        let Reply::Held(_) = table.apply(acquire(name.clone(), ticket, false), at, &mut out) else {
+        let Reply::Held(_) = table.apply(acquire_in(name.clone(), ticket, false, mode), at, &mut out) else {
             panic!("uncontended acquire must succeed")
         };
         black_box(table.apply(Op::Release { lock: name.clone(), ticket }, at, &mut out));
         out.clear();
     }
     let secs = start.elapsed().as_secs_f64();
+    let row = match mode {
+        None => "uncontended acquire+release   ",
+        Some(LockMode::Shared) => "  rw shared acquire+release   ",
+        Some(LockMode::Exclusive) => "  rw exclusive acquire+release",
+    };
     println!(
-        "uncontended acquire+release    {:>12.0} cycles/s   ({iterations} cycles, {:.0} ns/cycle)",
+        "{row} {:>12.0} cycles/s   ({iterations} cycles, {:.0} ns/cycle)",
         iterations as f64 / secs,
         secs * 1e9 / iterations as f64
     );
@@ -152,6 +166,46 @@ fn contended(waiters: usize, handoffs: usize) {
     );
 }
 
+fn rw_handoff(readers: usize, rounds: usize) {
+    let mut table = LockTable::new(limits(), 3);
+    let mut tickets = Tickets(SplitMix64::new(9));
+    let name = LockName::parse("rw").expect("valid name");
+    let mut out = Vec::new();
+    let at = Moment::new(1_000, 0);
+    let mut writer = tickets.next();
+    table.apply(acquire_in(name.clone(), writer, true, Some(LockMode::Exclusive)), at, &mut out);
+    let mut nanos = Vec::with_capacity(rounds);
+    let start = Instant::now();
+    for i in 0..rounds {
+        let at = Moment::new(1_000 + i as u64, i as u64);
+        let reader_tickets: Vec<Ticket> = (0..readers).map(|_| tickets.next()).collect();
+        for &t in &reader_tickets {
+            table.apply(acquire_in(name.clone(), t, true, Some(LockMode::Shared)), at, &mut out);
+        }
+        let next_writer = tickets.next();
+        table.apply(acquire_in(name.clone(), next_writer, true, Some(LockMode::Exclusive)), at, &mut out);
+        out.clear();
+        let t0 = Instant::now();
+        table.apply(Op::Release { lock: name.clone(), ticket: writer }, at, &mut out);
+        nanos.push(t0.elapsed().as_nanos() as u64);
+        let granted = out.iter().filter(|o| matches!(o, Output::Granted { .. })).count();
+        assert_eq!(granted, readers, "the writer's release admits every reader at once");
+        for &t in &reader_tickets {
+            table.apply(Op::Release { lock: name.clone(), ticket: t }, at, &mut out);
+        }
+        writer = next_writer;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    nanos.sort_unstable();
+    println!(
+        "rw hand-off ({readers} readers, 1 writer) {:>7.0} rounds/s  p50 {:.1} us  p99 {:.1} us per writer release  ({:.0} grants/s in all)",
+        rounds as f64 / secs,
+        percentile(&nanos, 0.50) as f64 / 1e3,
+        percentile(&nanos, 0.99) as f64 / 1e3,
+        (rounds * (readers + 1)) as f64 / secs
+    );
+}
+
 fn fill(table: &mut LockTable, pool: &[LockName], tickets: &mut Tickets) {
     let mut out = Vec::new();
     for (i, name) in pool.iter().enumerate() {
@@ -191,7 +245,10 @@ fn main() {
     let scale: f64 = std::env::var("LEASEHOLD_BENCH_SCALE").ok().and_then(|s| s.parse().ok()).unwrap_or(1.0);
     let n = |base: f64| ((base * scale) as usize).max(1);
     println!("lease table benchmark (pure core, one thread, release build)");
-    uncontended(n(5_000_000.0));
+    uncontended(n(5_000_000.0), None);
+    uncontended(n(5_000_000.0), Some(LockMode::Shared));
+    uncontended(n(5_000_000.0), Some(LockMode::Exclusive));
     contended(1_000, n(20_000.0));
+    rw_handoff(100, n(20_000.0));
     expiry_and_memory(n(1_000_000.0));
 }

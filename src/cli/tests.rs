@@ -101,6 +101,16 @@ fn lock_defaults_are_the_documented_ones() {
 }
 
 #[test]
+fn lock_shared_and_exclusive_ask_for_a_read_write_lock_without_a_permit_count() {
+    let a = lock(&["lock", "--shared", "conf", "--", "cat", "conf"]);
+    assert!(a.shared && !a.exclusive);
+    let a = lock(&["lock", "--exclusive", "conf", "--", "true"]);
+    assert!(a.exclusive && !a.shared);
+    let d = lock(&["lock", "conf", "--", "true"]);
+    assert!(!d.shared && !d.exclusive);
+}
+
+#[test]
 fn lock_takes_opt_equals_value_short_options_and_bare_seconds() {
     let a = lock(&[
         "lock",
@@ -134,6 +144,9 @@ fn lock_refuses_what_it_cannot_run() {
         (&["lock", "n", "--bogus", "--", "true"][..], "unexpected argument '--bogus' found"),
         (&["lock", "n", "--ttl"][..], "a value is required for '--ttl <DURATION>'"),
         (&["lock", "n", "--limit", "0", "--", "true"][..], "invalid value '0' for '--limit <N>'"),
+        (&["lock", "n", "--shared", "--exclusive", "--", "true"][..], "cannot be used with '--exclusive'"),
+        (&["lock", "n", "--shared", "--limit", "2", "--", "true"][..], "cannot be used with '--limit <N>'"),
+        (&["lock", "n", "--exclusive", "--weight", "2", "--", "true"][..], "cannot be used with '--weight <N>'"),
         (&["lock", "n", "--ttl", "100ms", "--", "true"][..], "at least 300ms"),
         (&["lock", "n", "--ttl", "soon", "--", "true"][..], "invalid value 'soon' for '--ttl <DURATION>'"),
         (&["lock", "n", "-E", "256", "--", "true"][..], "invalid value '256' for '--conflict-exit-code <CODE>'"),

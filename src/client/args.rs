@@ -60,6 +60,12 @@ pub struct LockArgs {
     /// Permits this run takes
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub weight: u32,
+    /// Hold a read/write lock shared, beside other --shared runs (a reader)
+    #[arg(long, conflicts_with_all = ["exclusive", "limit", "weight"])]
+    pub shared: bool,
+    /// Hold a read/write lock alone (a writer); plain runs of a read/write lock are writers too
+    #[arg(long, conflicts_with_all = ["limit", "weight"])]
+    pub exclusive: bool,
     /// Label shown to others as the holder
     #[arg(long, value_name = "LABEL")]
     pub owner: Option<String>,

@@ -207,11 +207,18 @@ fn acquire(http: &Http, args: &LockArgs) -> Result<Held, u8> {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut body = serde_json::json!({
             "ttl_ms": args.ttl_ms,
-            "limit": args.limit,
-            "weight": args.weight,
             "queue": if args.wait_ms == 0 { "none" } else { "fifo" },
             "wait_ms": left.as_millis() as u64,
         });
+        // A read/write lock has no permit count: its callers send a mode instead.
+        if args.shared {
+            body["mode"] = "shared".into();
+        } else if args.exclusive {
+            body["mode"] = "exclusive".into();
+        } else {
+            body["limit"] = args.limit.into();
+            body["weight"] = args.weight.into();
+        }
         if let Some(owner) = &args.owner {
             body["owner"] = owner.as_str().into();
         }
@@ -427,7 +434,8 @@ fn refused(http: &Http, r: &Response) -> u8 {
     fail(EXIT_FAILURE, format!("{} refused: {}", http.server(), r.error_text()))
 }
 
-/// The human view of `status`: one row per lock, holders as `owner (fence N, S s left)`.
+/// The human view of `status`: one row per lock, holders as `owner (fence N, S s left)`; a
+/// read/write lock shows `rw` for its count and each holder's mode.
 fn table(locks: &[serde_json::Value], name: Option<&str>) -> String {
     if locks.is_empty() {
         return match name {
@@ -444,14 +452,19 @@ fn table(locks: &[serde_json::Value], name: Option<&str>) -> String {
                     .map(|h| {
                         let who = h["owner"].as_str().unwrap_or("-");
                         let left_s = h["expires_in_ms"].as_u64().unwrap_or(0).div_ceil(1000);
-                        format!("{who} (fence {}, {left_s} s left)", h["fence"])
+                        let mode = h["mode"].as_str().map(|m| format!("{m}, ")).unwrap_or_default();
+                        format!("{who} ({mode}fence {}, {left_s} s left)", h["fence"])
                     })
                     .collect()
             })
             .unwrap_or_default();
         rows.push([
             lock["name"].as_str().unwrap_or("?").to_string(),
-            format!("{}/{}", lock["used"], lock["limit"]),
+            if lock["kind"] == "rw" {
+                format!("{} rw", lock["used"])
+            } else {
+                format!("{}/{}", lock["used"], lock["limit"])
+            },
             lock["queue"].as_str().unwrap_or("?").to_string(),
             lock["queue_length"].to_string(),
             holders.join(", "),
@@ -485,10 +498,17 @@ mod tests {
             serde_json::json!({"name":"nightly","limit":1,"used":1,"queue":"fifo","queue_length":2,
                 "holders":[{"owner":"host-a","fence":7,"expires_in_ms":29001}]}),
             serde_json::json!({"name":"pool","limit":3,"used":0,"queue":"lottery","queue_length":0,"holders":[]}),
+            serde_json::json!({"name":"config","kind":"rw","limit":0,"used":2,"queue":"fifo","queue_length":1,
+                "holders":[{"owner":"r1","fence":8,"expires_in_ms":1000,"mode":"shared"},
+                           {"owner":"r2","fence":9,"expires_in_ms":1000,"mode":"shared"}]}),
         ];
         let text = table(&locks, None);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.len(), 4);
+        assert!(
+            lines[3].starts_with("config   2 rw        fifo     1        r1 (shared, fence 8, 1 s left), r2 (shared"),
+            "{text}"
+        );
         assert!(lines[0].starts_with("LOCK     USED/LIMIT  QUEUE    WAITING  HOLDERS"), "{text}");
         assert!(lines[1].starts_with("nightly  1/1         fifo     2        host-a (fence 7, 30 s left)"), "{text}");
         assert!(lines[2].starts_with("pool     0/3         lottery  0"), "{text}");

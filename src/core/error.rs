@@ -33,6 +33,11 @@ pub enum CoreError {
         /// The limit's value.
         max: u64,
     },
+    /// Two fields of a request cannot go together (e.g. `mode` with a lottery queue).
+    Incompatible {
+        /// Why, as one lower-case sentence.
+        reason: &'static str,
+    },
     /// An exported state cannot be imported because it breaks a table invariant.
     InvalidState {
         /// The first broken rule found.
@@ -49,6 +54,7 @@ impl fmt::Display for CoreError {
                 write!(f, "{field} is {value}; it must be between {min} and {max}")
             }
             Self::DataTooLarge { limit, max } => write!(f, "data write exceeds {limit} ({max})"),
+            Self::Incompatible { reason } => f.write_str(reason),
             Self::InvalidState { reason } => write!(f, "state cannot be imported: {reason}"),
         }
     }

@@ -17,7 +17,7 @@ use super::response::{Response, EVENT_STREAM};
 use super::route::{compat_locks, query_param, RouteDef, RouteId};
 use super::status::{error, ErrorCode};
 use crate::config::Role;
-use crate::core::lock::{LeaseView, QueueMode};
+use crate::core::lock::{LeaseView, LockKind, LockMode, QueueMode};
 use crate::core::names::CallbackUrl;
 use crate::core::names::{DataKey, LockName, Owner, Ticket};
 use crate::core::outbox::Call;
@@ -194,6 +194,7 @@ struct AcquireBody {
     wait_ms: Option<u64>,
     ticket: Option<String>,
     callback: Option<String>,
+    mode: Option<LockMode>,
 }
 
 #[derive(Deserialize)]
@@ -306,6 +307,7 @@ fn plan_inner(
                         Some(CallbackUrl::parse(parse_target(url, &s.targets).map_err(bad)?.as_str()).map_err(bad)?)
                     }
                 },
+                mode: b.mode,
             };
             Plan::Ask { op, finish: Finish::Acquire(lock), waits: wait_ms > 0 }
         }
@@ -477,6 +479,7 @@ fn compat_acquire(resource: LockName, ticket: Option<Ticket>, then: Then, s: &Ap
         then,
         compat: true,
         callback: None,
+        mode: None,
     }
 }
 
@@ -488,6 +491,8 @@ struct Acquired<'a> {
     fence: u64,
     owner: Option<&'a str>,
     weight: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mode: Option<LockMode>,
     expires_at_ms: u64,
     at_ms: u64,
 }
@@ -501,6 +506,7 @@ impl<'a> Acquired<'a> {
             fence: lease.fence,
             owner: lease.owner.as_ref().map(Owner::as_str),
             weight: lease.weight,
+            mode: lease.mode,
             expires_at_ms: lease.expires_at_ms,
             at_ms,
         }
@@ -590,6 +596,17 @@ fn refusal(f: &Finish, reply: &LockReply) -> Result<Response, Unexpected> {
                 &format!("the lock has {limit} permits; ask with the same limit"),
                 Limit { limit: *limit },
             )
+        }
+        R::KindMismatch { kind } => {
+            #[derive(Serialize)]
+            struct Kind {
+                kind: LockKind,
+            }
+            let message = match kind {
+                LockKind::Rw => "the lock is a read/write lock; ask with mode shared or exclusive, without limit or weight",
+                LockKind::Semaphore => "the lock is a semaphore (limit and weight); ask without mode",
+            };
+            error_with(ErrorCode::KindMismatch, message, Kind { kind: *kind })
         }
         R::QueueMismatch { queue } => {
             let kind = serde_json::to_string(queue).unwrap_or_default();
@@ -908,10 +925,14 @@ pub fn first_event(lock: &LockName, reply: &LockReply) -> Option<(&'static str, 
 }
 
 fn acquired_json(lock: &LockName, lease: &LeaseView) -> serde_json::Value {
-    serde_json::json!({
+    let mut event = serde_json::json!({
         "lock": lock, "ticket": lease.ticket, "fence": lease.fence,
         "owner": lease.owner, "weight": lease.weight, "expires_at_ms": lease.expires_at_ms,
-    })
+    });
+    if let Some(mode) = lease.mode {
+        event["mode"] = serde_json::json!(mode);
+    }
+    event
 }
 
 /// The stream event for a keeper event, and whether the stream ends after it.

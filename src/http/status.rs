@@ -12,6 +12,7 @@
 //! | `unavailable` | 409 | try-lock (`queue: "none"`) and the lock is taken; a Small Resource Server `PUT` that could not get the lock within the resource's timeout |
 //! | `limit_mismatch` | 409 | the lock has another permit count (or lowered it below a waiter's weight) |
 //! | `queue_mismatch` | 409 | the lock has another queue discipline |
+//! | `kind_mismatch` | 409 | the lock is of another kind: a semaphore asked with `mode`, or a read/write lock asked with a `limit` or `weight` |
 //! | `not_holder` | 409 | the ticket waits in the queue; it does not hold the lock |
 //! | `already_exists` | 409 | `POST /resource` for a name that is registered |
 //! | `wrong_state` | 409 | an outbox entry's state does not allow it (retrying one that has not failed, deleting one being delivered); deleting a resource whose lock has holders or waiters |
@@ -70,6 +71,8 @@ pub enum ErrorCode {
     /// 409
     QueueMismatch,
     /// 409
+    KindMismatch,
+    /// 409
     NotHolder,
     /// 409
     AlreadyExists,
@@ -125,6 +128,7 @@ impl ErrorCode {
         Self::Unavailable,
         Self::LimitMismatch,
         Self::QueueMismatch,
+        Self::KindMismatch,
         Self::NotHolder,
         Self::AlreadyExists,
         Self::WrongState,
@@ -160,6 +164,7 @@ impl ErrorCode {
             Self::Unavailable => (409, "unavailable"),
             Self::LimitMismatch => (409, "limit_mismatch"),
             Self::QueueMismatch => (409, "queue_mismatch"),
+            Self::KindMismatch => (409, "kind_mismatch"),
             Self::NotHolder => (409, "not_holder"),
             Self::AlreadyExists => (409, "already_exists"),
             Self::WrongState => (409, "wrong_state"),

@@ -40,7 +40,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::backoff::Outcome;
-use crate::core::lock::{LeaseView, QueueKind, QueueMode, QueueView};
+use crate::core::lock::{LeaseView, LockKind, LockMode, QueueKind, QueueMode, QueueView};
 use crate::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket};
 use crate::core::outbox::{Call, Delivery, Entry};
 use crate::metrics::{KeeperSnapshot, WorkerSnapshot};
@@ -242,6 +242,10 @@ pub enum LockOp {
         /// its lease expires without a release.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         callback: Option<CallbackUrl>,
+        /// A read/write lock's lease: shared or exclusive (from journal format 4; absent:
+        /// a semaphore's, as before).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<LockMode>,
     },
     /// Extend a lease.
     Renew {
@@ -411,6 +415,7 @@ impl LockOp {
             then: Then::Hold,
             compat: false,
             callback: None,
+            mode: None,
         }
     }
 }
@@ -501,6 +506,9 @@ pub struct HolderInfo {
     pub expires_in_ms: u64,
     /// Whether an admitted waiter has shown up yet.
     pub claimed: bool,
+    /// A read/write lock's lease: shared or exclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<LockMode>,
 }
 
 /// A lock as readers see it.
@@ -509,7 +517,10 @@ pub struct HolderInfo {
 pub struct LockInfo {
     /// Name.
     pub name: LockName,
-    /// Permit count.
+    /// Semaphore or read/write lock.
+    #[serde(default)]
+    pub kind: LockKind,
+    /// Permit count (0 for a read/write lock, which has none).
     pub limit: u32,
     /// Queue discipline.
     pub queue: QueueKind,
@@ -555,6 +566,11 @@ pub enum LockReply {
     LimitMismatch {
         /// Its permit count.
         limit: u32,
+    },
+    /// The lock is of another kind (semaphore or read/write lock).
+    KindMismatch {
+        /// Its kind.
+        kind: LockKind,
     },
     /// The lock has another queue discipline.
     QueueMismatch {
@@ -892,6 +908,7 @@ mod tests {
                 then: Then::WriteAndRelease { key: DataKey::parse("k").unwrap(), value: "{\"a\":1}".into() },
                 compat: true,
                 callback: None,
+                mode: Some(LockMode::Exclusive),
             },
         });
         round_trip(&ToKeeper::Cancel { id: 77 });
@@ -901,7 +918,8 @@ mod tests {
             reply: LockReply::OverBudget { budget: Budget::DataBytes, limit: 9, message: "full".into() },
         });
         round_trip(&ToKeeper::Unwatch { lock: lock.clone(), ticket });
-        let lease = LeaseView { ticket, fence: 12, owner: None, weight: 1, expires_at_ms: 5, claimed: true };
+        let lease =
+            LeaseView { ticket, fence: 12, owner: None, weight: 1, expires_at_ms: 5, claimed: true, mode: None };
         round_trip(&FromKeeper::Reply { id: 77, reply: LockReply::Held { lease: lease.clone(), at_ms: 3 } });
         round_trip(&FromKeeper::Reply {
             id: 1,
@@ -912,11 +930,19 @@ mod tests {
             id: 2,
             reply: LockReply::Locks {
                 locks: vec![LockInfo {
+                    kind: LockKind::Rw,
                     name: lock,
                     limit: 2,
                     queue: QueueKind::Fifo,
                     used: 1,
-                    holders: vec![HolderInfo { owner: None, weight: 1, fence: 3, expires_in_ms: 9, claimed: true }],
+                    holders: vec![HolderInfo {
+                        owner: None,
+                        weight: 1,
+                        fence: 3,
+                        expires_in_ms: 9,
+                        claimed: true,
+                        mode: Some(LockMode::Shared),
+                    }],
                     queue_length: 0,
                     data_keys: 1,
                 }],

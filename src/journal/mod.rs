@@ -58,7 +58,7 @@ use crate::service::{LinkId, Outbox, OutboxSettings, Service, ServiceState};
 ///   are as in format 1.
 /// - 3: [`Record::ExtendLeases`], the lease grace of a cluster takeover (docs/cluster.md).
 ///   Records of formats 1 and 2 read as they did.
-pub const FORMAT: u32 = 3;
+pub const FORMAT: u32 = 4;
 
 /// The oldest journal format this build reads.
 pub const OLDEST_FORMAT: u32 = 1;

@@ -74,6 +74,7 @@ fn random_message(
             },
             compat: false,
             callback: (rng.below(4) == 0).then(|| CallbackUrl::parse("http://hooks.test/cb").unwrap()),
+            mode: None,
         },
         3 => match ticket() {
             Some(ticket) => LockOp::Release { lock, ticket },

@@ -281,6 +281,7 @@ fn rejected(e: &CoreError) -> LockReply {
 fn lock_info(view: LockView, now_ms: u64) -> LockInfo {
     LockInfo {
         name: view.name,
+        kind: view.kind,
         limit: view.limit,
         queue: view.queue,
         used: view.used,
@@ -293,6 +294,7 @@ fn lock_info(view: LockView, now_ms: u64) -> LockInfo {
                 fence: h.fence,
                 expires_in_ms: h.expires_at_ms.saturating_sub(now_ms),
                 claimed: h.claimed,
+                mode: h.mode,
             })
             .collect(),
         queue_length: view.queue_length,
@@ -662,6 +664,7 @@ impl Service {
             Reply::Unavailable { used, limit, queue_length } => LockReply::Unavailable { used, limit, queue_length },
             Reply::LimitMismatch { limit } => LockReply::LimitMismatch { limit },
             Reply::QueueMismatch { queue } => LockReply::QueueMismatch { queue },
+            Reply::KindMismatch { kind } => LockReply::KindMismatch { kind },
             Reply::QueueFull { max_waiters } => LockReply::QueueFull { max_waiters },
             Reply::TableFull { max_locks } => LockReply::TableFull { max_locks },
             Reply::TicketsFull { max_tickets } => LockReply::OverBudget {
@@ -719,7 +722,20 @@ impl Service {
     /// Handles one request; `None` when the answer comes later (a wait).
     fn request(&mut self, link: LinkId, id: u64, op: LockOp, at: Moment, fresh: [u8; 16]) -> Option<LockReply> {
         let reply = match op {
-            LockOp::Acquire { lock, ticket, owner, ttl_ms, limit, weight, queue, wait_ms, then, compat, callback } => {
+            LockOp::Acquire {
+                lock,
+                ticket,
+                owner,
+                ttl_ms,
+                limit,
+                weight,
+                queue,
+                wait_ms,
+                then,
+                compat,
+                callback,
+                mode,
+            } => {
                 let wait_ms = if compat {
                     match self.resources.get(&lock) {
                         Some(r) => r.wait_ms(self.max_wait_ms),
@@ -741,6 +757,7 @@ impl Service {
                     queue,
                     watch,
                     callback,
+                    mode,
                 };
                 let reply = self.apply(Op::Acquire(acquire), at);
                 if let Reply::Queued(place) = &reply {

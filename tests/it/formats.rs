@@ -20,7 +20,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 
 use leasehold::core::backoff::{Backoff, Outcome};
-use leasehold::core::lock::{QueueMode, TableLimits};
+use leasehold::core::lock::{LockMode, QueueMode, TableLimits};
 use leasehold::core::names::{DataKey, LockName, Ticket};
 use leasehold::core::outbox::{Call, OutboxLimits};
 use leasehold::ipc::message::{LockOp, Then, ToKeeper};
@@ -193,6 +193,20 @@ fn session(s: &mut Server) {
             status,
         );
     }
+    // A read/write lock (from format 4): two readers hold it, a writer waits, and a reader
+    // behind the writer waits too (it does not pass it).
+    for (owner, mode, status) in
+        [("rw-r1", "shared", 200), ("rw-r2", "shared", 200), ("rw-w", "exclusive", 202), ("rw-r3", "shared", 202)]
+    {
+        ok(
+            &mut c,
+            "POST",
+            "/v1/locks/fx-rw/acquire",
+            &[],
+            &format!(r#"{{"owner":"{owner}","mode":"{mode}","ttl_ms":3600000}}"#),
+            status,
+        );
+    }
     // Released, and left the queue.
     let gone = ticket(&ok(&mut c, "POST", "/v1/locks/fx-released/acquire", &[], r#"{"ttl_ms":3600000}"#, 200));
     ok(&mut c, "POST", "/v1/locks/fx-released/release", &[], &format!(r#"{{"ticket":"{gone}"}}"#), 200);
@@ -351,6 +365,11 @@ fn first_difference(path: &str, got: &serde_json::Value, want: &serde_json::Valu
     }
 }
 
+/// N of a `format-N` directory.
+fn format_number(dir: &Path) -> u32 {
+    dir.file_name().unwrap().to_string_lossy()[7..].parse::<u32>().expect("format-N")
+}
+
 /// Every committed format's fixtures, oldest first.
 fn formats() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(fixtures_dir())
@@ -358,7 +377,7 @@ fn formats() -> Vec<PathBuf> {
         .map(|e| e.unwrap().path())
         .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("format-"))
         .collect();
-    dirs.sort_by_key(|p| p.file_name().unwrap().to_string_lossy()[7..].parse::<u32>().expect("format-N"));
+    dirs.sort_by_key(|p| format_number(p));
     dirs
 }
 
@@ -419,6 +438,21 @@ fn r21_the_fixtures_hold_what_their_session_did() {
         assert_eq!(lottery["queue"], "lottery", "{at}");
         assert_eq!(owners(lottery, "holders"), [("lot-1".to_string(), 1)], "{at}");
         assert_eq!(owners(lottery, "waiters"), [("lot-2".to_string(), 1), ("lot-3".to_string(), 1)], "{at}");
+        if format_number(&format) >= 4 {
+            let rw = lock(&state, "fx-rw").unwrap_or_else(|| panic!("{at}: no fx-rw"));
+            assert_eq!((&rw["kind"], &rw["limit"]), (&serde_json::json!("rw"), &serde_json::json!(0)), "{at}");
+            let modes = |of: &str| -> Vec<(String, String)> {
+                rw[of]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| (t["owner"].as_str().unwrap().into(), t["mode"].as_str().unwrap().into()))
+                    .collect()
+            };
+            let pair = |o: &str, m: &str| (o.to_string(), m.to_string());
+            assert_eq!(modes("holders"), [pair("rw-r1", "shared"), pair("rw-r2", "shared")], "{at}");
+            assert_eq!(modes("waiters"), [pair("rw-w", "exclusive"), pair("rw-r3", "shared")], "{at}");
+        }
         for gone in ["fx-released", "fx-short"] {
             assert!(lock(&state, gone).is_none_or(|l| owners(l, "holders").is_empty()), "{at}: {gone} is held");
         }
@@ -478,6 +512,7 @@ fn every_record() -> Vec<Record> {
         then,
         compat: true,
         callback: Some(de(serde_json::json!("https://hooks.example/lock"))),
+        mode: Some(LockMode::Shared),
     };
     let delivered = |outcome: Outcome| {
         input(ToKeeper::Delivered {

@@ -1,12 +1,14 @@
 //! Model-based property tests of the lease table.
 //!
 //! Each case is a random history (acquire, renew, release, leave, presence, expiry with time
-//! jumps, limit changes, data, clearing a lock's data, lottery) generated from one seed, under
+//! jumps, limit changes, data, clearing a lock's data, lottery, read/write locks with shared
+//! and exclusive acquires, mostly on lock "c") generated from one seed, under
 //! limits small enough that the queue, table, ticket and data totals are all reached (the
 //! test checks that they were). After every step the real table must give the same reply,
 //! the same outputs and the same state as the naive model, pass `check_invariants`, stay
 //! within the totals, and satisfy the properties the issue names: fences strictly increase
-//! in grant order, FIFO grants follow enqueue order, an unclaimed grant lapses after
+//! in grant order, FIFO grants follow enqueue order (so on a read/write lock no reader
+//! passes a waiting writer), a read/write lock's writer is alone, an unclaimed grant lapses after
 //! `claim_ms`, and at the end every waiter is granted, dropped or gone (no starvation).
 //! Now and then the table is exported, imported and swapped in, so the round trip is checked
 //! for identical state and identical behaviour.
@@ -26,7 +28,7 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use leasehold::core::lock::{
-    Acquire, LockTable, Moment, Op, Output, QueueKind, QueueMode, Reply, TableLimits, TableState,
+    Acquire, LockKind, LockMode, LockTable, Moment, Op, Output, QueueKind, QueueMode, Reply, TableLimits, TableState,
 };
 use leasehold::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket};
 use leasehold::core::rand::SplitMix64;
@@ -79,8 +81,18 @@ const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 
 /// Replies to the limits and totals and to clearing data, counted over a run's cases: a
 /// generator that never reached them would test nothing about them.
-type Reached = [u64; 6];
-const REACHED_NAMES: [&str; 6] = ["tickets_full", "data_full", "data_cleared", "lock_busy", "queue_full", "table_full"];
+type Reached = [u64; 9];
+const REACHED_NAMES: [&str; 9] = [
+    "tickets_full",
+    "data_full",
+    "data_cleared",
+    "lock_busy",
+    "queue_full",
+    "table_full",
+    "readers_together",
+    "kind_mismatch",
+    "reader_behind_writer",
+];
 
 /// One generated step: time passes by `dt_ms`, then `kind` happens.
 #[derive(Debug, Clone)]
@@ -110,6 +122,7 @@ enum StepKind {
         mode: QueueMode,
         watch: bool,
         extras: bool,
+        rw: Option<LockMode>,
     },
     Renew {
         lock: usize,
@@ -176,25 +189,43 @@ fn generate(seed: u64) -> Vec<Step> {
         let kind = match pick(100) {
             0..=34 => {
                 // Mostly the lock's usual permit count and queue, so queues grow to their
-                // limits; sometimes others, for the mismatch rules.
-                let limit = if pick(3) == 0 { 1 + pick(3) as u32 } else { 1 + (lock % 3) as u32 }
+                // limits; sometimes others, for the mismatch rules. Lock "c" is mostly a
+                // read/write lock (readers twice as often as writers); the others now and then.
+                let rw = (if lock == 2 { pick(5) != 0 } else { pick(15) == 0 }).then(|| {
+                    if pick(3) == 0 {
+                        LockMode::Exclusive
+                    } else {
+                        LockMode::Shared
+                    }
+                });
+                let mut limit = if pick(3) == 0 { 1 + pick(3) as u32 } else { 1 + (lock % 3) as u32 }
                     + u32::from(pick(20) == 0) * 3;
                 let heavy = usize::from(pick(15) == 0);
-                let weight = 1 + pick(limit as usize + heavy) as u32;
+                let mut weight = 1 + pick(limit as usize + heavy) as u32;
+                let mut mode = match pick(4) {
+                    0 => QueueMode::None,
+                    1 => [QueueMode::Fifo, QueueMode::Lottery][pick(2)],
+                    _ if lock == 3 => QueueMode::Lottery,
+                    _ => QueueMode::Fifo,
+                };
+                // A read/write acquire mostly gives no count and a FIFO queue; now and then
+                // it keeps the others, for the refusals.
+                if rw.is_some() && pick(10) != 0 {
+                    (limit, weight) = (1, 1);
+                    if mode == QueueMode::Lottery {
+                        mode = QueueMode::Fifo;
+                    }
+                }
                 StepKind::Acquire {
                     lock,
                     ticket: if pick(4) == 0 { Some(tref(&mut pick)) } else { None },
                     limit,
                     weight,
                     ttl_ms: [5, 50, 100, 300, 1_000, 5_000, 20_000][pick(7)],
-                    mode: match pick(4) {
-                        0 => QueueMode::None,
-                        1 => [QueueMode::Fifo, QueueMode::Lottery][pick(2)],
-                        _ if lock == 3 => QueueMode::Lottery,
-                        _ => QueueMode::Fifo,
-                    },
+                    mode,
                     watch: pick(2) == 0,
                     extras: pick(3) == 0,
+                    rw,
                 }
             }
             35..=44 => StepKind::Renew {
@@ -336,7 +367,7 @@ fn run(seed: u64, steps: &[Step], reached: &mut Reached) -> Result<(), String> {
                 watcher.on_outputs(&real)?;
                 (None, None)
             }
-            StepKind::Acquire { lock, ticket, limit, weight, ttl_ms, mode, watch, extras } => {
+            StepKind::Acquire { lock, ticket, limit, weight, ttl_ms, mode, watch, extras, rw } => {
                 fresh += 1;
                 let mut bytes = [0u8; 16];
                 bytes[..8].copy_from_slice(&fresh.to_le_bytes());
@@ -353,6 +384,7 @@ fn run(seed: u64, steps: &[Step], reached: &mut Reached) -> Result<(), String> {
                     queue: *mode,
                     watch: *watch,
                     callback: extras.then(|| url.clone()),
+                    mode: *rw,
                 });
                 (Some(op), given)
             }
@@ -413,6 +445,7 @@ fn run(seed: u64, steps: &[Step], reached: &mut Reached) -> Result<(), String> {
                 Reply::LockBusy { .. } => Some(3),
                 Reply::QueueFull { .. } => Some(4),
                 Reply::TableFull { .. } => Some(5),
+                Reply::KindMismatch { .. } => Some(7),
                 _ => None,
             };
             if let Some(k) = limit_reply {
@@ -447,7 +480,33 @@ fn run(seed: u64, steps: &[Step], reached: &mut Reached) -> Result<(), String> {
         }
         table.check_invariants().map_err(|e| format!("step {i}: invariant broken: {e}"))?;
         for lock in table.export().locks {
-            ensure!(lock.holders.iter().map(|h| h.weight).sum::<u32>() <= lock.limit, "permits over limit");
+            match lock.kind {
+                LockKind::Semaphore => {
+                    ensure!(lock.holders.iter().map(|h| h.weight).sum::<u32>() <= lock.limit, "permits over limit")
+                }
+                LockKind::Rw => {
+                    let writers = lock.holders.iter().filter(|h| h.mode == Some(LockMode::Exclusive)).count();
+                    ensure!(
+                        writers == 0 || lock.holders.len() == 1,
+                        "step {i}: read/write lock {} has a writer beside others: {:?}",
+                        lock.name.as_str(),
+                        lock.holders
+                    );
+                    if writers == 0 && lock.holders.len() >= 2 {
+                        reached[6] += 1;
+                    }
+                    // A reader that would fit beside the readers holding, but waits behind a
+                    // writer: the no-starvation rule at work.
+                    let first_writer = lock.waiters.iter().position(|w| w.mode == Some(LockMode::Exclusive));
+                    if writers == 0
+                        && !lock.holders.is_empty()
+                        && first_writer
+                            .is_some_and(|k| lock.waiters[k..].iter().any(|w| w.mode == Some(LockMode::Shared)))
+                    {
+                        reached[8] += 1;
+                    }
+                }
+            }
         }
         let stats = table.stats();
         ensure!(stats.holders + stats.waiters <= u64::from(LIMITS.max_tickets_total), "step {i}: tickets over total");

@@ -29,6 +29,7 @@ mod metrics_contrib;
 mod model;
 mod outbox;
 mod roles;
+mod rw;
 mod server;
 mod support;
 mod systemd;

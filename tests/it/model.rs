@@ -3,10 +3,13 @@
 //! table's rules (listed in `src/core/lock/mod.rs`) as plainly as possible so the real
 //! table can be compared against it step by step. It shares only the vocabulary (ops,
 //! replies, outputs) and the definition of a lottery draw with the real table.
+//!
+//! Read/write locks are modelled as what they mean (a writer needs an empty lock, a reader
+//! a lock without a writer), not as the weights the real table uses inside.
 
 use leasehold::core::lock::{
-    Acquire, CallbackEvent, DropReason, LeaseState, LeaseView, LockState, Op, Output, QueueKind, QueueMode, QueueView,
-    Reply, TableLimits, TableState, WaiterState,
+    Acquire, CallbackEvent, DropReason, LeaseState, LeaseView, LockKind, LockMode, LockState, Op, Output, QueueKind,
+    QueueMode, QueueView, Reply, TableLimits, TableState, WaiterState,
 };
 use leasehold::core::names::{CallbackUrl, LockName, Owner, Ticket};
 use leasehold::core::rand::lottery_stream;
@@ -22,12 +25,15 @@ struct MLease {
     claimed: bool,
     owner: Option<Owner>,
     callback: Option<CallbackUrl>,
+    /// A read/write lock's lease (weight 1).
+    mode: Option<LockMode>,
 }
 
 #[derive(Debug, Clone)]
 struct MWaiter {
     ticket: Ticket,
     weight: u32,
+    mode: Option<LockMode>,
     ttl_ms: u64,
     watchers: u32,
     absent_at_ms: u64,
@@ -38,6 +44,8 @@ struct MWaiter {
 #[derive(Debug, Clone)]
 struct MLock {
     name: LockName,
+    /// A read/write lock: no permit count, `limit` unused.
+    rw: bool,
     limit: u32,
     kind: QueueKind,
     holders: Vec<MLease>,
@@ -49,6 +57,25 @@ struct MLock {
 impl MLock {
     fn used(&self) -> u32 {
         self.holders.iter().map(|h| h.weight).sum()
+    }
+
+    /// Whether a lease of `weight` (semaphore) or `mode` (read/write lock) may join the
+    /// holders now.
+    fn fits(&self, weight: u32, mode: Option<LockMode>) -> bool {
+        match mode {
+            Some(LockMode::Exclusive) => self.holders.is_empty(),
+            Some(LockMode::Shared) => self.holders.iter().all(|h| h.mode == Some(LockMode::Shared)),
+            None => self.used() + weight <= self.limit,
+        }
+    }
+
+    /// Permits in use and the count, as a read/write lock shows them: holders, and 0.
+    fn shown_usage(&self) -> (u32, u32) {
+        if self.rw {
+            (self.holders.len() as u32, 0)
+        } else {
+            (self.used(), self.limit)
+        }
     }
 
     fn queue_view(&self, i: usize) -> QueueView {
@@ -89,6 +116,7 @@ fn view(l: &MLease) -> LeaseView {
         weight: l.weight,
         expires_at_ms: l.expires_at_ms,
         claimed: l.claimed,
+        mode: l.mode,
     }
 }
 
@@ -187,6 +215,9 @@ impl Model {
                 }
                 let Some(li) = self.find(lock) else { return Reply::LockUnknown };
                 let l = &mut self.locks[li];
+                if l.rw {
+                    return Reply::KindMismatch { kind: LockKind::Rw };
+                }
                 if *limit < l.used() {
                     return Reply::LimitInUse { used: l.used() };
                 }
@@ -324,6 +355,16 @@ impl Model {
         if a.ttl_ms < lim.min_ttl_ms || a.ttl_ms > lim.max_ttl_ms {
             return range("ttl_ms", a.ttl_ms, lim.min_ttl_ms, lim.max_ttl_ms);
         }
+        if a.mode.is_some() && a.queue == QueueMode::Lottery {
+            return Reply::Rejected(CoreError::Incompatible {
+                reason: "a read/write lock (mode) queues in arrival order: queue lottery cannot be given with mode",
+            });
+        }
+        if a.mode.is_some() && (a.limit != 1 || a.weight != 1) {
+            return Reply::Rejected(CoreError::Incompatible {
+                reason: "a read/write lock (mode) has no permit count: limit and weight cannot be given with mode",
+            });
+        }
         let existing = self.find(&a.lock);
         if let Some(li) = existing {
             for t in a.ticket.iter().chain(std::iter::once(&a.new_ticket)) {
@@ -350,6 +391,7 @@ impl Model {
             return Reply::TicketsFull { max_tickets: lim.max_tickets_total };
         }
         let kind = if a.queue == QueueMode::Lottery { QueueKind::Lottery } else { QueueKind::Fifo };
+        let mut mode = a.mode;
         let li = match existing {
             None => {
                 if self.locks.len() >= lim.max_locks as usize {
@@ -357,6 +399,7 @@ impl Model {
                 }
                 self.locks.push(MLock {
                     name: a.lock.clone(),
+                    rw: mode.is_some(),
                     limit: a.limit,
                     kind,
                     holders: Vec::new(),
@@ -369,13 +412,19 @@ impl Model {
             Some(li) => {
                 let l = &mut self.locks[li];
                 if !l.holders.is_empty() || !l.waiters.is_empty() {
-                    if l.limit != a.limit {
-                        return Reply::LimitMismatch { limit: l.limit };
+                    match (l.rw, mode) {
+                        // A plain acquire of a read/write lock is a writer's.
+                        (true, None) if a.limit == 1 && a.weight == 1 => mode = Some(LockMode::Exclusive),
+                        (true, None) => return Reply::KindMismatch { kind: LockKind::Rw },
+                        (false, Some(_)) => return Reply::KindMismatch { kind: LockKind::Semaphore },
+                        (false, None) if l.limit != a.limit => return Reply::LimitMismatch { limit: l.limit },
+                        _ => {}
                     }
                     if a.queue != QueueMode::None && l.kind != kind {
                         return Reply::QueueMismatch { queue: l.kind };
                     }
                 } else {
+                    l.rw = mode.is_some();
                     l.limit = a.limit;
                     l.kind = kind;
                 }
@@ -383,7 +432,7 @@ impl Model {
             }
         };
         let l = &mut self.locks[li];
-        if l.waiters.is_empty() && l.used() + a.weight <= l.limit {
+        if l.waiters.is_empty() && l.fits(a.weight, mode) {
             let lease = MLease {
                 ticket: a.new_ticket,
                 fence: self.next_fence,
@@ -393,6 +442,7 @@ impl Model {
                 claimed: true,
                 owner: a.owner.clone(),
                 callback: a.callback.clone(),
+                mode,
             };
             self.next_fence += 1;
             let v = view(&lease);
@@ -400,7 +450,8 @@ impl Model {
             return Reply::Held(v);
         }
         if a.queue == QueueMode::None {
-            return Reply::Unavailable { used: l.used(), limit: l.limit, queue_length: l.waiters.len() as u32 };
+            let (used, limit) = l.shown_usage();
+            return Reply::Unavailable { used, limit, queue_length: l.waiters.len() as u32 };
         }
         if l.waiters.len() >= lim.max_waiters_per_lock as usize {
             return Reply::QueueFull { max_waiters: lim.max_waiters_per_lock };
@@ -408,6 +459,7 @@ impl Model {
         l.waiters.push(MWaiter {
             ticket: a.new_ticket,
             weight: a.weight,
+            mode,
             ttl_ms: a.ttl_ms,
             watchers: u32::from(a.watch),
             absent_at_ms: now + lim.waiter_ttl_ms,
@@ -438,7 +490,7 @@ impl Model {
                 }
                 rng.get_or_insert_with(|| lottery_stream(entropy, l.name.as_str())).below(l.waiters.len())
             };
-            if used + l.waiters[idx].weight > l.limit {
+            if !l.fits(l.waiters[idx].weight, l.waiters[idx].mode) {
                 if l.kind == QueueKind::Lottery {
                     l.candidate = Some(l.waiters[idx].ticket);
                 }
@@ -456,6 +508,7 @@ impl Model {
                 claimed,
                 owner: w.owner,
                 callback: w.callback,
+                mode: w.mode,
             };
             self.next_fence += 1;
             out.push(Output::Granted { lock: l.name.clone(), lease: view(&lease) });
@@ -542,12 +595,14 @@ impl Model {
                         claimed: h.claimed,
                         owner: h.owner.clone(),
                         callback: h.callback.clone(),
+                        mode: h.mode,
                     })
                     .collect();
                 holders.sort_by_key(|h| h.fence);
                 LockState {
                     name: l.name.clone(),
-                    limit: l.limit,
+                    kind: if l.rw { LockKind::Rw } else { LockKind::Semaphore },
+                    limit: if l.rw { 0 } else { l.limit },
                     queue: l.kind,
                     holders,
                     waiters: l
@@ -556,6 +611,7 @@ impl Model {
                         .map(|w| WaiterState {
                             ticket: w.ticket,
                             weight: w.weight,
+                            mode: w.mode,
                             ttl_ms: w.ttl_ms,
                             watchers: w.watchers,
                             absent_at_ms: (w.watchers == 0).then_some(w.absent_at_ms),

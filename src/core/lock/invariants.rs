@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use super::{LockId, LockTable, QueueKind};
+use super::{LockId, LockTable, QueueKind, RW_LIMIT};
 
 impl LockTable {
     /// Checks every invariant; returns the first broken one.
@@ -48,6 +48,8 @@ impl LockTable {
     /// Checks what the locks hold (all a snapshot decides; the indexes are built from it):
     ///
     /// - holders' weights sum to `used`, and `used` ≤ `limit`;
+    /// - a read/write lock is FIFO, has the read/write permit count, and only readers'
+    ///   and writers' weights (so a writer is alone); a semaphore has not that count;
     /// - no ticket is both holding and waiting, or twice in one lock;
     /// - every fence is below the next fence and unique;
     /// - FIFO: a non-empty queue's head does not fit; lottery: a non-empty queue has a
@@ -63,12 +65,28 @@ impl LockTable {
             if !lock.has_participants() && lock.data.is_none() {
                 return Err(format!("lock {name:?} is empty but not forgotten"));
             }
-            let used: u32 = lock.holders.iter().map(|l| l.weight).sum();
-            if used != lock.used {
+            let used: u64 = lock.holders.iter().map(|l| u64::from(l.weight)).sum();
+            if used != u64::from(lock.used) {
                 return Err(format!("lock {name:?}: used {} but holders weigh {used}", lock.used));
             }
             if lock.used > lock.limit {
                 return Err(format!("lock {name:?}: {} permits held over limit {}", lock.used, lock.limit));
+            }
+            if lock.rw {
+                // A writer weighs the whole count, so the sum above keeps it alone.
+                if lock.limit != RW_LIMIT || lock.kind != QueueKind::Fifo {
+                    return Err(format!("read/write lock {name:?}: limit {} or queue {:?}", lock.limit, lock.kind));
+                }
+                let weights = lock
+                    .holders
+                    .iter()
+                    .map(|l| l.weight)
+                    .chain(lock.queue.iter().flat_map(|q| q.waiters.iter().map(|w| w.weight)));
+                if let Some(w) = weights.into_iter().find(|&w| w != 1 && w != RW_LIMIT) {
+                    return Err(format!("read/write lock {name:?}: a lease or waiter of weight {w}"));
+                }
+            } else if lock.limit == RW_LIMIT {
+                return Err(format!("semaphore {name:?} has the read/write permit count"));
             }
             tickets.clear();
             for lease in &lock.holders {
@@ -93,7 +111,7 @@ impl LockTable {
                     tickets.push(w.ticket);
                 }
                 waiters += queue.waiters.len() as u64;
-                let fits = |weight: u32| lock.used + weight <= lock.limit;
+                let fits = |weight: u32| super::fits(lock.used, weight, lock.limit);
                 match lock.kind {
                     QueueKind::Fifo => {
                         if queue.candidate.is_some() {

@@ -12,6 +12,12 @@
 //!   and never lets anyone pass a waiting head; lottery draws a uniformly random waiter and,
 //!   if it does not fit yet, keeps it as the candidate until it does (so heavy waiters are
 //!   not starved). A new caller never barges past existing waiters.
+//! - A read/write lock (`mode` on acquire) has no permit count: shared leases coexist, an
+//!   exclusive lease is alone. Its queue is FIFO: a waiting writer is never passed by later
+//!   readers, and consecutive readers at the head go in together. Inside, it is a semaphore
+//!   of `RW_LIMIT` permits where a reader weighs 1 and a writer all of them, so the FIFO
+//!   rule above is the whole admission rule. Semaphores and read/write locks are different
+//!   kinds; a caller of the other kind gets `KindMismatch` while the lock is in use.
 //! - Every grant takes the next value of one global fence counter, which only goes up.
 //! - A waiter stays while it is watched (a waiting request or event stream is open) or was
 //!   seen within `waiter_ttl_ms`; otherwise it is dropped. An admitted waiter that is not
@@ -38,7 +44,8 @@ use hashbrown::HashTable;
 use smallvec::SmallVec;
 
 pub use op::{
-    Acquire, CallbackEvent, DropReason, LeaseView, Moment, Op, Output, QueueKind, QueueMode, QueueView, Reply,
+    Acquire, CallbackEvent, DropReason, LeaseView, LockKind, LockMode, Moment, Op, Output, QueueKind, QueueMode,
+    QueueView, Reply,
 };
 pub use state::{LeaseState, LockState, TableState, WaiterState};
 
@@ -48,6 +55,33 @@ use super::rand::{lottery_stream, SplitMix64};
 
 /// Index of a lock's slot. Reused after the lock is forgotten.
 type LockId = u32;
+
+/// A read/write lock's permit count inside the table: more than any reader count can reach
+/// (tickets are bounded far below it), and a writer takes all of it.
+const RW_LIMIT: u32 = u32::MAX;
+
+/// The weight a lease of a read/write lock takes inside the table.
+fn rw_weight(mode: LockMode) -> u32 {
+    match mode {
+        LockMode::Shared => 1,
+        LockMode::Exclusive => RW_LIMIT,
+    }
+}
+
+/// The mode of a read/write lock's lease or waiter of internal `weight`.
+fn rw_mode(weight: u32) -> LockMode {
+    if weight == RW_LIMIT {
+        LockMode::Exclusive
+    } else {
+        LockMode::Shared
+    }
+}
+
+/// Whether `weight` more permits fit; never overflows, since `used <= limit` always.
+#[inline]
+fn fits(used: u32, weight: u32, limit: u32) -> bool {
+    weight <= limit - used
+}
 
 /// Limits on everything a client controls, plus the presence timings.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -154,14 +188,16 @@ impl Lease {
         self.extra.callback.as_deref()
     }
 
-    fn view(&self) -> LeaseView {
+    /// The holder's view; `rw`: the lease is of a read/write lock.
+    fn view(&self, rw: bool) -> LeaseView {
         LeaseView {
             ticket: self.ticket,
             fence: self.fence,
             owner: self.owner().cloned(),
-            weight: self.weight,
+            weight: if rw { 1 } else { self.weight },
             expires_at_ms: self.expires_at_ms,
             claimed: self.claimed,
+            mode: rw.then(|| rw_mode(self.weight)),
         }
     }
 }
@@ -197,9 +233,12 @@ struct DataMap {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Lock {
     name: LockName,
+    /// `RW_LIMIT` for a read/write lock.
     limit: u32,
     used: u32,
     kind: QueueKind,
+    /// A read/write lock (always FIFO).
+    rw: bool,
     /// Inline for the usual single holder (a mutex): no allocation of its own.
     holders: Holders,
     queue: Option<Box<Queue>>,
@@ -232,6 +271,24 @@ impl Lock {
         let ticket = self.queue.as_ref().map(|q| q.waiters[index].ticket).expect("waiter index in range");
         QueueView { ticket, position: (self.kind == QueueKind::Fifo).then_some(index as u32 + 1), queue_length }
     }
+
+    fn lock_kind(&self) -> LockKind {
+        if self.rw {
+            LockKind::Rw
+        } else {
+            LockKind::Semaphore
+        }
+    }
+
+    /// Permits in use and the permit count as callers see them: a read/write lock shows
+    /// its holders and no count (0).
+    fn shown_usage(&self) -> (u32, u32) {
+        if self.rw {
+            (self.holders.len() as u32, 0)
+        } else {
+            (self.used, self.limit)
+        }
+    }
 }
 
 /// Where a ticket stands.
@@ -248,7 +305,7 @@ pub enum TicketView {
 pub struct HolderView {
     /// The holder's label.
     pub owner: Option<Owner>,
-    /// Permits held.
+    /// Permits held (1 for a read/write lock's lease).
     pub weight: u32,
     /// Fencing token.
     pub fence: u64,
@@ -256,6 +313,8 @@ pub struct HolderView {
     pub expires_at_ms: u64,
     /// Whether the holder has shown up since admission.
     pub claimed: bool,
+    /// A read/write lock's lease: shared or exclusive.
+    pub mode: Option<LockMode>,
 }
 
 /// A lock as any reader may see it.
@@ -263,11 +322,13 @@ pub struct HolderView {
 pub struct LockView {
     /// The name.
     pub name: LockName,
-    /// Permit count.
+    /// Semaphore or read/write lock.
+    pub kind: LockKind,
+    /// Permit count (0 for a read/write lock, which has none).
     pub limit: u32,
     /// Queue discipline.
     pub queue: QueueKind,
-    /// Permits in use.
+    /// Permits in use (a read/write lock: its holders).
     pub used: u32,
     /// Current holders.
     pub holders: Vec<HolderView>,
@@ -305,7 +366,7 @@ pub struct TableStats {
 /// let lock = LockName::parse("nightly-report").unwrap();
 /// let acquire = |ticket: u8, watch: bool| Op::Acquire(Acquire {
 ///     lock: lock.clone(), ticket: None, new_ticket: Ticket::from_bytes([ticket; 16]), owner: None,
-///     ttl_ms: 30_000, limit: 1, weight: 1, queue: QueueMode::Fifo, watch, callback: None,
+///     ttl_ms: 30_000, limit: 1, weight: 1, queue: QueueMode::Fifo, watch, callback: None, mode: None,
 /// });
 ///
 /// let Reply::Held(first) = table.apply(acquire(1, false), Moment::new(1_000, 0), &mut out) else { panic!() };
@@ -445,9 +506,9 @@ impl LockTable {
     }
 
     /// Adds a lock; `hash` is `hash_name` of its name (from `find_hashed`).
-    fn create(&mut self, name: LockName, hash: u64, limit: u32, kind: QueueKind) -> LockId {
+    fn create(&mut self, name: LockName, hash: u64, limit: u32, kind: QueueKind, rw: bool) -> LockId {
         let lock =
-            Lock { name, limit, used: 0, kind, holders: Holders::new(), queue: None, data: None, touched: 0, hash };
+            Lock { name, limit, used: 0, kind, rw, holders: Holders::new(), queue: None, data: None, touched: 0, hash };
         let id = match self.free.pop() {
             Some(id) => {
                 self.slots[id as usize] = Some(lock);
@@ -505,6 +566,18 @@ impl LockTable {
         if a.ttl_ms < limits.min_ttl_ms || a.ttl_ms > limits.max_ttl_ms {
             return out_of_range("ttl_ms", a.ttl_ms, limits.min_ttl_ms, limits.max_ttl_ms);
         }
+        if a.mode.is_some() {
+            if a.queue == QueueMode::Lottery {
+                return Reply::Rejected(CoreError::Incompatible {
+                    reason: "a read/write lock (mode) queues in arrival order: queue lottery cannot be given with mode",
+                });
+            }
+            if a.limit != 1 || a.weight != 1 {
+                return Reply::Rejected(CoreError::Incompatible {
+                    reason: "a read/write lock (mode) has no permit count: limit and weight cannot be given with mode",
+                });
+            }
+        }
         let (hash, found) = self.find_hashed(a.lock.as_str());
         if let Some(id) = found {
             // Re-entry: with the caller's ticket, or (vanishingly rare) a fresh ticket that
@@ -524,17 +597,30 @@ impl LockTable {
             QueueMode::Lottery => QueueKind::Lottery,
             QueueMode::Fifo | QueueMode::None => QueueKind::Fifo,
         };
+        // The caller's read/write mode; on a read/write lock in use, a plain acquire (no
+        // mode, no limit, no weight) is an exclusive one.
+        let mut mode = a.mode;
         let id = match found {
             None => {
                 if self.index.len() >= self.limits.max_locks as usize {
                     return Reply::TableFull { max_locks: self.limits.max_locks };
                 }
-                self.create(a.lock, hash, a.limit, wanted_kind)
+                let limit = if mode.is_some() { RW_LIMIT } else { a.limit };
+                self.create(a.lock, hash, limit, wanted_kind, mode.is_some())
             }
             Some(id) => {
                 let lock = self.lock_mut(id);
                 if lock.has_participants() {
-                    if lock.limit != a.limit {
+                    if lock.rw {
+                        if mode.is_none() {
+                            if a.limit != 1 || a.weight != 1 {
+                                return Reply::KindMismatch { kind: LockKind::Rw };
+                            }
+                            mode = Some(LockMode::Exclusive);
+                        }
+                    } else if mode.is_some() {
+                        return Reply::KindMismatch { kind: LockKind::Semaphore };
+                    } else if lock.limit != a.limit {
                         return Reply::LimitMismatch { limit: lock.limit };
                     }
                     if a.queue != QueueMode::None && lock.kind != wanted_kind {
@@ -542,24 +628,26 @@ impl LockTable {
                     }
                 } else {
                     // Nobody to disagree with: the lock takes the caller's shape.
-                    lock.limit = a.limit;
+                    lock.rw = mode.is_some();
+                    lock.limit = if lock.rw { RW_LIMIT } else { a.limit };
                     lock.kind = wanted_kind;
                 }
                 id
             }
         };
+        let weight = mode.map_or(a.weight, rw_weight);
         let max_waiters = self.limits.max_waiters_per_lock;
         let waiter_ttl_ms = self.limits.waiter_ttl_ms;
         let now = at.now_ms;
         let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
         let queue_length = lock.queue_len();
-        if queue_length == 0 && lock.used + a.weight <= lock.limit {
+        if queue_length == 0 && fits(lock.used, weight, lock.limit) {
             let lease = Lease {
                 ticket: a.new_ticket,
                 fence: 0,
                 expires_at_ms: now + a.ttl_ms,
                 ttl_ms: a.ttl_ms,
-                weight: a.weight,
+                weight,
                 claimed: true,
                 extra: make_extra(a.owner, a.callback),
             };
@@ -567,7 +655,8 @@ impl LockTable {
         }
         if a.queue == QueueMode::None {
             // The lock has participants (an empty lock always fits), so it stays.
-            return Reply::Unavailable { used: lock.used, limit: lock.limit, queue_length: queue_length as u32 };
+            let (used, limit) = lock.shown_usage();
+            return Reply::Unavailable { used, limit, queue_length: queue_length as u32 };
         }
         if queue_length >= max_waiters as usize {
             return Reply::QueueFull { max_waiters };
@@ -576,7 +665,7 @@ impl LockTable {
             ticket: a.new_ticket,
             ttl_ms: a.ttl_ms,
             absent_at_ms: now + waiter_ttl_ms,
-            weight: a.weight,
+            weight,
             watchers: u32::from(a.watch),
             extra: make_extra(a.owner, a.callback),
         };
@@ -607,12 +696,14 @@ impl LockTable {
 
     /// Sets a holder's expiry to `now + ttl_ms` (claiming it if needed).
     fn extend(&mut self, id: LockId, index: usize, ttl_ms: u64, now: u64) -> Reply {
-        let lease = &mut self.slots[id as usize].as_mut().expect("lock slot is occupied").holders[index];
+        let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
+        let rw = lock.rw;
+        let lease = &mut lock.holders[index];
         let old = (lease.expires_at_ms, lease.ticket, id);
         lease.expires_at_ms = now + ttl_ms;
         lease.ttl_ms = ttl_ms;
         lease.claimed = true;
-        let view = lease.view();
+        let view = lease.view(rw);
         self.deadlines.remove(&old);
         self.deadlines.insert((view.expires_at_ms, view.ticket, id));
         Reply::Held(view)
@@ -620,9 +711,10 @@ impl LockTable {
 
     /// A holder shows up: an unclaimed grant becomes a full lease; a claimed one is unchanged.
     fn claim(&mut self, id: LockId, index: usize, now: u64) -> Reply {
-        let lease = &self.lock(id).holders[index];
+        let lock = self.lock(id);
+        let lease = &lock.holders[index];
         if lease.claimed {
-            return Reply::Held(lease.view());
+            return Reply::Held(lease.view(lock.rw));
         }
         let ttl_ms = lease.ttl_ms;
         self.extend(id, index, ttl_ms, now)
@@ -655,7 +747,7 @@ impl LockTable {
         let lock = self.lock(id);
         if let Some(i) = lock.holder_index(ticket) {
             return match presence {
-                Presence::Unwatch => Reply::Held(lock.holders[i].view()),
+                Presence::Unwatch => Reply::Held(lock.holders[i].view(lock.rw)),
                 Presence::Seen | Presence::Watch => self.claim(id, i, at.now_ms),
             };
         }
@@ -716,6 +808,9 @@ impl LockTable {
             return Reply::LockUnknown;
         };
         let lock = self.lock_mut(id);
+        if lock.rw {
+            return Reply::KindMismatch { kind: LockKind::Rw };
+        }
         if limit < lock.used {
             return Reply::LimitInUse { used: lock.used };
         }
@@ -889,7 +984,7 @@ impl LockTable {
             };
             let index = match lock.kind {
                 QueueKind::Fifo => {
-                    if lock.used + queue.waiters[0].weight > lock.limit {
+                    if !fits(lock.used, queue.waiters[0].weight, lock.limit) {
                         return;
                     }
                     0
@@ -905,7 +1000,7 @@ impl LockTable {
                             rng.below(queue.waiters.len())
                         }
                     };
-                    if lock.used + queue.waiters[index].weight > lock.limit {
+                    if !fits(lock.used, queue.waiters[index].weight, lock.limit) {
                         queue.candidate = Some(queue.waiters[index].ticket);
                         return;
                     }
@@ -955,7 +1050,7 @@ impl LockTable {
         lock.used += lease.weight;
         self.deadlines.insert((lease.expires_at_ms, lease.ticket, id));
         self.holders += 1;
-        let view = lease.view();
+        let view = lease.view(lock.rw);
         lock.holders.push(lease);
         view
     }
@@ -1051,7 +1146,7 @@ impl LockTable {
     pub fn ticket_view(&self, name: &str, ticket: Ticket) -> Option<TicketView> {
         let lock = self.lock(self.find(name)?);
         if let Some(i) = lock.holder_index(ticket) {
-            return Some(TicketView::Holding(lock.holders[i].view()));
+            return Some(TicketView::Holding(lock.holders[i].view(lock.rw)));
         }
         lock.waiter_index(ticket).map(|i| TicketView::Waiting(lock.queue_view(i)))
     }
@@ -1064,18 +1159,21 @@ impl LockTable {
             .iter()
             .map(|l| HolderView {
                 owner: l.owner().cloned(),
-                weight: l.weight,
+                weight: if lock.rw { 1 } else { l.weight },
                 fence: l.fence,
                 expires_at_ms: l.expires_at_ms,
                 claimed: l.claimed,
+                mode: lock.rw.then(|| rw_mode(l.weight)),
             })
             .collect();
         holders.sort_by_key(|h| h.fence);
+        let (used, limit) = lock.shown_usage();
         Some(LockView {
             name: lock.name.clone(),
-            limit: lock.limit,
+            kind: lock.lock_kind(),
+            limit,
             queue: lock.kind,
-            used: lock.used,
+            used,
             holders,
             queue_length: lock.queue_len() as u32,
             data_keys: lock.data.as_ref().map_or(0, |d| d.entries.len() as u32),

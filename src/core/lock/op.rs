@@ -34,6 +34,37 @@ pub enum QueueKind {
     Lottery,
 }
 
+/// What a lock is: a semaphore (a permit count, leases of a weight; a mutex is a semaphore
+/// of one permit) or a read/write lock (shared and exclusive leases, no permit count). Set
+/// by the acquire that creates the lock, like its limit; callers of the other kind are
+/// refused while it has holders or waiters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LockKind {
+    /// Permits and weights.
+    #[default]
+    Semaphore,
+    /// Shared and exclusive leases.
+    Rw,
+}
+
+impl LockKind {
+    /// True for the default kind (serde skips it, so older formats read as semaphores).
+    pub fn is_semaphore(&self) -> bool {
+        *self == LockKind::Semaphore
+    }
+}
+
+/// How a lease of a read/write lock holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LockMode {
+    /// Coexists with other shared leases (a reader).
+    Shared,
+    /// Alone on the lock (a writer).
+    Exclusive,
+}
+
 /// What an acquire does when the lock cannot be had at once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -69,6 +100,10 @@ pub struct Acquire {
     pub watch: bool,
     /// Webhook called when admitted after waiting and when the lease expires.
     pub callback: Option<CallbackUrl>,
+    /// A read/write lock's lease (`limit` and `weight` must then be 1, `queue` not
+    /// lottery); `None` asks for a semaphore, or, on a read/write lock, for an exclusive
+    /// lease if `limit` and `weight` are 1.
+    pub mode: Option<LockMode>,
 }
 
 /// One operation on the table.
@@ -181,6 +216,9 @@ pub struct LeaseView {
     pub expires_at_ms: u64,
     /// False while an admitted waiter has not shown up yet (its lease runs on `claim_ms`).
     pub claimed: bool,
+    /// A read/write lock's lease: how it holds the lock (its `weight` is then 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<LockMode>,
 }
 
 /// A waiter as it sees itself.
@@ -214,6 +252,11 @@ pub enum Reply {
     LimitMismatch {
         /// The lock's permit count.
         limit: u32,
+    },
+    /// The caller asks for another kind of lock (semaphore or read/write) than the lock is.
+    KindMismatch {
+        /// The lock's kind.
+        kind: LockKind,
     },
     /// The caller asks for another queue discipline than the lock has.
     QueueMismatch {

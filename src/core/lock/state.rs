@@ -9,7 +9,10 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::{make_extra, DataMap, Holders, Lease, Lock, LockTable, Queue, QueueKind, TableLimits, Waiter};
+use super::{
+    make_extra, rw_mode, rw_weight, DataMap, Holders, Lease, Lock, LockKind, LockMode, LockTable, Queue, QueueKind,
+    TableLimits, Waiter, RW_LIMIT,
+};
 use crate::core::error::CoreError;
 use crate::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket};
 
@@ -29,7 +32,10 @@ pub struct TableState {
 pub struct LockState {
     /// Its name.
     pub name: LockName,
-    /// Permit count.
+    /// Semaphore or read/write lock (absent: a semaphore, as in every format before 4).
+    #[serde(default, skip_serializing_if = "LockKind::is_semaphore")]
+    pub kind: LockKind,
+    /// Permit count; 0 for a read/write lock, which has none.
     pub limit: u32,
     /// Queue discipline.
     pub queue: QueueKind,
@@ -59,10 +65,13 @@ pub struct LeaseState {
     pub expires_at_ms: u64,
     /// TTL used on renew and claim.
     pub ttl_ms: u64,
-    /// Permits held.
+    /// Permits held (1 in a read/write lock).
     pub weight: u32,
     /// Whether the holder has shown up since admission.
     pub claimed: bool,
+    /// A read/write lock's lease: shared or exclusive (absent in a semaphore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<LockMode>,
     /// Label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Owner>,
@@ -77,8 +86,11 @@ pub struct LeaseState {
 pub struct WaiterState {
     /// Its ticket.
     pub ticket: Ticket,
-    /// Permits wanted.
+    /// Permits wanted (1 in a read/write lock).
     pub weight: u32,
+    /// A read/write lock's waiter: shared or exclusive (absent in a semaphore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<LockMode>,
     /// Lease TTL once admitted.
     pub ttl_ms: u64,
     /// Open waiting requests and streams.
@@ -96,6 +108,20 @@ pub struct WaiterState {
 
 fn invalid(reason: String) -> CoreError {
     CoreError::InvalidState { reason }
+}
+
+/// The table's weight for an exported lease or waiter: a read/write lock's needs a mode and
+/// weight 1; a semaphore's has no mode.
+fn weight_of(lock: &LockState, weight: u32, mode: Option<LockMode>) -> Result<u32, CoreError> {
+    let name = lock.name.as_str();
+    match (lock.kind, mode) {
+        (LockKind::Semaphore, None) => Ok(weight),
+        (LockKind::Rw, Some(mode)) if weight == 1 => Ok(rw_weight(mode)),
+        (LockKind::Semaphore, Some(_)) => Err(invalid(format!("lock {name:?} is a semaphore but a lease has a mode"))),
+        (LockKind::Rw, _) => {
+            Err(invalid(format!("lock {name:?} is a read/write lock: every lease needs a mode and weight 1")))
+        }
+    }
 }
 
 impl LockTable {
@@ -122,21 +148,27 @@ impl LockTable {
             if found.is_some() {
                 return Err(invalid(format!("lock {:?} appears twice", ls.name.as_str())));
             }
-            if ls.limit == 0 {
+            let rw = ls.kind == LockKind::Rw;
+            if rw && (ls.limit != 0 || ls.queue != QueueKind::Fifo) {
+                return Err(invalid(format!("read/write lock {:?} has a limit or a lottery queue", ls.name.as_str())));
+            }
+            if !rw && ls.limit == 0 {
                 return Err(invalid(format!("lock {:?} has limit 0", ls.name.as_str())));
             }
-            let id = table.create(ls.name.clone(), hash, ls.limit, ls.queue);
+            let limit = if rw { RW_LIMIT } else { ls.limit };
+            let id = table.create(ls.name.clone(), hash, limit, ls.queue, rw);
             let mut holders = Holders::with_capacity(ls.holders.len());
             let mut used: u64 = 0;
             for h in &ls.holders {
-                used += u64::from(h.weight);
+                let weight = weight_of(ls, h.weight, h.mode)?;
+                used += u64::from(weight);
                 deadlines.push((h.expires_at_ms, h.ticket, id));
                 holders.push(Lease {
                     ticket: h.ticket,
                     fence: h.fence,
                     expires_at_ms: h.expires_at_ms,
                     ttl_ms: h.ttl_ms,
-                    weight: h.weight,
+                    weight,
                     claimed: h.claimed,
                     extra: make_extra(h.owner.clone(), h.callback.clone()),
                 });
@@ -156,7 +188,7 @@ impl LockTable {
                     ticket: w.ticket,
                     ttl_ms: w.ttl_ms,
                     absent_at_ms,
-                    weight: w.weight,
+                    weight: weight_of(ls, w.weight, w.mode)?,
                     watchers: w.watchers,
                     extra: make_extra(w.owner.clone(), w.callback.clone()),
                 });
@@ -191,9 +223,13 @@ impl LockTable {
 
 fn export_lock(lock: &Lock) -> LockState {
     let split = |extra: &super::Extra| (extra.owner.clone(), extra.callback.as_deref().cloned());
+    let rw = lock.rw;
+    let weight = |w: u32| if rw { 1 } else { w };
+    let mode = |w: u32| rw.then(|| rw_mode(w));
     LockState {
         name: lock.name.clone(),
-        limit: lock.limit,
+        kind: lock.lock_kind(),
+        limit: if rw { 0 } else { lock.limit },
         queue: lock.kind,
         holders: lock
             .holders
@@ -205,8 +241,9 @@ fn export_lock(lock: &Lock) -> LockState {
                     fence: l.fence,
                     expires_at_ms: l.expires_at_ms,
                     ttl_ms: l.ttl_ms,
-                    weight: l.weight,
+                    weight: weight(l.weight),
                     claimed: l.claimed,
+                    mode: mode(l.weight),
                     owner,
                     callback,
                 }
@@ -220,7 +257,8 @@ fn export_lock(lock: &Lock) -> LockState {
                 let (owner, callback) = split(&w.extra);
                 WaiterState {
                     ticket: w.ticket,
-                    weight: w.weight,
+                    weight: weight(w.weight),
+                    mode: mode(w.weight),
                     ttl_ms: w.ttl_ms,
                     watchers: w.watchers,
                     absent_at_ms: (w.watchers == 0).then_some(w.absent_at_ms),

@@ -60,6 +60,7 @@ impl Harness {
             queue: QueueMode::Fifo,
             watch: false,
             callback: None,
+            mode: None,
         };
         f(&mut a);
         self.op(Op::Acquire(a), now)
@@ -343,6 +344,7 @@ fn lottery_order_differs_from_fifo_over_many_draws() {
                 queue: QueueMode::Lottery,
                 watch: true,
                 callback: None,
+                mode: None,
             })
         };
         let mut limits = LIMITS;
@@ -692,4 +694,134 @@ fn expire_at_the_end_of_time_ends_everything_without_overflow() {
     assert_eq!(h.expire(u64::MAX), 2);
     assert_eq!(h.table.stats().locks, 0);
     assert_eq!(h.table.next_deadline(), None);
+}
+
+fn shared(a: &mut Acquire) {
+    a.mode = Some(LockMode::Shared);
+    a.watch = true;
+}
+
+fn exclusive(a: &mut Acquire) {
+    a.mode = Some(LockMode::Exclusive);
+    a.watch = true;
+}
+
+#[test]
+fn rw_readers_share_and_a_writer_waits_for_all_of_them() {
+    let mut h = Harness::new();
+    let r1 = h.acquire("rw", 1, 0, shared);
+    let Reply::Held(lease) = &r1 else { panic!("{r1:?}") };
+    assert_eq!((lease.mode, lease.weight), (Some(LockMode::Shared), 1));
+    assert!(matches!(h.acquire("rw", 2, 0, shared), Reply::Held(_)));
+    assert!(matches!(h.acquire("rw", 3, 0, exclusive), Reply::Queued(_)));
+    let view = h.table.lock_view("rw").unwrap();
+    assert_eq!((view.kind, view.limit, view.used, view.queue_length), (LockKind::Rw, 0, 2, 1));
+    h.release("rw", 1, 1);
+    assert!(h.granted().is_empty(), "a reader still holds");
+    h.release("rw", 2, 2);
+    assert_eq!(h.granted(), vec![t(3)]);
+    let Some(Output::Granted { lease, .. }) = h.out.iter().find(|o| matches!(o, Output::Granted { .. })) else {
+        panic!("{:?}", h.out)
+    };
+    assert_eq!(lease.mode, Some(LockMode::Exclusive));
+    assert!(lease.fence > fence_of(&r1));
+}
+
+#[test]
+fn rw_a_waiting_writer_is_not_passed_by_later_readers() {
+    let mut h = Harness::new();
+    h.acquire("rw", 1, 0, shared);
+    assert!(matches!(h.acquire("rw", 2, 0, exclusive), Reply::Queued(_)));
+    // The lock is shared now, but a writer waits: a new reader queues behind it.
+    let queued = h.acquire("rw", 3, 0, shared);
+    assert_eq!(queued, Reply::Queued(QueueView { ticket: t(3), position: Some(2), queue_length: 2 }));
+    let try_once = h.acquire("rw", 4, 0, |a| {
+        a.mode = Some(LockMode::Shared);
+        a.queue = QueueMode::None;
+    });
+    assert_eq!(try_once, Reply::Unavailable { used: 1, limit: 0, queue_length: 2 });
+    h.release("rw", 1, 1);
+    assert_eq!(h.granted(), vec![t(2)], "the writer first");
+    h.release("rw", 2, 2);
+    assert_eq!(h.granted(), vec![t(3)]);
+}
+
+#[test]
+fn rw_consecutive_readers_at_the_head_go_in_together_up_to_the_next_writer() {
+    let mut h = Harness::new();
+    h.acquire("rw", 1, 0, exclusive);
+    h.acquire("rw", 2, 0, shared);
+    h.acquire("rw", 3, 0, shared);
+    h.acquire("rw", 4, 0, exclusive);
+    h.release("rw", 1, 1);
+    assert_eq!(h.granted(), vec![t(2), t(3)], "both readers at once, not the writer behind them");
+    let fences: Vec<u64> = h
+        .out
+        .iter()
+        .filter_map(|o| match o {
+            Output::Granted { lease, .. } => Some(lease.fence),
+            _ => None,
+        })
+        .collect();
+    assert!(fences[0] < fences[1], "a fence per grant: {fences:?}");
+    assert_eq!(h.table.lock_view("rw").unwrap().queue_length, 1);
+}
+
+#[test]
+fn rw_a_plain_acquire_of_a_read_write_lock_is_a_writer() {
+    let mut h = Harness::new();
+    h.acquire("rw", 1, 0, shared);
+    let plain = h.acquire("rw", 2, 0, |a| a.watch = true);
+    assert!(matches!(plain, Reply::Queued(_)), "{plain:?}");
+    h.release("rw", 1, 1);
+    let Some(Output::Granted { lease, .. }) = h.out.iter().find(|o| matches!(o, Output::Granted { .. })) else {
+        panic!("{:?}", h.out)
+    };
+    assert_eq!(lease.mode, Some(LockMode::Exclusive));
+}
+
+#[test]
+fn rw_kinds_do_not_mix_and_mode_refuses_a_count_or_a_lottery() {
+    let mut h = Harness::new();
+    h.acquire("sem", 1, 0, |a| a.limit = 2);
+    assert_eq!(h.acquire("sem", 2, 0, shared), Reply::KindMismatch { kind: LockKind::Semaphore });
+    h.acquire("rw", 3, 0, shared);
+    assert_eq!(h.acquire("rw", 4, 0, |a| a.limit = 2), Reply::KindMismatch { kind: LockKind::Rw });
+    assert_eq!(h.op(Op::SetLimit { lock: name("rw"), limit: 5 }, 0), Reply::KindMismatch { kind: LockKind::Rw });
+    for f in [|a: &mut Acquire| a.limit = 2, |a: &mut Acquire| a.queue = QueueMode::Lottery] {
+        let reply = h.acquire("other", 5, 0, |a| {
+            shared(a);
+            f(a);
+        });
+        assert!(matches!(reply, Reply::Rejected(CoreError::Incompatible { .. })), "{reply:?}");
+    }
+    // Once nobody uses it, a lock takes the next caller's kind.
+    h.release("rw", 3, 1);
+    assert!(matches!(h.acquire("rw", 6, 1, |a| a.limit = 3), Reply::Held(_)));
+    assert_eq!(h.table.lock_view("rw").unwrap().kind, LockKind::Semaphore);
+}
+
+#[test]
+fn rw_locks_export_modes_and_import_the_same_table() {
+    let mut h = Harness::new();
+    h.acquire("rw", 1, 0, shared);
+    h.acquire("rw", 2, 0, shared);
+    h.acquire("rw", 3, 0, exclusive);
+    h.acquire("rw", 4, 0, shared);
+    let state = h.table.export();
+    let lock = &state.locks[0];
+    assert_eq!((lock.kind, lock.limit), (LockKind::Rw, 0));
+    assert!(lock.holders.iter().all(|l| l.mode == Some(LockMode::Shared) && l.weight == 1));
+    let modes: Vec<_> = lock.waiters.iter().map(|w| w.mode).collect();
+    assert_eq!(modes, [Some(LockMode::Exclusive), Some(LockMode::Shared)]);
+    let back = LockTable::import(&state, LIMITS, 7).unwrap();
+    assert_eq!(back.export(), state);
+    // A state whose read/write lease has no mode is refused.
+    let mut broken = state.clone();
+    broken.locks[0].holders[0].mode = None;
+    assert!(LockTable::import(&broken, LIMITS, 7).is_err());
+    let mut broken = state;
+    broken.locks[0].waiters[0].mode = Some(LockMode::Exclusive);
+    broken.locks[0].holders[0].mode = Some(LockMode::Exclusive);
+    assert!(LockTable::import(&broken, LIMITS, 7).is_err(), "a writer beside a reader");
 }

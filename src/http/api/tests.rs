@@ -49,7 +49,15 @@ fn status(p: &Plan) -> u16 {
 }
 
 fn lease() -> LeaseView {
-    LeaseView { ticket: Ticket::parse(T).unwrap(), fence: 4, owner: None, weight: 1, expires_at_ms: 99, claimed: true }
+    LeaseView {
+        ticket: Ticket::parse(T).unwrap(),
+        fence: 4,
+        owner: None,
+        weight: 1,
+        expires_at_ms: 99,
+        claimed: true,
+        mode: None,
+    }
 }
 
 fn place() -> QueueView {
@@ -352,6 +360,7 @@ fn every_budget_refusal_is_a_503_with_its_own_code_and_retry_after() {
 /// A lock as readers see it, for replies that carry one.
 fn lock_info() -> LockInfo {
     LockInfo {
+        kind: Default::default(),
         name: LockName::parse("a").unwrap(),
         limit: 1,
         queue: QueueKind::Fifo,
@@ -389,7 +398,8 @@ fn every_reply() -> Vec<LockReply> {
             R::Held { .. } => R::Queued { place: place(), eta_ms: Some(5) },
             R::Queued { .. } => R::Unavailable { used: 1, limit: 1, queue_length: 0 },
             R::Unavailable { .. } => R::LimitMismatch { limit: 2 },
-            R::LimitMismatch { .. } => R::QueueMismatch { queue: QueueKind::Fifo },
+            R::LimitMismatch { .. } => R::KindMismatch { kind: Default::default() },
+            R::KindMismatch { .. } => R::QueueMismatch { queue: QueueKind::Fifo },
             R::QueueMismatch { .. } => R::QueueFull { max_waiters: 4 },
             R::QueueFull { .. } => R::TableFull { max_locks: 5 },
             R::TableFull { .. } => R::Released { fence: 3, at_ms: 6 },
@@ -499,6 +509,7 @@ const SHARED_REFUSALS: &[(&str, u16)] = &[
     ("unavailable", 409),
     ("limit_mismatch", 409),
     ("queue_mismatch", 409),
+    ("kind_mismatch", 409),
     ("queue_full", 429),
     ("table_full", 503),
     ("not_holder", 409),
