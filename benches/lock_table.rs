@@ -77,6 +77,8 @@ fn acquire(lock: LockName, ticket: Ticket, watch: bool) -> Op {
         queue: QueueMode::Fifo,
         watch,
         callback: None,
+        user: None,
+        wait_ms: 0,
     })
 }
 

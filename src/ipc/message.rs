@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::backoff::Outcome;
 use crate::core::lock::{LeaseView, QueueKind, QueueMode, QueueView};
-use crate::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket};
+use crate::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket, UserId};
 use crate::core::outbox::{Call, Delivery, Entry};
 use crate::metrics::{KeeperSnapshot, WorkerSnapshot};
 
@@ -239,9 +239,13 @@ pub enum LockOp {
         #[serde(default, skip_serializing_if = "is_false")]
         compat: bool,
         /// Called (through the outbox) when this ticket is admitted after waiting, or when
-        /// its lease expires without a release.
+        /// its lease expires without a release. Such a waiter counts as present until its
+        /// wait ends (`wait_ms`, or the server's `max_wait_ms` when 0).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         callback: Option<CallbackUrl>,
+        /// Who the place is for: one place per user per lock (from journal format 4).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<UserId>,
     },
     /// Extend a lease.
     Renew {
@@ -411,6 +415,7 @@ impl LockOp {
             then: Then::Hold,
             compat: false,
             callback: None,
+            user: None,
         }
     }
 }
@@ -501,6 +506,9 @@ pub struct HolderInfo {
     pub expires_in_ms: u64,
     /// Whether an admitted waiter has shown up yet.
     pub claimed: bool,
+    /// Who the lease is for, when its acquire said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserId>,
 }
 
 /// A lock as readers see it.
@@ -533,6 +541,9 @@ pub enum LockReply {
         lease: LeaseView,
         /// The keeper's clock at this answer.
         at_ms: u64,
+        /// An acquire with a `user` got that user's existing lease back (not a new one).
+        #[serde(default, skip_serializing_if = "is_false")]
+        existing: bool,
     },
     /// Waiting in the queue.
     Queued {
@@ -541,6 +552,9 @@ pub enum LockReply {
         /// Estimated wait, when the lock has a history to estimate from.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         eta_ms: Option<u64>,
+        /// An acquire with a `user` got that user's existing place back (not a new one).
+        #[serde(default, skip_serializing_if = "is_false")]
+        existing: bool,
     },
     /// Try-lock failed.
     Unavailable {
@@ -892,6 +906,7 @@ mod tests {
                 then: Then::WriteAndRelease { key: DataKey::parse("k").unwrap(), value: "{\"a\":1}".into() },
                 compat: true,
                 callback: None,
+                user: Some(UserId::parse("user-7").unwrap()),
             },
         });
         round_trip(&ToKeeper::Cancel { id: 77 });
@@ -901,8 +916,12 @@ mod tests {
             reply: LockReply::OverBudget { budget: Budget::DataBytes, limit: 9, message: "full".into() },
         });
         round_trip(&ToKeeper::Unwatch { lock: lock.clone(), ticket });
-        let lease = LeaseView { ticket, fence: 12, owner: None, weight: 1, expires_at_ms: 5, claimed: true };
-        round_trip(&FromKeeper::Reply { id: 77, reply: LockReply::Held { lease: lease.clone(), at_ms: 3 } });
+        let lease =
+            LeaseView { ticket, fence: 12, owner: None, weight: 1, expires_at_ms: 5, claimed: true, user: None };
+        round_trip(&FromKeeper::Reply {
+            id: 77,
+            reply: LockReply::Held { lease: lease.clone(), at_ms: 3, existing: false },
+        });
         round_trip(&FromKeeper::Reply {
             id: 1,
             reply: LockReply::Rejected { message: "ttl_ms \"x\"\n".into(), kind: RejectKind::Invalid },
@@ -916,7 +935,14 @@ mod tests {
                     limit: 2,
                     queue: QueueKind::Fifo,
                     used: 1,
-                    holders: vec![HolderInfo { owner: None, weight: 1, fence: 3, expires_in_ms: 9, claimed: true }],
+                    holders: vec![HolderInfo {
+                        owner: None,
+                        weight: 1,
+                        fence: 3,
+                        expires_in_ms: 9,
+                        claimed: true,
+                        user: None,
+                    }],
                     queue_length: 0,
                     data_keys: 1,
                 }],

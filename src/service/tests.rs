@@ -53,6 +53,7 @@ fn acquire(ticket: Option<Ticket>, wait_ms: u64, then: Then, compat: bool) -> Lo
         then,
         compat,
         callback: None,
+        user: None,
     }
 }
 
@@ -348,7 +349,20 @@ fn a_callback_becomes_an_outbox_call_when_its_waiter_is_admitted() {
     let with_callback = match acquire(None, 0, Then::Hold, false) {
         LockOp::Acquire { lock, ticket, owner, ttl_ms, limit, weight, queue, wait_ms, then, compat, .. } => {
             let callback = Some(crate::core::names::CallbackUrl::parse("https://h.example/cb").unwrap());
-            LockOp::Acquire { lock, ticket, owner, ttl_ms, limit, weight, queue, wait_ms, then, compat, callback }
+            LockOp::Acquire {
+                lock,
+                ticket,
+                owner,
+                ttl_ms,
+                limit,
+                weight,
+                queue,
+                wait_ms,
+                then,
+                compat,
+                callback,
+                user: None,
+            }
         }
         other => other,
     };

@@ -1,7 +1,8 @@
 //! Model-based property tests of the lease table.
 //!
 //! Each case is a random history (acquire, renew, release, leave, presence, expiry with time
-//! jumps, limit changes, data, clearing a lock's data, lottery) generated from one seed, under
+//! jumps, limit changes, data, clearing a lock's data, lottery, acquires for users, waiters
+//! with a callback and a wait longer than the waiter TTL) generated from one seed, under
 //! limits small enough that the queue, table, ticket and data totals are all reached (the
 //! test checks that they were). After every step the real table must give the same reply,
 //! the same outputs and the same state as the naive model, pass `check_invariants`, stay
@@ -28,7 +29,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use leasehold::core::lock::{
     Acquire, LockTable, Moment, Op, Output, QueueKind, QueueMode, Reply, TableLimits, TableState,
 };
-use leasehold::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket};
+use leasehold::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket, UserId};
 use leasehold::core::rand::SplitMix64;
 
 use crate::model::Model;
@@ -74,13 +75,25 @@ const LIMITS: TableLimits = TableLimits {
     max_tickets_total: 6,
     max_resources: 0,
     max_event_streams: 0,
+    callback_presence: true,
 };
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 
-/// Replies to the limits and totals and to clearing data, counted over a run's cases: a
-/// generator that never reached them would test nothing about them.
-type Reached = [u64; 6];
-const REACHED_NAMES: [&str; 6] = ["tickets_full", "data_full", "data_cleared", "lock_busy", "queue_full", "table_full"];
+/// Replies to the limits and totals and to clearing data, a user's existing place given
+/// back, and a callback waiter kept past the waiter TTL by its wait, counted over a run's
+/// cases: a generator that never reached them would test nothing about them.
+type Reached = [u64; 8];
+const REACHED_NAMES: [&str; 8] = [
+    "tickets_full",
+    "data_full",
+    "data_cleared",
+    "lock_busy",
+    "queue_full",
+    "table_full",
+    "user_place_given_back",
+    "callback_waiter_kept_by_its_wait",
+];
+const USERS: [&str; 3] = ["ann", "bob", "cy"];
 
 /// One generated step: time passes by `dt_ms`, then `kind` happens.
 #[derive(Debug, Clone)]
@@ -110,6 +123,8 @@ enum StepKind {
         mode: QueueMode,
         watch: bool,
         extras: bool,
+        user: Option<usize>,
+        wait_ms: u64,
     },
     Renew {
         lock: usize,
@@ -195,6 +210,8 @@ fn generate(seed: u64) -> Vec<Step> {
                     },
                     watch: pick(2) == 0,
                     extras: pick(3) == 0,
+                    user: (pick(3) == 0).then(|| pick(USERS.len())),
+                    wait_ms: [0, 200, 1_500, 6_000][pick(4)],
                 }
             }
             35..=44 => StepKind::Renew {
@@ -336,7 +353,7 @@ fn run(seed: u64, steps: &[Step], reached: &mut Reached) -> Result<(), String> {
                 watcher.on_outputs(&real)?;
                 (None, None)
             }
-            StepKind::Acquire { lock, ticket, limit, weight, ttl_ms, mode, watch, extras } => {
+            StepKind::Acquire { lock, ticket, limit, weight, ttl_ms, mode, watch, extras, user, wait_ms } => {
                 fresh += 1;
                 let mut bytes = [0u8; 16];
                 bytes[..8].copy_from_slice(&fresh.to_le_bytes());
@@ -353,6 +370,8 @@ fn run(seed: u64, steps: &[Step], reached: &mut Reached) -> Result<(), String> {
                     queue: *mode,
                     watch: *watch,
                     callback: extras.then(|| url.clone()),
+                    user: user.map(|u| UserId::parse(USERS[u]).unwrap()),
+                    wait_ms: *wait_ms,
                 });
                 (Some(op), given)
             }
@@ -418,6 +437,20 @@ fn run(seed: u64, steps: &[Step], reached: &mut Reached) -> Result<(), String> {
             if let Some(k) = limit_reply {
                 reached[k] += 1;
             }
+            if let Op::Acquire(a) = &op {
+                let place = match &reply {
+                    Reply::Held(lease) => Some(lease.ticket),
+                    Reply::Queued(q) => Some(q.ticket),
+                    _ => None,
+                };
+                if a.user.is_some() && place.is_some_and(|t| t != a.new_ticket && Some(t) != a.ticket) {
+                    reached[6] += 1;
+                }
+                // A user's acquire shows its ticket up too: it claims the grant.
+                if let Reply::Held(lease) = &reply {
+                    watcher.unclaimed.remove(&(lock_name.clone(), lease.ticket));
+                }
+            }
             ensure_eq!(out, m_out, "step {i} {op:?}: outputs differ");
             // A ticket that shows up claims its grant (or ends it).
             if let Some(t) = touched {
@@ -453,6 +486,12 @@ fn run(seed: u64, steps: &[Step], reached: &mut Reached) -> Result<(), String> {
         ensure!(stats.holders + stats.waiters <= u64::from(LIMITS.max_tickets_total), "step {i}: tickets over total");
         ensure!(stats.data_bytes <= LIMITS.max_data_bytes_total, "step {i}: data over total");
         ensure_eq!(normalized(table.export()), model.export(), "step {i}: states differ");
+        let kept = |w: &leasehold::core::lock::WaiterState| {
+            w.wait_until_ms.is_some_and(|until| until > now && w.absent_at_ms == Some(until))
+        };
+        if table.export().locks.iter().any(|l| l.waiters.iter().any(kept)) {
+            reached[7] += 1;
+        }
         if step.round_trip {
             let state = table.export();
             let json =

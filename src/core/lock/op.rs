@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::error::CoreError;
-use crate::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket};
+use crate::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket, UserId};
 
 /// When a call happens and the entropy it may spend (lottery draws). The shell fills both in;
 /// the table never reads a clock or a random source.
@@ -69,6 +69,13 @@ pub struct Acquire {
     pub watch: bool,
     /// Webhook called when admitted after waiting and when the lease expires.
     pub callback: Option<CallbackUrl>,
+    /// Who the place is for: while a ticket of this user holds or waits on the lock, an
+    /// acquire for the same user gets that ticket back instead of a second place.
+    pub user: Option<UserId>,
+    /// How long the caller is prepared to wait, from now. A queued waiter with a `callback`
+    /// counts as present that long without being seen (it waits for its webhook, not by
+    /// polling); other waiters ignore it.
+    pub wait_ms: u64,
 }
 
 /// One operation on the table.
@@ -181,6 +188,9 @@ pub struct LeaseView {
     pub expires_at_ms: u64,
     /// False while an admitted waiter has not shown up yet (its lease runs on `claim_ms`).
     pub claimed: bool,
+    /// Who the lease is for, when its acquire said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserId>,
 }
 
 /// A waiter as it sees itself.

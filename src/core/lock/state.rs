@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{make_extra, DataMap, Holders, Lease, Lock, LockTable, Queue, QueueKind, TableLimits, Waiter};
 use crate::core::error::CoreError;
-use crate::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket};
+use crate::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket, UserId};
 
 /// The whole table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -69,6 +69,9 @@ pub struct LeaseState {
     /// Webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<CallbackUrl>,
+    /// Who the lease is for (from journal format 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserId>,
 }
 
 /// One waiter.
@@ -92,6 +95,13 @@ pub struct WaiterState {
     /// Webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<CallbackUrl>,
+    /// Who the place is for (from journal format 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserId>,
+    /// With a callback: present until then, seen or not (from journal format 4; absent:
+    /// not at all, as in the formats before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_until_ms: Option<u64>,
 }
 
 fn invalid(reason: String) -> CoreError {
@@ -138,11 +148,14 @@ impl LockTable {
                     ttl_ms: h.ttl_ms,
                     weight: h.weight,
                     claimed: h.claimed,
-                    extra: make_extra(h.owner.clone(), h.callback.clone()),
+                    extra: make_extra(h.owner.clone(), h.callback.clone(), h.user.clone(), 0),
                 });
             }
             let mut waiters = VecDeque::with_capacity(ls.waiters.len());
             for w in &ls.waiters {
+                if w.wait_until_ms.is_some() && w.callback.is_none() {
+                    return Err(invalid("a waiter without a callback has a wait end".into()));
+                }
                 let absent_at_ms = match (w.watchers, w.absent_at_ms) {
                     (0, Some(at)) => {
                         deadlines.push((at, w.ticket, id));
@@ -158,7 +171,12 @@ impl LockTable {
                     absent_at_ms,
                     weight: w.weight,
                     watchers: w.watchers,
-                    extra: make_extra(w.owner.clone(), w.callback.clone()),
+                    extra: make_extra(
+                        w.owner.clone(),
+                        w.callback.clone(),
+                        w.user.clone(),
+                        w.wait_until_ms.unwrap_or(0),
+                    ),
                 });
             }
             let mut data = DataMap::default();
@@ -190,7 +208,7 @@ impl LockTable {
 }
 
 fn export_lock(lock: &Lock) -> LockState {
-    let split = |extra: &super::Extra| (extra.owner.clone(), extra.callback.as_deref().cloned());
+    let split = |extra: &super::Extra| (extra.owner.clone(), extra.callback().cloned(), extra.user().cloned());
     LockState {
         name: lock.name.clone(),
         limit: lock.limit,
@@ -199,7 +217,7 @@ fn export_lock(lock: &Lock) -> LockState {
             .holders
             .iter()
             .map(|l| {
-                let (owner, callback) = split(&l.extra);
+                let (owner, callback, user) = split(&l.extra);
                 LeaseState {
                     ticket: l.ticket,
                     fence: l.fence,
@@ -209,6 +227,7 @@ fn export_lock(lock: &Lock) -> LockState {
                     claimed: l.claimed,
                     owner,
                     callback,
+                    user,
                 }
             })
             .collect(),
@@ -217,7 +236,7 @@ fn export_lock(lock: &Lock) -> LockState {
             .iter()
             .flat_map(|q| q.waiters.iter())
             .map(|w| {
-                let (owner, callback) = split(&w.extra);
+                let (owner, callback, user) = split(&w.extra);
                 WaiterState {
                     ticket: w.ticket,
                     weight: w.weight,
@@ -226,6 +245,8 @@ fn export_lock(lock: &Lock) -> LockState {
                     absent_at_ms: (w.watchers == 0).then_some(w.absent_at_ms),
                     owner,
                     callback,
+                    user,
+                    wait_until_ms: Some(w.extra.wait_until_ms()).filter(|&at| at > 0),
                 }
             })
             .collect(),

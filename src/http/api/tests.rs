@@ -49,7 +49,15 @@ fn status(p: &Plan) -> u16 {
 }
 
 fn lease() -> LeaseView {
-    LeaseView { ticket: Ticket::parse(T).unwrap(), fence: 4, owner: None, weight: 1, expires_at_ms: 99, claimed: true }
+    LeaseView {
+        ticket: Ticket::parse(T).unwrap(),
+        fence: 4,
+        owner: None,
+        weight: 1,
+        expires_at_ms: 99,
+        claimed: true,
+        user: None,
+    }
 }
 
 fn place() -> QueueView {
@@ -150,9 +158,11 @@ fn r12_head_of_events_checks_the_ticket_without_opening_a_stream() {
         other => panic!("{other:?}"),
     }
     let lock = LockName::parse("a").unwrap();
-    let held = shaped(&Finish::EventsHead(lock.clone()), &LockReply::Held { lease: lease(), at_ms: 1 });
+    let held =
+        shaped(&Finish::EventsHead(lock.clone()), &LockReply::Held { lease: lease(), at_ms: 1, existing: false });
     assert_eq!(held, stream_head());
-    let queued = shaped(&Finish::EventsHead(lock.clone()), &LockReply::Queued { place: place(), eta_ms: None });
+    let queued =
+        shaped(&Finish::EventsHead(lock.clone()), &LockReply::Queued { place: place(), eta_ms: None, existing: false });
     assert_eq!(queued, stream_head());
     // An unknown ticket: the error GET would answer.
     let gone = shaped(&Finish::EventsHead(lock.clone()), &LockReply::TicketUnknown);
@@ -163,13 +173,19 @@ fn r12_head_of_events_checks_the_ticket_without_opening_a_stream() {
 #[test]
 fn native_answers_have_their_shapes() {
     let lock = LockName::parse("a").unwrap();
-    let r = shaped(&Finish::Acquire(lock.clone()), &LockReply::Held { lease: lease(), at_ms: 7 });
+    let r = shaped(&Finish::Acquire(lock.clone()), &LockReply::Held { lease: lease(), at_ms: 7, existing: false });
     assert_eq!(r.status, 200);
     assert_eq!(json(&r)["status"], "acquired");
     assert_eq!(json(&r)["at_ms"], 7);
-    let r = shaped(&Finish::Acquire(lock.clone()), &LockReply::Queued { place: place(), eta_ms: Some(300) });
+    let r = shaped(
+        &Finish::Acquire(lock.clone()),
+        &LockReply::Queued { place: place(), eta_ms: Some(300), existing: false },
+    );
     assert_eq!((r.status, json(&r)["position"].as_u64(), json(&r)["eta_ms"].as_u64()), (202, Some(2), Some(300)));
-    let r = shaped(&Finish::TicketStatus(lock.clone()), &LockReply::Queued { place: place(), eta_ms: None });
+    let r = shaped(
+        &Finish::TicketStatus(lock.clone()),
+        &LockReply::Queued { place: place(), eta_ms: None, existing: false },
+    );
     assert_eq!((r.status, json(&r)["status"].as_str()), (200, Some("queued")));
     assert!(json(&r).get("eta_ms").is_none());
     assert_eq!(shaped(&Finish::Renew(lock.clone()), &LockReply::NotHolder(place())).status, 409);
@@ -207,17 +223,21 @@ fn compat_answers_are_what_the_php_client_reads() {
     let r = shaped(&Finish::CompatGet(sel.clone()), &empty);
     assert_eq!((r.status, json(&r)), (202, serde_json::json!({"unavailable": true})));
     assert_eq!(header(&r, "X-Ticket"), Some(T));
-    let r = shaped(&Finish::CompatGet(sel.clone()), &LockReply::Queued { place: place(), eta_ms: None });
+    let r =
+        shaped(&Finish::CompatGet(sel.clone()), &LockReply::Queued { place: place(), eta_ms: None, existing: false });
     assert_eq!((r.status, header(&r, "X-Ticket")), (202, Some(T)));
     let unlocked_missing = LockReply::CompatData { lease: None, resource_id: "R".into(), data: None };
     assert_eq!(shaped(&Finish::CompatGet(sel), &unlocked_missing).status, 404);
-    let r = shaped(&Finish::CompatLock, &LockReply::Queued { place: place(), eta_ms: None });
+    let r = shaped(&Finish::CompatLock, &LockReply::Queued { place: place(), eta_ms: None, existing: false });
     assert_eq!((r.status, json(&r)), (200, serde_json::json!({"locked": false})));
-    let r = shaped(&Finish::CompatLock, &LockReply::Held { lease: lease(), at_ms: 1 });
+    let r = shaped(&Finish::CompatLock, &LockReply::Held { lease: lease(), at_ms: 1, existing: false });
     assert_eq!((json(&r), header(&r, "X-Ticket")), (serde_json::json!({"locked": true}), Some(T)));
     let r = shaped(&Finish::CompatPut, &LockReply::Written { ticket: lease().ticket });
     assert_eq!((r.status, r.body.len()), (204, 0));
-    assert_eq!(shaped(&Finish::CompatPut, &LockReply::Queued { place: place(), eta_ms: None }).status, 409);
+    assert_eq!(
+        shaped(&Finish::CompatPut, &LockReply::Queued { place: place(), eta_ms: None, existing: false }).status,
+        409
+    );
     assert_eq!(shaped(&Finish::CompatPut, &LockReply::ResourceUnknown).status, 404);
     for reply in [LockReply::Left, LockReply::TicketUnknown, LockReply::Released { fence: 1, at_ms: 2 }] {
         let r = shaped(&Finish::CompatUnlock, &reply);
@@ -276,7 +296,10 @@ fn stream_events_are_framed_and_terminal_ones_end_the_stream() {
     assert!(!stream_event(&lock, &TicketEvent::Acquired(lease())).2);
     assert!(stream_event(&lock, &TicketEvent::Expired { fence: 1, unclaimed: false }).2);
     assert_eq!(first_event(&lock, &LockReply::TicketUnknown), None);
-    assert_eq!(first_event(&lock, &LockReply::Held { lease: lease(), at_ms: 0 }).unwrap().0, "acquired");
+    assert_eq!(
+        first_event(&lock, &LockReply::Held { lease: lease(), at_ms: 0, existing: false }).unwrap().0,
+        "acquired"
+    );
 }
 
 #[test]
@@ -386,7 +409,7 @@ fn every_reply() -> Vec<LockReply> {
             callback: false,
         };
         Some(match r {
-            R::Held { .. } => R::Queued { place: place(), eta_ms: Some(5) },
+            R::Held { .. } => R::Queued { place: place(), eta_ms: Some(5), existing: false },
             R::Queued { .. } => R::Unavailable { used: 1, limit: 1, queue_length: 0 },
             R::Unavailable { .. } => R::LimitMismatch { limit: 2 },
             R::LimitMismatch { .. } => R::QueueMismatch { queue: QueueKind::Fifo },
@@ -427,7 +450,7 @@ fn every_reply() -> Vec<LockReply> {
             R::OutboxDone => return None,
         })
     }
-    let mut all = vec![R::Held { lease: lease(), at_ms: 1 }];
+    let mut all = vec![R::Held { lease: lease(), at_ms: 1, existing: false }];
     while let Some(next) = after(all.last().unwrap()) {
         all.push(next);
     }
