@@ -86,6 +86,8 @@ fn acquire_in(lock: LockName, ticket: Ticket, watch: bool, mode: Option<LockMode
         watch,
         callback: None,
         mode,
+        user: None,
+        wait_ms: 0,
     })
 }
 

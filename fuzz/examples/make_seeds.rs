@@ -267,7 +267,7 @@ fn ipc_frame(root: &Path) {
     let mut s = Seeds::new(root, "ipc_frame");
     let lock = LockName::parse("jobs:nightly").expect("a valid name");
     let ticket = Ticket::from_bytes([7; 16]);
-    let lease = LeaseView { ticket, fence: 12, owner: None, weight: 1, expires_at_ms: 5, claimed: true };
+    let lease = LeaseView { ticket, fence: 12, owner: None, weight: 1, expires_at_ms: 5, claimed: true, user: None };
     let acquire = ToKeeper::Request {
         id: 77,
         op: LockOp::Acquire {
@@ -282,6 +282,7 @@ fn ipc_frame(root: &Path) {
             then: Then::WriteAndRelease { key: DataKey::parse("k").expect("a valid key"), value: "{\"a\":1}".into() },
             compat: true,
             callback: None,
+            user: None,
         },
     };
     let messages = [
@@ -303,7 +304,13 @@ fn ipc_frame(root: &Path) {
         ("cancel", value(&ToKeeper::Cancel { id: 77 })),
         ("unwatch", value(&ToKeeper::Unwatch { lock: lock.clone(), ticket })),
         ("hello", value(&FromKeeper::Hello { generation: 3 })),
-        ("held", value(&FromKeeper::Reply { id: 77, reply: LockReply::Held { lease: lease.clone(), at_ms: 3 } })),
+        (
+            "held",
+            value(&FromKeeper::Reply {
+                id: 77,
+                reply: LockReply::Held { lease: lease.clone(), at_ms: 3, existing: false },
+            }),
+        ),
         (
             "rejected",
             value(&FromKeeper::Reply {
@@ -322,7 +329,14 @@ fn ipc_frame(root: &Path) {
                         limit: 2,
                         queue: QueueKind::Fifo,
                         used: 1,
-                        holders: vec![HolderInfo { owner: None, weight: 1, fence: 3, expires_in_ms: 9, claimed: true }],
+                        holders: vec![HolderInfo {
+                            owner: None,
+                            weight: 1,
+                            fence: 3,
+                            expires_in_ms: 9,
+                            claimed: true,
+                            user: None,
+                        }],
                         queue_length: 0,
                         data_keys: 1,
                     }],
@@ -394,6 +408,7 @@ fn journal_record(root: &Path) {
                         },
                         compat: false,
                         callback: None,
+                        user: None,
                     },
                 },
             },

@@ -703,6 +703,7 @@ fn validate_locks(r: &mut Reader<'_>) -> LocksConfig {
             0,
             10_000_000,
         ) as u32,
+        callback_presence: d.callback_presence,
     };
     if u64::from(table.max_data_bytes) > table.max_data_bytes_total {
         r.invalid(

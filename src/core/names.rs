@@ -1,4 +1,4 @@
-//! Validated names: lock names, data keys, owner labels and tickets.
+//! Validated names: lock names, data keys, owner labels, user ids and tickets.
 //!
 //! Every string that reaches the lease table from a client passes through one of these
 //! constructors first, so the table itself never has to ask whether a name is well formed.
@@ -118,6 +118,12 @@ text_newtype!(
     /// A key in a lock's data map; same rules as a lock name.
     DataKey,
     "data key"
+);
+text_newtype!(
+    /// Who an acquire is for (`user` on acquire): one place per user per lock. Same rules
+    /// as a lock name, so its size is bounded like every other label a ticket carries.
+    UserId,
+    "user"
 );
 
 /// A free-form label a client gives its lease (host, job id…): 0–200 bytes, no control characters.

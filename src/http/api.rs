@@ -19,7 +19,7 @@ use super::status::{error, ErrorCode};
 use crate::config::Role;
 use crate::core::lock::{LeaseView, LockKind, LockMode, QueueMode};
 use crate::core::names::CallbackUrl;
-use crate::core::names::{DataKey, LockName, Owner, Ticket};
+use crate::core::names::{DataKey, LockName, Owner, Ticket, UserId};
 use crate::core::outbox::Call;
 use crate::core::target::{parse_target, TargetPolicy};
 use crate::ipc::message::{
@@ -195,6 +195,7 @@ struct AcquireBody {
     ticket: Option<String>,
     callback: Option<String>,
     mode: Option<LockMode>,
+    user: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -308,6 +309,7 @@ fn plan_inner(
                     }
                 },
                 mode: b.mode,
+                user: b.user.as_deref().map(UserId::parse).transpose().map_err(bad)?,
             };
             Plan::Ask { op, finish: Finish::Acquire(lock), waits: wait_ms > 0 }
         }
@@ -480,6 +482,7 @@ fn compat_acquire(resource: LockName, ticket: Option<Ticket>, then: Then, s: &Ap
         compat: true,
         callback: None,
         mode: None,
+        user: None,
     }
 }
 
@@ -495,6 +498,15 @@ struct Acquired<'a> {
     mode: Option<LockMode>,
     expires_at_ms: u64,
     at_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    /// An acquire with a `user` got that user's lease back, as it stands.
+    #[serde(skip_serializing_if = "is_false")]
+    existing: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl<'a> Acquired<'a> {
@@ -509,7 +521,14 @@ impl<'a> Acquired<'a> {
             mode: lease.mode,
             expires_at_ms: lease.expires_at_ms,
             at_ms,
+            user: lease.user.as_ref().map(UserId::as_str),
+            existing: false,
         }
+    }
+
+    fn existing(mut self, existing: bool) -> Self {
+        self.existing = existing;
+        self
     }
 }
 
@@ -523,6 +542,9 @@ struct Queued<'a> {
     queue_length: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     eta_ms: Option<u64>,
+    /// An acquire with a `user` got that user's place back, as it stands.
+    #[serde(skip_serializing_if = "is_false")]
+    existing: bool,
 }
 
 #[derive(Serialize)]
@@ -701,7 +723,15 @@ fn queued_body<'a>(
     place: &crate::core::lock::QueueView,
     eta_ms: Option<u64>,
 ) -> Queued<'a> {
-    Queued { status, lock, ticket: place.ticket, position: place.position, queue_length: place.queue_length, eta_ms }
+    Queued {
+        status,
+        lock,
+        ticket: place.ticket,
+        position: place.position,
+        queue_length: place.queue_length,
+        eta_ms,
+        existing: false,
+    }
 }
 
 /// A 204 with no body.
@@ -717,12 +747,19 @@ pub fn finish(f: &Finish, reply: &LockReply) -> Result<Response, Unexpected> {
     use LockReply as R;
     Ok(match f {
         Finish::Acquire(lock) => match reply {
-            R::Held { lease, at_ms } => Response::json(200, &Acquired::new("acquired", lock.as_str(), lease, *at_ms)),
-            R::Queued { place, eta_ms } => Response::json(202, &queued_body("queued", lock.as_str(), place, *eta_ms)),
+            R::Held { lease, at_ms, existing } => {
+                Response::json(200, &Acquired::new("acquired", lock.as_str(), lease, *at_ms).existing(*existing))
+            }
+            R::Queued { place, eta_ms, existing } => Response::json(
+                202,
+                &Queued { existing: *existing, ..queued_body("queued", lock.as_str(), place, *eta_ms) },
+            ),
             other => return refusal(f, other),
         },
         Finish::Renew(lock) => match reply {
-            R::Held { lease, at_ms } => Response::json(200, &Acquired::new("renewed", lock.as_str(), lease, *at_ms)),
+            R::Held { lease, at_ms, .. } => {
+                Response::json(200, &Acquired::new("renewed", lock.as_str(), lease, *at_ms))
+            }
             other => return refusal(f, other),
         },
         Finish::Release(lock) => match reply {
@@ -734,8 +771,12 @@ pub fn finish(f: &Finish, reply: &LockReply) -> Result<Response, Unexpected> {
             other => return refusal(f, other),
         },
         Finish::TicketStatus(lock) => match reply {
-            R::Held { lease, at_ms } => Response::json(200, &Acquired::new("acquired", lock.as_str(), lease, *at_ms)),
-            R::Queued { place, eta_ms } => Response::json(200, &queued_body("queued", lock.as_str(), place, *eta_ms)),
+            R::Held { lease, at_ms, .. } => {
+                Response::json(200, &Acquired::new("acquired", lock.as_str(), lease, *at_ms))
+            }
+            R::Queued { place, eta_ms, .. } => {
+                Response::json(200, &queued_body("queued", lock.as_str(), place, *eta_ms))
+            }
             other => return refusal(f, other),
         },
         Finish::EventsHead(_) => match reply {
@@ -916,7 +957,7 @@ pub fn sse_event<T: Serialize>(id: u64, name: &str, data: &T) -> Vec<u8> {
 pub fn first_event(lock: &LockName, reply: &LockReply) -> Option<(&'static str, serde_json::Value)> {
     match reply {
         LockReply::Held { lease, .. } => Some(("acquired", acquired_json(lock, lease))),
-        LockReply::Queued { place, eta_ms } => Some((
+        LockReply::Queued { place, eta_ms, .. } => Some((
             "position",
             serde_json::json!({ "position": place.position, "queue_length": place.queue_length, "eta_ms": eta_ms }),
         )),
@@ -931,6 +972,9 @@ fn acquired_json(lock: &LockName, lease: &LeaseView) -> serde_json::Value {
     });
     if let Some(mode) = lease.mode {
         event["mode"] = serde_json::json!(mode);
+    }
+    if let Some(user) = &lease.user {
+        event["user"] = serde_json::json!(user);
     }
     event
 }

@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::core::backoff::Outcome;
 use crate::core::lock::{LeaseView, LockKind, LockMode, QueueKind, QueueMode, QueueView};
-use crate::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket};
+use crate::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket, UserId};
 use crate::core::outbox::{Call, Delivery, Entry};
 use crate::metrics::{KeeperSnapshot, WorkerSnapshot};
 
@@ -239,13 +239,17 @@ pub enum LockOp {
         #[serde(default, skip_serializing_if = "is_false")]
         compat: bool,
         /// Called (through the outbox) when this ticket is admitted after waiting, or when
-        /// its lease expires without a release.
+        /// its lease expires without a release. Such a waiter counts as present until its
+        /// wait ends (`wait_ms`, or the server's `max_wait_ms` when 0).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         callback: Option<CallbackUrl>,
         /// A read/write lock's lease: shared or exclusive (from journal format 4; absent:
         /// a semaphore's, as before).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         mode: Option<LockMode>,
+        /// Who the place is for: one place per user per lock (from journal format 4).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        user: Option<UserId>,
     },
     /// Extend a lease.
     Renew {
@@ -416,6 +420,7 @@ impl LockOp {
             compat: false,
             callback: None,
             mode: None,
+            user: None,
         }
     }
 }
@@ -509,6 +514,9 @@ pub struct HolderInfo {
     /// A read/write lock's lease: shared or exclusive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<LockMode>,
+    /// Who the lease is for, when its acquire said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserId>,
 }
 
 /// A lock as readers see it.
@@ -544,6 +552,9 @@ pub enum LockReply {
         lease: LeaseView,
         /// The keeper's clock at this answer.
         at_ms: u64,
+        /// An acquire with a `user` got that user's existing lease back (not a new one).
+        #[serde(default, skip_serializing_if = "is_false")]
+        existing: bool,
     },
     /// Waiting in the queue.
     Queued {
@@ -552,6 +563,9 @@ pub enum LockReply {
         /// Estimated wait, when the lock has a history to estimate from.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         eta_ms: Option<u64>,
+        /// An acquire with a `user` got that user's existing place back (not a new one).
+        #[serde(default, skip_serializing_if = "is_false")]
+        existing: bool,
     },
     /// Try-lock failed.
     Unavailable {
@@ -909,6 +923,7 @@ mod tests {
                 compat: true,
                 callback: None,
                 mode: Some(LockMode::Exclusive),
+                user: Some(UserId::parse("user-7").unwrap()),
             },
         });
         round_trip(&ToKeeper::Cancel { id: 77 });
@@ -919,8 +934,20 @@ mod tests {
         });
         round_trip(&ToKeeper::Unwatch { lock: lock.clone(), ticket });
         let lease =
-            LeaseView { ticket, fence: 12, owner: None, weight: 1, expires_at_ms: 5, claimed: true, mode: None };
-        round_trip(&FromKeeper::Reply { id: 77, reply: LockReply::Held { lease: lease.clone(), at_ms: 3 } });
+            LeaseView {
+            ticket,
+            fence: 12,
+            owner: None,
+            weight: 1,
+            expires_at_ms: 5,
+            claimed: true,
+            mode: None,
+            user: None,
+        };
+        round_trip(&FromKeeper::Reply {
+            id: 77,
+            reply: LockReply::Held { lease: lease.clone(), at_ms: 3, existing: false },
+        });
         round_trip(&FromKeeper::Reply {
             id: 1,
             reply: LockReply::Rejected { message: "ttl_ms \"x\"\n".into(), kind: RejectKind::Invalid },
@@ -942,6 +969,7 @@ mod tests {
                         expires_in_ms: 9,
                         claimed: true,
                         mode: Some(LockMode::Shared),
+                        user: None,
                     }],
                     queue_length: 0,
                     data_keys: 1,

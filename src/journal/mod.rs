@@ -58,6 +58,11 @@ use crate::service::{LinkId, Outbox, OutboxSettings, Service, ServiceState};
 ///   are as in format 1.
 /// - 3: [`Record::ExtendLeases`], the lease grace of a cluster takeover (docs/cluster.md).
 ///   Records of formats 1 and 2 read as they did.
+/// - 4: Locks II. `mode` (shared or exclusive) and `user` on acquire, in `LockOp::Acquire`
+///   and in the exported leases and waiters, with each lock's `kind`; waiters with a
+///   callback count as present until their wait ends (`wait_until_ms` in exported waiters,
+///   `callback_presence` in the limits). Older records and snapshots read as semaphores,
+///   with no user, no wait and no such presence, which is what they meant.
 pub const FORMAT: u32 = 4;
 
 /// The oldest journal format this build reads.
@@ -205,7 +210,8 @@ impl SegmentReader {
             };
         }
         let format = *self.format.get_or_insert(1);
-        // Formats 1 to 3 write the records they share alike; a later format converts older ones here.
+        // Formats 1 to 4 write the records they share alike (fields added since read as their
+        // defaults, which mean what older records meant); a later format converts older ones here.
         serde_json::from_slice(body)
             .map(Some)
             .map_err(|e| FormatError::Unreadable(format!("{e} (in a record of journal format {format})")))
@@ -429,7 +435,8 @@ pub fn decode_snapshot(body: &[u8]) -> Result<Snapshot, FormatError> {
     let Version { version, written_by } = serde_json::from_slice(body)
         .map_err(|e| FormatError::Unreadable(format!("no format version can be read ({e})")))?;
     check_format(version, written_by)?;
-    // Formats 1 to 3 hold the same state; a later format converts older ones here.
+    // Formats 1 to 4 hold the same state (fields added since read as their defaults); a later
+    // format converts older ones here.
     serde_json::from_slice(body)
         .map_err(|e| FormatError::Unreadable(format!("{e} (in a snapshot of journal format {version})")))
 }

@@ -10,8 +10,8 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::core::backoff::Outcome;
-use crate::core::lock::{QueueMode, TableLimits};
-use crate::core::names::{CallbackUrl, DataKey, LockName};
+use crate::core::lock::{LockMode, QueueMode, TableLimits};
+use crate::core::names::{CallbackUrl, DataKey, LockName, UserId};
 use crate::core::outbox::{Call, EntryState};
 use crate::core::rand::SplitMix64;
 use crate::ipc::message::{FromKeeper, LockOp, LockReply, Then};
@@ -74,7 +74,8 @@ fn random_message(
             },
             compat: false,
             callback: (rng.below(4) == 0).then(|| CallbackUrl::parse("http://hooks.test/cb").unwrap()),
-            mode: None,
+            mode: [None, None, Some(LockMode::Shared), Some(LockMode::Exclusive)][rng.below(4)],
+            user: (rng.below(3) == 0).then(|| UserId::parse(["u1", "u2"][rng.below(2)]).unwrap()),
         },
         3 => match ticket() {
             Some(ticket) => LockOp::Release { lock, ticket },

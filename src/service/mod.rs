@@ -295,6 +295,7 @@ fn lock_info(view: LockView, now_ms: u64) -> LockInfo {
                 expires_in_ms: h.expires_at_ms.saturating_sub(now_ms),
                 claimed: h.claimed,
                 mode: h.mode,
+                user: h.user,
             })
             .collect(),
         queue_length: view.queue_length,
@@ -635,7 +636,11 @@ impl Service {
         if matches!(then, Then::WriteAndRelease { .. }) {
             let place = self.place_of(&lock, ticket);
             self.apply(Op::Release { lock, ticket }, at);
-            return place.map_or(LockReply::TicketUnknown, |place| LockReply::Queued { place, eta_ms: None });
+            return place.map_or(LockReply::TicketUnknown, |place| LockReply::Queued {
+                place,
+                eta_ms: None,
+                existing: false,
+            });
         }
         match self.apply(Op::Unwatch { lock: lock.clone(), ticket }, at) {
             Reply::Queued(place) => self.queued(&lock, place),
@@ -653,14 +658,14 @@ impl Service {
     fn queued(&self, lock: &LockName, place: QueueView) -> LockReply {
         let limit = self.table.lock_view(lock.as_str()).map_or(1, |v| v.limit);
         let eta_ms = self.estimator.eta_ms(lock, place.position, limit);
-        LockReply::Queued { place, eta_ms }
+        LockReply::Queued { place, eta_ms, existing: false }
     }
 
     /// The wire form of a core reply.
     fn wire(&self, reply: Reply, at: Moment) -> LockReply {
         match reply {
-            Reply::Held(lease) => LockReply::Held { lease, at_ms: at.now_ms },
-            Reply::Queued(place) => LockReply::Queued { place, eta_ms: None },
+            Reply::Held(lease) => LockReply::Held { lease, at_ms: at.now_ms, existing: false },
+            Reply::Queued(place) => LockReply::Queued { place, eta_ms: None, existing: false },
             Reply::Unavailable { used, limit, queue_length } => LockReply::Unavailable { used, limit, queue_length },
             Reply::LimitMismatch { limit } => LockReply::LimitMismatch { limit },
             Reply::QueueMismatch { queue } => LockReply::QueueMismatch { queue },
@@ -700,7 +705,7 @@ impl Service {
     /// Runs an acquire's follow-up for a lease just granted (or re-entered).
     fn finish(&mut self, lock: &LockName, lease: LeaseView, then: Then, at: Moment) -> LockReply {
         match then {
-            Then::Hold => LockReply::Held { lease, at_ms: at.now_ms },
+            Then::Hold => LockReply::Held { lease, at_ms: at.now_ms, existing: false },
             Then::ReadData { key } => LockReply::CompatData {
                 resource_id: self.resources.get(lock).map(|r| r.id.clone()).unwrap_or_default(),
                 data: self.table.data(lock.as_str(), key.as_str()).map(str::to_string),
@@ -735,6 +740,7 @@ impl Service {
                 compat,
                 callback,
                 mode,
+                user,
             } => {
                 let wait_ms = if compat {
                     match self.resources.get(&lock) {
@@ -746,6 +752,9 @@ impl Service {
                 };
                 let watch = wait_ms > 0;
                 let new_ticket = Ticket::from_bytes(fresh);
+                // The user's existing place comes back under its own ticket: neither the one
+                // given nor the fresh one.
+                let by_user = |t: Ticket| user.is_some() && t != new_ticket && Some(t) != ticket;
                 let acquire = Acquire {
                     lock: lock.clone(),
                     ticket,
@@ -758,6 +767,10 @@ impl Service {
                     watch,
                     callback,
                     mode,
+                    user: user.clone(),
+                    // A waiter with a callback is present until its wait ends: the one it
+                    // asked for, or the longest the server allows when it holds no request.
+                    wait_ms: if wait_ms > 0 { wait_ms } else { self.max_wait_ms },
                 };
                 let reply = self.apply(Op::Acquire(acquire), at);
                 if let Reply::Queued(place) = &reply {
@@ -766,7 +779,14 @@ impl Service {
                     }
                 }
                 match reply {
-                    Reply::Held(lease) => self.finish(&lock, lease, then, at),
+                    Reply::Held(lease) => {
+                        let found = by_user(lease.ticket);
+                        let mut reply = self.finish(&lock, lease, then, at);
+                        if let LockReply::Held { existing, .. } = &mut reply {
+                            *existing = found;
+                        }
+                        reply
+                    }
                     Reply::Queued(place) if watch => {
                         let key = (lock, place.ticket);
                         if let Some(old) = self.waits.remove(&key) {
@@ -782,7 +802,11 @@ impl Service {
                         }
                         let deadline_ms = at.now_ms.saturating_add(wait_ms);
                         // Where it stands, for an answer its worker may have to give early.
-                        let reply = self.queued(&key.0, place);
+                        let found = by_user(place.ticket);
+                        let mut reply = self.queued(&key.0, place);
+                        if let LockReply::Queued { existing, .. } = &mut reply {
+                            *existing = found;
+                        }
                         self.pending_replies.push((link, FromKeeper::Waiting { id, reply }));
                         self.wait_of_request.insert((link, id), key.clone());
                         self.wait_deadlines.insert((deadline_ms, link, id));
@@ -790,11 +814,16 @@ impl Service {
                         return None;
                     }
                     Reply::Queued(place) => {
-                        if matches!(then, Then::WriteAndRelease { .. }) {
+                        let found = by_user(place.ticket);
+                        if matches!(then, Then::WriteAndRelease { .. }) && !found {
                             // A write that cannot happen now does not stay in line.
                             self.apply(Op::Release { lock: lock.clone(), ticket: place.ticket }, at);
                         }
-                        self.queued(&lock, place)
+                        let mut reply = self.queued(&lock, place);
+                        if let LockReply::Queued { existing, .. } = &mut reply {
+                            *existing = found;
+                        }
+                        reply
                     }
                     other => self.wire(other, at),
                 }

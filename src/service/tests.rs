@@ -54,6 +54,7 @@ fn acquire(ticket: Option<Ticket>, wait_ms: u64, then: Then, compat: bool) -> Lo
         compat,
         callback: None,
         mode: None,
+        user: None,
     }
 }
 
@@ -362,6 +363,7 @@ fn a_callback_becomes_an_outbox_call_when_its_waiter_is_admitted() {
                 compat,
                 callback,
                 mode: None,
+                user: None,
             }
         }
         other => other,

@@ -468,3 +468,44 @@ fn r22_renew_answers_for_a_holder_a_waiter_and_a_lost_lease() {
     let lost = renew(&mut c, &holder, 5_000);
     assert_eq!((lost.status, lost.json()["error"].as_str()), (410, Some("lease_lost")), "{}", lost.json());
 }
+
+#[test]
+fn r17_one_place_per_user_a_second_acquire_gets_the_first_ticket_back() {
+    let s = Server::start(&config("workers = 2", ""));
+    let mut c = Client::connect(s.addr).unwrap();
+    let path = "/v1/locks/room/acquire";
+    let first = post(&mut c, path, serde_json::json!({"user": "u-1", "ttl_ms": 30_000}));
+    assert_eq!(first.status, 200);
+    let first = first.json();
+    assert_eq!(first["user"], "u-1");
+    assert!(first.get("existing").is_none(), "a new place: {first}");
+    // Again, with other fields: the same lease as it stands, said so.
+    let again = post(&mut c, path, serde_json::json!({"user": "u-1", "ttl_ms": 90_000, "owner": "x"})).json();
+    assert_eq!(
+        (&again["ticket"], &again["fence"], &again["existing"]),
+        (&first["ticket"], &first["fence"], &serde_json::json!(true))
+    );
+    assert_eq!(again["expires_at_ms"], first["expires_at_ms"], "not renewed: {again}");
+    // Another user queues, once, however often it enters.
+    let queued = post(&mut c, path, serde_json::json!({"user": "u-2"}));
+    assert_eq!(queued.status, 202);
+    let twice = post(&mut c, path, serde_json::json!({"user": "u-2"}));
+    assert_eq!(twice.status, 202);
+    let (queued, twice) = (queued.json(), twice.json());
+    assert_eq!(
+        (&twice["ticket"], &twice["position"], &twice["existing"]),
+        (&queued["ticket"], &serde_json::json!(1), &serde_json::json!(true))
+    );
+    let lock = c.get("/v1/locks/room").unwrap().json();
+    assert_eq!((lock["queue_length"].as_u64(), &lock["holders"][0]["user"]), (Some(1), &"u-1".into()), "{lock}");
+    // A user id is validated like a lock name.
+    for bad in [serde_json::json!(""), serde_json::json!("a/b"), serde_json::json!("x".repeat(201))] {
+        let r = post(&mut c, path, serde_json::json!({ "user": bad }));
+        assert_eq!(r.status, 400, "{bad}: {}", String::from_utf8_lossy(&r.body));
+    }
+    // Once the first lease ends, the user takes a new place.
+    assert_eq!(release(&mut c, "room", first["ticket"].as_str().unwrap()).status, 200);
+    let new = post(&mut c, path, serde_json::json!({"user": "u-1"})).json();
+    assert_ne!(new["ticket"], first["ticket"]);
+    assert!(new.get("existing").is_none(), "{new}");
+}

@@ -167,7 +167,7 @@ fn session(s: &mut Server) {
         "POST",
         "/v1/locks/fx-mutex/acquire",
         &[],
-        r#"{"owner":"fixture-waiter","ttl_ms":3600000}"#,
+        r#"{"owner":"fixture-waiter","ttl_ms":3600000,"user":"fixture-user"}"#,
         202,
     ));
     ok(&mut c, "POST", "/v1/locks/fx-mutex/renew", &[], &format!(r#"{{"ticket":"{holder}","ttl_ms":7200000}}"#), 200);
@@ -428,6 +428,11 @@ fn r21_the_fixtures_hold_what_their_session_did() {
         let at = format.display();
         let mutex = lock(&state, "fx-mutex").unwrap_or_else(|| panic!("{at}: no fx-mutex"));
         assert_eq!(owners(mutex, "holders"), [("fixture-waiter".to_string(), 1)], "{at}: the waiter took over");
+        let number: u32 = format.file_name().unwrap().to_string_lossy()[7..].parse().unwrap();
+        if number >= 4 {
+            // From format 4, the waiter's acquire named its user, and its lease keeps it.
+            assert_eq!(mutex["holders"][0]["user"], "fixture-user", "{at}");
+        }
         assert_eq!(mutex["data"]["v"], r#"{"n":1}"#, "{at}");
         assert!(mutex["data"].get("w").is_none(), "{at}: data w was deleted");
         let sem = lock(&state, "fx-sem").unwrap();
@@ -513,6 +518,7 @@ fn every_record() -> Vec<Record> {
         compat: true,
         callback: Some(de(serde_json::json!("https://hooks.example/lock"))),
         mode: Some(LockMode::Shared),
+        user: Some(de(serde_json::json!("user-1"))),
     };
     let delivered = |outcome: Outcome| {
         input(ToKeeper::Delivered {
@@ -539,6 +545,7 @@ fn every_record() -> Vec<Record> {
                 max_tickets_total: 11,
                 max_resources: 12,
                 max_event_streams: 13,
+                callback_presence: true,
             },
             max_wait_ms: 14,
             outbox: OutboxSettings {

@@ -2,7 +2,8 @@
 //!
 //! Each case is a random history (acquire, renew, release, leave, presence, expiry with time
 //! jumps, limit changes, data, clearing a lock's data, lottery, read/write locks with shared
-//! and exclusive acquires, mostly on lock "c") generated from one seed, under
+//! and exclusive acquires, mostly on lock "c", acquires for users, waiters with a callback
+//! and a wait longer than the waiter TTL) generated from one seed, under
 //! limits small enough that the queue, table, ticket and data totals are all reached (the
 //! test checks that they were). After every step the real table must give the same reply,
 //! the same outputs and the same state as the naive model, pass `check_invariants`, stay
@@ -30,7 +31,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use leasehold::core::lock::{
     Acquire, LockKind, LockMode, LockTable, Moment, Op, Output, QueueKind, QueueMode, Reply, TableLimits, TableState,
 };
-use leasehold::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket};
+use leasehold::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket, UserId};
 use leasehold::core::rand::SplitMix64;
 
 use crate::model::Model;
@@ -76,13 +77,16 @@ const LIMITS: TableLimits = TableLimits {
     max_tickets_total: 6,
     max_resources: 0,
     max_event_streams: 0,
+    callback_presence: true,
 };
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 
-/// Replies to the limits and totals and to clearing data, counted over a run's cases: a
-/// generator that never reached them would test nothing about them.
-type Reached = [u64; 9];
-const REACHED_NAMES: [&str; 9] = [
+/// Replies to the limits and totals and to clearing data, readers admitted together, a
+/// user's existing place given back, and a callback waiter kept past the waiter TTL by its
+/// wait, counted over a run's cases: a generator that never reached them would test nothing
+/// about them.
+type Reached = [u64; 11];
+const REACHED_NAMES: [&str; 11] = [
     "tickets_full",
     "data_full",
     "data_cleared",
@@ -92,7 +96,10 @@ const REACHED_NAMES: [&str; 9] = [
     "readers_together",
     "kind_mismatch",
     "reader_behind_writer",
+    "user_place_given_back",
+    "callback_waiter_kept_by_its_wait",
 ];
+const USERS: [&str; 3] = ["ann", "bob", "cy"];
 
 /// One generated step: time passes by `dt_ms`, then `kind` happens.
 #[derive(Debug, Clone)]
@@ -123,6 +130,8 @@ enum StepKind {
         watch: bool,
         extras: bool,
         rw: Option<LockMode>,
+        user: Option<usize>,
+        wait_ms: u64,
     },
     Renew {
         lock: usize,
@@ -226,6 +235,8 @@ fn generate(seed: u64) -> Vec<Step> {
                     watch: pick(2) == 0,
                     extras: pick(3) == 0,
                     rw,
+                    user: (pick(3) == 0).then(|| pick(USERS.len())),
+                    wait_ms: [0, 200, 1_500, 6_000][pick(4)],
                 }
             }
             35..=44 => StepKind::Renew {
@@ -367,7 +378,7 @@ fn run(seed: u64, steps: &[Step], reached: &mut Reached) -> Result<(), String> {
                 watcher.on_outputs(&real)?;
                 (None, None)
             }
-            StepKind::Acquire { lock, ticket, limit, weight, ttl_ms, mode, watch, extras, rw } => {
+            StepKind::Acquire { lock, ticket, limit, weight, ttl_ms, mode, watch, extras, rw, user, wait_ms } => {
                 fresh += 1;
                 let mut bytes = [0u8; 16];
                 bytes[..8].copy_from_slice(&fresh.to_le_bytes());
@@ -385,6 +396,8 @@ fn run(seed: u64, steps: &[Step], reached: &mut Reached) -> Result<(), String> {
                     watch: *watch,
                     callback: extras.then(|| url.clone()),
                     mode: *rw,
+                    user: user.map(|u| UserId::parse(USERS[u]).unwrap()),
+                    wait_ms: *wait_ms,
                 });
                 (Some(op), given)
             }
@@ -451,6 +464,20 @@ fn run(seed: u64, steps: &[Step], reached: &mut Reached) -> Result<(), String> {
             if let Some(k) = limit_reply {
                 reached[k] += 1;
             }
+            if let Op::Acquire(a) = &op {
+                let place = match &reply {
+                    Reply::Held(lease) => Some(lease.ticket),
+                    Reply::Queued(q) => Some(q.ticket),
+                    _ => None,
+                };
+                if a.user.is_some() && place.is_some_and(|t| t != a.new_ticket && Some(t) != a.ticket) {
+                    reached[9] += 1;
+                }
+                // A user's acquire shows its ticket up too: it claims the grant.
+                if let Reply::Held(lease) = &reply {
+                    watcher.unclaimed.remove(&(lock_name.clone(), lease.ticket));
+                }
+            }
             ensure_eq!(out, m_out, "step {i} {op:?}: outputs differ");
             // A ticket that shows up claims its grant (or ends it).
             if let Some(t) = touched {
@@ -512,6 +539,12 @@ fn run(seed: u64, steps: &[Step], reached: &mut Reached) -> Result<(), String> {
         ensure!(stats.holders + stats.waiters <= u64::from(LIMITS.max_tickets_total), "step {i}: tickets over total");
         ensure!(stats.data_bytes <= LIMITS.max_data_bytes_total, "step {i}: data over total");
         ensure_eq!(normalized(table.export()), model.export(), "step {i}: states differ");
+        let kept = |w: &leasehold::core::lock::WaiterState| {
+            w.wait_until_ms.is_some_and(|until| until > now && w.absent_at_ms == Some(until))
+        };
+        if table.export().locks.iter().any(|l| l.waiters.iter().any(kept)) {
+            reached[10] += 1;
+        }
         if step.round_trip {
             let state = table.export();
             let json =

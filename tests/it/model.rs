@@ -11,7 +11,7 @@ use leasehold::core::lock::{
     Acquire, CallbackEvent, DropReason, LeaseState, LeaseView, LockKind, LockMode, LockState, Op, Output, QueueKind,
     QueueMode, QueueView, Reply, TableLimits, TableState, WaiterState,
 };
-use leasehold::core::names::{CallbackUrl, LockName, Owner, Ticket};
+use leasehold::core::names::{CallbackUrl, LockName, Owner, Ticket, UserId};
 use leasehold::core::rand::lottery_stream;
 use leasehold::core::CoreError;
 
@@ -27,6 +27,7 @@ struct MLease {
     callback: Option<CallbackUrl>,
     /// A read/write lock's lease (weight 1).
     mode: Option<LockMode>,
+    user: Option<UserId>,
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +40,16 @@ struct MWaiter {
     absent_at_ms: u64,
     owner: Option<Owner>,
     callback: Option<CallbackUrl>,
+    user: Option<UserId>,
+    /// With a callback: present until then, seen or not (0: no such wait).
+    wait_until_ms: u64,
+}
+
+impl MWaiter {
+    /// Seen (or unwatched) at `now`: absent `wttl` later, or at the end of its wait.
+    fn seen(&mut self, now: u64, wttl: u64) {
+        self.absent_at_ms = (now + wttl).max(self.wait_until_ms);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +128,7 @@ fn view(l: &MLease) -> LeaseView {
         expires_at_ms: l.expires_at_ms,
         claimed: l.claimed,
         mode: l.mode,
+        user: l.user.clone(),
     }
 }
 
@@ -180,7 +192,7 @@ impl Model {
                 match l.waiters.iter().position(|w| w.ticket == *ticket) {
                     Some(i) => {
                         if l.waiters[i].watchers == 0 {
-                            l.waiters[i].absent_at_ms = now + wttl;
+                            l.waiters[i].seen(now, wttl);
                         }
                         Reply::NotHolder(l.queue_view(i))
                     }
@@ -310,7 +322,7 @@ impl Model {
         match l.waiters.iter().position(|w| w.ticket == ticket) {
             Some(i) => {
                 if l.waiters[i].watchers == 0 {
-                    l.waiters[i].absent_at_ms = now + wttl;
+                    l.waiters[i].seen(now, wttl);
                 }
                 Reply::NotHolder(l.queue_view(i))
             }
@@ -336,10 +348,10 @@ impl Model {
         } else if delta < 0 && w.watchers > 0 {
             w.watchers -= 1;
             if w.watchers == 0 {
-                w.absent_at_ms = now + wttl;
+                w.seen(now, wttl);
             }
         } else if w.watchers == 0 {
-            w.absent_at_ms = now + wttl;
+            w.seen(now, wttl);
         }
         Reply::Queued(l.queue_view(i))
     }
@@ -380,9 +392,19 @@ impl Model {
                     if a.watch {
                         w.watchers += 1;
                     } else if w.watchers == 0 {
-                        w.absent_at_ms = now + lim.waiter_ttl_ms;
+                        w.seen(now, lim.waiter_ttl_ms);
                     }
                     return Reply::Queued(l.queue_view(i));
+                }
+            }
+            // One place per user: the user's ticket as it stands, shown up (a touch).
+            if let Some(user) = &a.user {
+                let l = &self.locks[li];
+                let holder = l.holders.iter().find(|h| h.user.as_ref() == Some(user)).map(|h| h.ticket);
+                let waiter = l.waiters.iter().find(|w| w.user.as_ref() == Some(user)).map(|w| w.ticket);
+                if let Some(t) = holder.or(waiter) {
+                    let lock = a.lock.clone();
+                    return self.presence(&lock, t, now, i32::from(a.watch));
                 }
             }
         }
@@ -443,6 +465,7 @@ impl Model {
                 owner: a.owner.clone(),
                 callback: a.callback.clone(),
                 mode,
+                user: a.user.clone(),
             };
             self.next_fence += 1;
             let v = view(&lease);
@@ -456,16 +479,21 @@ impl Model {
         if l.waiters.len() >= lim.max_waiters_per_lock as usize {
             return Reply::QueueFull { max_waiters: lim.max_waiters_per_lock };
         }
-        l.waiters.push(MWaiter {
+        let wait_until_ms = if a.callback.is_some() && lim.callback_presence { now + a.wait_ms } else { 0 };
+        let mut w = MWaiter {
             ticket: a.new_ticket,
             weight: a.weight,
             mode,
             ttl_ms: a.ttl_ms,
             watchers: u32::from(a.watch),
-            absent_at_ms: now + lim.waiter_ttl_ms,
+            absent_at_ms: 0,
             owner: a.owner.clone(),
             callback: a.callback.clone(),
-        });
+            user: a.user.clone(),
+            wait_until_ms,
+        };
+        w.seen(now, lim.waiter_ttl_ms);
+        l.waiters.push(w);
         let reply = Reply::Queued(l.queue_view(l.waiters.len() - 1));
         self.admit(li, now, entropy, out);
         reply
@@ -509,6 +537,7 @@ impl Model {
                 owner: w.owner,
                 callback: w.callback,
                 mode: w.mode,
+                user: w.user,
             };
             self.next_fence += 1;
             out.push(Output::Granted { lock: l.name.clone(), lease: view(&lease) });
@@ -596,6 +625,7 @@ impl Model {
                         owner: h.owner.clone(),
                         callback: h.callback.clone(),
                         mode: h.mode,
+                        user: h.user.clone(),
                     })
                     .collect();
                 holders.sort_by_key(|h| h.fence);
@@ -617,6 +647,8 @@ impl Model {
                             absent_at_ms: (w.watchers == 0).then_some(w.absent_at_ms),
                             owner: w.owner.clone(),
                             callback: w.callback.clone(),
+                            user: w.user.clone(),
+                            wait_until_ms: (w.wait_until_ms > 0).then_some(w.wait_until_ms),
                         })
                         .collect(),
                     candidate: l.candidate,

@@ -343,6 +343,47 @@ fn callbacks_fire_when_a_waiter_is_admitted_and_when_a_lease_expires() {
 }
 
 #[test]
+fn r17_a_callback_only_waiter_outlasts_silence_then_is_admitted_and_called_back() {
+    // Issue 17: with a waiter TTL of 1 s, a waiter that never polls is dropped after 1 s,
+    // unless it gave a callback: then it waits for its webhook until its wait ends (here
+    // `max_wait_ms`, 60 s, since it holds no request). The holder keeps the lock through
+    // 4 waiter TTLs of silence, which shows the same rule as the issue's 30 s against the
+    // default 10 s TTL.
+    let s = server("\n[locks]\nwaiter_ttl_ms = 1000\nmax_wait_ms = 60000");
+    let sink = Sink::new(200);
+    let mut c = Client::connect(s.addr).unwrap();
+    let held = c.post("/v1/locks/quiet/acquire", r#"{"ttl_ms":60000}"#).unwrap().json();
+    let plain = c.post("/v1/locks/quiet/acquire", r#"{"ttl_ms":60000}"#).unwrap();
+    assert_eq!(plain.status, 202, "a plain waiter, for contrast");
+    let body = serde_json::json!({"ttl_ms": 60000, "callback": sink.url()}).to_string();
+    let queued = c.post("/v1/locks/quiet/acquire", &body).unwrap();
+    assert_eq!(queued.status, 202, "{}", String::from_utf8_lossy(&queued.body));
+    let waiter = queued.json()["ticket"].as_str().unwrap().to_string();
+    let silent_since = Instant::now();
+    // Silence from both waiters: only the lock's status is read, which is no ticket's
+    // presence. The callback waiter is in the queue at every look; the plain one leaves.
+    let mut looks = 0;
+    wait_until("4 waiter TTLs of silence, with only the callback waiter still queued", || {
+        let lock = c.get("/v1/locks/quiet").unwrap().json();
+        let queue_length = lock["queue_length"].as_u64().unwrap();
+        assert!(queue_length >= 1, "the callback waiter was dropped after {:?}: {lock}", silent_since.elapsed());
+        looks += 1;
+        silent_since.elapsed() >= Duration::from_secs(4) && queue_length == 1
+    });
+    assert!(looks > 1, "the queue was looked at through the silence");
+    assert!(sink.received().is_empty(), "no callback before the admission");
+    // The holder leaves: the silent waiter is admitted and called back.
+    let ticket = held["ticket"].as_str().unwrap();
+    assert_eq!(c.post("/v1/locks/quiet/release", &format!(r#"{{"ticket":"{ticket}"}}"#)).unwrap().status, 200);
+    let got = sink.wait_for(1);
+    let event: serde_json::Value = serde_json::from_str(&got[0].body).unwrap();
+    assert_eq!((event["event"].as_str(), event["ticket"].as_str()), (Some("acquired"), Some(waiter.as_str())));
+    assert!(event["fence"].as_u64().unwrap() > held["fence"].as_u64().unwrap());
+    let lock = c.get("/v1/locks/quiet").unwrap().json();
+    assert_eq!(lock["holders"].as_array().map(Vec::len), Some(1), "{lock}");
+}
+
+#[test]
 fn kill_9_of_the_courier_and_of_the_keeper_loses_no_call() {
     let mut s = server("");
     let sink = Sink::new(503);

@@ -51,6 +51,7 @@ impl LockTable {
     /// - a read/write lock is FIFO, has the read/write permit count, and only readers'
     ///   and writers' weights (so a writer is alone); a semaphore has not that count;
     /// - no ticket is both holding and waiting, or twice in one lock;
+    /// - no user has two tickets in one lock (holding or waiting);
     /// - every fence is below the next fence and unique;
     /// - FIFO: a non-empty queue's head does not fit; lottery: a non-empty queue has a
     ///   candidate that does not fit, or no permit is free;
@@ -59,6 +60,7 @@ impl LockTable {
     pub(super) fn check_contents(&self) -> Result<(), String> {
         let mut fences = Vec::with_capacity(self.holders as usize);
         let mut tickets = Vec::new();
+        let mut users = Vec::new();
         let (mut holders, mut waiters, mut data_bytes) = (0u64, 0u64, 0u64);
         for lock in self.slots.iter().flatten() {
             let name = lock.name.as_str();
@@ -89,6 +91,15 @@ impl LockTable {
                 return Err(format!("semaphore {name:?} has the read/write permit count"));
             }
             tickets.clear();
+            users.clear();
+            users.extend(lock.holders.iter().filter_map(|l| l.extra.user()));
+            users.extend(lock.queue.iter().flat_map(|q| q.waiters.iter()).filter_map(|w| w.extra.user()));
+            if users.len() > 1 {
+                users.sort_unstable();
+                if let Some(twice) = users.windows(2).find(|w| w[0] == w[1]) {
+                    return Err(format!("lock {name:?}: user {:?} has two places", twice[0].as_str()));
+                }
+            }
             for lease in &lock.holders {
                 if lease.fence >= self.next_fence {
                     return Err(format!("lock {name:?}: fence {} is from the future", lease.fence));

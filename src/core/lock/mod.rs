@@ -20,9 +20,16 @@
 //!   kinds; a caller of the other kind gets `KindMismatch` while the lock is in use.
 //! - Every grant takes the next value of one global fence counter, which only goes up.
 //! - A waiter stays while it is watched (a waiting request or event stream is open) or was
-//!   seen within `waiter_ttl_ms`; otherwise it is dropped. An admitted waiter that is not
-//!   watched gets a lease of `claim_ms` that becomes its full TTL when it shows up; an
-//!   unclaimed grant lapses like any expired lease and the next waiter goes in.
+//!   seen within `waiter_ttl_ms`; otherwise it is dropped. A waiter with a callback also
+//!   stays until its wait ends (`wait_ms` after its acquire): it waits for its webhook, not
+//!   by polling. An admitted waiter that is not watched gets a lease of `claim_ms` that
+//!   becomes its full TTL when it shows up; an unclaimed grant lapses like any expired
+//!   lease and the next waiter goes in.
+//! - One place per user: an acquire with a `user` while a ticket of that user holds or
+//!   waits on the lock gets that ticket back, as it stands (the acquire counts as the
+//!   ticket showing up, like a touch; its other fields are not used). Users are found by
+//!   scanning the lock's holders and waiters, as tickets are, and are stored only on
+//!   tickets, so they are bounded by the ticket budgets.
 //! - A lock is forgotten when it has no holder, no waiter and no data.
 //! - Totals: once holders and waiters together number `max_tickets_total`, an acquire that
 //!   would issue a new ticket is refused (admission only turns a waiter into a holder, so it
@@ -50,7 +57,7 @@ pub use op::{
 pub use state::{LeaseState, LockState, TableState, WaiterState};
 
 use super::error::CoreError;
-use super::names::{CallbackUrl, DataKey, LockName, Owner, Ticket};
+use super::names::{CallbackUrl, DataKey, LockName, Owner, Ticket, UserId};
 use super::rand::{lottery_stream, SplitMix64};
 
 /// Index of a lock's slot. Reused after the lock is forgotten.
@@ -118,6 +125,12 @@ pub struct TableLimits {
     /// Most open event streams. Enforced by the service, kept here for the same reason.
     #[serde(default = "unbounded_u32")]
     pub max_event_streams: u32,
+    /// Whether a queued waiter with a callback counts as present until its wait ends. Not
+    /// configurable: it is the rule from journal format 4 on, and false in limits journaled
+    /// before, whose waiters were dropped after `waiter_ttl_ms` like any other (a replay
+    /// must take the decisions the keeper took then).
+    #[serde(default)]
+    pub callback_presence: bool,
 }
 
 // The totals are absent from limits journaled before they existed. Those journals were
@@ -147,6 +160,7 @@ impl TableLimits {
         max_tickets_total: 10_000_000,
         max_resources: 100_000,
         max_event_streams: 100_000,
+        callback_presence: true,
     };
 }
 
@@ -156,16 +170,41 @@ impl Default for TableLimits {
     }
 }
 
-/// Owner label and callback of a lease or waiter. The label is kept inline (many clients
-/// send one); the callback, rarer, is boxed so it costs a pointer when absent.
+/// Owner label, callback and user of a lease or waiter. The label is kept inline (many
+/// clients send one); the callback and the user, rarer, are boxed together so they cost a
+/// pointer when absent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Extra {
     owner: Option<Owner>,
-    callback: Option<Box<CallbackUrl>>,
+    rare: Option<Box<Rare>>,
 }
 
-fn make_extra(owner: Option<Owner>, callback: Option<CallbackUrl>) -> Extra {
-    Extra { owner, callback: callback.map(Box::new) }
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Rare {
+    callback: Option<CallbackUrl>,
+    user: Option<UserId>,
+    /// A queued waiter with a callback counts as present until then (0: it does not).
+    /// Meaningless once admitted.
+    wait_until_ms: u64,
+}
+
+fn make_extra(owner: Option<Owner>, callback: Option<CallbackUrl>, user: Option<UserId>, wait_until_ms: u64) -> Extra {
+    let rare = (callback.is_some() || user.is_some()).then(|| Box::new(Rare { callback, user, wait_until_ms }));
+    Extra { owner, rare }
+}
+
+impl Extra {
+    fn callback(&self) -> Option<&CallbackUrl> {
+        self.rare.as_ref().and_then(|r| r.callback.as_ref())
+    }
+
+    fn user(&self) -> Option<&UserId> {
+        self.rare.as_ref().and_then(|r| r.user.as_ref())
+    }
+
+    fn wait_until_ms(&self) -> u64 {
+        self.rare.as_ref().map_or(0, |r| r.wait_until_ms)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,7 +224,7 @@ impl Lease {
     }
 
     fn callback(&self) -> Option<&CallbackUrl> {
-        self.extra.callback.as_deref()
+        self.extra.callback()
     }
 
     /// The holder's view; `rw`: the lease is of a read/write lock.
@@ -198,6 +237,7 @@ impl Lease {
             expires_at_ms: self.expires_at_ms,
             claimed: self.claimed,
             mode: rw.then(|| rw_mode(self.weight)),
+            user: self.extra.user().cloned(),
         }
     }
 }
@@ -214,6 +254,14 @@ struct Waiter {
     weight: u32,
     watchers: u32,
     extra: Extra,
+}
+
+impl Waiter {
+    /// When this waiter, unwatched and last seen at `seen_ms`, is dropped: `waiter_ttl_ms`
+    /// later, or at the end of its wait if it has a callback and that is later.
+    fn absent_at(&self, seen_ms: u64, waiter_ttl_ms: u64) -> u64 {
+        (seen_ms + waiter_ttl_ms).max(self.extra.wait_until_ms())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -266,6 +314,14 @@ impl Lock {
         self.queue.as_ref().and_then(|q| q.waiters.iter().position(|w| w.ticket == ticket))
     }
 
+    /// The ticket of `user` on this lock, holding or waiting: a scan, as for a ticket.
+    fn user_ticket(&self, user: &UserId) -> Option<Ticket> {
+        let holder = self.holders.iter().find(|l| l.extra.user() == Some(user)).map(|l| l.ticket);
+        holder.or_else(|| {
+            self.queue.as_ref().and_then(|q| q.waiters.iter().find(|w| w.extra.user() == Some(user)).map(|w| w.ticket))
+        })
+    }
+
     fn queue_view(&self, index: usize) -> QueueView {
         let queue_length = self.queue_len() as u32;
         let ticket = self.queue.as_ref().map(|q| q.waiters[index].ticket).expect("waiter index in range");
@@ -315,6 +371,9 @@ pub struct HolderView {
     pub claimed: bool,
     /// A read/write lock's lease: shared or exclusive.
     pub mode: Option<LockMode>,
+    /// Who the lease is for, when its acquire said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserId>,
 }
 
 /// A lock as any reader may see it.
@@ -367,6 +426,7 @@ pub struct TableStats {
 /// let acquire = |ticket: u8, watch: bool| Op::Acquire(Acquire {
 ///     lock: lock.clone(), ticket: None, new_ticket: Ticket::from_bytes([ticket; 16]), owner: None,
 ///     ttl_ms: 30_000, limit: 1, weight: 1, queue: QueueMode::Fifo, watch, callback: None, mode: None,
+///     user: None, wait_ms: 0,
 /// });
 ///
 /// let Reply::Held(first) = table.apply(acquire(1, false), Moment::new(1_000, 0), &mut out) else { panic!() };
@@ -587,6 +647,11 @@ impl LockTable {
                     return reply;
                 }
             }
+            // One place per user: the user's ticket, as it stands (only its presence counts).
+            if let Some(ticket) = a.user.as_ref().and_then(|u| self.lock(id).user_ticket(u)) {
+                let presence = if a.watch { Presence::Watch } else { Presence::Seen };
+                return self.touch_found(id, ticket, at, presence);
+            }
         }
         // Past this point the caller is new here. Any acquire of a new ticket is refused
         // at the total, whatever it would have been answered otherwise.
@@ -638,6 +703,7 @@ impl LockTable {
         let weight = mode.map_or(a.weight, rw_weight);
         let max_waiters = self.limits.max_waiters_per_lock;
         let waiter_ttl_ms = self.limits.waiter_ttl_ms;
+        let callback_presence = self.limits.callback_presence;
         let now = at.now_ms;
         let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
         let queue_length = lock.queue_len();
@@ -649,7 +715,7 @@ impl LockTable {
                 ttl_ms: a.ttl_ms,
                 weight,
                 claimed: true,
-                extra: make_extra(a.owner, a.callback),
+                extra: make_extra(a.owner, a.callback, a.user, 0),
             };
             return Reply::Held(self.grant(id, lease));
         }
@@ -661,14 +727,16 @@ impl LockTable {
         if queue_length >= max_waiters as usize {
             return Reply::QueueFull { max_waiters };
         }
-        let waiter = Waiter {
+        let wait_until_ms = if a.callback.is_some() && callback_presence { now.saturating_add(a.wait_ms) } else { 0 };
+        let mut waiter = Waiter {
             ticket: a.new_ticket,
             ttl_ms: a.ttl_ms,
-            absent_at_ms: now + waiter_ttl_ms,
+            absent_at_ms: 0,
             weight,
             watchers: u32::from(a.watch),
-            extra: make_extra(a.owner, a.callback),
+            extra: make_extra(a.owner, a.callback, a.user, wait_until_ms),
         };
+        waiter.absent_at_ms = waiter.absent_at(now, waiter_ttl_ms);
         if !a.watch {
             self.deadlines.insert((waiter.absent_at_ms, waiter.ticket, id));
         }
@@ -735,7 +803,7 @@ impl LockTable {
             self.deadlines.remove(&old);
         }
         if w.watchers == 0 {
-            w.absent_at_ms = now + waiter_ttl_ms;
+            w.absent_at_ms = w.absent_at(now, waiter_ttl_ms);
             self.deadlines.insert((w.absent_at_ms, w.ticket, id));
         }
     }
@@ -744,6 +812,11 @@ impl LockTable {
         let Some(id) = self.find(name.as_str()) else {
             return Reply::TicketUnknown;
         };
+        self.touch_found(id, ticket, at, presence)
+    }
+
+    /// A ticket of lock `id` shows up (or a watch of it opens or closes).
+    fn touch_found(&mut self, id: LockId, ticket: Ticket, at: Moment, presence: Presence) -> Reply {
         let lock = self.lock(id);
         if let Some(i) = lock.holder_index(ticket) {
             return match presence {
@@ -1010,7 +1083,7 @@ impl LockTable {
             let w = self.remove_waiter(id, index, true);
             *moved_from = min(*moved_from, index);
             let claimed = w.watchers > 0;
-            let callback = w.extra.callback.as_deref().cloned();
+            let callback = w.extra.callback().cloned();
             let lease = Lease {
                 ticket: w.ticket,
                 fence: 0,
@@ -1105,9 +1178,10 @@ impl LockTable {
         fired
     }
 
-    /// Gives every waiter a fresh presence window (after a restart, nobody is connected).
+    /// Gives every waiter a fresh presence window (after a restart, nobody is connected); a
+    /// waiter with a callback keeps the rest of its wait if that is longer.
     pub fn reset_presence(&mut self, now_ms: u64) {
-        let absent_at_ms = now_ms + self.limits.waiter_ttl_ms;
+        let waiter_ttl_ms = self.limits.waiter_ttl_ms;
         for (id, slot) in self.slots.iter_mut().enumerate() {
             let Some(queue) = slot.as_mut().and_then(|l| l.queue.as_mut()) else {
                 continue;
@@ -1117,8 +1191,8 @@ impl LockTable {
                     self.deadlines.remove(&(w.absent_at_ms, w.ticket, id as LockId));
                 }
                 w.watchers = 0;
-                w.absent_at_ms = absent_at_ms;
-                self.deadlines.insert((absent_at_ms, w.ticket, id as LockId));
+                w.absent_at_ms = w.absent_at(now_ms, waiter_ttl_ms);
+                self.deadlines.insert((w.absent_at_ms, w.ticket, id as LockId));
             }
         }
         self.debug_check();
@@ -1164,6 +1238,7 @@ impl LockTable {
                 expires_at_ms: l.expires_at_ms,
                 claimed: l.claimed,
                 mode: lock.rw.then(|| rw_mode(l.weight)),
+                user: l.extra.user().cloned(),
             })
             .collect();
         holders.sort_by_key(|h| h.fence);

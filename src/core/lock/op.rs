@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::error::CoreError;
-use crate::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket};
+use crate::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket, UserId};
 
 /// When a call happens and the entropy it may spend (lottery draws). The shell fills both in;
 /// the table never reads a clock or a random source.
@@ -104,6 +104,13 @@ pub struct Acquire {
     /// lottery); `None` asks for a semaphore, or, on a read/write lock, for an exclusive
     /// lease if `limit` and `weight` are 1.
     pub mode: Option<LockMode>,
+    /// Who the place is for: while a ticket of this user holds or waits on the lock, an
+    /// acquire for the same user gets that ticket back instead of a second place.
+    pub user: Option<UserId>,
+    /// How long the caller is prepared to wait, from now. A queued waiter with a `callback`
+    /// counts as present that long without being seen (it waits for its webhook, not by
+    /// polling); other waiters ignore it.
+    pub wait_ms: u64,
 }
 
 /// One operation on the table.
@@ -219,6 +226,9 @@ pub struct LeaseView {
     /// A read/write lock's lease: how it holds the lock (its `weight` is then 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<LockMode>,
+    /// Who the lease is for, when its acquire said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserId>,
 }
 
 /// A waiter as it sees itself.

@@ -14,7 +14,7 @@ use super::{
     TableLimits, Waiter, RW_LIMIT,
 };
 use crate::core::error::CoreError;
-use crate::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket};
+use crate::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket, UserId};
 
 /// The whole table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +78,9 @@ pub struct LeaseState {
     /// Webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<CallbackUrl>,
+    /// Who the lease is for (from journal format 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserId>,
 }
 
 /// One waiter.
@@ -104,6 +107,13 @@ pub struct WaiterState {
     /// Webhook.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub callback: Option<CallbackUrl>,
+    /// Who the place is for (from journal format 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<UserId>,
+    /// With a callback: present until then, seen or not (from journal format 4; absent:
+    /// not at all, as in the formats before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_until_ms: Option<u64>,
 }
 
 fn invalid(reason: String) -> CoreError {
@@ -170,11 +180,14 @@ impl LockTable {
                     ttl_ms: h.ttl_ms,
                     weight,
                     claimed: h.claimed,
-                    extra: make_extra(h.owner.clone(), h.callback.clone()),
+                    extra: make_extra(h.owner.clone(), h.callback.clone(), h.user.clone(), 0),
                 });
             }
             let mut waiters = VecDeque::with_capacity(ls.waiters.len());
             for w in &ls.waiters {
+                if w.wait_until_ms.is_some() && w.callback.is_none() {
+                    return Err(invalid("a waiter without a callback has a wait end".into()));
+                }
                 let absent_at_ms = match (w.watchers, w.absent_at_ms) {
                     (0, Some(at)) => {
                         deadlines.push((at, w.ticket, id));
@@ -190,7 +203,12 @@ impl LockTable {
                     absent_at_ms,
                     weight: weight_of(ls, w.weight, w.mode)?,
                     watchers: w.watchers,
-                    extra: make_extra(w.owner.clone(), w.callback.clone()),
+                    extra: make_extra(
+                        w.owner.clone(),
+                        w.callback.clone(),
+                        w.user.clone(),
+                        w.wait_until_ms.unwrap_or(0),
+                    ),
                 });
             }
             let mut data = DataMap::default();
@@ -222,7 +240,7 @@ impl LockTable {
 }
 
 fn export_lock(lock: &Lock) -> LockState {
-    let split = |extra: &super::Extra| (extra.owner.clone(), extra.callback.as_deref().cloned());
+    let split = |extra: &super::Extra| (extra.owner.clone(), extra.callback().cloned(), extra.user().cloned());
     let rw = lock.rw;
     let weight = |w: u32| if rw { 1 } else { w };
     let mode = |w: u32| rw.then(|| rw_mode(w));
@@ -235,7 +253,7 @@ fn export_lock(lock: &Lock) -> LockState {
             .holders
             .iter()
             .map(|l| {
-                let (owner, callback) = split(&l.extra);
+                let (owner, callback, user) = split(&l.extra);
                 LeaseState {
                     ticket: l.ticket,
                     fence: l.fence,
@@ -246,6 +264,7 @@ fn export_lock(lock: &Lock) -> LockState {
                     mode: mode(l.weight),
                     owner,
                     callback,
+                    user,
                 }
             })
             .collect(),
@@ -254,7 +273,7 @@ fn export_lock(lock: &Lock) -> LockState {
             .iter()
             .flat_map(|q| q.waiters.iter())
             .map(|w| {
-                let (owner, callback) = split(&w.extra);
+                let (owner, callback, user) = split(&w.extra);
                 WaiterState {
                     ticket: w.ticket,
                     weight: weight(w.weight),
@@ -264,6 +283,8 @@ fn export_lock(lock: &Lock) -> LockState {
                     absent_at_ms: (w.watchers == 0).then_some(w.absent_at_ms),
                     owner,
                     callback,
+                    user,
+                    wait_until_ms: Some(w.extra.wait_until_ms()).filter(|&at| at > 0),
                 }
             })
             .collect(),

@@ -17,6 +17,7 @@ const LIMITS: TableLimits = TableLimits {
     max_tickets_total: 1_000_000,
     max_resources: 1_000,
     max_event_streams: 1_000,
+    callback_presence: true,
 };
 
 fn name(s: &str) -> LockName {
@@ -61,6 +62,8 @@ impl Harness {
             watch: false,
             callback: None,
             mode: None,
+            user: None,
+            wait_ms: 0,
         };
         f(&mut a);
         self.op(Op::Acquire(a), now)
@@ -234,6 +237,101 @@ fn unwatched_waiter_is_dropped_after_waiter_ttl_unless_it_polls() {
 }
 
 #[test]
+fn callback_waiter_stays_until_its_wait_ends_unseen_then_is_dropped() {
+    let mut h = Harness::new();
+    let url = CallbackUrl::parse("http://hooks.test/x").unwrap();
+    h.acquire("a", 1, 0, |a| a.ttl_ms = 100_000);
+    // A callback waiter that never polls, waiting 5 waiter TTLs; one without a callback
+    // asking for the same wait (ignored: it must poll).
+    h.acquire("a", 2, 0, |a| {
+        a.callback = Some(url.clone());
+        a.wait_ms = 5_000;
+    });
+    h.acquire("a", 3, 0, |a| a.wait_ms = 5_000);
+    h.expire(1_000);
+    assert_eq!(h.out, vec![Output::Dropped { lock: name("a"), ticket: t(3), reason: DropReason::Absent }]);
+    // A restart keeps the rest of the wait.
+    h.table.reset_presence(2_000);
+    h.expire(4_999);
+    assert_eq!(h.table.stats().waiters, 1, "the callback waiter is present for its whole wait");
+    // A poll near the end gives it the usual window past the wait.
+    h.op(Op::Touch { lock: name("a"), ticket: t(2) }, 4_500);
+    h.expire(5_499);
+    assert_eq!(h.table.stats().waiters, 1);
+    h.expire(5_500);
+    assert_eq!(h.out, vec![Output::Dropped { lock: name("a"), ticket: t(2), reason: DropReason::Absent }]);
+    // Admitted within its wait: granted, and called back.
+    h.acquire("a", 4, 6_000, |a| {
+        a.callback = Some(url.clone());
+        a.wait_ms = 60_000;
+    });
+    h.release("a", 1, 50_000);
+    assert_eq!(h.granted(), vec![t(4)]);
+    assert!(h.out.iter().any(|o| matches!(o, Output::CallbackDue { event: CallbackEvent::Acquired, .. })));
+}
+
+#[test]
+fn callback_waiters_are_dropped_at_waiter_ttl_under_limits_journaled_before_the_rule() {
+    let mut h = Harness::new();
+    h.table.set_limits(TableLimits { callback_presence: false, ..LIMITS });
+    h.acquire("a", 1, 0, |a| a.ttl_ms = 100_000);
+    h.acquire("a", 2, 0, |a| {
+        a.callback = Some(CallbackUrl::parse("http://hooks.test/x").unwrap());
+        a.wait_ms = 5_000;
+    });
+    h.expire(1_000);
+    assert_eq!(h.table.stats().waiters, 0);
+    let old: TableLimits = serde_json::from_str(
+        r#"{"min_ttl_ms":1,"max_ttl_ms":2,"max_limit":3,"max_locks":4,"max_waiters_per_lock":5,"waiter_ttl_ms":6,"claim_ms":7,"max_data_keys":8,"max_data_bytes":9}"#,
+    )
+    .unwrap();
+    assert!(!old.callback_presence, "limits journaled before the rule read without it");
+}
+
+#[test]
+fn one_place_per_user_returns_the_existing_ticket_as_it_stands() {
+    let mut h = Harness::new();
+    let user = || Some(UserId::parse("alice").unwrap());
+    let Reply::Held(first) = h.acquire("u", 1, 0, |a| {
+        a.user = user();
+        a.ttl_ms = 100_000;
+    }) else {
+        panic!()
+    };
+    assert_eq!(first.user, user());
+    // Again while holding: the same lease, not renewed, whatever the other fields say.
+    let again = h.acquire("u", 2, 10, |a| {
+        a.user = user();
+        a.ttl_ms = 50_000;
+        a.owner = Some(Owner::parse("other").unwrap());
+    });
+    assert_eq!(again, Reply::Held(first.clone()));
+    // Another user queues; twice, one place; a poll by user counts as presence.
+    let bob = || Some(UserId::parse("bob").unwrap());
+    let Reply::Queued(place) = h.acquire("u", 3, 20, |a| a.user = bob()) else { panic!() };
+    assert_eq!(h.acquire("u", 4, 900, |a| a.user = bob()), Reply::Queued(place.clone()));
+    assert_eq!(h.table.stats().waiters, 1);
+    h.expire(1_500);
+    assert_eq!(h.table.stats().waiters, 1, "the second acquire was seen at 900");
+    // A given, known ticket wins over the user.
+    assert!(matches!(h.acquire("u", 5, 1_600, |a| {
+        a.user = bob();
+        a.ticket = Some(t(1));
+    }), Reply::Held(l) if l.ticket == t(1)));
+    // Once the first place ends, the user takes a new one.
+    h.release("u", 1, 1_700);
+    assert_eq!(h.granted(), vec![t(3)]);
+    let Reply::Queued(new) = h.acquire("u", 6, 1_800, |a| a.user = user()) else { panic!() };
+    assert_eq!(new.ticket, t(6));
+    // Exported and imported with its users; two places for one user are refused.
+    let mut state = h.table.export();
+    assert!(LockTable::import(&state, LIMITS, 1).is_ok());
+    state.locks[0].waiters[0].user = bob();
+    let err = LockTable::import(&state, LIMITS, 1).unwrap_err().to_string();
+    assert!(err.contains("two places"), "{err}");
+}
+
+#[test]
 fn watched_waiter_stays_until_unwatched_plus_waiter_ttl() {
     let mut h = Harness::new();
     h.acquire("a", 1, 0, |a| a.ttl_ms = 100_000);
@@ -345,6 +443,8 @@ fn lottery_order_differs_from_fifo_over_many_draws() {
                 watch: true,
                 callback: None,
                 mode: None,
+                user: None,
+                wait_ms: 0,
             })
         };
         let mut limits = LIMITS;

@@ -57,6 +57,7 @@ fn lease() -> LeaseView {
         expires_at_ms: 99,
         claimed: true,
         mode: None,
+        user: None,
     }
 }
 
@@ -158,9 +159,11 @@ fn r12_head_of_events_checks_the_ticket_without_opening_a_stream() {
         other => panic!("{other:?}"),
     }
     let lock = LockName::parse("a").unwrap();
-    let held = shaped(&Finish::EventsHead(lock.clone()), &LockReply::Held { lease: lease(), at_ms: 1 });
+    let held =
+        shaped(&Finish::EventsHead(lock.clone()), &LockReply::Held { lease: lease(), at_ms: 1, existing: false });
     assert_eq!(held, stream_head());
-    let queued = shaped(&Finish::EventsHead(lock.clone()), &LockReply::Queued { place: place(), eta_ms: None });
+    let queued =
+        shaped(&Finish::EventsHead(lock.clone()), &LockReply::Queued { place: place(), eta_ms: None, existing: false });
     assert_eq!(queued, stream_head());
     // An unknown ticket: the error GET would answer.
     let gone = shaped(&Finish::EventsHead(lock.clone()), &LockReply::TicketUnknown);
@@ -171,13 +174,19 @@ fn r12_head_of_events_checks_the_ticket_without_opening_a_stream() {
 #[test]
 fn native_answers_have_their_shapes() {
     let lock = LockName::parse("a").unwrap();
-    let r = shaped(&Finish::Acquire(lock.clone()), &LockReply::Held { lease: lease(), at_ms: 7 });
+    let r = shaped(&Finish::Acquire(lock.clone()), &LockReply::Held { lease: lease(), at_ms: 7, existing: false });
     assert_eq!(r.status, 200);
     assert_eq!(json(&r)["status"], "acquired");
     assert_eq!(json(&r)["at_ms"], 7);
-    let r = shaped(&Finish::Acquire(lock.clone()), &LockReply::Queued { place: place(), eta_ms: Some(300) });
+    let r = shaped(
+        &Finish::Acquire(lock.clone()),
+        &LockReply::Queued { place: place(), eta_ms: Some(300), existing: false },
+    );
     assert_eq!((r.status, json(&r)["position"].as_u64(), json(&r)["eta_ms"].as_u64()), (202, Some(2), Some(300)));
-    let r = shaped(&Finish::TicketStatus(lock.clone()), &LockReply::Queued { place: place(), eta_ms: None });
+    let r = shaped(
+        &Finish::TicketStatus(lock.clone()),
+        &LockReply::Queued { place: place(), eta_ms: None, existing: false },
+    );
     assert_eq!((r.status, json(&r)["status"].as_str()), (200, Some("queued")));
     assert!(json(&r).get("eta_ms").is_none());
     assert_eq!(shaped(&Finish::Renew(lock.clone()), &LockReply::NotHolder(place())).status, 409);
@@ -215,17 +224,21 @@ fn compat_answers_are_what_the_php_client_reads() {
     let r = shaped(&Finish::CompatGet(sel.clone()), &empty);
     assert_eq!((r.status, json(&r)), (202, serde_json::json!({"unavailable": true})));
     assert_eq!(header(&r, "X-Ticket"), Some(T));
-    let r = shaped(&Finish::CompatGet(sel.clone()), &LockReply::Queued { place: place(), eta_ms: None });
+    let r =
+        shaped(&Finish::CompatGet(sel.clone()), &LockReply::Queued { place: place(), eta_ms: None, existing: false });
     assert_eq!((r.status, header(&r, "X-Ticket")), (202, Some(T)));
     let unlocked_missing = LockReply::CompatData { lease: None, resource_id: "R".into(), data: None };
     assert_eq!(shaped(&Finish::CompatGet(sel), &unlocked_missing).status, 404);
-    let r = shaped(&Finish::CompatLock, &LockReply::Queued { place: place(), eta_ms: None });
+    let r = shaped(&Finish::CompatLock, &LockReply::Queued { place: place(), eta_ms: None, existing: false });
     assert_eq!((r.status, json(&r)), (200, serde_json::json!({"locked": false})));
-    let r = shaped(&Finish::CompatLock, &LockReply::Held { lease: lease(), at_ms: 1 });
+    let r = shaped(&Finish::CompatLock, &LockReply::Held { lease: lease(), at_ms: 1, existing: false });
     assert_eq!((json(&r), header(&r, "X-Ticket")), (serde_json::json!({"locked": true}), Some(T)));
     let r = shaped(&Finish::CompatPut, &LockReply::Written { ticket: lease().ticket });
     assert_eq!((r.status, r.body.len()), (204, 0));
-    assert_eq!(shaped(&Finish::CompatPut, &LockReply::Queued { place: place(), eta_ms: None }).status, 409);
+    assert_eq!(
+        shaped(&Finish::CompatPut, &LockReply::Queued { place: place(), eta_ms: None, existing: false }).status,
+        409
+    );
     assert_eq!(shaped(&Finish::CompatPut, &LockReply::ResourceUnknown).status, 404);
     for reply in [LockReply::Left, LockReply::TicketUnknown, LockReply::Released { fence: 1, at_ms: 2 }] {
         let r = shaped(&Finish::CompatUnlock, &reply);
@@ -284,7 +297,10 @@ fn stream_events_are_framed_and_terminal_ones_end_the_stream() {
     assert!(!stream_event(&lock, &TicketEvent::Acquired(lease())).2);
     assert!(stream_event(&lock, &TicketEvent::Expired { fence: 1, unclaimed: false }).2);
     assert_eq!(first_event(&lock, &LockReply::TicketUnknown), None);
-    assert_eq!(first_event(&lock, &LockReply::Held { lease: lease(), at_ms: 0 }).unwrap().0, "acquired");
+    assert_eq!(
+        first_event(&lock, &LockReply::Held { lease: lease(), at_ms: 0, existing: false }).unwrap().0,
+        "acquired"
+    );
 }
 
 #[test]
@@ -395,7 +411,7 @@ fn every_reply() -> Vec<LockReply> {
             callback: false,
         };
         Some(match r {
-            R::Held { .. } => R::Queued { place: place(), eta_ms: Some(5) },
+            R::Held { .. } => R::Queued { place: place(), eta_ms: Some(5), existing: false },
             R::Queued { .. } => R::Unavailable { used: 1, limit: 1, queue_length: 0 },
             R::Unavailable { .. } => R::LimitMismatch { limit: 2 },
             R::LimitMismatch { .. } => R::KindMismatch { kind: Default::default() },
@@ -437,7 +453,7 @@ fn every_reply() -> Vec<LockReply> {
             R::OutboxDone => return None,
         })
     }
-    let mut all = vec![R::Held { lease: lease(), at_ms: 1 }];
+    let mut all = vec![R::Held { lease: lease(), at_ms: 1, existing: false }];
     while let Some(next) = after(all.last().unwrap()) {
         all.push(next);
     }
