@@ -704,6 +704,9 @@ fn validate_locks(r: &mut Reader<'_>) -> LocksConfig {
             10_000_000,
         ) as u32,
         callback_presence: d.callback_presence,
+        default_ttl_ms,
+        // `[[locks.declare]]`: read below.
+        declared: Vec::new(),
     };
     if u64::from(table.max_data_bytes) > table.max_data_bytes_total {
         r.invalid(

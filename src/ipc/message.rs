@@ -220,14 +220,18 @@ pub enum LockOp {
         /// Label.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         owner: Option<Owner>,
-        /// Lease TTL.
-        ttl_ms: u64,
-        /// Permit count.
-        limit: u32,
+        /// Lease TTL (absent: the lock's default; from journal format 4, before which it
+        /// was always given).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ttl_ms: Option<u64>,
+        /// Permit count (absent: as declared, else 1; always given before format 4).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
         /// Permits wanted.
         weight: u32,
-        /// Queue discipline.
-        queue: QueueMode,
+        /// Queue discipline (absent: as declared, else FIFO; always given before format 4).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        queue: Option<QueueMode>,
         /// How long the keeper may hold the answer while the caller waits in the queue
         /// (0: answer at once). Ignored for `compat`, where the resource's timeout decides.
         #[serde(default, skip_serializing_if = "is_zero")]
@@ -411,10 +415,10 @@ impl LockOp {
             lock,
             ticket: None,
             owner: None,
-            ttl_ms,
-            limit: 1,
+            ttl_ms: Some(ttl_ms),
+            limit: Some(1),
             weight: 1,
-            queue: QueueMode::Fifo,
+            queue: Some(QueueMode::Fifo),
             wait_ms: 0,
             then: Then::Hold,
             compat: false,
@@ -914,10 +918,10 @@ mod tests {
                 lock: lock.clone(),
                 ticket: Some(ticket),
                 owner: Some(Owner::parse("host-1 ünïcode <script>").unwrap()),
-                ttl_ms: 1000,
-                limit: 3,
+                ttl_ms: Some(1000),
+                limit: Some(3),
                 weight: 2,
-                queue: QueueMode::Lottery,
+                queue: Some(QueueMode::Lottery),
                 wait_ms: 5_000,
                 then: Then::WriteAndRelease { key: DataKey::parse("k").unwrap(), value: "{\"a\":1}".into() },
                 compat: true,

@@ -231,11 +231,11 @@ pub fn batch_time(batch: &[u8]) -> Result<u64, FormatError> {
                 Record::Input { at_ms, .. }
                 | Record::Expire { at_ms, .. }
                 | Record::LinkClosed { at_ms, .. }
-                | Record::ResetPresence { at_ms },
+                | Record::ResetPresence { at_ms }
+                | Record::Configure { at_ms, .. },
             ) => at_ms,
             Some(
-                Record::Configure { .. }
-                | Record::ReserveFences { .. }
+                Record::ReserveFences { .. }
                 | Record::RaiseFences { .. }
                 | Record::ExtendLeases { .. },
             )
@@ -309,6 +309,10 @@ impl Rebuild {
     }
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// One journal record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
@@ -322,6 +326,14 @@ pub enum Record {
         /// Outbox bounds and retry schedule.
         #[serde(default)]
         outbox: OutboxSettings,
+        /// When it was applied, with the entropy of any draw it makes: a changed lock
+        /// declaration may admit waiters (from journal format 4; 0 before, when nothing it
+        /// applied needed a time).
+        #[serde(default, skip_serializing_if = "is_zero")]
+        at_ms: u64,
+        /// The entropy of that time.
+        #[serde(default, skip_serializing_if = "is_zero")]
+        entropy: u64,
     },
     /// A message from a worker channel, with the time and entropy it was handled with.
     Input {
@@ -452,8 +464,8 @@ pub fn replay(service: &mut Service, record: Record, fences_reserved: &mut u64) 
 /// recovery has nobody to send them to; a test compares them with the live run's.
 pub fn replay_answering(service: &mut Service, record: Record, fences_reserved: &mut u64, out: &mut Outbox) {
     match record {
-        Record::Configure { limits, max_wait_ms, outbox } => {
-            service.reconfigure(limits, max_wait_ms);
+        Record::Configure { limits, max_wait_ms, outbox, at_ms, entropy } => {
+            service.reconfigure(limits, max_wait_ms, Moment::new(at_ms, entropy), out);
             service.configure_outbox(outbox);
         }
         Record::Input { link, at_ms, entropy, fresh, message } => {

@@ -10,14 +10,16 @@ use std::collections::BTreeMap;
 
 use super::*;
 use crate::core::backoff::Outcome;
-use crate::core::lock::{LockMode, QueueMode, TableLimits};
+use crate::core::lock::{Declaration, LockMode, QueueMode, TableLimits};
 use crate::core::names::{CallbackUrl, DataKey, LockName, UserId};
 use crate::core::outbox::{Call, EntryState};
 use crate::core::rand::SplitMix64;
 use crate::ipc::message::{FromKeeper, LockOp, LockReply, Then};
 use crate::service::LinkId;
 
-const LIMITS: TableLimits = TableLimits { waiter_ttl_ms: 800, claim_ms: 300, ..TableLimits::DEFAULT };
+fn limits() -> TableLimits {
+    TableLimits { waiter_ttl_ms: 800, claim_ms: 300, ..TableLimits::DEFAULT }
+}
 
 /// Worker channels are 0..WORKER_LINKS; the courier's channel comes after them.
 const WORKER_LINKS: usize = 3;
@@ -41,6 +43,7 @@ fn random_message(
     service: &Service,
 ) -> (LinkId, ToKeeper) {
     let lock = LockName::parse(["a", "b", "c"][rng.below(3)]).unwrap();
+    let on_b = lock.as_str() == "b";
     // Mostly a recently issued ticket; now and then one nobody was given.
     let recent = &tickets[tickets.len().saturating_sub(12)..];
     let picked = match recent.get(rng.below(recent.len() + 1)) {
@@ -62,10 +65,11 @@ fn random_message(
             lock,
             ticket: if rng.below(3) == 0 { ticket() } else { None },
             owner: None,
-            ttl_ms: 200 + rng.below(2_000) as u64,
-            limit: 2,
+            ttl_ms: (rng.below(8) != 0).then(|| 200 + rng.below(2_000) as u64),
+            // Lock "b" may be declared: its acquires often leave the shape to the declaration.
+            limit: if on_b && rng.below(2) == 0 { None } else { Some(2) },
             weight: 1 + rng.below(2) as u32,
-            queue: [QueueMode::Fifo, QueueMode::None, QueueMode::Lottery][rng.below(3)],
+            queue: [None, Some(QueueMode::Fifo), Some(QueueMode::None), Some(QueueMode::Lottery)][rng.below(4)],
             wait_ms: [0, 0, 500][rng.below(3)],
             then: if rng.below(4) == 0 {
                 Then::WriteAndRelease { key: DataKey::parse("k").unwrap(), value: format!("{}", rng.below(100)) }
@@ -159,14 +163,20 @@ struct Live {
 impl Live {
     fn new() -> Self {
         let mut live = Live {
-            service: Service::new(LIMITS, 2_000, 1),
+            service: Service::new(limits(), 2_000, 1),
             journal: Vec::new(),
             sent: Vec::new(),
             fences_reserved: 0,
             issued: Vec::new(),
             reads: 0,
         };
-        let configure = Record::Configure { limits: LIMITS, max_wait_ms: 2_000, outbox: OutboxSettings::default() };
+        let configure = Record::Configure {
+            limits: limits(),
+            max_wait_ms: 2_000,
+            outbox: OutboxSettings::default(),
+            at_ms: 0,
+            entropy: 0,
+        };
         live.journal(&configure);
         let mut out = Vec::new();
         replay_answering(&mut live.service, configure, &mut live.fences_reserved, &mut out);
@@ -223,8 +233,8 @@ impl Live {
         self.sent(out);
     }
 
-    fn reload(&mut self, limits: TableLimits, max_wait_ms: u64) {
-        let record = Record::Configure { limits, max_wait_ms, outbox: OutboxSettings::default() };
+    fn reload(&mut self, limits: TableLimits, max_wait_ms: u64, at_ms: u64) {
+        let record = Record::Configure { limits, max_wait_ms, outbox: OutboxSettings::default(), at_ms, entropy: at_ms };
         self.journal(&record);
         let mut out = Vec::new();
         replay_answering(&mut self.service, record, &mut self.fences_reserved, &mut out);
@@ -337,9 +347,19 @@ fn r22_live_handling_and_a_replay_of_its_journal_end_in_the_same_state_with_the_
             match rng.below(14) {
                 0 => live.expire(at),
                 1 if step % 5 == 0 => live.link_closed(rng.below(WORKER_LINKS + 1), at),
-                2 if step % 50 == 0 => {
-                    let limits = TableLimits { max_waiters_per_lock: 1 + rng.below(4) as u32, ..LIMITS };
-                    live.reload(limits, 1_000 + rng.below(2_000) as u64);
+                2 if step % 25 == 0 => {
+                    // Now and then lock "b" is declared, with a rate: a reload that changes
+                    // a declaration admits and drops, and a replay must do the same.
+                    let declared = match rng.below(3) {
+                        0 => Vec::new(),
+                        _ => vec![Declaration {
+                            limit: 1 + rng.below(3) as u32,
+                            admit_per_minute: Some(600 + rng.below(600) as u32),
+                            ..Declaration::new(Some(LockName::parse("b").unwrap()), None)
+                        }],
+                    };
+                    let limits = TableLimits { max_waiters_per_lock: 1 + rng.below(4) as u32, declared, ..limits() };
+                    live.reload(limits, 1_000 + rng.below(2_000) as u64, now);
                 }
                 _ => {
                     let (link, message) = random_message(&mut rng, now, &live.issued, &mut next_id, &live.service);
@@ -399,7 +419,7 @@ fn r22_live_handling_and_a_replay_of_its_journal_end_in_the_same_state_with_the_
 fn r22_a_read_hands_no_due_call_to_the_courier() {
     // A read is not journaled: handling it must change nothing a replay rebuilds, even when
     // a call fell due since the last expiry run.
-    let mut service = Service::new(LIMITS, 2_000, 1);
+    let mut service = Service::new(limits(), 2_000, 1);
     let mut out = Vec::new();
     let at = |ms| Moment::new(ms, 7);
     service.handle(COURIER_LINK, ToKeeper::CourierReady { capacity: 4 }, at(1_000), [1; 16], &mut out);
@@ -438,7 +458,7 @@ fn write_journal(dir: &std::path::Path, records: &[Record]) {
 
 /// Opens the journal in `dir` and replays it into a fresh service.
 fn recover(dir: &std::path::Path) -> (Service, store::Recovery) {
-    let mut service = Service::new(LIMITS, 2_000, 9);
+    let mut service = Service::new(limits(), 2_000, 9);
     let mut reserved = 0;
     let (_, recovery) = store::Store::open(dir, |found| {
         if let store::Found::Record(bytes) = found {
@@ -482,7 +502,7 @@ fn a_journal_cut_at_every_byte_of_its_last_record_recovers_to_the_record_before(
     codec::encode(&records[5], &mut last).unwrap();
     let last_start = bytes.len() - last.len();
     let expected = {
-        let mut s = Service::new(LIMITS, 2_000, 1);
+        let mut s = Service::new(limits(), 2_000, 1);
         let mut reserved = 0;
         for r in &records[..5] {
             replay(&mut s, r.clone(), &mut reserved);
@@ -534,7 +554,7 @@ fn the_borrowed_input_record_encodes_exactly_as_the_owned_one() {
 /// Opens the journal in `dir` (snapshot included) and replays it into a fresh service;
 /// also returns the highest fence reservation seen.
 fn recover_all(dir: &std::path::Path) -> (Service, store::Recovery, u64) {
-    let mut rebuild = Rebuild::new(Service::new(LIMITS, 2_000, 9), 9);
+    let mut rebuild = Rebuild::new(Service::new(limits(), 2_000, 9), 9);
     let (_, recovery) = store::Store::open(dir, |found| rebuild.take(found)).unwrap();
     (rebuild.service, recovery, rebuild.fences_reserved)
 }
@@ -606,7 +626,7 @@ fn r12_salvage_keeps_every_valid_record_and_leaves_the_original_untouched() {
     assert_eq!((salvaged.records, salvaged.skipped), (23, true));
     // The state of every valid record: the snapshot, then the segment without the two.
     let expected = {
-        let mut s = Service::new(LIMITS, 2_000, 1);
+        let mut s = Service::new(limits(), 2_000, 1);
         let mut reserved = 0;
         for (i, r) in records.iter().enumerate() {
             if i != 15 && i != 25 {

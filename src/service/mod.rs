@@ -356,10 +356,15 @@ impl Service {
         self.lease_counters = LeaseCounters::default();
     }
 
-    /// Applies a reloaded configuration.
-    pub fn reconfigure(&mut self, limits: TableLimits, max_wait_ms: u64) {
-        self.table.set_limits(limits);
+    /// Applies a reloaded configuration at `at`: a changed declaration may admit or drop
+    /// waiters of the locks it shapes, as an expiry would.
+    pub fn reconfigure(&mut self, limits: TableLimits, max_wait_ms: u64, at: Moment, out: &mut Outbox) {
         self.max_wait_ms = max_wait_ms;
+        let fence = self.table.next_fence();
+        self.table.set_limits(limits, at, &mut self.scratch);
+        self.lease_counters.grants += self.table.next_fence().saturating_sub(fence);
+        self.outputs.extend(self.scratch.drain(..));
+        self.settle(at, out);
     }
 
     /// The lease table (read-only).

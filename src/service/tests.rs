@@ -4,7 +4,9 @@ use super::*;
 use crate::core::lock::QueueMode;
 use crate::core::names::DataKey;
 
-const LIMITS: TableLimits = TableLimits { waiter_ttl_ms: 1_000, claim_ms: 500, ..TableLimits::DEFAULT };
+fn limits() -> TableLimits {
+    TableLimits { waiter_ttl_ms: 1_000, claim_ms: 500, ..TableLimits::DEFAULT }
+}
 
 struct World {
     s: Service,
@@ -15,7 +17,7 @@ struct World {
 
 impl World {
     fn new() -> Self {
-        Self { s: Service::new(LIMITS, 60_000, 7), now: 1_000_000, next_byte: 1, out: Vec::new() }
+        Self { s: Service::new(limits(), 60_000, 7), now: 1_000_000, next_byte: 1, out: Vec::new() }
     }
 
     fn send(&mut self, link: LinkId, message: ToKeeper) -> Outbox {
@@ -45,10 +47,10 @@ fn acquire(ticket: Option<Ticket>, wait_ms: u64, then: Then, compat: bool) -> Lo
         lock: lock(),
         ticket,
         owner: None,
-        ttl_ms: 30_000,
-        limit: 1,
+        ttl_ms: Some(30_000),
+        limit: Some(1),
         weight: 1,
-        queue: QueueMode::Fifo,
+        queue: Some(QueueMode::Fifo),
         wait_ms,
         then,
         compat,
@@ -118,7 +120,7 @@ fn a_wait_that_ends_answers_with_the_place_and_the_waiter_stays() {
         reply_to(&w.request(2, 8, LockOp::Touch { lock: lock(), ticket }), 2, 8),
         Some(LockReply::Queued { .. })
     ));
-    w.tick(LIMITS.waiter_ttl_ms);
+    w.tick(limits().waiter_ttl_ms);
     assert_eq!(
         reply_to(&w.request(2, 9, LockOp::Touch { lock: lock(), ticket }), 2, 9),
         Some(LockReply::TicketUnknown)
@@ -145,7 +147,7 @@ fn a_cancelled_wait_gets_no_answer_and_its_grant_is_unclaimed() {
     let view = w.s.table().lock_view("printer").unwrap();
     assert_eq!(view.holders.len(), 1);
     assert!(!view.holders[0].claimed, "it holds only the claim window");
-    w.tick(LIMITS.claim_ms);
+    w.tick(limits().claim_ms);
     assert!(w.s.table().lock_view("printer").is_none(), "the unclaimed grant lapsed");
 }
 
@@ -160,7 +162,7 @@ fn a_second_wait_for_a_ticket_supersedes_the_first() {
     assert_eq!(w.s.stats().waiting_requests, 1);
     w.send(3, ToKeeper::Cancel { id: 9 });
     // Both watches ended: the waiter is absent after waiter_ttl_ms.
-    w.tick(LIMITS.waiter_ttl_ms);
+    w.tick(limits().waiter_ttl_ms);
     assert_eq!(w.s.table().lock_view("printer").unwrap().queue_length, 0);
 }
 
@@ -174,7 +176,7 @@ fn a_closed_channel_ends_its_waits_and_streams() {
     assert_eq!(w.s.stats(), ServiceStats { waiting_requests: 1, event_streams: 1, resources: 0, ops_total: 4 });
     w.s.link_closed(2, Moment::new(w.now, 1), &mut w.out);
     assert_eq!((w.s.stats().waiting_requests, w.s.stats().event_streams), (0, 0));
-    w.tick(LIMITS.waiter_ttl_ms);
+    w.tick(limits().waiter_ttl_ms);
     assert_eq!(w.s.table().lock_view("printer").unwrap().queue_length, 0, "both waiters were unwatched");
 }
 
@@ -390,7 +392,7 @@ fn over_budget(reply: Option<LockReply>) -> (Budget, u64) {
 #[test]
 fn resources_are_bounded_and_a_deleted_one_takes_its_data_and_can_come_back() {
     let mut w = World::new();
-    w.s.reconfigure(TableLimits { max_resources: 2, ..LIMITS }, 60_000);
+    w.s.reconfigure(TableLimits { max_resources: 2, ..limits() }, 60_000, Moment::new(0, 0), &mut Vec::new());
     let name = |n: &str| LockName::parse(n).unwrap();
     let create = |n: &str| LockOp::CreateResource { name: name(n), timeout_s: 0 };
     assert!(matches!(reply_to(&w.request(1, 1, create("printer")), 1, 1), Some(LockReply::ResourceCreated { .. })));
@@ -424,7 +426,7 @@ fn resources_are_bounded_and_a_deleted_one_takes_its_data_and_can_come_back() {
 #[test]
 fn event_streams_are_bounded_in_total_and_a_refused_one_counts_for_nothing() {
     let mut w = World::new();
-    w.s.reconfigure(TableLimits { max_event_streams: 2, ..LIMITS }, 60_000);
+    w.s.reconfigure(TableLimits { max_event_streams: 2, ..limits() }, 60_000, Moment::new(0, 0), &mut Vec::new());
     let holder = held(reply_to(&w.request(1, 1, acquire(None, 0, Then::Hold, false)), 1, 1));
     let ticket = queued_ticket(reply_to(&w.request(1, 2, acquire(None, 0, Then::Hold, false)), 1, 2));
     let watch = LockOp::Watch { lock: lock(), ticket };
@@ -439,7 +441,7 @@ fn event_streams_are_bounded_in_total_and_a_refused_one_counts_for_nothing() {
     assert_eq!(w.s.stats().event_streams, 0);
     assert!(matches!(reply_to(&w.request(7, 2, watch), 7, 2), Some(LockReply::Queued { .. })), "room again");
     w.send(7, ToKeeper::Unwatch { lock: lock(), ticket });
-    w.tick(LIMITS.waiter_ttl_ms);
+    w.tick(limits().waiter_ttl_ms);
     assert_eq!(w.s.table().lock_view("printer").unwrap().queue_length, 0);
     // A snapshot restores the count.
     w.request(8, 1, LockOp::Watch { lock: lock(), ticket: holder.ticket });
@@ -450,7 +452,7 @@ fn event_streams_are_bounded_in_total_and_a_refused_one_counts_for_nothing() {
 #[test]
 fn totals_of_the_table_reach_the_wire_as_over_budget_naming_what_was_refused() {
     let mut w = World::new();
-    w.s.reconfigure(TableLimits { max_tickets_total: 1, max_data_bytes_total: 4, ..LIMITS }, 60_000);
+    w.s.reconfigure(TableLimits { max_tickets_total: 1, max_data_bytes_total: 4, ..limits() }, 60_000, Moment::new(0, 0), &mut Vec::new());
     let holder = held(reply_to(&w.request(1, 1, acquire(None, 0, Then::Hold, false)), 1, 1));
     let refused = reply_to(&w.request(1, 2, acquire(None, 0, Then::Hold, false)), 1, 2);
     assert_eq!(over_budget(refused), (Budget::Tickets, 1));
@@ -496,7 +498,7 @@ fn budgets_list_every_bounded_quantity_with_its_use_and_limit() {
         ]
     );
     // A reload's new limits show at once.
-    w.s.reconfigure(TableLimits { max_resources: 9, ..LIMITS }, 60_000);
+    w.s.reconfigure(TableLimits { max_resources: 9, ..limits() }, 60_000, Moment::new(0, 0), &mut Vec::new());
     assert!(w.s.budgets().iter().any(|b| b.name == "resources" && b.limit == 9));
 }
 

@@ -20,7 +20,7 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 
 use leasehold::core::backoff::{Backoff, Outcome};
-use leasehold::core::lock::{LockMode, QueueMode, TableLimits};
+use leasehold::core::lock::{Declaration, LockKind, LockMode, QueueKind, QueueMode, TableLimits};
 use leasehold::core::names::{DataKey, LockName, Ticket};
 use leasehold::core::outbox::{Call, OutboxLimits};
 use leasehold::ipc::message::{LockOp, Then, ToKeeper};
@@ -509,10 +509,10 @@ fn every_record() -> Vec<Record> {
         lock: lock.clone(),
         ticket: Some(ticket),
         owner: Some(de(serde_json::json!("worker-1"))),
-        ttl_ms: 30_000,
-        limit: 3,
+        ttl_ms: Some(30_000),
+        limit: Some(3),
         weight: 2,
-        queue,
+        queue: Some(queue),
         wait_ms: 5_000,
         then,
         compat: true,
@@ -546,6 +546,25 @@ fn every_record() -> Vec<Record> {
                 max_resources: 12,
                 max_event_streams: 13,
                 callback_presence: true,
+                default_ttl_ms: 24,
+                declared: vec![
+                    Declaration {
+                        kind: LockKind::Rw,
+                        min_ttl_ms: Some(25),
+                        max_ttl_ms: Some(26),
+                        default_ttl_ms: Some(27),
+                        admit_per_minute: Some(28),
+                        admit_burst: 29,
+                        waiter_ttl_ms: Some(30),
+                        claim_ms: Some(31),
+                        ..Declaration::new(Some(lock.clone()), None)
+                    },
+                    Declaration {
+                        limit: 32,
+                        queue: QueueKind::Lottery,
+                        ..Declaration::new(None, Some("room-".into()))
+                    },
+                ],
             },
             max_wait_ms: 14,
             outbox: OutboxSettings {
@@ -559,8 +578,26 @@ fn every_record() -> Vec<Record> {
                 },
                 default_attempts: 23,
             },
+            at_ms: 33,
+            entropy: 34,
         },
         request(acquire(QueueMode::Fifo, Then::Hold)),
+        // An acquire that leaves its shape and TTL to the lock's declaration.
+        request(LockOp::Acquire {
+            lock: lock.clone(),
+            ticket: None,
+            owner: None,
+            ttl_ms: None,
+            limit: None,
+            weight: 1,
+            queue: None,
+            wait_ms: 0,
+            then: Then::Hold,
+            compat: false,
+            callback: None,
+            mode: None,
+            user: None,
+        }),
         request(acquire(QueueMode::Lottery, Then::ReadData { key: key.clone() })),
         request(acquire(QueueMode::None, Then::WriteAndRelease { key: key.clone(), value: "{\"a\":1}".into() })),
         request(LockOp::Renew { lock: lock.clone(), ticket, ttl_ms: Some(60_000) }),
@@ -633,9 +670,10 @@ fn kinds(record: &Record) -> Vec<&'static str> {
         LockOp::Acquire { queue, then, .. } => vec![
             "acquire",
             match queue {
-                QueueMode::Fifo => "queue:fifo",
-                QueueMode::Lottery => "queue:lottery",
-                QueueMode::None => "queue:none",
+                Some(QueueMode::Fifo) => "queue:fifo",
+                Some(QueueMode::Lottery) => "queue:lottery",
+                Some(QueueMode::None) => "queue:none",
+                None => "queue:declared",
             },
             match then {
                 Then::Hold => "then:hold",

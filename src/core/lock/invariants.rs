@@ -4,14 +4,14 @@
 
 use std::collections::BTreeSet;
 
-use super::{LockId, LockTable, QueueKind, RW_LIMIT};
+use super::{LockId, LockTable, QueueKind, RW_LIMIT, TIMER};
 
 impl LockTable {
     /// Checks every invariant; returns the first broken one.
     ///
     /// - the name index and the slots agree, and every lock is reachable by its name;
-    /// - the deadline index holds exactly the leases' expiries and the unwatched waiters'
-    ///   absence deadlines;
+    /// - the deadline index holds exactly the leases' expiries, the unwatched waiters'
+    ///   absence deadlines and the locks' admission timers, which it counts;
     /// - and everything [`check_contents`](Self::check_contents) checks.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.check_counts()?;
@@ -34,6 +34,13 @@ impl LockTable {
                 let unwatched = queue.waiters.iter().filter(|w| w.watchers == 0);
                 expected_deadlines.extend(unwatched.map(|w| (w.absent_at_ms, w.ticket, id)));
             }
+            if let Some(admit) = lock.admit.as_ref().filter(|a| a.timer_ms != 0) {
+                expected_deadlines.push((admit.timer_ms, TIMER, id));
+            }
+        }
+        let timers = self.slots.iter().flatten().filter(|l| l.admit.as_ref().is_some_and(|a| a.timer_ms != 0)).count();
+        if timers as u64 != self.timers {
+            return Err(format!("{} admission timers counted, {timers} set", self.timers));
         }
         expected_deadlines.sort_unstable();
         if !expected_deadlines.iter().eq(self.deadlines.iter()) {
@@ -47,15 +54,20 @@ impl LockTable {
 
     /// Checks what the locks hold (all a snapshot decides; the indexes are built from it):
     ///
-    /// - holders' weights sum to `used`, and `used` ≤ `limit`;
+    /// - holders' weights sum to `used`, and `used` ≤ `limit` unless the lock is a declared
+    ///   semaphore (a reload may lower a declared limit below what is held);
+    /// - only a lock with an admission rate has a bucket;
     /// - a read/write lock is FIFO, has the read/write permit count, and only readers'
     ///   and writers' weights (so a writer is alone); a semaphore has not that count;
     /// - no ticket is both holding and waiting, or twice in one lock;
     /// - no user has two tickets in one lock (holding or waiting);
     /// - every fence is below the next fence and unique;
     /// - FIFO: a non-empty queue's head does not fit; lottery: a non-empty queue has a
-    ///   candidate that does not fit, or no permit is free;
-    /// - no lock is empty (no holder, no waiter, no data); data byte counts are exact;
+    ///   candidate that does not fit, or no permit is free; either way, unless the lock's
+    ///   admission timer is set (the next one fits but waits for a token);
+    /// - no lock is empty (no holder, no waiter, no data) unless its admission timer is
+    ///   set (its bucket is refilling); data byte counts are exact;
+    /// - no lease or waiter has the timer's ticket;
     /// - the global holder, waiter and data byte counts match.
     pub(super) fn check_contents(&self) -> Result<(), String> {
         let mut fences = Vec::with_capacity(self.holders as usize);
@@ -64,14 +76,22 @@ impl LockTable {
         let (mut holders, mut waiters, mut data_bytes) = (0u64, 0u64, 0u64);
         for lock in self.slots.iter().flatten() {
             let name = lock.name.as_str();
-            if !lock.has_participants() && lock.data.is_none() {
+            let declaration = self.declared.get(lock.decl);
+            let timer_set = lock.admit.as_ref().is_some_and(|a| a.timer_ms != 0);
+            if !lock.has_participants() && lock.data.is_none() && !timer_set {
                 return Err(format!("lock {name:?} is empty but not forgotten"));
+            }
+            if lock.admit.is_some() && declaration.and_then(|d| d.rate()).is_none() {
+                return Err(format!("lock {name:?} has an admission bucket but no rate"));
             }
             let used: u64 = lock.holders.iter().map(|l| u64::from(l.weight)).sum();
             if used != u64::from(lock.used) {
                 return Err(format!("lock {name:?}: used {} but holders weigh {used}", lock.used));
             }
-            if lock.used > lock.limit {
+            // A declared semaphore may hold more than its limit after a reload lowered it
+            // (its holders keep their leases; the model-based tests check that no grant
+            // ever goes over).
+            if lock.used > lock.limit && declaration.is_none_or(|d| d.kind != super::LockKind::Semaphore || lock.rw) {
                 return Err(format!("lock {name:?}: {} permits held over limit {}", lock.used, lock.limit));
             }
             if lock.rw {
@@ -128,14 +148,14 @@ impl LockTable {
                         if queue.candidate.is_some() {
                             return Err(format!("lock {name:?}: a FIFO queue has a lottery candidate"));
                         }
-                        if fits(queue.waiters[0].weight) {
+                        if fits(queue.waiters[0].weight) && !timer_set {
                             return Err(format!("lock {name:?}: the FIFO head fits but waits"));
                         }
                     }
                     QueueKind::Lottery => match queue.candidate {
                         Some(t) => match queue.waiters.iter().find(|w| w.ticket == t) {
                             None => return Err(format!("lock {name:?}: the lottery candidate is not queued")),
-                            Some(w) if fits(w.weight) => {
+                            Some(w) if fits(w.weight) && !timer_set => {
                                 return Err(format!("lock {name:?}: the lottery candidate fits but waits"))
                             }
                             Some(_) => {}
@@ -146,6 +166,9 @@ impl LockTable {
                         None => {}
                     },
                 }
+            }
+            if tickets.contains(&TIMER) {
+                return Err(format!("lock {name:?}: a ticket is the admission timer's"));
             }
             if tickets.len() > 1 {
                 tickets.sort_unstable();
@@ -188,9 +211,9 @@ impl LockTable {
         if self.index.len() + self.free.len() != self.slots.len() {
             return Err(format!("{} slots, {} free, {} indexed", self.slots.len(), self.free.len(), self.index.len()));
         }
-        let live = self.holders + self.waiters;
+        let live = self.holders + self.waiters + self.timers;
         if (self.deadlines.len() as u64) > live {
-            return Err(format!("{} deadlines for {live} holders and waiters", self.deadlines.len()));
+            return Err(format!("{} deadlines for {live} holders, waiters and timers", self.deadlines.len()));
         }
         Ok(())
     }

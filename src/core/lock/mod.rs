@@ -30,7 +30,21 @@
 //!   ticket showing up, like a touch; its other fields are not used). Users are found by
 //!   scanning the lock's holders and waiters, as tickets are, and are stored only on
 //!   tickets, so they are bounded by the ticket budgets.
-//! - A lock is forgotten when it has no holder, no waiter and no data.
+//! - Declared locks (`TableLimits::declared`, by name or longest prefix) have their shape
+//!   from the declaration: an acquire may omit `limit`, `queue`, `mode` and `ttl_ms`, and
+//!   one that states another shape is refused (`LimitMismatch`, `QueueMismatch`,
+//!   `KindMismatch`). Their TTL bounds, waiter TTL and claim time are the declaration's. A
+//!   reload that changes a declaration applies it at once: the limit of a lock in use (its
+//!   holders keep their leases even above a lowered limit; nobody goes in until permits
+//!   free up, and waiters heavier than the new limit are dropped), the rest of the shape
+//!   once the lock is free. A lock left undeclared above its limit takes the limit of
+//!   what it holds.
+//! - Admission rate (`admit_per_minute`): every new grant of such a lock, at once or from
+//!   the queue, takes a token of its bucket (see `declare`); without one the caller queues
+//!   (try-lock: `Unavailable`) and a timer admits the queue when the next token is due.
+//!   Re-entry and renewal take none.
+//! - A lock is forgotten when it has no holder, no waiter and no data, and its admission
+//!   bucket (if any) is full: a bucket still refilling is remembered until it is full.
 //! - Totals: once holders and waiters together number `max_tickets_total`, an acquire that
 //!   would issue a new ticket is refused (admission only turns a waiter into a holder, so it
 //!   never trips it); a data write that grows the bytes of all locks together past
@@ -39,6 +53,7 @@
 //! `expire(now)` first removes everything due at or before `now` (in deadline order), then
 //! admits, lock by lock, in the order of each lock's earliest due deadline (ties: ticket).
 
+mod declare;
 mod invariants;
 mod op;
 mod state;
@@ -54,7 +69,10 @@ pub use op::{
     Acquire, CallbackEvent, DropReason, LeaseView, LockKind, LockMode, Moment, Op, Output, QueueKind, QueueMode,
     QueueView, Reply,
 };
+pub use declare::{Declaration, MAX_ADMIT_BURST, MAX_ADMIT_PER_MINUTE, MAX_DECLARATIONS};
 pub use state::{LeaseState, LockState, TableState, WaiterState};
+
+use declare::{Declared, Rate};
 
 use super::error::CoreError;
 use super::names::{CallbackUrl, DataKey, LockName, Owner, Ticket, UserId};
@@ -84,11 +102,15 @@ fn rw_mode(weight: u32) -> LockMode {
     }
 }
 
-/// Whether `weight` more permits fit; never overflows, since `used <= limit` always.
+/// Whether `weight` more permits fit (never, while a reload's lower limit is exceeded).
 #[inline]
 fn fits(used: u32, weight: u32, limit: u32) -> bool {
-    weight <= limit - used
+    weight <= limit.saturating_sub(used)
 }
+
+/// The ticket of a lock's admission timer in the deadline index; never issued (tickets
+/// are random, and a table refuses an acquire that brings this one).
+const TIMER: Ticket = Ticket::from_bytes([0; 16]);
 
 /// Limits on everything a client controls, plus the presence timings.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -131,6 +153,17 @@ pub struct TableLimits {
     /// must take the decisions the keeper took then).
     #[serde(default)]
     pub callback_presence: bool,
+    /// The lease of an acquire that gives no `ttl_ms`, on an undeclared lock (absent from
+    /// limits journaled before format 4, whose acquires always gave one).
+    #[serde(default = "default_ttl_ms")]
+    pub default_ttl_ms: u64,
+    /// Declared locks (from journal format 4).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub declared: Vec<Declaration>,
+}
+
+fn default_ttl_ms() -> u64 {
+    TableLimits::DEFAULT.default_ttl_ms
 }
 
 // The totals are absent from limits journaled before they existed. Those journals were
@@ -161,6 +194,8 @@ impl TableLimits {
         max_resources: 100_000,
         max_event_streams: 100_000,
         callback_presence: true,
+        default_ttl_ms: 30_000,
+        declared: Vec::new(),
     };
 }
 
@@ -295,6 +330,19 @@ struct Lock {
     touched: u32,
     /// The name's hash, kept so forgetting and index growth never hash the name again.
     hash: u64,
+    /// Its declaration's index in the table's `declared`, or `UNDECLARED`.
+    decl: u32,
+    /// Admission-rate state, for a declared lock with a rate that has granted.
+    admit: Option<Box<Admit>>,
+}
+
+/// A lock's admission bucket and timer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Admit {
+    /// When the bucket is full again (µs; see `declare`).
+    tat_us: u64,
+    /// When the timer in the deadline index fires (0: none is set).
+    timer_ms: u64,
 }
 
 impl Lock {
@@ -395,6 +443,9 @@ pub struct LockView {
     pub queue_length: u32,
     /// Keys in the data map.
     pub data_keys: u32,
+    /// The declaration that shapes it, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub declared: Option<Declaration>,
 }
 
 /// Totals for metrics.
@@ -448,6 +499,8 @@ pub struct TableStats {
 #[derive(Debug, Clone)]
 pub struct LockTable {
     limits: TableLimits,
+    /// `limits.declared`, indexed.
+    declared: Declared,
     /// Secret mixed into every name hash so clients cannot aim names at one bucket.
     hash_seed: u64,
     /// Lock ids, hashed by their lock's name (the name itself lives only in the slot).
@@ -461,6 +514,8 @@ pub struct LockTable {
     waiters: u64,
     /// Sum of every lock's data bytes.
     data_bytes: u64,
+    /// Admission timers in the deadline index.
+    timers: u64,
 }
 
 fn hash_name(seed: u64, name: &str) -> u64 {
@@ -486,6 +541,7 @@ impl LockTable {
     /// An empty table. `hash_seed` should be random (it keys the name hash).
     pub fn new(limits: TableLimits, hash_seed: u64) -> Self {
         Self {
+            declared: Declared::new(&limits.declared),
             limits,
             hash_seed,
             index: HashTable::new(),
@@ -496,6 +552,7 @@ impl LockTable {
             holders: 0,
             waiters: 0,
             data_bytes: 0,
+            timers: 0,
         }
     }
 
@@ -504,9 +561,136 @@ impl LockTable {
         &self.limits
     }
 
-    /// Replaces the limits (on reload). Existing leases and queues are kept as they are.
-    pub fn set_limits(&mut self, limits: TableLimits) {
+    /// Replaces the limits (on reload). Existing leases and queues are kept as they are,
+    /// except where a changed declaration applies to a lock (see the rules above): then, in
+    /// name order, each lock takes its declaration and is settled at `at` (waiters heavier
+    /// than a lowered limit are dropped, a raised limit admits).
+    pub fn set_limits(&mut self, limits: TableLimits, at: Moment, out: &mut Vec<Output>) {
+        let redeclared = limits.declared != self.limits.declared;
         self.limits = limits;
+        if !redeclared {
+            return;
+        }
+        self.declared = Declared::new(&self.limits.declared);
+        let mut ids: Vec<LockId> = (0..self.slots.len() as LockId).filter(|&id| self.slots[id as usize].is_some()).collect();
+        ids.sort_unstable_by(|&a, &b| self.lock(a).name.cmp(&self.lock(b).name));
+        for id in ids {
+            let decl = self.declared.find(self.lock(id).name.as_str());
+            let declaration = self.declared.get(decl).cloned();
+            let lock = self.lock_mut(id);
+            lock.decl = decl;
+            if declaration.as_ref().and_then(Declaration::rate).is_none() {
+                self.clear_timer(id);
+                self.lock_mut(id).admit = None;
+            }
+            let mut moved_from = NOT_MOVED;
+            let lock = self.lock_mut(id);
+            if !lock.rw && lock.used > lock.limit && declaration.as_ref().is_none_or(|d| d.kind != LockKind::Semaphore) {
+                // Left undeclared above a lowered limit: the smallest limit that holds what
+                // is held, so nobody goes in until permits free up.
+                lock.limit = lock.used;
+            }
+            if let Some(d) = declaration {
+                let lock = self.lock_mut(id);
+                if !lock.has_participants() {
+                    lock.rw = d.kind == LockKind::Rw;
+                    lock.limit = if lock.rw { RW_LIMIT } else { d.limit };
+                    lock.kind = d.queue;
+                } else if !lock.rw && d.kind == LockKind::Semaphore && lock.limit != d.limit {
+                    lock.limit = d.limit;
+                    moved_from = self.drop_heavier(id, d.limit, out);
+                }
+            }
+            self.settle(id, at, moved_from, out);
+        }
+        self.debug_check();
+    }
+
+    /// Drops the waiters of lock `id` heavier than `limit`; returns the first place that
+    /// moved.
+    fn drop_heavier(&mut self, id: LockId, limit: u32, out: &mut Vec<Output>) -> usize {
+        let mut moved_from = NOT_MOVED;
+        let mut i = 0;
+        while i < self.lock(id).queue_len() {
+            let w = &self.lock(id).queue.as_ref().expect("queue exists while it has waiters").waiters[i];
+            if w.weight > limit {
+                let ticket = w.ticket;
+                self.remove_waiter(id, i, true);
+                moved_from = min(moved_from, i);
+                let name = self.lock(id).name.clone();
+                out.push(Output::Dropped { lock: name, ticket, reason: DropReason::LimitLowered });
+            } else {
+                i += 1;
+            }
+        }
+        moved_from
+    }
+
+    /// The declaration of lock `id`, if any.
+    fn declaration(&self, id: LockId) -> Option<&Declaration> {
+        self.declared.get(self.lock(id).decl)
+    }
+
+    /// The admission rate of lock `id`, if any.
+    fn rate(&self, id: LockId) -> Option<Rate> {
+        self.declaration(id).and_then(Declaration::rate)
+    }
+
+    /// How long an unwatched waiter of lock `id` stays after it was last seen.
+    fn waiter_ttl_ms(&self, id: LockId) -> u64 {
+        self.declaration(id).and_then(|d| d.waiter_ttl_ms).unwrap_or(self.limits.waiter_ttl_ms)
+    }
+
+    /// How long an admitted waiter of lock `id` has to claim its lease.
+    fn claim_ms(&self, id: LockId) -> u64 {
+        self.declaration(id).and_then(|d| d.claim_ms).unwrap_or(self.limits.claim_ms)
+    }
+
+    /// Whether lock `id`'s admission rate lets a grant go out at `now_ms`; if not, its
+    /// timer is set for when one may.
+    fn rate_allows(&mut self, id: LockId, now_ms: u64) -> bool {
+        let Some(rate) = self.rate(id) else { return true };
+        let tat_us = self.lock(id).admit.as_ref().map_or(0, |a| a.tat_us);
+        if rate.allows(tat_us, now_ms) {
+            return true;
+        }
+        self.set_timer(id, rate.next_allowed_ms(tat_us));
+        false
+    }
+
+    /// Sets lock `id`'s admission timer to fire at `at_ms` (replacing any other).
+    fn set_timer(&mut self, id: LockId, at_ms: u64) {
+        let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
+        let admit = lock.admit.get_or_insert_with(Default::default);
+        if admit.timer_ms == at_ms {
+            return;
+        }
+        if admit.timer_ms != 0 {
+            self.deadlines.remove(&(admit.timer_ms, TIMER, id));
+            self.timers -= 1;
+        }
+        admit.timer_ms = at_ms;
+        self.deadlines.insert((at_ms, TIMER, id));
+        self.timers += 1;
+    }
+
+    /// Takes lock `id`'s admission timer out of the deadline index, if set.
+    fn clear_timer(&mut self, id: LockId) {
+        let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
+        if let Some(admit) = lock.admit.as_mut().filter(|a| a.timer_ms != 0) {
+            self.deadlines.remove(&(admit.timer_ms, TIMER, id));
+            self.timers -= 1;
+            admit.timer_ms = 0;
+        }
+    }
+
+    /// The earliest a FIFO waiter at 1-based `position` of lock `name` can go in as far as
+    /// the lock's admission rate goes, from `now_ms`; `None` for a lock without a rate.
+    pub fn admission_wait_ms(&self, name: &str, position: u32, now_ms: u64) -> Option<u64> {
+        let id = self.find(name)?;
+        let rate = self.rate(id)?;
+        let tat_us = self.lock(id).admit.as_ref().map_or(0, |a| a.tat_us);
+        Some(rate.nth_allowed_ms(tat_us, position, now_ms) - now_ms)
     }
 
     /// Totals for metrics.
@@ -566,9 +750,21 @@ impl LockTable {
     }
 
     /// Adds a lock; `hash` is `hash_name` of its name (from `find_hashed`).
-    fn create(&mut self, name: LockName, hash: u64, limit: u32, kind: QueueKind, rw: bool) -> LockId {
-        let lock =
-            Lock { name, limit, used: 0, kind, rw, holders: Holders::new(), queue: None, data: None, touched: 0, hash };
+    fn create(&mut self, name: LockName, hash: u64, limit: u32, kind: QueueKind, rw: bool, decl: u32) -> LockId {
+        let lock = Lock {
+            name,
+            limit,
+            used: 0,
+            kind,
+            rw,
+            holders: Holders::new(),
+            queue: None,
+            data: None,
+            touched: 0,
+            hash,
+            decl,
+            admit: None,
+        };
         let id = match self.free.pop() {
             Some(id) => {
                 self.slots[id as usize] = Some(lock);
@@ -584,11 +780,21 @@ impl LockTable {
         id
     }
 
-    fn forget_if_empty(&mut self, id: LockId) {
+    /// Forgets lock `id` if nothing of it is left to remember at `now_ms`.
+    fn forget_if_empty(&mut self, id: LockId, now_ms: u64) {
         let lock = self.lock(id);
         if lock.has_participants() || lock.data.is_some() {
             return;
         }
+        if let Some(tat_us) = lock.admit.as_ref().map(|a| a.tat_us) {
+            if tat_us > now_ms.saturating_mul(1000) {
+                // Its bucket is still refilling: kept until it is full.
+                self.set_timer(id, declare::full_at_ms(tat_us));
+                return;
+            }
+            self.clear_timer(id);
+        }
+        let lock = self.lock(id);
         if let Ok(entry) = self.index.find_entry(lock.hash, |&other| other == id) {
             entry.remove();
         }
@@ -609,41 +815,79 @@ impl LockTable {
             Op::SetLimit { lock, limit } => self.set_limit(&lock, limit, at, out),
             Op::PutData { lock, ticket, key, value } => self.put_data(&lock, ticket, key, value, at),
             Op::DeleteData { lock, ticket, key } => self.delete_data(&lock, ticket, &key, at),
-            Op::ClearData { lock } => self.clear_data(&lock),
+            Op::ClearData { lock } => self.clear_data(&lock, at),
         };
         self.debug_check();
         reply
     }
 
     fn acquire(&mut self, a: Acquire, at: Moment, out: &mut Vec<Output>) -> Reply {
+        if a.new_ticket == TIMER {
+            // Tickets are random: this one is the timer's, and never a caller's.
+            return Reply::Rejected(CoreError::InvalidTicket);
+        }
+        let (hash, found) = self.find_hashed(a.lock.as_str());
+        let decl = match found {
+            Some(id) => self.lock(id).decl,
+            None => self.declared.find(a.lock.as_str()),
+        };
+        let declaration = self.declared.get(decl);
         let limits = &self.limits;
-        if a.limit == 0 || a.limit > limits.max_limit {
-            return out_of_range("limit", a.limit.into(), 1, limits.max_limit.into());
+        // The shape asked for: as stated, else as declared, else the defaults.
+        let limit = a.limit.unwrap_or_else(|| declaration.map_or(1, |d| d.limit));
+        if limit == 0 || limit > limits.max_limit {
+            return out_of_range("limit", limit.into(), 1, limits.max_limit.into());
         }
-        if a.weight == 0 || a.weight > a.limit {
-            return out_of_range("weight", a.weight.into(), 1, a.limit.into());
+        if a.weight == 0 || a.weight > limit {
+            return out_of_range("weight", a.weight.into(), 1, limit.into());
         }
-        if a.ttl_ms < limits.min_ttl_ms || a.ttl_ms > limits.max_ttl_ms {
-            return out_of_range("ttl_ms", a.ttl_ms, limits.min_ttl_ms, limits.max_ttl_ms);
+        let (min_ttl_ms, max_ttl_ms) = declaration.map_or((limits.min_ttl_ms, limits.max_ttl_ms), |d| d.ttl_bounds(limits));
+        let ttl_ms = a.ttl_ms.unwrap_or_else(|| declaration.map_or(limits.default_ttl_ms, |d| d.default_ttl(limits)));
+        if ttl_ms < min_ttl_ms || ttl_ms > max_ttl_ms {
+            return out_of_range("ttl_ms", ttl_ms, min_ttl_ms, max_ttl_ms);
         }
+        let queue = a.queue.unwrap_or(match declaration {
+            Some(d) if d.queue == QueueKind::Lottery => QueueMode::Lottery,
+            _ => QueueMode::Fifo,
+        });
         if a.mode.is_some() {
-            if a.queue == QueueMode::Lottery {
+            if queue == QueueMode::Lottery {
                 return Reply::Rejected(CoreError::Incompatible {
                     reason: "a read/write lock (mode) queues in arrival order: queue lottery cannot be given with mode",
                 });
             }
-            if a.limit != 1 || a.weight != 1 {
+            if limit != 1 || a.weight != 1 {
                 return Reply::Rejected(CoreError::Incompatible {
                     reason: "a read/write lock (mode) has no permit count: limit and weight cannot be given with mode",
                 });
             }
         }
-        let (hash, found) = self.find_hashed(a.lock.as_str());
+        let wanted_kind = match queue {
+            QueueMode::Lottery => QueueKind::Lottery,
+            QueueMode::Fifo | QueueMode::None => QueueKind::Fifo,
+        };
+        // The caller's read/write mode: on a read/write lock (declared, or in use), a plain
+        // acquire (no mode, no limit, no weight) is an exclusive one.
+        let mut mode = a.mode;
+        if let Some(d) = declaration {
+            match d.kind {
+                LockKind::Semaphore if mode.is_some() => return Reply::KindMismatch { kind: LockKind::Semaphore },
+                LockKind::Semaphore if limit != d.limit => return Reply::LimitMismatch { limit: d.limit },
+                LockKind::Semaphore => {}
+                LockKind::Rw if mode.is_none() && (limit != 1 || a.weight != 1) => {
+                    return Reply::KindMismatch { kind: LockKind::Rw }
+                }
+                LockKind::Rw => mode = mode.or(Some(LockMode::Exclusive)),
+            }
+            if queue != QueueMode::None && wanted_kind != d.queue {
+                return Reply::QueueMismatch { queue: d.queue };
+            }
+        }
         if let Some(id) = found {
             // Re-entry: with the caller's ticket, or (vanishingly rare) a fresh ticket that
             // happens to be in use here already.
             for ticket in a.ticket.into_iter().chain(Some(a.new_ticket)) {
-                if let Some(reply) = self.reenter(id, ticket, a.ttl_ms, a.watch, at) {
+                if let Some(reply) = self.reenter(id, ticket, ttl_ms, a.watch, at) {
                     return reply;
                 }
             }
@@ -658,43 +902,36 @@ impl LockTable {
         if self.holders + self.waiters >= u64::from(self.limits.max_tickets_total) {
             return Reply::TicketsFull { max_tickets: self.limits.max_tickets_total };
         }
-        let wanted_kind = match a.queue {
-            QueueMode::Lottery => QueueKind::Lottery,
-            QueueMode::Fifo | QueueMode::None => QueueKind::Fifo,
-        };
-        // The caller's read/write mode; on a read/write lock in use, a plain acquire (no
-        // mode, no limit, no weight) is an exclusive one.
-        let mut mode = a.mode;
         let id = match found {
             None => {
                 if self.index.len() >= self.limits.max_locks as usize {
                     return Reply::TableFull { max_locks: self.limits.max_locks };
                 }
-                let limit = if mode.is_some() { RW_LIMIT } else { a.limit };
-                self.create(a.lock, hash, limit, wanted_kind, mode.is_some())
+                let limit = if mode.is_some() { RW_LIMIT } else { limit };
+                self.create(a.lock, hash, limit, wanted_kind, mode.is_some(), decl)
             }
             Some(id) => {
                 let lock = self.lock_mut(id);
                 if lock.has_participants() {
                     if lock.rw {
                         if mode.is_none() {
-                            if a.limit != 1 || a.weight != 1 {
+                            if limit != 1 || a.weight != 1 {
                                 return Reply::KindMismatch { kind: LockKind::Rw };
                             }
                             mode = Some(LockMode::Exclusive);
                         }
                     } else if mode.is_some() {
                         return Reply::KindMismatch { kind: LockKind::Semaphore };
-                    } else if lock.limit != a.limit {
+                    } else if lock.limit != limit {
                         return Reply::LimitMismatch { limit: lock.limit };
                     }
-                    if a.queue != QueueMode::None && lock.kind != wanted_kind {
+                    if queue != QueueMode::None && lock.kind != wanted_kind {
                         return Reply::QueueMismatch { queue: lock.kind };
                     }
                 } else {
                     // Nobody to disagree with: the lock takes the caller's shape.
                     lock.rw = mode.is_some();
-                    lock.limit = if lock.rw { RW_LIMIT } else { a.limit };
+                    lock.limit = if lock.rw { RW_LIMIT } else { limit };
                     lock.kind = wanted_kind;
                 }
                 id
@@ -702,25 +939,27 @@ impl LockTable {
         };
         let weight = mode.map_or(a.weight, rw_weight);
         let max_waiters = self.limits.max_waiters_per_lock;
-        let waiter_ttl_ms = self.limits.waiter_ttl_ms;
+        let waiter_ttl_ms = self.waiter_ttl_ms(id);
         let callback_presence = self.limits.callback_presence;
         let now = at.now_ms;
-        let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
-        let queue_length = lock.queue_len();
-        if queue_length == 0 && fits(lock.used, weight, lock.limit) {
+        let lock = self.lock(id);
+        if lock.queue_len() == 0 && fits(lock.used, weight, lock.limit) && self.rate_allows(id, now) {
             let lease = Lease {
                 ticket: a.new_ticket,
                 fence: 0,
-                expires_at_ms: now + a.ttl_ms,
-                ttl_ms: a.ttl_ms,
+                expires_at_ms: now + ttl_ms,
+                ttl_ms,
                 weight,
                 claimed: true,
                 extra: make_extra(a.owner, a.callback, a.user, 0),
             };
-            return Reply::Held(self.grant(id, lease));
+            return Reply::Held(self.grant(id, lease, now));
         }
-        if a.queue == QueueMode::None {
-            // The lock has participants (an empty lock always fits), so it stays.
+        let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
+        let queue_length = lock.queue_len();
+        if queue == QueueMode::None {
+            // The lock has participants or a refilling bucket (an empty lock always fits), so
+            // it stays.
             let (used, limit) = lock.shown_usage();
             return Reply::Unavailable { used, limit, queue_length: queue_length as u32 };
         }
@@ -730,7 +969,7 @@ impl LockTable {
         let wait_until_ms = if a.callback.is_some() && callback_presence { now.saturating_add(a.wait_ms) } else { 0 };
         let mut waiter = Waiter {
             ticket: a.new_ticket,
-            ttl_ms: a.ttl_ms,
+            ttl_ms,
             absent_at_ms: 0,
             weight,
             watchers: u32::from(a.watch),
@@ -789,7 +1028,7 @@ impl LockTable {
     }
 
     fn waiter_presence(&mut self, id: LockId, index: usize, now: u64, presence: Presence) {
-        let waiter_ttl_ms = self.limits.waiter_ttl_ms;
+        let waiter_ttl_ms = self.waiter_ttl_ms(id);
         let queue = self.slots[id as usize].as_mut().and_then(|l| l.queue.as_mut()).expect("waiter's lock has a queue");
         let w = &mut queue.waiters[index];
         let was_unwatched = w.watchers == 0;
@@ -840,6 +1079,11 @@ impl LockTable {
         let Some(id) = self.find(name.as_str()) else {
             return Reply::TicketUnknown;
         };
+        if let Some((min, max)) = self.declaration(id).map(|d| d.ttl_bounds(&self.limits)) {
+            if let Some(ttl) = ttl_ms.filter(|&t| t < min || t > max) {
+                return out_of_range("ttl_ms", ttl, min, max);
+            }
+        }
         let lock = self.lock(id);
         if let Some(i) = lock.holder_index(ticket) {
             let ttl = ttl_ms.unwrap_or(lock.holders[i].ttl_ms);
@@ -880,6 +1124,10 @@ impl LockTable {
         let Some(id) = self.find(name.as_str()) else {
             return Reply::LockUnknown;
         };
+        if let Some(d) = self.declaration(id).filter(|d| d.kind == LockKind::Semaphore) {
+            // The configuration's word: a declared limit changes on reload only.
+            return Reply::LimitMismatch { limit: d.limit };
+        }
         let lock = self.lock_mut(id);
         if lock.rw {
             return Reply::KindMismatch { kind: LockKind::Rw };
@@ -888,19 +1136,7 @@ impl LockTable {
             return Reply::LimitInUse { used: lock.used };
         }
         lock.limit = limit;
-        let mut moved_from = NOT_MOVED;
-        let mut i = 0;
-        while i < self.lock(id).queue_len() {
-            let w = &self.lock(id).queue.as_ref().expect("queue exists while it has waiters").waiters[i];
-            if w.weight > limit {
-                let ticket = w.ticket;
-                self.remove_waiter(id, i, true);
-                moved_from = min(moved_from, i);
-                out.push(Output::Dropped { lock: name.clone(), ticket, reason: DropReason::LimitLowered });
-            } else {
-                i += 1;
-            }
-        }
+        let moved_from = self.drop_heavier(id, limit, out);
         self.settle(id, at, moved_from, out);
         Reply::LimitSet { limit }
     }
@@ -966,7 +1202,7 @@ impl LockTable {
     /// Removes every data key of a lock nobody holds or waits for; the lock is then
     /// forgotten. A lock in use keeps its data: its holder's writes are fenced, and a
     /// removal behind its back would not be.
-    fn clear_data(&mut self, name: &LockName) -> Reply {
+    fn clear_data(&mut self, name: &LockName, at: Moment) -> Reply {
         let Some(id) = self.find(name.as_str()) else {
             return Reply::LockUnknown;
         };
@@ -976,7 +1212,7 @@ impl LockTable {
         }
         let data = lock.data.take().expect("a lock with no participants has data");
         self.data_bytes -= u64::from(data.bytes);
-        self.forget_if_empty(id);
+        self.forget_if_empty(id, at.now_ms);
         Reply::DataCleared { keys: data.entries.len() as u32 }
     }
 
@@ -1044,11 +1280,11 @@ impl LockTable {
                 }
             }
         }
-        self.forget_if_empty(id);
+        self.forget_if_empty(id, at.now_ms);
     }
 
     fn admit(&mut self, id: LockId, at: Moment, moved_from: &mut usize, out: &mut Vec<Output>) {
-        let claim_ms = self.limits.claim_ms;
+        let claim_ms = self.claim_ms(id);
         let mut draws: Option<SplitMix64> = None;
         loop {
             let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
@@ -1080,6 +1316,15 @@ impl LockTable {
                     index
                 }
             };
+            if !self.rate_allows(id, at.now_ms) {
+                // The next one to go in fits but waits for a token; a lottery's draw stands.
+                let lock = self.lock_mut(id);
+                if lock.kind == QueueKind::Lottery {
+                    let queue = lock.queue.as_mut().expect("the queue is not empty");
+                    queue.candidate = Some(queue.waiters[index].ticket);
+                }
+                return;
+            }
             let w = self.remove_waiter(id, index, true);
             *moved_from = min(*moved_from, index);
             let claimed = w.watchers > 0;
@@ -1093,7 +1338,7 @@ impl LockTable {
                 claimed,
                 extra: w.extra,
             };
-            let view = self.grant(id, lease);
+            let view = self.grant(id, lease, at.now_ms);
             let (ticket, fence) = (view.ticket, view.fence);
             let name = &self.lock(id).name;
             out.push(Output::Granted { lock: name.clone(), lease: view });
@@ -1112,9 +1357,13 @@ impl LockTable {
 
     /// Makes `lease` a holder of lock `id`, giving it the next fence (its `fence` field is
     /// overwritten). Every grant, immediate or from the queue, goes through here.
-    fn grant(&mut self, id: LockId, mut lease: Lease) -> LeaseView {
+    fn grant(&mut self, id: LockId, mut lease: Lease, now_ms: u64) -> LeaseView {
         lease.fence = self.next_fence;
         self.next_fence += 1;
+        if let Some(rate) = self.rate(id) {
+            let admit = self.lock_mut(id).admit.get_or_insert_with(Default::default);
+            admit.tat_us = rate.after_grant(admit.tat_us, now_ms);
+        }
         let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
         if lock.holders.capacity() == lock.holders.len() {
             // Most locks are mutexes: grow one lease at a time, not by doubling.
@@ -1139,14 +1388,20 @@ impl LockTable {
         // order it was first touched (earliest due deadline, then ticket), so fences go out
         // in time order whatever the locks' places in memory.
         let mut touched: Vec<(LockId, usize)> = Vec::new();
-        for (_, ticket, id) in due {
+        for (when_ms, ticket, id) in due {
             let lock = self.lock_mut(id);
             if lock.touched == 0 {
                 touched.push((id, NOT_MOVED));
                 lock.touched = touched.len() as u32;
             }
             let slot = lock.touched as usize - 1;
-            if let Some(i) = lock.holder_index(ticket) {
+            if ticket == TIMER {
+                // A token is due (or the bucket is full): the settling below admits or forgets.
+                if let Some(admit) = lock.admit.as_mut().filter(|a| a.timer_ms == when_ms) {
+                    admit.timer_ms = 0;
+                }
+                self.timers -= 1;
+            } else if let Some(i) = lock.holder_index(ticket) {
                 let unclaimed = !lock.holders[i].claimed;
                 let name = lock.name.clone();
                 let lease = self.remove_holder(id, i, false);
@@ -1181,9 +1436,12 @@ impl LockTable {
     /// Gives every waiter a fresh presence window (after a restart, nobody is connected); a
     /// waiter with a callback keeps the rest of its wait if that is longer.
     pub fn reset_presence(&mut self, now_ms: u64) {
-        let waiter_ttl_ms = self.limits.waiter_ttl_ms;
+        let global_waiter_ttl_ms = self.limits.waiter_ttl_ms;
         for (id, slot) in self.slots.iter_mut().enumerate() {
-            let Some(queue) = slot.as_mut().and_then(|l| l.queue.as_mut()) else {
+            let Some(lock) = slot.as_mut() else { continue };
+            let declared = self.declared.get(lock.decl).and_then(|d| d.waiter_ttl_ms);
+            let waiter_ttl_ms = declared.unwrap_or(global_waiter_ttl_ms);
+            let Some(queue) = lock.queue.as_mut() else {
                 continue;
             };
             for w in queue.waiters.iter_mut() {
@@ -1252,6 +1510,7 @@ impl LockTable {
             holders,
             queue_length: lock.queue_len() as u32,
             data_keys: lock.data.as_ref().map_or(0, |d| d.entries.len() as u32),
+            declared: self.declared.get(lock.decl).cloned(),
         })
     }
 

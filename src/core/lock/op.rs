@@ -88,14 +88,15 @@ pub struct Acquire {
     pub new_ticket: Ticket,
     /// A label for the lease.
     pub owner: Option<Owner>,
-    /// Lease time to live once admitted.
-    pub ttl_ms: u64,
-    /// The lock's permit count as the caller expects it (1 = mutex).
-    pub limit: u32,
+    /// Lease time to live once admitted (`None`: the lock's default).
+    pub ttl_ms: Option<u64>,
+    /// The lock's permit count as the caller expects it (1 = mutex; `None`: as declared,
+    /// else 1).
+    pub limit: Option<u32>,
     /// Permits this lease takes.
     pub weight: u32,
-    /// Queue discipline, or `None` for try-lock.
-    pub queue: QueueMode,
+    /// Queue discipline, or `QueueMode::None` for try-lock (`None`: as declared, else FIFO).
+    pub queue: Option<QueueMode>,
     /// The caller keeps a waiting request open for this ticket (counts as presence).
     pub watch: bool,
     /// Webhook called when admitted after waiting and when the lease expires.

@@ -10,8 +10,8 @@ use std::collections::{BTreeMap, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    make_extra, rw_mode, rw_weight, DataMap, Holders, Lease, Lock, LockKind, LockMode, LockTable, Queue, QueueKind,
-    TableLimits, Waiter, RW_LIMIT,
+    make_extra, rw_mode, rw_weight, Admit, DataMap, Holders, Lease, Lock, LockKind, LockMode, LockTable, Queue,
+    QueueKind, TableLimits, Waiter, RW_LIMIT, TIMER,
 };
 use crate::core::error::CoreError;
 use crate::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket, UserId};
@@ -51,6 +51,13 @@ pub struct LockState {
     /// Data entries (JSON text).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<DataKey, String>,
+    /// A lock with an admission rate: when its bucket is full again, µs (from journal
+    /// format 4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admit_tat_us: Option<u64>,
+    /// When its admission timer fires (a token is due, or the bucket is full), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admit_timer_ms: Option<u64>,
 }
 
 /// One lease.
@@ -166,7 +173,17 @@ impl LockTable {
                 return Err(invalid(format!("lock {:?} has limit 0", ls.name.as_str())));
             }
             let limit = if rw { RW_LIMIT } else { ls.limit };
-            let id = table.create(ls.name.clone(), hash, limit, ls.queue, rw);
+            let decl = table.declared.find(ls.name.as_str());
+            let id = table.create(ls.name.clone(), hash, limit, ls.queue, rw, decl);
+            // The bucket of a lock whose declaration (in these limits) has no rate is moot.
+            if let (Some(tat_us), true) = (ls.admit_tat_us, table.rate(id).is_some()) {
+                let timer_ms = ls.admit_timer_ms.unwrap_or(0);
+                if timer_ms != 0 {
+                    deadlines.push((timer_ms, TIMER, id));
+                    table.timers += 1;
+                }
+                table.lock_mut(id).admit = Some(Box::new(Admit { tat_us, timer_ms }));
+            }
             let mut holders = Holders::with_capacity(ls.holders.len());
             let mut used: u64 = 0;
             for h in &ls.holders {
@@ -290,5 +307,7 @@ fn export_lock(lock: &Lock) -> LockState {
             .collect(),
         candidate: lock.queue.as_ref().and_then(|q| q.candidate),
         data: lock.data.iter().flat_map(|d| d.entries.iter()).map(|(k, v)| (k.clone(), v.to_string())).collect(),
+        admit_tat_us: lock.admit.as_ref().map(|a| a.tat_us),
+        admit_timer_ms: lock.admit.as_ref().map(|a| a.timer_ms).filter(|&t| t != 0),
     }
 }

@@ -18,6 +18,8 @@ const LIMITS: TableLimits = TableLimits {
     max_resources: 1_000,
     max_event_streams: 1_000,
     callback_presence: true,
+    default_ttl_ms: 1_000,
+    declared: Vec::new(),
 };
 
 fn name(s: &str) -> LockName {
@@ -55,10 +57,10 @@ impl Harness {
             ticket: None,
             new_ticket: t(ticket),
             owner: None,
-            ttl_ms: 1_000,
-            limit: 1,
+            ttl_ms: Some(1_000),
+            limit: Some(1),
             weight: 1,
-            queue: QueueMode::Fifo,
+            queue: Some(QueueMode::Fifo),
             watch: false,
             callback: None,
             mode: None,
@@ -130,7 +132,7 @@ fn try_lock_on_held_lock_is_unavailable_and_changes_nothing() {
     let mut h = Harness::new();
     h.acquire("a", 1, 0, |_| {});
     let before = h.table.export();
-    let reply = h.acquire("a", 2, 0, |a| a.queue = QueueMode::None);
+    let reply = h.acquire("a", 2, 0, |a| a.queue = Some(QueueMode::None));
     assert_eq!(reply, Reply::Unavailable { used: 1, limit: 1, queue_length: 0 });
     assert_eq!(h.table.export(), before);
 }
@@ -158,10 +160,10 @@ fn unknown_ticket_on_acquire_gets_a_fresh_place() {
 #[test]
 fn fifo_head_blocks_smaller_waiters_behind_it() {
     let mut h = Harness::new();
-    h.acquire("s", 1, 0, |a| (a.limit, a.weight) = (3, 2));
+    h.acquire("s", 1, 0, |a| (a.limit, a.weight) = (Some(3), 2));
     // Head wants 2 (only 1 free): it waits, and the weight-1 newcomer may not barge past it.
-    assert!(matches!(h.acquire("s", 2, 0, |a| (a.limit, a.weight) = (3, 2)), Reply::Queued(_)));
-    assert!(matches!(h.acquire("s", 3, 0, |a| (a.limit, a.weight) = (3, 1)), Reply::Queued(_)));
+    assert!(matches!(h.acquire("s", 2, 0, |a| (a.limit, a.weight) = (Some(3), 2)), Reply::Queued(_)));
+    assert!(matches!(h.acquire("s", 3, 0, |a| (a.limit, a.weight) = (Some(3), 1)), Reply::Queued(_)));
     assert_eq!(h.release("s", 1, 1), Reply::Released { fence: 1 });
     assert_eq!(h.granted(), vec![t(2), t(3)]);
 }
@@ -170,15 +172,15 @@ fn fifo_head_blocks_smaller_waiters_behind_it() {
 fn weight_above_limit_and_bad_ttl_are_rejected() {
     let mut h = Harness::new();
     assert!(matches!(
-        h.acquire("s", 1, 0, |a| (a.limit, a.weight) = (2, 3)),
+        h.acquire("s", 1, 0, |a| (a.limit, a.weight) = (Some(2), 3)),
         Reply::Rejected(CoreError::OutOfRange { field: "weight", .. })
     ));
     assert!(matches!(
-        h.acquire("s", 1, 0, |a| a.ttl_ms = 5),
+        h.acquire("s", 1, 0, |a| a.ttl_ms = Some(5)),
         Reply::Rejected(CoreError::OutOfRange { field: "ttl_ms", .. })
     ));
     assert!(matches!(
-        h.acquire("s", 1, 0, |a| a.limit = 0),
+        h.acquire("s", 1, 0, |a| a.limit = Some(0)),
         Reply::Rejected(CoreError::OutOfRange { field: "limit", .. })
     ));
     assert_eq!(h.table.stats().locks, 0);
@@ -187,14 +189,14 @@ fn weight_above_limit_and_bad_ttl_are_rejected() {
 #[test]
 fn limit_mismatch_only_while_the_lock_has_participants() {
     let mut h = Harness::new();
-    h.acquire("s", 1, 0, |a| a.limit = 2);
-    assert_eq!(h.acquire("s", 2, 0, |a| a.limit = 3), Reply::LimitMismatch { limit: 2 });
+    h.acquire("s", 1, 0, |a| a.limit = Some(2));
+    assert_eq!(h.acquire("s", 2, 0, |a| a.limit = Some(3)), Reply::LimitMismatch { limit: 2 });
     assert_eq!(
-        h.acquire("s", 2, 0, |a| (a.limit, a.queue) = (2, QueueMode::Lottery)),
+        h.acquire("s", 2, 0, |a| (a.limit, a.queue) = (Some(2), Some(QueueMode::Lottery))),
         Reply::QueueMismatch { queue: QueueKind::Fifo }
     );
     h.release("s", 1, 0);
-    assert!(matches!(h.acquire("s", 2, 0, |a| a.limit = 3), Reply::Held(_)));
+    assert!(matches!(h.acquire("s", 2, 0, |a| a.limit = Some(3)), Reply::Held(_)));
 }
 
 #[test]
@@ -224,7 +226,7 @@ fn renew_extends_and_never_releases() {
 #[test]
 fn unwatched_waiter_is_dropped_after_waiter_ttl_unless_it_polls() {
     let mut h = Harness::new();
-    h.acquire("a", 1, 0, |a| a.ttl_ms = 100_000);
+    h.acquire("a", 1, 0, |a| a.ttl_ms = Some(100_000));
     h.acquire("a", 2, 0, |_| {});
     h.acquire("a", 3, 0, |_| {});
     // Ticket 3 polls at 900, so it survives the 1 000 ms mark; ticket 2 does not.
@@ -240,7 +242,7 @@ fn unwatched_waiter_is_dropped_after_waiter_ttl_unless_it_polls() {
 fn callback_waiter_stays_until_its_wait_ends_unseen_then_is_dropped() {
     let mut h = Harness::new();
     let url = CallbackUrl::parse("http://hooks.test/x").unwrap();
-    h.acquire("a", 1, 0, |a| a.ttl_ms = 100_000);
+    h.acquire("a", 1, 0, |a| a.ttl_ms = Some(100_000));
     // A callback waiter that never polls, waiting 5 waiter TTLs; one without a callback
     // asking for the same wait (ignored: it must poll).
     h.acquire("a", 2, 0, |a| {
@@ -273,8 +275,8 @@ fn callback_waiter_stays_until_its_wait_ends_unseen_then_is_dropped() {
 #[test]
 fn callback_waiters_are_dropped_at_waiter_ttl_under_limits_journaled_before_the_rule() {
     let mut h = Harness::new();
-    h.table.set_limits(TableLimits { callback_presence: false, ..LIMITS });
-    h.acquire("a", 1, 0, |a| a.ttl_ms = 100_000);
+    h.table.set_limits(TableLimits { callback_presence: false, ..LIMITS }, at(0), &mut Vec::new());
+    h.acquire("a", 1, 0, |a| a.ttl_ms = Some(100_000));
     h.acquire("a", 2, 0, |a| {
         a.callback = Some(CallbackUrl::parse("http://hooks.test/x").unwrap());
         a.wait_ms = 5_000;
@@ -294,7 +296,7 @@ fn one_place_per_user_returns_the_existing_ticket_as_it_stands() {
     let user = || Some(UserId::parse("alice").unwrap());
     let Reply::Held(first) = h.acquire("u", 1, 0, |a| {
         a.user = user();
-        a.ttl_ms = 100_000;
+        a.ttl_ms = Some(100_000);
     }) else {
         panic!()
     };
@@ -302,7 +304,7 @@ fn one_place_per_user_returns_the_existing_ticket_as_it_stands() {
     // Again while holding: the same lease, not renewed, whatever the other fields say.
     let again = h.acquire("u", 2, 10, |a| {
         a.user = user();
-        a.ttl_ms = 50_000;
+        a.ttl_ms = Some(50_000);
         a.owner = Some(Owner::parse("other").unwrap());
     });
     assert_eq!(again, Reply::Held(first.clone()));
@@ -334,7 +336,7 @@ fn one_place_per_user_returns_the_existing_ticket_as_it_stands() {
 #[test]
 fn watched_waiter_stays_until_unwatched_plus_waiter_ttl() {
     let mut h = Harness::new();
-    h.acquire("a", 1, 0, |a| a.ttl_ms = 100_000);
+    h.acquire("a", 1, 0, |a| a.ttl_ms = Some(100_000));
     h.acquire("a", 2, 0, |a| a.watch = true);
     h.expire(50_000);
     assert_eq!(h.table.stats().waiters, 1);
@@ -349,7 +351,7 @@ fn watched_waiter_stays_until_unwatched_plus_waiter_ttl() {
 fn admitted_absent_waiter_gets_claim_window_then_lapses_to_next() {
     let mut h = Harness::new();
     h.acquire("a", 1, 0, |_| {});
-    h.acquire("a", 2, 0, |a| a.ttl_ms = 10_000); // unwatched; polls keep it
+    h.acquire("a", 2, 0, |a| a.ttl_ms = Some(10_000)); // unwatched; polls keep it
     h.acquire("a", 3, 0, |a| a.watch = true);
     h.op(Op::Touch { lock: name("a"), ticket: t(2) }, 500);
     h.release("a", 1, 600);
@@ -366,7 +368,7 @@ fn admitted_absent_waiter_gets_claim_window_then_lapses_to_next() {
 fn admitted_waiter_that_shows_up_claims_its_full_ttl() {
     let mut h = Harness::new();
     h.acquire("a", 1, 0, |_| {});
-    h.acquire("a", 2, 0, |a| a.ttl_ms = 10_000);
+    h.acquire("a", 2, 0, |a| a.ttl_ms = Some(10_000));
     h.release("a", 1, 100);
     let reply = h.op(Op::Touch { lock: name("a"), ticket: t(2) }, 150);
     let Reply::Held(lease) = reply else { panic!("{reply:?}") };
@@ -377,7 +379,7 @@ fn admitted_waiter_that_shows_up_claims_its_full_ttl() {
 #[test]
 fn release_of_waiter_is_leave_and_moves_watched_waiters_up() {
     let mut h = Harness::new();
-    h.acquire("a", 1, 0, |a| a.ttl_ms = 100_000);
+    h.acquire("a", 1, 0, |a| a.ttl_ms = Some(100_000));
     h.acquire("a", 2, 0, |a| a.watch = true);
     h.acquire("a", 3, 0, |a| a.watch = true);
     h.acquire("a", 4, 0, |_| {});
@@ -399,7 +401,7 @@ fn queue_full_refuses_new_waiters_but_not_known_ones() {
 #[test]
 fn lottery_admits_a_drawn_waiter_and_keeps_a_heavy_candidate_until_it_fits() {
     let mut h = Harness::new();
-    let lottery = |a: &mut Acquire| (a.queue, a.limit, a.ttl_ms) = (QueueMode::Lottery, 2, 100_000);
+    let lottery = |a: &mut Acquire| (a.queue, a.limit, a.ttl_ms) = (Some(QueueMode::Lottery), Some(2), Some(100_000));
     h.acquire("l", 1, 0, |a| {
         lottery(a);
         a.weight = 2;
@@ -436,10 +438,10 @@ fn lottery_order_differs_from_fifo_over_many_draws() {
                 ticket,
                 new_ticket: t(n),
                 owner: None,
-                ttl_ms: 100_000,
-                limit: 1,
+                ttl_ms: Some(100_000),
+                limit: Some(1),
                 weight: 1,
-                queue: QueueMode::Lottery,
+                queue: Some(QueueMode::Lottery),
                 watch: true,
                 callback: None,
                 mode: None,
@@ -449,12 +451,13 @@ fn lottery_order_differs_from_fifo_over_many_draws() {
         };
         let mut limits = LIMITS;
         limits.max_waiters_per_lock = 100;
-        table.set_limits(limits);
-        table.apply(mk(0, None), Moment::new(0, seed), &mut out);
+        table.set_limits(limits, at(0), &mut Vec::new());
+        // The first holder's ticket is 9 (an all-zero ticket is the table's admission timer).
+        table.apply(mk(9, None), Moment::new(0, seed), &mut out);
         for n in 1..=8 {
             table.apply(mk(n, None), Moment::new(0, seed), &mut out);
         }
-        let mut holder = t(0);
+        let mut holder = t(9);
         let mut order = Vec::new();
         for step in 1..=8u64 {
             out.clear();
@@ -478,12 +481,12 @@ fn lottery_order_differs_from_fifo_over_many_draws() {
 #[test]
 fn set_limit_raise_admits_lower_below_used_is_refused_and_heavy_waiters_drop() {
     let mut h = Harness::new();
-    h.acquire("s", 1, 0, |a| (a.limit, a.ttl_ms) = (2, 100_000));
-    h.acquire("s", 2, 0, |a| (a.limit, a.weight, a.ttl_ms) = (2, 2, 100_000));
+    h.acquire("s", 1, 0, |a| (a.limit, a.ttl_ms) = (Some(2), Some(100_000)));
+    h.acquire("s", 2, 0, |a| (a.limit, a.weight, a.ttl_ms) = (Some(2), 2, Some(100_000)));
     assert_eq!(h.op(Op::SetLimit { lock: name("s"), limit: 3 }, 1), Reply::LimitSet { limit: 3 });
     assert_eq!(h.granted(), vec![t(2)]);
     assert_eq!(h.op(Op::SetLimit { lock: name("s"), limit: 2 }, 2), Reply::LimitInUse { used: 3 });
-    h.acquire("s", 3, 0, |a| (a.limit, a.weight) = (3, 3));
+    h.acquire("s", 3, 0, |a| (a.limit, a.weight) = (Some(3), 3));
     h.release("s", 2, 3);
     assert_eq!(h.op(Op::SetLimit { lock: name("s"), limit: 2 }, 4), Reply::LimitSet { limit: 2 });
     assert_eq!(h.out, vec![Output::Dropped { lock: name("s"), ticket: t(3), reason: DropReason::LimitLowered }]);
@@ -554,7 +557,7 @@ fn table_full_refuses_new_locks() {
     let mut limits = LIMITS;
     limits.max_locks = 2;
     let mut h = Harness::new();
-    h.table.set_limits(limits);
+    h.table.set_limits(limits, at(0), &mut Vec::new());
     h.acquire("a", 1, 0, |_| {});
     h.acquire("b", 1, 0, |_| {});
     assert_eq!(h.acquire("c", 1, 0, |_| {}), Reply::TableFull { max_locks: 2 });
@@ -566,7 +569,7 @@ fn tickets_total_refuses_new_tickets_but_not_known_ones() {
     let mut limits = LIMITS;
     limits.max_tickets_total = 3;
     let mut h = Harness::new();
-    h.table.set_limits(limits);
+    h.table.set_limits(limits, at(0), &mut Vec::new());
     assert!(matches!(h.acquire("a", 1, 0, |_| {}), Reply::Held(_)));
     assert!(matches!(h.acquire("a", 2, 0, |_| {}), Reply::Queued(_)));
     assert!(matches!(h.acquire("b", 3, 0, |_| {}), Reply::Held(_)));
@@ -591,7 +594,7 @@ fn data_total_refuses_growing_writes_and_is_kept_on_every_path() {
     let mut limits = LIMITS;
     limits.max_data_bytes_total = 20;
     let mut h = Harness::new();
-    h.table.set_limits(limits.clone());
+    h.table.set_limits(limits.clone(), at(0), &mut Vec::new());
     h.acquire("a", 1, 0, |_| {});
     h.acquire("b", 2, 0, |_| {});
     let key = |k: &str| DataKey::parse(k).unwrap();
@@ -623,7 +626,7 @@ fn data_total_refuses_growing_writes_and_is_kept_on_every_path() {
     assert_eq!(h.table.stats().data_bytes, 20);
     // A lowered total keeps what is stored; writes that do not grow it still pass.
     limits.max_data_bytes_total = 5;
-    h.table.set_limits(limits.clone());
+    h.table.set_limits(limits.clone(), at(0), &mut Vec::new());
     assert_eq!(h.op(put("a", 1, "x", "1"), 0), Reply::DataWritten { created: false });
     assert_eq!(h.table.stats().data_bytes, 4);
     assert_eq!(h.op(put("b", 2, "q", "12"), 0), Reply::DataFull { key: key("q"), max_bytes: 5 });
@@ -705,8 +708,8 @@ fn import_refuses_a_state_that_breaks_an_invariant() {
     assert!(LockTable::import(&queued_twice, LIMITS, 1).is_err(), "queued twice");
 
     // Fences are unique across locks.
-    h.acquire("b", 3, 0, |a| a.limit = 2);
-    h.acquire("b", 4, 0, |a| a.limit = 2);
+    h.acquire("b", 3, 0, |a| a.limit = Some(2));
+    h.acquire("b", 4, 0, |a| a.limit = Some(2));
     let mut shared_fence = h.table.export();
     let fence = shared_fence.locks[0].holders[0].fence;
     shared_fence.locks[1].holders[1].fence = fence;
@@ -720,7 +723,7 @@ fn import_refuses_a_state_that_breaks_an_invariant() {
 #[test]
 fn reset_presence_gives_every_waiter_a_fresh_window() {
     let mut h = Harness::new();
-    h.acquire("a", 1, 0, |a| a.ttl_ms = 100_000);
+    h.acquire("a", 1, 0, |a| a.ttl_ms = Some(100_000));
     h.acquire("a", 2, 0, |a| a.watch = true);
     h.acquire("a", 3, 0, |_| {});
     h.table.reset_presence(5_000);
@@ -734,17 +737,17 @@ fn reset_presence_gives_every_waiter_a_fresh_window() {
 #[test]
 fn extend_leases_moves_every_holders_expiry_and_nothing_else() {
     let mut h = Harness::new();
-    h.acquire("a", 1, 0, |a| a.ttl_ms = 1_000);
+    h.acquire("a", 1, 0, |a| a.ttl_ms = Some(1_000));
     h.acquire("b", 2, 0, |a| {
-        a.ttl_ms = 3_000;
-        a.limit = 2;
+        a.ttl_ms = Some(3_000);
+        a.limit = Some(2);
     });
     h.acquire("b", 3, 500, |a| {
-        a.ttl_ms = 3_000;
-        a.limit = 2;
+        a.ttl_ms = Some(3_000);
+        a.limit = Some(2);
     });
     // A waiter keeps its own presence window.
-    h.acquire("a", 4, 0, |a| a.ttl_ms = 100_000);
+    h.acquire("a", 4, 0, |a| a.ttl_ms = Some(100_000));
     let fences: Vec<u64> =
         ["a", "b"].iter().flat_map(|n| h.table.lock_view(n).unwrap().holders).map(|v| v.fence).collect();
     h.table.extend_leases(2_000);
@@ -837,7 +840,7 @@ fn rw_a_waiting_writer_is_not_passed_by_later_readers() {
     assert_eq!(queued, Reply::Queued(QueueView { ticket: t(3), position: Some(2), queue_length: 2 }));
     let try_once = h.acquire("rw", 4, 0, |a| {
         a.mode = Some(LockMode::Shared);
-        a.queue = QueueMode::None;
+        a.queue = Some(QueueMode::None);
     });
     assert_eq!(try_once, Reply::Unavailable { used: 1, limit: 0, queue_length: 2 });
     h.release("rw", 1, 1);
@@ -883,12 +886,12 @@ fn rw_a_plain_acquire_of_a_read_write_lock_is_a_writer() {
 #[test]
 fn rw_kinds_do_not_mix_and_mode_refuses_a_count_or_a_lottery() {
     let mut h = Harness::new();
-    h.acquire("sem", 1, 0, |a| a.limit = 2);
+    h.acquire("sem", 1, 0, |a| a.limit = Some(2));
     assert_eq!(h.acquire("sem", 2, 0, shared), Reply::KindMismatch { kind: LockKind::Semaphore });
     h.acquire("rw", 3, 0, shared);
-    assert_eq!(h.acquire("rw", 4, 0, |a| a.limit = 2), Reply::KindMismatch { kind: LockKind::Rw });
+    assert_eq!(h.acquire("rw", 4, 0, |a| a.limit = Some(2)), Reply::KindMismatch { kind: LockKind::Rw });
     assert_eq!(h.op(Op::SetLimit { lock: name("rw"), limit: 5 }, 0), Reply::KindMismatch { kind: LockKind::Rw });
-    for f in [|a: &mut Acquire| a.limit = 2, |a: &mut Acquire| a.queue = QueueMode::Lottery] {
+    for f in [|a: &mut Acquire| a.limit = Some(2), |a: &mut Acquire| a.queue = Some(QueueMode::Lottery)] {
         let reply = h.acquire("other", 5, 0, |a| {
             shared(a);
             f(a);
@@ -897,7 +900,7 @@ fn rw_kinds_do_not_mix_and_mode_refuses_a_count_or_a_lottery() {
     }
     // Once nobody uses it, a lock takes the next caller's kind.
     h.release("rw", 3, 1);
-    assert!(matches!(h.acquire("rw", 6, 1, |a| a.limit = 3), Reply::Held(_)));
+    assert!(matches!(h.acquire("rw", 6, 1, |a| a.limit = Some(3)), Reply::Held(_)));
     assert_eq!(h.table.lock_view("rw").unwrap().kind, LockKind::Semaphore);
 }
 

@@ -90,7 +90,7 @@ fn every_route_plans_something_without_panicking() {
 fn acquire_with_a_wait_may_be_answered_late() {
     match plan_for(Method::Post, "/v1/locks/a/acquire", r#"{"wait_ms":5000,"queue":"lottery","owner":"me"}"#, None) {
         Plan::Ask {
-            op: LockOp::Acquire { wait_ms: 5000, queue: QueueMode::Lottery, ttl_ms: 30_000, .. },
+            op: LockOp::Acquire { wait_ms: 5000, queue: Some(QueueMode::Lottery), ttl_ms: None, limit: None, .. },
             waits: true,
             ..
         } => {}
@@ -257,7 +257,7 @@ fn compat_requests_become_acquires_with_follow_ups() {
                     then: Then::WriteAndRelease { value, .. },
                     compat: true,
                     ticket: Some(_),
-                    ttl_ms: 60_000,
+                    ttl_ms: Some(60_000),
                     ..
                 },
             finish: Finish::CompatPut,

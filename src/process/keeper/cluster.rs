@@ -564,7 +564,7 @@ impl Keeper {
     /// records of this leader.
     fn take_over(&mut self, at_ms: u64, gap_ms: u64) -> io::Result<()> {
         let entropy = self.entropy.next_u64()?;
-        let mut records = vec![self.configure_record()];
+        let mut records = vec![self.configure_record(at_ms, entropy)];
         records.extend(self.service.links().into_iter().map(|link| Record::LinkClosed { link, at_ms, entropy }));
         records.push(Record::ResetPresence { at_ms });
         records.push(Record::ExtendLeases { by_ms: gap_ms });

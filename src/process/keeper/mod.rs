@@ -411,7 +411,7 @@ impl Keeper {
         links.dedup();
         let next_fence = self.service.table().next_fence();
         let floor = next_fence.max(self.fences_reserved);
-        let mut records = vec![self.configure_record()];
+        let mut records = vec![self.configure_record(now, entropy)];
         records.extend(links.into_iter().map(|link| Record::LinkClosed { link, at_ms: now, entropy }));
         records.push(Record::ResetPresence { at_ms: now });
         if floor > next_fence {
@@ -536,9 +536,15 @@ impl Keeper {
         }
     }
 
-    /// The limits in force, as the record that sets them.
-    fn configure_record(&self) -> Record {
-        Record::Configure { limits: self.limits.clone(), max_wait_ms: self.max_wait_ms, outbox: self.outbox_settings }
+    /// The limits in force, as the record that sets them at `at_ms`.
+    fn configure_record(&self, at_ms: u64, entropy: u64) -> Record {
+        Record::Configure {
+            limits: self.limits.clone(),
+            max_wait_ms: self.max_wait_ms,
+            outbox: self.outbox_settings,
+            at_ms,
+            entropy,
+        }
     }
 
     /// Journals and runs an expiry at `now`.
@@ -707,9 +713,22 @@ impl Keeper {
                             // own at its takeover.
                             if self.not_writable.is_none() && self.changes_state() {
                                 // Applied as a replay applies it, so the two cannot differ.
-                                let record = self.configure_record();
-                                self.journaled(&record);
-                                journal::replay(&mut self.service, record, &mut self.fences_reserved);
+                                let now = wall_ms();
+                                let entropy = match self.entropy.next_u64() {
+                                    Ok(entropy) => entropy,
+                                    Err(e) => {
+                                        log::error!("cannot read entropy for the reload ({e})");
+                                        return Some(EXIT_JOURNAL_FAILED);
+                                    }
+                                };
+                                let record = self.configure_record(now, entropy);
+                                self.journaled_at(&record, now);
+                                journal::replay_answering(
+                                    &mut self.service,
+                                    record,
+                                    &mut self.fences_reserved,
+                                    &mut self.outbox,
+                                );
                             }
                             log::info!("new limits applied");
                         }
