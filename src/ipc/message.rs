@@ -937,8 +937,7 @@ mod tests {
             reply: LockReply::OverBudget { budget: Budget::DataBytes, limit: 9, message: "full".into() },
         });
         round_trip(&ToKeeper::Unwatch { lock: lock.clone(), ticket });
-        let lease =
-            LeaseView {
+        let lease = LeaseView {
             ticket,
             fence: 12,
             owner: None,

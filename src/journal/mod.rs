@@ -234,12 +234,7 @@ pub fn batch_time(batch: &[u8]) -> Result<u64, FormatError> {
                 | Record::ResetPresence { at_ms }
                 | Record::Configure { at_ms, .. },
             ) => at_ms,
-            Some(
-                Record::ReserveFences { .. }
-                | Record::RaiseFences { .. }
-                | Record::ExtendLeases { .. },
-            )
-            | None => 0,
+            Some(Record::ReserveFences { .. } | Record::RaiseFences { .. } | Record::ExtendLeases { .. }) | None => 0,
         };
         latest = latest.max(at_ms);
     }

@@ -452,7 +452,12 @@ fn event_streams_are_bounded_in_total_and_a_refused_one_counts_for_nothing() {
 #[test]
 fn totals_of_the_table_reach_the_wire_as_over_budget_naming_what_was_refused() {
     let mut w = World::new();
-    w.s.reconfigure(TableLimits { max_tickets_total: 1, max_data_bytes_total: 4, ..limits() }, 60_000, Moment::new(0, 0), &mut Vec::new());
+    w.s.reconfigure(
+        TableLimits { max_tickets_total: 1, max_data_bytes_total: 4, ..limits() },
+        60_000,
+        Moment::new(0, 0),
+        &mut Vec::new(),
+    );
     let holder = held(reply_to(&w.request(1, 1, acquire(None, 0, Then::Hold, false)), 1, 1));
     let refused = reply_to(&w.request(1, 2, acquire(None, 0, Then::Hold, false)), 1, 2);
     assert_eq!(over_budget(refused), (Budget::Tickets, 1));
