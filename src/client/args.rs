@@ -54,9 +54,9 @@ pub struct LockArgs {
     /// How long to wait in the lock's FIFO queue (0: try once)
     #[arg(short = 'w', long = "wait", value_name = "DURATION", default_value = "0s", value_parser = duration_ms)]
     pub wait_ms: u64,
-    /// Permits of the lock (a semaphore above 1)
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
-    pub limit: u32,
+    /// Permits of the lock, a semaphore above 1 (default: as the server declares the lock, else 1)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub limit: Option<u32>,
     /// Permits this run takes
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub weight: u32,

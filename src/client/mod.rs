@@ -207,17 +207,26 @@ fn acquire(http: &Http, args: &LockArgs) -> Result<Held, u8> {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut body = serde_json::json!({
             "ttl_ms": args.ttl_ms,
-            "queue": if args.wait_ms == 0 { "none" } else { "fifo" },
             "wait_ms": left.as_millis() as u64,
         });
+        // The queue kind and the permit count are left to the server unless given (FIFO
+        // and 1, or what a `[[locks.declare]]` entry says), so a declared lock takes a
+        // plain `leasehold lock` as it is.
+        if args.wait_ms == 0 {
+            body["queue"] = "none".into();
+        }
         // A read/write lock has no permit count: its callers send a mode instead.
         if args.shared {
             body["mode"] = "shared".into();
         } else if args.exclusive {
             body["mode"] = "exclusive".into();
         } else {
-            body["limit"] = args.limit.into();
-            body["weight"] = args.weight.into();
+            if let Some(limit) = args.limit {
+                body["limit"] = limit.into();
+            }
+            if args.weight != 1 {
+                body["weight"] = args.weight.into();
+            }
         }
         if let Some(owner) = &args.owner {
             body["owner"] = owner.as_str().into();
@@ -435,7 +444,9 @@ fn refused(http: &Http, r: &Response) -> u8 {
 }
 
 /// The human view of `status`: one row per lock, holders as `owner (fence N, S s left)`; a
-/// read/write lock shows `rw` for its count and each holder's mode.
+/// read/write lock shows `rw` for its count and each holder's mode, and a lock declared in
+/// the server's configuration says so after its name, with its admission rate if it has one
+/// (`room (declared 60/min)`).
 fn table(locks: &[serde_json::Value], name: Option<&str>) -> String {
     if locks.is_empty() {
         return match name {
@@ -458,8 +469,15 @@ fn table(locks: &[serde_json::Value], name: Option<&str>) -> String {
                     .collect()
             })
             .unwrap_or_default();
+        let name = lock["name"].as_str().unwrap_or("?");
         rows.push([
-            lock["name"].as_str().unwrap_or("?").to_string(),
+            match lock.get("declared") {
+                Some(d) => match d["admit_per_minute"].as_u64() {
+                    Some(rate) => format!("{name} (declared {rate}/min)"),
+                    None => format!("{name} (declared)"),
+                },
+                None => name.to_string(),
+            },
             if lock["kind"] == "rw" {
                 format!("{} rw", lock["used"])
             } else {
@@ -501,17 +519,28 @@ mod tests {
             serde_json::json!({"name":"config","kind":"rw","limit":0,"used":2,"queue":"fifo","queue_length":1,
                 "holders":[{"owner":"r1","fence":8,"expires_in_ms":1000,"mode":"shared"},
                            {"owner":"r2","fence":9,"expires_in_ms":1000,"mode":"shared"}]}),
+            serde_json::json!({"name":"room","limit":500,"used":3,"queue":"fifo","queue_length":40,"holders":[],
+                "declared":{"name":"room","limit":500,"queue":"fifo","admit_per_minute":60,"admit_burst":1}}),
+            serde_json::json!({"name":"pool-2","limit":3,"used":0,"queue":"lottery","queue_length":0,"holders":[],
+                "declared":{"prefix":"pool-","limit":3,"queue":"lottery","admit_burst":1}}),
         ];
         let text = table(&locks, None);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 4);
+        assert_eq!(lines.len(), 6);
         assert!(
-            lines[3].starts_with("config   2 rw        fifo     1        r1 (shared, fence 8, 1 s left), r2 (shared"),
+            lines[3].starts_with(
+                "config                  2 rw        fifo     1        r1 (shared, fence 8, 1 s left), r2 (shared"
+            ),
             "{text}"
         );
-        assert!(lines[0].starts_with("LOCK     USED/LIMIT  QUEUE    WAITING  HOLDERS"), "{text}");
-        assert!(lines[1].starts_with("nightly  1/1         fifo     2        host-a (fence 7, 30 s left)"), "{text}");
-        assert!(lines[2].starts_with("pool     0/3         lottery  0"), "{text}");
+        assert!(lines[0].starts_with("LOCK                    USED/LIMIT  QUEUE    WAITING  HOLDERS"), "{text}");
+        assert!(
+            lines[1].starts_with("nightly                 1/1         fifo     2        host-a (fence 7, 30 s left)"),
+            "{text}"
+        );
+        assert!(lines[2].starts_with("pool                    0/3         lottery  0"), "{text}");
+        assert!(lines[4].starts_with("room (declared 60/min)  3/500       fifo     40"), "{text}");
+        assert!(lines[5].starts_with("pool-2 (declared)       0/3         lottery  0"), "{text}");
         assert_eq!(table(&[], Some("x")), "x: free (nobody holds it or waits for it)\n");
         assert_eq!(table(&[], None), "no locks are held or waited for\n");
     }

@@ -24,7 +24,10 @@ pub use read::KeyDoc;
 
 use crate::core::backoff::Backoff;
 pub use crate::core::balance::Balance;
-use crate::core::lock::TableLimits;
+use crate::core::lock::{
+    Declaration, LockKind, QueueKind, TableLimits, MAX_ADMIT_BURST, MAX_ADMIT_PER_MINUTE, MAX_DECLARATIONS,
+};
+use crate::core::names::LockName;
 use crate::core::outbox::{OutboxLimits, DEFAULT_ATTEMPTS};
 use crate::core::target::{HostRule, TargetPolicy};
 use read::Reader;
@@ -208,8 +211,6 @@ pub struct HttpConfig {
 /// `[locks]`: lease and queue rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocksConfig {
-    /// TTL when an acquire gives none.
-    pub default_ttl_ms: u64,
     /// Longest server-side wait.
     pub max_wait_ms: u64,
     /// TTL of Small Resource Server locks.
@@ -646,7 +647,7 @@ fn validate_locks(r: &mut Reader<'_>) -> LocksConfig {
     let compat_lease_ttl_ms =
         ttl_within(r, "compat_lease_ttl_ms", "LEASEHOLD_COMPAT_LEASE_TTL_MS", DEFAULT_COMPAT_LEASE_TTL_MS);
     let max_wait_ms = r.int("locks", "max_wait_ms", "LEASEHOLD_MAX_WAIT_MS", DEFAULT_MAX_WAIT_MS, 0, 3_600_000);
-    let table = TableLimits {
+    let mut table = TableLimits {
         min_ttl_ms,
         max_ttl_ms,
         max_limit: r.int("locks", "max_limit", "LEASEHOLD_MAX_LIMIT", d.max_limit.into(), 1, 1_000_000) as u32,
@@ -705,9 +706,10 @@ fn validate_locks(r: &mut Reader<'_>) -> LocksConfig {
         ) as u32,
         callback_presence: d.callback_presence,
         default_ttl_ms,
-        // `[[locks.declare]]`: read below.
+        // `[[locks.declare]]`: read below, checked against the limits above.
         declared: Vec::new(),
     };
+    table.declared = declarations(r, &table);
     if u64::from(table.max_data_bytes) > table.max_data_bytes_total {
         r.invalid(
             "locks.max_data_bytes",
@@ -717,7 +719,132 @@ fn validate_locks(r: &mut Reader<'_>) -> LocksConfig {
             ),
         );
     }
-    LocksConfig { default_ttl_ms, max_wait_ms, compat_lease_ttl_ms, table }
+    LocksConfig { max_wait_ms, compat_lease_ttl_ms, table }
+}
+
+/// The fields of a `[[locks.declare]]` entry.
+const DECLARATION_FIELDS: &[&str] = &[
+    "name",
+    "prefix",
+    "kind",
+    "limit",
+    "queue",
+    "min_ttl_ms",
+    "max_ttl_ms",
+    "default_ttl_ms",
+    "admit_per_minute",
+    "admit_burst",
+    "waiter_ttl_ms",
+    "claim_ms",
+];
+
+/// `[[locks.declare]]`: locks whose shape the server fixes (file only: no variable sets
+/// them). Each entry is checked on its own (`Declaration::check` against the global
+/// `limits`) and against the others (a name or prefix declared twice); problems name the
+/// entry as `locks.declare[N]`, N counted from 0 as in `auth.keys[N]`. Entries with a
+/// problem are left out (the configuration is refused anyway).
+fn declarations(r: &mut Reader<'_>, limits: &TableLimits) -> Vec<Declaration> {
+    let entries = r.tables("locks", "declare");
+    if entries.len() > MAX_DECLARATIONS {
+        r.invalid(
+            "locks.declare",
+            format!("has {} entries; at most {MAX_DECLARATIONS} locks or prefixes may be declared", entries.len()),
+        );
+        return Vec::new();
+    }
+    let mut declared: Vec<Declaration> = Vec::with_capacity(entries.len());
+    // Where each name and prefix was declared first.
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    let mut prefixes: BTreeMap<String, String> = BTreeMap::new();
+    for (path, entry) in entries {
+        let d = declaration(r, &path, entry, limits);
+        // Told even when the entry has problems of its own, so one run lists them all.
+        let target = ["name", "prefix"]
+            .into_iter()
+            .find_map(|field| entry.get(field).and_then(toml::Value::as_str).map(|v| (field, v.to_string())));
+        let mut again = false;
+        if let Some((field, value)) = target {
+            let seen = if field == "name" { &mut names } else { &mut prefixes };
+            match seen.get(&value) {
+                Some(first) => {
+                    r.invalid(format!("{path}.{field}"), format!("declares {field} {value:?} again ({first} did)"));
+                    again = true;
+                }
+                None => {
+                    seen.insert(value, path);
+                }
+            }
+        }
+        if let (Some(d), false) = (d, again) {
+            declared.push(d);
+        }
+    }
+    declared
+}
+
+/// One `[[locks.declare]]` entry at `path`, or `None` after recording its problems.
+fn declaration(r: &mut Reader<'_>, path: &str, entry: &toml::Table, limits: &TableLimits) -> Option<Declaration> {
+    let before = r.problems.len();
+    for field in entry.keys() {
+        if !DECLARATION_FIELDS.contains(&field.as_str()) {
+            r.invalid(
+                format!("{path}.{field}"),
+                format!("unknown key (a declaration has {})", DECLARATION_FIELDS.join(", ")),
+            );
+        }
+    }
+    let name = r.entry_string(path, entry, "name").and_then(|text| match LockName::parse(&text) {
+        Ok(name) => Some(name),
+        Err(e) => {
+            r.invalid(format!("{path}.name"), format!("{text:?} is not a lock name: {e}"));
+            None
+        }
+    });
+    let prefix = r.entry_string(path, entry, "prefix");
+    let mut d = Declaration::new(name, prefix);
+    if let Some(kind) = r.entry_choice(path, entry, "kind", &["semaphore", "rw"]) {
+        d.kind = [LockKind::Semaphore, LockKind::Rw][kind];
+    }
+    if let Some(queue) = r.entry_choice(path, entry, "queue", &["fifo", "lottery"]) {
+        d.queue = [QueueKind::Fifo, QueueKind::Lottery][queue];
+    }
+    let int = |r: &mut Reader<'_>, key: &str, min: u64, max: u64| r.entry_int(path, entry, key, min, max);
+    if let Some(limit) = int(r, "limit", 1, limits.max_limit.into()) {
+        d.limit = limit as u32;
+    }
+    // TTLs: any number here; `check` holds them to the global bounds, naming both.
+    d.min_ttl_ms = int(r, "min_ttl_ms", 1, u64::MAX);
+    d.max_ttl_ms = int(r, "max_ttl_ms", 1, u64::MAX);
+    d.default_ttl_ms = int(r, "default_ttl_ms", 1, u64::MAX);
+    d.admit_per_minute = int(r, "admit_per_minute", 1, MAX_ADMIT_PER_MINUTE.into()).map(|n| n as u32);
+    if let Some(burst) = int(r, "admit_burst", 1, MAX_ADMIT_BURST.into()) {
+        d.admit_burst = burst as u32;
+    }
+    // The ranges of the global keys of the same names.
+    d.waiter_ttl_ms = int(r, "waiter_ttl_ms", 100, 3_600_000);
+    d.claim_ms = int(r, "claim_ms", 1, 3_600_000);
+    if r.problems.len() > before {
+        return None;
+    }
+    if let Err(problem) = d.check(limits) {
+        r.invalid(format!("{path}{}", problem_key(&problem)), problem);
+        return None;
+    }
+    Some(d)
+}
+
+/// The field a problem of `Declaration::check` is about, as `.field` (empty when it is
+/// about the entry as a whole): its sentence starts with the field's name, except for the
+/// rule on read/write locks, which is about `kind`.
+fn problem_key(problem: &str) -> String {
+    let first = problem.split([' ', ';']).next().unwrap_or("");
+    if DECLARATION_FIELDS.contains(&first) {
+        format!(".{first}")
+    } else if problem.contains("read/write") {
+        ".kind".into()
+    } else {
+        String::new()
+    }
 }
 
 fn parse_role(text: &str) -> Option<Role> {

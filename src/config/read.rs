@@ -214,6 +214,64 @@ impl<'a> Reader<'a> {
         out
     }
 
+    /// Field `key` of the entry at `path` of an array of tables, as an integer in
+    /// `min..=max` (an `_ms` key also takes a duration string, as [`Reader::int`] does).
+    /// `None` when absent, or after recording a problem, when it is not such a number.
+    pub(super) fn entry_int(&mut self, path: &str, entry: &toml::Table, key: &str, min: u64, max: u64) -> Option<u64> {
+        let value = entry.get(key)?;
+        let path = format!("{path}.{key}");
+        let is_ms = key.ends_with("_ms");
+        let before = self.problems.len();
+        let number = match value {
+            toml::Value::Integer(i) => u64::try_from(*i).ok(),
+            toml::Value::String(text) if is_ms => {
+                let v = self.duration(path, text, min, min, max);
+                return (self.problems.len() == before).then_some(v);
+            }
+            _ => None,
+        };
+        let Some(number) = number else {
+            let expected = if is_ms {
+                "a whole number of milliseconds or a duration string such as \"30s\""
+            } else {
+                "a whole number"
+            };
+            self.wrong_type(path, expected);
+            return None;
+        };
+        let v = self.in_range(path, number, min, min, max);
+        (self.problems.len() == before).then_some(v)
+    }
+
+    /// Field `key` of the entry at `path` of an array of tables, as a string. `None` when
+    /// absent, or after recording a problem, when it is not a string.
+    pub(super) fn entry_string(&mut self, path: &str, entry: &toml::Table, key: &str) -> Option<String> {
+        match entry.get(key)? {
+            toml::Value::String(s) => Some(s.clone()),
+            _ => {
+                self.wrong_type(format!("{path}.{key}"), "a string");
+                None
+            }
+        }
+    }
+
+    /// Field `key` of the entry at `path` of an array of tables, as the index of one of
+    /// `choices`. `None` when absent, or after recording a problem, when it is none of them.
+    pub(super) fn entry_choice(
+        &mut self,
+        path: &str,
+        entry: &toml::Table,
+        key: &str,
+        choices: &[&str],
+    ) -> Option<usize> {
+        let text = self.entry_string(path, entry, key)?;
+        let found = choices.iter().position(|c| *c == text.trim());
+        if found.is_none() {
+            self.invalid(format!("{path}.{key}"), format!("is {text:?}; it must be one of {}", choices.join(", ")));
+        }
+        found
+    }
+
     /// Records a problem found while validating.
     pub(super) fn invalid(&mut self, key: impl Into<String>, reason: impl Into<String>) {
         self.problems.push(ConfigError::Invalid { key: key.into(), reason: reason.into() });

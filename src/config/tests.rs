@@ -133,7 +133,7 @@ fn file_keys_with_roles_and_prefixes_are_read_and_checked() {
 [[auth.keys]]
 key = \"s3cret-key\"
 role = \"lock\"
-prefix = \"jobs/\"
+prefix = \"jobs-\"
 [[auth.keys]]
 key = \"s3cret-key\"
 role = \"read\"
@@ -165,7 +165,7 @@ listen = [\"0.0.0.0:8080\"]
 [[auth.keys]]
 key_file = \"leasehold-key\"
 role = \"lock\"
-prefix = \"jobs/\"
+prefix = \"jobs-\"
 [[auth.keys]]
 key_file = \"/etc/leasehold/admin-key\"
 role = \"write\"
@@ -182,7 +182,7 @@ role = \"write\"
     assert_eq!(
         files,
         [
-            ("/run/credentials/leasehold.service/leasehold-key", "auth.keys[0].key_file", Role::Lock, "jobs/"),
+            ("/run/credentials/leasehold.service/leasehold-key", "auth.keys[0].key_file", Role::Lock, "jobs-"),
             ("/etc/leasehold/admin-key", "auth.keys[1].key_file", Role::Write, ""),
         ]
     );
@@ -686,4 +686,153 @@ fn a_bad_duration_names_its_key_and_says_what_to_write() {
     // Only `_ms` keys take durations: a count is still a whole number.
     let problems = Config::load(Some("[server]\nworkers = \"5s\"\n"), &[]).unwrap_err();
     assert_eq!(problems[0].to_string(), "server.workers: must be a whole number");
+}
+
+#[test]
+fn declared_locks_are_read_by_name_and_prefix_with_every_field() {
+    let text = r#"
+[[locks.declare]]
+name = "checkout"
+limit = 3
+queue = "lottery"
+min_ttl_ms = "1s"
+max_ttl_ms = 60000
+default_ttl_ms = "10s"
+admit_per_minute = 60
+admit_burst = 5
+waiter_ttl_ms = "1m"
+claim_ms = 2000
+
+[[locks.declare]]
+prefix = "config-"
+kind = "rw"
+"#;
+    let c = Config::load(Some(text), &[]).unwrap();
+    let name = LockName::parse("checkout").unwrap();
+    assert_eq!(
+        c.locks.table.declared,
+        [
+            Declaration {
+                limit: 3,
+                queue: QueueKind::Lottery,
+                min_ttl_ms: Some(1_000),
+                max_ttl_ms: Some(60_000),
+                default_ttl_ms: Some(10_000),
+                admit_per_minute: Some(60),
+                admit_burst: 5,
+                waiter_ttl_ms: Some(60_000),
+                claim_ms: Some(2_000),
+                ..Declaration::new(Some(name), None)
+            },
+            Declaration { kind: LockKind::Rw, ..Declaration::new(None, Some("config-".into())) },
+        ]
+    );
+    // Without any, nothing is declared.
+    assert!(Config::defaults().locks.table.declared.is_empty());
+}
+
+#[test]
+fn each_bad_declaration_is_reported_naming_its_entry_and_key() {
+    let text = r#"
+[locks]
+max_limit = 100
+min_ttl_ms = 1000
+
+[[locks.declare]]
+name = "a"
+limt = 3
+
+[[locks.declare]]
+name = "b"
+limit = 101
+
+[[locks.declare]]
+name = "c"
+kind = "rw"
+limit = 2
+
+[[locks.declare]]
+name = "d"
+min_ttl_ms = 500
+
+[[locks.declare]]
+name = "e"
+prefix = "e"
+
+[[locks.declare]]
+limit = 2
+
+[[locks.declare]]
+name = "a"
+
+[[locks.declare]]
+prefix = "jobs-"
+
+[[locks.declare]]
+prefix = "queue-"
+queue = "lifo"
+
+[[locks.declare]]
+prefix = "rate-"
+admit_per_minute = 0
+
+[[locks.declare]]
+name = "not a name!"
+waiter_ttl_ms = "soon"
+
+[[locks.declare]]
+name = "f"
+limit = "3"
+kind = 1
+
+[[locks.declare]]
+prefix = "jobs-"
+"#;
+    let problems = Config::load(Some(text), &[]).unwrap_err();
+    let keys: Vec<&str> = problems.iter().map(ConfigError::key).collect();
+    assert_eq!(
+        keys,
+        [
+            "locks.declare[0].limt",
+            "locks.declare[1].limit",
+            "locks.declare[2].kind",
+            "locks.declare[3].min_ttl_ms",
+            "locks.declare[4]",
+            "locks.declare[5]",
+            // The same name again (the first "a" had a problem of its own, but names it).
+            "locks.declare[6].name",
+            "locks.declare[8].queue",
+            "locks.declare[9].admit_per_minute",
+            "locks.declare[10].name",
+            "locks.declare[10].waiter_ttl_ms",
+            "locks.declare[11].kind",
+            "locks.declare[11].limit",
+            "locks.declare[12].prefix",
+        ],
+        "{problems:#?}"
+    );
+    let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert!(text[0].contains("unknown key (a declaration has name, prefix, kind"), "{}", text[0]);
+    assert!(text[1].contains("101 is out of range; it must be between 1 and 100"), "{}", text[1]);
+    assert!(text[2].contains("a read/write lock"), "{}", text[2]);
+    assert!(text[3].contains("within locks.min_ttl_ms (1000)"), "{}", text[3]);
+    assert!(text[4].contains("exactly one of name and prefix"), "{}", text[4]);
+    assert!(text[13].contains(r#"declares prefix "jobs-" again (locks.declare[7] did)"#), "{}", text[13]);
+}
+
+#[test]
+fn declarations_are_an_array_of_tables_from_the_file_only_and_bounded_in_number() {
+    let problems = Config::load(Some("[locks]\ndeclare = \"x\"\n"), &[]).unwrap_err();
+    assert_eq!(problems[0].to_string(), "locks.declare: must be an array of tables ([[section.key]])");
+    // No variable sets them: one that looks like it is only an unknown variable.
+    let c = Config::load(None, &env(&[("LEASEHOLD_LOCKS_DECLARE", "name=a")])).unwrap();
+    assert!(c.locks.table.declared.is_empty());
+    assert!(c.warnings.iter().any(|w| w.contains("LEASEHOLD_LOCKS_DECLARE")), "{:?}", c.warnings);
+    let many: String = (0..=MAX_DECLARATIONS).map(|i| format!("[[locks.declare]]\nname = \"l{i}\"\n")).collect();
+    let problems = Config::load(Some(&many), &[]).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert_eq!(problems[0].key(), "locks.declare");
+    assert!(problems[0].to_string().contains("at most 10000"), "{}", problems[0]);
+    let most: String = (0..MAX_DECLARATIONS).map(|i| format!("[[locks.declare]]\nname = \"l{i}\"\n")).collect();
+    assert_eq!(Config::load(Some(&most), &[]).unwrap().locks.table.declared.len(), MAX_DECLARATIONS);
 }

@@ -41,8 +41,6 @@ pub const MAX_LAST_EVENT_ID: u64 = (1 << 53) - 1;
 /// Settings the API needs from the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiSettings {
-    /// TTL of an acquire that gives none.
-    pub default_ttl_ms: u64,
     /// TTL of Small Resource Server locks.
     pub compat_lease_ttl_ms: u64,
     /// Which URLs the outbox and lock callbacks may call.

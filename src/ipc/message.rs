@@ -40,7 +40,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::backoff::Outcome;
-use crate::core::lock::{LeaseView, LockKind, LockMode, QueueKind, QueueMode, QueueView};
+use crate::core::lock::{Declaration, LeaseView, LockKind, LockMode, QueueKind, QueueMode, QueueView};
 use crate::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket, UserId};
 use crate::core::outbox::{Call, Delivery, Entry};
 use crate::metrics::{KeeperSnapshot, WorkerSnapshot};
@@ -544,6 +544,9 @@ pub struct LockInfo {
     pub queue_length: u32,
     /// Keys in the data map.
     pub data_keys: u32,
+    /// The `[[locks.declare]]` entry that shapes it, if any (by name or by prefix).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared: Option<Declaration>,
 }
 
 /// The keeper's answer to a lock operation.
@@ -976,6 +979,10 @@ mod tests {
                     }],
                     queue_length: 0,
                     data_keys: 1,
+                    declared: Some(crate::core::lock::Declaration {
+                        admit_per_minute: Some(60),
+                        ..crate::core::lock::Declaration::new(None, Some("jobs:".into()))
+                    }),
                 }],
                 next_after: Some("jobs:nightly".into()),
             },

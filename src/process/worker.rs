@@ -113,7 +113,6 @@ impl Settings {
             event_ping_ms: config.http.event_ping_ms,
             access_log: config.server.access_log,
             api: ApiSettings {
-                default_ttl_ms: config.locks.default_ttl_ms,
                 compat_lease_ttl_ms: config.locks.compat_lease_ttl_ms,
                 targets: with_own_addresses(config.outbox.targets.clone()),
             },

@@ -300,6 +300,7 @@ fn lock_info(view: LockView, now_ms: u64) -> LockInfo {
             .collect(),
         queue_length: view.queue_length,
         data_keys: view.data_keys,
+        declared: view.declared,
     }
 }
 
@@ -648,7 +649,7 @@ impl Service {
             });
         }
         match self.apply(Op::Unwatch { lock: lock.clone(), ticket }, at) {
-            Reply::Queued(place) => self.queued(&lock, place),
+            Reply::Queued(place) => self.queued(&lock, place, at.now_ms),
             other => self.wire(other, at),
         }
     }
@@ -660,9 +661,13 @@ impl Service {
         }
     }
 
-    fn queued(&self, lock: &LockName, place: QueueView) -> LockReply {
+    /// The answer for a waiter at `place`, with its estimated wait at `now_ms`: the larger
+    /// of what the lock's hold times and its admission rate each say, when either says.
+    fn queued(&self, lock: &LockName, place: QueueView, now_ms: u64) -> LockReply {
         let limit = self.table.lock_view(lock.as_str()).map_or(1, |v| v.limit);
-        let eta_ms = self.estimator.eta_ms(lock, place.position, limit);
+        let held = self.estimator.eta_ms(lock, place.position, limit);
+        let admitted = place.position.and_then(|p| self.table.admission_wait_ms(lock.as_str(), p, now_ms));
+        let eta_ms = held.max(admitted);
         LockReply::Queued { place, eta_ms, existing: false }
     }
 
@@ -801,14 +806,14 @@ impl Service {
                             self.wait_deadlines.remove(&(old.deadline_ms, old.link, old.id));
                             let (lock, ticket) = key.clone();
                             if let Reply::Queued(place) = self.apply(Op::Unwatch { lock, ticket }, at) {
-                                let reply = self.queued(&key.0, place);
+                                let reply = self.queued(&key.0, place, at.now_ms);
                                 self.pending_replies.push((old.link, FromKeeper::Reply { id: old.id, reply }));
                             }
                         }
                         let deadline_ms = at.now_ms.saturating_add(wait_ms);
                         // Where it stands, for an answer its worker may have to give early.
                         let found = by_user(place.ticket);
-                        let mut reply = self.queued(&key.0, place);
+                        let mut reply = self.queued(&key.0, place, at.now_ms);
                         if let LockReply::Queued { existing, .. } = &mut reply {
                             *existing = found;
                         }
@@ -824,7 +829,7 @@ impl Service {
                             // A write that cannot happen now does not stay in line.
                             self.apply(Op::Release { lock: lock.clone(), ticket: place.ticket }, at);
                         }
-                        let mut reply = self.queued(&lock, place);
+                        let mut reply = self.queued(&lock, place, at.now_ms);
                         if let LockReply::Queued { existing, .. } = &mut reply {
                             *existing = found;
                         }
@@ -842,7 +847,7 @@ impl Service {
                 self.wire(reply, at)
             }
             LockOp::Touch { lock, ticket } => match self.apply(Op::Touch { lock: lock.clone(), ticket }, at) {
-                Reply::Queued(place) => self.queued(&lock, place),
+                Reply::Queued(place) => self.queued(&lock, place, at.now_ms),
                 other => self.wire(other, at),
             },
             LockOp::Watch { lock, ticket } => {
@@ -867,7 +872,7 @@ impl Service {
                     self.stream_count += 1;
                 }
                 match reply {
-                    Reply::Queued(place) => self.queued(&lock, place),
+                    Reply::Queued(place) => self.queued(&lock, place, at.now_ms),
                     other => self.wire(other, at),
                 }
             }

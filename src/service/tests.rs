@@ -1,7 +1,7 @@
 //! Service tests: waiting requests, follow-ups, event streams, closing channels, resources.
 
 use super::*;
-use crate::core::lock::QueueMode;
+use crate::core::lock::{Declaration, QueueMode};
 use crate::core::names::DataKey;
 
 fn limits() -> TableLimits {
@@ -254,6 +254,87 @@ fn queued_answers_carry_an_estimate_once_the_lock_has_history() {
     held(reply_to(&w.request(1, 5, acquire(None, 0, Then::Hold, false)), 1, 5));
     let r = reply_to(&w.request(1, 6, acquire(None, 0, Then::Hold, false)), 1, 6);
     assert!(matches!(r, Some(LockReply::Queued { eta_ms: Some(400), .. })), "{r:?}");
+}
+
+/// An acquire of `printer` that leaves its shape to the declaration.
+fn plain_acquire() -> LockOp {
+    let mut op = acquire(None, 0, Then::Hold, false);
+    if let LockOp::Acquire { limit, queue, ttl_ms, .. } = &mut op {
+        (*limit, *queue, *ttl_ms) = (None, None, None);
+    }
+    op
+}
+
+fn eta(reply: Option<LockReply>) -> Option<u64> {
+    match reply {
+        Some(LockReply::Queued { eta_ms, .. }) => eta_ms,
+        other => panic!("expected queued, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_estimate_of_a_rate_limited_lock_is_the_later_of_its_next_tokens_and_its_hold_times() {
+    let mut w = World::new();
+    // Waiters stay a minute unseen here (the global waiter TTL is 1 s).
+    let declared = vec![Declaration {
+        limit: 2,
+        admit_per_minute: Some(60),
+        waiter_ttl_ms: Some(60_000),
+        ..Declaration::new(Some(lock()), None)
+    }];
+    w.s.reconfigure(TableLimits { declared, ..limits() }, 60_000, Moment::new(w.now, 0), &mut Vec::new());
+    let t = w.now;
+    let a = held(reply_to(&w.request(1, 1, plain_acquire()), 1, 1));
+    // The first grant took the only token; one comes back every second. No hold times yet.
+    let b = reply_to(&w.request(1, 2, plain_acquire()), 1, 2);
+    assert_eq!(eta(b.clone()), Some(1_000), "{b:?}");
+    let b = queued_ticket(b);
+    let c = reply_to(&w.request(1, 3, plain_acquire()), 1, 3);
+    assert_eq!(eta(c.clone()), Some(2_000), "the second in line waits for the second token");
+    let c = queued_ticket(c);
+    w.now = t + 500;
+    let seen = w.request(1, 4, LockOp::Touch { lock: lock(), ticket: c });
+    assert_eq!(eta(reply_to(&seen, 1, 4)), Some(1_500), "a position read later counts from then");
+    // B goes in by the timer at t + 1 s (and claims its grant), and holds for 5 s; A leaves
+    // at t + 2 s for C.
+    w.tick(500);
+    held(reply_to(&w.request(1, 50, LockOp::Touch { lock: lock(), ticket: b }), 1, 50));
+    w.now = t + 2_000;
+    w.request(1, 5, LockOp::Release { lock: lock(), ticket: a.ticket });
+    held(reply_to(&w.request(1, 51, LockOp::Touch { lock: lock(), ticket: c }), 1, 51));
+    w.now = t + 6_000;
+    w.request(1, 6, LockOp::Release { lock: lock(), ticket: b });
+    let view = w.s.table().lock_view("printer").unwrap();
+    assert_eq!(view.used, 1, "C holds");
+    held(reply_to(&w.request(1, 7, plain_acquire()), 1, 7));
+    // Now the hold time says 5 s / 2 permits and the rate 1 s: the larger wins.
+    assert_eq!(eta(reply_to(&w.request(1, 8, plain_acquire()), 1, 8)), Some(2_500));
+    // An undeclared lock has no rate: no history, no estimate.
+    let mut other = acquire(None, 0, Then::Hold, false);
+    if let LockOp::Acquire { lock, .. } = &mut other {
+        *lock = LockName::parse("scanner").unwrap();
+    }
+    held(reply_to(&w.request(1, 9, other.clone()), 1, 9));
+    assert_eq!(eta(reply_to(&w.request(1, 10, other), 1, 10)), None);
+}
+
+#[test]
+fn a_declared_lock_shows_its_declaration_in_its_status_and_in_lists() {
+    let mut w = World::new();
+    let declaration =
+        Declaration { limit: 3, admit_per_minute: Some(60), ..Declaration::new(None, Some("print".into())) };
+    let limits = TableLimits { declared: vec![declaration.clone()], ..limits() };
+    w.s.reconfigure(limits, 60_000, Moment::new(w.now, 0), &mut Vec::new());
+    held(reply_to(&w.request(1, 1, plain_acquire()), 1, 1));
+    match reply_to(&w.request(1, 2, LockOp::Status { lock: lock() }), 1, 2) {
+        Some(LockReply::Lock(info)) => assert_eq!((info.limit, info.declared), (3, Some(declaration.clone()))),
+        other => panic!("expected the lock, got {other:?}"),
+    }
+    let list = LockOp::List { prefix: String::new(), after: None, limit: 10 };
+    match reply_to(&w.request(1, 3, list), 1, 3) {
+        Some(LockReply::Locks { locks, .. }) => assert_eq!(locks[0].declared, Some(declaration)),
+        other => panic!("expected a page, got {other:?}"),
+    }
 }
 
 #[test]

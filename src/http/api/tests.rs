@@ -9,7 +9,6 @@ use crate::http::parse::Method;
 use crate::http::route::{route, ROUTES};
 
 const S: ApiSettings = ApiSettings {
-    default_ttl_ms: 30_000,
     compat_lease_ttl_ms: 60_000,
     targets: TargetPolicy {
         allow_hosts: Vec::new(),
@@ -201,6 +200,27 @@ fn native_answers_have_their_shapes() {
     let info = lock_info();
     let r = shaped(&Finish::LockList, &LockReply::Locks { locks: vec![info], next_after: None });
     assert_eq!(json(&r)["locks"][0]["name"], "a");
+    assert!(json(&r)["locks"][0].get("declared").is_none(), "an undeclared lock has no declaration");
+}
+
+#[test]
+fn a_declared_lock_shows_its_declaration_as_configured() {
+    use crate::core::lock::Declaration;
+    let declared = Declaration {
+        limit: 50,
+        admit_per_minute: Some(60),
+        max_ttl_ms: Some(60_000),
+        ..Declaration::new(None, Some("room-".into()))
+    };
+    let info = LockInfo { declared: Some(declared), limit: 50, ..lock_info() };
+    let r = shaped(&Finish::LockStatus, &LockReply::Lock(info.clone()));
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        json(&r)["declared"],
+        serde_json::json!({"prefix":"room-","limit":50,"queue":"fifo","max_ttl_ms":60000,"admit_per_minute":60,"admit_burst":1})
+    );
+    let r = shaped(&Finish::LockList, &LockReply::Locks { locks: vec![info], next_after: None });
+    assert_eq!(json(&r)["locks"][0]["declared"]["admit_per_minute"], 60);
 }
 
 fn header<'a>(r: &'a Response, name: &str) -> Option<&'a str> {
@@ -384,6 +404,7 @@ fn lock_info() -> LockInfo {
         holders: vec![],
         queue_length: 0,
         data_keys: 0,
+        declared: None,
     }
 }
 
