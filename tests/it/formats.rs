@@ -739,6 +739,7 @@ const KINDS: &[&str] = &[
     "queue:fifo",
     "queue:lottery",
     "queue:none",
+    "queue:declared",
     "then:hold",
     "then:read_data",
     "then:write_and_release",
