@@ -30,6 +30,7 @@
 //! | `cluster_commit_seconds` | histogram | | keeper, cluster mode |
 //! | `budget_used`, `budget_limit` | gauge | `budget` (`locks`, `tickets`, `data_bytes`, `resources`, `event_streams`) | keeper |
 //! | `lease_grants_total` | counter | | keeper |
+//! | `rw_grants_total` | counter | `mode` (`shared`, `exclusive`): grants of read/write locks | keeper |
 //! | `lease_expiries_total` | counter | `reason` (`ttl`, `unclaimed`) | keeper |
 //! | `waiters_dropped_total` | counter | `reason` (`waiter_ttl`, `left`, `limit_lowered`) | keeper |
 //! | `queue_wait_seconds` | histogram | | keeper |
@@ -181,6 +182,10 @@ pub struct ProcessSample {
 pub struct LeaseCounters {
     /// Leases granted, at once or from a queue (each takes a fence).
     pub grants: u64,
+    /// Of those, shared leases of read/write locks.
+    pub shared_grants: u64,
+    /// Of those, exclusive leases of read/write locks.
+    pub exclusive_grants: u64,
     /// Leases that ended because their holder did not renew in time.
     pub expired: u64,
     /// Grants to waiters that never showed up to claim them (`claim_ms`).
@@ -195,10 +200,23 @@ pub struct LeaseCounters {
     pub queue_wait: Histogram,
 }
 
+impl LeaseCounters {
+    /// Counts a new grant of a read/write lock by its mode (a semaphore's has none).
+    pub fn granted(&mut self, mode: Option<crate::core::lock::LockMode>) {
+        match mode {
+            Some(crate::core::lock::LockMode::Shared) => self.shared_grants += 1,
+            Some(crate::core::lock::LockMode::Exclusive) => self.exclusive_grants += 1,
+            None => {}
+        }
+    }
+}
+
 impl Default for LeaseCounters {
     fn default() -> Self {
         Self {
             grants: 0,
+            shared_grants: 0,
+            exclusive_grants: 0,
             expired: 0,
             expired_unclaimed: 0,
             dropped_waiter_ttl: 0,
@@ -611,6 +629,9 @@ pub fn render(master: &MasterSnapshot, keeper: KeeperView<'_>, workers: &[Worker
     let c = &k.leases_counted;
     header(&mut out, "lease_grants_total", "counter", "Leases granted, at once or from a queue.");
     let _ = writeln!(out, "leasehold_lease_grants_total {}", c.grants);
+    header(&mut out, "rw_grants_total", "counter", "Leases of read/write locks granted, by mode.");
+    let _ = writeln!(out, "leasehold_rw_grants_total{{mode=\"shared\"}} {}", c.shared_grants);
+    let _ = writeln!(out, "leasehold_rw_grants_total{{mode=\"exclusive\"}} {}", c.exclusive_grants);
     header(
         &mut out,
         "lease_expiries_total",

@@ -452,6 +452,11 @@ impl Service {
         let fence = self.table.next_fence();
         let reply = self.table.apply(op, at, &mut self.scratch);
         self.lease_counters.grants += self.table.next_fence().saturating_sub(fence);
+        if let Reply::Held(lease) = &reply {
+            if lease.fence >= fence {
+                self.lease_counters.granted(lease.mode);
+            }
+        }
         if let (Reply::Left, Some(ticket)) = (&reply, releasing) {
             self.lease_counters.dropped_left += 1;
             self.queued_at_ms.remove(&ticket);
@@ -986,6 +991,7 @@ impl Service {
         while let Some(output) = self.outputs.pop_front() {
             match output {
                 Output::Granted { lock, lease } => {
+                    self.lease_counters.granted(lease.mode);
                     let ticket = lease.ticket;
                     if let Some(queued_at_ms) = self.queued_at_ms.remove(&ticket) {
                         let waited_us = at.now_ms.saturating_sub(queued_at_ms).saturating_mul(1_000);

@@ -66,6 +66,29 @@ fn grants_and_expiries_are_counted_and_a_holder_that_stops_renewing_is_an_expiry
 }
 
 #[test]
+fn read_write_grants_are_counted_by_mode_at_once_and_from_the_queue() {
+    let s = Server::start(&config("workers = 1", ""));
+    let mut c = Client::connect(s.addr).unwrap();
+    let first = page(&s);
+    assert_eq!(value(&first, "leasehold_rw_grants_total{mode=\"shared\"}"), Some(0.0), "{first}");
+    // Two readers at once, a writer queued behind them, a semaphore's grant not counted.
+    let r1 = acquire(&mut c, "rw", r#"{"mode":"shared","ttl_ms":60000}"#);
+    let r2 = acquire(&mut c, "rw", r#"{"mode":"shared","ttl_ms":60000}"#);
+    let w = acquire(&mut c, "rw", r#"{"mode":"exclusive","ttl_ms":60000}"#);
+    assert!(w["position"].is_u64(), "the writer waits: {w}");
+    acquire(&mut c, "plain", r#"{"ttl_ms":60000}"#);
+    // A user's second acquire is its place from before, not a new grant.
+    let u = acquire(&mut c, "rw-user", r#"{"mode":"shared","user":"u1","ttl_ms":60000}"#);
+    let again = acquire(&mut c, "rw-user", r#"{"mode":"shared","user":"u1","ttl_ms":60000}"#);
+    assert_eq!(again["ticket"], u["ticket"], "{again}");
+    release(&mut c, "rw", r1["ticket"].as_str().unwrap());
+    release(&mut c, "rw", r2["ticket"].as_str().unwrap());
+    let page = wait_value(&s, "leasehold_rw_grants_total{mode=\"exclusive\"}", 1.0);
+    assert_eq!(value(&page, "leasehold_rw_grants_total{mode=\"shared\"}"), Some(3.0), "{page}");
+    assert_eq!(value(&page, "leasehold_lease_grants_total"), Some(5.0), "{page}");
+}
+
+#[test]
 fn dropped_waiters_are_counted_by_reason() {
     // A waiter that does not poll for 2 s is dropped.
     let s = Server::start(&config("workers = 1", "[locks]\nwaiter_ttl_ms = 2000"));
