@@ -61,8 +61,12 @@ use crate::service::{LinkId, Outbox, OutboxSettings, Service, ServiceState};
 /// - 4: Locks II. `mode` (shared or exclusive) and `user` on acquire, in `LockOp::Acquire`
 ///   and in the exported leases and waiters, with each lock's `kind`; waiters with a
 ///   callback count as present until their wait ends (`wait_until_ms` in exported waiters,
-///   `callback_presence` in the limits). Older records and snapshots read as semaphores,
-///   with no user, no wait and no such presence, which is what they meant.
+///   `callback_presence` in the limits). Declared locks: `declared` and `default_ttl_ms` in
+///   the limits, a time and entropy on `Configure` (a changed declaration admits and drops
+///   as it is applied), `ttl_ms`, `limit` and `queue` optional on acquire (absent: as
+///   declared), and the admission buckets (`admit_tat_us`, `admit_timer_ms` on exported
+///   locks, `admit_buckets` beside them). Older records and snapshots read as semaphores,
+///   with no user, no wait, no such presence and no declaration, which is what they meant.
 pub const FORMAT: u32 = 4;
 
 /// The oldest journal format this build reads.
@@ -234,12 +238,7 @@ pub fn batch_time(batch: &[u8]) -> Result<u64, FormatError> {
                 | Record::ResetPresence { at_ms }
                 | Record::Configure { at_ms, .. },
             ) => at_ms,
-            Some(
-                Record::ReserveFences { .. }
-                | Record::RaiseFences { .. }
-                | Record::ExtendLeases { .. },
-            )
-            | None => 0,
+            Some(Record::ReserveFences { .. } | Record::RaiseFences { .. } | Record::ExtendLeases { .. }) | None => 0,
         };
         latest = latest.max(at_ms);
     }

@@ -234,7 +234,8 @@ impl Live {
     }
 
     fn reload(&mut self, limits: TableLimits, max_wait_ms: u64, at_ms: u64) {
-        let record = Record::Configure { limits, max_wait_ms, outbox: OutboxSettings::default(), at_ms, entropy: at_ms };
+        let record =
+            Record::Configure { limits, max_wait_ms, outbox: OutboxSettings::default(), at_ms, entropy: at_ms };
         self.journal(&record);
         let mut out = Vec::new();
         replay_answering(&mut self.service, record, &mut self.fences_reserved, &mut out);

@@ -138,7 +138,9 @@ fn session_config(max_wait_ms: u64) -> String {
         &format!(
             "[locks]\nmax_wait_ms = {max_wait_ms}\nmin_ttl_ms = 100\n\n[outbox]\nallow_local = true\n\n\
              [[auth.keys]]\nkey = \"fixture-admin\"\nrole = \"write\"\n\n\
-             [[auth.keys]]\nkey = \"fixture-team\"\nrole = \"write\"\nprefix = \"team-a.\"\n"
+             [[auth.keys]]\nkey = \"fixture-team\"\nrole = \"write\"\nprefix = \"team-a.\"\n\n\
+             [[locks.declare]]\nname = \"fx-room\"\nlimit = 10\nadmit_per_minute = 1\nwaiter_ttl_ms = 3600000\n\n\
+             [[locks.declare]]\nprefix = \"fx-gate-\"\nadmit_per_minute = 1\n"
         ),
     )
 }
@@ -207,6 +209,14 @@ fn session(s: &mut Server) {
             status,
         );
     }
+    // A declared lock (from format 4) admitting one a minute: the first caller goes in with
+    // the declared shape, the second waits for a token, a third that states another limit
+    // is refused. And a declared lock released at once: its bucket outlives it.
+    ok(&mut c, "POST", "/v1/locks/fx-room/acquire", &[], r#"{"owner":"room-1","ttl_ms":3600000}"#, 200);
+    ok(&mut c, "POST", "/v1/locks/fx-room/acquire", &[], r#"{"owner":"room-2","ttl_ms":3600000}"#, 202);
+    ok(&mut c, "POST", "/v1/locks/fx-room/acquire", &[], r#"{"owner":"room-3","limit":2}"#, 409);
+    let gate = ticket(&ok(&mut c, "POST", "/v1/locks/fx-gate-1/acquire", &[], "{}", 200));
+    ok(&mut c, "POST", "/v1/locks/fx-gate-1/release", &[], &format!(r#"{{"ticket":"{gate}"}}"#), 200);
     // Released, and left the queue.
     let gone = ticket(&ok(&mut c, "POST", "/v1/locks/fx-released/acquire", &[], r#"{"ttl_ms":3600000}"#, 200));
     ok(&mut c, "POST", "/v1/locks/fx-released/release", &[], &format!(r#"{{"ticket":"{gone}"}}"#), 200);
@@ -457,6 +467,13 @@ fn r21_the_fixtures_hold_what_their_session_did() {
             let pair = |o: &str, m: &str| (o.to_string(), m.to_string());
             assert_eq!(modes("holders"), [pair("rw-r1", "shared"), pair("rw-r2", "shared")], "{at}");
             assert_eq!(modes("waiters"), [pair("rw-w", "exclusive"), pair("rw-r3", "shared")], "{at}");
+            let room = lock(&state, "fx-room").unwrap_or_else(|| panic!("{at}: no fx-room"));
+            assert_eq!(room["limit"], 10, "{at}: the declared limit");
+            assert_eq!(owners(room, "holders"), [("room-1".to_string(), 1)], "{at}");
+            assert_eq!(owners(room, "waiters"), [("room-2".to_string(), 1)], "{at}: waiting for a token");
+            assert!(room["admit_tat_us"].is_u64() && room["admit_timer_ms"].is_u64(), "{at}: {room}");
+            let buckets = &state["service"]["table"]["admit_buckets"];
+            assert!(buckets["fx-gate-1"].is_u64(), "{at}: the bucket outlives fx-gate-1: {buckets}");
         }
         for gone in ["fx-released", "fx-short"] {
             assert!(lock(&state, gone).is_none_or(|l| owners(l, "holders").is_empty()), "{at}: {gone} is held");

@@ -3,14 +3,16 @@
 //! Each case is a random history (acquire, renew, release, leave, presence, expiry with time
 //! jumps, limit changes, data, clearing a lock's data, lottery, read/write locks with shared
 //! and exclusive acquires, mostly on lock "c", acquires for users, waiters with a callback
-//! and a wait longer than the waiter TTL) generated from one seed, under
-//! limits small enough that the queue, table, ticket and data totals are all reached (the
-//! test checks that they were). After every step the real table must give the same reply,
-//! the same outputs and the same state as the naive model, pass `check_invariants`, stay
-//! within the totals, and satisfy the properties the issue names: fences strictly increase
-//! in grant order, FIFO grants follow enqueue order (so on a read/write lock no reader
-//! passes a waiting writer), a read/write lock's writer is alone, an unclaimed grant lapses after
-//! `claim_ms`, and at the end every waiter is granted, dropped or gone (no starvation).
+//! and a wait longer than the waiter TTL, declared locks with admission rates, acquires that
+//! leave their shape to the declaration, and reloads that change the declarations)
+//! generated from one seed, under limits small enough that the queue, table, ticket and data
+//! totals are all reached (the test checks that they were). After every step the real table
+//! must give the same reply, the same outputs and the same state as the naive model, pass
+//! `check_invariants`, stay within the totals, and satisfy the properties the issue names:
+//! fences strictly increase in grant order, FIFO grants follow enqueue order (so on a
+//! read/write lock no reader passes a waiting writer), a read/write lock's writer is alone,
+//! no grant puts a semaphore over its limit, an unclaimed grant lapses after `claim_ms`, and
+//! at the end every waiter is granted, dropped or gone (no starvation).
 //! Now and then the table is exported, imported and swapped in, so the round trip is checked
 //! for identical state and identical behaviour.
 //!
@@ -29,7 +31,8 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use leasehold::core::lock::{
-    Acquire, LockKind, LockMode, LockTable, Moment, Op, Output, QueueKind, QueueMode, Reply, TableLimits, TableState,
+    Acquire, Declaration, DropReason, LockKind, LockMode, LockTable, Moment, Op, Output, QueueKind, QueueMode, Reply,
+    TableLimits, TableState,
 };
 use leasehold::core::names::{CallbackUrl, DataKey, LockName, Owner, Ticket, UserId};
 use leasehold::core::rand::SplitMix64;
@@ -78,15 +81,53 @@ const LIMITS: TableLimits = TableLimits {
     max_resources: 0,
     max_event_streams: 0,
     callback_presence: true,
+    default_ttl_ms: 300,
+    declared: Vec::new(),
 };
+
+/// The declarations a case starts with and reloads to: none; "b" a rate-limited pair, "c"
+/// a rate-limited read/write lock and "d" a rate-limited lottery; "b" and every name under
+/// it a rate-limited mutex with a burst, "a" a lottery of 3 that outlives its waiters, and
+/// "c" a fast-rate semaphore of 2 (a kind change while "c" is a read/write lock in use).
+fn declarations(set: usize) -> Vec<Declaration> {
+    let named = |n: &str| Declaration::new(Some(LockName::parse(n).unwrap()), None);
+    match set {
+        1 => vec![
+            Declaration {
+                limit: 2,
+                admit_per_minute: Some(600),
+                admit_burst: 2,
+                waiter_ttl_ms: Some(300),
+                claim_ms: Some(50),
+                min_ttl_ms: Some(20),
+                max_ttl_ms: Some(5_000),
+                default_ttl_ms: Some(700),
+                ..named("b")
+            },
+            Declaration { kind: LockKind::Rw, admit_per_minute: Some(1_200), ..named("c") },
+            Declaration { limit: 3, queue: QueueKind::Lottery, admit_per_minute: Some(300), ..named("d") },
+        ],
+        2 => vec![
+            Declaration { admit_per_minute: Some(120), admit_burst: 3, ..Declaration::new(None, Some("b".into())) },
+            Declaration { limit: 3, queue: QueueKind::Lottery, waiter_ttl_ms: Some(2_000), ..named("a") },
+            Declaration { limit: 2, admit_per_minute: Some(6_000), ..named("c") },
+        ],
+        _ => Vec::new(),
+    }
+}
+
+fn limits(set: usize) -> TableLimits {
+    TableLimits { declared: declarations(set), ..LIMITS }
+}
 const NAMES: [&str; 4] = ["a", "b", "c", "d"];
 
 /// Replies to the limits and totals and to clearing data, readers admitted together, a
-/// user's existing place given back, and a callback waiter kept past the waiter TTL by its
-/// wait, counted over a run's cases: a generator that never reached them would test nothing
-/// about them.
-type Reached = [u64; 11];
-const REACHED_NAMES: [&str; 11] = [
+/// user's existing place given back, a callback waiter kept past the waiter TTL by its
+/// wait, a reload that drops or admits, a grant waiting for a token of the admission rate,
+/// and a bucket outliving its lock, counted over a run's cases: a generator that never
+/// reached them would test nothing about them.
+type Reached = [u64; 15];
+const REACHED_NAMES: [&str; 15] = [
     "tickets_full",
     "data_full",
     "data_cleared",
@@ -98,6 +139,10 @@ const REACHED_NAMES: [&str; 11] = [
     "reader_behind_writer",
     "user_place_given_back",
     "callback_waiter_kept_by_its_wait",
+    "reload_dropped_heavier_waiters",
+    "reload_admitted",
+    "grant_waits_for_a_token",
+    "bucket_outlives_its_lock",
 ];
 const USERS: [&str; 3] = ["ann", "bob", "cy"];
 
@@ -123,10 +168,10 @@ enum StepKind {
     Acquire {
         lock: usize,
         ticket: Option<TicketRef>,
-        limit: u32,
+        limit: Option<u32>,
         weight: u32,
-        ttl_ms: u64,
-        mode: QueueMode,
+        ttl_ms: Option<u64>,
+        mode: Option<QueueMode>,
         watch: bool,
         extras: bool,
         rw: Option<LockMode>,
@@ -173,13 +218,19 @@ enum StepKind {
         lock: usize,
     },
     Expire,
+    /// A reload to declaration set `set`.
+    Reload {
+        set: usize,
+    },
 }
 
 fn generate(seed: u64) -> Vec<Step> {
     let mut rng = SplitMix64::new(seed);
     let mut pick = |n: usize| rng.below(n);
     let len = 1 + pick(60);
-    let mut steps = Vec::with_capacity(len);
+    let mut steps = Vec::with_capacity(len + 1);
+    // Most cases start with declarations.
+    steps.push(Step { dt_ms: 0, kind: StepKind::Reload { set: pick(3) }, round_trip: false });
     for _ in 0..len {
         let dt_ms = match pick(10) {
             0..=3 => 0,
@@ -225,13 +276,14 @@ fn generate(seed: u64) -> Vec<Step> {
                         mode = QueueMode::Fifo;
                     }
                 }
+                // Now and then the shape and TTL are left to the lock's declaration.
                 StepKind::Acquire {
                     lock,
                     ticket: if pick(4) == 0 { Some(tref(&mut pick)) } else { None },
-                    limit,
+                    limit: (pick(3) != 0).then_some(limit),
                     weight,
-                    ttl_ms: [5, 50, 100, 300, 1_000, 5_000, 20_000][pick(7)],
-                    mode,
+                    ttl_ms: (pick(5) != 0).then(|| [5, 50, 100, 300, 1_000, 5_000, 20_000][pick(7)]),
+                    mode: (pick(4) != 0).then_some(mode),
                     watch: pick(2) == 0,
                     extras: pick(3) == 0,
                     rw,
@@ -252,6 +304,7 @@ fn generate(seed: u64) -> Vec<Step> {
             77..=82 => StepKind::Put { lock, ticket: tref(&mut pick), key: pick(3), value_bytes: 1 + pick(24) },
             83..=85 => StepKind::Delete { lock, ticket: tref(&mut pick), key: pick(3) },
             86..=87 => StepKind::Clear { lock },
+            88..=89 => StepKind::Reload { set: pick(3) },
             _ => StepKind::Expire,
         };
         steps.push(Step { dt_ms, kind, round_trip: pick(25) == 0 });
@@ -340,8 +393,8 @@ impl Watcher {
 /// Runs one case: the first divergence or broken property is its error. Counts the limit
 /// replies it reached into `reached`.
 fn run(seed: u64, steps: &[Step], reached: &mut Reached) -> Result<(), String> {
-    let mut table = LockTable::new(LIMITS, seed);
-    let mut model = Model::new(LIMITS);
+    let mut table = LockTable::new(limits(0), seed);
+    let mut model = Model::new(limits(0));
     let mut now: u64 = 1_000_000;
     let mut issued: Vec<Ticket> = Vec::new();
     let mut fresh: u64 = 0;
@@ -359,6 +412,9 @@ fn run(seed: u64, steps: &[Step], reached: &mut Reached) -> Result<(), String> {
         let e = entropy.next_u64();
         let at = Moment::new(now, e);
         out.clear();
+        let fence_before = table.next_fence();
+        // Locks with a new grant in this step: they must be within their limit after it.
+        let mut granted: Vec<String> = Vec::new();
         let name = |l: usize| LockName::parse(NAMES[l]).unwrap();
         let (op, touched) = match &step.kind {
             StepKind::Expire => {
@@ -374,6 +430,20 @@ fn run(seed: u64, steps: &[Step], reached: &mut Reached) -> Result<(), String> {
                         });
                         ensure!(lapsed, "step {i}: unclaimed grant {ticket} on {lock} did not lapse at {lapse}");
                     }
+                }
+                watcher.on_outputs(&real)?;
+                (None, None)
+            }
+            StepKind::Reload { set } => {
+                table.set_limits(limits(*set), at, &mut out);
+                let m_out = model.set_limits(limits(*set), now, e);
+                let real = out.clone();
+                ensure_eq!(real, m_out, "step {i} reload to set {set}: outputs differ");
+                if real.iter().any(|o| matches!(o, Output::Dropped { reason: DropReason::LimitLowered, .. })) {
+                    reached[11] += 1;
+                }
+                if real.iter().any(|o| matches!(o, Output::Granted { .. })) {
+                    reached[12] += 1;
                 }
                 watcher.on_outputs(&real)?;
                 (None, None)
@@ -451,6 +521,9 @@ fn run(seed: u64, steps: &[Step], reached: &mut Reached) -> Result<(), String> {
             let reply = table.apply(op.clone(), at, &mut out);
             let (m_reply, m_out) = model.apply(&op, now, e);
             ensure_eq!(reply, m_reply, "step {i} {op:?}: replies differ");
+            if matches!(&reply, Reply::Held(lease) if lease.fence >= fence_before) {
+                granted.push(lock_name.clone());
+            }
             let limit_reply = match reply {
                 Reply::TicketsFull { .. } => Some(0),
                 Reply::DataFull { .. } => Some(1),
@@ -506,11 +579,19 @@ fn run(seed: u64, steps: &[Step], reached: &mut Reached) -> Result<(), String> {
             watcher.on_outputs(&out)?;
         }
         table.check_invariants().map_err(|e| format!("step {i}: invariant broken: {e}"))?;
+        granted.extend(out.iter().filter_map(|o| match o {
+            Output::Granted { lock, .. } => Some(lock.as_str().to_string()),
+            _ => None,
+        }));
         for lock in table.export().locks {
             match lock.kind {
-                LockKind::Semaphore => {
-                    ensure!(lock.holders.iter().map(|h| h.weight).sum::<u32>() <= lock.limit, "permits over limit")
-                }
+                // (A reload may lower a declared limit below what is held: no grant then.)
+                LockKind::Semaphore => ensure!(
+                    !granted.contains(&lock.name.as_str().to_string())
+                        || lock.holders.iter().map(|h| h.weight).sum::<u32>() <= lock.limit,
+                    "step {i}: a grant put lock {} over its limit",
+                    lock.name.as_str()
+                ),
                 LockKind::Rw => {
                     let writers = lock.holders.iter().filter(|h| h.mode == Some(LockMode::Exclusive)).count();
                     ensure!(
@@ -538,7 +619,14 @@ fn run(seed: u64, steps: &[Step], reached: &mut Reached) -> Result<(), String> {
         let stats = table.stats();
         ensure!(stats.holders + stats.waiters <= u64::from(LIMITS.max_tickets_total), "step {i}: tickets over total");
         ensure!(stats.data_bytes <= LIMITS.max_data_bytes_total, "step {i}: data over total");
-        ensure_eq!(normalized(table.export()), model.export(), "step {i}: states differ");
+        let state = table.export();
+        ensure_eq!(normalized(state.clone()), model.export(), "step {i}: states differ");
+        if state.locks.iter().any(|l| l.admit_timer_ms.is_some()) {
+            reached[13] += 1;
+        }
+        if !state.admit_buckets.is_empty() {
+            reached[14] += 1;
+        }
         let kept = |w: &leasehold::core::lock::WaiterState| {
             w.wait_until_ms.is_some_and(|until| until > now && w.absent_at_ms == Some(until))
         };
@@ -552,7 +640,7 @@ fn run(seed: u64, steps: &[Step], reached: &mut Reached) -> Result<(), String> {
             let back: TableState =
                 serde_json::from_str(&json).map_err(|e| format!("step {i}: the state does not parse back: {e}"))?;
             ensure_eq!(back, state, "step {i}: JSON round trip changed the state");
-            let imported = LockTable::import(&back, LIMITS, seed.rotate_left(17))
+            let imported = LockTable::import(&back, table.limits().clone(), seed.rotate_left(17))
                 .map_err(|e| format!("step {i}: the exported state does not import: {e}"))?;
             ensure_eq!(imported.export(), state, "step {i}: import changed the state");
             ensure_eq!(imported.next_deadline(), table.next_deadline(), "step {i}: import changed the next deadline");

@@ -5,11 +5,16 @@
 //! replies, outputs) and the definition of a lottery draw with the real table.
 //!
 //! Read/write locks are modelled as what they mean (a writer needs an empty lock, a reader
-//! a lock without a writer), not as the weights the real table uses inside.
+//! a lock without a writer), not as the weights the real table uses inside. Declarations
+//! are found by scanning the list each time; the admission rate is a bucket of credit
+//! (µs of refill, `burst × interval` when full, a grant spends one interval), which the
+//! real table keeps as a single timestamp instead.
+
+use std::collections::BTreeMap;
 
 use leasehold::core::lock::{
-    Acquire, CallbackEvent, DropReason, LeaseState, LeaseView, LockKind, LockMode, LockState, Op, Output, QueueKind,
-    QueueMode, QueueView, Reply, TableLimits, TableState, WaiterState,
+    Acquire, CallbackEvent, Declaration, DropReason, LeaseState, LeaseView, LockKind, LockMode, LockState, Op, Output,
+    QueueKind, QueueMode, QueueView, Reply, TableLimits, TableState, WaiterState,
 };
 use leasehold::core::names::{CallbackUrl, LockName, Owner, Ticket, UserId};
 use leasehold::core::rand::lottery_stream;
@@ -52,6 +57,64 @@ impl MWaiter {
     }
 }
 
+/// The ticket the real table's admission timers carry in its deadline order.
+const TIMER: Ticket = Ticket::from_bytes([0; 16]);
+
+/// The declaration of lock `name`: a declaration of that name, else the one of the longest
+/// prefix of it (the first, of equal ones).
+fn declaration<'a>(declared: &'a [Declaration], name: &str) -> Option<&'a Declaration> {
+    if let Some(d) = declared.iter().find(|d| d.name.as_ref().is_some_and(|n| n.as_str() == name)) {
+        return Some(d);
+    }
+    let mut best: Option<&Declaration> = None;
+    for d in declared {
+        let Some(prefix) = &d.prefix else { continue };
+        let longer = best.is_none_or(|b| b.prefix.as_ref().map_or(0, String::len) < prefix.len());
+        if name.starts_with(prefix.as_str()) && longer {
+            best = Some(d);
+        }
+    }
+    best
+}
+
+/// An admission rate as a bucket of credit.
+#[derive(Debug, Clone, Copy)]
+struct MRate {
+    /// µs of credit one grant spends (a minute over the rate, rounded up).
+    interval_us: u64,
+    burst: u64,
+}
+
+impl MRate {
+    fn of(d: &Declaration) -> Option<MRate> {
+        d.admit_per_minute.map(|per_minute| MRate {
+            interval_us: 60_000_000u64.div_ceil(per_minute.into()),
+            burst: d.admit_burst.into(),
+        })
+    }
+
+    /// The credit at `now_ms` of a bucket that is full again at `tat_us`.
+    fn credit(&self, tat_us: u64, now_ms: u64) -> u64 {
+        let full = self.burst * self.interval_us;
+        (now_ms * 1000 + full).saturating_sub(tat_us).min(full)
+    }
+
+    fn allows(&self, tat_us: u64, now_ms: u64) -> bool {
+        self.credit(tat_us, now_ms) >= self.interval_us
+    }
+
+    /// The bucket's "full again" time after one grant at `now_ms`.
+    fn spend(&self, tat_us: u64, now_ms: u64) -> u64 {
+        let left = self.credit(tat_us, now_ms) - self.interval_us;
+        now_ms * 1000 + self.burst * self.interval_us - left
+    }
+
+    /// The first millisecond with credit for a grant.
+    fn next_allowed_ms(&self, tat_us: u64) -> u64 {
+        tat_us.saturating_sub((self.burst - 1) * self.interval_us).div_ceil(1000)
+    }
+}
+
 #[derive(Debug, Clone)]
 struct MLock {
     name: LockName,
@@ -63,9 +126,20 @@ struct MLock {
     waiters: Vec<MWaiter>,
     candidate: Option<Ticket>,
     data: Vec<(String, String)>,
+    /// With an admission rate, once it has granted: when its bucket is full again, µs.
+    tat_us: Option<u64>,
 }
 
 impl MLock {
+    /// Whether the next one to go in (the FIFO head, or the lottery's candidate) fits.
+    fn next_fits(&self) -> bool {
+        let next = match self.kind {
+            QueueKind::Fifo => self.waiters.first(),
+            QueueKind::Lottery => self.candidate.and_then(|c| self.waiters.iter().find(|w| w.ticket == c)),
+        };
+        next.is_some_and(|w| self.fits(w.weight, w.mode))
+    }
+
     fn used(&self) -> u32 {
         self.holders.iter().map(|h| h.weight).sum()
     }
@@ -138,6 +212,8 @@ pub struct Model {
     limits: TableLimits,
     locks: Vec<MLock>,
     next_fence: u64,
+    /// Buckets still refilling when their lock was forgotten.
+    buckets: BTreeMap<LockName, u64>,
 }
 
 fn range(field: &'static str, value: u64, min: u64, max: u64) -> Reply {
@@ -146,7 +222,80 @@ fn range(field: &'static str, value: u64, min: u64, max: u64) -> Reply {
 
 impl Model {
     pub fn new(limits: TableLimits) -> Self {
-        Self { limits, locks: Vec::new(), next_fence: 1 }
+        Self { limits, locks: Vec::new(), next_fence: 1, buckets: BTreeMap::new() }
+    }
+
+    fn decl(&self, name: &LockName) -> Option<Declaration> {
+        declaration(&self.limits.declared, name.as_str()).cloned()
+    }
+
+    fn rate(&self, name: &LockName) -> Option<MRate> {
+        self.decl(name).as_ref().and_then(MRate::of)
+    }
+
+    fn wttl(&self, name: &LockName) -> u64 {
+        self.decl(name).and_then(|d| d.waiter_ttl_ms).unwrap_or(self.limits.waiter_ttl_ms)
+    }
+
+    /// When lock `li`'s admission timer fires, if set: while its next one fits but waits.
+    fn timer_ms(&self, li: usize) -> Option<u64> {
+        let l = &self.locks[li];
+        let rate = self.rate(&l.name)?;
+        let tat_us = l.tat_us?;
+        l.next_fits().then(|| rate.next_allowed_ms(tat_us))
+    }
+
+    fn prune_buckets(&mut self, now: u64) {
+        self.buckets.retain(|_, tat| *tat > now * 1000);
+    }
+
+    /// A reload: new limits; where the declarations changed, every lock takes its own, in
+    /// name order, and is settled. Returns the outputs.
+    pub fn set_limits(&mut self, limits: TableLimits, now: u64, entropy: u64) -> Vec<Output> {
+        let mut out = Vec::new();
+        let redeclared = limits.declared != self.limits.declared;
+        self.limits = limits;
+        if !redeclared {
+            return out;
+        }
+        let declared = self.limits.declared.clone();
+        self.buckets.retain(|name, _| declaration(&declared, name.as_str()).and_then(MRate::of).is_some());
+        let mut names: Vec<LockName> = self.locks.iter().map(|l| l.name.clone()).collect();
+        names.sort();
+        for name in names {
+            let li = self.find(&name).expect("lock");
+            let d = self.decl(&name);
+            let before = self.locks[li].fifo_watched_positions();
+            let l = &mut self.locks[li];
+            if d.as_ref().and_then(MRate::of).is_none() {
+                l.tat_us = None;
+            }
+            if !l.rw && l.used() > l.limit && d.as_ref().is_none_or(|d| d.kind != LockKind::Semaphore) {
+                l.limit = l.used();
+            }
+            if let Some(d) = d {
+                if l.holders.is_empty() && l.waiters.is_empty() {
+                    l.rw = d.kind == LockKind::Rw;
+                    l.limit = d.limit;
+                    l.kind = d.queue;
+                } else if !l.rw && d.kind == LockKind::Semaphore && l.limit != d.limit {
+                    l.limit = d.limit;
+                    let heavy: Vec<Ticket> =
+                        l.waiters.iter().filter(|w| w.weight > d.limit).map(|w| w.ticket).collect();
+                    for t in heavy {
+                        l.waiters.retain(|w| w.ticket != t);
+                        if l.candidate == Some(t) {
+                            l.candidate = None;
+                        }
+                        out.push(Output::Dropped { lock: name.clone(), ticket: t, reason: DropReason::LimitLowered });
+                    }
+                }
+            }
+            self.admit(li, now, entropy, &mut out);
+            self.locks[li].push_moves(&before, &mut out);
+        }
+        self.forget_empty(now);
+        out
     }
 
     fn find(&self, name: &LockName) -> Option<usize> {
@@ -162,12 +311,22 @@ impl Model {
         if let Some(i) = self.find(&lock_name) {
             self.locks[i].push_moves(&before, &mut out);
         }
-        self.forget_empty();
+        self.forget_empty(now);
         (reply, out)
     }
 
-    fn forget_empty(&mut self) {
-        self.locks.retain(|l| !l.holders.is_empty() || !l.waiters.is_empty() || !l.data.is_empty());
+    /// Forgets every lock without holders, waiters and data; a bucket still refilling
+    /// outlives its lock.
+    fn forget_empty(&mut self, now: u64) {
+        let (gone, kept): (Vec<MLock>, Vec<MLock>) = std::mem::take(&mut self.locks)
+            .into_iter()
+            .partition(|l| l.holders.is_empty() && l.waiters.is_empty() && l.data.is_empty());
+        self.locks = kept;
+        for l in gone {
+            if let Some(tat) = l.tat_us.filter(|&t| t > now * 1000) {
+                self.buckets.insert(l.name, tat);
+            }
+        }
     }
 
     fn step(&mut self, op: &Op, now: u64, entropy: u64, out: &mut Vec<Output>) -> Reply {
@@ -180,7 +339,14 @@ impl Model {
                     }
                 }
                 let Some(li) = self.find(lock) else { return Reply::TicketUnknown };
-                let wttl = self.limits.waiter_ttl_ms;
+                if let Some(d) = self.decl(lock) {
+                    let min = d.min_ttl_ms.unwrap_or(self.limits.min_ttl_ms);
+                    let max = d.max_ttl_ms.unwrap_or(self.limits.max_ttl_ms);
+                    if let Some(ttl) = ttl_ms.filter(|&t| t < min || t > max) {
+                        return range("ttl_ms", ttl, min, max);
+                    }
+                }
+                let wttl = self.wttl(lock);
                 let l = &mut self.locks[li];
                 if let Some(h) = l.holders.iter_mut().find(|h| h.ticket == *ticket) {
                     let ttl = ttl_ms.unwrap_or(h.ttl_ms);
@@ -226,6 +392,9 @@ impl Model {
                     return range("limit", (*limit).into(), 1, self.limits.max_limit.into());
                 }
                 let Some(li) = self.find(lock) else { return Reply::LockUnknown };
+                if let Some(d) = self.decl(lock).filter(|d| d.kind == LockKind::Semaphore) {
+                    return Reply::LimitMismatch { limit: d.limit };
+                }
                 let l = &mut self.locks[li];
                 if l.rw {
                     return Reply::KindMismatch { kind: LockKind::Rw };
@@ -317,7 +486,7 @@ impl Model {
     }
 
     fn not_holder(&mut self, li: usize, ticket: Ticket, now: u64) -> Reply {
-        let wttl = self.limits.waiter_ttl_ms;
+        let wttl = self.wttl(&self.locks[li].name);
         let l = &mut self.locks[li];
         match l.waiters.iter().position(|w| w.ticket == ticket) {
             Some(i) => {
@@ -333,7 +502,7 @@ impl Model {
     /// `delta`: 0 a poll, 1 a watch opened, -1 a watch closed.
     fn presence(&mut self, lock: &LockName, ticket: Ticket, now: u64, delta: i32) -> Reply {
         let Some(li) = self.find(lock) else { return Reply::TicketUnknown };
-        let wttl = self.limits.waiter_ttl_ms;
+        let wttl = self.wttl(lock);
         let l = &mut self.locks[li];
         if l.holders.iter().any(|h| h.ticket == ticket) {
             if delta < 0 {
@@ -358,32 +527,63 @@ impl Model {
 
     fn acquire(&mut self, a: &Acquire, now: u64, entropy: u64, out: &mut Vec<Output>) -> Reply {
         let lim = self.limits.clone();
-        if a.limit == 0 || a.limit > lim.max_limit {
-            return range("limit", a.limit.into(), 1, lim.max_limit.into());
+        if a.new_ticket == TIMER {
+            return Reply::Rejected(CoreError::InvalidTicket);
         }
-        if a.weight == 0 || a.weight > a.limit {
-            return range("weight", a.weight.into(), 1, a.limit.into());
+        let d = self.decl(&a.lock);
+        let limit = a.limit.unwrap_or(d.as_ref().map_or(1, |d| d.limit));
+        if limit == 0 || limit > lim.max_limit {
+            return range("limit", limit.into(), 1, lim.max_limit.into());
         }
-        if a.ttl_ms < lim.min_ttl_ms || a.ttl_ms > lim.max_ttl_ms {
-            return range("ttl_ms", a.ttl_ms, lim.min_ttl_ms, lim.max_ttl_ms);
+        if a.weight == 0 || a.weight > limit {
+            return range("weight", a.weight.into(), 1, limit.into());
         }
-        if a.mode.is_some() && a.queue == QueueMode::Lottery {
+        let min_ttl = d.as_ref().and_then(|d| d.min_ttl_ms).unwrap_or(lim.min_ttl_ms);
+        let max_ttl = d.as_ref().and_then(|d| d.max_ttl_ms).unwrap_or(lim.max_ttl_ms);
+        let ttl_ms = match (a.ttl_ms, &d) {
+            (Some(ttl), _) => ttl,
+            (None, None) => lim.default_ttl_ms,
+            (None, Some(d)) => d.default_ttl_ms.unwrap_or(lim.default_ttl_ms).clamp(min_ttl, max_ttl),
+        };
+        if ttl_ms < min_ttl || ttl_ms > max_ttl {
+            return range("ttl_ms", ttl_ms, min_ttl, max_ttl);
+        }
+        let declared_lottery = d.as_ref().is_some_and(|d| d.queue == QueueKind::Lottery);
+        let queue = a.queue.unwrap_or(if declared_lottery { QueueMode::Lottery } else { QueueMode::Fifo });
+        if a.mode.is_some() && queue == QueueMode::Lottery {
             return Reply::Rejected(CoreError::Incompatible {
                 reason: "a read/write lock (mode) queues in arrival order: queue lottery cannot be given with mode",
             });
         }
-        if a.mode.is_some() && (a.limit != 1 || a.weight != 1) {
+        if a.mode.is_some() && (limit != 1 || a.weight != 1) {
             return Reply::Rejected(CoreError::Incompatible {
                 reason: "a read/write lock (mode) has no permit count: limit and weight cannot be given with mode",
             });
         }
+        let kind = if queue == QueueMode::Lottery { QueueKind::Lottery } else { QueueKind::Fifo };
+        let mut mode = a.mode;
+        if let Some(d) = &d {
+            match d.kind {
+                LockKind::Semaphore if mode.is_some() => return Reply::KindMismatch { kind: LockKind::Semaphore },
+                LockKind::Semaphore if limit != d.limit => return Reply::LimitMismatch { limit: d.limit },
+                LockKind::Semaphore => {}
+                LockKind::Rw if mode.is_none() && (limit != 1 || a.weight != 1) => {
+                    return Reply::KindMismatch { kind: LockKind::Rw }
+                }
+                LockKind::Rw => mode = mode.or(Some(LockMode::Exclusive)),
+            }
+            if queue != QueueMode::None && kind != d.queue {
+                return Reply::QueueMismatch { queue: d.queue };
+            }
+        }
+        let wttl = self.wttl(&a.lock);
         let existing = self.find(&a.lock);
         if let Some(li) = existing {
             for t in a.ticket.iter().chain(std::iter::once(&a.new_ticket)) {
                 let l = &mut self.locks[li];
                 if let Some(h) = l.holders.iter_mut().find(|h| h.ticket == *t) {
-                    h.expires_at_ms = now + a.ttl_ms;
-                    h.ttl_ms = a.ttl_ms;
+                    h.expires_at_ms = now + ttl_ms;
+                    h.ttl_ms = ttl_ms;
                     h.claimed = true;
                     return Reply::Held(view(h));
                 }
@@ -392,7 +592,7 @@ impl Model {
                     if a.watch {
                         w.watchers += 1;
                     } else if w.watchers == 0 {
-                        w.seen(now, lim.waiter_ttl_ms);
+                        w.seen(now, wttl);
                     }
                     return Reply::Queued(l.queue_view(i));
                 }
@@ -412,22 +612,24 @@ impl Model {
         if tickets as u64 >= u64::from(lim.max_tickets_total) {
             return Reply::TicketsFull { max_tickets: lim.max_tickets_total };
         }
-        let kind = if a.queue == QueueMode::Lottery { QueueKind::Lottery } else { QueueKind::Fifo };
-        let mut mode = a.mode;
         let li = match existing {
             None => {
-                if self.locks.len() >= lim.max_locks as usize {
+                self.prune_buckets(now);
+                let buckets = self.buckets.len() - usize::from(self.buckets.contains_key(&a.lock));
+                if self.locks.len() + buckets >= lim.max_locks as usize {
                     return Reply::TableFull { max_locks: lim.max_locks };
                 }
+                let tat_us = self.buckets.remove(&a.lock);
                 self.locks.push(MLock {
                     name: a.lock.clone(),
                     rw: mode.is_some(),
-                    limit: a.limit,
+                    limit,
                     kind,
                     holders: Vec::new(),
                     waiters: Vec::new(),
                     candidate: None,
                     data: Vec::new(),
+                    tat_us,
                 });
                 self.locks.len() - 1
             }
@@ -436,30 +638,35 @@ impl Model {
                 if !l.holders.is_empty() || !l.waiters.is_empty() {
                     match (l.rw, mode) {
                         // A plain acquire of a read/write lock is a writer's.
-                        (true, None) if a.limit == 1 && a.weight == 1 => mode = Some(LockMode::Exclusive),
+                        (true, None) if limit == 1 && a.weight == 1 => mode = Some(LockMode::Exclusive),
                         (true, None) => return Reply::KindMismatch { kind: LockKind::Rw },
                         (false, Some(_)) => return Reply::KindMismatch { kind: LockKind::Semaphore },
-                        (false, None) if l.limit != a.limit => return Reply::LimitMismatch { limit: l.limit },
+                        (false, None) if l.limit != limit => return Reply::LimitMismatch { limit: l.limit },
                         _ => {}
                     }
-                    if a.queue != QueueMode::None && l.kind != kind {
+                    if queue != QueueMode::None && l.kind != kind {
                         return Reply::QueueMismatch { queue: l.kind };
                     }
                 } else {
                     l.rw = mode.is_some();
-                    l.limit = a.limit;
+                    l.limit = limit;
                     l.kind = kind;
                 }
                 li
             }
         };
+        let rate = self.rate(&a.lock);
         let l = &mut self.locks[li];
-        if l.waiters.is_empty() && l.fits(a.weight, mode) {
+        let token = rate.is_none_or(|r| r.allows(l.tat_us.unwrap_or(0), now));
+        if l.waiters.is_empty() && l.fits(a.weight, mode) && token {
+            if let Some(r) = rate {
+                l.tat_us = Some(r.spend(l.tat_us.unwrap_or(0), now));
+            }
             let lease = MLease {
                 ticket: a.new_ticket,
                 fence: self.next_fence,
-                expires_at_ms: now + a.ttl_ms,
-                ttl_ms: a.ttl_ms,
+                expires_at_ms: now + ttl_ms,
+                ttl_ms,
                 weight: a.weight,
                 claimed: true,
                 owner: a.owner.clone(),
@@ -472,7 +679,7 @@ impl Model {
             l.holders.push(lease);
             return Reply::Held(v);
         }
-        if a.queue == QueueMode::None {
+        if queue == QueueMode::None {
             let (used, limit) = l.shown_usage();
             return Reply::Unavailable { used, limit, queue_length: l.waiters.len() as u32 };
         }
@@ -484,7 +691,7 @@ impl Model {
             ticket: a.new_ticket,
             weight: a.weight,
             mode,
-            ttl_ms: a.ttl_ms,
+            ttl_ms,
             watchers: u32::from(a.watch),
             absent_at_ms: 0,
             owner: a.owner.clone(),
@@ -492,7 +699,7 @@ impl Model {
             user: a.user.clone(),
             wait_until_ms,
         };
-        w.seen(now, lim.waiter_ttl_ms);
+        w.seen(now, wttl);
         l.waiters.push(w);
         let reply = Reply::Queued(l.queue_view(l.waiters.len() - 1));
         self.admit(li, now, entropy, out);
@@ -500,7 +707,9 @@ impl Model {
     }
 
     fn admit(&mut self, li: usize, now: u64, entropy: u64, out: &mut Vec<Output>) {
-        let claim_ms = self.limits.claim_ms;
+        let name = self.locks[li].name.clone();
+        let claim_ms = self.decl(&name).and_then(|d| d.claim_ms).unwrap_or(self.limits.claim_ms);
+        let rate = self.rate(&name);
         let mut rng = None;
         loop {
             let l = &mut self.locks[li];
@@ -523,6 +732,17 @@ impl Model {
                     l.candidate = Some(l.waiters[idx].ticket);
                 }
                 return;
+            }
+            if let Some(r) = rate {
+                let tat = l.tat_us.unwrap_or(0);
+                if !r.allows(tat, now) {
+                    // It fits, but waits for a token (a lottery's draw stands).
+                    if l.kind == QueueKind::Lottery {
+                        l.candidate = Some(l.waiters[idx].ticket);
+                    }
+                    return;
+                }
+                l.tat_us = Some(r.spend(tat, now));
             }
             let w = l.waiters.remove(idx);
             l.candidate = None;
@@ -559,8 +779,12 @@ impl Model {
     /// by lock, in the order of each lock's first due entry.
     pub fn expire(&mut self, now: u64, entropy: u64) -> (usize, Vec<Output>) {
         let mut out = Vec::new();
+        self.prune_buckets(now);
         let mut due: Vec<(u64, Ticket, LockName)> = Vec::new();
-        for l in &self.locks {
+        for (li, l) in self.locks.iter().enumerate() {
+            if let Some(at) = self.timer_ms(li).filter(|&at| at <= now) {
+                due.push((at, TIMER, l.name.clone()));
+            }
             for h in l.holders.iter().filter(|h| h.expires_at_ms <= now) {
                 due.push((h.expires_at_ms, h.ticket, l.name.clone()));
             }
@@ -576,7 +800,9 @@ impl Model {
                 touched.push((name.clone(), self.locks[li].fifo_watched_positions()));
             }
             let l = &mut self.locks[li];
-            if let Some(i) = l.holders.iter().position(|h| h.ticket == *t) {
+            if *t == TIMER {
+                // A token is due: the admission below lets the next one in.
+            } else if let Some(i) = l.holders.iter().position(|h| h.ticket == *t) {
                 let h = l.holders.remove(i);
                 out.push(Output::Expired { lock: name.clone(), ticket: *t, fence: h.fence, unclaimed: !h.claimed });
                 if let Some(url) = h.callback {
@@ -602,7 +828,7 @@ impl Model {
             self.admit(li, now, entropy, &mut out);
             self.locks[li].push_moves(&before, &mut out);
         }
-        self.forget_empty();
+        self.forget_empty(now);
         (due.len(), out)
     }
 
@@ -611,7 +837,8 @@ impl Model {
         let mut locks: Vec<LockState> = self
             .locks
             .iter()
-            .map(|l| {
+            .enumerate()
+            .map(|(li, l)| {
                 let mut holders: Vec<LeaseState> = l
                     .holders
                     .iter()
@@ -657,10 +884,12 @@ impl Model {
                         .iter()
                         .map(|(k, v)| (leasehold::core::names::DataKey::parse(k).expect("valid key"), v.clone()))
                         .collect(),
+                    admit_tat_us: l.tat_us,
+                    admit_timer_ms: self.timer_ms(li),
                 }
             })
             .collect();
         locks.sort_by(|a, b| a.name.cmp(&b.name));
-        TableState { next_fence: self.next_fence, locks }
+        TableState { next_fence: self.next_fence, locks, admit_buckets: self.buckets.clone() }
     }
 }

@@ -118,12 +118,16 @@ impl Declaration {
         match (&self.name, &self.prefix) {
             (Some(_), None) => {}
             (None, Some(prefix)) => {
-                LockName::parse(prefix).map_err(|e| format!("prefix {prefix:?} is not the start of a lock name: {e}"))?;
+                LockName::parse(prefix)
+                    .map_err(|e| format!("prefix {prefix:?} is not the start of a lock name: {e}"))?;
             }
             _ => return Err("give exactly one of name and prefix".into()),
         }
         if self.limit == 0 || self.limit > limits.max_limit {
-            return Err(format!("limit is {}; it must be between 1 and locks.max_limit ({})", self.limit, limits.max_limit));
+            return Err(format!(
+                "limit is {}; it must be between 1 and locks.max_limit ({})",
+                self.limit, limits.max_limit
+            ));
         }
         if self.kind == LockKind::Rw && (self.limit != 1 || self.queue != QueueKind::Fifo) {
             return Err("a read/write lock (kind = \"rw\") has no limit and queues in arrival order".into());
@@ -206,12 +210,6 @@ impl Rate {
         let steps = self.interval_us.saturating_mul(u64::from(nth.max(1) - 1));
         self.next_allowed_ms(tat_us.saturating_add(steps)).max(now_ms)
     }
-}
-
-/// The first millisecond at which a bucket with timestamp `tat_us` is full, so that
-/// forgetting it loses nothing.
-pub(super) fn full_at_ms(tat_us: u64) -> u64 {
-    tat_us.div_ceil(1000)
 }
 
 /// The declarations in force, indexed by name and by prefix.

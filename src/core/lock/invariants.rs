@@ -63,10 +63,11 @@ impl LockTable {
     /// - no user has two tickets in one lock (holding or waiting);
     /// - every fence is below the next fence and unique;
     /// - FIFO: a non-empty queue's head does not fit; lottery: a non-empty queue has a
-    ///   candidate that does not fit, or no permit is free; either way, unless the lock's
-    ///   admission timer is set (the next one fits but waits for a token);
-    /// - no lock is empty (no holder, no waiter, no data) unless its admission timer is
-    ///   set (its bucket is refilling); data byte counts are exact;
+    ///   candidate that does not fit, or no permit is free; either way, unless the next
+    ///   one waits for a token: a lock's admission timer is set exactly then;
+    /// - no lock is empty (no holder, no waiter, no data); data byte counts are exact;
+    /// - the buckets that outlive their locks belong to no live lock, have a rate, and
+    ///   their two indexes agree;
     /// - no lease or waiter has the timer's ticket;
     /// - the global holder, waiter and data byte counts match.
     pub(super) fn check_contents(&self) -> Result<(), String> {
@@ -78,8 +79,17 @@ impl LockTable {
             let name = lock.name.as_str();
             let declaration = self.declared.get(lock.decl);
             let timer_set = lock.admit.as_ref().is_some_and(|a| a.timer_ms != 0);
-            if !lock.has_participants() && lock.data.is_none() && !timer_set {
+            if !lock.has_participants() && lock.data.is_none() {
                 return Err(format!("lock {name:?} is empty but not forgotten"));
+            }
+            if timer_set != (lock.next_fits() && lock.admit.is_some()) {
+                return Err(format!(
+                    "lock {name:?}: admission timer set {timer_set}, but the next one fits: {}",
+                    lock.next_fits()
+                ));
+            }
+            if self.buckets.contains_key(&lock.name) {
+                return Err(format!("lock {name:?} is live and has a bucket that outlived it"));
             }
             if lock.admit.is_some() && declaration.and_then(|d| d.rate()).is_none() {
                 return Err(format!("lock {name:?} has an admission bucket but no rate"));
@@ -198,6 +208,17 @@ impl LockTable {
                 "counts say {} holders and {} waiters; locks hold {holders} and {waiters}",
                 self.holders, self.waiters
             ));
+        }
+        if self.buckets.len() != self.bucket_order.len()
+            || self.bucket_order.iter().any(|(tat, name)| self.buckets.get(name) != Some(tat))
+        {
+            return Err("the buckets that outlive their locks are indexed out of step".into());
+        }
+        let declared = &self.declared;
+        if let Some(name) =
+            self.buckets.keys().find(|n| declared.get(declared.find(n.as_str())).and_then(|d| d.rate()).is_none())
+        {
+            return Err(format!("a bucket outlives lock {:?}, which has no rate", name.as_str()));
         }
         fences.sort_unstable();
         if let Some(twice) = fences.windows(2).find(|w| w[0] == w[1]) {

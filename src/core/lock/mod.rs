@@ -41,10 +41,11 @@
 //!   what it holds.
 //! - Admission rate (`admit_per_minute`): every new grant of such a lock, at once or from
 //!   the queue, takes a token of its bucket (see `declare`); without one the caller queues
-//!   (try-lock: `Unavailable`) and a timer admits the queue when the next token is due.
-//!   Re-entry and renewal take none.
-//! - A lock is forgotten when it has no holder, no waiter and no data, and its admission
-//!   bucket (if any) is full: a bucket still refilling is remembered until it is full.
+//!   (try-lock: `Unavailable`). While the next one to go in fits but waits for a token, the
+//!   lock's timer is set for when the token is due. Re-entry and renewal take none.
+//! - A lock is forgotten when it has no holder, no waiter and no data. A bucket still
+//!   refilling outlives its lock (the lock comes back with it) until it is full; such
+//!   buckets count against `max_locks`.
 //! - Totals: once holders and waiters together number `max_tickets_total`, an acquire that
 //!   would issue a new ticket is refused (admission only turns a waiter into a holder, so it
 //!   never trips it); a data write that grows the bytes of all locks together past
@@ -65,11 +66,11 @@ use std::hash::{DefaultHasher, Hasher};
 use hashbrown::HashTable;
 use smallvec::SmallVec;
 
+pub use declare::{Declaration, MAX_ADMIT_BURST, MAX_ADMIT_PER_MINUTE, MAX_DECLARATIONS};
 pub use op::{
     Acquire, CallbackEvent, DropReason, LeaseView, LockKind, LockMode, Moment, Op, Output, QueueKind, QueueMode,
     QueueView, Reply,
 };
-pub use declare::{Declaration, MAX_ADMIT_BURST, MAX_ADMIT_PER_MINUTE, MAX_DECLARATIONS};
 pub use state::{LeaseState, LockState, TableState, WaiterState};
 
 use declare::{Declared, Rate};
@@ -362,6 +363,17 @@ impl Lock {
         self.queue.as_ref().and_then(|q| q.waiters.iter().position(|w| w.ticket == ticket))
     }
 
+    /// Whether the next one to go in (the FIFO head, or the lottery's drawn candidate)
+    /// fits now.
+    fn next_fits(&self) -> bool {
+        let Some(queue) = self.queue.as_ref() else { return false };
+        let next = match self.kind {
+            QueueKind::Fifo => queue.waiters.front(),
+            QueueKind::Lottery => queue.candidate.and_then(|t| queue.waiters.iter().find(|w| w.ticket == t)),
+        };
+        next.is_some_and(|w| fits(self.used, w.weight, self.limit))
+    }
+
     /// The ticket of `user` on this lock, holding or waiting: a scan, as for a ticket.
     fn user_ticket(&self, user: &UserId) -> Option<Ticket> {
         let holder = self.holders.iter().find(|l| l.extra.user() == Some(user)).map(|l| l.ticket);
@@ -516,6 +528,10 @@ pub struct LockTable {
     data_bytes: u64,
     /// Admission timers in the deadline index.
     timers: u64,
+    /// The refilling admission buckets of forgotten locks: when each is full again, µs.
+    buckets: BTreeMap<LockName, u64>,
+    /// The same, by time, to let go of those that are full.
+    bucket_order: BTreeSet<(u64, LockName)>,
 }
 
 fn hash_name(seed: u64, name: &str) -> u64 {
@@ -553,6 +569,8 @@ impl LockTable {
             waiters: 0,
             data_bytes: 0,
             timers: 0,
+            buckets: BTreeMap::new(),
+            bucket_order: BTreeSet::new(),
         }
     }
 
@@ -572,7 +590,12 @@ impl LockTable {
             return;
         }
         self.declared = Declared::new(&self.limits.declared);
-        let mut ids: Vec<LockId> = (0..self.slots.len() as LockId).filter(|&id| self.slots[id as usize].is_some()).collect();
+        let declared = &self.declared;
+        let rated = |name: &str| declared.get(declared.find(name)).and_then(Declaration::rate).is_some();
+        self.buckets.retain(|name, _| rated(name.as_str()));
+        self.bucket_order.retain(|(_, name)| rated(name.as_str()));
+        let mut ids: Vec<LockId> =
+            (0..self.slots.len() as LockId).filter(|&id| self.slots[id as usize].is_some()).collect();
         ids.sort_unstable_by(|&a, &b| self.lock(a).name.cmp(&self.lock(b).name));
         for id in ids {
             let decl = self.declared.find(self.lock(id).name.as_str());
@@ -585,7 +608,8 @@ impl LockTable {
             }
             let mut moved_from = NOT_MOVED;
             let lock = self.lock_mut(id);
-            if !lock.rw && lock.used > lock.limit && declaration.as_ref().is_none_or(|d| d.kind != LockKind::Semaphore) {
+            if !lock.rw && lock.used > lock.limit && declaration.as_ref().is_none_or(|d| d.kind != LockKind::Semaphore)
+            {
                 // Left undeclared above a lowered limit: the smallest limit that holds what
                 // is held, so nobody goes in until permits free up.
                 lock.limit = lock.used;
@@ -646,16 +670,36 @@ impl LockTable {
         self.declaration(id).and_then(|d| d.claim_ms).unwrap_or(self.limits.claim_ms)
     }
 
-    /// Whether lock `id`'s admission rate lets a grant go out at `now_ms`; if not, its
-    /// timer is set for when one may.
-    fn rate_allows(&mut self, id: LockId, now_ms: u64) -> bool {
+    /// Whether lock `id`'s admission rate lets a grant go out at `now_ms`.
+    fn rate_allows(&self, id: LockId, now_ms: u64) -> bool {
         let Some(rate) = self.rate(id) else { return true };
-        let tat_us = self.lock(id).admit.as_ref().map_or(0, |a| a.tat_us);
-        if rate.allows(tat_us, now_ms) {
-            return true;
+        rate.allows(self.lock(id).admit.as_ref().map_or(0, |a| a.tat_us), now_ms)
+    }
+
+    /// Sets lock `id`'s timer for when its next token is due if the next one to go in fits
+    /// but waits for it; clears it otherwise.
+    fn refresh_timer(&mut self, id: LockId) {
+        let Some(rate) = self.rate(id) else { return };
+        let lock = self.lock(id);
+        let waits_for_token = lock.next_fits();
+        if waits_for_token {
+            let tat_us = lock.admit.as_ref().map_or(0, |a| a.tat_us);
+            self.set_timer(id, rate.next_allowed_ms(tat_us));
+        } else {
+            self.clear_timer(id);
         }
-        self.set_timer(id, rate.next_allowed_ms(tat_us));
-        false
+    }
+
+    /// Lets go of the buckets of forgotten locks that are full at `now_ms`.
+    fn prune_buckets(&mut self, now_ms: u64) {
+        let now_us = now_ms.saturating_mul(1000);
+        while let Some(first) = self.bucket_order.first() {
+            if first.0 > now_us {
+                break;
+            }
+            let (_, name) = self.bucket_order.pop_first().expect("not empty");
+            self.buckets.remove(&name);
+        }
     }
 
     /// Sets lock `id`'s admission timer to fire at `at_ms` (replacing any other).
@@ -751,6 +795,14 @@ impl LockTable {
 
     /// Adds a lock; `hash` is `hash_name` of its name (from `find_hashed`).
     fn create(&mut self, name: LockName, hash: u64, limit: u32, kind: QueueKind, rw: bool, decl: u32) -> LockId {
+        // A bucket that outlived the lock comes back with it.
+        let admit = match self.buckets.remove(&name) {
+            Some(tat_us) => {
+                self.bucket_order.remove(&(tat_us, name.clone()));
+                Some(Box::new(Admit { tat_us, timer_ms: 0 }))
+            }
+            None => None,
+        };
         let lock = Lock {
             name,
             limit,
@@ -763,7 +815,7 @@ impl LockTable {
             touched: 0,
             hash,
             decl,
-            admit: None,
+            admit,
         };
         let id = match self.free.pop() {
             Some(id) => {
@@ -786,13 +838,13 @@ impl LockTable {
         if lock.has_participants() || lock.data.is_some() {
             return;
         }
-        if let Some(tat_us) = lock.admit.as_ref().map(|a| a.tat_us) {
-            if tat_us > now_ms.saturating_mul(1000) {
-                // Its bucket is still refilling: kept until it is full.
-                self.set_timer(id, declare::full_at_ms(tat_us));
-                return;
-            }
-            self.clear_timer(id);
+        self.clear_timer(id);
+        let lock = self.lock(id);
+        if let Some(tat_us) = lock.admit.as_ref().map(|a| a.tat_us).filter(|&t| t > now_ms.saturating_mul(1000)) {
+            // Its bucket is still refilling: it outlives the lock until it is full.
+            let name = lock.name.clone();
+            self.bucket_order.insert((tat_us, name.clone()));
+            self.buckets.insert(name, tat_us);
         }
         let lock = self.lock(id);
         if let Ok(entry) = self.index.find_entry(lock.hash, |&other| other == id) {
@@ -841,7 +893,8 @@ impl LockTable {
         if a.weight == 0 || a.weight > limit {
             return out_of_range("weight", a.weight.into(), 1, limit.into());
         }
-        let (min_ttl_ms, max_ttl_ms) = declaration.map_or((limits.min_ttl_ms, limits.max_ttl_ms), |d| d.ttl_bounds(limits));
+        let (min_ttl_ms, max_ttl_ms) =
+            declaration.map_or((limits.min_ttl_ms, limits.max_ttl_ms), |d| d.ttl_bounds(limits));
         let ttl_ms = a.ttl_ms.unwrap_or_else(|| declaration.map_or(limits.default_ttl_ms, |d| d.default_ttl(limits)));
         if ttl_ms < min_ttl_ms || ttl_ms > max_ttl_ms {
             return out_of_range("ttl_ms", ttl_ms, min_ttl_ms, max_ttl_ms);
@@ -904,7 +957,10 @@ impl LockTable {
         }
         let id = match found {
             None => {
-                if self.index.len() >= self.limits.max_locks as usize {
+                // Buckets that outlive their locks count as locks (their own comes back).
+                self.prune_buckets(at.now_ms);
+                let buckets = self.buckets.len() - usize::from(self.buckets.contains_key(&a.lock));
+                if self.index.len() + buckets >= self.limits.max_locks as usize {
                     return Reply::TableFull { max_locks: self.limits.max_locks };
                 }
                 let limit = if mode.is_some() { RW_LIMIT } else { limit };
@@ -958,9 +1014,9 @@ impl LockTable {
         let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
         let queue_length = lock.queue_len();
         if queue == QueueMode::None {
-            // The lock has participants or a refilling bucket (an empty lock always fits), so
-            // it stays.
             let (used, limit) = lock.shown_usage();
+            // An empty lock refused only for want of a token goes (its bucket outlives it).
+            self.forget_if_empty(id, now);
             return Reply::Unavailable { used, limit, queue_length: queue_length as u32 };
         }
         if queue_length >= max_waiters as usize {
@@ -1283,7 +1339,13 @@ impl LockTable {
         self.forget_if_empty(id, at.now_ms);
     }
 
+    /// Admits who fits from lock `id`'s queue, then sets or clears its admission timer.
     fn admit(&mut self, id: LockId, at: Moment, moved_from: &mut usize, out: &mut Vec<Output>) {
+        self.admit_queue(id, at, moved_from, out);
+        self.refresh_timer(id);
+    }
+
+    fn admit_queue(&mut self, id: LockId, at: Moment, moved_from: &mut usize, out: &mut Vec<Output>) {
         let claim_ms = self.claim_ms(id);
         let mut draws: Option<SplitMix64> = None;
         loop {
@@ -1380,10 +1442,17 @@ impl LockTable {
     /// Ends every lease and drops every absent waiter due at or before `at.now_ms`, then
     /// admits waiters into the freed permits. Returns how many deadlines fired.
     pub fn expire(&mut self, at: Moment, out: &mut Vec<Output>) -> usize {
+        self.prune_buckets(at.now_ms);
         // Take every due entry out of the index in one cut, in (deadline, ticket) order.
         let later = self.deadlines.split_off(&(at.now_ms.saturating_add(1), Ticket::from_bytes([0; 16]), 0));
         let due = std::mem::replace(&mut self.deadlines, later);
         let fired = due.len();
+        let mut due: Vec<(u64, Ticket, LockId)> = due.into_iter().collect();
+        if due.iter().filter(|d| d.1 == TIMER).nth(1).is_some() {
+            // Timers share one ticket: their ties go by lock name, not by the slot (which
+            // differs between a table and its import), so a replay admits in the same order.
+            due.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)).then_with(|| self.lock(a.2).name.cmp(&self.lock(b.2).name)));
+        }
         // First every removal, in deadline order; then each touched lock is settled in the
         // order it was first touched (earliest due deadline, then ticket), so fences go out
         // in time order whatever the locks' places in memory.

@@ -24,6 +24,10 @@ pub struct TableState {
     pub next_fence: u64,
     /// Every lock, in name order.
     pub locks: Vec<LockState>,
+    /// The admission buckets that outlive their locks: when each is full again, µs (from
+    /// journal format 4).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub admit_buckets: BTreeMap<LockName, u64>,
 }
 
 /// One lock.
@@ -146,7 +150,7 @@ impl LockTable {
     pub fn export(&self) -> TableState {
         let mut locks: Vec<LockState> = self.slots.iter().flatten().map(export_lock).collect();
         locks.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        TableState { next_fence: self.next_fence, locks }
+        TableState { next_fence: self.next_fence, locks, admit_buckets: self.buckets.clone() }
     }
 
     /// Rebuilds a table from `state`, refusing any state that breaks an invariant.
@@ -246,6 +250,13 @@ impl LockTable {
             }
             if !data.entries.is_empty() {
                 lock.data = Some(Box::new(data));
+            }
+        }
+        for (name, &tat_us) in &state.admit_buckets {
+            // A bucket of a name without a rate (in these limits) is moot.
+            if table.declared.get(table.declared.find(name.as_str())).and_then(|d| d.rate()).is_some() {
+                table.buckets.insert(name.clone(), tat_us);
+                table.bucket_order.insert((tat_us, name.clone()));
             }
         }
         table.deadlines = deadlines.into_iter().collect();
