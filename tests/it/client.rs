@@ -18,7 +18,7 @@ use crate::support::{config, signal_pid, wait_for, Server};
 
 /// `leasehold ARGS…` pointed at `server`, with quiet output and no key from the test's
 /// own environment.
-fn leasehold(server: &Server, args: &[&str]) -> Command {
+pub(crate) fn leasehold(server: &Server, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_leasehold"));
     cmd.args(args)
         .env("LEASEHOLD_URL", format!("http://{}", server.addr))

@@ -14,6 +14,7 @@ mod cluster_log;
 mod cluster_routes;
 mod cluster_tls;
 mod compat;
+mod declare;
 mod dispatch;
 mod durability;
 mod etcd;

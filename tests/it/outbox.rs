@@ -13,19 +13,19 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 
 use crate::support::http::Client;
-use crate::support::{config, signal_pid, wait_for, wait_until, Server};
+use crate::support::{config, signal_pid, wait_for, wait_for_within, wait_until, Server};
 
 /// One request the sink received.
 #[derive(Debug, Clone)]
-struct Received {
+pub(crate) struct Received {
     /// When the whole request had arrived.
-    at: Instant,
+    pub(crate) at: Instant,
     /// When the answer was decided, just before it was written.
     answered: Instant,
     /// What the sink answered.
-    status: u16,
-    headers: HashMap<String, String>,
-    body: String,
+    pub(crate) status: u16,
+    pub(crate) headers: HashMap<String, String>,
+    pub(crate) body: String,
 }
 
 /// How the sink answers one request.
@@ -45,7 +45,7 @@ const fn answer(status: u16) -> Answer {
 /// from its script, and every request past the script with the status in `status`
 /// (settable). While `hold` is set, it keeps each request waiting for its answer (a slow
 /// target), and answers it when released if its client is still there.
-struct Sink {
+pub(crate) struct Sink {
     addr: SocketAddr,
     status: Arc<AtomicU16>,
     received: Arc<Mutex<Vec<Received>>>,
@@ -53,7 +53,7 @@ struct Sink {
 }
 
 impl Sink {
-    fn new(status: u16) -> Sink {
+    pub(crate) fn new(status: u16) -> Sink {
         Self::scripted(&[], status)
     }
 
@@ -141,16 +141,16 @@ impl Sink {
         wait_until(&format!("{n} requests held by the sink"), || Arc::strong_count(&self.hold) >= 2 + n);
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}/hook", self.addr)
     }
 
-    fn received(&self) -> Vec<Received> {
+    pub(crate) fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 
     /// Waits until `n` requests have been answered (or are being answered).
-    fn wait_for(&self, n: usize) -> Vec<Received> {
+    pub(crate) fn wait_for(&self, n: usize) -> Vec<Received> {
         wait_for(&format!("{n} requests to reach the sink"), || {
             let got = self.received();
             if got.len() >= n {
@@ -344,33 +344,44 @@ fn callbacks_fire_when_a_waiter_is_admitted_and_when_a_lease_expires() {
 
 #[test]
 fn r17_a_callback_only_waiter_outlasts_silence_then_is_admitted_and_called_back() {
-    // Issue 17: with a waiter TTL of 1 s, a waiter that never polls is dropped after 1 s,
-    // unless it gave a callback: then it waits for its webhook until its wait ends (here
-    // `max_wait_ms`, 60 s, since it holds no request). The holder keeps the lock through
-    // 4 waiter TTLs of silence, which shows the same rule as the issue's 30 s against the
-    // default 10 s TTL.
-    let s = server("\n[locks]\nwaiter_ttl_ms = 1000\nmax_wait_ms = 60000");
+    // Issue 17: a waiter that never polls is dropped after `locks.waiter_ttl_ms` (10 s by
+    // default), unless it gave a callback: then it waits for its webhook until its wait ends
+    // (here `max_wait_ms`, 2 minutes, since it holds no request). The holder keeps the lock
+    // through 30 s of silence from both waiters, three waiter TTLs, as the issue asks.
+    const SILENCE: Duration = Duration::from_secs(30);
+    let s = server("\n[locks]\nmax_wait_ms = 120000");
     let sink = Sink::new(200);
     let mut c = Client::connect(s.addr).unwrap();
-    let held = c.post("/v1/locks/quiet/acquire", r#"{"ttl_ms":60000}"#).unwrap().json();
-    let plain = c.post("/v1/locks/quiet/acquire", r#"{"ttl_ms":60000}"#).unwrap();
+    let held = c.post("/v1/locks/quiet/acquire", r#"{"ttl_ms":120000}"#).unwrap().json();
+    let plain_sent = Instant::now();
+    let plain = c.post("/v1/locks/quiet/acquire", r#"{"ttl_ms":120000}"#).unwrap();
     assert_eq!(plain.status, 202, "a plain waiter, for contrast");
-    let body = serde_json::json!({"ttl_ms": 60000, "callback": sink.url()}).to_string();
+    let body = serde_json::json!({"ttl_ms": 120000, "callback": sink.url()}).to_string();
     let queued = c.post("/v1/locks/quiet/acquire", &body).unwrap();
     assert_eq!(queued.status, 202, "{}", String::from_utf8_lossy(&queued.body));
     let waiter = queued.json()["ticket"].as_str().unwrap().to_string();
     let silent_since = Instant::now();
     // Silence from both waiters: only the lock's status is read, which is no ticket's
-    // presence. The callback waiter is in the queue at every look; the plain one leaves.
-    let mut looks = 0;
-    wait_until("4 waiter TTLs of silence, with only the callback waiter still queued", || {
+    // presence. The callback waiter is in the queue at every look; the plain one leaves
+    // after one waiter TTL.
+    let (mut looks, mut plain_left) = (0, None);
+    wait_for_within("30 s of silence, with only the callback waiter still queued", SILENCE, || {
         let lock = c.get("/v1/locks/quiet").unwrap().json();
         let queue_length = lock["queue_length"].as_u64().unwrap();
         assert!(queue_length >= 1, "the callback waiter was dropped after {:?}: {lock}", silent_since.elapsed());
+        if queue_length == 1 {
+            plain_left.get_or_insert_with(|| plain_sent.elapsed());
+        }
         looks += 1;
-        silent_since.elapsed() >= Duration::from_secs(4) && queue_length == 1
+        if silent_since.elapsed() >= SILENCE && queue_length == 1 {
+            Ok(())
+        } else {
+            Err(format!("{:?} of silence, {queue_length} queued", silent_since.elapsed()))
+        }
     });
     assert!(looks > 1, "the queue was looked at through the silence");
+    let plain_left = plain_left.expect("the plain waiter left");
+    assert!(plain_left >= Duration::from_secs(10), "the plain waiter left after {plain_left:?}, before its TTL");
     assert!(sink.received().is_empty(), "no callback before the admission");
     // The holder leaves: the silent waiter is admitted and called back.
     let ticket = held["ticket"].as_str().unwrap();
@@ -381,6 +392,7 @@ fn r17_a_callback_only_waiter_outlasts_silence_then_is_admitted_and_called_back(
     assert!(event["fence"].as_u64().unwrap() > held["fence"].as_u64().unwrap());
     let lock = c.get("/v1/locks/quiet").unwrap().json();
     assert_eq!(lock["holders"].as_array().map(Vec::len), Some(1), "{lock}");
+    println!("r17: the callback waiter was admitted after {:?} of silence", silent_since.elapsed());
 }
 
 #[test]

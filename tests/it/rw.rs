@@ -2,6 +2,8 @@
 //! one read/write lock, each working on a shared file that has no locking of its own.
 //! Writers never overlap anyone, readers are seen to overlap each other, and nobody passes
 //! a waiter the server had already queued (so a waiting writer is not passed by readers).
+//! And the command line: two `leasehold lock --shared` runs hold the lock together while
+//! an `--exclusive` one waits for both to end.
 //!
 //! Each holder leaves a marker file in a shared directory while it holds the lease: a
 //! writer checks that its marker is the only one, a reader that no writer's marker is
@@ -13,8 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::client::{leasehold, wait_file, Run};
 use crate::support::http::Client;
-use crate::support::{config, Server};
+use crate::support::{config, wait_until, Server};
 
 const READERS: usize = 20;
 const WRITERS: usize = 4;
@@ -196,4 +199,49 @@ fn rw_readers_share_writers_are_alone_and_nobody_passes_a_queued_waiter() {
         grants.len(),
         waiters.len()
     );
+}
+
+#[test]
+fn two_shared_command_line_runs_overlap_while_an_exclusive_one_waits_for_both() {
+    let s = Server::start(&config("workers = 1", ""));
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    // A reader says it is in, stays until told to stop, and says it is out before it ends
+    // (so before its lease is released).
+    let reader = |n: &str| {
+        format!(
+            "echo $LEASEHOLD_FENCE > {}; while [ ! -e {} ]; do sleep 0.01; done; echo out > {}",
+            path(&format!("{n}-in")),
+            path("stop"),
+            path(&format!("{n}-out"))
+        )
+    };
+    let shared = |script: &str| {
+        Run::start(&mut leasehold(&s, &["lock", "settings", "--shared", "--wait", "1m", "--", "sh", "-c", script]))
+    };
+    let mut readers = [shared(&reader("r1")), shared(&reader("r2"))];
+    // Both are in at once: neither can leave before `stop` exists.
+    let fences = [wait_file(dir.path().join("r1-in").as_path()), wait_file(dir.path().join("r2-in").as_path())];
+    assert_ne!(fences[0], fences[1], "each reader has a fence of its own");
+    // The writer finds both readers out when it runs, or says it overlapped them.
+    let writer = format!(
+        "if [ -e {} ] && [ -e {} ]; then echo alone > {w}; else echo overlapped > {w}; fi",
+        path("r1-out"),
+        path("r2-out"),
+        w = path("writer")
+    );
+    let mut writer =
+        Run::start(&mut leasehold(&s, &["lock", "settings", "--exclusive", "--wait", "1m", "--", "sh", "-c", &writer]));
+    let mut c = Client::connect(s.addr).unwrap();
+    wait_until("the writer to wait in the queue", || c.get("/v1/locks/settings").unwrap().json()["queue_length"] == 1);
+    let status = c.get("/v1/locks/settings").unwrap().json();
+    assert_eq!((status["kind"].as_str(), status["used"].as_u64()), (Some("rw"), Some(2)), "{status}");
+    assert!(status["holders"].as_array().unwrap().iter().all(|h| h["mode"] == "shared"), "{status}");
+    assert!(!dir.path().join("writer").exists(), "the writer ran beside the readers");
+    std::fs::write(dir.path().join("stop"), b"").unwrap();
+    for reader in &mut readers {
+        assert_eq!(reader.wait(), 0);
+    }
+    assert_eq!(wait_file(dir.path().join("writer").as_path()), "alone");
+    assert_eq!(writer.wait(), 0);
 }

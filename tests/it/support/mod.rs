@@ -102,8 +102,22 @@ const MAX_PAUSE: Duration = Duration::from_millis(50);
 /// Looks at `probe` until it returns `Ok`, with a pause doubling from 1 ms to 50 ms between
 /// looks; returns the value. After [`DEADLINE`], panics naming `what` and the last `Err`
 /// (what was seen instead).
-pub fn wait_for<T, E: std::fmt::Debug>(what: &str, mut probe: impl FnMut() -> Result<T, E>) -> T {
-    let deadline = Instant::now() + DEADLINE;
+pub fn wait_for<T, E: std::fmt::Debug>(what: &str, probe: impl FnMut() -> Result<T, E>) -> T {
+    wait_for_deadline(what, DEADLINE, probe)
+}
+
+/// [`wait_for`] a condition that takes `within` by design (a run paced at one grant a
+/// second, a silence of 30 s): the deadline is that time plus [`DEADLINE`].
+pub fn wait_for_within<T, E: std::fmt::Debug>(what: &str, within: Duration, probe: impl FnMut() -> Result<T, E>) -> T {
+    wait_for_deadline(what, within + DEADLINE, probe)
+}
+
+fn wait_for_deadline<T, E: std::fmt::Debug>(
+    what: &str,
+    within: Duration,
+    mut probe: impl FnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + within;
     let mut pause = FIRST_PAUSE;
     loop {
         let seen = match probe() {
@@ -111,7 +125,7 @@ pub fn wait_for<T, E: std::fmt::Debug>(what: &str, mut probe: impl FnMut() -> Re
             Err(seen) => seen,
         };
         let left = deadline.saturating_duration_since(Instant::now());
-        assert!(!left.is_zero(), "{what}: not within {DEADLINE:?}; last seen: {seen:?}");
+        assert!(!left.is_zero(), "{what}: not within {within:?}; last seen: {seen:?}");
         std::thread::sleep(pause.min(left));
         pause = (pause * 2).min(MAX_PAUSE);
     }
