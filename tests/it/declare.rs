@@ -69,6 +69,8 @@ fn a_declared_lock_has_its_shape_from_the_server_and_refuses_another() {
     assert_eq!(error(&r), (409, "limit_mismatch".into()));
     assert_eq!(r.json()["limit"], 3);
     assert_eq!(error(&acquire(&mut c, "pool", r#"{"queue":"lottery"}"#)), (409, "queue_mismatch".into()));
+    let r = acquire(&mut c, "pool", r#"{"mode":"shared"}"#);
+    assert_eq!((error(&r), r.json()["kind"].as_str()), ((409, "kind_mismatch".into()), Some("semaphore")));
     assert_eq!(acquire(&mut c, "pool", r#"{"limit":3,"queue":"fifo","ttl_ms":60000}"#).status, 200);
     // TTLs outside the declared bounds (both inside the global ones) are 400, naming them.
     for ttl in [500, 120_000] {

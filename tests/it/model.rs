@@ -555,7 +555,7 @@ impl Model {
                 reason: "a read/write lock (mode) queues in arrival order: queue lottery cannot be given with mode",
             });
         }
-        if a.mode.is_some() && (limit != 1 || a.weight != 1) {
+        if a.mode.is_some() && (a.limit.is_some_and(|l| l != 1) || a.weight != 1) {
             return Reply::Rejected(CoreError::Incompatible {
                 reason: "a read/write lock (mode) has no permit count: limit and weight cannot be given with mode",
             });

@@ -21,6 +21,8 @@ use crate::core::names::LockName;
 /// looks its name up once; a reload walks them once per lock).
 pub const MAX_DECLARATIONS: usize = 10_000;
 
+const _: () = assert!(MAX_DECLARATIONS < UNDECLARED as usize, "a declaration index fits in 16 bits");
+
 /// Highest `admit_per_minute` (a million per minute; a waiting room needs far less).
 pub const MAX_ADMIT_PER_MINUTE: u32 = 1_000_000;
 
@@ -216,14 +218,14 @@ impl Rate {
 #[derive(Debug, Clone, Default)]
 pub(super) struct Declared {
     list: Vec<Declaration>,
-    names: HashMap<Box<str>, u32>,
-    prefixes: HashMap<Box<str>, u32>,
+    names: HashMap<Box<str>, u16>,
+    prefixes: HashMap<Box<str>, u16>,
     /// The distinct prefix lengths, longest first.
     prefix_lens: Vec<usize>,
 }
 
 /// No declaration.
-pub(super) const UNDECLARED: u32 = u32::MAX;
+pub(super) const UNDECLARED: u16 = u16::MAX;
 
 impl Declared {
     /// The index of `list` (the first of two declarations of one target wins; the
@@ -233,10 +235,10 @@ impl Declared {
         for (i, d) in list.iter().enumerate().take(UNDECLARED as usize) {
             match (&d.name, &d.prefix) {
                 (Some(name), _) => {
-                    declared.names.entry(name.as_str().into()).or_insert(i as u32);
+                    declared.names.entry(name.as_str().into()).or_insert(i as u16);
                 }
                 (None, Some(prefix)) => {
-                    declared.prefixes.entry(prefix.as_str().into()).or_insert(i as u32);
+                    declared.prefixes.entry(prefix.as_str().into()).or_insert(i as u16);
                 }
                 (None, None) => {}
             }
@@ -248,7 +250,7 @@ impl Declared {
     }
 
     /// The declaration of lock `name`: its own, else the longest prefix's.
-    pub(super) fn find(&self, name: &str) -> u32 {
+    pub(super) fn find(&self, name: &str) -> u16 {
         if self.list.is_empty() {
             return UNDECLARED;
         }
@@ -263,7 +265,7 @@ impl Declared {
         UNDECLARED
     }
 
-    pub(super) fn get(&self, index: u32) -> Option<&Declaration> {
+    pub(super) fn get(&self, index: u16) -> Option<&Declaration> {
         self.list.get(index as usize)
     }
 }

@@ -34,11 +34,14 @@ impl LockTable {
                 let unwatched = queue.waiters.iter().filter(|w| w.watchers == 0);
                 expected_deadlines.extend(unwatched.map(|w| (w.absent_at_ms, w.ticket, id)));
             }
-            if let Some(admit) = lock.admit.as_ref().filter(|a| a.timer_ms != 0) {
+            if let Some(admit) = self.admits.get(&id).filter(|a| a.timer_ms != 0) {
                 expected_deadlines.push((admit.timer_ms, TIMER, id));
             }
         }
-        let timers = self.slots.iter().flatten().filter(|l| l.admit.as_ref().is_some_and(|a| a.timer_ms != 0)).count();
+        let timers = self.admits.values().filter(|a| a.timer_ms != 0).count();
+        if let Some(id) = self.admits.keys().find(|&&id| self.slots.get(id as usize).is_none_or(Option::is_none)) {
+            return Err(format!("an admission state for lock slot {id}, which is free"));
+        }
         if timers as u64 != self.timers {
             return Err(format!("{} admission timers counted, {timers} set", self.timers));
         }
@@ -75,14 +78,15 @@ impl LockTable {
         let mut tickets = Vec::new();
         let mut users = Vec::new();
         let (mut holders, mut waiters, mut data_bytes) = (0u64, 0u64, 0u64);
-        for lock in self.slots.iter().flatten() {
+        for (id, lock) in self.slots.iter().enumerate().filter_map(|(id, l)| Some((id as LockId, l.as_ref()?))) {
             let name = lock.name.as_str();
             let declaration = self.declared.get(lock.decl);
-            let timer_set = lock.admit.as_ref().is_some_and(|a| a.timer_ms != 0);
+            let admit = self.admits.get(&id);
+            let timer_set = admit.is_some_and(|a| a.timer_ms != 0);
             if !lock.has_participants() && lock.data.is_none() {
                 return Err(format!("lock {name:?} is empty but not forgotten"));
             }
-            if timer_set != (lock.next_fits() && lock.admit.is_some()) {
+            if timer_set != (lock.next_fits() && admit.is_some()) {
                 return Err(format!(
                     "lock {name:?}: admission timer set {timer_set}, but the next one fits: {}",
                     lock.next_fits()
@@ -91,7 +95,7 @@ impl LockTable {
             if self.buckets.contains_key(&lock.name) {
                 return Err(format!("lock {name:?} is live and has a bucket that outlived it"));
             }
-            if lock.admit.is_some() && declaration.and_then(|d| d.rate()).is_none() {
+            if admit.is_some() && declaration.and_then(|d| d.rate()).is_none() {
                 return Err(format!("lock {name:?} has an admission bucket but no rate"));
             }
             let used: u64 = lock.holders.iter().map(|l| u64::from(l.weight)).sum();

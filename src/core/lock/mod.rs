@@ -60,7 +60,7 @@ mod op;
 mod state;
 
 use std::cmp::min;
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hasher};
 
 use hashbrown::HashTable;
@@ -331,13 +331,13 @@ struct Lock {
     touched: u32,
     /// The name's hash, kept so forgetting and index growth never hash the name again.
     hash: u64,
-    /// Its declaration's index in the table's `declared`, or `UNDECLARED`.
-    decl: u32,
-    /// Admission-rate state, for a declared lock with a rate that has granted.
-    admit: Option<Box<Admit>>,
+    /// Its declaration's index in the table's `declared`, or `UNDECLARED` (16 bits fill
+    /// what was padding: a lock costs no more than before declarations).
+    decl: u16,
 }
 
-/// A lock's admission bucket and timer.
+/// A lock's admission bucket and timer (kept beside the lock, in the table's `admits`: few
+/// locks have a rate).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Admit {
     /// When the bucket is full again (µs; see `declare`).
@@ -526,6 +526,8 @@ pub struct LockTable {
     waiters: u64,
     /// Sum of every lock's data bytes.
     data_bytes: u64,
+    /// The admission state of the rate-limited locks that have granted, by lock.
+    admits: HashMap<LockId, Admit>,
     /// Admission timers in the deadline index.
     timers: u64,
     /// The refilling admission buckets of forgotten locks: when each is full again, µs.
@@ -568,6 +570,7 @@ impl LockTable {
             holders: 0,
             waiters: 0,
             data_bytes: 0,
+            admits: HashMap::new(),
             timers: 0,
             buckets: BTreeMap::new(),
             bucket_order: BTreeSet::new(),
@@ -604,7 +607,7 @@ impl LockTable {
             lock.decl = decl;
             if declaration.as_ref().and_then(Declaration::rate).is_none() {
                 self.clear_timer(id);
-                self.lock_mut(id).admit = None;
+                self.admits.remove(&id);
             }
             let mut moved_from = NOT_MOVED;
             let lock = self.lock_mut(id);
@@ -651,11 +654,17 @@ impl LockTable {
     }
 
     /// The declaration of lock `id`, if any.
+    #[inline]
     fn declaration(&self, id: LockId) -> Option<&Declaration> {
+        if self.limits.declared.is_empty() {
+            // The common case, on the hot path: no lookup at all.
+            return None;
+        }
         self.declared.get(self.lock(id).decl)
     }
 
     /// The admission rate of lock `id`, if any.
+    #[inline]
     fn rate(&self, id: LockId) -> Option<Rate> {
         self.declaration(id).and_then(Declaration::rate)
     }
@@ -673,7 +682,7 @@ impl LockTable {
     /// Whether lock `id`'s admission rate lets a grant go out at `now_ms`.
     fn rate_allows(&self, id: LockId, now_ms: u64) -> bool {
         let Some(rate) = self.rate(id) else { return true };
-        rate.allows(self.lock(id).admit.as_ref().map_or(0, |a| a.tat_us), now_ms)
+        rate.allows(self.admits.get(&id).map_or(0, |a| a.tat_us), now_ms)
     }
 
     /// Sets lock `id`'s timer for when its next token is due if the next one to go in fits
@@ -683,7 +692,7 @@ impl LockTable {
         let lock = self.lock(id);
         let waits_for_token = lock.next_fits();
         if waits_for_token {
-            let tat_us = lock.admit.as_ref().map_or(0, |a| a.tat_us);
+            let tat_us = self.admits.get(&id).map_or(0, |a| a.tat_us);
             self.set_timer(id, rate.next_allowed_ms(tat_us));
         } else {
             self.clear_timer(id);
@@ -704,8 +713,7 @@ impl LockTable {
 
     /// Sets lock `id`'s admission timer to fire at `at_ms` (replacing any other).
     fn set_timer(&mut self, id: LockId, at_ms: u64) {
-        let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
-        let admit = lock.admit.get_or_insert_with(Default::default);
+        let admit = self.admits.entry(id).or_default();
         if admit.timer_ms == at_ms {
             return;
         }
@@ -720,8 +728,7 @@ impl LockTable {
 
     /// Takes lock `id`'s admission timer out of the deadline index, if set.
     fn clear_timer(&mut self, id: LockId) {
-        let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
-        if let Some(admit) = lock.admit.as_mut().filter(|a| a.timer_ms != 0) {
+        if let Some(admit) = self.admits.get_mut(&id).filter(|a| a.timer_ms != 0) {
             self.deadlines.remove(&(admit.timer_ms, TIMER, id));
             self.timers -= 1;
             admit.timer_ms = 0;
@@ -733,7 +740,7 @@ impl LockTable {
     pub fn admission_wait_ms(&self, name: &str, position: u32, now_ms: u64) -> Option<u64> {
         let id = self.find(name)?;
         let rate = self.rate(id)?;
-        let tat_us = self.lock(id).admit.as_ref().map_or(0, |a| a.tat_us);
+        let tat_us = self.admits.get(&id).map_or(0, |a| a.tat_us);
         Some(rate.nth_allowed_ms(tat_us, position, now_ms) - now_ms)
     }
 
@@ -794,15 +801,12 @@ impl LockTable {
     }
 
     /// Adds a lock; `hash` is `hash_name` of its name (from `find_hashed`).
-    fn create(&mut self, name: LockName, hash: u64, limit: u32, kind: QueueKind, rw: bool, decl: u32) -> LockId {
+    fn create(&mut self, name: LockName, hash: u64, limit: u32, kind: QueueKind, rw: bool, decl: u16) -> LockId {
         // A bucket that outlived the lock comes back with it.
-        let admit = match self.buckets.remove(&name) {
-            Some(tat_us) => {
-                self.bucket_order.remove(&(tat_us, name.clone()));
-                Some(Box::new(Admit { tat_us, timer_ms: 0 }))
-            }
-            None => None,
-        };
+        let taken = if self.buckets.is_empty() { None } else { self.buckets.remove(&name) };
+        if let Some(tat_us) = taken {
+            self.bucket_order.remove(&(tat_us, name.clone()));
+        }
         let lock = Lock {
             name,
             limit,
@@ -815,7 +819,6 @@ impl LockTable {
             touched: 0,
             hash,
             decl,
-            admit,
         };
         let id = match self.free.pop() {
             Some(id) => {
@@ -829,6 +832,9 @@ impl LockTable {
         };
         let slots = &self.slots;
         self.index.insert_unique(hash, id, |&other| slots[other as usize].as_ref().map_or(0, |l| l.hash));
+        if let Some(tat_us) = taken {
+            self.admits.insert(id, Admit { tat_us, timer_ms: 0 });
+        }
         id
     }
 
@@ -838,13 +844,18 @@ impl LockTable {
         if lock.has_participants() || lock.data.is_some() {
             return;
         }
-        self.clear_timer(id);
-        let lock = self.lock(id);
-        if let Some(tat_us) = lock.admit.as_ref().map(|a| a.tat_us).filter(|&t| t > now_ms.saturating_mul(1000)) {
-            // Its bucket is still refilling: it outlives the lock until it is full.
-            let name = lock.name.clone();
-            self.bucket_order.insert((tat_us, name.clone()));
-            self.buckets.insert(name, tat_us);
+        // (Few locks have a rate: most tables have no admission state to hash into.)
+        if let Some(admit) = if self.admits.is_empty() { None } else { self.admits.remove(&id) } {
+            if admit.timer_ms != 0 {
+                self.deadlines.remove(&(admit.timer_ms, TIMER, id));
+                self.timers -= 1;
+            }
+            if admit.tat_us > now_ms.saturating_mul(1000) {
+                // Its bucket is still refilling: it outlives the lock until it is full.
+                let name = self.lock(id).name.clone();
+                self.bucket_order.insert((admit.tat_us, name.clone()));
+                self.buckets.insert(name, admit.tat_us);
+            }
         }
         let lock = self.lock(id);
         if let Ok(entry) = self.index.find_entry(lock.hash, |&other| other == id) {
@@ -909,7 +920,8 @@ impl LockTable {
                     reason: "a read/write lock (mode) queues in arrival order: queue lottery cannot be given with mode",
                 });
             }
-            if limit != 1 || a.weight != 1 {
+            // (A limit stated, not a declared one: a declared semaphore is a kind mismatch.)
+            if a.limit.is_some_and(|l| l != 1) || a.weight != 1 {
                 return Reply::Rejected(CoreError::Incompatible {
                     reason: "a read/write lock (mode) has no permit count: limit and weight cannot be given with mode",
                 });
@@ -958,8 +970,11 @@ impl LockTable {
         let id = match found {
             None => {
                 // Buckets that outlive their locks count as locks (their own comes back).
-                self.prune_buckets(at.now_ms);
-                let buckets = self.buckets.len() - usize::from(self.buckets.contains_key(&a.lock));
+                let mut buckets = 0;
+                if !self.buckets.is_empty() {
+                    self.prune_buckets(at.now_ms);
+                    buckets = self.buckets.len() - usize::from(self.buckets.contains_key(&a.lock));
+                }
                 if self.index.len() + buckets >= self.limits.max_locks as usize {
                     return Reply::TableFull { max_locks: self.limits.max_locks };
                 }
@@ -995,7 +1010,6 @@ impl LockTable {
         };
         let weight = mode.map_or(a.weight, rw_weight);
         let max_waiters = self.limits.max_waiters_per_lock;
-        let waiter_ttl_ms = self.waiter_ttl_ms(id);
         let callback_presence = self.limits.callback_presence;
         let now = at.now_ms;
         let lock = self.lock(id);
@@ -1023,6 +1037,8 @@ impl LockTable {
             return Reply::QueueFull { max_waiters };
         }
         let wait_until_ms = if a.callback.is_some() && callback_presence { now.saturating_add(a.wait_ms) } else { 0 };
+        let waiter_ttl_ms = self.waiter_ttl_ms(id);
+        let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
         let mut waiter = Waiter {
             ticket: a.new_ticket,
             ttl_ms,
@@ -1341,11 +1357,18 @@ impl LockTable {
 
     /// Admits who fits from lock `id`'s queue, then sets or clears its admission timer.
     fn admit(&mut self, id: LockId, at: Moment, moved_from: &mut usize, out: &mut Vec<Output>) {
+        if self.lock(id).queue.is_none() && self.limits.declared.is_empty() {
+            // Nobody waits, and no lock has a rate: nothing to admit, no timer.
+            return;
+        }
         self.admit_queue(id, at, moved_from, out);
         self.refresh_timer(id);
     }
 
     fn admit_queue(&mut self, id: LockId, at: Moment, moved_from: &mut usize, out: &mut Vec<Output>) {
+        if self.lock(id).queue.is_none() {
+            return;
+        }
         let claim_ms = self.claim_ms(id);
         let mut draws: Option<SplitMix64> = None;
         loop {
@@ -1423,7 +1446,7 @@ impl LockTable {
         lease.fence = self.next_fence;
         self.next_fence += 1;
         if let Some(rate) = self.rate(id) {
-            let admit = self.lock_mut(id).admit.get_or_insert_with(Default::default);
+            let admit = self.admits.entry(id).or_default();
             admit.tat_us = rate.after_grant(admit.tat_us, now_ms);
         }
         let lock = self.slots[id as usize].as_mut().expect("lock slot is occupied");
@@ -1466,7 +1489,7 @@ impl LockTable {
             let slot = lock.touched as usize - 1;
             if ticket == TIMER {
                 // A token is due (or the bucket is full): the settling below admits or forgets.
-                if let Some(admit) = lock.admit.as_mut().filter(|a| a.timer_ms == when_ms) {
+                if let Some(admit) = self.admits.get_mut(&id).filter(|a| a.timer_ms == when_ms) {
                     admit.timer_ms = 0;
                 }
                 self.timers -= 1;

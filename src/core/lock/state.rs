@@ -148,7 +148,12 @@ fn weight_of(lock: &LockState, weight: u32, mode: Option<LockMode>) -> Result<u3
 impl LockTable {
     /// The whole table as plain data.
     pub fn export(&self) -> TableState {
-        let mut locks: Vec<LockState> = self.slots.iter().flatten().map(export_lock).collect();
+        let mut locks: Vec<LockState> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(id, l)| Some(export_lock(l.as_ref()?, self.admits.get(&(id as super::LockId)))))
+            .collect();
         locks.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         TableState { next_fence: self.next_fence, locks, admit_buckets: self.buckets.clone() }
     }
@@ -186,7 +191,7 @@ impl LockTable {
                     deadlines.push((timer_ms, TIMER, id));
                     table.timers += 1;
                 }
-                table.lock_mut(id).admit = Some(Box::new(Admit { tat_us, timer_ms }));
+                table.admits.insert(id, Admit { tat_us, timer_ms });
             }
             let mut holders = Holders::with_capacity(ls.holders.len());
             let mut used: u64 = 0;
@@ -267,7 +272,7 @@ impl LockTable {
     }
 }
 
-fn export_lock(lock: &Lock) -> LockState {
+fn export_lock(lock: &Lock, admit: Option<&Admit>) -> LockState {
     let split = |extra: &super::Extra| (extra.owner.clone(), extra.callback().cloned(), extra.user().cloned());
     let rw = lock.rw;
     let weight = |w: u32| if rw { 1 } else { w };
@@ -318,7 +323,7 @@ fn export_lock(lock: &Lock) -> LockState {
             .collect(),
         candidate: lock.queue.as_ref().and_then(|q| q.candidate),
         data: lock.data.iter().flat_map(|d| d.entries.iter()).map(|(k, v)| (k.clone(), v.to_string())).collect(),
-        admit_tat_us: lock.admit.as_ref().map(|a| a.tat_us),
-        admit_timer_ms: lock.admit.as_ref().map(|a| a.timer_ms).filter(|&t| t != 0),
+        admit_tat_us: admit.map(|a| a.tat_us),
+        admit_timer_ms: admit.map(|a| a.timer_ms).filter(|&t| t != 0),
     }
 }
