@@ -87,7 +87,7 @@ fn lock_takes_options_in_any_order_and_the_command_verbatim() {
         "--x",
     ]);
     assert_eq!(a.name, "nightly");
-    assert_eq!((a.ttl_ms, a.wait_ms, a.limit, a.weight), (10_000, 60_000, Some(2), 1));
+    assert_eq!((a.ttl_ms, a.wait_ms, a.limit, a.weight), (Some(10_000), 60_000, Some(2), 1));
     assert_eq!(a.target, Target { server: "http://h:9".into(), key: None, cacert: None });
     assert_eq!(a.command, ["sh", "-c", "--x"]);
 }
@@ -96,7 +96,7 @@ fn lock_takes_options_in_any_order_and_the_command_verbatim() {
 fn lock_defaults_are_the_documented_ones() {
     let d = lock(&["lock", "n", "--", "true"]);
     assert_eq!(d.target, Target { server: DEFAULT_SERVER.into(), key: None, cacert: None });
-    assert_eq!((d.ttl_ms, d.wait_ms, d.grace_ms, d.limit, d.weight), (30_000, 0, 10_000, None, 1));
+    assert_eq!((d.ttl_ms, d.wait_ms, d.grace_ms, d.limit, d.weight), (None, 0, 10_000, None, 1));
     assert_eq!((d.quiet, d.conflict_exit_code, d.owner), (false, 75, None));
 }
 
@@ -127,7 +127,7 @@ fn lock_takes_opt_equals_value_short_options_and_bare_seconds() {
         "--",
         "true",
     ]);
-    assert_eq!((a.ttl_ms, a.wait_ms, a.grace_ms), (5_000, 250, 45_000));
+    assert_eq!((a.ttl_ms, a.wait_ms, a.grace_ms), (Some(5_000), 250, 45_000));
     assert_eq!((a.owner.as_deref(), a.target.key.as_deref()), (Some("host a"), Some("k")));
     assert_eq!((a.quiet, a.conflict_exit_code), (true, 0));
     let a = lock(&["lock", "-qE", "3", "--conflict-exit-code=4", "--wait=1m30s", "n", "--", "true"]);

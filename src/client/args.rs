@@ -49,8 +49,9 @@ pub struct LockArgs {
     #[arg(value_name = "CMD", last = true, required = true)]
     pub command: Vec<String>,
     /// Lease TTL (500ms, 30s, 5m, 1h; a bare number is seconds), renewed every third of it
-    #[arg(long = "ttl", value_name = "DURATION", default_value = "30s", value_parser = ttl)]
-    pub ttl_ms: u64,
+    /// (default: the lock's declared default, else the server's, 30s unless configured)
+    #[arg(long = "ttl", value_name = "DURATION", value_parser = ttl)]
+    pub ttl_ms: Option<u64>,
     /// How long to wait in the lock's FIFO queue (0: try once)
     #[arg(short = 'w', long = "wait", value_name = "DURATION", default_value = "0s", value_parser = duration_ms)]
     pub wait_ms: u64,

@@ -33,7 +33,7 @@ use nix::unistd::Pid;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
 use signal_hook::iterator::Signals;
 
-use self::args::{LockArgs, ReleaseArgs, StatusArgs, Target};
+use self::args::{LockArgs, ReleaseArgs, StatusArgs, Target, DEFAULT_TTL_MS, MIN_TTL_MS};
 use self::http::{segment, ClientError, Http, Response};
 
 /// The lock could not be had in time (sysexits `EX_TEMPFAIL`), unless `--conflict-exit-code`
@@ -80,6 +80,9 @@ struct Held {
     fence: u64,
     /// When the lease ends by this process's clock unless renewed (the call's start + TTL).
     valid_until: Instant,
+    /// Its TTL: `--ttl`, or the one the server gave (the lock's declared default, else the
+    /// server's), renewed with it.
+    ttl_ms: u64,
 }
 
 /// What the helper threads report.
@@ -92,8 +95,8 @@ enum Event {
 /// `leasehold lock`: returns the exit code.
 pub fn lock(args: LockArgs) -> u8 {
     // A renewal has two thirds of the TTL before the lease runs out: connecting may not take
-    // them all.
-    let http = match connect(&args.target, Duration::from_millis(args.ttl_ms / 3)) {
+    // them all (without `--ttl`, the server's default TTL is likely).
+    let http = match connect(&args.target, Duration::from_millis(args.ttl_ms.unwrap_or(DEFAULT_TTL_MS) / 3)) {
         Ok(http) => http,
         Err(code) => return code,
     };
@@ -142,7 +145,7 @@ pub fn lock(args: LockArgs) -> u8 {
     });
     let (stop_renewing, stop) = mpsc::channel::<()>();
     let renewer = {
-        let (http, name, ticket, ttl_ms) = (http.clone(), args.name.clone(), held.ticket.clone(), args.ttl_ms);
+        let (http, name, ticket, ttl_ms) = (http.clone(), args.name.clone(), held.ticket.clone(), held.ttl_ms);
         std::thread::spawn(move || renew(&http, &name, &ticket, ttl_ms, held.valid_until, &stop, &events))
     };
     let mut lost = false;
@@ -205,10 +208,10 @@ fn acquire(http: &Http, args: &LockArgs) -> Result<Held, u8> {
     let mut ticket: Option<String> = None;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let mut body = serde_json::json!({
-            "ttl_ms": args.ttl_ms,
-            "wait_ms": left.as_millis() as u64,
-        });
+        let mut body = serde_json::json!({ "wait_ms": left.as_millis() as u64 });
+        if let Some(ttl_ms) = args.ttl_ms {
+            body["ttl_ms"] = ttl_ms.into();
+        }
         // The queue kind and the permit count are left to the server unless given (FIFO
         // and 1, or what a `[[locks.declare]]` entry says), so a declared lock takes a
         // plain `leasehold lock` as it is.
@@ -240,12 +243,23 @@ fn acquire(http: &Http, args: &LockArgs) -> Result<Held, u8> {
         match answer {
             Ok(r) if r.status == 200 => {
                 let body = r.json();
-                return match (body["ticket"].as_str(), body["fence"].as_u64()) {
-                    (Some(ticket), Some(fence)) => Ok(Held {
+                // The TTL granted: the server's clock on both ends of it.
+                let granted_ms =
+                    body["expires_at_ms"].as_u64().zip(body["at_ms"].as_u64()).map(|(e, a)| e.saturating_sub(a));
+                return match (body["ticket"].as_str(), body["fence"].as_u64(), args.ttl_ms.or(granted_ms)) {
+                    (Some(ticket), Some(fence), Some(ttl_ms)) if ttl_ms >= MIN_TTL_MS => Ok(Held {
                         ticket: ticket.to_string(),
                         fence,
-                        valid_until: sent + Duration::from_millis(args.ttl_ms),
+                        valid_until: sent + Duration::from_millis(ttl_ms),
+                        ttl_ms,
                     }),
+                    (Some(ticket), Some(_), Some(ttl_ms)) => {
+                        release(http, &args.name, ticket);
+                        Err(fail(
+                            EXIT_FAILURE,
+                            format!("the lease's TTL of {ttl_ms}ms is too short to renew in time; give --ttl (at least {MIN_TTL_MS}ms)"),
+                        ))
+                    }
                     _ => {
                         Err(fail(EXIT_FAILURE, format!("unexpected answer from {}: {}", http.server(), r.error_text())))
                     }

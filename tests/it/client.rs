@@ -204,6 +204,30 @@ fn r22_renewal_keeps_a_command_running_past_several_ttls() {
 }
 
 #[test]
+fn without_ttl_a_declared_lock_gives_its_default_ttl_and_the_renewals_keep_to_it() {
+    // Declared with a TTL of at most 5 s: the command line's usual 30 s would be refused, so
+    // without `--ttl` the lease takes the declared default, 4 s, and is renewed with it.
+    const TTL_MS: u64 = 4_000;
+    let s = renewing_server("[[locks.declare]]\nname = \"declared-job\"\nmax_ttl_ms = 5000\ndefault_ttl_ms = 4000\n");
+    let dir = tempfile::tempdir().unwrap();
+    let (ticket_file, stop_file) = (dir.path().join("ticket"), dir.path().join("stop"));
+    let script = format!(
+        "echo $LEASEHOLD_TICKET > {}; while [ ! -e {} ]; do sleep 0.01; done",
+        ticket_file.display(),
+        stop_file.display()
+    );
+    let mut run = Run::start(&mut leasehold(&s, &["lock", "declared-job", "--", "sh", "-c", &script]));
+    wait_file(&ticket_file);
+    let mut c = Client::connect(s.addr).unwrap();
+    let (fence, left_ms) = holder(&mut c, "declared-job").expect("held while the command runs");
+    assert!(left_ms <= TTL_MS, "{left_ms} ms left: the lease has the declared TTL");
+    assert_renewed_for_3_ttls(&mut c, "declared-job", fence, TTL_MS);
+    std::fs::write(&stop_file, "").unwrap();
+    assert_eq!(run.wait(), 0);
+    assert_eq!(holder(&mut c, "declared-job"), None, "released when the command ended");
+}
+
+#[test]
 fn a_lease_released_by_someone_else_stops_the_command_with_sigterm() {
     let s = renewing_server("");
     let dir = tempfile::tempdir().unwrap();
