@@ -488,8 +488,8 @@ pub struct TableStats {
 /// let lock = LockName::parse("nightly-report").unwrap();
 /// let acquire = |ticket: u8, watch: bool| Op::Acquire(Acquire {
 ///     lock: lock.clone(), ticket: None, new_ticket: Ticket::from_bytes([ticket; 16]), owner: None,
-///     ttl_ms: 30_000, limit: 1, weight: 1, queue: QueueMode::Fifo, watch, callback: None, mode: None,
-///     user: None, wait_ms: 0,
+///     ttl_ms: Some(30_000), limit: Some(1), weight: 1, queue: Some(QueueMode::Fifo), watch, callback: None,
+///     mode: None, user: None, wait_ms: 0,
 /// });
 ///
 /// let Reply::Held(first) = table.apply(acquire(1, false), Moment::new(1_000, 0), &mut out) else { panic!() };
