@@ -38,6 +38,11 @@ pub enum CoreError {
         /// Why, as one lower-case sentence.
         reason: &'static str,
     },
+    /// A sealed token (a waiting room's cookie, a ticket token) does not open.
+    Unsealed {
+        /// Why, completing "the token …".
+        reason: &'static str,
+    },
     /// An exported state cannot be imported because it breaks a table invariant.
     InvalidState {
         /// The first broken rule found.
@@ -55,6 +60,7 @@ impl fmt::Display for CoreError {
             }
             Self::DataTooLarge { limit, max } => write!(f, "data write exceeds {limit} ({max})"),
             Self::Incompatible { reason } => f.write_str(reason),
+            Self::Unsealed { reason } => write!(f, "the token {reason}"),
             Self::InvalidState { reason } => write!(f, "state cannot be imported: {reason}"),
         }
     }

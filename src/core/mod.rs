@@ -13,6 +13,7 @@ pub mod lock;
 pub mod names;
 pub mod outbox;
 pub mod rand;
+pub mod seal;
 pub mod signature;
 pub mod supervise;
 pub mod target;
