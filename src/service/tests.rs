@@ -430,27 +430,10 @@ fn a_callback_becomes_an_outbox_call_when_its_waiter_is_admitted() {
         Some(LockReply::Held { lease, .. }) => lease.ticket,
         other => panic!("{other:?}"),
     };
-    let with_callback = match acquire(None, 0, Then::Hold, false) {
-        LockOp::Acquire { lock, ticket, owner, ttl_ms, limit, weight, queue, wait_ms, then, compat, .. } => {
-            let callback = Some(crate::core::names::CallbackUrl::parse("https://h.example/cb").unwrap());
-            LockOp::Acquire {
-                lock,
-                ticket,
-                owner,
-                ttl_ms,
-                limit,
-                weight,
-                queue,
-                wait_ms,
-                then,
-                compat,
-                callback,
-                mode: None,
-                user: None,
-            }
-        }
-        other => other,
-    };
+    let mut with_callback = acquire(None, 0, Then::Hold, false);
+    if let LockOp::Acquire { callback, .. } = &mut with_callback {
+        *callback = Some(crate::core::names::CallbackUrl::parse("https://h.example/cb").unwrap());
+    }
     let queued = reply_to(&w.request(1, 2, with_callback), 1, 2);
     assert!(matches!(queued, Some(LockReply::Queued { .. })), "{queued:?}");
     assert_eq!(w.s.outbox().stats().pending, 0);

@@ -180,9 +180,9 @@ fn with_limit_two_at_most_two_commands_run_at_once() {
     assert_eq!((running, most), (0, 2), "two at a time, never three");
 }
 
-#[test]
-fn r22_renewal_keeps_a_command_running_past_several_ttls() {
-    let s = renewing_server("");
+/// Runs `leasehold lock LOCK ARGS… -- CMD` where CMD holds on until told to stop, and checks
+/// that the lease stays held and renewed for 3 TTLs of `ttl_ms`, then is released.
+fn assert_a_run_renews_for_3_ttls(s: &Server, lock: &str, args: &[&str], ttl_ms: u64) {
     let dir = tempfile::tempdir().unwrap();
     let (ticket_file, stop_file) = (dir.path().join("ticket"), dir.path().join("stop"));
     let script = format!(
@@ -190,41 +190,33 @@ fn r22_renewal_keeps_a_command_running_past_several_ttls() {
         ticket_file.display(),
         stop_file.display()
     );
-    // TTL 4 s: renewed every 1.33 s, so each renewal has 2.67 s to get through: a few ms when
-    // idle, and room for the stalls of a second or more a loaded two-core machine shows.
-    const TTL_MS: u64 = 4_000;
-    let mut run = Run::start(&mut leasehold(&s, &["lock", "long-job", "--ttl", "4s", "--", "sh", "-c", &script]));
+    let mut line = vec!["lock", lock];
+    line.extend_from_slice(args);
+    line.extend_from_slice(&["--", "sh", "-c", &script]);
+    let mut run = Run::start(&mut leasehold(s, &line));
     wait_file(&ticket_file);
     let mut c = Client::connect(s.addr).unwrap();
-    let (fence, _) = holder(&mut c, "long-job").expect("held while the command runs");
-    assert_renewed_for_3_ttls(&mut c, "long-job", fence, TTL_MS);
+    let (fence, left_ms) = holder(&mut c, lock).expect("held while the command runs");
+    assert!(left_ms <= ttl_ms, "{left_ms} ms left on a {ttl_ms} ms lease");
+    assert_renewed_for_3_ttls(&mut c, lock, fence, ttl_ms);
     std::fs::write(&stop_file, "").unwrap();
     assert_eq!(run.wait(), 0);
-    assert_eq!(holder(&mut c, "long-job"), None, "released when the command ended");
+    assert_eq!(holder(&mut c, lock), None, "released when the command ended");
+}
+
+#[test]
+fn r22_renewal_keeps_a_command_running_past_several_ttls() {
+    // TTL 4 s: renewed every 1.33 s, so each renewal has 2.67 s to get through: a few ms when
+    // idle, and room for the stalls of a second or more a loaded two-core machine shows.
+    assert_a_run_renews_for_3_ttls(&renewing_server(""), "long-job", &["--ttl", "4s"], 4_000);
 }
 
 #[test]
 fn without_ttl_a_declared_lock_gives_its_default_ttl_and_the_renewals_keep_to_it() {
     // Declared with a TTL of at most 5 s: the command line's usual 30 s would be refused, so
     // without `--ttl` the lease takes the declared default, 4 s, and is renewed with it.
-    const TTL_MS: u64 = 4_000;
     let s = renewing_server("[[locks.declare]]\nname = \"declared-job\"\nmax_ttl_ms = 5000\ndefault_ttl_ms = 4000\n");
-    let dir = tempfile::tempdir().unwrap();
-    let (ticket_file, stop_file) = (dir.path().join("ticket"), dir.path().join("stop"));
-    let script = format!(
-        "echo $LEASEHOLD_TICKET > {}; while [ ! -e {} ]; do sleep 0.01; done",
-        ticket_file.display(),
-        stop_file.display()
-    );
-    let mut run = Run::start(&mut leasehold(&s, &["lock", "declared-job", "--", "sh", "-c", &script]));
-    wait_file(&ticket_file);
-    let mut c = Client::connect(s.addr).unwrap();
-    let (fence, left_ms) = holder(&mut c, "declared-job").expect("held while the command runs");
-    assert!(left_ms <= TTL_MS, "{left_ms} ms left: the lease has the declared TTL");
-    assert_renewed_for_3_ttls(&mut c, "declared-job", fence, TTL_MS);
-    std::fs::write(&stop_file, "").unwrap();
-    assert_eq!(run.wait(), 0);
-    assert_eq!(holder(&mut c, "declared-job"), None, "released when the command ended");
+    assert_a_run_renews_for_3_ttls(&s, "declared-job", &[], 4_000);
 }
 
 #[test]
