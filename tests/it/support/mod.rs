@@ -451,8 +451,24 @@ impl Server {
     }
 }
 
+/// Lines of a server's log a failing test shows (its last ones).
+const LOG_LINES_ON_FAILURE: usize = 80;
+
 impl Drop for Server {
     fn drop(&mut self) {
+        // A test that failed shows what its servers said last (the test harness prints a
+        // failing test's output only), so a failure seen once in CI can be read afterwards.
+        if std::thread::panicking() && std::env::var_os("LEASEHOLD_TEST_LOG").is_none() {
+            let log = self.log.0.lock().map(|t| t.clone()).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_LINES_ON_FAILURE)..];
+            eprintln!(
+                "--- the last {} lines of the log of the server at {} ---\n{}",
+                tail.len(),
+                self.addr,
+                tail.join("\n")
+            );
+        }
         let children = self.children();
         let _ = self.child.kill();
         let _ = self.child.wait();
