@@ -11,10 +11,14 @@
 #   man-db         man: the generated man page is rendered with `man -l` (tests/it/cli_help.rs)
 #   groff-base     groff: man's formatter; the page is also checked for roff warnings
 #   systemd        systemd-analyze: the unit must pass `systemd-analyze verify` (tests/it/systemd.rs)
+#   chromium       chromium: the browser tests drive a headless Chromium (tests/it/support/browser.rs)
+#   chromium-driver  chromedriver: the WebDriver server those tests talk to, one per test
 #
 # Idempotent: when every command is present it does nothing and touches no network. Missing
 # ones are installed as root (`apt-get update` first, quietly; apt's output is shown only if it
-# fails). Not root and something missing: exits 1 at once, naming the command to run.
+# fails). While another apt or dpkg runs (an unattended upgrade, another install), it waits for
+# that one to finish, up to ten minutes, instead of failing on the lock. Not root and something missing: exits 1 at
+# once, naming the command to run.
 set -euo pipefail
 
 # command the tests run -> Debian package that provides it
@@ -28,6 +32,8 @@ needs=(
   "man man-db"
   "groff groff-base"
   "systemd-analyze systemd"
+  "chromium chromium"
+  "chromedriver chromium-driver"
 )
 
 missing=()
@@ -51,7 +57,19 @@ fi
 echo "tests/deps.sh: installing ${missing[*]} from Debian's packages" >&2
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"; } >"$log" 2>&1; then
+# apt-get update takes the lists lock without waiting; install waits on dpkg's lock by itself
+# with DPkg::Lock::Timeout. So wait first for whatever apt or dpkg already runs, polling.
+deadline=$((SECONDS + 600))
+while pgrep -x 'apt|apt-get|dpkg|unattended-upgr' >/dev/null 2>&1; do
+  if ((SECONDS >= deadline)); then
+    echo "tests/deps.sh: another apt or dpkg still runs after 10 minutes; try again when it is done" >&2
+    exit 1
+  fi
+  sleep 1
+done
+wait_lock=(-o DPkg::Lock::Timeout=600)
+if ! { apt-get "${wait_lock[@]}" update -qq &&
+  DEBIAN_FRONTEND=noninteractive apt-get "${wait_lock[@]}" install -y -qq "${missing[@]}"; } >"$log" 2>&1; then
   cat "$log" >&2
   echo "tests/deps.sh: apt-get failed installing ${missing[*]}" >&2
   exit 1

@@ -1,10 +1,12 @@
 //! The one integration test binary: model-based tests of the core, the configuration and
 //! command-line behaviour of the real binary, the layering rule, end-to-end tests of the
 //! real server (HTTP, dispatch, lifecycle, binary upgrade, hostile clients), the command line
-//! through a TLS-terminating nginx, and the etcd link against a real etcd.
+//! through a TLS-terminating nginx, the etcd link against a real etcd, and the browser rig
+//! (headless Chromium, the contrib nginx waiting room).
 
 mod api;
 mod auth;
+mod browser_smoke;
 mod budgets;
 mod cli;
 mod cli_help;

@@ -1,5 +1,6 @@
 //! A small HTTP/1.1 client that shows exactly what the server sent: status, headers as
-//! written, body. Keep-alive by default; `Connection: close` is honoured.
+//! written (the value trimmed), body. Keep-alive by default; `Connection: close` is honoured.
+//! A chunked body (nginx sends some) is read whole and given decoded.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -118,11 +119,21 @@ impl Client {
             })?;
             let headers: Vec<(String, String)> = lines
                 .filter(|l| !l.is_empty())
-                .filter_map(|l| l.split_once(": ").map(|(n, v)| (n.to_string(), v.to_string())))
+                // The space after the colon is optional (chromedriver writes none).
+                .filter_map(|l| {
+                    l.split_once(':').map(|(n, v)| (n.to_string(), v.trim_matches([' ', '\t']).to_string()))
+                })
                 .collect();
             self.buf.drain(..end);
             if status == 100 {
                 continue;
+            }
+            let chunked = headers.iter().any(|(n, v)| {
+                n.eq_ignore_ascii_case("transfer-encoding") && v.to_ascii_lowercase().contains("chunked")
+            });
+            if chunked {
+                let body = self.read_chunks()?;
+                return Ok(Reply { status, headers, body });
             }
             let length: usize = headers
                 .iter()
@@ -134,6 +145,43 @@ impl Client {
             }
             let body = self.buf.drain(..length).collect();
             return Ok(Reply { status, headers, body });
+        }
+    }
+
+    /// A chunked body, decoded: chunks up to the last (empty) one and its trailer.
+    fn read_chunks(&mut self) -> io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                    break p;
+                }
+                self.fill()?;
+            };
+            let line = String::from_utf8_lossy(&self.buf[..line_end]).to_string();
+            let size = usize::from_str_radix(line.split(';').next().unwrap_or_default().trim(), 16)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunk size {line:?}")))?;
+            self.buf.drain(..line_end + 2);
+            if size == 0 {
+                // Trailer lines, if any, up to an empty line.
+                loop {
+                    let end = loop {
+                        if let Some(p) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                            break p;
+                        }
+                        self.fill()?;
+                    };
+                    self.buf.drain(..end + 2);
+                    if end == 0 {
+                        return Ok(body);
+                    }
+                }
+            }
+            while self.buf.len() < size + 2 {
+                self.fill()?;
+            }
+            body.extend(self.buf.drain(..size));
+            self.buf.drain(..2);
         }
     }
 

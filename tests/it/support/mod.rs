@@ -4,11 +4,14 @@
 //! goes through [`wait_for`]/[`wait_until`]: a deadline of [`DEADLINE`] and a short backoff
 //! between looks, never a busy loop and never a fixed sleep.
 
+pub mod browser;
 pub mod etcd;
 pub mod http;
 pub mod load;
+pub mod nginx;
 pub mod nodes;
 pub mod sse;
+pub mod visitor;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
