@@ -29,6 +29,8 @@ fn request(method: Method, target: &str, body: &str, ticket: Option<&str>) -> Re
         api_key: None,
         ticket: ticket.map(str::to_string),
         last_event_id: None,
+        cookie: None,
+        original_uri: None,
         expect_continue: false,
         body: body.as_bytes().to_vec(),
     }
