@@ -217,11 +217,12 @@ fn with_variables(entry: &toml::Table, env: &BTreeMap<String, String>) -> (toml:
                 "false" | "0" => toml::Value::Boolean(false),
                 other => toml::Value::String(other.to_string()),
             },
-            "capacity" | "admit_per_minute" | "admit_burst" | "session_ttl_ms" | "max_session_ms"
-            | "waiter_ttl_ms" => match text.trim().replace('_', "").parse::<i64>() {
-                Ok(n) => toml::Value::Integer(n),
-                Err(_) => toml::Value::String(text.trim().to_string()),
-            },
+            "capacity" | "admit_per_minute" | "admit_burst" | "session_ttl_ms" | "max_session_ms" | "waiter_ttl_ms" => {
+                match text.trim().replace('_', "").parse::<i64>() {
+                    Ok(n) => toml::Value::Integer(n),
+                    Err(_) => toml::Value::String(text.trim().to_string()),
+                }
+            }
             _ => toml::Value::String(text.clone()),
         };
         merged.insert((*field).to_string(), value);
@@ -253,7 +254,10 @@ pub(super) fn validate_rooms(
         if let Some(i) = limits.declared.iter().position(|d| d.name.as_ref() == Some(&room.lock)) {
             r.invalid(
                 format!("{path}.name"),
-                format!("the room's lock {:?} is declared already (locks.declare[{i}]); a room declares it", room.lock.as_str()),
+                format!(
+                    "the room's lock {:?} is declared already (locks.declare[{i}]); a room declares it",
+                    room.lock.as_str()
+                ),
             );
             continue;
         }
@@ -354,7 +358,9 @@ fn room(
             if !entry.contains_key("secret") && !entry.contains_key("secret_file") {
                 r.invalid(
                     format!("{path}.secret"),
-                    format!("is required (or secret_file): {MIN_SECRET_BYTES} bytes or more that sign the room's cookies"),
+                    format!(
+                        "is required (or secret_file): {MIN_SECRET_BYTES} bytes or more that sign the room's cookies"
+                    ),
                 );
             }
             (String::new(), None)
@@ -481,8 +487,11 @@ cookie_secure = false
         let p = Config::load(Some(text), &vars).unwrap_err();
         assert!(p[0].to_string().contains("rooms[0].secret_file"), "{p:?}");
         let text = format!("[[rooms]]\nname = \"my-shop\"\ncapacity = 1\nsecret = \"{SECRET}\"\n");
-        let vars =
-            env(&[("LEASEHOLD_ROOM_MY_SHOP_SECRET", other), ("LEASEHOLD_ROOM_MY_SHOP_CAPACITY", "7"), ("LEASEHOLD_ROOM_MY_SHOP_COOKIE_SECURE", "0")]);
+        let vars = env(&[
+            ("LEASEHOLD_ROOM_MY_SHOP_SECRET", other),
+            ("LEASEHOLD_ROOM_MY_SHOP_CAPACITY", "7"),
+            ("LEASEHOLD_ROOM_MY_SHOP_COOKIE_SECURE", "0"),
+        ]);
         let c = Config::load(Some(&text), &vars).unwrap();
         assert_eq!((c.rooms[0].secret.as_str(), c.rooms[0].capacity, c.rooms[0].cookie_secure), (other, 7, false));
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
@@ -540,7 +549,9 @@ cookie_secure = "yes"
         // The second "ok" is named again only when the first was valid: here it was not.
         let twice = format!("[[rooms]]\nname = \"a\"\ncapacity = 1\nsecret = \"{SECRET}\"\n").repeat(2);
         assert!(problems(&twice)[0].contains(r#"rooms[1].name: names room "a" again (rooms[0] did)"#));
-        let declared = format!("[[locks.declare]]\nname = \"room:a\"\n[[rooms]]\nname = \"a\"\ncapacity = 1\nsecret = \"{SECRET}\"\n");
+        let declared = format!(
+            "[[locks.declare]]\nname = \"room:a\"\n[[rooms]]\nname = \"a\"\ncapacity = 1\nsecret = \"{SECRET}\"\n"
+        );
         assert!(problems(&declared)[0].contains("declared already (locks.declare[0])"), "{:?}", problems(&declared));
         let over = format!("[locks]\nmax_limit = 5\n[[rooms]]\nname = \"a\"\ncapacity = 6\nsecret = \"{SECRET}\"\n");
         assert!(problems(&over)[0].starts_with("rooms[0].capacity"), "{:?}", problems(&over));

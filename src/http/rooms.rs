@@ -365,7 +365,10 @@ pub fn finish(f: &RoomFinish, reply: &LockReply) -> Result<Response, Unexpected>
                         "Set-Cookie",
                         cookie_header(&cookie_name("session", &room.name), &value, left_s, room.cookie_secure),
                     )
-                    .with_header("Set-Cookie", cookie_header(&cookie_name("place", &room.name), "", 0, room.cookie_secure))
+                    .with_header(
+                        "Set-Cookie",
+                        cookie_header(&cookie_name("place", &room.name), "", 0, room.cookie_secure),
+                    )
                     .with_header("Cache-Control", "no-store")
             }
             R::Queued { place, eta_ms, .. } => queued_page(room, next, place, *eta_ms),

@@ -197,7 +197,10 @@ fn room_admits_capacity_queues_the_rest_and_the_gate_admits_only_valid_sessions(
     // The views.
     let r = once(addr, "GET", "/v1/rooms/shop", &[], "");
     let view = r.json();
-    assert_eq!((view["capacity"].as_u64(), view["in_use"].as_u64(), view["queue_length"].as_u64()), (Some(2), Some(2), Some(1)));
+    assert_eq!(
+        (view["capacity"].as_u64(), view["in_use"].as_u64(), view["queue_length"].as_u64()),
+        (Some(2), Some(2), Some(1))
+    );
     let r = once(addr, "GET", "/v1/rooms", &[], "");
     assert_eq!(r.json()["rooms"].as_array().unwrap().len(), 2);
     let r = once(addr, "GET", "/v1/rooms/nope/gate", &[], "");
@@ -224,7 +227,9 @@ fn room_admits_capacity_queues_the_rest_and_the_gate_admits_only_valid_sessions(
 fn room_return_paths_never_leave_the_site() {
     let s = Server::start(&rooms_config());
     let addr = s.addr;
-    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+    /// A query, the request's headers, and where the visitor is sent.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         ("next=https%3A%2F%2Fevil.example%2F", &[], "/"),
         ("next=%2F%2Fevil.example%2Fx", &[], "/"),
         ("next=%2F%5Cevil.example", &[], "/"),

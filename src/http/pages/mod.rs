@@ -67,7 +67,10 @@ mod tests {
 
     #[test]
     fn escape_html_escapes_the_five_specials_and_nothing_else() {
-        assert_eq!(escape_html(r#"<a href="x">Tom & Jerry's</a> é"#), "&lt;a href=&quot;x&quot;&gt;Tom &amp; Jerry&#39;s&lt;/a&gt; é");
+        assert_eq!(
+            escape_html(r#"<a href="x">Tom & Jerry's</a> é"#),
+            "&lt;a href=&quot;x&quot;&gt;Tom &amp; Jerry&#39;s&lt;/a&gt; é"
+        );
     }
 
     #[test]

@@ -173,7 +173,9 @@ mod tests {
         assert!(csp.starts_with("default-src 'none'") && !csp.contains("unsafe-inline"), "{csp}");
         // The hashed text is exactly what sits between the page's tags.
         let html = render(&page("t", "m", "/"));
-        assert!(html.contains(&format!("<script>{SCRIPT}</script>")) && html.contains(&format!("<style>{STYLE}</style>")));
+        assert!(
+            html.contains(&format!("<script>{SCRIPT}</script>")) && html.contains(&format!("<style>{STYLE}</style>"))
+        );
     }
 
     #[test]
