@@ -9,6 +9,7 @@
 mod cluster;
 mod error;
 mod read;
+mod rooms;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ pub use cluster::{
 };
 pub use error::ConfigError;
 pub use read::KeyDoc;
+pub use rooms::{valid_return_path, RoomConfig, SecretFile, ROOM_LOCK_PREFIX};
 
 use crate::core::backoff::Backoff;
 pub use crate::core::balance::Balance;
@@ -277,6 +279,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[cluster]`: `None` (single node) unless `cluster.etcd_endpoints` is set.
     pub cluster: Option<ClusterConfig>,
+    /// `[[rooms]]`: waiting rooms (each also declares its lock in `locks.table.declared`).
+    pub rooms: Vec<RoomConfig>,
     /// Things worth telling the operator that do not stop the start (unknown variables…).
     pub warnings: Vec<String>,
 }
@@ -393,7 +397,8 @@ fn validate(r: &mut Reader<'_>, env: &BTreeMap<String, String>) -> Config {
         ),
         event_ping_ms: r.int("http", "event_ping_ms", "LEASEHOLD_EVENT_PING_MS", DEFAULT_EVENT_PING_MS, 100, 3_600_000),
     };
-    let locks = validate_locks(r);
+    let mut locks = validate_locks(r);
+    let (rooms, room_variables) = rooms::validate_rooms(r, env, &mut locks.table);
     let journal = JournalConfig {
         fsync: [Fsync::Always, Fsync::Interval, Fsync::Never]
             [r.choice("journal", "fsync", "LEASEHOLD_FSYNC", &["always", "interval", "never"], 0)],
@@ -418,7 +423,8 @@ fn validate(r: &mut Reader<'_>, env: &BTreeMap<String, String>) -> Config {
     let auth = validate_auth(r, env, &server);
     let cluster = cluster::validate_cluster(r);
     let mut warnings = Vec::new();
-    let known: BTreeSet<&str> = r.keys.iter().map(|k| k.env).collect();
+    let mut known: BTreeSet<&str> = r.keys.iter().map(|k| k.env).collect();
+    known.extend(room_variables.iter().map(String::as_str));
     for name in env.keys().filter(|n| n.starts_with("LEASEHOLD_")) {
         if !known.contains(name.as_str())
             && !CLIENT_VARIABLES.contains(&name.as_str())
@@ -427,7 +433,7 @@ fn validate(r: &mut Reader<'_>, env: &BTreeMap<String, String>) -> Config {
             warnings.push(format!("environment variable {name} is not a leasehold setting; it is ignored"));
         }
     }
-    Config { server, http, locks, journal, outbox, auth, cluster, warnings }
+    Config { server, http, locks, journal, outbox, auth, cluster, rooms, warnings }
 }
 
 fn validate_outbox(r: &mut Reader<'_>) -> OutboxConfig {

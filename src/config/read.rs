@@ -214,6 +214,24 @@ impl<'a> Reader<'a> {
         out
     }
 
+    /// The top-level array of tables `[[key]]` (file only), entries named `key[N]`.
+    pub(super) fn top_tables(&mut self, key: &str) -> Vec<(String, &'a toml::Table)> {
+        self.keys.push(KeyDoc { path: key.to_string(), env: "" });
+        let Some(value) = self.root.get(key) else { return Vec::new() };
+        let Some(items) = value.as_array() else {
+            self.wrong_type(key.to_string(), "an array of tables ([[key]])");
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            match item.as_table() {
+                Some(t) => out.push((format!("{key}[{i}]"), t)),
+                None => self.wrong_type(format!("{key}[{i}]"), "a table"),
+            }
+        }
+        out
+    }
+
     /// Field `key` of the entry at `path` of an array of tables, as an integer in
     /// `min..=max` (an `_ms` key also takes a duration string, as [`Reader::int`] does).
     /// `None` when absent, or after recording a problem, when it is not such a number.
@@ -281,6 +299,10 @@ impl<'a> Reader<'a> {
     pub(super) fn unknown_keys(&mut self) {
         let known: Vec<&str> = self.keys.iter().map(|k| k.path.as_str()).collect();
         for (section, value) in self.root {
+            // A top-level array of tables (`[[rooms]]`) is read as a whole.
+            if known.contains(&section.as_str()) {
+                continue;
+            }
             let Some(table) = value.as_table() else {
                 self.problems.push(ConfigError::UnknownKey { key: section.clone() });
                 continue;

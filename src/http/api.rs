@@ -135,6 +135,8 @@ pub enum Finish {
     OutboxRetry,
     /// `DELETE /v1/outbox/{id}`.
     OutboxDelete,
+    /// A waiting room's route (shaped by [`super::rooms::finish`]).
+    Room(Box<super::rooms::RoomFinish>),
 }
 
 #[derive(Deserialize)]
@@ -451,6 +453,13 @@ fn plan_inner(
             let ticket = header_ticket(req)?.ok_or_else(|| bad("unlock needs the x-ticket header"))?;
             ask(LockOp::Release { lock: resource, ticket }, Finish::CompatUnlock)
         }
+        // They need the rooms and the time: the worker plans them with `rooms::plan`.
+        RouteId::RoomGate
+        | RouteId::RoomWait
+        | RouteId::RoomEvents
+        | RouteId::RoomRevoke
+        | RouteId::RoomList
+        | RouteId::RoomStatus => return Err(error(ErrorCode::Internal, "room routes are planned by rooms::plan")),
     })
 }
 
@@ -900,6 +909,7 @@ pub fn finish(f: &Finish, reply: &LockReply) -> Result<Response, Unexpected> {
             R::OutboxDone => Response::json(200, &serde_json::json!({ "status": "deleted" })),
             other => return refusal(f, other),
         },
+        Finish::Room(room) => return super::rooms::finish(room, reply),
     })
 }
 

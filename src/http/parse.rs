@@ -162,6 +162,10 @@ pub struct Request {
     pub ticket: Option<String>,
     /// `Last-Event-ID`.
     pub last_event_id: Option<String>,
+    /// `Cookie` (several fields joined with `; `), for waiting rooms.
+    pub cookie: Option<String>,
+    /// `X-Original-URI` (set by a proxy's `auth_request`), for waiting rooms' return path.
+    pub original_uri: Option<String>,
     /// The client sent `Expect: 100-continue`.
     pub expect_continue: bool,
     /// The body (decoded if it was chunked).
@@ -390,6 +394,8 @@ impl Parser {
             api_key: None,
             ticket: None,
             last_event_id: None,
+            cookie: None,
+            original_uri: None,
             expect_continue: false,
             body: Vec::new(),
         });
@@ -439,6 +445,15 @@ impl Parser {
                 request.ticket = Some(header_text(h.value)?);
             } else if name.eq_ignore_ascii_case("last-event-id") {
                 request.last_event_id = Some(header_text(h.value)?);
+            } else if name.eq_ignore_ascii_case("cookie") {
+                // Other sites' cookies on the same domain may be any bytes: never a 400.
+                let value = String::from_utf8_lossy(trim_ows(h.value)).into_owned();
+                request.cookie = Some(match request.cookie.take() {
+                    Some(before) => format!("{before}; {value}"),
+                    None => value,
+                });
+            } else if name.eq_ignore_ascii_case("x-original-uri") && request.original_uri.is_none() {
+                request.original_uri = Some(String::from_utf8_lossy(trim_ows(h.value)).into_owned());
             }
         }
         if lengths > 1 {

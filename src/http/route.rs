@@ -62,6 +62,18 @@ pub enum RouteId {
     OutboxRetry,
     /// Remove an outbox entry.
     OutboxDelete,
+    /// A waiting room's gate (for a proxy's `auth_request`).
+    RoomGate,
+    /// A waiting room's page (joins the line, or admits with a session cookie).
+    RoomWait,
+    /// A room visitor's ticket as Server-Sent Events (with a ticket token).
+    RoomEvents,
+    /// End a room session (release its lease).
+    RoomRevoke,
+    /// Every room.
+    RoomList,
+    /// One room.
+    RoomStatus,
 }
 
 impl RouteId {
@@ -96,7 +108,22 @@ impl RouteId {
             | Self::OutboxGet
             | Self::OutboxRetry
             | Self::OutboxDelete => false,
+            // A room's lock is `room:<name>`: `rooms::plan` checks the prefix on it.
+            Self::RoomGate
+            | Self::RoomWait
+            | Self::RoomEvents
+            | Self::RoomRevoke
+            | Self::RoomList
+            | Self::RoomStatus => false,
         }
+    }
+
+    /// Whether this is a waiting room's route (planned by `http::rooms`).
+    pub fn is_room(self) -> bool {
+        matches!(
+            self,
+            Self::RoomGate | Self::RoomWait | Self::RoomEvents | Self::RoomRevoke | Self::RoomList | Self::RoomStatus
+        )
     }
 
     /// Whether this is a Small Resource Server route (its client expects 401, not 403, for
@@ -167,6 +194,13 @@ pub const ROUTES: &[RouteDef] = &[
     row(Method::Get, "/v1/outbox/{id}", RouteId::OutboxGet, READ, "outbox_get"),
     row(Method::Post, "/v1/outbox/{id}/retry", RouteId::OutboxRetry, WRITE, "outbox_retry"),
     row(Method::Delete, "/v1/outbox/{id}", RouteId::OutboxDelete, WRITE, "outbox_delete"),
+    // The cookie or the token is the credential of the first three (docs/api.md "Waiting rooms").
+    row(Method::Get, "/v1/rooms/{room}/gate", RouteId::RoomGate, None, "room_gate"),
+    row(Method::Get, "/v1/rooms/{room}/wait", RouteId::RoomWait, None, "room_wait"),
+    row(Method::Get, "/v1/rooms/{room}/events", RouteId::RoomEvents, None, "room_events"),
+    row(Method::Delete, "/v1/rooms/{room}/sessions/{ticket}", RouteId::RoomRevoke, LOCK, "room_revoke"),
+    row(Method::Get, "/v1/rooms", RouteId::RoomList, READ, "room_list"),
+    row(Method::Get, "/v1/rooms/{room}", RouteId::RoomStatus, READ, "room_status"),
 ];
 
 /// The role a matched request needs: the table's, except that a Small Resource Server read

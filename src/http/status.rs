@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `bad_request` | 400 | malformed request, body or argument; an ambiguous one (two `Host`, `Content-Length`, `x-api-key` or `Authorization` fields; different keys in `x-api-key` and `Authorization: Bearer`) |
 //! | `unauthorized` | 401 | no key, or an unknown key, while keys are configured |
+//! | `no_session` | 401 | a waiting room's gate: no valid session cookie (none, forged, expired, another room's, revoked); a room's event stream without a valid token |
 //! | `forbidden` | 403 | the key's role or prefix does not allow this; a non-loopback client with no keys configured |
 //! | `not_found` | 404 | no such route, lock, data key or resource |
 //! | `method_not_allowed` | 405 | the route exists with other methods (`Allow` lists them) |
@@ -56,6 +57,8 @@ pub enum ErrorCode {
     BadRequest,
     /// 401
     Unauthorized,
+    /// 401
+    NoSession,
     /// 403
     Forbidden,
     /// 404
@@ -121,6 +124,7 @@ impl ErrorCode {
     pub const ALL: &'static [ErrorCode] = &[
         Self::BadRequest,
         Self::Unauthorized,
+        Self::NoSession,
         Self::Forbidden,
         Self::NotFound,
         Self::MethodNotAllowed,
@@ -157,6 +161,7 @@ impl ErrorCode {
         match self {
             Self::BadRequest => (400, "bad_request"),
             Self::Unauthorized => (401, "unauthorized"),
+            Self::NoSession => (401, "no_session"),
             Self::Forbidden => (403, "forbidden"),
             Self::NotFound => (404, "not_found"),
             Self::MethodNotAllowed => (405, "method_not_allowed"),

@@ -1,5 +1,6 @@
 //! Loading a configuration the way every process does: the pure loader
-//! ([`Config::load`]), then the API key files it names (`key_file` in `[[auth.keys]]`),
+//! ([`Config::load`]), then the API key files it names (`key_file` in `[[auth.keys]]`, and
+//! `secret_file` in `[[rooms]]`),
 //! read here because reading a file is I/O the configuration layer must not do. The master
 //! reads them at start and on every reload, `check-config` reads them to report a file that
 //! cannot be read, and each worker reads them when it starts; so a rotated key takes effect
@@ -22,6 +23,15 @@ pub fn load(file_text: Option<&str>, env: &[(String, String)]) -> Result<Config,
             Err(reason) => Err(ConfigError::Invalid { key: file.setting.clone(), reason }),
         };
         problems.extend(added.err());
+    }
+    // Waiting rooms' `secret_file`s, read the same way.
+    for room in &mut config.rooms {
+        let Some(file) = room.secret_file.clone() else { continue };
+        let set = match read(&file.path) {
+            Ok(text) => room.set_file_secret(&text),
+            Err(reason) => Err(ConfigError::Invalid { key: file.setting.clone(), reason }),
+        };
+        problems.extend(set.err());
     }
     if problems.is_empty() {
         Ok(config)

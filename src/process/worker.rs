@@ -42,6 +42,7 @@ use crate::http::auth::Access;
 use crate::http::conn::{Conn, ConnConfig, Seq, Status};
 use crate::http::parse::{Limits, Method, Request};
 use crate::http::response::Response;
+use crate::http::rooms::{self, Rooms};
 use crate::http::status;
 use crate::ipc::frame::FrameError;
 use crate::ipc::message::{
@@ -93,6 +94,8 @@ struct Settings {
     event_ping_ms: u64,
     /// One INFO line per answered request (`server.access_log`).
     access_log: bool,
+    /// The waiting rooms (`[[rooms]]`).
+    rooms: Rooms,
 }
 
 impl Settings {
@@ -112,6 +115,7 @@ impl Settings {
             max_connections: config.server.max_connections as usize,
             event_ping_ms: config.http.event_ping_ms,
             access_log: config.server.access_log,
+            rooms: Rooms::new(config),
             api: ApiSettings {
                 compat_lease_ttl_ms: config.locks.compat_lease_ttl_ms,
                 targets: with_own_addresses(config.outbox.targets.clone()),
@@ -1054,7 +1058,13 @@ impl Worker {
             }
         };
         let def = admitted.def;
-        let planned = api::plan(def, &admitted.params, admitted.query, request, &self.settings.api, admitted.grant);
+        let planned = if def.id.is_room() {
+            // Sessions are timed on the keeper's clock, the wall clock.
+            let now_ms = crate::sys::clock::wall_ms();
+            rooms::plan(def, &admitted.params, admitted.query, request, &self.settings.rooms, admitted.grant, now_ms)
+        } else {
+            api::plan(def, &admitted.params, admitted.query, request, &self.settings.api, admitted.grant)
+        };
         let (op, purpose, waits) = match planned {
             Plan::Now(response) => {
                 self.finish(slot, client_id, seq, def.label, started_us, &response);

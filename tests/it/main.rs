@@ -32,6 +32,7 @@ mod metrics_contrib;
 mod model;
 mod outbox;
 mod roles;
+mod rooms;
 mod rw;
 mod server;
 mod support;

@@ -169,6 +169,13 @@ fn r12_a_prefix_key_can_neither_see_nor_change_another_tenant_on_any_route() {
                 assert_eq!(attack(&format!("/v1/outbox/{id}"), "").status, 404, "{method}");
             }
             RouteId::OutboxRetry => assert_eq!(attack(&format!("/v1/outbox/{id}/retry"), "").status, 404),
+            // No rooms here: every room is unknown, and the list is empty (tests/it/rooms.rs
+            // checks a key's prefix on a room's lock).
+            RouteId::RoomGate | RouteId::RoomWait | RouteId::RoomEvents | RouteId::RoomRevoke | RouteId::RoomStatus => {
+                let path = def.pattern.replace("{room}", "team-b").replace("{ticket}", t);
+                assert_eq!(attack(&path, "").status, 404, "{method} {path}");
+            }
+            RouteId::RoomList => assert_eq!(attack("/v1/rooms", "").status, 200),
         }
         covered += 1;
     }
