@@ -33,6 +33,7 @@ mod model;
 mod outbox;
 mod roles;
 mod rooms;
+mod rooms_site;
 mod rw;
 mod server;
 mod support;

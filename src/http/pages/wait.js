@@ -6,6 +6,8 @@
   var eta = document.getElementById("eta");
   var lastPosition = state.position;
   var lastEta = state.eta_ms;
+  // How long the "your turn" note shows before the page moves on.
+  var ADMITTED_PAUSE_MS = 1500;
   function etaText(ms) {
     if (ms === null || ms === undefined) { return "unknown"; }
     if (ms < 60000) { return "less than a minute"; }
@@ -32,7 +34,15 @@
     if (typeof data.queue_length === "number") { queueLength.textContent = String(data.queue_length); }
     eta.textContent = etaText(lastEta);
   });
-  ["acquired", "expired", "released", "dropped"].forEach(function (name) {
+  // Admitted: the visitor is told, and taken in a moment later (the reload's answer sets
+  // the session cookie and sends them on).
+  source.addEventListener("acquired", function () {
+    source.close();
+    document.body.setAttribute("data-state", "admitted");
+    document.getElementById("turn").hidden = false;
+    window.setTimeout(moveOn, ADMITTED_PAUSE_MS);
+  });
+  ["expired", "released", "dropped"].forEach(function (name) {
     source.addEventListener(name, function () { source.close(); moveOn(); });
   });
   source.onerror = function () {
