@@ -6,6 +6,7 @@
 //! (`LEASEHOLD_*`), and the Small Resource Server key variables (`RESOURCE_READ`,
 //! `RESOURCE_READ_LOCK`, `RESOURCE_WRITE`) add API keys. All problems are reported at once.
 
+mod browser;
 mod cluster;
 mod error;
 mod read;
@@ -14,6 +15,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub use browser::{
+    check_origin, BrowserConfig, DEFAULT_CORS_MAX_AGE_S, DEFAULT_MAX_DASHBOARDS, MAX_CORS_ORIGINS, MAX_DASHBOARDS,
+};
 pub use cluster::{
     ClusterConfig, PeerConfig, PeerTlsFiles, TlsFile, DEFAULT_CLUSTER_PREFIX, DEFAULT_ELECTION_TTL_MS,
     DEFAULT_ETCD_TIMEOUT_MS, MAX_CLUSTER_PREFIX_BYTES, MAX_ETCD_ENDPOINTS, MAX_NODE_NAME_CHARS, MAX_SECRET_BYTES,
@@ -277,6 +281,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// `[cluster]`: `None` (single node) unless `cluster.etcd_endpoints` is set.
     pub cluster: Option<ClusterConfig>,
+    /// `[browser]`: ticket tokens, CORS, dashboards.
+    pub browser: BrowserConfig,
     /// Things worth telling the operator that do not stop the start (unknown variables…).
     pub warnings: Vec<String>,
 }
@@ -417,6 +423,7 @@ fn validate(r: &mut Reader<'_>, env: &BTreeMap<String, String>) -> Config {
     let outbox = validate_outbox(r);
     let auth = validate_auth(r, env, &server);
     let cluster = cluster::validate_cluster(r);
+    let browser = browser::validate_browser(r);
     let mut warnings = Vec::new();
     let known: BTreeSet<&str> = r.keys.iter().map(|k| k.env).collect();
     for name in env.keys().filter(|n| n.starts_with("LEASEHOLD_")) {
@@ -427,7 +434,7 @@ fn validate(r: &mut Reader<'_>, env: &BTreeMap<String, String>) -> Config {
             warnings.push(format!("environment variable {name} is not a leasehold setting; it is ignored"));
         }
     }
-    Config { server, http, locks, journal, outbox, auth, cluster, warnings }
+    Config { server, http, locks, journal, outbox, auth, cluster, browser, warnings }
 }
 
 fn validate_outbox(r: &mut Reader<'_>) -> OutboxConfig {

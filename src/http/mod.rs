@@ -2,12 +2,13 @@
 //! status table and response encoding. The worker process owns the sockets and calls in:
 //! [`admit`] routes and authorises a request, [`api`] plans it and shapes the keeper's
 //! answer; every status the worker sends is decided here. [`access`] says what the access
-//! log may show of a request.
+//! log may show of a request; [`browser`] holds ticket tokens, CORS and the dashboard.
 
 pub mod access;
 pub mod admit;
 pub mod api;
 pub mod auth;
+pub mod browser;
 pub mod conn;
 pub mod parse;
 pub mod response;

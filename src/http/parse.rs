@@ -162,6 +162,8 @@ pub struct Request {
     pub ticket: Option<String>,
     /// `Last-Event-ID`.
     pub last_event_id: Option<String>,
+    /// `Origin` (a browser's cross-origin call: docs/api.md, "Browser access").
+    pub origin: Option<String>,
     /// The client sent `Expect: 100-continue`.
     pub expect_continue: bool,
     /// The body (decoded if it was chunked).
@@ -390,6 +392,7 @@ impl Parser {
             api_key: None,
             ticket: None,
             last_event_id: None,
+            origin: None,
             expect_continue: false,
             body: Vec::new(),
         });
@@ -439,6 +442,9 @@ impl Parser {
                 request.ticket = Some(header_text(h.value)?);
             } else if name.eq_ignore_ascii_case("last-event-id") {
                 request.last_event_id = Some(header_text(h.value)?);
+            } else if name.eq_ignore_ascii_case("origin") {
+                // Not UTF-8: no origin any list names (no CORS headers), not a refusal.
+                request.origin = header_text(h.value).ok();
             }
         }
         if lengths > 1 {

@@ -62,6 +62,10 @@ pub enum RouteId {
     OutboxRetry,
     /// Remove an outbox entry.
     OutboxDelete,
+    /// The dashboard page (docs/api.md, "Dashboard").
+    Ui,
+    /// The dashboard's snapshots, as Server-Sent Events.
+    UiEvents,
 }
 
 impl RouteId {
@@ -95,7 +99,9 @@ impl RouteId {
             | Self::OutboxList
             | Self::OutboxGet
             | Self::OutboxRetry
-            | Self::OutboxDelete => false,
+            | Self::OutboxDelete
+            | Self::Ui
+            | Self::UiEvents => false,
         }
     }
 
@@ -167,6 +173,9 @@ pub const ROUTES: &[RouteDef] = &[
     row(Method::Get, "/v1/outbox/{id}", RouteId::OutboxGet, READ, "outbox_get"),
     row(Method::Post, "/v1/outbox/{id}/retry", RouteId::OutboxRetry, WRITE, "outbox_retry"),
     row(Method::Delete, "/v1/outbox/{id}", RouteId::OutboxDelete, WRITE, "outbox_delete"),
+    // The page holds no data (the events need `read`), so it opens for anyone.
+    row(Method::Get, "/ui", RouteId::Ui, None, "ui"),
+    row(Method::Get, "/v1/ui/events", RouteId::UiEvents, READ, "ui_events"),
 ];
 
 /// The role a matched request needs: the table's, except that a Small Resource Server read
