@@ -290,6 +290,10 @@ fn plan_inner(
         RouteId::Readyz => Plan::Ready,
         RouteId::Metrics => Plan::Metrics,
         RouteId::Ui => Plan::UiPage,
+        // It shows every lock: a key limited to a prefix would see other tenants' names.
+        RouteId::UiEvents if !scope.is_empty() => {
+            return Err(error(ErrorCode::Forbidden, "the dashboard shows every lock: it needs a key without a prefix"))
+        }
         // HEAD: the stream's head, without a stream.
         RouteId::UiEvents if req.method == Method::Head => Plan::Now(stream_head()),
         RouteId::UiEvents => Plan::UiEvents,

@@ -5,6 +5,7 @@
 
 mod api;
 mod auth;
+mod browser;
 mod budgets;
 mod cli;
 mod cli_help;
