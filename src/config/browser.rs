@@ -129,7 +129,10 @@ pub fn check_origin(text: &str) -> Result<String, &'static str> {
         return Err("has a host that is not a name or an address");
     }
     if let Some(port) = port {
-        if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) || port.parse::<u16>().is_err()
+        if port.is_empty()
+            || port.len() > 5
+            || !port.bytes().all(|b| b.is_ascii_digit())
+            || port.parse::<u16>().is_err()
         {
             return Err("has a port that is not a number from 0 to 65535");
         }

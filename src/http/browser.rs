@@ -135,7 +135,10 @@ impl BrowserRules {
             return None;
         }
         let Some(allowed) = self.cors_origin(Some(origin)) else {
-            return Some(error(ErrorCode::Forbidden, "this origin may not call the API from a browser (browser.cors_origins)"));
+            return Some(error(
+                ErrorCode::Forbidden,
+                "this origin may not call the API from a browser (browser.cors_origins)",
+            ));
         };
         let methods = match route(Method::Options, target) {
             Ok(_) => ANY_METHOD.to_string(),
@@ -145,12 +148,13 @@ impl BrowserRules {
                 return Some(with_cors(error(ErrorCode::BadRequest, "the path has an invalid %-escape"), allowed))
             }
         };
-        let response = Response { status: 204, content_type: "application/json", headers: Vec::new(), body: Vec::new() }
-            .with_header("Access-Control-Allow-Origin", allowed)
-            .with_header("Vary", "Origin")
-            .with_header("Access-Control-Allow-Methods", methods)
-            .with_header("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS)
-            .with_header("Access-Control-Max-Age", self.max_age_s.to_string());
+        let response =
+            Response { status: 204, content_type: "application/json", headers: Vec::new(), body: Vec::new() }
+                .with_header("Access-Control-Allow-Origin", allowed)
+                .with_header("Vary", "Origin")
+                .with_header("Access-Control-Allow-Methods", methods)
+                .with_header("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS)
+                .with_header("Access-Control-Max-Age", self.max_age_s.to_string());
         Some(response)
     }
 

@@ -1100,9 +1100,10 @@ impl Worker {
             self.cors.insert((client_id, seq), origin.to_string());
         }
         let (access, rules) = (&self.settings.access, &self.settings.browser);
-        let admitted = rules
-            .admit_token(request.method, &request.target, request.api_key.as_deref())
-            .unwrap_or_else(|| admit(request.method, &request.target, request.api_key.as_deref(), peer_loopback, access));
+        let admitted =
+            rules.admit_token(request.method, &request.target, request.api_key.as_deref()).unwrap_or_else(|| {
+                admit(request.method, &request.target, request.api_key.as_deref(), peer_loopback, access)
+            });
         let admitted = match admitted {
             Ok(admitted) => admitted,
             Err(refused) => {

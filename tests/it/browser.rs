@@ -102,8 +102,7 @@ fn ticket_token_from_an_acquire_opens_that_tickets_status_and_events_without_a_k
     assert_eq!((waiting.status, waiting.json()["position"].as_u64()), (200, Some(1)));
 
     // Its events, from a page of a listed origin.
-    let mut events =
-        Stream::open(s.addr, &format!("/v1/locks/jobs/events?ticket={t2}&token={k2}"), &[("Origin", APP)]);
+    let mut events = Stream::open(s.addr, &format!("/v1/locks/jobs/events?ticket={t2}&token={k2}"), &[("Origin", APP)]);
     assert_eq!(events.status(), 200, "{}", events.head);
     assert!(events.has_header(&format!("Access-Control-Allow-Origin: {APP}")), "{}", events.head);
     let (name, data) = events.next();
@@ -120,7 +119,11 @@ fn ticket_token_from_an_acquire_opens_that_tickets_status_and_events_without_a_k
     acquire(s.addr, "other", "x");
     refused("GET", format!("/v1/locks/other/tickets/{t1}?token={k1}"));
     let (payload, tag) = k1.split_once('.').unwrap();
-    let flipped = if tag.starts_with('A') { format!("B{}", &tag[1..]) } else { format!("A{}", &tag[1..]) };
+    // The tag with its first character changed (the payload is the holder's own).
+    let flipped = match tag.strip_prefix('A') {
+        Some(rest) => format!("B{rest}"),
+        None => format!("A{}", &tag[1..]),
+    };
     refused("GET", format!("/v1/locks/jobs/tickets/{t1}?token={payload}.{flipped}"));
     refused("GET", format!("/v1/locks/jobs/tickets/{t1}?token=not-a-token"));
     refused("DELETE", format!("/v1/locks/jobs/tickets/{t1}?token={k1}"));
@@ -211,7 +214,10 @@ fn ui_events_need_the_read_role_and_show_a_held_lock_and_its_queue() {
     assert_eq!(first["keeper"], true, "{first}");
     assert_eq!((first["locks"]["total"].as_u64(), first["locks"]["waiters"].as_u64()), (Some(2), Some(2)));
     let top = &first["locks"]["busiest"][0];
-    assert_eq!((top["name"].as_str(), top["used"].as_u64(), top["queue_length"].as_u64()), (Some("printer"), Some(1), Some(2)));
+    assert_eq!(
+        (top["name"].as_str(), top["used"].as_u64(), top["queue_length"].as_u64()),
+        (Some("printer"), Some(1), Some(2))
+    );
     assert_eq!(top["holders"][0]["owner"], "host-a");
     assert!(top["holders"][0].get("ticket").is_none(), "a snapshot never shows tickets");
     assert_eq!(first["locks"]["busiest"][1]["name"], "a-quiet", "busiest first, not by name");

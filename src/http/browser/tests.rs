@@ -290,7 +290,10 @@ fn snapshot_shows_locks_rooms_outbox_processes_and_the_worker() {
     let shop = &v["rooms"][0];
     assert_eq!(shop["name"], "shop");
     assert_eq!(shop["lock"], "room:shop");
-    assert_eq!((shop["capacity"].as_u64(), shop["in_use"].as_u64(), shop["waiting"].as_u64()), (Some(10), Some(3), Some(40)));
+    assert_eq!(
+        (shop["capacity"].as_u64(), shop["in_use"].as_u64(), shop["waiting"].as_u64()),
+        (Some(10), Some(3), Some(40))
+    );
     assert_eq!((shop["admit_per_minute"].as_u64(), shop["admit_burst"].as_u64()), (Some(30), Some(2)));
     assert_eq!(v["outbox"]["failed"], 3);
     assert_eq!(v["processes"][0]["role"], "master");

@@ -56,7 +56,14 @@ impl Dashboards {
 impl Worker {
     /// Opens a dashboard stream as the answer to request `seq`, or refuses it when this
     /// worker carries its maximum; the first snapshot goes out as soon as the keeper answers.
-    pub(super) fn open_dashboard(&mut self, slot: usize, client_id: u64, seq: Seq, label: &'static str, started_us: u64) {
+    pub(super) fn open_dashboard(
+        &mut self,
+        slot: usize,
+        client_id: u64,
+        seq: Seq,
+        label: &'static str,
+        started_us: u64,
+    ) {
         if let Some(refusal) = browser::dashboard_refusal(self.dashboards.open.len(), self.settings.max_dashboards) {
             self.finish(slot, client_id, seq, label, started_us, &refusal);
             return;
