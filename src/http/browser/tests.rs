@@ -181,6 +181,8 @@ fn ui_page_is_accessible_html_with_a_csp_that_pins_its_inline_code() {
         "aria-live=\"polite\"",
         "<label for=\"api-key\">",
         "prefers-reduced-motion: reduce",
+        // The key form is `hidden` until needed, and its `display: flex` must not show it.
+        "[hidden] { display: none !important; }",
         "sessionStorage",
         "\"x-api-key\"",
         "id=\"busiest\"",

@@ -11,6 +11,7 @@ use crate::http::api;
 use crate::http::browser::{self, ProcessRow, WorkerView, DASHBOARD_BUSIEST, DASHBOARD_EVERY_MS};
 use crate::http::conn::Seq;
 use crate::ipc::message::{LockOp, LockReply, ToMaster};
+use crate::ipc::overview::Overview;
 
 /// A metrics request for the dashboards unanswered this long is given up (the master may
 /// have dropped it), so the next tick asks again.
@@ -29,6 +30,8 @@ pub(super) struct Dashboards {
     metrics: Option<(u64, u64)>,
     /// The processes, as the master's last metrics page showed them.
     processes: Vec<ProcessRow>,
+    /// The keeper's last overview (bounded: see `ipc::overview`).
+    overview: Option<Box<Overview>>,
 }
 
 impl Dashboards {
@@ -45,6 +48,9 @@ impl Dashboards {
     /// The stream of connection `client_id` in `slot` closed.
     pub(super) fn close(&mut self, slot: usize, client_id: u64) {
         self.open.retain(|&(s, id)| !(s == slot && id == client_id));
+        if self.open.is_empty() {
+            self.overview = None;
+        }
     }
 
     /// The overview request was lost with its keeper.
@@ -93,6 +99,7 @@ impl Worker {
             }
         }
         if self.keeper.is_none() {
+            self.dashboards.overview = None;
             self.push_snapshots(None);
             return;
         }
@@ -119,26 +126,37 @@ impl Worker {
     }
 
     /// The master's metrics page for the dashboards came: its processes are kept for the
-    /// next snapshots.
+    /// next snapshots. The first page after none goes out at once with the last overview
+    /// (a new dashboard shows its processes without waiting a second).
     pub(super) fn on_processes(&mut self, text: &str) {
         self.dashboards.metrics = None;
+        let first = self.dashboards.processes.is_empty();
         self.dashboards.processes = browser::processes_from_metrics(text);
+        if first && !self.dashboards.processes.is_empty() {
+            let overview = self.dashboards.overview.take();
+            self.push_snapshots(overview.as_deref());
+            self.dashboards.overview = overview;
+        }
     }
 
     /// The keeper answered the overview request.
     pub(super) fn on_overview(&mut self, reply: &LockReply) {
         self.dashboards.overview_in_flight = false;
         match reply {
-            LockReply::Overview(overview) => self.push_snapshots(Some(overview)),
+            LockReply::Overview(overview) => {
+                self.push_snapshots(Some(overview));
+                self.dashboards.overview = Some(overview.clone());
+            }
             other => {
                 log::debug!("the keeper answered an overview with {other:?}");
+                self.dashboards.overview = None;
                 self.push_snapshots(None);
             }
         }
     }
 
     /// Sends every dashboard stream one snapshot.
-    fn push_snapshots(&mut self, overview: Option<&crate::ipc::overview::Overview>) {
+    fn push_snapshots(&mut self, overview: Option<&Overview>) {
         let worker = WorkerView {
             slot: self.slot,
             pid: std::process::id(),
