@@ -6,6 +6,7 @@
 //! (`LEASEHOLD_*`), and the Small Resource Server key variables (`RESOURCE_READ`,
 //! `RESOURCE_READ_LOCK`, `RESOURCE_WRITE`) add API keys. All problems are reported at once.
 
+mod browser;
 mod cluster;
 mod error;
 mod read;
@@ -15,6 +16,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+pub use browser::{
+    check_origin, BrowserConfig, DEFAULT_CORS_MAX_AGE_S, DEFAULT_MAX_DASHBOARDS, MAX_CORS_ORIGINS, MAX_DASHBOARDS,
+};
 pub use cluster::{
     ClusterConfig, PeerConfig, PeerTlsFiles, TlsFile, DEFAULT_CLUSTER_PREFIX, DEFAULT_ELECTION_TTL_MS,
     DEFAULT_ETCD_TIMEOUT_MS, MAX_CLUSTER_PREFIX_BYTES, MAX_ETCD_ENDPOINTS, MAX_NODE_NAME_CHARS, MAX_SECRET_BYTES,
@@ -281,6 +285,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// `[[rooms]]`: waiting rooms (each also declares its lock in `locks.table.declared`).
     pub rooms: Vec<RoomConfig>,
+    /// `[browser]`: ticket tokens, CORS, dashboards.
+    pub browser: BrowserConfig,
     /// Things worth telling the operator that do not stop the start (unknown variables…).
     pub warnings: Vec<String>,
 }
@@ -422,6 +428,7 @@ fn validate(r: &mut Reader<'_>, env: &BTreeMap<String, String>) -> Config {
     let outbox = validate_outbox(r);
     let auth = validate_auth(r, env, &server);
     let cluster = cluster::validate_cluster(r);
+    let browser = browser::validate_browser(r);
     let mut warnings = Vec::new();
     let mut known: BTreeSet<&str> = r.keys.iter().map(|k| k.env).collect();
     known.extend(room_variables.iter().map(String::as_str));
@@ -433,7 +440,7 @@ fn validate(r: &mut Reader<'_>, env: &BTreeMap<String, String>) -> Config {
             warnings.push(format!("environment variable {name} is not a leasehold setting; it is ignored"));
         }
     }
-    Config { server, http, locks, journal, outbox, auth, cluster, rooms, warnings }
+    Config { server, http, locks, journal, outbox, auth, cluster, rooms, browser, warnings }
 }
 
 fn validate_outbox(r: &mut Reader<'_>) -> OutboxConfig {

@@ -19,8 +19,7 @@ use crate::core::lock::{
 use crate::core::names::LockName;
 use crate::core::seal::MIN_SECRET_BYTES;
 
-/// The prefix of every room's lock name.
-pub const ROOM_LOCK_PREFIX: &str = "room:";
+pub use crate::core::names::ROOM_LOCK_PREFIX;
 /// Longest room name.
 pub const MAX_ROOM_NAME_BYTES: usize = 64;
 /// Longest room secret.

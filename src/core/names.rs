@@ -15,6 +15,9 @@ use super::error::CoreError;
 
 /// Longest lock name or data key, in bytes.
 pub const MAX_NAME_BYTES: usize = 200;
+/// The name prefix of the locks that back waiting rooms (`room:<name>`, docs/api.md
+/// "Waiting rooms").
+pub const ROOM_LOCK_PREFIX: &str = "room:";
 /// Longest owner label, in bytes.
 pub const MAX_OWNER_BYTES: usize = 200;
 /// Longest callback URL, in bytes.

@@ -90,6 +90,11 @@ pub enum Plan {
     Metrics,
     /// Say whether this worker is ready (only the worker knows: answered with [`readiness`]).
     Ready,
+    /// The dashboard page (the worker knows whether keys are needed: answered with
+    /// [`super::browser::ui_page`]).
+    UiPage,
+    /// Open a dashboard stream (the worker bounds them: [`super::browser`]).
+    UiEvents,
 }
 
 /// How to shape the keeper's answer.
@@ -286,6 +291,14 @@ fn plan_inner(
         RouteId::CompatHealth => Plan::Now(Response::json(200, &serde_json::json!({"heath": "ok"}))),
         RouteId::Readyz => Plan::Ready,
         RouteId::Metrics => Plan::Metrics,
+        RouteId::Ui => Plan::UiPage,
+        // It shows every lock: a key limited to a prefix would see other tenants' names.
+        RouteId::UiEvents if !scope.is_empty() => {
+            return Err(error(ErrorCode::Forbidden, "the dashboard shows every lock: it needs a key without a prefix"))
+        }
+        // HEAD: the stream's head, without a stream.
+        RouteId::UiEvents if req.method == Method::Head => Plan::Now(stream_head()),
+        RouteId::UiEvents => Plan::UiEvents,
         RouteId::Acquire => {
             let lock = lock()?;
             let b: AcquireBody = json_body(&req.body)?;
@@ -715,6 +728,7 @@ fn refusal(f: &Finish, reply: &LockReply) -> Result<Response, Unexpected> {
         R::OutboxEntry { .. } => return unexpected("outbox_entry"),
         R::OutboxPage { .. } => return unexpected("outbox_page"),
         R::OutboxDone => return unexpected("outbox_done"),
+        R::Overview(_) => return unexpected("overview"),
         // The worker cancels a wait only for a client that has gone: nobody is answered.
         R::Cancelled => return unexpected("cancelled"),
     })

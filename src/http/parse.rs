@@ -166,6 +166,8 @@ pub struct Request {
     pub cookie: Option<String>,
     /// `X-Original-URI` (set by a proxy's `auth_request`), for waiting rooms' return path.
     pub original_uri: Option<String>,
+    /// `Origin` (a browser's cross-origin call: docs/api.md, "Browser access").
+    pub origin: Option<String>,
     /// The client sent `Expect: 100-continue`.
     pub expect_continue: bool,
     /// The body (decoded if it was chunked).
@@ -396,6 +398,7 @@ impl Parser {
             last_event_id: None,
             cookie: None,
             original_uri: None,
+            origin: None,
             expect_continue: false,
             body: Vec::new(),
         });
@@ -454,6 +457,9 @@ impl Parser {
                 });
             } else if name.eq_ignore_ascii_case("x-original-uri") && request.original_uri.is_none() {
                 request.original_uri = Some(String::from_utf8_lossy(trim_ows(h.value)).into_owned());
+            } else if name.eq_ignore_ascii_case("origin") {
+                // Not UTF-8: no origin any list names (no CORS headers), not a refusal.
+                request.origin = header_text(h.value).ok();
             }
         }
         if lengths > 1 {

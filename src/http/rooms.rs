@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use super::api::{self, first_event_id, Finish, Plan, Unexpected};
 use super::auth::Grant;
+use super::browser::{TicketClaim, TICKET_PURPOSE};
 use super::pages::wait;
 use super::parse::{Method, Request};
 use super::response::Response;
@@ -37,8 +38,6 @@ use crate::ipc::message::{LockInfo, LockOp, LockReply, Then};
 pub const PURPOSE_SESSION: &str = "room-session";
 /// Seal purpose of the place cookie.
 pub const PURPOSE_PLACE: &str = "room-place";
-/// Seal purpose of a ticket token.
-pub const PURPOSE_TICKET: &str = "ticket";
 /// Header of the gate's answer: the session's ticket.
 pub const X_LEASEHOLD_TICKET: &str = "X-Leasehold-Ticket";
 /// Header of the gate's answer: the session's fence.
@@ -71,16 +70,6 @@ pub struct Place {
     /// The room.
     pub room: String,
     /// The waiter's ticket.
-    pub ticket: Ticket,
-}
-
-/// A ticket token's payload: one lock, one ticket.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TicketToken {
-    /// The lock.
-    pub lock: LockName,
-    /// The ticket.
     pub ticket: Ticket,
 }
 
@@ -256,7 +245,7 @@ fn plan_inner(
         RouteId::RoomEvents => {
             let room = room()?;
             let token = query_param(query, "token")
-                .and_then(|t| open::<TicketToken>(room.secret.as_bytes(), PURPOSE_TICKET, &t).ok())
+                .and_then(|t| open::<TicketClaim>(room.secret.as_bytes(), TICKET_PURPOSE, &t).ok())
                 .filter(|t| t.lock == room.lock)
                 .ok_or_else(|| no_session("events of a room need ?token= from its waiting page"))?;
             if req.method == Method::Head {
@@ -409,7 +398,7 @@ pub fn finish(f: &RoomFinish, reply: &LockReply) -> Result<Response, Unexpected>
 /// The waiting page for a queued visitor, with the place cookie that keeps the place.
 fn queued_page(room: &RoomConfig, next: &str, place: &QueueView, eta_ms: Option<u64>) -> Response {
     let secret = room.secret.as_bytes();
-    let token = seal(secret, PURPOSE_TICKET, &TicketToken { lock: room.lock.clone(), ticket: place.ticket });
+    let token = seal(secret, TICKET_PURPOSE, &TicketClaim { lock: room.lock.clone(), ticket: place.ticket });
     let events = format!("/v1/rooms/{}/events?token={token}", room.name);
     let html = wait::render(&wait::WaitPage {
         room: &room.name,

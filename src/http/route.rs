@@ -74,6 +74,10 @@ pub enum RouteId {
     RoomList,
     /// One room.
     RoomStatus,
+    /// The dashboard page (docs/api.md, "Dashboard").
+    Ui,
+    /// The dashboard's snapshots, as Server-Sent Events.
+    UiEvents,
 }
 
 impl RouteId {
@@ -107,7 +111,9 @@ impl RouteId {
             | Self::OutboxList
             | Self::OutboxGet
             | Self::OutboxRetry
-            | Self::OutboxDelete => false,
+            | Self::OutboxDelete
+            | Self::Ui
+            | Self::UiEvents => false,
             // A room's lock is `room:<name>`: `rooms::plan` checks the prefix on it.
             Self::RoomGate
             | Self::RoomWait
@@ -201,6 +207,9 @@ pub const ROUTES: &[RouteDef] = &[
     row(Method::Delete, "/v1/rooms/{room}/sessions/{ticket}", RouteId::RoomRevoke, LOCK, "room_revoke"),
     row(Method::Get, "/v1/rooms", RouteId::RoomList, READ, "room_list"),
     row(Method::Get, "/v1/rooms/{room}", RouteId::RoomStatus, READ, "room_status"),
+    // The page holds no data (the events need `read`), so it opens for anyone.
+    row(Method::Get, "/ui", RouteId::Ui, None, "ui"),
+    row(Method::Get, "/v1/ui/events", RouteId::UiEvents, READ, "ui_events"),
 ];
 
 /// The role a matched request needs: the table's, except that a Small Resource Server read

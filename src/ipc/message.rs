@@ -406,6 +406,13 @@ pub enum LockOp {
         #[serde(default, skip_serializing_if = "String::is_empty")]
         scope: String,
     },
+    /// The server at a glance, for the dashboard (a read; never journaled): totals, up to
+    /// `busiest` of the busiest locks (at most `overview::MAX_OVERVIEW_LOCKS`), the rooms,
+    /// the outbox by state.
+    Overview {
+        /// How many of the busiest locks to list.
+        busiest: u32,
+    },
 }
 
 impl LockOp {
@@ -747,6 +754,8 @@ pub enum LockReply {
     },
     /// An outbox entry was retried or deleted.
     OutboxDone,
+    /// The server at a glance (the answer to `overview`).
+    Overview(Box<super::overview::Overview>),
 }
 
 /// Why the outbox refused.

@@ -5,5 +5,6 @@
 
 pub mod frame;
 pub mod message;
+pub mod overview;
 
 pub use frame::{FrameDecoder, FrameError};

@@ -19,6 +19,8 @@
 //! the loop turn it arrived in to its answer, the client's address. What the connection
 //! answers by itself (a malformed request, a timeout) is not a routed request and has none.
 
+mod dashboard;
+
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
@@ -39,6 +41,7 @@ use crate::http::access::loggable_target;
 use crate::http::admit::admit;
 use crate::http::api::{self, ApiSettings, Finish, Plan};
 use crate::http::auth::Access;
+use crate::http::browser::{self, BrowserRules};
 use crate::http::conn::{Conn, ConnConfig, Seq, Status};
 use crate::http::parse::{Limits, Method, Request};
 use crate::http::response::Response;
@@ -96,6 +99,12 @@ struct Settings {
     access_log: bool,
     /// The waiting rooms (`[[rooms]]`).
     rooms: Rooms,
+    /// Ticket tokens and CORS (`[browser]`).
+    browser: BrowserRules,
+    /// Dashboard streams this worker carries at once (`browser.max_dashboards`).
+    max_dashboards: u64,
+    /// The answer to `GET /ui`, made once.
+    ui_page: Response,
 }
 
 impl Settings {
@@ -116,6 +125,9 @@ impl Settings {
             event_ping_ms: config.http.event_ping_ms,
             access_log: config.server.access_log,
             rooms: Rooms::new(config),
+            browser: BrowserRules::new(&config.browser),
+            max_dashboards: config.browser.max_dashboards,
+            ui_page: browser::ui_page(!config.auth.keys.is_empty() || !config.auth.key_files.is_empty()),
             api: ApiSettings {
                 compat_lease_ttl_ms: config.locks.compat_lease_ttl_ms,
                 targets: with_own_addresses(config.outbox.targets.clone()),
@@ -141,6 +153,8 @@ struct Client {
     waits: Vec<u64>,
     /// The event stream this connection carries, if any.
     events: Option<EventStream>,
+    /// A dashboard stream: the id of its next event.
+    dashboard: Option<u64>,
 }
 
 /// An open event stream.
@@ -160,6 +174,8 @@ enum Purpose {
     Stream { lock: LockName, ticket: Ticket, first_event_id: u64 },
     /// Nothing to answer (a clean-up the worker sent itself).
     Nothing,
+    /// The keeper's overview for the dashboard streams.
+    Overview,
 }
 
 /// A request in flight to the keeper.
@@ -260,6 +276,11 @@ struct Worker {
     turn_us: u64,
     /// Requests the access log owes a line, by connection id and sequence number.
     access: HashMap<(u64, Seq), AccessEntry>,
+    /// The origin whose CORS headers a request's answer carries, by connection id and
+    /// sequence number.
+    cors: HashMap<(u64, Seq), String>,
+    /// The dashboard streams (`dashboard.rs`).
+    dashboards: dashboard::Dashboards,
 }
 
 impl Worker {
@@ -308,6 +329,8 @@ impl Worker {
             last_warning_ms: None,
             turn_us: 0,
             access: HashMap::new(),
+            cors: HashMap::new(),
+            dashboards: dashboard::Dashboards::default(),
         })
     }
 
@@ -432,6 +455,7 @@ impl Worker {
                     let snapshot = self.snapshot();
                     let _ = self.control.send(&ToMaster::WorkerMetrics { id, snapshot });
                 }
+                ToChild::MetricsText { id, text } if self.dashboards.is_metrics(id) => self.on_processes(&text),
                 ToChild::MetricsText { id, text } => {
                     if let Some(p) = self.metrics_pending.remove(&id) {
                         let response = api::metrics_page(text);
@@ -543,7 +567,7 @@ impl Worker {
         if self.client(p.slot, p.client_id).is_none() {
             return true;
         }
-        let response = shape(finish, queued).with_header("Retry-After", WAIT_AGAIN_AFTER_S);
+        let response = self.shape_answer(finish, queued).with_header("Retry-After", WAIT_AGAIN_AFTER_S);
         self.finish_wait(&p, &response);
         true
     }
@@ -565,9 +589,10 @@ impl Worker {
         }
         match p.purpose {
             Purpose::Nothing => {}
+            Purpose::Overview => self.on_overview(reply),
             Purpose::Answer { ref finish, ref waits } => {
                 if alive {
-                    let response = shape(finish, reply);
+                    let response = self.shape_answer(finish, reply);
                     if p.queued.is_some() {
                         self.finish_wait(&p, &response);
                     } else {
@@ -600,7 +625,7 @@ impl Worker {
                 };
                 let now = self.turn_ms();
                 let event = api::sse_event(first_event_id, name, &data);
-                let head = api::stream_head();
+                let head = self.cors_head(p.client_id, p.seq, api::stream_head());
                 self.record(p.label, head.status, p.started_us);
                 self.log_access(p.client_id, p.seq, head.status, 0, p.started_us);
                 let cfg = self.settings.conn;
@@ -671,8 +696,13 @@ impl Worker {
     /// were the lost keeper's; their clients reconnect with `Last-Event-ID`).
     fn fail_pending(&mut self, response: &Response) {
         for (_, p) in std::mem::take(&mut self.pending) {
-            if matches!(p.purpose, Purpose::Nothing) {
-                continue;
+            match p.purpose {
+                Purpose::Nothing => continue,
+                Purpose::Overview => {
+                    self.dashboards.overview_failed();
+                    continue;
+                }
+                Purpose::Answer { .. } | Purpose::Stream { .. } => {}
             }
             if p.queued.is_some() {
                 // A waiting request: its client keeps its place (the new keeper's start
@@ -713,7 +743,7 @@ impl Worker {
         let cfg = self.settings.conn;
         for slot in 0..self.clients.len() {
             if let Some(c) = self.clients[slot].as_mut() {
-                if c.events.is_some() {
+                if c.events.is_some() || c.dashboard.is_some() {
                     // The stream ends: its client reconnects (to another worker or node)
                     // with Last-Event-ID after this long.
                     c.conn.stream_push(api::SSE_RETRY_HINT, now, &cfg);
@@ -801,6 +831,7 @@ impl Worker {
             shut_down: false,
             waits: Vec::new(),
             events: None,
+            dashboard: None,
         });
         self.open += 1;
         self.read_client(slot);
@@ -940,6 +971,12 @@ impl Worker {
             // Requests it will never be answered: no access line.
             self.access.retain(|&(client_id, _), _| client_id != c.id);
         }
+        if !self.cors.is_empty() {
+            self.cors.retain(|&(client_id, _), _| client_id != c.id);
+        }
+        if c.dashboard.is_some() {
+            self.dashboards.close(slot, c.id);
+        }
         // Its waiting requests stop waiting (their waiters stay queued under the presence
         // rules; a grant already on its way is released when it arrives).
         if let Some(k) = self.keeper.as_mut() {
@@ -974,6 +1011,9 @@ impl Worker {
             for i in 0..self.listeners.len() {
                 self.on_accept(i);
             }
+        }
+        if self.dashboards.due(now) {
+            self.ask_snapshot(now);
         }
         let ping_ms = self.settings.event_ping_ms;
         for slot in 0..self.clients.len() {
@@ -1015,8 +1055,12 @@ impl Worker {
     /// Hands a response to its connection (and writes its access line, if one is owed).
     fn respond(&mut self, slot: usize, client_id: u64, seq: Seq, started_us: u64, r: &Response) {
         let now = self.turn_ms();
+        let cors = if self.cors.is_empty() { None } else { self.cors.remove(&(client_id, seq)) };
         let Some(c) = self.client(slot, client_id) else { return };
-        c.conn.respond(seq, r, now);
+        match cors {
+            Some(origin) => c.conn.respond(seq, &browser::with_cors(r.clone(), &origin), now),
+            None => c.conn.respond(seq, r, now),
+        }
         self.dirty.push(slot);
         self.log_access(client_id, seq, r.status, r.body.len(), started_us);
     }
@@ -1049,8 +1093,22 @@ impl Worker {
             let entry = AccessEntry { method: request.method, target: loggable_target(&request.target), peer: c.peer };
             self.access.insert((client_id, seq), entry);
         }
-        let access = &self.settings.access;
-        let admitted = match admit(request.method, &request.target, request.api_key.as_deref(), peer_loopback, access) {
+        let rules = &self.settings.browser;
+        if request.method == Method::Options {
+            if let Some(response) = rules.preflight(&request.target, request.origin.as_deref()) {
+                self.finish(slot, client_id, seq, browser::LABEL_PREFLIGHT, started_us, &response);
+                return;
+            }
+        }
+        if let Some(origin) = rules.cors_origin(request.origin.as_deref()) {
+            self.cors.insert((client_id, seq), origin.to_string());
+        }
+        let (access, rules) = (&self.settings.access, &self.settings.browser);
+        let admitted =
+            rules.admit_token(request.method, &request.target, request.api_key.as_deref()).unwrap_or_else(|| {
+                admit(request.method, &request.target, request.api_key.as_deref(), peer_loopback, access)
+            });
+        let admitted = match admitted {
             Ok(admitted) => admitted,
             Err(refused) => {
                 self.finish(slot, client_id, seq, refused.label, started_us, &refused.response);
@@ -1073,6 +1131,15 @@ impl Worker {
             Plan::Ready => {
                 let response = api::readiness(self.draining, self.keeper.is_some(), self.cluster.as_ref());
                 self.finish(slot, client_id, seq, def.label, started_us, &response);
+                return;
+            }
+            Plan::UiPage => {
+                let response = self.settings.ui_page.clone();
+                self.finish(slot, client_id, seq, def.label, started_us, &response);
+                return;
+            }
+            Plan::UiEvents => {
+                self.open_dashboard(slot, client_id, seq, def.label, started_us);
                 return;
             }
             Plan::Metrics => {
@@ -1121,6 +1188,25 @@ impl Worker {
             }
         }
         self.pending.insert(id, Pending { slot, client_id, seq, label: def.label, started_us, purpose, queued: None });
+    }
+
+    /// Shapes the keeper's reply to a request; an acquire's answer carries its ticket's
+    /// token when tokens are on (`browser.secret`).
+    fn shape_answer(&self, finish: &Finish, reply: &LockReply) -> Response {
+        let response = shape(finish, reply);
+        match finish {
+            Finish::Acquire(lock) => self.settings.browser.with_ticket_token(lock, response),
+            _ => response,
+        }
+    }
+
+    /// The head of a stream that answers request `seq` of connection `client_id`, with
+    /// the CORS headers its origin gets.
+    fn cors_head(&mut self, client_id: u64, seq: Seq, head: Response) -> Response {
+        match self.cors.remove(&(client_id, seq)) {
+            Some(origin) => browser::with_cors(head, &origin),
+            None => head,
+        }
     }
 
     fn snapshot(&self) -> WorkerSnapshot {

@@ -32,6 +32,7 @@
 
 pub mod cluster;
 mod eta;
+mod overview;
 pub mod resources;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -399,7 +400,8 @@ impl Service {
                     | LockOp::GetData { .. }
                     | LockOp::CompatRead { .. }
                     | LockOp::OutboxList { .. }
-                    | LockOp::OutboxGet { .. },
+                    | LockOp::OutboxGet { .. }
+                    | LockOp::Overview { .. },
                 ..
             }
         )
@@ -974,6 +976,7 @@ impl Service {
                 Ok(_) => LockReply::OutboxDone,
                 Err(e) => outbox_refused(&e),
             },
+            LockOp::Overview { busiest } => LockReply::Overview(Box::new(self.overview(busiest, at.now_ms))),
         };
         Some(reply)
     }

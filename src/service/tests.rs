@@ -639,3 +639,31 @@ fn counters_reset_but_queued_waiters_keep_their_times() {
     assert_eq!(w.s.lease_counters().queue_wait.sum_us, 2_000_000);
     assert_eq!(w.s.lease_counters().grants, 1);
 }
+
+#[test]
+fn overview_lists_the_busiest_locks_every_declared_room_and_the_outbox() {
+    let mut w = World::new();
+    let room = Declaration {
+        limit: 10,
+        admit_per_minute: Some(30),
+        ..Declaration::new(Some(LockName::parse("room:shop").unwrap()), None)
+    };
+    let limits = TableLimits { declared: vec![room.clone()], ..limits() };
+    w.s.reconfigure(limits, 60_000, Moment::new(w.now, 0), &mut Vec::new());
+    held(reply_to(&w.request(1, 1, plain_acquire()), 1, 1));
+    w.request(1, 2, acquire(None, 0, Then::Hold, false));
+    let overview = |w: &mut World, id| match reply_to(&w.request(1, id, LockOp::Overview { busiest: 5 }), 1, id) {
+        Some(LockReply::Overview(o)) => o,
+        other => panic!("expected an overview, got {other:?}"),
+    };
+    let o = overview(&mut w, 3);
+    assert_eq!((o.locks, o.holders, o.waiters), (1, 1, 1));
+    assert_eq!(o.busiest.len(), 1);
+    assert_eq!((o.busiest[0].name.as_str(), o.busiest[0].used, o.busiest[0].queue_length), ("printer", 1, 1));
+    // The idle room is shown from its declaration.
+    assert_eq!(o.rooms.len(), 1);
+    assert_eq!((o.rooms[0].name.as_str(), o.rooms[0].limit, o.rooms[0].used), ("room:shop", 10, 0));
+    assert_eq!(o.rooms[0].declared.as_ref().and_then(|d| d.admit_per_minute), Some(30));
+    assert_eq!(o.outbox, crate::ipc::overview::OutboxCounts::default());
+    assert!(Service::reads_only(&ToKeeper::Request { id: 4, op: LockOp::Overview { busiest: 1 } }));
+}

@@ -308,6 +308,14 @@ fn exercise(run: &mut Run, def: &RouteDef) {
         RouteId::Readyz => {
             run.send_local(Get, "/readyz", keys_only);
         }
+        // The dashboard: the page is the same everywhere; the stream's snapshots are the
+        // node's own view, so only its head is compared.
+        RouteId::Ui => {
+            run.send_local(Get, "/ui", |r| json!(r.body.len()));
+        }
+        RouteId::UiEvents => {
+            run.head("/v1/ui/events");
+        }
         RouteId::Metrics => {
             let page = run.send_local(Get, "/metrics", series_present);
             let present = series_present(&page);

@@ -715,7 +715,8 @@ fn kinds(record: &Record) -> Vec<&'static str> {
         | LockOp::GetData { .. }
         | LockOp::CompatRead { .. }
         | LockOp::OutboxList { .. }
-        | LockOp::OutboxGet { .. } => vec!["a read"],
+        | LockOp::OutboxGet { .. }
+        | LockOp::Overview { .. } => vec!["a read"],
     }
 }
 

@@ -6,6 +6,7 @@
 
 mod api;
 mod auth;
+mod browser;
 mod browser_smoke;
 mod budgets;
 mod cli;

@@ -120,6 +120,11 @@ fn r12_a_prefix_key_can_neither_see_nor_change_another_tenant_on_any_route() {
             RouteId::Healthz | RouteId::Readyz | RouteId::CompatHealth => {
                 attack(def.pattern, "");
             }
+            RouteId::Ui => {
+                attack("/ui", "");
+            }
+            // The dashboard shows every lock: a key limited to a prefix may not open it.
+            RouteId::UiEvents => refused("/v1/ui/events", ""),
             RouteId::Metrics => {
                 let r = attack("/metrics", "");
                 assert!(!text(&r).contains("team-b"), "metrics name another tenant's lock");

@@ -57,6 +57,7 @@
 mod declare;
 mod invariants;
 mod op;
+mod overview;
 mod state;
 
 use std::cmp::min;

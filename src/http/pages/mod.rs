@@ -25,10 +25,23 @@ pub fn escape_html(text: &str) -> String {
     out
 }
 
-/// A JSON value as text that is safe inside `<script type="application/json">`: `<`, `>`
-/// and `&` written as `\u` escapes, so no `</script>` or `<!--` can end the element.
-pub fn json_for_script(value: &serde_json::Value) -> String {
-    value.to_string().replace('<', "\\u003c").replace('>', "\\u003e").replace('&', "\\u0026")
+/// A value as JSON text that is safe inside an HTML `<script>` element: `<`, `>`, `&` and
+/// the two line separators JavaScript does not allow in strings are written as `\u`
+/// escapes, so no value can close the element or start markup.
+pub fn json_for_script<T: serde::Serialize>(value: &T) -> String {
+    let json = serde_json::to_string(value).unwrap_or_else(|_| "{}".into());
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The CSP source of an inline element's text: `'sha256-…'`.

@@ -39,6 +39,7 @@ fn request(target: &str, cookie: Option<String>, original_uri: Option<&str>) -> 
         last_event_id: None,
         cookie,
         original_uri: original_uri.map(str::to_string),
+        origin: None,
         expect_continue: false,
         body: Vec::new(),
     }
@@ -212,7 +213,7 @@ fn wait_queued_is_the_page_with_a_place_cookie_and_a_token_for_this_lock_only() 
     assert!(html.contains(r#"aria-live="polite">1</dd>"#), "{html}");
     assert!(html.contains(r#"content="3""#), "9 s waiter TTL: a reload every 3 s");
     let token = html.split("token=").nth(1).unwrap().split('"').next().unwrap();
-    let t: TicketToken = open(SECRET.as_bytes(), PURPOSE_TICKET, token).unwrap();
+    let t: TicketClaim = open(SECRET.as_bytes(), TICKET_PURPOSE, token).unwrap();
     assert_eq!((t.lock.as_str(), t.ticket), ("room:shop", ticket()));
     // The token opens the room's events; the other room's secret does not take it.
     let p = plan_at(Method::Get, &format!("/v1/rooms/shop/events?token={token}"), None, NOW);
