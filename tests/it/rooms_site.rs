@@ -6,7 +6,8 @@
 //! once, everyone else sees the waiting page with a position that counts down, each waiter is
 //! moved on when a session ends, nothing reaches the origin without a valid session cookie,
 //! and a browser without JavaScript still moves on (meta refresh). Screenshots of the waiting
-//! page and of `/ui` are kept under `target/test-artifacts/`.
+//! page (waiting, at the moment of admission, without JavaScript) and of `/ui` under that load
+//! are kept under `target/test-artifacts/`.
 
 use std::collections::{HashSet, VecDeque};
 
@@ -136,6 +137,19 @@ fn r18_fifty_visitors_on_a_room_of_ten_behind_nginx_wait_their_turn_and_nothing_
         waiting.push_back(v);
     }
     assert_eq!(shop_counts(&s), (10, 40));
+    // The dashboard under this load: the room full, forty waiting (the server is on loopback
+    // with no API key configured, so the read role is anyone's there).
+    let dashboard = Browser::start("r18_fifty_visitors");
+    dashboard.goto(&format!("http://{}/ui", s.addr));
+    let row = dashboard.wait_text("#rooms tbody", "the room on the dashboard, full, with 40 waiting", |t| {
+        t.contains("shop")
+            && t.split_whitespace().filter(|w| *w == "10").count() >= 2
+            && t.split_whitespace().any(|w| w == "40")
+    });
+    dashboard.wait_text("#busiest", "the room's lock among the busiest", |t| t.contains("room:shop"));
+    let shot = dashboard.screenshot("ui-under-load");
+    assert!(png_size(&std::fs::read(&shot).unwrap()).is_ok(), "{row}");
+    drop(dashboard);
 
     // Nothing reaches the origin without a valid session cookie of this room.
     let live = payload(admitted[0].0.cookie("lh_session_shop").unwrap());
