@@ -108,6 +108,7 @@ pub fn reason(status: u16) -> &'static str {
         201 => "Created",
         202 => "Accepted",
         204 => "No Content",
+        303 => "See Other",
         400 => "Bad Request",
         401 => "Unauthorized",
         403 => "Forbidden",
@@ -160,6 +161,25 @@ mod tests {
         assert!(!text.contains("Content-Length"), "{text}");
         assert!(!text.contains("Connection: close"), "{text}");
         assert_eq!(text, String::from_utf8(get).unwrap().replace("Connection: close\r\n", ""));
+    }
+
+    #[test]
+    fn every_status_the_server_sends_has_its_reason_phrase() {
+        // The statuses of the status table, the waiting room's 303 and the few the
+        // connection sends by itself (RFC 9110's phrases).
+        for (status, phrase) in [
+            (200, "OK"),
+            (202, "Accepted"),
+            (204, "No Content"),
+            (303, "See Other"),
+            (401, "Unauthorized"),
+            (503, "Service Unavailable"),
+        ] {
+            assert_eq!(reason(status), phrase);
+        }
+        for code in crate::http::status::ErrorCode::ALL {
+            assert_ne!(reason(code.parts().0), "Unknown", "{code:?}");
+        }
     }
 
     #[test]
