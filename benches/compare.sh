@@ -22,26 +22,28 @@ need redis-benchmark redis-tools
 need etcd etcd-server
 build
 
-declare -A ops p50s p99s
+declare -A ops p50s p99s cpus
 rows=()
 # to_ms VALUE: wrk's "803.00us" / "1.07ms" / "1.20s" in milliseconds.
 to_ms() { awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0; else if (v ~ /s$/) n *= 1000; printf "%.2f", n }'; }
-row() { # name, ops/s, p50 ms, p99 ms
-  rows+=("$1"); ops[$1]=$2; p50s[$1]=$3; p99s[$1]=$4
+row() { # name, ops/s, p50 ms, p99 ms[, server CPU µs per op]
+  rows+=("$1"); ops[$1]=$2; p50s[$1]=$3; p99s[$1]=$4; cpus[$1]=${5:--}
   printf '  measured %-34s %10.0f ops/s\n' "$1" "$2" >&2
 }
-wrk_row() { # name, wrk output
+wrk_row() { # name, wrk output, server CPU ticks over the run
   wrk_figures "$2"
   [ "$non2xx" = 0 ] || echo "  warning: $1 had $non2xx non-2xx answers" >&2
-  row "$1" "$rps" "$(to_ms "$p50")" "$(to_ms "$p99")"
+  row "$1" "$rps" "$(to_ms "$p50")" "$(to_ms "$p99")" "$(cpu_us_per_op "$3" "$reqs")"
 }
 
 leasehold_row() { # name, dispatch, fsync
   local port; port=$(free_port)
   start_leasehold "$port" "$2" "$3"
+  local procs before; procs=$(proc_tree "$master"); before=$(cpu_ticks "$procs")
   wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$root/benches/wrk/acquire-release.lua" "http://127.0.0.1:$port" >"$work/wrk.out"
+  local used=$(($(cpu_ticks "$procs") - before))
   stop_leasehold
-  wrk_row "$1" "$work/wrk.out"
+  wrk_row "$1" "$work/wrk.out" "$used"
 }
 
 handoff_row() {
@@ -56,9 +58,11 @@ handoff_row() {
 nginx_row() {
   local port; port=$(free_port)
   start_nginx "$port"
+  local procs before; procs=$(proc_tree "$(cat "$work/nginx.pid")"); before=$(cpu_ticks "$procs")
   wrk -t2 -c"$conns" -d"${secs}s" --latency "http://127.0.0.1:$port/" >"$work/wrk.out"
+  local used=$(($(cpu_ticks "$procs") - before))
   stop_nginx
-  wrk_row "nginx return 200" "$work/wrk.out"
+  wrk_row "nginx return 200" "$work/wrk.out" "$used"
 }
 
 redis_row() {
@@ -66,19 +70,23 @@ redis_row() {
   redis-server --port "$port" --save '' --appendonly no --daemonize no --logfile "$work/redis.log" &
   local redis=$!; pids+=("$redis")
   for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.05; done
-  redis-benchmark -p "$port" -q -n $((secs * 60000)) -c "$conns" -r 100000 --csv SET 'lock:__rand_int__' tok NX PX 30000 >"$work/redis.out"
+  local n=$((secs * 60000)) before; before=$(cpu_ticks "$redis")
+  redis-benchmark -p "$port" -q -n "$n" -c "$conns" -r 100000 --csv SET 'lock:__rand_int__' tok NX PX 30000 >"$work/redis.out"
+  local used=$(($(cpu_ticks "$redis") - before))
   kill "$redis"; wait "$redis" || true
   local fields; fields=$(awk -F',' 'NR==2 {gsub(/"/,""); printf "%s %.2f %.2f", $2, $5, $7}' "$work/redis.out")
   # shellcheck disable=SC2086
-  row "redis SET NX PX" $fields
+  row "redis SET NX PX" $fields "$(cpu_us_per_op "$used" "$n")"
 }
 
 etcd_row() {
   local port; port=$(free_port)
   start_etcd "$port"
+  local before; before=$(cpu_ticks "$etcd")
   wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$root/benches/wrk/etcd-txn.lua" "http://127.0.0.1:$port/" >"$work/wrk.out"
+  local used=$(($(cpu_ticks "$etcd") - before))
   stop_etcd
-  wrk_row "etcd txn create-if-absent" "$work/wrk.out"
+  wrk_row "etcd txn create-if-absent" "$work/wrk.out" "$used"
 }
 
 leasehold_row "leasehold, reuseport" reuseport never
@@ -92,8 +100,8 @@ etcd_row
 machine
 echo "# wrk -t2 -c$conns -d${secs}s --latency (redis-benchmark -c$conns for Redis); leasehold and nginx with 2 workers"
 echo
-echo "| target | ops/s | p50 ms | p99 ms | × nginx | × Redis | × etcd |"
-echo "|---|---|---|---|---|---|---|"
+echo "| target | ops/s | p50 ms | p99 ms | server CPU µs/op | × nginx | × Redis | × etcd |"
+echo "|---|---|---|---|---|---|---|---|"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 for name in "${rows[@]}"; do
   vs=("" "" "")
@@ -101,5 +109,5 @@ for name in "${rows[@]}"; do
     vs=("$(ratio "${ops[$name]}" "${ops[nginx return 200]}")" "$(ratio "${ops[$name]}" "${ops[redis SET NX PX]}")" \
         "$(ratio "${ops[$name]}" "${ops[etcd txn create-if-absent]}")")
   fi
-  printf '| %s | %.0f | %s | %s | %s | %s | %s |\n' "$name" "${ops[$name]}" "${p50s[$name]}" "${p99s[$name]}" "${vs[@]}"
+  printf '| %s | %.0f | %s | %s | %s | %s | %s | %s |\n' "$name" "${ops[$name]}" "${p50s[$name]}" "${p99s[$name]}" "${cpus[$name]}" "${vs[@]}"
 done

@@ -24,8 +24,6 @@ room=bench
 # 32 random bytes as hex: the room's signing secret for this run only.
 secret=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
 
-cpu_ticks() { local t=0; for p in $1; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
-procs_of() { echo "$1"; pgrep -P "$1" || true; }
 
 start_room_leasehold() { # PORT FSYNC SITE_PORT
   cat >"$work/leasehold.toml" <<CONF
@@ -79,13 +77,13 @@ CONF
 report() { # name, wrk output, cpu ticks used
   local cpu_us
   wrk_figures "$2"
-  cpu_us=$(awk -v t="$3" -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t * 1e6 / hz / r }')
+  cpu_us=$(cpu_us_per_op "$3" "$reqs")
   printf '%-34s %10s req/s  p50 %-9s p99 %-9s non-2xx %-6s cpu/req %s us\n' "$1" "$rps" "$p50" "$p99" "$non2xx" "$cpu_us"
 }
 
 run() { # NAME URL [COOKIE]
   local procs before after
-  procs="$(procs_of "$(cat "$work/nginx.pid")") $(procs_of "$master")"
+  procs="$(proc_tree "$(cat "$work/nginx.pid")") $(proc_tree "$master")"
   before=$(cpu_ticks "$procs")
   if [ -n "${3:-}" ]; then
     wrk -t2 -c"$conns" -d"${secs}s" --latency -H "Cookie: $3" "$2" >"$work/wrk.out"

@@ -17,12 +17,10 @@ need wrk wrk
 need nginx nginx-light
 build
 
-tree() { echo "$1"; pgrep -P "$1" || true; }
-cpu_ticks() { local t=0; for p in $1; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
 report() { # name, wrk output, cpu ticks used
   local cpu_us
   wrk_figures "$2"
-  cpu_us=$(awk -v t="$3" -v r="$reqs" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", t * 1e6 / hz / r }')
+  cpu_us=$(cpu_us_per_op "$3" "$reqs")
   printf '%-22s %10s req/s  p50 %-9s p99 %-9s non-2xx %-6s cpu/req %s us\n' "$1" "$rps" "$p50" "$p99" "$non2xx" "$cpu_us"
 }
 
@@ -30,7 +28,7 @@ run_leasehold() { # dispatch mode
   local port; port=$(free_port)
   start_leasehold "$port" "$1" never
   local procs before after
-  procs=$(tree "$master"); before=$(cpu_ticks "$procs")
+  procs=$(proc_tree "$master"); before=$(cpu_ticks "$procs")
   wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$root/benches/wrk/acquire-release.lua" "http://127.0.0.1:$port" >"$work/wrk.out"
   after=$(cpu_ticks "$procs")
   stop_leasehold
@@ -41,7 +39,7 @@ run_nginx() {
   local port; port=$(free_port)
   start_nginx "$port"
   local procs before after
-  procs=$(tree "$(cat "$work/nginx.pid")"); before=$(cpu_ticks "$procs")
+  procs=$(proc_tree "$(cat "$work/nginx.pid")"); before=$(cpu_ticks "$procs")
   wrk -t2 -c"$conns" -d"${secs}s" --latency "http://127.0.0.1:$port/" >"$work/wrk.out"
   after=$(cpu_ticks "$procs")
   stop_nginx

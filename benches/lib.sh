@@ -23,6 +23,13 @@ build() {
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
+# proc_tree PID: the process and its children (a server's master and its workers).
+proc_tree() { echo "$1"; pgrep -P "$1" || true; }
+# cpu_ticks PIDS: user + system clock ticks the processes have used so far (from /proc).
+cpu_ticks() { local t=0; for p in $1; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+# cpu_us_per_op TICKS OPS: microseconds of CPU per operation.
+cpu_us_per_op() { awk -v t="$1" -v r="$2" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (r > 0) printf "%.1f", t * 1e6 / hz / r; else print "-" }'; }
+
 # wait_http CURL_ARGS...: until the URL answers (10 s at most).
 wait_http() { for _ in $(seq 200); do curl -s -o /dev/null "$@" && return 0; sleep 0.05; done; echo "no answer from $*" >&2; exit 1; }
 
