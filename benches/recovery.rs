@@ -8,7 +8,8 @@
 //! 3. recovery from that snapshot, and the keeper's RSS.
 //!
 //! `make bench-recovery` (part of `make bench`); `LEASEHOLD_BENCH_LEASES` changes
-//! the number of leases.
+//! the number of leases, and `LEASEHOLD_BENCH_KEEP=1` keeps the data directory (the
+//! journal and the snapshot) for a profiler.
 
 mod common;
 
@@ -60,6 +61,10 @@ fn main() {
     let leases = leases();
     println!("{}", machine());
     let dir = tempfile::tempdir().expect("temp dir");
+    if std::env::var_os("LEASEHOLD_BENCH_KEEP").is_some() {
+        // For a profiler: the journal and the snapshot stay for a later look.
+        println!("data kept in {}", dir.path().display());
+    }
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
@@ -131,4 +136,7 @@ fn main() {
          keeper RSS {rss:.0} MiB (peak {peak:.0} MiB)"
     );
     server.stop();
+    if std::env::var_os("LEASEHOLD_BENCH_KEEP").is_some() {
+        let _ = dir.keep();
+    }
 }
