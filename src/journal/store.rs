@@ -40,6 +40,10 @@ use super::FormatError;
 /// How much a segment grows at a time (zeros the writes then fill).
 pub const PREALLOCATE_BYTES: u64 = 4 * 1024 * 1024;
 
+/// How much of a segment a recovery holds at a time (see [`Window`]); in unit tests a few
+/// records, so the tests of torn tails and corruption cross windows.
+const SEGMENT_WINDOW_BYTES: usize = if cfg!(test) { 300 } else { 8 * 1024 * 1024 };
+
 /// The buffer a framed snapshot is read and written through (the file is never in memory
 /// whole).
 const SNAPSHOT_READ_BYTES: usize = 1024 * 1024;
@@ -279,6 +283,61 @@ fn later_records(dir: &Path, later: &[u64]) -> Result<Option<String>, StoreError
     Ok(None)
 }
 
+/// A segment read a window at a time ([`SEGMENT_WINDOW_BYTES`]): `bytes` are the file's
+/// bytes from `base` on.
+struct Window {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    base: u64,
+    bytes: Vec<u8>,
+}
+
+impl Window {
+    fn open(path: &Path) -> Result<Self, StoreError> {
+        let file = File::open(path).map_err(io_err(format!("cannot read {}", path.display())))?;
+        let len = file.metadata().map_err(io_err(format!("cannot read {}", path.display())))?.len();
+        let mut window =
+            Window { file, path: path.to_path_buf(), len, base: 0, bytes: Vec::with_capacity(SEGMENT_WINDOW_BYTES) };
+        window.fill()?;
+        Ok(window)
+    }
+
+    /// Reads on until the window is full or the file ends.
+    fn fill(&mut self) -> Result<(), StoreError> {
+        let want = SEGMENT_WINDOW_BYTES.saturating_sub(self.bytes.len());
+        let start = self.base + self.bytes.len() as u64;
+        let end = (start + want as u64).min(self.len);
+        self.read_into(start, end)
+    }
+
+    fn read_into(&mut self, start: u64, end: u64) -> Result<(), StoreError> {
+        let from = self.bytes.len();
+        self.bytes.resize(from + (end - start) as usize, 0);
+        self.file
+            .read_exact_at(&mut self.bytes[from..], start)
+            .map_err(io_err(format!("cannot read {}", self.path.display())))
+    }
+
+    fn at_end(&self) -> bool {
+        self.base + self.bytes.len() as u64 >= self.len
+    }
+
+    /// Drops the first `n` bytes (handed over) and reads on.
+    fn advance(&mut self, n: usize) -> Result<(), StoreError> {
+        self.bytes.drain(..n);
+        self.base += n as u64;
+        self.fill()
+    }
+
+    /// The rest of the file, from `base` to its end.
+    fn into_rest(mut self) -> Result<(u64, Vec<u8>), StoreError> {
+        let start = self.base + self.bytes.len() as u64;
+        self.read_into(start, self.len)?;
+        Ok((self.base, self.bytes))
+    }
+}
+
 /// The open journal.
 #[derive(Debug)]
 pub struct Store {
@@ -346,50 +405,74 @@ impl Store {
         let mut cut = None;
         for (i, &n) in segments.iter().enumerate() {
             let path = segment_path(dir, n);
-            let bytes = read_file(&path)?;
-            let mut written = 0;
+            let mut written = 0u64;
             on_found(Found::Segment(n)).map_err(|error| StoreError::Format { path: path.clone(), error })?;
+            let mut take = |offset: u64, body: &[u8]| {
+                on_found(Found::Record(body)).map_err(|error| match error {
+                    FormatError::Unreadable(reason) => StoreError::Corrupt {
+                        path: path.clone(),
+                        offset,
+                        what: format!("a record that cannot be applied ({reason})"),
+                    },
+                    error => StoreError::Format { path: path.clone(), error },
+                })?;
+                recovery.records += 1;
+                recovery.bytes += (HEADER_BYTES + body.len()) as u64;
+                written = offset + (HEADER_BYTES + body.len()) as u64;
+                Ok::<(), StoreError>(())
+            };
+            // Whole records are handed over a window at a time, so a long segment is never in
+            // memory whole beside the table it rebuilds. The rest of the segment from the first
+            // thing that is not a whole record in the window (the zeros after the last record,
+            // a damaged spot, a record larger than the window) is read whole and surveyed.
+            let mut window = Window::open(&path)?;
+            let (base, bytes) = loop {
+                if window.at_end() {
+                    break window.into_rest()?;
+                }
+                let mut reader = codec::Reader::new(&window.bytes);
+                loop {
+                    let at = reader.offset();
+                    match reader.next_record() {
+                        Ok(Some(body)) => take(window.base + at as u64, body)?,
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                let consumed = reader.offset();
+                if consumed == 0 {
+                    break window.into_rest()?;
+                }
+                window.advance(consumed)?;
+            };
+            let file_len = base + bytes.len() as u64;
             for piece in codec::survey(&bytes) {
                 match piece {
-                    Piece::Record { offset, body } => {
-                        on_found(Found::Record(body)).map_err(|error| match error {
-                            FormatError::Unreadable(reason) => StoreError::Corrupt {
-                                path: path.clone(),
-                                offset: offset as u64,
-                                what: format!("a record that cannot be applied ({reason})"),
-                            },
-                            error => StoreError::Format { path: path.clone(), error },
-                        })?;
-                        recovery.records += 1;
-                        recovery.bytes += (HEADER_BYTES + body.len()) as u64;
-                        written = offset + HEADER_BYTES + body.len();
-                    }
+                    Piece::Record { offset, body } => take(base + offset as u64, body)?,
                     Piece::Zeros { .. } => {}
                     Piece::Damaged { offset, end, damage, gave_up } => {
-                        let corrupt =
-                            |what: String| StoreError::Corrupt { path: path.clone(), offset: offset as u64, what };
+                        let offset = base + offset as u64;
+                        let corrupt = |what: String| StoreError::Corrupt { path: path.clone(), offset, what };
                         if let Some(at) = gave_up {
                             return Err(corrupt(format!(
-                                "{damage}, and whether valid records follow could not be told (the search stopped at byte {at})"
+                                "{damage}, and whether valid records follow could not be told (the search stopped at byte {})",
+                                base + at as u64
                             )));
                         }
                         if end < bytes.len() {
-                            return Err(corrupt(format!("{damage}, with valid records after it (from byte {end})")));
+                            return Err(corrupt(format!(
+                                "{damage}, with valid records after it (from byte {})",
+                                base + end as u64
+                            )));
                         }
                         if let Some(later) = later_records(dir, &segments[i + 1..])? {
                             return Err(corrupt(format!("{damage}, with valid records after it ({later})")));
                         }
-                        cut = Some(Cut {
-                            index: i,
-                            offset: offset as u64,
-                            len: bytes.len() as u64,
-                            what: damage.to_string(),
-                        });
+                        cut = Some(Cut { index: i, offset, len: file_len, what: damage.to_string() });
                         break;
                     }
                 }
             }
-            last_good = Some((n, written as u64));
+            last_good = Some((n, written));
             if cut.is_some() {
                 break;
             }
