@@ -298,8 +298,12 @@ fn examine_segment(name: &str, bytes: &[u8], keep: &mut dyn FnMut(Record)) -> Fi
     report
 }
 
+/// A valid snapshot as examined: the state, and its JSON body (borrowed from the file when
+/// the file holds it as JSON).
+type ValidSnapshot<'a> = (super::Snapshot, Cow<'a, [u8]>);
+
 /// Examines the latest snapshot's bytes: its report, and the snapshot if it is valid.
-fn examine_snapshot<'a>(name: &str, bytes: &'a [u8]) -> (FileReport, Option<(super::Snapshot, Cow<'a, [u8]>)>) {
+fn examine_snapshot<'a>(name: &str, bytes: &'a [u8]) -> (FileReport, Option<ValidSnapshot<'a>>) {
     let mut report = FileReport {
         name: name.to_string(),
         len: bytes.len() as u64,

@@ -7,6 +7,9 @@
 //!   them in the format they were written in, [`Rebuild`] turns what a recovery finds into
 //!   a service, and [`replay`] applies one record ([`replay_answering`] also keeps what the
 //!   service sends meanwhile, for tests). Pure.
+//! - [`snapshot`] frames a snapshot (a JSON head, then one binary frame per lock) and
+//!   loads it into a service frame by frame, so a recovery never holds the whole file or a
+//!   parsed copy of the state. Pure.
 //! - [`store`] owns the files: segments, snapshots, group commit, recovery.
 //! - [`etcd`] is the log store of cluster mode (docs/cluster.md): a blocking client of
 //!   etcd's JSON gateway, with its keys, request bodies and answer parsing pure in

@@ -12,11 +12,12 @@
 //!   preallocate, the file simply grows with each write.
 //! - A failed write is cut back (the file is truncated to its last good length), so a
 //!   half-written record never sits between good ones.
-//! - Snapshots: framed with a checksum, written to a temporary file, synced, renamed, and
-//!   the directory synced; then a new segment starts and the covered segments and older
-//!   snapshots are removed.
-//! - Recovery: the latest snapshot, then every later segment in order, record by record,
-//!   and only then any change to the directory. A damaged spot with nothing valid after it
+//! - Snapshots: framed with checksums ([`super::snapshot`]), written through a buffer to a
+//!   temporary file, synced, renamed, and the directory synced; then a new segment starts
+//!   and the covered segments and older snapshots are removed.
+//! - Recovery: the latest snapshot (a framed one frame by frame through a small buffer),
+//!   then every later segment in order, record by record (a window of the segment at a
+//!   time), and only then any change to the directory. A damaged spot with nothing valid after it
 //!   (no valid record later in its segment, no record in a later segment) is a torn tail:
 //!   the segment is cut there, later segments are removed, and what was dropped is
 //!   reported. Anything else (a damaged spot followed by valid records, a snapshot whose
