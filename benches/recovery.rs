@@ -8,7 +8,8 @@
 //! 3. recovery from that snapshot, and the keeper's RSS.
 //!
 //! `make bench-recovery` (part of `make bench`); `LEASEHOLD_BENCH_LEASES` changes
-//! the number of leases.
+//! the number of leases, and `LEASEHOLD_BENCH_KEEP=1` keeps the data directory (the
+//! journal and the snapshot) for a profiler.
 
 mod common;
 
@@ -18,7 +19,7 @@ use common::{metric, proc_status_kib, Server};
 use leasehold::core::names::{LockName, Owner, Ticket};
 use leasehold::ipc::message::{LockOp, ToKeeper};
 use leasehold::journal::store::Store;
-use leasehold::journal::Record;
+use leasehold::journal::{self, Record};
 
 fn config(data_dir: &std::path::Path, snapshot_bytes: u64) -> String {
     format!(
@@ -40,14 +41,38 @@ fn leases() -> usize {
     std::env::var("LEASEHOLD_BENCH_LEASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
 }
 
+/// The machine line: cores, CPU model, kernel, and the load average at the start (the
+/// figures of a busy machine are slower, its RSS figures the same).
+fn machine() -> String {
+    let read = |path| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map_or("", |m| m.trim_start_matches([' ', '\t', ':']));
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = read("/proc/sys/kernel/osrelease");
+    let loadavg = read("/proc/loadavg");
+    let load = loadavg.split(' ').take(3).collect::<Vec<_>>().join(" ");
+    format!("# {cores} cores, {model}, Linux {}, load average {load}", kernel.trim())
+}
+
 fn main() {
     let leases = leases();
+    println!("{}", machine());
     let dir = tempfile::tempdir().expect("temp dir");
+    if std::env::var_os("LEASEHOLD_BENCH_KEEP").is_some() {
+        // For a profiler: the journal and the snapshot stay for a later look.
+        println!("data kept in {}", dir.path().display());
+    }
     let data = dir.path().join("data");
     std::fs::create_dir(&data).unwrap();
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
     let written = Instant::now();
     let (mut store, _) = Store::open(&data, |_| Ok(())).unwrap();
+    // In this build's journal format, as the keeper writes it: a journal in an older format
+    // is replaced by a snapshot right after recovery, which the first run would then measure.
+    store.set_segment_header(journal::segment_header());
     for i in 0..leases {
         let mut fresh = [0u8; 16];
         fresh[..8].copy_from_slice(&(i as u64).to_be_bytes());
@@ -88,7 +113,10 @@ fn main() {
     let server = Server::start(dir.path(), &config(&data, 1 << 20), ready_within);
     let deadline = Instant::now() + Duration::from_secs(120);
     while !std::fs::read_to_string(&server.log).unwrap().contains("snapshot written") {
-        assert!(Instant::now() < deadline, "no snapshot within 120 s");
+        if Instant::now() >= deadline {
+            let log = std::fs::read_to_string(&server.log).unwrap_or_default();
+            panic!("no snapshot within 120 s; the server's log:\n{log}");
+        }
         std::thread::sleep(Duration::from_millis(50)); // between looks at the log
     }
     let snapshot_s = metric(&server.metrics(), "leasehold_snapshot_seconds");
@@ -108,4 +136,7 @@ fn main() {
          keeper RSS {rss:.0} MiB (peak {peak:.0} MiB)"
     );
     server.stop();
+    if std::env::var_os("LEASEHOLD_BENCH_KEEP").is_some() {
+        let _ = dir.keep();
+    }
 }

@@ -14,6 +14,7 @@
 //! Must not: change anything in the directory it reads (it opens files for reading only),
 //! or write anywhere but the new directory.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -22,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use super::codec::{self, Piece, SnapshotBody, HEADER_BYTES};
 use super::store::{io_err, read_file, segment_name, snapshot_name, sync_dir, Listing, StoreError};
-use super::{decode_snapshot, segment_header, Record, SegmentReader};
+use super::{decode_snapshot, segment_header, snapshot, Record, SegmentReader};
 
 /// How far past the highest fence reservation it knows a salvage reserves fences when it
 /// skipped anything: 65,536 reservations of the keeper's size, so a fence handed out by a
@@ -297,8 +298,12 @@ fn examine_segment(name: &str, bytes: &[u8], keep: &mut dyn FnMut(Record)) -> Fi
     report
 }
 
+/// A valid snapshot as examined: the state, and its JSON body (borrowed from the file when
+/// the file holds it as JSON).
+type ValidSnapshot<'a> = (super::Snapshot, Cow<'a, [u8]>);
+
 /// Examines the latest snapshot's bytes: its report, and the snapshot if it is valid.
-fn examine_snapshot<'a>(name: &str, bytes: &'a [u8]) -> (FileReport, Option<(super::Snapshot, &'a [u8])>) {
+fn examine_snapshot<'a>(name: &str, bytes: &'a [u8]) -> (FileReport, Option<ValidSnapshot<'a>>) {
     let mut report = FileReport {
         name: name.to_string(),
         len: bytes.len() as u64,
@@ -309,6 +314,22 @@ fn examine_snapshot<'a>(name: &str, bytes: &'a [u8]) -> (FileReport, Option<(sup
     };
     let spot =
         |offset: u64, what: String| Part::Spot { offset, end: bytes.len() as u64, what, verdict: Verdict::Corrupt };
+    if bytes.starts_with(snapshot::MAGIC) {
+        // Framed: every frame's checksum and every lock are checked; a salvage writes the
+        // same state as the JSON of the previous container.
+        return match snapshot::decode(bytes) {
+            Ok(decoded) => {
+                report.format = Some(decoded.version);
+                report.parts.push(Part::Snapshot { checked: true });
+                let body = serde_json::to_vec(&decoded).unwrap_or_default();
+                (report, Some((decoded, Cow::Owned(body))))
+            }
+            Err((offset, what)) => {
+                report.parts.push(spot(offset, what));
+                (report, None)
+            }
+        };
+    }
     let (body, checked) = match codec::read_snapshot(bytes) {
         Ok(SnapshotBody::Checked(body)) => (body, true),
         Ok(SnapshotBody::Unchecked(body)) => (body, false),
@@ -321,7 +342,7 @@ fn examine_snapshot<'a>(name: &str, bytes: &'a [u8]) -> (FileReport, Option<(sup
         Ok(snapshot) => {
             report.format = Some(snapshot.version);
             report.parts.push(Part::Snapshot { checked });
-            (report, Some((snapshot, body)))
+            (report, Some((snapshot, Cow::Borrowed(body))))
         }
         Err(reason) => {
             report.parts.push(spot(0, format!("a snapshot that cannot be loaded ({reason})")));
@@ -390,7 +411,7 @@ fn walk(dir: &Path, snapshot: Sink<'_>, record: RecordSink<'_>) -> Result<(Repor
         let (report, valid) = examine_snapshot(&name, &bytes);
         if let Some((decoded, body)) = valid {
             walked.fences_reserved = decoded.fences_reserved;
-            snapshot(body)?;
+            snapshot(&body)?;
         }
         files.push(report);
     }

@@ -7,6 +7,9 @@
 //!   them in the format they were written in, [`Rebuild`] turns what a recovery finds into
 //!   a service, and [`replay`] applies one record ([`replay_answering`] also keeps what the
 //!   service sends meanwhile, for tests). Pure.
+//! - [`snapshot`] frames a snapshot (a JSON head, then one binary frame per lock) and
+//!   loads it into a service frame by frame, so a recovery never holds the whole file or a
+//!   parsed copy of the state. Pure.
 //! - [`store`] owns the files: segments, snapshots, group commit, recovery.
 //! - [`etcd`] is the log store of cluster mode (docs/cluster.md): a blocking client of
 //!   etcd's JSON gateway, with its keys, request bodies and answer parsing pure in
@@ -43,6 +46,7 @@ pub mod codec;
 pub mod etcd;
 pub mod inspect;
 pub mod replica;
+pub mod snapshot;
 pub mod store;
 
 use serde::{Deserialize, Serialize};
@@ -248,8 +252,15 @@ pub fn batch_time(batch: &[u8]) -> Result<u64, FormatError> {
 /// What a recovery hands over, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Found<'a> {
-    /// The latest snapshot's body (its checksum checked when it has one).
+    /// The latest snapshot's body, in a format before the framed one (its checksum checked
+    /// when it has one).
     Snapshot(&'a [u8]),
+    /// The latest snapshot is framed ([`snapshot`]): its head frame, its checksum checked.
+    SnapshotHead(&'a [u8]),
+    /// One lock frame of it, its checksum checked.
+    SnapshotLock(&'a [u8]),
+    /// Its frames ended where they should: the snapshot is whole.
+    SnapshotEnd,
     /// A segment starts: its records follow.
     Segment(u64),
     /// One record's body.
@@ -265,6 +276,8 @@ pub struct Rebuild {
     pub fences_reserved: u64,
     hash_seed: u64,
     segment: SegmentReader,
+    /// A framed snapshot being loaded.
+    loading: Option<snapshot::Loader>,
     /// The formats of the snapshot and segments read, oldest first (a segment with no
     /// record yet has none).
     pub formats: Vec<u32>,
@@ -273,7 +286,14 @@ pub struct Rebuild {
 impl Rebuild {
     /// Starts from `service` (empty, with the configured limits).
     pub fn new(service: Service, hash_seed: u64) -> Self {
-        Self { service, fences_reserved: 0, hash_seed, segment: SegmentReader::new(), formats: Vec::new() }
+        Self {
+            service,
+            fences_reserved: 0,
+            hash_seed,
+            segment: SegmentReader::new(),
+            loading: None,
+            formats: Vec::new(),
+        }
     }
 
     /// Takes the next thing found.
@@ -285,6 +305,17 @@ impl Rebuild {
                     .map_err(|e| FormatError::Unreadable(e.to_string()))?;
                 self.fences_reserved = snapshot.fences_reserved;
                 self.formats.push(snapshot.version);
+            }
+            Found::SnapshotHead(head) => self.loading = Some(snapshot::Loader::start(head, self.hash_seed)?),
+            Found::SnapshotLock(frame) => match &mut self.loading {
+                Some(loading) => loading.add(frame)?,
+                None => return Err("a lock frame before the snapshot's head".into()),
+            },
+            Found::SnapshotEnd => {
+                let loaded = self.loading.take().ok_or("a snapshot's end before its head")?.finish()?;
+                self.service = loaded.service;
+                self.fences_reserved = loaded.fences_reserved;
+                self.formats.push(loaded.version);
             }
             Found::Segment(_) => self.segment = SegmentReader::new(),
             Found::Record(body) => {

@@ -12,11 +12,12 @@
 //!   preallocate, the file simply grows with each write.
 //! - A failed write is cut back (the file is truncated to its last good length), so a
 //!   half-written record never sits between good ones.
-//! - Snapshots: framed with a checksum, written to a temporary file, synced, renamed, and
-//!   the directory synced; then a new segment starts and the covered segments and older
-//!   snapshots are removed.
-//! - Recovery: the latest snapshot, then every later segment in order, record by record,
-//!   and only then any change to the directory. A damaged spot with nothing valid after it
+//! - Snapshots: framed with checksums ([`super::snapshot`]), written through a buffer to a
+//!   temporary file, synced, renamed, and the directory synced; then a new segment starts
+//!   and the covered segments and older snapshots are removed.
+//! - Recovery: the latest snapshot (a framed one frame by frame through a small buffer),
+//!   then every later segment in order, record by record (a window of the segment at a
+//!   time), and only then any change to the directory. A damaged spot with nothing valid after it
 //!   (no valid record later in its segment, no record in a later segment) is a torn tail:
 //!   the segment is cut there, later segments are removed, and what was dropped is
 //!   reported. Anything else (a damaged spot followed by valid records, a snapshot whose
@@ -28,16 +29,25 @@
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::codec::{self, Next, Piece, SnapshotBody, HEADER_BYTES};
+use super::snapshot;
 use super::FormatError;
 
 /// How much a segment grows at a time (zeros the writes then fill).
 pub const PREALLOCATE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// How much of a segment a recovery holds at a time (see [`Window`]); in unit tests a few
+/// records, so the tests of torn tails and corruption cross windows.
+const SEGMENT_WINDOW_BYTES: usize = if cfg!(test) { 300 } else { 8 * 1024 * 1024 };
+
+/// The buffer a framed snapshot is read and written through (the file is never in memory
+/// whole).
+const SNAPSHOT_READ_BYTES: usize = 1024 * 1024;
 
 /// Why the journal could not be opened.
 #[derive(Debug)]
@@ -199,6 +209,65 @@ pub(super) fn read_file(path: &Path) -> Result<Vec<u8>, StoreError> {
     fs::read(path).map_err(io_err(format!("cannot read {}", path.display())))
 }
 
+/// A snapshot refused by the caller: unreadable, or in a format this build does not read.
+fn snapshot_refused(path: &Path, error: FormatError) -> StoreError {
+    match error {
+        FormatError::Unreadable(reason) => StoreError::Snapshot { path: path.to_path_buf(), reason },
+        error => StoreError::Format { path: path.to_path_buf(), error },
+    }
+}
+
+/// The snapshot at `path` if it is framed ([`snapshot::MAGIC`]), positioned after its
+/// magic; `None` if it is in an older format (read whole instead).
+fn open_framed(path: &Path) -> Result<Option<snapshot::Frames<BufReader<File>>>, StoreError> {
+    let file = File::open(path).map_err(io_err(format!("cannot read {}", path.display())))?;
+    let mut read = BufReader::with_capacity(SNAPSHOT_READ_BYTES, file);
+    let start = read.fill_buf().map_err(io_err(format!("cannot read {}", path.display())))?;
+    if !start.starts_with(snapshot::MAGIC) {
+        return Ok(None);
+    }
+    read.consume(snapshot::MAGIC.len());
+    Ok(Some(snapshot::Frames::after_magic(read)))
+}
+
+/// Hands `on_found` a framed snapshot frame by frame: the head, each lock, the end. A frame
+/// that is damaged (cut short, a checksum that fails, bytes after the end) is corruption;
+/// one the caller refuses, an unreadable snapshot. Either way the open fails, and nothing
+/// has been changed.
+fn load_framed(
+    mut frames: snapshot::Frames<BufReader<File>>,
+    path: &Path,
+    on_found: &mut impl FnMut(Found<'_>) -> Result<(), FormatError>,
+) -> Result<(), StoreError> {
+    let mut head = true;
+    loop {
+        let frame = match frames.next_frame() {
+            Ok(frame) => frame,
+            Err(snapshot::FrameError::Io(e)) => return Err(io_err(format!("cannot read {}", path.display()))(e)),
+            Err(snapshot::FrameError::Damaged { offset, what }) => {
+                return Err(StoreError::Corrupt { path: path.to_path_buf(), offset, what });
+            }
+        };
+        let found = match (frame, head) {
+            (Some(frame), true) => Found::SnapshotHead(frame),
+            (Some(frame), false) => Found::SnapshotLock(frame),
+            (None, true) => {
+                return Err(StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    offset: snapshot::MAGIC.len() as u64,
+                    what: "a snapshot without its head frame".into(),
+                });
+            }
+            (None, false) => Found::SnapshotEnd,
+        };
+        on_found(found).map_err(|error| snapshot_refused(path, error))?;
+        if matches!(found, Found::SnapshotEnd) {
+            return Ok(());
+        }
+        head = false;
+    }
+}
+
 /// Whether any of the segments `later` holds a valid record: where the first one is, said
 /// for a message.
 fn later_records(dir: &Path, later: &[u64]) -> Result<Option<String>, StoreError> {
@@ -213,6 +282,61 @@ fn later_records(dir: &Path, later: &[u64]) -> Result<Option<String>, StoreError
         }
     }
     Ok(None)
+}
+
+/// A segment read a window at a time ([`SEGMENT_WINDOW_BYTES`]): `bytes` are the file's
+/// bytes from `base` on.
+struct Window {
+    file: File,
+    path: PathBuf,
+    len: u64,
+    base: u64,
+    bytes: Vec<u8>,
+}
+
+impl Window {
+    fn open(path: &Path) -> Result<Self, StoreError> {
+        let file = File::open(path).map_err(io_err(format!("cannot read {}", path.display())))?;
+        let len = file.metadata().map_err(io_err(format!("cannot read {}", path.display())))?.len();
+        let mut window =
+            Window { file, path: path.to_path_buf(), len, base: 0, bytes: Vec::with_capacity(SEGMENT_WINDOW_BYTES) };
+        window.fill()?;
+        Ok(window)
+    }
+
+    /// Reads on until the window is full or the file ends.
+    fn fill(&mut self) -> Result<(), StoreError> {
+        let want = SEGMENT_WINDOW_BYTES.saturating_sub(self.bytes.len());
+        let start = self.base + self.bytes.len() as u64;
+        let end = (start + want as u64).min(self.len);
+        self.read_into(start, end)
+    }
+
+    fn read_into(&mut self, start: u64, end: u64) -> Result<(), StoreError> {
+        let from = self.bytes.len();
+        self.bytes.resize(from + (end - start) as usize, 0);
+        self.file
+            .read_exact_at(&mut self.bytes[from..], start)
+            .map_err(io_err(format!("cannot read {}", self.path.display())))
+    }
+
+    fn at_end(&self) -> bool {
+        self.base + self.bytes.len() as u64 >= self.len
+    }
+
+    /// Drops the first `n` bytes (handed over) and reads on.
+    fn advance(&mut self, n: usize) -> Result<(), StoreError> {
+        self.bytes.drain(..n);
+        self.base += n as u64;
+        self.fill()
+    }
+
+    /// The rest of the file, from `base` to its end.
+    fn into_rest(mut self) -> Result<(u64, Vec<u8>), StoreError> {
+        let start = self.base + self.bytes.len() as u64;
+        self.read_into(start, self.len)?;
+        Ok((self.base, self.bytes))
+    }
 }
 
 /// The open journal.
@@ -259,21 +383,22 @@ impl Store {
         let mut recovery = Recovery { snapshot: listing.snapshots.last().copied(), ..Recovery::default() };
         if let Some(&n) = listing.snapshots.last() {
             let path = snapshot_path(dir, n);
-            let bytes = read_file(&path)?;
-            let body = match codec::read_snapshot(&bytes) {
-                Ok(SnapshotBody::Checked(body)) => body,
-                Ok(SnapshotBody::Unchecked(body)) => {
-                    recovery.unchecked_snapshot = true;
-                    body
-                }
-                Err(damage) => {
-                    return Err(StoreError::Corrupt { path, offset: damage.offset(), what: damage.to_string() });
-                }
-            };
-            on_found(Found::Snapshot(body)).map_err(|error| match error {
-                FormatError::Unreadable(reason) => StoreError::Snapshot { path, reason },
-                error => StoreError::Format { path, error },
-            })?;
+            if let Some(frames) = open_framed(&path)? {
+                load_framed(frames, &path, &mut on_found)?;
+            } else {
+                let bytes = read_file(&path)?;
+                let body = match codec::read_snapshot(&bytes) {
+                    Ok(SnapshotBody::Checked(body)) => body,
+                    Ok(SnapshotBody::Unchecked(body)) => {
+                        recovery.unchecked_snapshot = true;
+                        body
+                    }
+                    Err(damage) => {
+                        return Err(StoreError::Corrupt { path, offset: damage.offset(), what: damage.to_string() });
+                    }
+                };
+                on_found(Found::Snapshot(body)).map_err(|error| snapshot_refused(&path, error))?;
+            }
         }
         let covered = listing.covered();
         let segments = listing.live_segments();
@@ -281,50 +406,74 @@ impl Store {
         let mut cut = None;
         for (i, &n) in segments.iter().enumerate() {
             let path = segment_path(dir, n);
-            let bytes = read_file(&path)?;
-            let mut written = 0;
+            let mut written = 0u64;
             on_found(Found::Segment(n)).map_err(|error| StoreError::Format { path: path.clone(), error })?;
+            let mut take = |offset: u64, body: &[u8]| {
+                on_found(Found::Record(body)).map_err(|error| match error {
+                    FormatError::Unreadable(reason) => StoreError::Corrupt {
+                        path: path.clone(),
+                        offset,
+                        what: format!("a record that cannot be applied ({reason})"),
+                    },
+                    error => StoreError::Format { path: path.clone(), error },
+                })?;
+                recovery.records += 1;
+                recovery.bytes += (HEADER_BYTES + body.len()) as u64;
+                written = offset + (HEADER_BYTES + body.len()) as u64;
+                Ok::<(), StoreError>(())
+            };
+            // Whole records are handed over a window at a time, so a long segment is never in
+            // memory whole beside the table it rebuilds. The rest of the segment from the first
+            // thing that is not a whole record in the window (the zeros after the last record,
+            // a damaged spot, a record larger than the window) is read whole and surveyed.
+            let mut window = Window::open(&path)?;
+            let (base, bytes) = loop {
+                if window.at_end() {
+                    break window.into_rest()?;
+                }
+                let mut reader = codec::Reader::new(&window.bytes);
+                loop {
+                    let at = reader.offset();
+                    match reader.next_record() {
+                        Ok(Some(body)) => take(window.base + at as u64, body)?,
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+                let consumed = reader.offset();
+                if consumed == 0 {
+                    break window.into_rest()?;
+                }
+                window.advance(consumed)?;
+            };
+            let file_len = base + bytes.len() as u64;
             for piece in codec::survey(&bytes) {
                 match piece {
-                    Piece::Record { offset, body } => {
-                        on_found(Found::Record(body)).map_err(|error| match error {
-                            FormatError::Unreadable(reason) => StoreError::Corrupt {
-                                path: path.clone(),
-                                offset: offset as u64,
-                                what: format!("a record that cannot be applied ({reason})"),
-                            },
-                            error => StoreError::Format { path: path.clone(), error },
-                        })?;
-                        recovery.records += 1;
-                        recovery.bytes += (HEADER_BYTES + body.len()) as u64;
-                        written = offset + HEADER_BYTES + body.len();
-                    }
+                    Piece::Record { offset, body } => take(base + offset as u64, body)?,
                     Piece::Zeros { .. } => {}
                     Piece::Damaged { offset, end, damage, gave_up } => {
-                        let corrupt =
-                            |what: String| StoreError::Corrupt { path: path.clone(), offset: offset as u64, what };
+                        let offset = base + offset as u64;
+                        let corrupt = |what: String| StoreError::Corrupt { path: path.clone(), offset, what };
                         if let Some(at) = gave_up {
                             return Err(corrupt(format!(
-                                "{damage}, and whether valid records follow could not be told (the search stopped at byte {at})"
+                                "{damage}, and whether valid records follow could not be told (the search stopped at byte {})",
+                                base + at as u64
                             )));
                         }
                         if end < bytes.len() {
-                            return Err(corrupt(format!("{damage}, with valid records after it (from byte {end})")));
+                            return Err(corrupt(format!(
+                                "{damage}, with valid records after it (from byte {})",
+                                base + end as u64
+                            )));
                         }
                         if let Some(later) = later_records(dir, &segments[i + 1..])? {
                             return Err(corrupt(format!("{damage}, with valid records after it ({later})")));
                         }
-                        cut = Some(Cut {
-                            index: i,
-                            offset: offset as u64,
-                            len: bytes.len() as u64,
-                            what: damage.to_string(),
-                        });
+                        cut = Some(Cut { index: i, offset, len: file_len, what: damage.to_string() });
                         break;
                     }
                 }
             }
-            last_good = Some((n, written as u64));
+            last_good = Some((n, written));
             if cut.is_some() {
                 break;
             }
@@ -493,18 +642,27 @@ impl Store {
         self.journal_bytes
     }
 
-    /// Writes a snapshot of `body` (framed with its checksum) that stands for everything
-    /// journaled so far (commit first), then starts a new segment and removes what the
-    /// snapshot covers.
+    /// Writes a snapshot of `body` in the previous, `LHSNAP01` container (the JSON body with
+    /// its checksum; tools and tests), as [`Store::snapshot_with`] does.
     pub fn snapshot(&mut self, body: &[u8]) -> io::Result<()> {
+        self.snapshot_with(|out| {
+            out.write_all(&codec::snapshot_header(body))?;
+            out.write_all(body)
+        })
+    }
+
+    /// Writes a snapshot that stands for everything journaled so far (commit first): `write`
+    /// writes the file's bytes (the keeper: [`snapshot::encode`]) through a buffer. Then
+    /// starts a new segment and removes what the snapshot covers.
+    pub fn snapshot_with(&mut self, write: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<()> {
         self.commit(true)?;
         let n = self.segment;
         let path = snapshot_path(&self.dir, n);
         let tmp = path.with_extension("json.tmp");
-        let written = File::create(&tmp).and_then(|mut f| {
-            f.write_all(&codec::snapshot_header(body))?;
-            f.write_all(body)?;
-            f.sync_all()
+        let written = File::create(&tmp).and_then(|f| {
+            let mut out = BufWriter::with_capacity(SNAPSHOT_READ_BYTES, f);
+            write(&mut out)?;
+            out.into_inner().map_err(|e| e.into_error())?.sync_all()
         });
         if let Err(e) = written.and_then(|()| fs::rename(&tmp, &path)).and_then(|()| sync_dir(&self.dir)) {
             let _ = fs::remove_file(&tmp);
@@ -542,7 +700,7 @@ mod tests {
             match found {
                 Found::Snapshot(s) => snapshot = Some(s.to_vec()),
                 Found::Record(r) => records.push(serde_json::from_slice(r).map_err(|e| e.to_string())?),
-                Found::Segment(_) => {}
+                Found::Segment(_) | Found::SnapshotHead(_) | Found::SnapshotLock(_) | Found::SnapshotEnd => {}
             }
             Ok(())
         })
@@ -777,8 +935,8 @@ mod tests {
         store.snapshot(b"{\"garbage\":true}").unwrap();
         drop(store);
         let err = Store::open(dir.path(), |found| match found {
-            Found::Snapshot(_) => Err("bad".into()),
-            Found::Record(_) | Found::Segment(_) => Ok(()),
+            Found::Snapshot(_) | Found::SnapshotHead(_) => Err("bad".into()),
+            Found::Record(_) | Found::Segment(_) | Found::SnapshotLock(_) | Found::SnapshotEnd => Ok(()),
         })
         .unwrap_err();
         assert!(matches!(err, StoreError::Snapshot { .. }), "{err}");
@@ -826,5 +984,112 @@ mod tests {
         let (_, recovery, snapshot, _) = collect(dir.path());
         assert_eq!((recovery.unchecked_snapshot, snapshot.as_deref()), (false, Some(&b"{\"new\":true}"[..])));
         assert!(fs::read(snapshot_path(dir.path(), 4)).unwrap().starts_with(codec::SNAPSHOT_MAGIC));
+    }
+
+    /// A service holding `n` leases (one lock each), as a snapshot.
+    fn state_with_leases(n: u64) -> super::super::Snapshot {
+        use crate::core::lock::{Moment, TableLimits};
+        use crate::core::names::{LockName, Ticket};
+        use crate::ipc::message::{LockOp, ToKeeper};
+        let mut service = crate::service::Service::new(TableLimits::DEFAULT, 60_000, 1);
+        let mut out = Vec::new();
+        for i in 0..n {
+            let op = LockOp::acquire(LockName::parse(&format!("lock-{i}")).unwrap(), 60_000);
+            let fresh = *Ticket::from_bytes([i as u8 + 1; 16]).as_bytes();
+            service.handle(0, ToKeeper::Request { id: i, op }, Moment::new(1_000 + i, i), fresh, &mut out);
+        }
+        super::super::Snapshot::new(7, service.export())
+    }
+
+    /// Opens `dir` as the keeper does: the state and the recovery.
+    fn rebuild(dir: &Path) -> Result<(super::super::Rebuild, Recovery), StoreError> {
+        let limits = crate::core::lock::TableLimits::DEFAULT;
+        let mut rebuild = super::super::Rebuild::new(crate::service::Service::new(limits, 60_000, 1), 1);
+        let (_, recovery) = Store::open(dir, |found| rebuild.take(found))?;
+        Ok((rebuild, recovery))
+    }
+
+    #[test]
+    fn a_framed_snapshot_loads_lock_by_lock_into_the_same_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _, _, _) = collect(dir.path());
+        let snapshot = state_with_leases(5);
+        let expected = snapshot.service.clone();
+        store.snapshot_with(|out| super::super::snapshot::encode(snapshot.clone(), out)).unwrap();
+        drop(store);
+        let bytes = fs::read(snapshot_path(dir.path(), 1)).unwrap();
+        assert!(bytes.starts_with(super::super::snapshot::MAGIC));
+        assert_eq!(super::super::snapshot::decode(&bytes).unwrap(), snapshot, "decoded whole, the same");
+        let (rebuild, recovery) = rebuild(dir.path()).unwrap();
+        assert_eq!((recovery.snapshot, recovery.unchecked_snapshot), (Some(1), false));
+        assert_eq!((rebuild.service.export(), rebuild.fences_reserved), (expected, 7));
+        assert_eq!(rebuild.formats, vec![super::super::FORMAT]);
+    }
+
+    #[test]
+    fn r19_framed_snapshot_damaged_anywhere_is_corrupt_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _, _, _) = collect(dir.path());
+        store.snapshot_with(|out| super::super::snapshot::encode(state_with_leases(3), out)).unwrap();
+        drop(store);
+        let path = snapshot_path(dir.path(), 1);
+        let good = fs::read(&path).unwrap();
+        let last = good.len() - HEADER_BYTES;
+        // (the bytes, the offset the refusal names, what it says)
+        let mut cases: Vec<(Vec<u8>, Option<u64>, &str)> = Vec::new();
+        let mut flipped = good.clone();
+        flipped[last - 2] ^= 0x01;
+        cases.push((flipped, None, "checksum"));
+        cases.push((good[..last - 1].to_vec(), None, "cut short"));
+        cases.push((good[..last].to_vec(), Some(last as u64), "cut short"));
+        cases.push(([&good[..], b"x"].concat(), Some(good.len() as u64), "after its end mark"));
+        let mut no_head = good[..8].to_vec();
+        no_head.extend_from_slice(&[0; HEADER_BYTES]);
+        cases.push((no_head, Some(8), "without its head"));
+        for (bytes, offset, what) in cases {
+            fs::write(&path, &bytes).unwrap();
+            let before = contents(dir.path());
+            let err = rebuild(dir.path()).map(|_| ()).unwrap_err();
+            let StoreError::Corrupt { path: at, offset: found, what: said } = &err else { panic!("{what}: {err}") };
+            assert_eq!(at, &path);
+            assert!(said.contains(what), "{said}");
+            if let Some(offset) = offset {
+                assert_eq!(*found, offset, "{said}");
+            }
+            assert!(contents(dir.path()) == before, "the directory changed ({what})");
+        }
+    }
+
+    #[test]
+    fn r19_framed_snapshot_with_a_lock_frame_that_cannot_be_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _, _, _) = collect(dir.path());
+        store.snapshot_with(|out| super::super::snapshot::encode(state_with_leases(2), out)).unwrap();
+        drop(store);
+        // The last lock frame, rewritten with a body that is not a lock (its checksum valid).
+        let path = snapshot_path(dir.path(), 1);
+        let good = fs::read(&path).unwrap();
+        let mut frames = super::super::snapshot::Frames::after_magic(&good[8..]);
+        let mut starts = Vec::new();
+        loop {
+            let at = frames.offset();
+            if frames.next_frame().unwrap().is_none() {
+                break;
+            }
+            starts.push(at as usize);
+        }
+        let mut bad = good[..*starts.last().unwrap()].to_vec();
+        codec::frame(&[0xff, 0xff, 0xff], &mut bad);
+        bad.extend_from_slice(&[0; HEADER_BYTES]);
+        fs::write(&path, &bad).unwrap();
+        let err = rebuild(dir.path()).map(|_| ()).unwrap_err();
+        assert!(matches!(err, StoreError::Snapshot { .. }), "{err}");
+        assert!(err.to_string().contains("lock frame"), "{err}");
+        // One lock frame fewer than the head announces.
+        let mut short = good[..*starts.last().unwrap()].to_vec();
+        short.extend_from_slice(&[0; HEADER_BYTES]);
+        fs::write(&path, &short).unwrap();
+        let err = rebuild(dir.path()).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("1 of the 2 locks"), "{err}");
     }
 }

@@ -623,8 +623,15 @@ impl Service {
 
     /// Rebuilds a service from `export`'s data (refused if the table's state is invalid).
     pub fn import(state: ServiceState, hash_seed: u64) -> Result<Self, CoreError> {
+        let table = LockTable::import(&state.table, state.limits.clone(), hash_seed)?;
+        Ok(Self::import_around(state, table, hash_seed))
+    }
+
+    /// [`Service::import`] around a table already rebuilt (a snapshot loaded lock by lock,
+    /// [`crate::core::lock::TableImport`]); `state.table` is not read.
+    pub fn import_around(state: ServiceState, table: LockTable, hash_seed: u64) -> Self {
         let mut service = Service::new(state.limits.clone(), state.max_wait_ms, hash_seed);
-        service.table = LockTable::import(&state.table, state.limits, hash_seed)?;
+        service.table = table;
         service.resources = Resources::import(state.resources);
         for w in state.waits {
             let key = (w.lock, w.ticket);
@@ -639,7 +646,7 @@ impl Service {
         service.calls = CallOutbox::import(state.outbox_settings.limits, state.outbox);
         service.default_attempts = state.outbox_settings.default_attempts;
         service.courier = state.courier;
-        Ok(service)
+        service
     }
 
     /// Ends a wait without a grant: the waiter stays queued (unwatched), or leaves for a

@@ -551,5 +551,5 @@ fn a_snapshot_in_the_previous_format_is_read_once_and_replaced_by_a_checked_one(
     let snapshots: Vec<(String, Vec<u8>)> =
         contents(&data).into_iter().filter(|(n, _)| n.starts_with("snapshot-")).collect();
     assert_eq!(snapshots.len(), 1, "the old snapshot is replaced");
-    assert!(snapshots[0].1.starts_with(b"LHSNAP01"), "{} is in the checked format", snapshots[0].0);
+    assert!(snapshots[0].1.starts_with(b"LHSNAP02"), "{} is in the framed, checked format", snapshots[0].0);
 }

@@ -72,7 +72,7 @@ pub use op::{
     Acquire, CallbackEvent, DropReason, LeaseView, LockKind, LockMode, Moment, Op, Output, QueueKind, QueueMode,
     QueueView, Reply,
 };
-pub use state::{LeaseState, LockState, TableState, WaiterState};
+pub use state::{LeaseState, LockState, TableImport, TableState, WaiterState};
 
 use declare::{Declared, Rate};
 

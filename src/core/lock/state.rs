@@ -164,107 +164,130 @@ impl LockTable {
     /// whole afterwards: its pages then go back to the allocator (and the kernel) intact,
     /// instead of each staying pinned by a few strings that moved into the table.
     pub fn import(state: &TableState, limits: TableLimits, hash_seed: u64) -> Result<Self, CoreError> {
-        let mut table = LockTable::new(limits, hash_seed);
-        table.next_fence = state.next_fence.max(1);
-        table.reserve_locks(state.locks.len());
-        // Built in one go at the end: a sorted bulk load, not a million random inserts.
-        let mut deadlines = Vec::new();
-        for ls in &state.locks {
-            let (hash, found) = table.find_hashed(ls.name.as_str());
-            if found.is_some() {
-                return Err(invalid(format!("lock {:?} appears twice", ls.name.as_str())));
-            }
-            let rw = ls.kind == LockKind::Rw;
-            if rw && (ls.limit != 0 || ls.queue != QueueKind::Fifo) {
-                return Err(invalid(format!("read/write lock {:?} has a limit or a lottery queue", ls.name.as_str())));
-            }
-            if !rw && ls.limit == 0 {
-                return Err(invalid(format!("lock {:?} has limit 0", ls.name.as_str())));
-            }
-            let limit = if rw { RW_LIMIT } else { ls.limit };
-            let decl = table.declared.find(ls.name.as_str());
-            let id = table.create(ls.name.clone(), hash, limit, ls.queue, rw, decl);
-            // The bucket of a lock whose declaration (in these limits) has no rate is moot.
-            if let (Some(tat_us), true) = (ls.admit_tat_us, table.rate(id).is_some()) {
-                let timer_ms = ls.admit_timer_ms.unwrap_or(0);
-                if timer_ms != 0 {
-                    deadlines.push((timer_ms, TIMER, id));
-                    table.timers += 1;
-                }
-                table.admits.insert(id, Admit { tat_us, timer_ms });
-            }
-            let mut holders = Holders::with_capacity(ls.holders.len());
-            let mut used: u64 = 0;
-            for h in &ls.holders {
-                let weight = weight_of(ls, h.weight, h.mode)?;
-                used += u64::from(weight);
-                deadlines.push((h.expires_at_ms, h.ticket, id));
-                holders.push(Lease {
-                    ticket: h.ticket,
-                    fence: h.fence,
-                    expires_at_ms: h.expires_at_ms,
-                    ttl_ms: h.ttl_ms,
-                    weight,
-                    claimed: h.claimed,
-                    extra: make_extra(h.owner.clone(), h.callback.clone(), h.user.clone(), 0),
-                });
-            }
-            let mut waiters = VecDeque::with_capacity(ls.waiters.len());
-            for w in &ls.waiters {
-                if w.wait_until_ms.is_some() && w.callback.is_none() {
-                    return Err(invalid("a waiter without a callback has a wait end".into()));
-                }
-                let absent_at_ms = match (w.watchers, w.absent_at_ms) {
-                    (0, Some(at)) => {
-                        deadlines.push((at, w.ticket, id));
-                        at
-                    }
-                    (0, None) => return Err(invalid("an unwatched waiter has no absence deadline".into())),
-                    (_, None) => 0,
-                    (_, Some(_)) => return Err(invalid("a watched waiter has an absence deadline".into())),
-                };
-                waiters.push_back(Waiter {
-                    ticket: w.ticket,
-                    ttl_ms: w.ttl_ms,
-                    absent_at_ms,
-                    weight: weight_of(ls, w.weight, w.mode)?,
-                    watchers: w.watchers,
-                    extra: make_extra(
-                        w.owner.clone(),
-                        w.callback.clone(),
-                        w.user.clone(),
-                        w.wait_until_ms.unwrap_or(0),
-                    ),
-                });
-            }
-            let mut data = DataMap::default();
-            for (key, value) in &ls.data {
-                data.bytes = data.bytes.saturating_add((key.as_str().len() + value.len()) as u32);
-                data.entries.insert(key.clone(), value.as_str().into());
-            }
-            table.data_bytes += u64::from(data.bytes);
-            table.holders += holders.len() as u64;
-            table.waiters += waiters.len() as u64;
-            let lock = table.lock_mut(id);
-            lock.used = u32::try_from(used).map_err(|_| invalid("holders' weights overflow".into()))?;
-            lock.holders = holders;
-            if !waiters.is_empty() {
-                lock.queue = Some(Box::new(Queue { waiters, candidate: ls.candidate }));
-            } else if ls.candidate.is_some() {
-                return Err(invalid("a lottery candidate without waiters".into()));
-            }
-            if !data.entries.is_empty() {
-                lock.data = Some(Box::new(data));
-            }
+        let mut import = TableImport::new(limits, hash_seed, state.next_fence, state.locks.len());
+        for lock in &state.locks {
+            import.add(lock)?;
         }
-        for (name, &tat_us) in &state.admit_buckets {
+        import.finish(&state.admit_buckets)
+    }
+}
+
+/// [`LockTable::import`] one lock at a time, so a snapshot can be loaded as it is read,
+/// without the whole parsed state beside the table. The same checks, in the same order.
+#[derive(Debug)]
+pub struct TableImport {
+    table: LockTable,
+    /// Built in one go at the end: a sorted bulk load, not a million random inserts.
+    deadlines: Vec<(u64, Ticket, super::LockId)>,
+}
+
+impl TableImport {
+    /// An empty table with these limits, room for `locks` locks, and `next_fence`.
+    pub fn new(limits: TableLimits, hash_seed: u64, next_fence: u64, locks: usize) -> Self {
+        let mut table = LockTable::new(limits, hash_seed);
+        table.next_fence = next_fence.max(1);
+        table.reserve_locks(locks);
+        Self { table, deadlines: Vec::new() }
+    }
+
+    /// Adds one lock (refused if it breaks a rule on what a lock holds, or is there already).
+    pub fn add(&mut self, ls: &LockState) -> Result<(), CoreError> {
+        let (hash, found) = self.table.find_hashed(ls.name.as_str());
+        if found.is_some() {
+            return Err(invalid(format!("lock {:?} appears twice", ls.name.as_str())));
+        }
+        let rw = ls.kind == LockKind::Rw;
+        if rw && (ls.limit != 0 || ls.queue != QueueKind::Fifo) {
+            return Err(invalid(format!("read/write lock {:?} has a limit or a lottery queue", ls.name.as_str())));
+        }
+        if !rw && ls.limit == 0 {
+            return Err(invalid(format!("lock {:?} has limit 0", ls.name.as_str())));
+        }
+        let limit = if rw { RW_LIMIT } else { ls.limit };
+        let decl = self.table.declared.find(ls.name.as_str());
+        let id = self.table.create(ls.name.clone(), hash, limit, ls.queue, rw, decl);
+        // The bucket of a lock whose declaration (in these limits) has no rate is moot.
+        if let (Some(tat_us), true) = (ls.admit_tat_us, self.table.rate(id).is_some()) {
+            let timer_ms = ls.admit_timer_ms.unwrap_or(0);
+            if timer_ms != 0 {
+                self.deadlines.push((timer_ms, TIMER, id));
+                self.table.timers += 1;
+            }
+            self.table.admits.insert(id, Admit { tat_us, timer_ms });
+        }
+        let mut holders = Holders::with_capacity(ls.holders.len());
+        let mut used: u64 = 0;
+        for h in &ls.holders {
+            let weight = weight_of(ls, h.weight, h.mode)?;
+            used += u64::from(weight);
+            self.deadlines.push((h.expires_at_ms, h.ticket, id));
+            holders.push(Lease {
+                ticket: h.ticket,
+                fence: h.fence,
+                expires_at_ms: h.expires_at_ms,
+                ttl_ms: h.ttl_ms,
+                weight,
+                claimed: h.claimed,
+                extra: make_extra(h.owner.clone(), h.callback.clone(), h.user.clone(), 0),
+            });
+        }
+        let mut waiters = VecDeque::with_capacity(ls.waiters.len());
+        for w in &ls.waiters {
+            if w.wait_until_ms.is_some() && w.callback.is_none() {
+                return Err(invalid("a waiter without a callback has a wait end".into()));
+            }
+            let absent_at_ms = match (w.watchers, w.absent_at_ms) {
+                (0, Some(at)) => {
+                    self.deadlines.push((at, w.ticket, id));
+                    at
+                }
+                (0, None) => return Err(invalid("an unwatched waiter has no absence deadline".into())),
+                (_, None) => 0,
+                (_, Some(_)) => return Err(invalid("a watched waiter has an absence deadline".into())),
+            };
+            waiters.push_back(Waiter {
+                ticket: w.ticket,
+                ttl_ms: w.ttl_ms,
+                absent_at_ms,
+                weight: weight_of(ls, w.weight, w.mode)?,
+                watchers: w.watchers,
+                extra: make_extra(w.owner.clone(), w.callback.clone(), w.user.clone(), w.wait_until_ms.unwrap_or(0)),
+            });
+        }
+        let mut data = DataMap::default();
+        for (key, value) in &ls.data {
+            data.bytes = data.bytes.saturating_add((key.as_str().len() + value.len()) as u32);
+            data.entries.insert(key.clone(), value.as_str().into());
+        }
+        self.table.data_bytes += u64::from(data.bytes);
+        self.table.holders += holders.len() as u64;
+        self.table.waiters += waiters.len() as u64;
+        let lock = self.table.lock_mut(id);
+        lock.used = u32::try_from(used).map_err(|_| invalid("holders' weights overflow".into()))?;
+        lock.holders = holders;
+        if !waiters.is_empty() {
+            lock.queue = Some(Box::new(Queue { waiters, candidate: ls.candidate }));
+        } else if ls.candidate.is_some() {
+            return Err(invalid("a lottery candidate without waiters".into()));
+        }
+        if !data.entries.is_empty() {
+            lock.data = Some(Box::new(data));
+        }
+        Ok(())
+    }
+
+    /// The table, with the admission buckets that outlive their locks, once every lock is
+    /// added (refused if its indexes and contents disagree).
+    pub fn finish(self, admit_buckets: &BTreeMap<LockName, u64>) -> Result<LockTable, CoreError> {
+        let mut table = self.table;
+        for (name, &tat_us) in admit_buckets {
             // A bucket of a name without a rate (in these limits) is moot.
             if table.declared.get(table.declared.find(name.as_str())).and_then(|d| d.rate()).is_some() {
                 table.buckets.insert(name.clone(), tat_us);
                 table.bucket_order.insert((tat_us, name.clone()));
             }
         }
-        table.deadlines = deadlines.into_iter().collect();
+        table.deadlines = self.deadlines.into_iter().collect();
         // The indexes are built from the locks; what the locks hold is the snapshot's word.
         table.check_contents().map_err(invalid)?;
         debug_assert_eq!(table.check_invariants(), Ok(()));

@@ -658,8 +658,7 @@ impl Keeper {
         let bytes = self.store.journal_bytes();
         let started = Instant::now();
         let snapshot = Snapshot::new(self.fences_reserved, self.service.export());
-        let written =
-            serde_json::to_vec(&snapshot).map_err(io::Error::other).and_then(|body| self.store.snapshot(&body));
+        let written = self.store.snapshot_with(|out| journal::snapshot::encode(snapshot, out));
         match written {
             Ok(()) => {
                 self.last_snapshot_ms = started.elapsed().as_millis() as u64;
