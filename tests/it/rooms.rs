@@ -6,14 +6,14 @@
 //! and return paths that never leave the site. (Through nginx and Chromium: other tests.)
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 
 use leasehold::core::seal::{open, seal};
 use leasehold::http::rooms::{Session, PURPOSE_SESSION};
 
 use crate::support::http::{once, Reply};
-use crate::support::{config, Server, DEADLINE};
+use crate::support::sse::Events;
+use crate::support::{config, Server};
 
 const SECRET: &str = "rooms-test-secret-0123456789abcdef";
 
@@ -93,32 +93,8 @@ fn body(r: &Reply) -> String {
 
 /// The first event of a room's event stream, by name and data.
 fn first_event(addr: SocketAddr, path: &str) -> (String, serde_json::Value) {
-    let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut reader = BufReader::new(stream);
-    let mut head = String::new();
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if line == "\r\n" || line.is_empty() {
-            break;
-        }
-        head.push_str(&line);
-    }
-    assert!(head.starts_with("HTTP/1.1 200") && head.contains("text/event-stream"), "{head}");
-    let (mut name, mut data) = (String::new(), String::new());
-    loop {
-        let mut line = String::new();
-        reader.read_line(&mut line).unwrap();
-        if let Some(n) = line.strip_prefix("event: ") {
-            name = n.trim().to_string();
-        } else if let Some(d) = line.strip_prefix("data: ") {
-            data = d.trim().to_string();
-        } else if line == "\n" && !name.is_empty() {
-            return (name, serde_json::from_str(&data).unwrap());
-        }
-    }
+    let (_, name, data) = Events::open_path(addr, path, &[]).next();
+    (name, data)
 }
 
 #[test]
