@@ -46,8 +46,9 @@
 //!   which would otherwise measure clients' `wait_ms`; the time in the queue is
 //!   `queue_wait_seconds`, observed per grant by the keeper.
 //! - **The keeper down.** While the keeper is down or does not answer a collection, its
-//!   families show the figures of its last snapshot (zeros if it never answered) and
-//!   `keeper_up` is 0; its process series are left out (there is no process to measure).
+//!   families show the figures of its last snapshot (zeros if it never answered, with the
+//!   cluster's families on a cluster node and no `cluster_role` at 1) and `keeper_up` is 0;
+//!   its process series are left out (there is no process to measure).
 //! - **Processes.** Workers and the keeper measure themselves (`/proc/self`) when they make
 //!   their snapshot; the master measures itself and the courier, which takes no part in
 //!   collections, by its pid. Uptime is `time() - process_start_time_seconds`.
@@ -378,6 +379,10 @@ pub struct MasterSnapshot {
     pub handoff_failures: u64,
     /// Whether the keeper is up.
     pub keeper_up: bool,
+    /// This node's name when it runs in a cluster (so a page the keeper never answered
+    /// for still has the cluster's families).
+    #[serde(default)]
+    pub cluster_node: Option<String>,
     /// The master's own figures and the courier's.
     #[serde(default)]
     pub processes: Vec<ProcessSample>,
@@ -492,7 +497,20 @@ fn processes(out: &mut String, samples: &[ProcessSample]) {
 
 /// Renders everything in the Prometheus text format (version 0.0.4).
 pub fn render(master: &MasterSnapshot, keeper: KeeperView<'_>, workers: &[WorkerSnapshot], retired: &Totals) -> String {
-    let never = KeeperSnapshot::default();
+    // A cluster node's keeper that never answered: its cluster families at zero too, with
+    // no role set.
+    let never = KeeperSnapshot {
+        cluster: master.cluster_node.as_ref().map(|node| crate::ipc::message::ClusterStatus {
+            node: node.clone(),
+            role: String::new(),
+            epoch: 0,
+            applied: 0,
+            lag: 0,
+            snapshot: 0,
+            leader: None,
+        }),
+        ..KeeperSnapshot::default()
+    };
     let (k, keeper_up) = match keeper {
         KeeperView::Answered(k) => (k, master.keeper_up),
         KeeperView::Last(k) => (k, false),
@@ -844,6 +862,36 @@ mod tests {
         let keeper_rss = "leasehold_process_resident_memory_bytes{role=\"keeper\"}";
         assert!(live.contains(keeper_rss));
         assert!(!last.contains(keeper_rss), "no figures of a process that is gone");
+    }
+
+    #[test]
+    fn a_cluster_nodes_keeper_that_never_answered_still_has_the_cluster_families() {
+        let master = MasterSnapshot { keeper_up: false, cluster_node: Some("n1".into()), ..Default::default() };
+        let mut keeper = counted_keeper();
+        keeper.cluster = Some(crate::ipc::message::ClusterStatus {
+            node: "n1".into(),
+            role: "leader".into(),
+            epoch: 4,
+            applied: 9,
+            lag: 0,
+            snapshot: 0,
+            leader: Some("http://n1".into()),
+        });
+        let live = render(&master, KeeperView::Answered(&keeper), &[], &Totals::default());
+        let never = render(&master, KeeperView::Never, &[], &Totals::default());
+        let families = |page: &str| -> Vec<String> {
+            page.lines().filter_map(|l| l.strip_prefix("# TYPE ")).map(str::to_string).collect()
+        };
+        assert_eq!(families(&live), families(&never));
+        assert_eq!(sample(&live, "leasehold_cluster_role{role=\"leader\"}").as_deref(), Some("1"));
+        for role in ["leader", "candidate", "follower"] {
+            let series = format!("leasehold_cluster_role{{role=\"{role}\"}}");
+            assert_eq!(sample(&never, &series).as_deref(), Some("0"), "no role is claimed: {never}");
+        }
+        assert_eq!(sample(&never, "leasehold_cluster_epoch").as_deref(), Some("0"));
+        // A single node's page has none of them.
+        let single = render(&MasterSnapshot::default(), KeeperView::Never, &[], &Totals::default());
+        assert!(!single.contains("leasehold_cluster_"), "{single}");
     }
 
     #[test]

@@ -685,6 +685,7 @@ impl Master {
             workers_configured: self.machine.slots() as u64,
             workers_ready: self.machine.serving_workers().len() as u64,
             keeper_up: self.machine.keeper_up(),
+            cluster_node: self.config.cluster.as_ref().map(|c| c.node_name.clone()),
             worker_restarts: c.restarts_of(Role::Worker(0)),
             keeper_restarts: c.restarts_of(Role::Keeper),
             courier_restarts: c.restarts_of(Role::Courier),
