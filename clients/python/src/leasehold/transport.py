@@ -24,7 +24,8 @@ import ssl
 import threading
 import time
 import urllib.parse
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+import weakref
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .errors import ConnectionFailed, LeaseholdError, error_from_answer
 
@@ -118,7 +119,8 @@ class Transport:
                 self.headers["x-api-key"] = api_key
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._open: List[http.client.HTTPConnection] = []
+        # Weak: a thread that ends takes its connection with it (its thread-local goes).
+        self._open: "weakref.WeakSet[http.client.HTTPConnection]" = weakref.WeakSet()
         self._pid = os.getpid()
 
     # -- connections --------------------------------------------------------------------
@@ -134,7 +136,7 @@ class Transport:
         if os.getpid() != self._pid:
             # A forked child must not write to its parent's sockets: it starts afresh.
             with self._lock:
-                self._open = []
+                self._open = weakref.WeakSet()
                 self._pid = os.getpid()
             self._local = threading.local()
         conn: Optional[http.client.HTTPConnection] = getattr(self._local, "conn", None)
@@ -144,7 +146,7 @@ class Transport:
             conn = self.connect(self.timeout)
             self._local.conn = conn
             with self._lock:
-                self._open.append(conn)
+                self._open.add(conn)
         return conn, conn.sock is not None
 
     def close_thread(self) -> None:
@@ -155,13 +157,12 @@ class Transport:
         self._local.conn = None
         conn.close()
         with self._lock:
-            if conn in self._open:
-                self._open.remove(conn)
+            self._open.discard(conn)
 
     def close(self) -> None:
         """Closes every connection of every thread (each reconnects if used again)."""
         with self._lock:
-            conns, self._open = self._open, []
+            conns, self._open = list(self._open), weakref.WeakSet()
         for conn in conns:
             conn.close()
         self._local = threading.local()
@@ -205,12 +206,15 @@ class Transport:
             all_headers.update(headers)
         timeout = self.timeout if timeout is None else timeout
         unavailable_left = self.retries if retry_unavailable else 0
+        # Waiting out a 503 never takes a call past its timeout (a renewal's is the time
+        # left on its lease).
+        deadline = time.monotonic() + timeout
         while True:
             answer = self._once(method, path, body, all_headers, timeout, safe)
             if answer.status != 503 or unavailable_left <= 0:
                 return answer
             pause = answer.retry_after
-            if pause is None:
+            if pause is None or time.monotonic() + min(pause, MAX_RETRY_AFTER_S) >= deadline:
                 return answer
             unavailable_left -= 1
             time.sleep(min(pause, MAX_RETRY_AFTER_S))
