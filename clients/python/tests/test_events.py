@@ -49,3 +49,21 @@ def test_ticket_status_of_a_holder_is_its_lease(client: leasehold.Client, lock_n
         standing = client.ticket_status(lock_name, lease.ticket)
         assert isinstance(standing, leasehold.Grant)
         assert standing.fence == lease.fence and standing.ticket == lease.ticket
+
+
+def test_a_reconnecting_stream_continues_its_ids(client: leasehold.Client, lock_name: str) -> None:
+    # docs/api.md: ids count from one past the Last-Event-ID a reconnecting client sends.
+    with client.lock(lock_name, ttl="30s") as lease:
+        with client.events(lock_name, lease.ticket, last_event_id="41", timeout=30) as events:
+            first = next(events)
+            assert (first.event, first.id) == ("acquired", "42")
+            assert first.data["fence"] == lease.fence
+
+
+def test_one_place_per_user(client: leasehold.Client, lock_name: str) -> None:
+    # docs/api.md, "One place per user": the user's ticket comes back, with existing: true.
+    first = client.acquire(lock_name, ttl="30s", user="u-7f3a9c")
+    again = client.acquire(lock_name, ttl="30s", user="u-7f3a9c")
+    assert isinstance(first, leasehold.Grant) and isinstance(again, leasehold.Grant)
+    assert (again.ticket, again.fence, again.existing, first.existing) == (first.ticket, first.fence, True, False)
+    client.release(lock_name, first.ticket)
