@@ -49,13 +49,13 @@ def test_connection_closed_while_idle_is_replaced(short_keepalive: Server, lock_
 
 def test_a_long_poll_does_not_hold_up_renewals(server: Server, lock_name: str) -> None:
     client = server.client()
-    with client.lock(lock_name, ttl="600ms") as lease:
+    with client.lock(lock_name, ttl="1500ms") as lease:
         waited: List[BaseException] = []
 
         def wait_in_line() -> None:
             try:
                 client.acquire(lock_name + "-other", ttl="30s")  # takes the other lock
-                client.acquire(lock_name + "-other", ttl="30s", wait="3s")  # waits 3 s, same client
+                client.acquire(lock_name + "-other", ttl="30s", wait="5s")  # waits 5 s, same client
             except BaseException as e:  # noqa: BLE001 - reported below
                 waited.append(e)
 
