@@ -21,6 +21,7 @@ test:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets --locked -- -D warnings
 	$(CARGO) test --locked
+	CARGO=$(CARGO) bash tests/python.sh
 
 ## fixtures: writes tests/fixtures/journal/format-N for the journal format this build writes (once per format; docs/journal-format.md)
 fixtures:

@@ -24,7 +24,7 @@ if ! cmp -s tests/python-requirements.txt "$stamp" 2>/dev/null; then
   cp tests/python-requirements.txt "$stamp"
 fi
 
-cargo build --locked --quiet
+"${CARGO:-cargo}" build --locked --quiet
 export LEASEHOLD_BIN="$PWD/target/debug/leasehold"
 suites=()
 for dir in tests/python clients/python/tests; do
