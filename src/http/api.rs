@@ -38,6 +38,10 @@ pub const DEFAULT_LIST_LIMIT: u32 = 100;
 /// (the stream starts again at 1), as an unusable `Last-Event-ID` usually is.
 pub const MAX_LAST_EVENT_ID: u64 = (1 << 53) - 1;
 
+/// The OpenAPI 3.1 document of the native API, as committed (docs/openapi.json), answered
+/// by `GET /v1/openapi.json`. Embedded at build time: the binary describes itself.
+pub const OPENAPI_JSON: &str = include_str!("../../docs/openapi.json");
+
 /// Settings the API needs from the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiSettings {
@@ -291,6 +295,7 @@ fn plan_inner(
         RouteId::CompatHealth => Plan::Now(Response::json(200, &serde_json::json!({"heath": "ok"}))),
         RouteId::Readyz => Plan::Ready,
         RouteId::Metrics => Plan::Metrics,
+        RouteId::OpenApi => Plan::Now(Response::text(200, "application/json", OPENAPI_JSON.to_string())),
         RouteId::Ui => Plan::UiPage,
         // It shows every lock: a key limited to a prefix would see other tenants' names.
         RouteId::UiEvents if !scope.is_empty() => {

@@ -16,6 +16,8 @@ pub enum RouteId {
     Readyz,
     /// Prometheus metrics.
     Metrics,
+    /// The OpenAPI document of the native API (docs/openapi.json).
+    OpenApi,
     /// Take a lease or queue (optionally waiting).
     Acquire,
     /// Extend a lease.
@@ -104,6 +106,7 @@ impl RouteId {
             Self::Healthz
             | Self::Readyz
             | Self::Metrics
+            | Self::OpenApi
             | Self::LockList
             | Self::CompatHealth
             | Self::CompatCreate
@@ -175,6 +178,8 @@ pub const ROUTES: &[RouteDef] = &[
     row(Method::Get, "/healthz", RouteId::Healthz, None, "healthz"),
     row(Method::Get, "/readyz", RouteId::Readyz, None, "readyz"),
     row(Method::Get, "/metrics", RouteId::Metrics, READ, "metrics"),
+    // The API's description holds no data, so it opens for anyone (as /healthz does).
+    row(Method::Get, "/v1/openapi.json", RouteId::OpenApi, None, "openapi"),
     row(Method::Post, "/v1/locks/{name}/acquire", RouteId::Acquire, LOCK, "acquire"),
     row(Method::Post, "/v1/locks/{name}/renew", RouteId::Renew, LOCK, "renew"),
     row(Method::Post, "/v1/locks/{name}/release", RouteId::Release, LOCK, "release"),

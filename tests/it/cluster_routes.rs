@@ -308,6 +308,10 @@ fn exercise(run: &mut Run, def: &RouteDef) {
         RouteId::Readyz => {
             run.send_local(Get, "/readyz", keys_only);
         }
+        // The document is the binary's own, the same on every node.
+        RouteId::OpenApi => {
+            run.send_local(Get, "/v1/openapi.json", |r| json!(r.body.len()));
+        }
         // The dashboard: the page is the same everywhere; the stream's snapshots are the
         // node's own view, so only its head is compared.
         RouteId::Ui => {

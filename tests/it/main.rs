@@ -31,6 +31,7 @@ mod logs;
 mod metrics;
 mod metrics_contrib;
 mod model;
+mod openapi;
 mod outbox;
 mod roles;
 mod rooms;

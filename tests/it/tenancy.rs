@@ -117,7 +117,7 @@ fn r12_a_prefix_key_can_neither_see_nor_change_another_tenant_on_any_route() {
             assert!(matches!(r.status, 401 | 403), "{method} {path} with a team-a key: {} {}", r.status, text(&r));
         };
         match def.id {
-            RouteId::Healthz | RouteId::Readyz | RouteId::CompatHealth => {
+            RouteId::Healthz | RouteId::Readyz | RouteId::OpenApi | RouteId::CompatHealth => {
                 attack(def.pattern, "");
             }
             RouteId::Ui => {
