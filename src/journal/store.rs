@@ -339,14 +339,6 @@ impl Window {
     }
 }
 
-/// Where a journal stood, to cut back to ([`Store::mark`], [`Store::cut_back`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mark {
-    segment: u64,
-    written: u64,
-    journal_bytes: u64,
-}
-
 /// The open journal.
 #[derive(Debug)]
 pub struct Store {
@@ -633,32 +625,6 @@ impl Store {
         Ok(None)
     }
 
-    /// Where the journal stands now (before the next commit), to cut back to with
-    /// [`Store::cut_back`].
-    pub fn mark(&self) -> Mark {
-        Mark { segment: self.segment, written: self.written, journal_bytes: self.journal_bytes }
-    }
-
-    /// Cuts the journal back to `mark`: records written after it, whose sync failed, must
-    /// not come back on a replay (their requests were answered that nothing changed). A
-    /// mark of a segment a snapshot has replaced since is left alone (the snapshot is
-    /// durable and stands for it).
-    pub fn cut_back(&mut self, mark: Mark) -> io::Result<()> {
-        if mark.segment != self.segment || mark.written > self.written {
-            return Ok(());
-        }
-        self.pending.clear();
-        self.file.set_len(mark.written)?;
-        (self.written, self.allocated, self.journal_bytes) = (mark.written, mark.written, mark.journal_bytes);
-        Ok(())
-    }
-
-    /// A copy of the current segment's descriptor, for a sync made on another thread
-    /// (`fsync = "always"`: the keeper's sync thread).
-    pub fn file_copy(&self) -> io::Result<File> {
-        self.file.try_clone()
-    }
-
     /// Makes everything written durable.
     pub fn sync(&mut self) -> io::Result<Duration> {
         let started = Instant::now();
@@ -740,34 +706,6 @@ mod tests {
         })
         .unwrap();
         (store, recovery, snapshot, records)
-    }
-
-    #[test]
-    fn cut_back_drops_what_was_written_after_the_mark_and_a_snapshot_makes_an_old_mark_moot() {
-        let dir = tempfile::tempdir().unwrap();
-        let (mut store, _, _, _) = collect(dir.path());
-        store.append(&serde_json::json!({ "n": 0 })).unwrap();
-        store.commit(false).unwrap();
-        let mark = store.mark();
-        for i in 1..4 {
-            store.append(&serde_json::json!({ "n": i })).unwrap();
-            store.commit(false).unwrap();
-        }
-        store.cut_back(mark).unwrap();
-        store.append(&serde_json::json!({ "n": 9 })).unwrap();
-        store.commit(true).unwrap();
-        drop(store);
-        let (mut store, _, _, records) = collect(dir.path());
-        assert_eq!(records, vec![serde_json::json!({ "n": 0 }), serde_json::json!({ "n": 9 })]);
-        let old = store.mark();
-        store.snapshot(b"{}").unwrap();
-        store.append(&serde_json::json!({ "n": 10 })).unwrap();
-        store.commit(true).unwrap();
-        store.cut_back(old).unwrap();
-        drop(store);
-        let (_, _, snapshot, records) = collect(dir.path());
-        assert!(snapshot.is_some());
-        assert_eq!(records, vec![serde_json::json!({ "n": 10 })], "a mark before the snapshot cuts nothing");
     }
 
     #[test]

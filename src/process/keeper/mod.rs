@@ -4,9 +4,8 @@
 //! came from. Lease expiry runs on the service's own next deadline.
 //!
 //! - **Write-ahead, group commit.** The records of one loop turn are written with one
-//!   `write`; with `fsync = "always"` the turn's answers are held (`held.rs`) until a sync
-//!   on the sync thread (`syncer.rs`) that began after that write has ended, while the loop
-//!   goes on with the next turns. `interval` syncs every `fsync_interval_ms`; `never` leaves it to the
+//!   `write` and (with `fsync = "always"`) made durable with one sync before any answer of
+//!   that turn leaves. `interval` syncs every `fsync_interval_ms`; `never` leaves it to the
 //!   kernel. Fence reservations are always synced before a fence past them is handed out, so
 //!   fences only go up across any crash.
 //! - **A journal that cannot be written** (disk full, I/O error): the turn's requests are
@@ -35,9 +34,7 @@
 //! the log (and forwards its workers' requests to the leader), and a keeper starts from it.
 
 mod cluster;
-mod held;
 mod peer;
-mod syncer;
 
 pub use cluster::EXIT_REBUILD;
 
@@ -62,7 +59,7 @@ use crate::core::names::Ticket;
 use crate::core::outbox::EntryState;
 use crate::ipc::frame::FrameError;
 use crate::ipc::message::{FdRecord, FromKeeper, LockReply, ToChild, ToKeeper, ToMaster};
-use crate::journal::store::{Mark, Store, StoreError};
+use crate::journal::store::{Store, StoreError};
 use crate::journal::{self, replica, InputRef, Rebuild, Record, Snapshot};
 use crate::metrics::{Histogram, KeeperSnapshot};
 use crate::service::{LinkId, Outbox, OutboxSettings, Service};
@@ -236,12 +233,6 @@ struct Keeper {
     unread: Vec<usize>,
     /// `interval` mode: when the next sync is due.
     next_sync_ms: Option<u64>,
-    /// `always` mode: answers of turns written but not yet durable (`held.rs`).
-    held: held::Held<FromKeeper, Mark>,
-    /// `always` mode: the thread that syncs beside the loop (started when first needed).
-    syncer: Option<syncer::Syncer>,
-    /// Answers a sync released since the last turn ended (sent before that turn's).
-    released: Outbox,
     /// A failed snapshot is tried again once the journal has grown by this much more.
     snapshot_retry_at: u64,
     fsync_latency: Histogram,
@@ -381,9 +372,6 @@ impl Keeper {
             broken: Vec::new(),
             unread: Vec::new(),
             next_sync_ms: None,
-            held: held::Held::default(),
-            syncer: None,
-            released: Vec::new(),
             snapshot_retry_at: 0,
             fsync_latency: Histogram::default(),
             recovery_ms,
@@ -503,11 +491,6 @@ impl Keeper {
                         }
                     }
                     FDS => self.on_fd_records(),
-                    syncer::SYNCED => {
-                        if let Some(code) = self.on_synced() {
-                            return Ok(code);
-                        }
-                    }
                     peer::PEER_LISTEN => self.on_peer_listen(),
                     peer::FORWARD => self.on_forward(),
                     cluster::CLUSTER => {
@@ -604,8 +587,7 @@ impl Keeper {
             }
         }
         loop {
-            let always = self.journal.fsync == Fsync::Always;
-            let mut sync = always;
+            let mut sync = self.journal.fsync == Fsync::Always;
             if self.not_writable.is_none() && self.service.table().next_fence() >= self.fences_reserved {
                 // Fences past the reservation are about to leave: reserve more, durably.
                 let up_to = self.service.table().next_fence() + FENCE_BLOCK;
@@ -613,64 +595,17 @@ impl Keeper {
                 self.fences_reserved = up_to;
                 sync = true;
             }
-            let answers = std::mem::take(&mut self.outbox);
-            let mut leaving = std::mem::take(&mut self.released);
-            if always {
-                // Written now, synced beside the loop: the answers wait for their sync.
-                if self.store.has_pending() {
-                    let before = self.store.mark();
-                    if let Err(e) = self.store.commit(false) {
-                        self.released = leaving;
-                        return Ok(Some(self.journal_failed(&e)));
-                    }
-                    self.held.written(before, answers, std::mem::take(&mut self.turn_requests));
-                } else {
-                    leaving.extend(self.held.unwritten(answers));
-                }
-                if self.snapshot_due() && !self.held.is_empty() {
-                    // The snapshot stands for everything written: make it durable first.
-                    match self.store.sync() {
-                        Ok(took) => self.fsync_latency.observe(took.as_micros() as u64),
-                        Err(e) => {
-                            self.released = leaving;
-                            return Ok(Some(self.journal_failed(&e)));
+            if self.store.has_pending() {
+                match self.store.commit(sync) {
+                    Ok(Some(took)) => self.fsync_latency.observe(took.as_micros() as u64),
+                    Ok(None) => {
+                        if self.journal.fsync == Fsync::Interval && self.next_sync_ms.is_none() {
+                            self.next_sync_ms = Some(now + self.journal.fsync_interval_ms);
                         }
                     }
-                    leaving.extend(self.held.all_durable());
+                    Err(e) => return Ok(Some(self.journal_failed(&e))),
                 }
-                if let Err(e) = self.begin_sync() {
-                    self.released = leaving;
-                    return Ok(Some(self.journal_failed(&e)));
-                }
-            } else {
-                if !self.held.is_empty() {
-                    // `fsync` left `always` in a reload: what is held is synced at once.
-                    match self.store.sync() {
-                        Ok(took) => self.fsync_latency.observe(took.as_micros() as u64),
-                        Err(e) => {
-                            self.released = leaving;
-                            return Ok(Some(self.journal_failed(&e)));
-                        }
-                    }
-                    leaving.extend(self.held.all_durable());
-                }
-                if self.store.has_pending() {
-                    match self.store.commit(sync) {
-                        Ok(Some(took)) => self.fsync_latency.observe(took.as_micros() as u64),
-                        Ok(None) => {
-                            if self.journal.fsync == Fsync::Interval && self.next_sync_ms.is_none() {
-                                self.next_sync_ms = Some(now + self.journal.fsync_interval_ms);
-                            }
-                        }
-                        Err(e) => {
-                            self.released = leaving;
-                            return Ok(Some(self.journal_failed(&e)));
-                        }
-                    }
-                }
-                leaving.extend(answers);
             }
-            self.outbox = leaving;
             self.turn_requests.clear();
             self.deliver();
             if self.broken.is_empty() {
@@ -696,17 +631,8 @@ impl Keeper {
     fn journal_failed(&mut self, e: &io::Error) -> i32 {
         let message = format!("the journal cannot be written ({e}); nothing was changed");
         log::error!("{message}: the keeper restarts");
-        // Answers a sync released are true; nothing after them is.
         self.outbox.clear();
-        self.outbox.append(&mut self.released);
-        let held = self.held.failed();
-        if let Some(mark) = held.cut_back_to {
-            if let Err(e) = self.store.cut_back(mark) {
-                log::error!("cannot cut the journal back to its last durable record ({e})");
-            }
-        }
-        let requests = held.requests.into_iter().chain(std::mem::take(&mut self.turn_requests));
-        for (link, id) in requests {
+        for (link, id) in std::mem::take(&mut self.turn_requests) {
             let reply = LockReply::JournalFailed { message: message.clone() };
             self.outbox.push((link, FromKeeper::Reply { id, reply }));
         }
@@ -719,46 +645,11 @@ impl Keeper {
 
     /// Writes a snapshot once the journal is long enough.
     fn maybe_snapshot(&mut self) {
-        if self.snapshot_due() && self.held.is_empty() {
-            self.write_snapshot();
-        }
-    }
-
-    /// Whether the journal is long enough for a snapshot.
-    fn snapshot_due(&self) -> bool {
         let bytes = self.store.journal_bytes();
-        self.not_writable.is_none() && bytes >= self.journal.snapshot_bytes && bytes >= self.snapshot_retry_at
-    }
-
-    /// `always` mode: hands the written turns not covered yet to the sync thread, unless
-    /// a sync runs (they go with the next one).
-    fn begin_sync(&mut self) -> io::Result<()> {
-        if self.held.is_empty() {
-            return Ok(());
+        if self.not_writable.is_some() || bytes < self.journal.snapshot_bytes || bytes < self.snapshot_retry_at {
+            return;
         }
-        let Some(covers) = self.held.begin_sync() else { return Ok(()) };
-        if self.syncer.is_none() {
-            self.syncer = Some(syncer::Syncer::start(self.poll.registry())?);
-        }
-        let file = self.store.file_copy()?;
-        self.syncer.as_ref().expect("started above").begin(covers, file)
-    }
-
-    /// Syncs that ended: their turns' answers leave at the end of this loop turn; a failed
-    /// one fails every held turn and ends the keeper, as a failed write does.
-    fn on_synced(&mut self) -> Option<i32> {
-        let ended = self.syncer.as_ref().map(syncer::Syncer::ended).unwrap_or_default();
-        for (covers, result) in ended {
-            match result {
-                Ok(took) => {
-                    self.fsync_latency.observe(took.as_micros() as u64);
-                    let released = self.held.synced(covers);
-                    self.released.extend(released);
-                }
-                Err(e) => return Some(self.journal_failed(&e)),
-            }
-        }
-        None
+        self.write_snapshot();
     }
 
     /// Writes a snapshot of the whole state (a failed one is tried again once the journal
@@ -793,17 +684,7 @@ impl Keeper {
         }
         if let Err(e) = self.store.commit(true) {
             log::error!("cannot write the journal's last records ({e})");
-            return self.journal_failed(&e);
-        }
-        // Everything is durable now: what was held for a sync leaves before the end.
-        let released = self.held.all_durable();
-        self.outbox.append(&mut self.released);
-        self.outbox.extend(released);
-        if !self.outbox.is_empty() {
-            self.deliver();
-            for link in self.links.iter_mut().flatten() {
-                link.flush_blocking(Duration::from_millis(200));
-            }
+            return EXIT_JOURNAL_FAILED;
         }
         0
     }
@@ -906,9 +787,6 @@ impl Keeper {
     fn close_link(&mut self, index: usize) {
         let Some(mut link) = self.links.get_mut(index).and_then(Option::take) else { return };
         link.deregister(self.poll.registry());
-        // Its slot may hold the next channel before held answers would leave.
-        self.held.forget_link(index);
-        self.released.retain(|(l, _)| *l != index);
         if let Some(peers) = self.peers.as_mut() {
             peers.heard.remove(&index);
         }
