@@ -97,11 +97,17 @@ fn file(r: &mut Reader<'_>, key: &str, env: &'static str) -> Option<TlsFile> {
 /// other).
 pub(super) fn validate_tls(r: &mut Reader<'_>, server_listen: &[SocketAddr]) -> TlsConfig {
     let mut listen = Vec::new();
+    // Addresses were given (even bad ones, reported already): the files are for them.
+    let mut listening = false;
     if let Some((path, items)) = r.strings(SECTION, "listen", "LEASEHOLD_TLS_LISTEN") {
+        listening = !items.is_empty();
         for item in items {
             match item.parse::<SocketAddr>() {
-                Ok(addr) if listen.contains(&addr) => r.invalid(path.clone(), format!("lists {item} twice")),
-                Ok(addr) if server_listen.contains(&addr) => r.invalid(
+                // Port 0 (a free port, chosen at bind) is never the same address twice.
+                Ok(addr) if addr.port() != 0 && listen.contains(&addr) => {
+                    r.invalid(path.clone(), format!("lists {item} twice"))
+                }
+                Ok(addr) if addr.port() != 0 && server_listen.contains(&addr) => r.invalid(
                     path.clone(),
                     format!("lists {item}, which server.listen lists too: one address speaks plain HTTP or TLS"),
                 ),
@@ -118,7 +124,6 @@ pub(super) fn validate_tls(r: &mut Reader<'_>, server_listen: &[SocketAddr]) -> 
         [r.choice(SECTION, "client_auth", "LEASEHOLD_TLS_CLIENT_AUTH", &["required", "optional"], 0)];
     let clients = validate_clients(r);
 
-    let listening = !listen.is_empty();
     let given = |r: &Reader<'_>, key: &str, env: &'static str| r.given(SECTION, key, env).is_some();
     if listening {
         for (value, key, env) in
