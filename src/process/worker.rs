@@ -844,8 +844,10 @@ impl Worker {
             if passed {
                 self.closed_passed += 1;
             }
-            let max = self.settings.max_connections;
-            self.warn_limited(&format!("at max_connections ({max}): refusing new connections as overloaded"));
+            if self.open >= self.settings.max_connections {
+                let max = self.settings.max_connections;
+                self.warn_limited(&format!("at max_connections ({max}): refusing new connections as overloaded"));
+            }
             return;
         }
         let _ = stream.set_nodelay(true);
