@@ -455,3 +455,56 @@ fn check_config_reads_the_tls_files() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("tls.key_file: does not match the certificate in tls.cert_file"), "{stderr}");
 }
+
+#[test]
+fn large_and_pipelined_answers_cross_tls_whole_and_in_order() {
+    let ca = Ca::new("test CA");
+    let files = Files::new(&ca.issue("127.0.0.1", &["127.0.0.1"]), None);
+    let rest = format!("[locks]\nmax_data_bytes = 12582912\n[http]\nmax_body_bytes = 12582912\n{}", files.section(""));
+    let mut s = Server::start(&config("workers = 1", &rest));
+    let addr = tls_addr(&mut s);
+    let tls = client_config(&ca.pem, None);
+    // A small receive window: the server's writes meet a full socket again and again.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&addr.into()).unwrap();
+    let mut c = Client::tls_over(socket.into(), Arc::clone(&tls), "127.0.0.1").unwrap();
+    let r = c.post("/v1/locks/big/acquire", r#"{"ttl_ms":60000}"#).unwrap();
+    let ticket = r.json()["ticket"].as_str().unwrap().to_string();
+    // 10 MiB of JSON: many records, more than TLS may hold unsent (64 KiB) and than the
+    // kernel buffers.
+    let value = format!("\"{}\"", "x".repeat(10 << 20));
+    let r = c.request("PUT", "/v1/locks/big/data/v", &[("x-ticket", &ticket)], &value).unwrap();
+    assert_eq!(r.status, 201, "{}", text(&r));
+    // Three requests in one write, answered in order, the big one last (so its last
+    // records leave with nothing written after them).
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n");
+    let pipeline = [get("/healthz"), get("/v1/locks/big"), get("/v1/locks/big/data/v")].concat();
+    c.send_raw(pipeline.as_bytes()).unwrap();
+    let first = c.read_reply().unwrap();
+    assert_eq!((first.status, first.json()["status"].as_str()), (200, Some("ok")), "{}", text(&first));
+    let second = c.read_reply().unwrap();
+    assert_eq!((second.status, second.json()["name"].as_str()), (200, Some("big")), "{}", text(&second));
+    let big = c.read_reply().unwrap();
+    assert_eq!(big.status, 200);
+    assert!(big.body == value.as_bytes(), "the value came back changed ({} bytes)", big.body.len());
+}
+
+#[test]
+fn a_handshake_that_stalls_is_closed_after_the_header_timeout() {
+    let ca = Ca::new("test CA");
+    let files = Files::new(&ca.issue("127.0.0.1", &["127.0.0.1"]), None);
+    let rest = format!("[http]\nheader_timeout_ms = 500\n{}", files.section(""));
+    let mut s = Server::start(&config("workers = 1", &rest));
+    let addr = tls_addr(&mut s);
+    // The start of a ClientHello record, and nothing more.
+    let mut raw = TcpStream::connect(addr).unwrap();
+    raw.set_read_timeout(Some(DEADLINE)).unwrap();
+    raw.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).unwrap();
+    let started = std::time::Instant::now();
+    let mut got = Vec::new();
+    let end = raw.read_to_end(&mut got);
+    assert!(end.is_ok() || started.elapsed() < DEADLINE, "not closed: {end:?}");
+    assert!(started.elapsed() < DEADLINE / 2, "closed only after {:?}", started.elapsed());
+    assert!(!got.starts_with(b"HTTP/"), "a clear answer on a TLS port: {:?}", String::from_utf8_lossy(&got));
+}

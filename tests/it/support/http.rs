@@ -101,7 +101,15 @@ impl Client {
         config: std::sync::Arc<rustls::ClientConfig>,
         name: &str,
     ) -> io::Result<Client> {
-        let mut sock = TcpStream::connect(addr)?;
+        Self::tls_over(TcpStream::connect(addr)?, config, name)
+    }
+
+    /// [`Client::connect_tls`] over a socket already connected.
+    pub fn tls_over(
+        mut sock: TcpStream,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        name: &str,
+    ) -> io::Result<Client> {
         sock.set_read_timeout(Some(DEADLINE))?;
         sock.set_nodelay(true)?;
         let name = rustls_pki_types::ServerName::try_from(name.to_string()).map_err(io::Error::other)?;
