@@ -32,6 +32,10 @@ use rustls::ServerConnection;
 /// `WouldBlock` until the client reads.
 pub const MAX_UNSENT_TLS_BYTES: usize = 64 * 1024;
 
+/// Most bytes of a plain HTTP request on a TLS listener read (and discarded) before its
+/// answer.
+const MAX_PLAIN_HTTP_DRAIN_BYTES: usize = 64 * 1024;
+
 /// A client connection's stream.
 pub enum Transport {
     /// Plain HTTP.
@@ -132,8 +136,19 @@ impl TlsStream {
             let n = self.sock.peek(&mut first)?;
             self.fresh = false;
             if n == 1 && first[0].is_ascii_alphabetic() {
-                // "GET …" where a TLS record (0x16) belongs: say so in clear, and end.
+                // "GET …" where a TLS record (0x16) belongs: say so in clear, and end. What
+                // the client sent is read first (a close with unread input would reset the
+                // connection, and the client might lose the answer).
+                let mut scratch = [0u8; 4096];
+                let mut drained = 0;
+                while drained < MAX_PLAIN_HTTP_DRAIN_BYTES {
+                    match self.sock.read(&mut scratch) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => drained += n,
+                    }
+                }
                 let _ = self.sock.write(&self.plain_http_answer);
+                let _ = self.sock.shutdown(Shutdown::Write);
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "plain HTTP on a TLS listener"));
             }
         }
