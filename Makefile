@@ -3,7 +3,7 @@ CARGO  ?= cargo
 CONFIG ?= config/leasehold.toml
 BIN    := target/release/leasehold
 
-.PHONY: run cluster build test fixtures test-stress lint fmt bench bench-compare bench-table bench-handoff bench-http bench-durability bench-failover bench-recovery bench-cluster bench-gate check-config fuzz man
+.PHONY: run cluster build test fixtures test-stress lint fmt bench bench-compare bench-table bench-handoff bench-http bench-durability bench-failover bench-recovery bench-cluster bench-gate bench-tls check-config fuzz man
 
 ## run: build the release binary and serve with config/leasehold.toml
 run: build
@@ -39,8 +39,8 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-## bench: the lease table alone, recovery with 1M leases, leasehold against nginx, Redis and etcd as one table, then the waiting room gate's cost behind nginx
-bench: bench-table bench-recovery bench-compare bench-gate
+## bench: the lease table alone, recovery with 1M leases, leasehold against nginx, Redis and etcd as one table, the waiting room gate's cost behind nginx, then TLS against nginx
+bench: bench-table bench-recovery bench-compare bench-gate bench-tls
 
 ## bench-compare: one run, one table: leasehold (both dispatch modes, fsync=always, hand-off) against its peers (installs wrk, nginx, Redis, etcd)
 bench-compare:
@@ -61,6 +61,10 @@ bench-http:
 ## bench-durability: acquire/release with each fsync mode against etcd's lock transaction (installs wrk, etcd)
 bench-durability:
 	bash benches/durability.sh
+
+## bench-tls: acquire/release over leasehold's own TLS port (both dispatch modes) against nginx TLS return 200, kept connections, ratio reported (installs wrk, nginx)
+bench-tls:
+	bash benches/tls.sh
 
 ## bench-gate: requests of an admitted visitor through nginx auth_request to a waiting room's gate, against nginx proxying to the origin with no gate (installs wrk, nginx)
 bench-gate:

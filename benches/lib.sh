@@ -36,8 +36,9 @@ wait_http() { for _ in $(seq 200); do curl -s -o /dev/null "$@" && return 0; sle
 # machine: one comment line naming the machine.
 machine() { echo "# $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), Linux $(uname -r), $work on $(df -h "$work" | awk 'NR==2 {print $1}')"; }
 
-# start_leasehold PORT DISPATCH FSYNC: leasehold with 2 workers on 127.0.0.1:PORT, data in
-# $work; sets `master` to its pid and waits until it answers.
+# start_leasehold PORT DISPATCH FSYNC [EXTRA]: leasehold with 2 workers on 127.0.0.1:PORT,
+# data in $work, EXTRA (TOML sections) appended to its configuration; sets `master` to its
+# pid and waits until it answers.
 start_leasehold() {
   cat > "$work/leasehold.toml" <<CONF
 [server]
@@ -48,6 +49,7 @@ data_dir = "$work/data-$2-$3"
 log_level = "warn"
 [journal]
 fsync = "$3"
+${4:-}
 CONF
   "$bin" serve --config "$work/leasehold.toml" 2>"$work/leasehold.log" &
   master=$!; pids+=("$master")

@@ -97,6 +97,13 @@ fn load_config(file: Option<&PathBuf>) -> Result<(Config, Option<String>), ExitC
             }
         }
     }
+    // The TLS listeners' files, read and checked as each worker will at its start.
+    if let Some(files) = &config.tls.files {
+        if let Err(problems) = leasehold::process::tls::ListenerTls::load(files, config.tls.client_auth) {
+            report_problems(&source(), &problems);
+            return Err(ExitCode::from(EXIT_USAGE));
+        }
+    }
     Ok((config, text))
 }
 

@@ -11,6 +11,7 @@ mod cluster;
 mod error;
 mod read;
 mod rooms;
+mod tls;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -27,6 +28,7 @@ pub use cluster::{
 pub use error::ConfigError;
 pub use read::KeyDoc;
 pub use rooms::{valid_return_path, RoomConfig, SecretFile, ROOM_LOCK_PREFIX};
+pub use tls::{ClientAuth, ListenerTlsFiles, TlsClient, TlsConfig, MAX_TLS_CLIENTS};
 
 use crate::core::backoff::Backoff;
 pub use crate::core::balance::Balance;
@@ -287,6 +289,8 @@ pub struct Config {
     pub rooms: Vec<RoomConfig>,
     /// `[browser]`: ticket tokens, CORS, dashboards.
     pub browser: BrowserConfig,
+    /// `[tls]`: TLS listeners and client certificates.
+    pub tls: TlsConfig,
     /// Things worth telling the operator that do not stop the start (unknown variables…).
     pub warnings: Vec<String>,
 }
@@ -347,6 +351,18 @@ impl Config {
     /// Whether every listen address is a loopback address.
     pub fn loopback_only(&self) -> bool {
         self.server.loopback_only()
+    }
+
+    /// Every address the master listens on: `server.listen` (plain HTTP), then `tls.listen`.
+    /// A listener's index in this list tells a worker whether it speaks TLS
+    /// ([`Config::is_tls_listener`]).
+    pub fn listen_addresses(&self) -> Vec<SocketAddr> {
+        self.server.listen.iter().chain(&self.tls.listen).copied().collect()
+    }
+
+    /// Whether listener `index` of [`Config::listen_addresses`] speaks TLS.
+    pub fn is_tls_listener(&self, index: usize) -> bool {
+        index >= self.server.listen.len()
     }
 }
 
@@ -426,7 +442,8 @@ fn validate(r: &mut Reader<'_>, env: &BTreeMap<String, String>) -> Config {
         ),
     };
     let outbox = validate_outbox(r);
-    let auth = validate_auth(r, env, &server);
+    let tls = tls::validate_tls(r, &server.listen);
+    let auth = validate_auth(r, env, &server, &tls);
     let cluster = cluster::validate_cluster(r);
     let browser = browser::validate_browser(r);
     let mut warnings = Vec::new();
@@ -440,7 +457,7 @@ fn validate(r: &mut Reader<'_>, env: &BTreeMap<String, String>) -> Config {
             warnings.push(format!("environment variable {name} is not a leasehold setting; it is ignored"));
         }
     }
-    Config { server, http, locks, journal, outbox, auth, cluster, rooms, browser, warnings }
+    Config { server, http, locks, journal, outbox, auth, cluster, rooms, browser, tls, warnings }
 }
 
 fn validate_outbox(r: &mut Reader<'_>) -> OutboxConfig {
@@ -869,7 +886,12 @@ fn parse_role(text: &str) -> Option<Role> {
     }
 }
 
-fn validate_auth(r: &mut Reader<'_>, env: &BTreeMap<String, String>, server: &ServerConfig) -> AuthConfig {
+fn validate_auth(
+    r: &mut Reader<'_>,
+    env: &BTreeMap<String, String>,
+    server: &ServerConfig,
+    tls: &TlsConfig,
+) -> AuthConfig {
     let insecure_anonymous = r.bool("auth", "insecure_anonymous", "LEASEHOLD_INSECURE_ANONYMOUS", false);
     let mut keys: Vec<ApiKey> = Vec::new();
     let mut key_files: Vec<KeyFile> = Vec::new();
@@ -945,6 +967,17 @@ fn validate_auth(r: &mut Reader<'_>, env: &BTreeMap<String, String>, server: &Se
         r.invalid(
             "auth.keys",
             "no API key is configured but server.listen has a non-loopback address; add a key or set auth.insecure_anonymous = true",
+        );
+    }
+    if keys.is_empty()
+        && key_files.is_empty()
+        && !insecure_anonymous
+        && tls.listens_beyond_loopback()
+        && !tls.certificates_required()
+    {
+        r.invalid(
+            "auth.keys",
+            "no API key is configured but tls.listen has a non-loopback address; add a key, require mapped client certificates (tls.client_ca_file and [[tls.clients]]) or set auth.insecure_anonymous = true",
         );
     }
     AuthConfig { keys, key_files, insecure_anonymous }

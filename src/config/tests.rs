@@ -836,3 +836,86 @@ fn declarations_are_an_array_of_tables_from_the_file_only_and_bounded_in_number(
     let most: String = (0..MAX_DECLARATIONS).map(|i| format!("[[locks.declare]]\nname = \"l{i}\"\n")).collect();
     assert_eq!(Config::load(Some(&most), &[]).unwrap().locks.table.declared.len(), MAX_DECLARATIONS);
 }
+
+#[test]
+fn tls_is_off_by_default_and_listens_beside_server_listen() {
+    let c = Config::defaults();
+    assert!(c.tls.listen.is_empty() && c.tls.files.is_none());
+    assert_eq!(c.listen_addresses(), c.server.listen);
+    let text = "
+[tls]
+listen = [\"127.0.0.1:8443\"]
+cert_file = \"/etc/leasehold/cert.pem\"
+key_file = \"/etc/leasehold/key.pem\"
+";
+    let c = Config::load(Some(text), &[]).unwrap();
+    let addresses: Vec<SocketAddr> = vec!["127.0.0.1:8080".parse().unwrap(), "127.0.0.1:8443".parse().unwrap()];
+    assert_eq!(c.listen_addresses(), addresses);
+    assert!(!c.is_tls_listener(0) && c.is_tls_listener(1));
+    let files = c.tls.files.unwrap();
+    assert_eq!(files.cert.path, PathBuf::from("/etc/leasehold/cert.pem"));
+    assert_eq!(files.cert.setting, "tls.cert_file");
+    assert!(files.client_ca.is_none());
+}
+
+#[test]
+fn tls_mistakes_are_reported_by_key() {
+    let problems = |text: &str, vars: &[(&str, &str)]| -> Vec<String> {
+        Config::load(Some(text), &env(vars)).unwrap_err().iter().map(ToString::to_string).collect()
+    };
+    // A listener without its files, and an address in both lists.
+    let p = problems("[tls]\nlisten = [\"127.0.0.1:8080\", \"127.0.0.1:8443\", \"nowhere\"]\n", &[]);
+    let text = p.join("\n");
+    assert!(text.contains("tls.listen") && text.contains("server.listen lists too"), "{text}");
+    assert!(text.contains("\"nowhere\" is not an address"), "{text}");
+    assert!(text.contains("tls.cert_file: is required with tls.listen"), "{text}");
+    assert!(text.contains("tls.key_file: is required with tls.listen"), "{text}");
+    // Files with no listener, from the environment too.
+    let p = problems("[tls]\ncert_file = \"c.pem\"\n", &[("LEASEHOLD_TLS_KEY_FILE", "k.pem")]);
+    let text = p.join("\n");
+    assert!(text.contains("tls.cert_file: is set but tls.listen names no address"), "{text}");
+    assert!(text.contains("LEASEHOLD_TLS_KEY_FILE") && text.contains("no listener would use it"), "{text}");
+    // Client mapping without a CA, a bad role, a CN twice.
+    let text =
+        "[tls]\nlisten = [\"127.0.0.1:8443\"]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_auth = \"optional\"
+[[tls.clients]]\nsubject_cn = \"billing\"\nrole = \"writer\"
+[[tls.clients]]\nsubject_cn = \"reports\"\nrole = \"read\"
+[[tls.clients]]\nsubject_cn = \"reports\"\nrole = \"lock\"\n";
+    let text = problems(text, &[]).join("\n");
+    assert!(text.contains("tls.client_auth: needs tls.client_ca_file"), "{text}");
+    assert!(text.contains("tls.clients: needs tls.client_ca_file"), "{text}");
+    assert!(text.contains("tls.clients[0].role: is required and must be one of read, lock, write"), "{text}");
+    assert!(text.contains("tls.clients[2].subject_cn: \"reports\" is mapped twice"), "{text}");
+}
+
+#[test]
+fn tls_environment_overrides_and_client_mapping() {
+    let text = "[tls]\nclient_ca_file = \"ca.pem\"
+[[tls.clients]]\nsubject_cn = \"billing\"\nrole = \"write\"\nprefix = \"billing/\"\n";
+    let vars = env(&[
+        ("LEASEHOLD_TLS_LISTEN", "127.0.0.1:9443"),
+        ("LEASEHOLD_TLS_CERT_FILE", "c.pem"),
+        ("LEASEHOLD_TLS_KEY_FILE", "k.pem"),
+        ("LEASEHOLD_TLS_CLIENT_AUTH", "optional"),
+    ]);
+    let c = Config::load(Some(text), &vars).unwrap();
+    assert_eq!(c.tls.listen, vec!["127.0.0.1:9443".parse::<SocketAddr>().unwrap()]);
+    assert_eq!(c.tls.client_auth, ClientAuth::Optional);
+    let files = c.tls.files.unwrap();
+    assert_eq!(files.client_ca.unwrap().path, PathBuf::from("ca.pem"));
+    assert_eq!(
+        c.tls.clients,
+        vec![TlsClient { subject_cn: "billing".into(), role: Role::Write, prefix: "billing/".into() }]
+    );
+}
+
+#[test]
+fn a_public_tls_listener_needs_keys_or_required_mapped_certificates() {
+    let base = "[tls]\nlisten = [\"0.0.0.0:8443\"]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n";
+    let problems = Config::load(Some(base), &[]).unwrap_err();
+    assert!(problems.iter().any(|p| p.to_string().contains("tls.listen has a non-loopback address")), "{problems:?}");
+    let mapped = format!("{base}client_ca_file = \"ca.pem\"\n[[tls.clients]]\nsubject_cn = \"a\"\nrole = \"lock\"\n");
+    assert!(Config::load(Some(&mapped), &[]).is_ok());
+    let optional = mapped.replace("client_ca_file", "client_auth = \"optional\"\nclient_ca_file");
+    assert!(Config::load(Some(&optional), &[]).is_err(), "optional certificates leave the port open");
+}

@@ -12,7 +12,7 @@
 //! configured), except that on the Small Resource Server routes a role too low is 401, as
 //! its client expects.
 
-use super::auth::{Access, Denied, Grant};
+use super::auth::{Access, Credentials, Denied, Grant};
 use super::parse::Method;
 use super::response::Response;
 use super::route::{needed_role, route, RouteDef, RouteError, LABEL_UNROUTED};
@@ -54,12 +54,22 @@ pub fn admit<'a>(
     peer_loopback: bool,
     access: &'a Access,
 ) -> Result<Admitted<'a>, Refused> {
+    admit_as(method, target, Credentials { api_key, certificate_cn: None, peer_loopback }, access)
+}
+
+/// [`admit`] for a request that may also carry a client certificate.
+pub fn admit_as<'a>(
+    method: Method,
+    target: &'a str,
+    credentials: Credentials<'_>,
+    access: &'a Access,
+) -> Result<Admitted<'a>, Refused> {
     let matched = route(method, target).map_err(|e| Refused { label: LABEL_UNROUTED, response: unrouted(e) })?;
     let def = matched.def;
     // A key limited to a prefix is checked on the lock (or resource) the route names.
     let name = if def.id.names_lock() { matched.params.first().map(String::as_str) } else { None };
     let needed = needed_role(def, matched.query);
-    match access.check(api_key, peer_loopback, needed, name) {
+    match access.check_as(credentials, needed, name) {
         Ok(grant) => Ok(Admitted { def, params: matched.params, query: matched.query, grant }),
         Err(denied) => Err(Refused { label: def.label, response: refusal(def, denied) }),
     }

@@ -272,6 +272,12 @@ pub fn at_connection_limit() -> Vec<u8> {
     canned(ErrorCode::Overloaded, "this worker is at its connection limit")
 }
 
+/// The whole answer to a plain HTTP request sent to a TLS listener (`tls.listen`), in
+/// clear, before the connection is closed.
+pub fn plain_http_on_tls() -> Vec<u8> {
+    canned(ErrorCode::BadRequest, "this port speaks TLS: use https://")
+}
+
 /// The whole answer to a connection the master cannot hand to any worker (fd-passing
 /// mode: every worker's hand-off socket is full, or no worker is ready).
 pub fn no_worker_free() -> Vec<u8> {

@@ -152,8 +152,11 @@ pub enum ToMaster {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum FdRecord {
-    /// A client connection (fd-passing mode).
+    /// A client connection (fd-passing mode) from a plain HTTP listener.
     Client,
+    /// A client connection (fd-passing mode) from a TLS listener (`tls.listen`): the worker
+    /// runs the handshake.
+    TlsClient,
     /// A channel to the keeper.
     Keeper {
         /// The keeper's generation.

@@ -1,10 +1,13 @@
-//! The peer link's TLS (docs/cluster.md, "The peer link"): reads the PEM files that
-//! `cluster.peer_tls_cert`, `peer_tls_key` and `peer_tls_ca` name, checks them, and builds
-//! the two rustls configurations of a node, the accepting one and the connecting one. Moves
-//! no bytes: the keeper's loop drives its sessions through `process::channel`, and a
-//! snapshot transfer through `process::fetch`.
+//! The process's TLS configurations: the peer link's (docs/cluster.md, "The peer link") and
+//! the HTTP listeners' (`[tls]`, docs/operations.md, "TLS"). Reads the PEM files they name,
+//! checks them, and builds the rustls configurations. Moves no bytes: the keeper's loop drives
+//! the peer link's sessions through `process::channel`, a snapshot transfer goes through
+//! `process::fetch`, and a worker drives its clients' sessions in `worker/transport.rs`.
+//! Both use rustls' `ring` provider (the one ureq builds already), and the same PEM reading
+//! and checks, each problem naming its key (so `check-config` reports them too).
 //!
-//! - **TLS 1.3 only**, with rustls' `ring` provider (the one ureq builds already).
+//! The peer link ([`PeerTls`]):
+//! - **TLS 1.3 only**.
 //! - **Mutual.** The accepting node requires a client certificate that chains to the CA;
 //!   the connecting node checks the accepting node's certificate against the same CA, for
 //!   the host of the address it dials (the leader's `peer_advertise`; an IP address is
@@ -15,6 +18,16 @@
 //! - **Checked when loaded** ([`PeerTls::load`], so by `check-config` too): each file is
 //!   read and parsed, the key must match the certificate, and the node's own certificate
 //!   must pass the checks the other nodes will make of it, each problem naming its key.
+//!
+//! The HTTP listeners ([`ListenerTls`]):
+//! - **TLS 1.2 and 1.3**, with the provider's default cipher suites: ECDHE key exchange
+//!   with AES-GCM or ChaCha20-Poly1305 only (no RC4, 3DES, CBC or static RSA suite exists in
+//!   rustls at all). ALPN offers `http/1.1`.
+//! - **Client certificates** with `tls.client_ca_file`: required or optional
+//!   (`tls.client_auth`); one that does not chain to the CA fails the handshake.
+//! - **Checked when loaded** ([`ListenerTls::load`]: by the master at start and on every
+//!   reload, so a bad new certificate refuses the reload; by `check-config`; by each worker
+//!   as it starts, which is how a reload brings new certificates to new connections).
 
 use std::sync::Arc;
 
@@ -25,7 +38,7 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, Server
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::config::{ConfigError, PeerTlsFiles, TlsFile};
+use crate::config::{ClientAuth, ConfigError, ListenerTlsFiles, PeerTlsFiles, TlsFile};
 
 /// A node's TLS configurations for the peer link, both sides (cheap to clone).
 #[derive(Debug, Clone)]
@@ -47,13 +60,7 @@ impl PeerTls {
     /// parsed, else the first check that fails.
     pub fn load(files: &PeerTlsFiles, advertise: &str) -> Result<Self, Vec<ConfigError>> {
         let mut problems = Vec::new();
-        let mut read = |file: &TlsFile| match std::fs::read(&file.path) {
-            Ok(bytes) => Some(bytes),
-            Err(e) => {
-                problems.push(invalid(&file.setting, format!("cannot read {}: {e}", file.path.display())));
-                None
-            }
-        };
+        let mut read = |file: &TlsFile| read_pem(file).map_err(|p| problems.push(p)).ok();
         let (cert, key, ca) = (read(&files.cert), read(&files.key), read(&files.ca));
         let (Some(cert), Some(key), Some(ca)) = (cert, key, ca) else { return Err(problems) };
         let pem =
@@ -69,18 +76,7 @@ impl PeerTls {
         let mut problems = Vec::new();
         let chain = certificates(pem.cert, "this node's certificate").map_err(|p| problems.push(p)).ok();
         let key = private_key(pem.key).map_err(|p| problems.push(p)).ok();
-        let roots = certificates(pem.ca, "the CA's certificate")
-            .and_then(|certs| {
-                let mut roots = RootCertStore::empty();
-                for cert in certs {
-                    roots
-                        .add(cert)
-                        .map_err(|e| invalid(pem.ca.1, format!("holds a certificate that cannot be a CA: {e}")))?;
-                }
-                Ok(Arc::new(roots))
-            })
-            .map_err(|p| problems.push(p))
-            .ok();
+        let roots = roots(pem.ca).map_err(|p| problems.push(p)).ok();
         let (Some(chain), Some(key), Some(roots)) = (chain, key, roots) else { return Err(problems) };
 
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -159,6 +155,91 @@ impl PeerTls {
     }
 }
 
+/// The HTTP listeners' TLS configuration (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    server: Arc<ServerConfig>,
+}
+
+impl ListenerTls {
+    /// Reads and checks `[tls]`'s files. Each problem names its key: every file that cannot
+    /// be read or parsed, else the first check that fails.
+    pub fn load(files: &ListenerTlsFiles, client_auth: ClientAuth) -> Result<Self, Vec<ConfigError>> {
+        let mut problems = Vec::new();
+        let mut read = |file: &TlsFile| read_pem(file).map_err(|p| problems.push(p)).ok();
+        let (cert, key) = (read(&files.cert), read(&files.key));
+        let ca = files.client_ca.as_ref().map(&mut read);
+        let (Some(cert), Some(key)) = (cert, key) else { return Err(problems) };
+        let ca = match (ca, &files.client_ca) {
+            (None, _) => None,
+            (Some(Some(bytes)), Some(file)) => Some((bytes, file.setting.as_str())),
+            _ => return Err(problems),
+        };
+        Self::from_pem(
+            (&cert, &files.cert.setting),
+            (&key, &files.key.setting),
+            ca.as_ref().map(|(bytes, setting)| (bytes.as_slice(), *setting)),
+            client_auth,
+        )
+    }
+
+    /// The configuration from PEM text: the server's chain, its key, and the clients' CA.
+    fn from_pem(
+        cert: (&[u8], &str),
+        key: (&[u8], &str),
+        ca: Option<(&[u8], &str)>,
+        client_auth: ClientAuth,
+    ) -> Result<Self, Vec<ConfigError>> {
+        let mut problems = Vec::new();
+        let chain = certificates(cert, "the server's certificate").map_err(|p| problems.push(p)).ok();
+        let private = private_key(key).map_err(|p| problems.push(p)).ok();
+        let roots = ca.map(|ca| roots(ca).map_err(|p| problems.push(p)).ok());
+        let (Some(chain), Some(private)) = (chain, private) else { return Err(problems) };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let versions: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS12, &rustls::version::TLS13];
+        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
+            .with_protocol_versions(versions)
+            .map_err(|e| vec![invalid(cert.1, format!("cannot be used: {e}"))])?;
+        let builder = match (roots.flatten(), ca) {
+            (Some(roots), Some((_, ca_key))) => {
+                let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider);
+                let verifier = match client_auth {
+                    ClientAuth::Required => verifier,
+                    ClientAuth::Optional => verifier.allow_unauthenticated(),
+                };
+                let verifier = verifier.build().map_err(|e| vec![invalid(ca_key, format!("cannot be used: {e}"))])?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        let mut server = builder.with_single_cert(chain, private).map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => {
+                vec![invalid(key.1, format!("does not match the certificate in {}", cert.1))]
+            }
+            other => vec![invalid(key.1, format!("cannot be used: {other}"))],
+        })?;
+        server.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Self { server: Arc::new(server) })
+    }
+
+    /// A session for a connection a client opened on a TLS listener.
+    pub fn accept(&self) -> Result<ServerConnection, rustls::Error> {
+        ServerConnection::new(Arc::clone(&self.server))
+    }
+}
+
+/// The CA certificates of a PEM text, as trust roots.
+fn roots(ca: (&[u8], &str)) -> Result<Arc<RootCertStore>, ConfigError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(ca, "the CA's certificate")? {
+        roots.add(cert).map_err(|e| invalid(ca.1, format!("holds a certificate that cannot be a CA: {e}")))?;
+    }
+    Ok(Arc::new(roots))
+}
+
 /// The name a node reached at `peer` (`host:port`, `[v6]:port`) must have: its host, a
 /// DNS name or an IP address.
 pub fn server_name(peer: &str) -> Result<ServerName<'static>, String> {
@@ -166,6 +247,11 @@ pub fn server_name(peer: &str) -> Result<ServerName<'static>, String> {
     let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
     ServerName::try_from(host.to_string())
         .map_err(|_| format!("{peer:?}: its host is neither a DNS name nor an IP address a certificate can name"))
+}
+
+/// The bytes of a PEM file, or the problem naming its key.
+fn read_pem(file: &TlsFile) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(&file.path).map_err(|e| invalid(&file.setting, format!("cannot read {}: {e}", file.path.display())))
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
@@ -370,5 +456,50 @@ mod tests {
         assert!(matches!(server_name("[::1]:7070").unwrap(), ServerName::IpAddress(_)));
         assert!(matches!(server_name("node-a.internal:7070").unwrap(), ServerName::DnsName(_)));
         assert!(server_name("bad name:7070").is_err());
+    }
+
+    fn listener_problems(result: Result<ListenerTls, Vec<ConfigError>>) -> String {
+        match result {
+            Ok(_) => panic!("accepted"),
+            Err(problems) => problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"),
+        }
+    }
+
+    fn listener_files(dir: &std::path::Path, cert: &str, key: &str, ca: Option<&str>) -> ListenerTlsFiles {
+        let file = |name: &str, text: &str, key: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            TlsFile { path, setting: format!("tls.{key}") }
+        };
+        ListenerTlsFiles {
+            cert: file("cert.pem", cert, "cert_file"),
+            key: file("key.pem", key, "key_file"),
+            client_ca: ca.map(|ca| file("ca.pem", ca, "client_ca_file")),
+        }
+    }
+
+    #[test]
+    fn listener_load_checks_each_file_and_names_its_key() {
+        let (dir, ca) = (tempfile::tempdir().unwrap(), Authority::new("ca"));
+        let node = ca.node(&["127.0.0.1"]);
+        let chain = format!("{}{}", node.cert, ca.pem);
+        let files = listener_files(dir.path(), &chain, &node.key, None);
+        assert!(ListenerTls::load(&files, ClientAuth::Required).unwrap().accept().is_ok(), "a chain is allowed");
+        let files = listener_files(dir.path(), &node.cert, &node.key, Some(&ca.pem));
+        assert!(ListenerTls::load(&files, ClientAuth::Optional).is_ok());
+
+        let other = ca.node(&["127.0.0.1"]);
+        let files = listener_files(dir.path(), &node.cert, &other.key, None);
+        let text = listener_problems(ListenerTls::load(&files, ClientAuth::Required));
+        assert!(text.contains("tls.key_file: does not match the certificate in tls.cert_file"), "{text}");
+        let files = listener_files(dir.path(), &node.key, &node.cert, Some("not a CA"));
+        let text = listener_problems(ListenerTls::load(&files, ClientAuth::Required));
+        assert!(text.contains("tls.cert_file: holds no certificate"), "{text}");
+        assert!(text.contains("tls.key_file: holds no private key"), "{text}");
+        assert!(text.contains("tls.client_ca_file: holds no certificate"), "{text}");
+        let mut files = listener_files(dir.path(), &node.cert, &node.key, None);
+        files.cert.path = dir.path().join("gone.pem");
+        let text = listener_problems(ListenerTls::load(&files, ClientAuth::Required));
+        assert!(text.contains("tls.cert_file: cannot read") && text.contains("gone.pem"), "{text}");
     }
 }

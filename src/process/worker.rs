@@ -20,12 +20,14 @@
 //! answers by itself (a malformed request, a timeout) is not a routed request and has none.
 
 mod dashboard;
+mod transport;
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream as StdUnixStream;
+use std::rc::Rc;
 use std::time::Duration;
 
 use mio::net::{TcpListener, TcpStream};
@@ -35,12 +37,13 @@ use mio::{Events, Interest, Poll, Token};
 use super::channel::{Channel, ChannelError};
 use super::child::{self, Boot};
 use super::delivery::with_own_addresses;
+use super::tls::ListenerTls;
 use crate::config::{Config, MAX_REQUEST_LINE_BYTES};
 use crate::core::names::{LockName, Ticket};
 use crate::http::access::loggable_target;
-use crate::http::admit::admit;
+use crate::http::admit::admit_as;
 use crate::http::api::{self, ApiSettings, Finish, Plan};
-use crate::http::auth::Access;
+use crate::http::auth::{self, Access, Credentials};
 use crate::http::browser::{self, BrowserRules};
 use crate::http::conn::{Conn, ConnConfig, Seq, Status};
 use crate::http::parse::{Limits, Method, Request};
@@ -54,6 +57,7 @@ use crate::ipc::message::{
 use crate::metrics::{Histogram, RequestCount, RouteLatency, WorkerSnapshot};
 use crate::sys::clock::Monotonic;
 use crate::sys::signals::{Signal, SignalSource};
+use transport::Transport;
 
 const SIGNALS: Token = Token(0);
 const CONTROL: Token = Token(1);
@@ -105,11 +109,29 @@ struct Settings {
     max_dashboards: u64,
     /// The answer to `GET /ui`, made once.
     ui_page: Response,
+    /// The TLS listeners' configuration (`[tls]`), when there are any.
+    tls: Option<ListenerTls>,
+    /// Listeners from this index on speak TLS (`server.listen` comes first).
+    first_tls_listener: usize,
+    /// The answer to plain HTTP on a TLS listener.
+    plain_http_on_tls: Rc<[u8]>,
 }
 
 impl Settings {
-    fn from_config(config: &Config) -> Self {
-        Self {
+    /// The settings; reads `[tls]`'s files (the master checked them, but they may have
+    /// changed since: then this worker does not start, and the reload that started it fails).
+    fn from_config(config: &Config) -> io::Result<Self> {
+        let tls = match &config.tls.files {
+            None => None,
+            Some(files) => Some(ListenerTls::load(files, config.tls.client_auth).map_err(|problems| {
+                let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                io::Error::other(format!("[tls]: {}", list.join("; ")))
+            })?),
+        };
+        Ok(Self {
+            tls,
+            first_tls_listener: config.server.listen.len(),
+            plain_http_on_tls: status::plain_http_on_tls().into(),
             conn: ConnConfig {
                 limits: Limits {
                     max_request_line_bytes: MAX_REQUEST_LINE_BYTES,
@@ -120,7 +142,8 @@ impl Settings {
                 keepalive_timeout_ms: config.http.keepalive_timeout_ms,
                 max_unsent_bytes: usize::try_from(config.http.max_unsent_bytes).unwrap_or(usize::MAX),
             },
-            access: Access::new(config.auth.keys.clone(), config.auth.insecure_anonymous),
+            access: Access::new(config.auth.keys.clone(), config.auth.insecure_anonymous)
+                .with_clients(config.tls.clients.clone()),
             max_connections: config.server.max_connections as usize,
             event_ping_ms: config.http.event_ping_ms,
             access_log: config.server.access_log,
@@ -132,12 +155,17 @@ impl Settings {
                 compat_lease_ttl_ms: config.locks.compat_lease_ttl_ms,
                 targets: with_own_addresses(config.outbox.targets.clone()),
             },
-        }
+        })
     }
 }
 
 struct Client {
-    stream: TcpStream,
+    stream: Transport,
+    /// The subject CN of the client certificate of a TLS connection, once read (at its
+    /// first request, after the handshake).
+    certificate_cn: Option<Option<Rc<str>>>,
+    /// Since when a connection that is done waits for TLS to send its last bytes.
+    flushing_since_ms: Option<u64>,
     conn: Conn,
     /// Unique for the worker's life: tells a reused slot from the connection a reply was for.
     id: u64,
@@ -317,7 +345,7 @@ impl Worker {
             metrics_pending: HashMap::new(),
             streams: HashMap::new(),
             next_request_id: 1,
-            settings: Settings::from_config(&config),
+            settings: Settings::from_config(&config)?,
             clock: Monotonic::new(),
             stats: Stats::default(),
             closed_passed: 0,
@@ -476,7 +504,8 @@ impl Worker {
 
     fn on_fd_record(&mut self, meta: FdRecord, fd: OwnedFd) {
         match meta {
-            FdRecord::Client => {
+            FdRecord::Client | FdRecord::TlsClient => {
+                let tls = matches!(meta, FdRecord::TlsClient);
                 let std_stream = std::net::TcpStream::from(fd);
                 if let Err(e) = std_stream.set_nonblocking(true) {
                     log::warn!("passed connection unusable: {e}");
@@ -484,7 +513,7 @@ impl Worker {
                     return;
                 }
                 let peer = std_stream.peer_addr().ok();
-                self.add_client(TcpStream::from_std(std_stream), peer, true);
+                self.add_client(TcpStream::from_std(std_stream), peer, true, tls);
             }
             FdRecord::Keeper { generation } => {
                 if let Some(mut old) = self.keeper.take() {
@@ -765,7 +794,10 @@ impl Worker {
         loop {
             let Some(listener) = self.listeners.get(index) else { return };
             match listener.accept() {
-                Ok((stream, peer)) => self.add_client(stream, Some(peer), false),
+                Ok((stream, peer)) => {
+                    let tls = index >= self.settings.first_tls_listener;
+                    self.add_client(stream, Some(peer), false, tls);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
@@ -786,16 +818,36 @@ impl Worker {
         }
     }
 
-    fn add_client(&mut self, mut stream: TcpStream, peer: Option<SocketAddr>, passed: bool) {
+    /// A new connection (`tls`: from a TLS listener, its session starts here).
+    fn add_client(&mut self, mut stream: TcpStream, peer: Option<SocketAddr>, passed: bool, tls: bool) {
         self.stats.connections_total += 1;
-        if self.open >= self.settings.max_connections {
-            let _ = stream.write(&self.overloaded);
+        let session = match (tls, &self.settings.tls) {
+            (false, _) => None,
+            (true, Some(config)) => match config.accept() {
+                Ok(session) => Some(session),
+                Err(e) => {
+                    log::warn!("cannot start a TLS session: {e}");
+                    None
+                }
+            },
+            (true, None) => {
+                log::error!("a connection from a TLS listener, but no [tls] configuration");
+                None
+            }
+        };
+        if (tls && session.is_none()) || self.open >= self.settings.max_connections {
+            // A TLS client cannot read a clear answer: it is closed instead.
+            if !tls {
+                let _ = stream.write(&self.overloaded);
+            }
             let _ = stream.shutdown(Shutdown::Write);
             if passed {
                 self.closed_passed += 1;
             }
-            let max = self.settings.max_connections;
-            self.warn_limited(&format!("at max_connections ({max}): refusing new connections as overloaded"));
+            if self.open >= self.settings.max_connections {
+                let max = self.settings.max_connections;
+                self.warn_limited(&format!("at max_connections ({max}): refusing new connections as overloaded"));
+            }
             return;
         }
         let _ = stream.set_nodelay(true);
@@ -820,8 +872,14 @@ impl Worker {
         }
         let id = self.next_client_id;
         self.next_client_id += 1;
+        let stream = match session {
+            Some(session) => Transport::tls(stream, session, Rc::clone(&self.settings.plain_http_on_tls)),
+            None => Transport::Plain(stream),
+        };
         self.clients[slot] = Some(Client {
             stream,
+            certificate_cn: None,
+            flushing_since_ms: None,
             conn,
             id,
             peer,
@@ -843,7 +901,7 @@ impl Worker {
             // gone, and so are its waits. Anything else pending on the socket is left to
             // the read or write that meets it.
             if let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) {
-                if matches!(c.stream.take_error(), Ok(Some(_))) {
+                if matches!(c.stream.socket().take_error(), Ok(Some(_))) {
                     c.conn.abort();
                     self.dirty.push(slot);
                     return;
@@ -884,8 +942,9 @@ impl Worker {
                     Ok(n) => {
                         c.conn.feed(&self.read_buf[..n], now, &self.settings.conn, &mut requests);
                         // A short read emptied the socket (the next arrival raises a new
-                        // edge): skip the read that would only say WouldBlock.
-                        if n < self.read_buf.len() {
+                        // edge): skip the read that would only say WouldBlock. (Not with
+                        // TLS, which reads a record at a time.)
+                        if n < self.read_buf.len() && c.stream.short_read_drains() {
                             c.read_pending = false;
                         }
                     }
@@ -909,7 +968,15 @@ impl Worker {
         let status = {
             let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else { return };
             let mut broken = false;
-            loop {
+            // What TLS still holds leaves first.
+            let flushed = match c.stream.flush() {
+                Ok(flushed) => flushed,
+                Err(_) => {
+                    broken = true;
+                    false
+                }
+            };
+            while flushed && !broken {
                 let out = c.conn.output();
                 if out.is_empty() {
                     break;
@@ -924,11 +991,24 @@ impl Worker {
                     }
                 }
             }
-            if broken {
-                Status::Done
-            } else {
-                c.conn.status()
+            let status = if broken { Status::Done } else { c.conn.status() };
+            if status != Status::Open && !broken {
+                // Done or lingering: TLS says so (close_notify), and its last bytes are
+                // sent before the socket is shut down, for as long as a client that reads
+                // takes (the stalled-reader timeout).
+                c.stream.close_notify();
+                match c.stream.flush() {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        let since = *c.flushing_since_ms.get_or_insert(now);
+                        if now < since + self.settings.conn.keepalive_timeout_ms {
+                            return;
+                        }
+                    }
+                    Err(_) => {}
+                }
             }
+            status
         };
         match status {
             Status::Open => {
@@ -949,7 +1029,7 @@ impl Worker {
                 let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else { return };
                 if !c.shut_down {
                     c.shut_down = true;
-                    let _ = c.stream.shutdown(Shutdown::Write);
+                    c.stream.shutdown_write();
                 }
                 if c.read_pending {
                     self.read_client(slot);
@@ -961,7 +1041,7 @@ impl Worker {
 
     fn close_client(&mut self, slot: usize) {
         let Some(mut c) = self.clients.get_mut(slot).and_then(Option::take) else { return };
-        let _ = self.poll.registry().deregister(&mut c.stream);
+        let _ = self.poll.registry().deregister(c.stream.socket());
         self.free.push(slot);
         self.open -= 1;
         if c.passed {
@@ -1026,6 +1106,11 @@ impl Worker {
         }
         for slot in 0..self.clients.len() {
             let Some(c) = self.clients[slot].as_mut() else { continue };
+            if c.flushing_since_ms.is_some_and(|since| now >= since + self.settings.conn.keepalive_timeout_ms) {
+                // TLS's last bytes never left: the write closes it now.
+                self.dirty.push(slot);
+                continue;
+            }
             if c.conn.deadline(&self.settings.conn).is_some_and(|d| d <= now) {
                 c.conn.on_timer(now, &self.settings.conn);
                 self.dirty.push(slot);
@@ -1087,7 +1172,12 @@ impl Worker {
 
     fn dispatch(&mut self, slot: usize, seq: Seq, request: &Request) {
         let started_us = self.turn_us;
-        let Some(c) = self.clients.get(slot).and_then(Option::as_ref) else { return };
+        let Some(c) = self.clients.get_mut(slot).and_then(Option::as_mut) else { return };
+        if c.certificate_cn.is_none() {
+            // Read once, after the handshake: what the CA verified stays for the connection.
+            c.certificate_cn = Some(c.stream.peer_certificate().and_then(auth::subject_cn).map(Rc::from));
+        }
+        let certificate_cn = c.certificate_cn.clone().flatten();
         let (client_id, peer_loopback) = (c.id, c.peer_loopback);
         if self.settings.access_log {
             let entry = AccessEntry { method: request.method, target: loggable_target(&request.target), peer: c.peer };
@@ -1106,7 +1196,12 @@ impl Worker {
         let (access, rules) = (&self.settings.access, &self.settings.browser);
         let admitted =
             rules.admit_token(request.method, &request.target, request.api_key.as_deref()).unwrap_or_else(|| {
-                admit(request.method, &request.target, request.api_key.as_deref(), peer_loopback, access)
+                let credentials = Credentials {
+                    api_key: request.api_key.as_deref(),
+                    certificate_cn: certificate_cn.as_deref(),
+                    peer_loopback,
+                };
+                admit_as(request.method, &request.target, credentials, access)
             });
         let admitted = match admitted {
             Ok(admitted) => admitted,

@@ -41,5 +41,6 @@ mod server;
 mod support;
 mod systemd;
 mod tenancy;
+mod tls;
 mod tls_proxy;
 mod upgrade;

@@ -7,8 +7,8 @@
 //! - `fd-passing`: one socket per address, accepted by the master.
 //!
 //! In an upgrade the new master receives the old one's sockets in the old one's layout
-//! (slots × addresses), which is why an upgrade keeps `server.listen`, `server.dispatch` and
-//! `server.workers` (docs/lifecycle.md).
+//! (slots × addresses: `server.listen`, then `tls.listen`), which is why an upgrade keeps
+//! `server.listen`, `tls.listen`, `server.dispatch` and `server.workers` (docs/lifecycle.md).
 
 use std::io;
 use std::net::{Shutdown, SocketAddr};
@@ -127,7 +127,7 @@ pub fn bind_all(config: &Config, slots: usize) -> Result<(Listeners, Vec<SocketA
     match config.server.dispatch {
         Dispatch::Reuseport => {
             let mut per_slot: Vec<Vec<std::net::TcpListener>> = (0..slots).map(|_| Vec::new()).collect();
-            for addr in &config.server.listen {
+            for addr in &config.listen_addresses() {
                 check_port_free(*addr).map_err(|e| fail(addr, e))?;
                 let first = bind(*addr, true).map_err(|e| fail(addr, e))?;
                 let actual = first.local_addr().map_err(|e| fail(addr, e))?;
@@ -141,7 +141,7 @@ pub fn bind_all(config: &Config, slots: usize) -> Result<(Listeners, Vec<SocketA
         }
         Dispatch::FdPassing => {
             let mut shared = Vec::new();
-            for addr in &config.server.listen {
+            for addr in &config.listen_addresses() {
                 let l = bind(*addr, false).map_err(|e| fail(addr, e))?;
                 bound.push(l.local_addr().map_err(|e| fail(addr, e))?);
                 shared.push(TcpListener::from_std(l));
@@ -169,12 +169,12 @@ pub fn inherit(
         Dispatch::Reuseport => "reuseport",
         Dispatch::FdPassing => "fd-passing",
     };
-    if dispatch != wanted || old_slots != slots || addresses != config.server.listen.len() {
+    if dispatch != wanted || old_slots != slots || addresses != config.listen_addresses().len() {
         return Err(format!(
-            "an upgrade keeps server.listen, server.dispatch and server.workers (the running service has \
+            "an upgrade keeps server.listen, tls.listen, server.dispatch and server.workers (the running service has \
              {addresses} address(es), {dispatch}, {old_slots} workers; this configuration asks for {}, {wanted}, \
              {slots}): restart the service instead",
-            config.server.listen.len()
+            config.listen_addresses().len()
         ));
     }
     let per_slot_count = if dispatch == "reuseport" { slots } else { 1 };

@@ -232,7 +232,9 @@ impl Master {
 
     /// Where and how the service listens.
     fn listening(&self) -> String {
-        let addrs: Vec<String> = self.addresses.iter().map(ToString::to_string).collect();
+        let addrs: Vec<String> = (self.addresses.iter().enumerate())
+            .map(|(i, a)| if self.config.is_tls_listener(i) { format!("{a} (tls)") } else { a.to_string() })
+            .collect();
         let dispatch = match self.config.server.dispatch {
             Dispatch::Reuseport => "reuseport",
             Dispatch::FdPassing => "fd-passing",
@@ -621,11 +623,22 @@ impl Master {
             let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
             format!("{} problem(s): {}", list.len(), list.join("; "))
         })?;
+        // New certificates are checked here: a bad one refuses the reload and the workers
+        // keep the ones they have.
+        if let Some(files) = &config.tls.files {
+            super::tls::ListenerTls::load(files, config.tls.client_auth).map_err(|problems| {
+                let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                format!("{} problem(s): {}", list.len(), list.join("; "))
+            })?;
+        }
         let old = &self.config.server;
         let new = &config.server;
         let mut needs_restart = Vec::new();
         if old.listen != new.listen {
             needs_restart.push("server.listen");
+        }
+        if self.config.tls.listen != config.tls.listen {
+            needs_restart.push("tls.listen");
         }
         if old.dispatch != new.dispatch {
             needs_restart.push("server.dispatch");
@@ -654,7 +667,8 @@ impl Master {
             match listener.accept() {
                 Ok((stream, _)) => {
                     let serving = self.machine.serving_workers();
-                    self.dispatcher.route(stream, self.clock.now_ms(), &serving, &mut self.procs);
+                    let tls = self.config.is_tls_listener(index);
+                    self.dispatcher.route(stream, tls, self.clock.now_ms(), &serving, &mut self.procs);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

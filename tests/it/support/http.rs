@@ -1,6 +1,7 @@
 //! A small HTTP/1.1 client that shows exactly what the server sent: status, headers as
 //! written (the value trimmed), body. Keep-alive by default; `Connection: close` is honoured.
-//! A chunked body (nginx sends some) is read whole and given decoded.
+//! A chunked body (nginx sends some) is read whole and given decoded. Over plain TCP or TLS
+//! (rustls, [`Client::connect_tls`]).
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -36,9 +37,49 @@ impl Reply {
     }
 }
 
+/// A connection's stream: the socket, or TLS over it.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Stream {
+    fn socket(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(s) => s,
+            Stream::Tls(t) => &t.sock,
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(t) => t.flush(),
+        }
+    }
+}
+
 /// One connection.
 pub struct Client {
-    stream: TcpStream,
+    stream: Stream,
     buf: Vec<u8>,
 }
 
@@ -50,12 +91,48 @@ impl Client {
         let stream = TcpStream::connect(addr)?;
         stream.set_read_timeout(Some(DEADLINE))?;
         stream.set_nodelay(true)?;
-        Ok(Client { stream, buf: Vec::new() })
+        Ok(Client { stream: Stream::Plain(stream), buf: Vec::new() })
+    }
+
+    /// Connects over TLS with `config`, for the server name `name`, and completes the
+    /// handshake (its failure is this call's error).
+    pub fn connect_tls(
+        addr: SocketAddr,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        name: &str,
+    ) -> io::Result<Client> {
+        Self::tls_over(TcpStream::connect(addr)?, config, name)
+    }
+
+    /// [`Client::connect_tls`] over a socket already connected.
+    pub fn tls_over(
+        mut sock: TcpStream,
+        config: std::sync::Arc<rustls::ClientConfig>,
+        name: &str,
+    ) -> io::Result<Client> {
+        sock.set_read_timeout(Some(DEADLINE))?;
+        sock.set_nodelay(true)?;
+        let name = rustls_pki_types::ServerName::try_from(name.to_string()).map_err(io::Error::other)?;
+        let mut session = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
+        while session.is_handshaking() {
+            session.complete_io(&mut sock)?;
+        }
+        // A refused client certificate (TLS 1.3) shows only at the first read: the server's
+        // alert follows its half of the handshake.
+        Ok(Client { stream: Stream::Tls(Box::new(rustls::StreamOwned::new(session, sock))), buf: Vec::new() })
+    }
+
+    /// The leaf certificate the server presented (DER), on a TLS connection.
+    pub fn server_certificate(&self) -> Option<Vec<u8>> {
+        match &self.stream {
+            Stream::Plain(_) => None,
+            Stream::Tls(t) => t.conn.peer_certificates().and_then(|c| c.first()).map(|c| c.to_vec()),
+        }
     }
 
     /// How long a read may wait (the tests' deadline unless set).
     pub fn set_timeout(&mut self, timeout: std::time::Duration) {
-        let _ = self.stream.set_read_timeout(Some(timeout));
+        let _ = self.stream.socket().set_read_timeout(Some(timeout));
     }
 
     /// Sends raw bytes.
@@ -185,14 +262,23 @@ impl Client {
         }
     }
 
+    /// Reads raw bytes (after those already buffered) until `needle` shows; returns them
+    /// all (for an event stream, whose body never ends).
+    pub fn read_until(&mut self, needle: &str) -> io::Result<String> {
+        while !String::from_utf8_lossy(&self.buf).contains(needle) {
+            self.fill()?;
+        }
+        Ok(String::from_utf8_lossy(&std::mem::take(&mut self.buf)).to_string())
+    }
+
     /// Another handle on the same socket (to write on it while this client reads).
     pub fn stream_clone(&self) -> TcpStream {
-        self.stream.try_clone().expect("clone the socket")
+        self.stream.socket().try_clone().expect("clone the socket")
     }
 
     /// The client's local address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.stream.local_addr().expect("local address")
+        self.stream.socket().local_addr().expect("local address")
     }
 }
 
