@@ -13,6 +13,8 @@
 #   systemd        systemd-analyze: the unit must pass `systemd-analyze verify` (tests/it/systemd.rs)
 #   chromium       chromium: the browser tests drive a headless Chromium (tests/it/support/browser.rs)
 #   chromium-driver  chromedriver: the WebDriver server those tests talk to, one per test
+#   openssl        openssl: test certificates, and `s_client` for the TLS port's version and
+#                  cipher checks (tests/it/tls.rs, clients/python/tests/test_tls.py)
 #
 # Idempotent: when every command is present it does nothing and touches no network. Missing
 # ones are installed as root (`apt-get update` first, quietly; apt's output is shown only if it
@@ -34,6 +36,7 @@ needs=(
   "systemd-analyze systemd"
   "chromium chromium"
   "chromedriver chromium-driver"
+  "openssl openssl"
 )
 
 missing=()

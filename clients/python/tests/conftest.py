@@ -98,6 +98,10 @@ class Server:
         threading.Thread(target=self._read_log, daemon=True).start()
         address = self._wait_log(r"serving on (\d+\.\d+\.\d+\.\d+:\d+)")
         self.url = f"http://{address}"
+        #: The first TLS listener's URL, when ``[tls]`` gave one (marked ``(tls)`` in the log).
+        self.tls_url: Optional[str] = None
+        if "[tls]" in extra_config:
+            self.tls_url = "https://" + self._wait_log(r"(\d+\.\d+\.\d+\.\d+:\d+) \(tls\)")
         wait_until("the server is ready", self._ready)
 
     def _read_log(self) -> None:

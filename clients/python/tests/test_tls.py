@@ -1,82 +1,101 @@
-"""``https://`` with ``ssl_context``: a server whose certificate a private CA signed is
-trusted through that CA, and refused without it. The server here is a small stand-in on the
-standard library (the certificates are made with the ``openssl`` command, skipped when it is
-missing); the client's side is what is under test: TLS, the CA, a kept connection."""
+"""``https://`` against the server's own TLS listener (``[tls]``, docs/operations.md "TLS"):
+the client locks and renews over TLS with the private CA that signed the server's
+certificate in its ``ssl_context``, keeps its connection, and is refused without that CA.
+The certificates are made with the ``openssl`` command (the server's own TLS tests need it
+too)."""
 
 from __future__ import annotations
 
-import http.server
-import json
 import shutil
 import ssl
 import subprocess
-import threading
 from pathlib import Path
-from typing import Iterator, Tuple
+from typing import Iterator, List, Tuple
 
 import pytest
+from conftest import WRITE_KEY, Server, wait_until
 
 import leasehold
-
-
-class _Health(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self) -> None:
-        body = json.dumps({"status": "ok", "version": "stub", "build": "stub"}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tuple[str, Path]]:
-    if shutil.which("openssl") is None:
-        pytest.skip("no openssl command to make certificates with")
-    d = tmp_path_factory.mktemp("tls")
-    ca_key, ca, key, csr, cert = (str(d / n) for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+def _certificates(d: Path) -> Tuple[Path, Path, Path]:
+    """A CA, and a certificate for 127.0.0.1 it signed: (ca, cert, key)."""
+    ca_key, ca, key, csr, cert = (d / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca),
              "-days", "1", "-subj", "/CN=leasehold test CA")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
     ext = d / "ext.cnf"
     ext.write_text("subjectAltName = IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
-             "-days", "1", "-extfile", str(ext))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial",
+             "-out", str(cert), "-days", "1", "-extfile", str(ext))
+    return ca, cert, key
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tuple[Server, Path]]:
+    if shutil.which("openssl") is None:
+        pytest.fail("the openssl command is needed to make the test certificates")
+    ca, cert, key = _certificates(tmp_path_factory.mktemp("tls"))
+    running = Server(f'\n[tls]\nlisten = ["127.0.0.1:0"]\ncert_file = "{cert}"\nkey_file = "{key}"\n')
     try:
-        yield f"https://127.0.0.1:{server.server_address[1]}", Path(ca)
+        yield running, ca
     finally:
-        server.shutdown()
-        server.server_close()
+        running.stop()
 
 
-def test_https_with_a_private_ca_keeps_its_connection(tls_server: Tuple[str, Path]) -> None:
-    url, ca = tls_server
-    client = leasehold.Client(url, ssl_context=ssl.create_default_context(cafile=str(ca)))
-    assert client.health()["status"] == "ok"
-    sock = client.transport._local.conn.sock
-    assert isinstance(sock, ssl.SSLSocket)
-    assert client.health()["status"] == "ok"
-    assert client.transport._local.conn.sock is sock
-    client.close()
+def _client(server: Server, ca: Path) -> leasehold.Client:
+    assert server.tls_url is not None, "the server has a TLS listener"
+    return leasehold.Client(server.tls_url, api_key=WRITE_KEY, ssl_context=ssl.create_default_context(cafile=str(ca)))
 
 
-def test_https_without_the_ca_is_refused(tls_server: Tuple[str, Path]) -> None:
-    url, _ = tls_server
-    client = leasehold.Client(url, timeout=5)
+def test_locks_and_renews_over_tls(tls_server: Tuple[Server, Path], lock_name: str) -> None:
+    server, ca = tls_server
+    client = _client(server, ca)
+    try:
+        with client.lock(lock_name, ttl="1500ms") as lease:
+            first = lease.grant
+            assert first is not None
+            seen: List[int] = [first.expires_at_ms]
+
+            def renewed_twice() -> bool:
+                grant = lease.grant
+                assert grant is not None
+                if grant.expires_at_ms != seen[-1]:
+                    seen.append(grant.expires_at_ms)
+                return len(seen) >= 3
+
+            wait_until("two renewals over TLS", renewed_twice)
+            lease.check()
+            assert client.lock_status(lock_name)["holders"][0]["fence"] == first.fence
+        # Released at the end of the block: the lock is forgotten.
+        with pytest.raises(leasehold.NotFound):
+            client.lock_status(lock_name)
+    finally:
+        client.close()
+
+
+def test_https_keeps_its_connection(tls_server: Tuple[Server, Path]) -> None:
+    server, ca = tls_server
+    client = _client(server, ca)
+    try:
+        assert client.health()["status"] == "ok"
+        sock = client.transport._local.conn.sock
+        assert isinstance(sock, ssl.SSLSocket)
+        assert sock.version() in ("TLSv1.2", "TLSv1.3")
+        assert client.health()["status"] == "ok"
+        assert client.transport._local.conn.sock is sock
+    finally:
+        client.close()
+
+
+def test_https_without_the_ca_is_refused(tls_server: Tuple[Server, Path]) -> None:
+    server, _ = tls_server
+    assert server.tls_url is not None
+    client = leasehold.Client(server.tls_url, timeout=5)
     with pytest.raises(leasehold.ConnectionFailed, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
         client.health()
 
