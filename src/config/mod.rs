@@ -877,6 +877,26 @@ fn problem_key(problem: &str) -> String {
     }
 }
 
+/// An entry's `role` (required) and `prefix` (optional, `""` by default), as an API key
+/// and a TLS client certificate mapping both have them; a problem is named `{path}.role` or
+/// `{path}.prefix`, and the entry is left out.
+fn role_and_prefix(r: &mut Reader<'_>, path: &str, table: &toml::Table) -> Option<(Role, String)> {
+    let Some(role) = table.get("role").and_then(|v| v.as_str()).and_then(parse_role) else {
+        r.invalid(format!("{path}.role"), "is required and must be one of read, lock, write");
+        return None;
+    };
+    match table.get("prefix") {
+        None => Some((role, String::new())),
+        Some(v) => match v.as_str() {
+            Some(p) => Some((role, p.to_string())),
+            None => {
+                r.invalid(format!("{path}.prefix"), "must be a string");
+                None
+            }
+        },
+    }
+}
+
 fn parse_role(text: &str) -> Option<Role> {
     match text {
         "read" => Some(Role::Read),
@@ -925,23 +945,7 @@ fn validate_auth(
                 continue;
             }
         };
-        let role = match table.get("role").and_then(|v| v.as_str()).and_then(parse_role) {
-            Some(role) => role,
-            None => {
-                r.invalid(format!("{path}.role"), "is required and must be one of read, lock, write");
-                continue;
-            }
-        };
-        let prefix = match table.get("prefix") {
-            None => String::new(),
-            Some(v) => match v.as_str() {
-                Some(p) => p.to_string(),
-                None => {
-                    r.invalid(format!("{path}.prefix"), "must be a string");
-                    continue;
-                }
-            },
-        };
+        let Some((role, prefix)) = role_and_prefix(r, &path, table) else { continue };
         match secret {
             Secret::Inline(key) => push_key(r, &mut keys, path, ApiKey { key, role, prefix }),
             Secret::File(file) => {

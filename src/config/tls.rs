@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 
 use super::read::Reader;
-use super::{parse_role, Role, TlsFile};
+use super::{role_and_prefix, Role, TlsFile};
 
 const SECTION: &str = "tls";
 
@@ -194,20 +194,7 @@ fn validate_clients(r: &mut Reader<'_>) -> Vec<TlsClient> {
             r.invalid(format!("{path}.subject_cn"), format!("{subject_cn:?} is mapped twice"));
             continue;
         }
-        let Some(role) = table.get("role").and_then(|v| v.as_str()).and_then(parse_role) else {
-            r.invalid(format!("{path}.role"), "is required and must be one of read, lock, write");
-            continue;
-        };
-        let prefix = match table.get("prefix") {
-            None => String::new(),
-            Some(v) => match v.as_str() {
-                Some(p) => p.to_string(),
-                None => {
-                    r.invalid(format!("{path}.prefix"), "must be a string");
-                    continue;
-                }
-            },
-        };
+        let Some((role, prefix)) = role_and_prefix(r, &path, table) else { continue };
         clients.push(TlsClient { subject_cn, role, prefix });
     }
     clients

@@ -16,11 +16,8 @@ use std::time::Instant;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-};
-
 use crate::cluster_log::{gauge, hold_with_data, local_snapshot};
+use crate::support::certs::{Authority, Cert};
 use crate::support::etcd::EtcdCluster;
 use crate::support::http::{once, Reply};
 use crate::support::load::Load;
@@ -31,37 +28,10 @@ fn text(reply: &Reply) -> String {
     String::from_utf8_lossy(&reply.body).into_owned()
 }
 
-/// A CA of the test's own.
-struct Authority {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-impl Authority {
-    fn new(name: &str) -> Authority {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        let key = KeyPair::generate().unwrap();
-        let pem = params.self_signed(&key).unwrap().pem();
-        Authority { issuer: Issuer::new(params, key), pem }
-    }
-
-    /// A node certificate for 127.0.0.1 (server and client use) and its key, PEM.
-    fn node(&self) -> (String, String) {
-        let mut params = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, "a leasehold node");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
-        let key = KeyPair::generate().unwrap();
-        (params.signed_by(&key, &self.issuer).unwrap().pem(), key.serialize_pem())
-    }
-}
-
 /// The three files of a node whose certificate `signer` signed, trusting `ca`, written in
 /// `dir`; returns the `[cluster]` keys that name them.
 fn tls_keys(dir: &Path, signer: &Authority, ca: &Authority) -> String {
-    let (cert, key) = signer.node();
+    let Cert { cert, key } = signer.node();
     for (name, text) in [("node.pem", &cert), ("node.key", &key), ("ca.pem", &ca.pem)] {
         std::fs::write(dir.join(name), text).unwrap();
     }
@@ -154,7 +124,7 @@ fn a_tls_peer_link_forwards_and_refuses_plain_tcp_and_certificates_of_another_ca
         roots.add(ca_der).unwrap();
         Arc::new(roots)
     };
-    let (cert, key) = other.node();
+    let Cert { cert, key } = other.node();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -261,7 +231,7 @@ fn check_config_reads_the_tls_files_and_names_the_key_of_each_problem() {
     assert_eq!(code, Some(0), "{said}");
 
     // A key that is not the certificate's.
-    let (_, stranger_key) = ca.node();
+    let Cert { key: stranger_key, .. } = ca.node();
     std::fs::write(certs.path().join("node.key"), stranger_key).unwrap();
     let (code, said) = check_config(&format!("{base}{keys}"));
     assert_eq!(code, Some(2), "{said}");

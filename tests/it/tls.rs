@@ -18,47 +18,15 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::client::{assert_renewed_for_3_ttls, holder, wait_file, Run};
+use crate::support::certs::{Authority as Ca, Cert};
 use crate::support::http::{Client, Reply};
 use leasehold::sys::process::wait_for_exit;
 
 use crate::support::{config, wait_for, Server, DEADLINE};
-
-/// A CA of the test's own.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-/// A certificate and its key, PEM.
-struct Cert {
-    cert: String,
-    key: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-        let key = KeyPair::generate().unwrap();
-        let pem = params.self_signed(&key).unwrap().pem();
-        Ca { issuer: Issuer::new(params, key), pem }
-    }
-
-    /// A certificate with subject CN `cn` and `sans` as its names.
-    fn issue(&self, cn: &str, sans: &[&str]) -> Cert {
-        let mut params = CertificateParams::new(sans.iter().map(ToString::to_string).collect::<Vec<_>>()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, cn);
-        let key = KeyPair::generate().unwrap();
-        Cert { cert: params.signed_by(&key, &self.issuer).unwrap().pem(), key: key.serialize_pem() }
-    }
-}
 
 /// The server's TLS files, written in a directory the test keeps.
 struct Files {

@@ -10,9 +10,8 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-
 use crate::client::{assert_renewed_for_3_ttls, holder, wait_file, Run};
+use crate::support::certs::{Authority, Cert};
 use crate::support::http::Client;
 use crate::support::nginx::Nginx;
 use crate::support::{config, Server};
@@ -20,17 +19,9 @@ use crate::support::{config, Server};
 /// A CA of the test's own (its certificate, PEM) and a server certificate for 127.0.0.1 it
 /// signed, with its key (PEM).
 fn certificates() -> (String, String, String) {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, "leasehold proxy test CA");
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca = params.self_signed(&ca_key).unwrap().pem();
-    let issuer = Issuer::new(params, ca_key);
-    let mut server = CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
-    server.distinguished_name.push(DnType::CommonName, "127.0.0.1");
-    let key = KeyPair::generate().unwrap();
-    (ca, server.signed_by(&key, &issuer).unwrap().pem(), key.serialize_pem())
+    let ca = Authority::new("leasehold proxy test CA");
+    let Cert { cert, key } = ca.issue("127.0.0.1", &["127.0.0.1"]);
+    (ca.pem, cert, key)
 }
 
 /// nginx's `http {}` block: TLS on `listen` with the certificate and key files in `dir`,

@@ -5,6 +5,7 @@
 //! between looks, never a busy loop and never a fixed sleep.
 
 pub mod browser;
+pub mod certs;
 pub mod etcd;
 pub mod http;
 pub mod load;
