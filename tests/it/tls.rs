@@ -21,9 +21,9 @@ use std::sync::Arc;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::client::{assert_renewed_for_3_ttls, holder, wait_file, Run};
 use crate::support::certs::{Authority as Ca, Cert};
 use crate::support::http::{Client, Reply};
+use crate::tls_proxy::{cli_holds_a_renewed_lease, leasehold};
 use leasehold::sys::process::wait_for_exit;
 
 use crate::support::{config, wait_for, Server, DEADLINE};
@@ -367,15 +367,6 @@ fn a_reload_swaps_the_certificate_under_8_keep_alive_clients_without_a_failed_re
 }
 
 /// `leasehold ARGS…` with nothing from the test's own environment.
-fn leasehold(args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_leasehold"));
-    cmd.args(args)
-        .env_remove("LEASEHOLD_URL")
-        .env_remove("LEASEHOLD_KEY")
-        .env_remove("LEASEHOLD_CACERT")
-        .stdin(Stdio::null());
-    cmd
-}
 
 #[test]
 fn the_cli_locks_and_renews_over_the_server_s_own_tls_port() {
@@ -389,22 +380,7 @@ fn the_cli_locks_and_renews_over_the_server_s_own_tls_port() {
     std::fs::write(&ca_file, &ca.pem).unwrap();
     let (server, ca_path) = (format!("https://{addr}"), ca_file.display().to_string());
 
-    const TTL_MS: u64 = 2_000;
-    let (fence_file, stop_file) = (work.path().join("fence"), work.path().join("stop"));
-    let script = format!(
-        "echo $LEASEHOLD_FENCE > {}; while [ ! -e {} ]; do sleep 0.02; done",
-        fence_file.display(),
-        stop_file.display()
-    );
-    let mut run = Run::start(&mut leasehold(&[
-        "lock", "tls-cli", "--server", &server, "--cacert", &ca_path, "--ttl", "2s", "--", "sh", "-c", &script,
-    ]));
-    let fence: u64 = wait_file(&fence_file).parse().unwrap();
-    let mut c = Client::connect(s.addr).unwrap();
-    assert_renewed_for_3_ttls(&mut c, "tls-cli", fence, TTL_MS);
-    std::fs::write(&stop_file, "").unwrap();
-    assert_eq!(run.wait(), 0, "{}", s.log());
-    assert_eq!(holder(&mut c, "tls-cli"), None, "released when the command ended");
+    cli_holds_a_renewed_lease(&server, &ca_path, "tls-cli", s.addr, work.path(), || s.log());
     let out = leasehold(&["status", "tls-cli", "--json", "--server", &server, "--cacert", &ca_path]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -48,7 +48,7 @@ fn tls_http(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
 }
 
 /// `leasehold ARGS…` with nothing from the test's own environment.
-fn leasehold(args: &[&str]) -> Command {
+pub(crate) fn leasehold(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_leasehold"));
     cmd.args(args)
         .env_remove("LEASEHOLD_URL")
@@ -56,6 +56,38 @@ fn leasehold(args: &[&str]) -> Command {
         .env_remove("LEASEHOLD_CACERT")
         .stdin(Stdio::null());
     cmd
+}
+
+/// `leasehold lock NAME --server SERVER --cacert CA --ttl 2s` running a command that lasts
+/// until told to stop: checks through `plain` (the server's own plain port, by the server's
+/// clock) that the same lease is held and renewed for 3 TTLs, stops the command, and checks
+/// that it exited 0 (else fails with `context()`) and released the lock.
+pub(crate) fn cli_holds_a_renewed_lease(
+    server: &str,
+    ca_path: &str,
+    name: &str,
+    plain: SocketAddr,
+    work: &Path,
+    context: impl Fn() -> String,
+) {
+    const TTL_MS: u64 = 2_000;
+    let (fence_file, stop_file) = (work.join(format!("{name}.fence")), work.join(format!("{name}.stop")));
+    let script = format!(
+        "echo $LEASEHOLD_FENCE > {}; while [ ! -e {} ]; do sleep 0.02; done",
+        fence_file.display(),
+        stop_file.display()
+    );
+    let mut run = Run::start(&mut leasehold(&[
+        "lock", name, "--server", server, "--cacert", ca_path, "--ttl", "2s", "--", "sh", "-c", &script,
+    ]));
+    let fence: u64 = wait_file(&fence_file).parse().unwrap();
+    // The same lease (the same fence) all along for 3 TTLs, never more than one TTL
+    // ahead: renewed, not granted once for long.
+    let mut c = Client::connect(plain).unwrap();
+    assert_renewed_for_3_ttls(&mut c, name, fence, TTL_MS);
+    std::fs::write(&stop_file, "").unwrap();
+    assert_eq!(run.wait(), 0, "{}", context());
+    assert_eq!(holder(&mut c, name), None, "released when the command ended");
 }
 
 #[test]
@@ -77,24 +109,9 @@ fn through_a_tls_terminating_nginx_the_cli_locks_renews_over_one_connection_and_
     assert!(stderr.contains("TLS handshake failed") && stderr.contains("--cacert"), "{stderr}");
 
     // A command that lasts several TTLs, holding a 2 s lease renewed every 667 ms.
-    const TTL_MS: u64 = 2_000;
-    let (fence_file, stop_file) = (work.path().join("fence"), work.path().join("stop"));
-    let script = format!(
-        "echo $LEASEHOLD_FENCE > {}; while [ ! -e {} ]; do sleep 0.02; done",
-        fence_file.display(),
-        stop_file.display()
-    );
-    let mut run = Run::start(&mut leasehold(&[
-        "lock", "tls-job", "--server", &server, "--cacert", &ca_path, "--ttl", "2s", "--", "sh", "-c", &script,
-    ]));
-    let fence: u64 = wait_file(&fence_file).parse().unwrap();
-    // Watched on the server itself, by its clock: the same lease (the same fence) all along
-    // for 3 TTLs, never more than one TTL ahead: renewed, not granted once for long.
-    let mut c = Client::connect(s.addr).unwrap();
-    assert_renewed_for_3_ttls(&mut c, "tls-job", fence, TTL_MS);
-    std::fs::write(&stop_file, "").unwrap();
-    assert_eq!(run.wait(), 0, "nginx said:\n{}", nginx.stderr());
-    assert_eq!(holder(&mut c, "tls-job"), None, "released when the command ended");
+    cli_holds_a_renewed_lease(&server, &ca_path, "tls-job", s.addr, work.path(), || {
+        format!("nginx said:\n{}", nginx.stderr())
+    });
 
     // Every call of the run went through nginx, over one TLS connection: the acquire, the
     // renewals, the release.
