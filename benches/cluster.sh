@@ -14,12 +14,15 @@
 # every request to the leader's over the peer link and relays the answer), then with
 # benches/wrk/etcd-txn.lua against etcd's raft leader member's client URL (its best member:
 # another member would forward every write to it), while the nodes still run and follow.
+# Then etcd's floor: the same transaction from one client (the nodes idle), whose latency
+# bounds what any leader can do with the run's connections (Little's law: connections /
+# floor).
 # Prints ops/s (an acquire or a release is one operation; for etcd one transaction), p50,
 # p99 and non-2xx for each; for the two leasehold runs the batches the leader put in etcd
 # (counted in etcd's log: how many operations one txn carried) and its mean put time (its
 # /metrics histogram); the ratios follower / leader (what forwarding costs) and leasehold /
-# etcd; and for each run how busy the two cores were and how much of that went to processes
-# outside the rig (the machine may be shared). The follower's run comes second, and on a
+# etcd; and for each run how busy the two cores were and how that divides between the etcd
+# members, the nodes, wrk and processes outside the rig (the machine may be shared). The follower's run comes second, and on a
 # fresh etcd the first run's puts are the slower (README, "Benchmarks"), which favours the
 # follower in the ratio by about as much as it shows.
 # Installs wrk, and etcd through tests/deps.sh, from Debian's packages if missing (needs root).
@@ -49,32 +52,40 @@ report() { # name, wrk output
 # leaving early would cut curl's pipe, and pipefail would take that for a failure.)
 metric() { curl -fs --max-time 2 "$1/metrics" | awk -v n="$2" '$1 == n && !found {print $2; found = 1}'; }
 
-# The machine is shared: each run says how busy both cores were and how much of that went
-# to processes outside this rig (the etcd members, the nodes' process groups, and the wrk and
-# other commands this script waited for). Times are in clock ticks, from /proc.
+# The machine is shared: each run says how busy both cores were, and how that divides
+# between the etcd members, the nodes' process groups, the wrk and other commands this
+# script waited for, and processes outside this rig. Times are in clock ticks, from /proc.
 machine_ticks() { awk '/^cpu / {busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6}' /proc/stat; }
+# pid_ticks PID...: the CPU time of these processes (0 for one that is gone).
+pid_ticks() {
+  local pid ticks=0
+  for pid in "$@"; do ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0))); done
+  echo "$ticks"
+}
+# rig_ticks: the etcd members', the nodes' and this script's waited-for commands' ticks.
 rig_ticks() {
-  local pid n master ticks=0
-  for pid in $(cat "$work/etcd/pids"; for n in 1 2 3; do
+  local n master pids=()
+  for n in 1 2 3; do
     master=$(nodes_pid "$work" "$n")
-    [ -z "$master" ] || pgrep -g "$master" || true
-  done); do
-    ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+    [ -z "$master" ] || mapfile -t -O "${#pids[@]}" pids < <(pgrep -g "$master" || true)
   done
-  echo $((ticks + $(awk '{print $16 + $17}' /proc/$$/stat)))
+  # shellcheck disable=SC2046 # one pid a line
+  echo "$(pid_ticks $(cat "$work/etcd/pids")) $(pid_ticks "${pids[@]}") $(awk '{print $16 + $17}' /proc/$$/stat)"
 }
 # measured NAME URL SCRIPT: one wrk run, its figures and the machine's load meanwhile.
 measured() {
-  local busy0 total0 busy1 total1 rig0 rig1
+  local busy0 total0 busy1 total1 etcd0 nodes0 waited0 etcd1 nodes1 waited1
   read -r busy0 total0 <<<"$(machine_ticks)"
-  rig0=$(rig_ticks)
+  read -r etcd0 nodes0 waited0 <<<"$(rig_ticks)"
   wrk -t2 -c"$conns" -d"${secs}s" --latency -s "$root/benches/wrk/$3" "$2" >"$work/wrk-$1.out"
-  rig1=$(rig_ticks)
+  read -r etcd1 nodes1 waited1 <<<"$(rig_ticks)"
   read -r busy1 total1 <<<"$(machine_ticks)"
   report "$1" "$work/wrk-$1.out"
-  awk -v b=$((busy1 - busy0)) -v t=$((total1 - total0)) -v r=$((rig1 - rig0)) 'BEGIN {
-    o = b - r; if (o < 0) o = 0
-    printf "  # meanwhile both cores were %.0f%% busy; processes outside this rig took %.0f%% of them\n", 100 * b / t, 100 * o / t }'
+  awk -v b=$((busy1 - busy0)) -v t=$((total1 - total0)) -v e=$((etcd1 - etcd0)) -v n=$((nodes1 - nodes0)) \
+    -v w=$((waited1 - waited0)) 'BEGIN {
+    o = b - e - n - w; if (o < 0) o = 0
+    printf "  # meanwhile both cores were %.0f%% busy: etcd members %.0f%%, leasehold nodes %.0f%%, wrk and tools %.0f%%, outside this rig %.0f%%\n",
+      100 * b / t, 100 * e / t, 100 * n / t, 100 * w / t, 100 * o / t }'
 }
 
 bash "$root/tests/cluster/etcd.sh" start "$work/etcd"
@@ -125,6 +136,13 @@ etcd_url=$(ETCDCTL_API=3 etcdctl --endpoints="$endpoints" endpoint status -w sim
   awk -F', ' '$5 == "true" && !found {print $1; found = 1}')
 etcd_url=${etcd_url:-${endpoints%%,*}}
 measured etcd-txn-create "$etcd_url/" etcd-txn.lua
+# etcd's floor: its txn with one client, the nodes idle. A change is answered after
+# at least one put into etcd, so with C connections each waiting for its answer, no leader
+# passes C / floor operations a second, however many puts it keeps in flight (Little's law).
+# The floor's txn carries 3 bytes where a batch carries kilobytes: the bound is generous.
+wrk -t1 -c1 -d"${secs}s" --latency -s "$root/benches/wrk/etcd-txn.lua" "$etcd_url/" >"$work/wrk-floor.out"
+wrk_figures "$work/wrk-floor.out"
+floor_rps=$rps
 
 batch_line leader leasehold-cluster-leader
 batch_line "leader, load sent to node-$follower (a follower)" leasehold-cluster-follower
@@ -132,3 +150,5 @@ awk -v f="${ops[leasehold-cluster-follower]}" -v l="${ops[leasehold-cluster-lead
   'BEGIN { printf "follower / leader: %.2fx (the cost of forwarding over the peer link); p99 %s through the follower, %s through the leader\n", f / l, pf, pl }'
 awk -v l="${ops[leasehold-cluster-leader]}" -v e="${ops[etcd-txn-create]}" -v p="$p99_leasehold" \
   'BEGIN { printf "leasehold / etcd: %.1fx (goal: 10x or more); p99 through the leader %s (goal: 20 ms or less)\n", l / e, p }'
+awk -v f="$floor_rps" -v c="$conns" -v e="${ops[etcd-txn-create]}" \
+  'BEGIN { printf "etcd floor: one client gets %.0f txn/s (%.2f ms each); %d connections bound any leader to %.0f ops/s, %.1fx etcd\n", f, 1000 / f, c, c * f, c * f / e }'
