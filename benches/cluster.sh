@@ -14,9 +14,9 @@
 # every request to the leader's over the peer link and relays the answer), then with
 # benches/wrk/etcd-txn.lua against etcd's raft leader member's client URL (its best member:
 # another member would forward every write to it), while the nodes still run and follow.
-# Then etcd's floor: the same transaction from one client (the nodes idle), whose latency
-# bounds what any leader can do with the run's connections (Little's law: connections /
-# floor).
+# Then etcd's ceiling: the same transaction from one client with a value of as many
+# operations as the run has connections (the most one batch can hold), whose rate bounds
+# what a leader putting one batch at a time can do.
 # Prints ops/s (an acquire or a release is one operation; for etcd one transaction), p50,
 # p99 and non-2xx for each; for the two leasehold runs the batches the leader put in etcd
 # (counted in etcd's log: how many operations one txn carried) and its mean put time (its
@@ -127,6 +127,12 @@ batch_line() {
 }
 
 through leasehold-cluster-leader "$url"
+# The bytes one operation took in the log: the newest 20 batches' bytes over their inputs
+# (frame headers and each batch's format record included).
+op_bytes=$(ETCDCTL_API=3 etcdctl --endpoints="$endpoints" get /leasehold/log/ --prefix --sort-by=KEY \
+  --order=DESCEND --limit=20 --print-value-only >"$work/batches.bin" &&
+  awk -v b="$(wc -c <"$work/batches.bin")" -v n="$(grep -a -o '{"input":' "$work/batches.bin" | wc -l)" \
+    'BEGIN { print (n > 0 ? int(b / n) : 0) }')
 through leasehold-cluster-follower "$follower_url"
 p99_leasehold=$(awk '{print $6}' <<<"${through[leasehold-cluster-leader]}")
 p99_follower=$(awk '{print $6}' <<<"${through[leasehold-cluster-follower]}")
@@ -136,13 +142,16 @@ etcd_url=$(ETCDCTL_API=3 etcdctl --endpoints="$endpoints" endpoint status -w sim
   awk -F', ' '$5 == "true" && !found {print $1; found = 1}')
 etcd_url=${etcd_url:-${endpoints%%,*}}
 measured etcd-txn-create "$etcd_url/" etcd-txn.lua
-# etcd's floor: its txn with one client, the nodes idle. A change is answered after
-# at least one put into etcd, so with C connections each waiting for its answer, no leader
-# passes C / floor operations a second, however many puts it keeps in flight (Little's law).
-# The floor's txn carries 3 bytes where a batch carries kilobytes: the bound is generous.
-wrk -t1 -c1 -d"${secs}s" --latency -s "$root/benches/wrk/etcd-txn.lua" "$etcd_url/" >"$work/wrk-floor.out"
-wrk_figures "$work/wrk-floor.out"
-floor_rps=$rps
+# etcd's ceiling for this run's connections. With C connections at most C changes wait at
+# once, so a batch holds at most C operations while it is the one put in flight: no leader
+# putting one batch at a time passes C times the puts per second etcd takes of C operations'
+# worth. That worth is C times the bytes an operation took in the leader's newest batches;
+# the puts come from one client (etcd's txn with a value that size), the nodes idle.
+ceiling_bytes=$((conns * op_bytes))
+LEASEHOLD_ETCD_VALUE_BYTES=$ceiling_bytes \
+  wrk -t1 -c1 -d"${secs}s" --latency -s "$root/benches/wrk/etcd-txn.lua" "$etcd_url/" >"$work/wrk-ceiling.out"
+wrk_figures "$work/wrk-ceiling.out"
+ceiling_rps=$rps
 
 batch_line leader leasehold-cluster-leader
 batch_line "leader, load sent to node-$follower (a follower)" leasehold-cluster-follower
@@ -150,5 +159,5 @@ awk -v f="${ops[leasehold-cluster-follower]}" -v l="${ops[leasehold-cluster-lead
   'BEGIN { printf "follower / leader: %.2fx (the cost of forwarding over the peer link); p99 %s through the follower, %s through the leader\n", f / l, pf, pl }'
 awk -v l="${ops[leasehold-cluster-leader]}" -v e="${ops[etcd-txn-create]}" -v p="$p99_leasehold" \
   'BEGIN { printf "leasehold / etcd: %.1fx (goal: 10x or more); p99 through the leader %s (goal: 20 ms or less)\n", l / e, p }'
-awk -v f="$floor_rps" -v c="$conns" -v e="${ops[etcd-txn-create]}" \
-  'BEGIN { printf "etcd floor: one client gets %.0f txn/s (%.2f ms each); %d connections bound any leader to %.0f ops/s, %.1fx etcd\n", f, 1000 / f, c, c * f, c * f / e }'
+awk -v r="$ceiling_rps" -v c="$conns" -v o="$op_bytes" -v e="${ops[etcd-txn-create]}" \
+  'BEGIN { printf "etcd ceiling: %.0f puts/s of %d operations (%d bytes each) from one client; no leader putting one batch at a time passes %.0f ops/s with %d connections, %.1fx etcd\n", r, c, o, r * c, c, r * c / e }'
