@@ -30,7 +30,7 @@ use super::route::{query_param, RouteDef, RouteId};
 use super::status::{error, ErrorCode};
 use crate::config::{valid_return_path, Config, RoomConfig, ROOM_LOCK_PREFIX};
 use crate::core::lock::QueueView;
-use crate::core::names::{LockName, Ticket};
+use crate::core::names::{LockName, Owner, Ticket};
 use crate::core::seal::{open, seal};
 use crate::ipc::message::{LockInfo, LockOp, LockReply, Then};
 
@@ -44,6 +44,11 @@ pub const X_LEASEHOLD_TICKET: &str = "X-Leasehold-Ticket";
 pub const X_LEASEHOLD_FENCE: &str = "X-Leasehold-Fence";
 /// How long the place cookie lasts (the waiter TTL drops an absent waiter long before).
 pub const PLACE_COOKIE_MAX_AGE_S: u64 = 86_400;
+/// The start of the label a session's lease takes when its visitor first comes back
+/// through the place cookie, before the admission's time (wall clock, ms). A lease keeps
+/// its first label (docs/api.md, the acquire's `ticket`), so a place cookie brought back
+/// later finds the first admission's time, and its session ends when the first one does.
+pub const ADMITTED_AT: &str = "room session since ";
 /// Paths a return path may not start with: the rooms' own routes (a loop).
 const ROOM_PATHS: &str = "/v1/rooms/";
 /// Content type of the pages.
@@ -219,16 +224,17 @@ fn plan_inner(
             let room = room()?;
             let next = return_path(query, req.original_uri.as_deref(), &room.origin);
             let session = valid_session(req, room, now_ms);
-            // A session comes back to its lease (renewed up to its end); a waiter to its place.
-            let (ticket, ttl_ms) = match (&session, valid_place(req, room)) {
-                (Some(s), _) => (Some(s.ticket), Some(renewal_ttl_ms(room, s, now_ms, rooms.min_ttl_ms))),
-                (None, Some(place)) => (Some(place.ticket), None),
-                (None, None) => (None, None),
+            // A session comes back to its lease (renewed up to its end); a waiter to its place,
+            // its lease labelled with this time if it was admitted (kept if labelled before).
+            let (ticket, ttl_ms, owner) = match (&session, valid_place(req, room)) {
+                (Some(s), _) => (Some(s.ticket), Some(renewal_ttl_ms(room, s, now_ms, rooms.min_ttl_ms)), None),
+                (None, Some(place)) => (Some(place.ticket), None, Owner::parse(&format!("{ADMITTED_AT}{now_ms}")).ok()),
+                (None, None) => (None, None, None),
             };
             let op = LockOp::Acquire {
                 lock: room.lock.clone(),
                 ticket,
-                owner: None,
+                owner,
                 ttl_ms,
                 limit: None,
                 weight: 1,
@@ -336,7 +342,8 @@ pub fn finish(f: &RoomFinish, reply: &LockReply) -> Result<Response, Unexpected>
         RoomFinish::Wait { room, next, session } => match reply {
             R::Held { lease, at_ms, .. } => {
                 let kept = session.as_ref().filter(|s| s.ticket == lease.ticket && s.fence == lease.fence);
-                let started_ms = kept.map_or(*at_ms, |s| s.started_ms);
+                let admitted_ms = lease.owner.as_ref().and_then(|o| o.as_str().strip_prefix(ADMITTED_AT)?.parse().ok());
+                let started_ms = kept.map_or(admitted_ms.unwrap_or(*at_ms), |s| s.started_ms);
                 let value = seal(
                     room.secret.as_bytes(),
                     PURPOSE_SESSION,

@@ -13,7 +13,7 @@ use leasehold::http::rooms::{Session, PURPOSE_SESSION};
 
 use crate::support::http::{once, Reply};
 use crate::support::sse::Events;
-use crate::support::{config, Server};
+use crate::support::{config, wait_for, Server};
 
 const SECRET: &str = "rooms-test-secret-0123456789abcdef";
 
@@ -197,6 +197,44 @@ fn room_admits_capacity_queues_the_rest_and_the_gate_admits_only_valid_sessions(
     let r = a.get(addr, wait, &[]);
     assert_eq!(r.status, 200, "{}", body(&r));
     assert!(body(&r).contains(r#"aria-live="polite">1</dd>"#));
+}
+
+#[test]
+fn a_place_cookie_kept_after_admission_brings_back_the_first_session_not_a_new_one() {
+    let s = Server::start(&rooms_config());
+    let addr = s.addr;
+    let wait = "/v1/rooms/shop/wait";
+    // Two fill the room; the third waits, and keeps its place cookie whatever it is told (a
+    // client that is not a browser).
+    let (mut a, mut b, mut c) = (Visitor::default(), Visitor::default(), Visitor::default());
+    assert_eq!((a.get(addr, wait, &[]).status, b.get(addr, wait, &[]).status), (303, 303));
+    assert_eq!(c.get(addr, wait, &[]).status, 200);
+    let place = c.jar["lh_place_shop"].clone();
+    // a leaves; c comes back, is admitted, and its place cookie is cleared.
+    assert_eq!(once(addr, "DELETE", &format!("/v1/rooms/shop/sessions/{}", a.session().ticket), &[], "").status, 204);
+    assert_eq!(c.get(addr, wait, &[]).status, 303);
+    let first = c.session();
+    assert!(!c.jar.contains_key("lh_place_shop"));
+    // Later by the wall clock, it drops the session cookie and brings the place cookie back.
+    wait_for("the wall clock past the session's start", || {
+        let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+        if now_ms > first.started_ms + 20 {
+            Ok(())
+        } else {
+            Err(now_ms)
+        }
+    });
+    let mut replay = Visitor::default();
+    replay.jar.insert("lh_place_shop".into(), place);
+    let r = replay.get(addr, wait, &[]);
+    assert_eq!(r.status, 303, "{}", body(&r));
+    let second = replay.session();
+    assert_eq!((second.ticket, second.fence), (first.ticket, first.fence), "the same lease");
+    assert_eq!(second.started_ms, first.started_ms, "a place cookie brought back must not start the session again");
+    // The lease shows the admission's time as its label.
+    let view = once(addr, "GET", "/v1/locks/room:shop", &[], "").json();
+    let labels: Vec<&str> = view["holders"].as_array().unwrap().iter().filter_map(|h| h["owner"].as_str()).collect();
+    assert_eq!(labels, [format!("room session since {}", first.started_ms)], "{view}");
 }
 
 #[test]

@@ -953,7 +953,7 @@ impl LockTable {
             // Re-entry: with the caller's ticket, or (vanishingly rare) a fresh ticket that
             // happens to be in use here already.
             for ticket in a.ticket.into_iter().chain(Some(a.new_ticket)) {
-                if let Some(reply) = self.reenter(id, ticket, ttl_ms, a.watch, at) {
+                if let Some(reply) = self.reenter(id, ticket, ttl_ms, a.watch, a.owner.as_ref(), at) {
                     return reply;
                 }
             }
@@ -1062,10 +1062,23 @@ impl LockTable {
         Reply::Queued(view)
     }
 
-    /// A known ticket comes back through acquire: a holder renews, a waiter shows presence.
-    fn reenter(&mut self, id: LockId, ticket: Ticket, ttl_ms: u64, watch: bool, at: Moment) -> Option<Reply> {
+    /// A known ticket comes back through acquire: a holder renews (and takes `owner` if it
+    /// has no label yet), a waiter shows presence.
+    fn reenter(
+        &mut self,
+        id: LockId,
+        ticket: Ticket,
+        ttl_ms: u64,
+        watch: bool,
+        owner: Option<&Owner>,
+        at: Moment,
+    ) -> Option<Reply> {
         let lock = self.lock(id);
         if let Some(i) = lock.holder_index(ticket) {
+            if let Some(owner) = owner {
+                let lease = &mut self.slots[id as usize].as_mut().expect("lock slot is occupied").holders[i];
+                lease.extra.owner.get_or_insert_with(|| owner.clone());
+            }
             return Some(self.extend(id, i, ttl_ms, at.now_ms));
         }
         let i = lock.waiter_index(ticket)?;

@@ -770,6 +770,40 @@ fn extend_leases_moves_every_holders_expiry_and_nothing_else() {
 }
 
 #[test]
+fn a_holder_coming_back_with_an_owner_takes_it_once_and_a_waiter_does_not() {
+    let mut h = Harness::new();
+    let owner = |s: &str| Some(Owner::parse(s).unwrap());
+    let label = |r: &Reply| match r {
+        Reply::Held(l) => l.owner.as_ref().map(|o| o.as_str().to_string()),
+        other => panic!("expected a lease, got {other:?}"),
+    };
+    h.acquire("o", 1, 0, |_| {});
+    // A waiter that comes back with an owner keeps none: its label is its acquire's.
+    assert!(matches!(h.acquire("o", 2, 10, |_| {}), Reply::Queued(_)));
+    let again = h.acquire("o", 9, 20, |a| {
+        a.ticket = Some(t(2));
+        a.owner = owner("late");
+    });
+    assert!(matches!(again, Reply::Queued(_)), "{again:?}");
+    // The holder without a label takes the first one it comes back with, and keeps it.
+    let first = h.acquire("o", 9, 30, |a| {
+        a.ticket = Some(t(1));
+        a.owner = owner("first");
+    });
+    assert_eq!(label(&first).as_deref(), Some("first"));
+    let second = h.acquire("o", 9, 40, |a| {
+        a.ticket = Some(t(1));
+        a.owner = owner("second");
+    });
+    assert_eq!(label(&second).as_deref(), Some("first"));
+    assert_eq!(h.table.lock_view("o").unwrap().holders[0].owner, owner("first"));
+    // Admitted, the waiter's lease has no label either.
+    h.release("o", 1, 50);
+    assert_eq!(h.granted(), vec![t(2)]);
+    assert_eq!(h.table.lock_view("o").unwrap().holders[0].owner, None);
+}
+
+#[test]
 fn views_hide_tickets_and_list_pages_by_name() {
     let mut h = Harness::new();
     for (i, n) in ["b", "a", "c", "ab"].iter().enumerate() {

@@ -154,12 +154,14 @@ fn wait_acquires_with_the_place_or_session_ticket_and_the_return_path() {
     let place = seal(SECRET.as_bytes(), PURPOSE_PLACE, &Place { room: "shop".into(), ticket: ticket() });
     let req = request("/v1/rooms/shop/wait?next=%2Fcart", Some(format!("lh_place_shop={place}")), None);
     let m = route(Method::Get, &req.target).unwrap();
-    let Plan::Ask { op: LockOp::Acquire { ticket: t, ttl_ms, queue, limit, wait_ms, .. }, finish, .. } =
+    let Plan::Ask { op: LockOp::Acquire { ticket: t, ttl_ms, queue, limit, wait_ms, owner, .. }, finish, .. } =
         plan(m.def, &m.params, m.query, &req, &rooms(), Grant { prefix: "", role: Role::Read }, NOW)
     else {
         panic!("acquires")
     };
     assert_eq!((t, ttl_ms, queue, limit, wait_ms), (Some(ticket()), None, None, None, 0));
+    // The place's lease, if admitted, is labelled with this time (the keeper keeps a first label).
+    assert_eq!(owner.as_ref().map(|o| o.as_str().to_string()), Some(format!("{ADMITTED_AT}{NOW}")));
     let Finish::Room(f) = &finish else { panic!() };
     let RoomFinish::Wait { next, session, .. } = f.as_ref() else { panic!() };
     assert_eq!((next.as_str(), session), ("/cart", &None));
@@ -196,6 +198,25 @@ fn wait_granted_is_303_with_the_session_cookie_and_the_place_cleared() {
     assert!(cookie.ends_with("; Max-Age=500; Secure"), "{cookie}");
     let value = cookie.split_once('=').unwrap().1.split(';').next().unwrap();
     assert_eq!(open::<Session>(SECRET.as_bytes(), PURPOSE_SESSION, value).unwrap().started_ms, NOW - 100_000);
+}
+
+#[test]
+fn a_place_cookie_brought_back_after_admission_gets_the_first_admissions_end() {
+    // The lease was labelled at its first admission, 400 s ago; the visitor dropped the
+    // session cookie and came back with the place cookie the server had cleared.
+    let room = Arc::new(config("shop"));
+    let f = Finish::Room(Box::new(RoomFinish::Wait { room, next: "/".into(), session: None }));
+    let mut labelled = lease(9);
+    labelled.owner = Some(Owner::parse(&format!("{ADMITTED_AT}{}", NOW - 400_000)).unwrap());
+    let r = api::finish(&f, &LockReply::Held { lease: labelled, at_ms: NOW, existing: false }).unwrap();
+    let cookie = header(&r, "Set-Cookie")[0];
+    let value = cookie.split_once('=').unwrap().1.split(';').next().unwrap();
+    let s: Session = open(SECRET.as_bytes(), PURPOSE_SESSION, value).unwrap();
+    assert_eq!(s.started_ms, NOW - 400_000, "a second session must not start again");
+    assert!(cookie.ends_with("; Max-Age=200"), "it ends with the first session (max_session 600 s): {cookie}");
+    // Past the first session's end, the gate refuses the cookie.
+    let later = Some(format!("lh_session_shop={value}"));
+    assert_eq!(refused(&plan_at(Method::Get, "/v1/rooms/shop/gate", later, NOW + 200_000)).0, 401);
 }
 
 #[test]
