@@ -585,6 +585,10 @@ impl Model {
                     h.expires_at_ms = now + ttl_ms;
                     h.ttl_ms = ttl_ms;
                     h.claimed = true;
+                    // A holder without a label takes the acquire's (docs/api.md, `ticket`).
+                    if h.owner.is_none() {
+                        h.owner.clone_from(&a.owner);
+                    }
                     return Reply::Held(view(h));
                 }
                 if let Some(i) = l.waiters.iter().position(|w| w.ticket == *t) {
