@@ -56,12 +56,6 @@ metric() { curl -fs --max-time 2 "$1/metrics" | awk -v n="$2" '$1 == n && !found
 # between the etcd members, the nodes' process groups, the wrk and other commands this
 # script waited for, and processes outside this rig. Times are in clock ticks, from /proc.
 machine_ticks() { awk '/^cpu / {busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6}' /proc/stat; }
-# pid_ticks PID...: the CPU time of these processes (0 for one that is gone).
-pid_ticks() {
-  local pid ticks=0
-  for pid in "$@"; do ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0))); done
-  echo "$ticks"
-}
 # rig_ticks: the etcd members', the nodes' and this script's waited-for commands' ticks.
 rig_ticks() {
   local n master pids=()
@@ -69,8 +63,7 @@ rig_ticks() {
     master=$(nodes_pid "$work" "$n")
     [ -z "$master" ] || mapfile -t -O "${#pids[@]}" pids < <(pgrep -g "$master" || true)
   done
-  # shellcheck disable=SC2046 # one pid a line
-  echo "$(pid_ticks $(cat "$work/etcd/pids")) $(pid_ticks "${pids[@]}") $(awk '{print $16 + $17}' /proc/$$/stat)"
+  echo "$(cpu_ticks "$(cat "$work/etcd/pids")") $(cpu_ticks "${pids[*]}") $(awk '{print $16 + $17}' /proc/$$/stat)"
 }
 # measured NAME URL SCRIPT: one wrk run, its figures and the machine's load meanwhile.
 measured() {
